@@ -1,0 +1,72 @@
+"""Orbax checkpoints: asynchronous saves keeping the latest k and the best by a validation metric.
+
+The preservation policy combines both (a checkpoint survives if either keeps it), so the best
+checkpoint is never deleted by newer ones and a crash never leaves only an old best.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from alz_jax.errors import UserError
+
+
+def make_manager(workdir: str | Path, ckpt_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    """The run's CheckpointManager under <workdir>/checkpoints."""
+    metric, mode = ckpt_config.best_metric, ckpt_config.best_mode
+
+    def metric_of(metrics: dict) -> float:
+        return float(metrics[metric])
+
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=ckpt_config.keep_latest),
+                policies.BestN(
+                    get_metric_fn=metric_of,
+                    reverse=mode == "min",
+                    n=ckpt_config.keep_best,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        ),
+        best_fn=metric_of,
+        best_mode=mode,
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    directory = Path(os.path.abspath(workdir)) / "checkpoints"
+    return ocp.CheckpointManager(directory, options=options, item_names=("state",))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
+    """Starts an asynchronous save of the train state at `step` (with metrics for best-of)."""
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics, force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+    """Restores the train state saved at `step` onto the shardings of `abstract_state`."""
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
+    return restored["state"]
+
+
+def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:
+    """'best', 'latest' or a step number -> a saved step; a clear error if there is none."""
+    steps = manager.all_steps()
+    if not steps:
+        raise UserError(f"No checkpoints in {manager.directory}.")
+    if which == "latest":
+        return manager.latest_step()
+    if which == "best":
+        best = manager.best_step()
+        return best if best is not None else manager.latest_step()
+    if not which.isdigit() or int(which) not in steps:
+        raise UserError(f"Checkpoint {which!r} not found; saved steps: {sorted(steps)}.")
+    return int(which)

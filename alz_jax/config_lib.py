@@ -1,0 +1,91 @@
+"""Config checks and the one place where durations in epochs or steps become steps."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alz_jax.errors import UserError
+
+
+def duration_steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch: int) -> int:
+    """Steps for `<name>_steps` or `<name>_epochs` (exactly one may be set; epochs round up)."""
+    steps, epochs = config.get(f"{name}_steps"), config.get(f"{name}_epochs")
+    if steps is not None and epochs is not None:
+        raise UserError(
+            f"Set only one of config.{name}_steps ({steps}) and config.{name}_epochs ({epochs})."
+        )
+    if steps is None and epochs is None:
+        raise UserError(f"Set config.{name}_steps or config.{name}_epochs.")
+    if steps is not None:
+        value = int(steps)
+    else:
+        value = int(-(-float(epochs) * steps_per_epoch // 1))
+    if value < 0:
+        raise UserError(f"config.{name}_steps/_epochs must be >= 0, got {value}.")
+    return value
+
+
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Total optimizer steps: from num_train_steps, or num_epochs over the train split."""
+    if config.get("num_train_steps") is not None and config.get("num_epochs") is not None:
+        raise UserError(
+            "Set only one of config.num_train_steps and config.num_epochs "
+            "(e.g. --config.num_epochs=None --config.num_train_steps=1000)."
+        )
+    if config.get("num_train_steps") is not None:
+        return int(config.num_train_steps)
+    if config.get("num_epochs") is None:
+        raise UserError("Set config.num_train_steps or config.num_epochs.")
+    return int(-(-float(config.num_epochs) * steps_per_epoch // 1))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Rejects config values that can't work, naming the field, the value and what's allowed."""
+    c = config
+    checks = [
+        ("batch_size", c.batch_size, c.batch_size > 0, "> 0"),
+        ("data.image_size", c.data.image_size, c.data.image_size % 32 == 0, "a multiple of 32"),
+        (
+            "data.validation_fraction",
+            c.data.validation_fraction,
+            0.0 <= c.data.validation_fraction < 1.0,
+            "in [0, 1)",
+        ),
+        ("data.num_workers", c.data.num_workers, c.data.num_workers >= 0, ">= 0"),
+        ("data.eval_num_workers", c.data.eval_num_workers, c.data.eval_num_workers >= 0, ">= 0"),
+        (
+            "model.drop_path_rate",
+            c.model.drop_path_rate,
+            0.0 <= c.model.drop_path_rate < 1.0,
+            "in [0, 1)",
+        ),
+        ("model.num_classes", c.model.num_classes, c.model.num_classes == 2, "2 (NC, AD)"),
+        ("model.in_chans", c.model.in_chans, c.model.in_chans == 1, "1 (grayscale slices)"),
+        ("model.dtype", c.model.dtype, c.model.dtype in ("float32", "bfloat16"), "float32|bfloat16"),
+        (
+            "optim.label_smoothing",
+            c.optim.label_smoothing,
+            0.0 <= c.optim.label_smoothing < 1.0,
+            "in [0, 1)",
+        ),
+        ("optim.learning_rate", c.optim.learning_rate, c.optim.learning_rate > 0, "> 0"),
+        ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
+        ("checkpoint.best_mode", c.checkpoint.best_mode, c.checkpoint.best_mode in ("min", "max"), "min|max"),
+        ("checkpoint.keep_latest", c.checkpoint.keep_latest, c.checkpoint.keep_latest >= 1, ">= 1"),
+        ("checkpoint.keep_best", c.checkpoint.keep_best, c.checkpoint.keep_best >= 1, ">= 1"),
+        (
+            "augment.crop_scale",
+            tuple(c.augment.crop_scale),
+            0 < c.augment.crop_scale[0] <= c.augment.crop_scale[1] <= 1,
+            "0 < low <= high <= 1",
+        ),
+        (
+            "augment.crop_ratio",
+            tuple(c.augment.crop_ratio),
+            0 < c.augment.crop_ratio[0] <= c.augment.crop_ratio[1],
+            "0 < low <= high",
+        ),
+    ]
+    for field, value, ok, expected in checks:
+        if not ok:
+            raise UserError(f"config.{field} = {value!r}: expected {expected}.")

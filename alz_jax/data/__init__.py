@@ -1,0 +1,1 @@
+"""Data: the ADNI data set on disk, preprocessing, augmentation and the Grain input pipeline."""

@@ -1,0 +1,159 @@
+"""Finds, builds and opens the `adni` TFDS data set named by a config's `data` section.
+
+Uses the user's ADNI folder (`data.manual_dir`) or, when that is unset and `data.synthetic_seed`
+is set, a synthetic stand-in generated once under `data.data_dir`. Builds the TFDS data set on
+first use (process 0 only; the others wait), then exposes random-access sources for Grain, the
+per-record metadata, the split manifest and a fingerprint of the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+from alz_jax.errors import UserError
+from tfds_builders import adni as adni_builder
+from tfds_builders.adni import synthetic
+
+SPLITS = ("train", "validation", "test")
+_METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
+
+
+@dataclasses.dataclass
+class AdniData:
+    """The prepared data set: sources per split, record metadata and provenance."""
+
+    builder: tfds.core.DatasetBuilder
+    manual_dir: Path
+    data_dir: Path
+
+    @property
+    def metadata(self) -> dict:
+        """What the builder recorded: manifest, subject source, content hash, counts."""
+        return dict(self.builder.info.metadata)
+
+    def num_examples(self, split: str) -> int:
+        """Number of images in a split."""
+        return self.builder.info.splits[split].num_examples
+
+    def source(self, split: str):
+        """Random-access source of a split; `image` stays undecoded JPEG bytes."""
+        return self.builder.as_data_source(
+            split=split, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+
+    def records(self, split: str) -> dict[str, np.ndarray]:
+        """Per-record metadata of a split, in record order: file_name, scan_id, subject_id, ..."""
+        source = self.source(split)
+        rows = {k: [] for k in _METADATA_FIELDS}
+        for start in range(0, len(source), 1024):
+            for example in source.__getitems__(range(start, min(start + 1024, len(source)))):
+                for k in _METADATA_FIELDS:
+                    value = example[k]
+                    rows[k].append(value.decode() if isinstance(value, bytes) else value)
+        return {
+            k: np.asarray(v, dtype=object if k in ("file_name", "scan_id", "subject_id") else np.int64)
+            for k, v in rows.items()
+        }
+
+    def manifest(self) -> dict:
+        """Which subjects and scans are in which split (from the builder's metadata)."""
+        manifest = self.metadata["manifest"]
+        return {
+            split: {
+                "subjects": sorted({entry["subject"] for entry in scans.values()}),
+                "scans": scans,
+            }
+            for split, scans in manifest.items()
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of the image bytes, labels, subjects and split membership."""
+        meta = self.metadata
+        payload = json.dumps(
+            {"content": meta["content_sha256"], "manifest": meta["manifest"]}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _resolve_dirs(data_config) -> tuple[Path, Path, int | None]:
+    data_dir = Path(os.path.expanduser(data_config.data_dir))
+    if data_config.manual_dir:
+        return Path(os.path.expanduser(data_config.manual_dir)).resolve(), data_dir, None
+    if data_config.synthetic_seed is not None:
+        root = data_dir / f"synthetic_seed{data_config.synthetic_seed}"
+        return (root / "manual").resolve(), root / "tfds", int(data_config.synthetic_seed)
+    raise UserError(
+        "No ADNI data given: set --config.data.manual_dir=DIR, where DIR holds "
+        "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg.\n\n"
+        + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+        + "\nTo try the project without ADNI: python -m alz_jax.main --config=configs/demo.py "
+        "--workdir=DIR"
+    )
+
+
+def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
+    marker = manual_dir / ".complete"
+    if marker.exists():
+        return
+    spec = synthetic.SyntheticSpec(
+        train_subjects=data_config.synthetic_train_subjects,
+        test_subjects=data_config.synthetic_test_subjects,
+    )
+    logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, manual_dir)
+    summary = synthetic.generate(manual_dir, seed=seed, spec=spec)
+    marker.write_text(json.dumps({"seed": seed, "summary": summary}))
+
+
+def prepare(data_config, timer=None) -> AdniData:
+    """Opens the data set a config names, generating and building it first if needed.
+
+    `timer(name)`, if given, is a context manager that times the generate and build stages.
+    """
+    timer = timer or (lambda name: contextlib.nullcontext())
+    manual_dir, data_dir, synthetic_seed = _resolve_dirs(data_config)
+    builder_config = adni_builder.config_for(
+        data_config.validation_fraction, data_config.split_seed
+    )
+
+    def make_builder():
+        return adni_builder.Builder(
+            data_dir=os.fspath(data_dir), config=builder_config, file_format="array_record"
+        )
+
+    builder = make_builder()
+    if not builder.is_prepared():
+        if jax.process_index() == 0:
+            if synthetic_seed is not None:
+                with timer("generate synthetic data"):
+                    _ensure_synthetic(manual_dir, synthetic_seed, data_config)
+            elif not manual_dir.is_dir():
+                raise UserError(
+                    f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
+                    + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+                )
+            logging.info("Building the adni TFDS data set from %s into %s", manual_dir, data_dir)
+            with timer("build TFDS data set"):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+                )
+        multihost_utils.sync_global_devices("adni data set built")
+        builder = make_builder()
+    built_from = builder.info.metadata.get("manual_dir")
+    if built_from != os.fspath(manual_dir):
+        raise UserError(
+            f"The adni data set in {data_dir} was built from {built_from}, but the config asks "
+            f"for {manual_dir}. Use another --config.data.data_dir, or delete "
+            f"{builder.data_dir} to rebuild."
+        )
+    return AdniData(builder=builder, manual_dir=manual_dir, data_dir=data_dir)

@@ -1,0 +1,182 @@
+"""Grain input pipeline: shuffle, repeat, decode, augment, shard by process, batch, prefetch.
+
+Training: a seeded shuffle that changes every epoch, per-record augmentation seeded by the
+record's position in the global stream, then each process takes its contiguous slice of every
+global batch. The global batch at a step is therefore the same whatever the number of processes
+and workers. Evaluation: deterministic order, the last global batch padded and masked, so every
+image counts exactly once. Batches leave the host as uint8 and become global `jax.Array`s with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from alz_jax.data import augment, preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+    """Decode, random resized crop on the padded square, resize, flips; keeps image and label."""
+
+    image_size: int
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    hflip_prob: float
+    vflip_prob: float
+
+    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
+        image = preprocess.decode_image(record["image"], _name(record))
+        side = max(image.shape)
+        box = augment.random_resized_crop_box(rng, side, side, self.crop_scale, self.crop_ratio)
+        image = preprocess.to_model_input(image, self.image_size, box)
+        image = augment.random_flips(rng, image, self.hflip_prob, self.vflip_prob)
+        return {"image": image, "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """Decode and the one evaluation preprocessing; keeps image and label."""
+
+    image_size: int
+
+    def __call__(self, record: Mapping[str, Any]) -> dict:
+        image = preprocess.decode_image(record["image"], _name(record))
+        return {
+            "image": preprocess.to_model_input(image, self.image_size),
+            "label": np.int32(record["label"]),
+        }
+
+
+def _name(record: Mapping[str, Any]) -> str:
+    name = record.get("file_name", b"<record>")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class ProcessShard(grain.MapDataset):
+    """This process's contiguous slice of every global batch of `parent`.
+
+    Element m of process p is global position (m // b) * b * P + p * b + m % b, with b the
+    per-process batch and P the process count. With `pad_to_global_batch`, positions past the end
+    of a finite parent yield `padding` (mask 0), so the last global batch is full.
+    """
+
+    def __init__(
+        self,
+        parent: grain.MapDataset,
+        process_index: int,
+        process_count: int,
+        per_process_batch: int,
+        pad_to_global_batch: bool = False,
+    ):
+        super().__init__(parent)
+        self._p, self._n_proc, self._b = process_index, process_count, per_process_batch
+        self._pad = pad_to_global_batch
+        global_batch = per_process_batch * process_count
+        n = len(parent)
+        n_batches = math.ceil(n / global_batch) if pad_to_global_batch else n // global_batch
+        self._length = n_batches * per_process_batch
+        self._padding = None
+        if pad_to_global_batch and n:
+            self._padding = jax.tree.map(np.zeros_like, dict(parent[0], mask=np.int32(0)))
+            self._padding["index"] = np.int64(-1)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def global_position(self, index: int) -> int:
+        """Position in the parent of this process's element `index`."""
+        batch, offset = divmod(index, self._b)
+        return batch * self._b * self._n_proc + self._p * self._b + offset
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        position = self.global_position(index)
+        if not self._pad:
+            return self._parent[position]
+        if position >= len(self._parent):
+            return dict(self._padding)
+        return dict(self._parent[position], mask=np.int32(1), index=np.int64(position))
+
+    def __str__(self) -> str:
+        return f"ProcessShard(process={self._p}/{self._n_proc}, batch={self._b})"
+
+
+def _prefetch(ds: grain.MapDataset, num_workers: int, buffer_size: int) -> grain.IterDataset:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer_size))
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+def per_process_batch(global_batch: int) -> int:
+    """The batch each process loads; the global batch must divide evenly over processes."""
+    if global_batch % jax.process_count():
+        raise ValueError(
+            f"batch_size {global_batch} must be divisible by the {jax.process_count()} processes"
+        )
+    return global_batch // jax.process_count()
+
+
+def train_dataset(
+    source, config, global_batch: int, *, seed: int, start_step: int = 0
+) -> grain.IterDataset:
+    """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on."""
+    aug = config.augment
+    transform = TrainTransform(
+        image_size=config.data.image_size,
+        crop_scale=tuple(aug.crop_scale),
+        crop_ratio=tuple(aug.crop_ratio),
+        hflip_prob=aug.hflip_prob,
+        vflip_prob=aug.vflip_prob,
+    )
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
+    b = per_process_batch(global_batch)
+    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
+    ds = ds.batch(b, drop_remainder=True)[start_step:]
+    return _prefetch(ds, config.data.num_workers, config.data.prefetch_buffer_size)
+
+
+def eval_dataset(source, config, global_batch: int) -> grain.IterDataset:
+    """One deterministic pass: {image, label, mask, index}; padded entries have mask 0, index -1."""
+    ds = grain.MapDataset.source(source).map(EvalTransform(config.data.image_size))
+    b = per_process_batch(global_batch)
+    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b, pad_to_global_batch=True)
+    ds = ds.batch(b, drop_remainder=True)
+    return _prefetch(ds, config.data.eval_num_workers, config.data.prefetch_buffer_size)
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
+    """Places this process's batch into global arrays sharded along the batch axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def pixel_stats(source, image_size: int, max_images: int = 0) -> dict[str, float]:
+    """Mean and std (in [0, 1]) of the evaluation-preprocessed images of `source`.
+
+    Exact over all images by default; `max_images` > 0 uses an evenly spaced subset.
+    """
+    n = len(source)
+    indices = range(n) if not max_images or max_images >= n else np.linspace(0, n - 1, max_images)
+    transform = EvalTransform(image_size)
+    total = total_sq = count = 0.0
+    for i in indices:
+        image = transform(source[int(i)])["image"].astype(np.float64) / 255.0
+        total += image.sum()
+        total_sq += np.square(image).sum()
+        count += image.size
+    mean = total / count
+    return {"mean": float(mean), "std": float(math.sqrt(max(total_sq / count - mean**2, 1e-12)))}
+
+
+def iterate(dataset: grain.IterDataset) -> Iterator[dict]:
+    """Iterates a Grain dataset (a hook point for timing and closing)."""
+    return iter(dataset)

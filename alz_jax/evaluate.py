@@ -1,0 +1,152 @@
+"""Evaluation: predictions over a split, the slice/scan/subject report, and its command line.
+
+One path serves validation during training, the test report at the end of `main`, and
+
+    python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP]
+
+which writes <workdir>/report_<split>.json and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from jax.experimental import multihost_utils
+
+from alz_jax import metrics, sharding
+from alz_jax.data import input_pipeline
+
+REPORT_LEVELS = ("slice", "scan", "subject")
+
+
+def predict_split(data, split: str, params, predict_fn, config, mesh) -> np.ndarray:
+    """P(AD) for every image of a split, in record order; every image is counted exactly once."""
+    n = data.num_examples(split)
+    prob_ad = np.full(n, np.nan, np.float64)
+    seen = np.zeros(n, np.int64)
+    batch_sharding = sharding.batch_sharded(mesh)
+    dataset = input_pipeline.eval_dataset(data.source(split), config, config.batch_size)
+    iterator = iter(dataset)
+    try:
+        for batch in iterator:
+            images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+            indices = jax.make_array_from_process_local_data(batch_sharding, batch["index"])
+            probs = predict_fn(params, images)
+            probs, indices = multihost_utils.process_allgather((probs, indices), tiled=True)
+            valid = indices >= 0
+            prob_ad[indices[valid]] = probs[valid, 1]
+            np.add.at(seen, indices[valid], 1)
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+    if not np.all(seen == 1):
+        raise RuntimeError(
+            f"Evaluation of {split} counted images {seen.min()}..{seen.max()} times; expected once."
+        )
+    return prob_ad
+
+
+def validation_metrics(records: dict, prob_ad: np.ndarray) -> dict:
+    """Flat scalars for TensorBoard and best-checkpoint selection: loss, accuracy, scan, AUC."""
+    levels = metrics.multilevel_metrics(records, prob_ad, subjects_known=False)
+    out = {
+        "loss": metrics.nll(records["label"], prob_ad),
+        "accuracy": levels["slice"]["accuracy"],
+        "balanced_accuracy": levels["slice"]["balanced_accuracy"],
+        "scan_accuracy": levels["scan"]["accuracy"],
+    }
+    if levels["slice"]["roc_auc"] is not None:
+        out["roc_auc"] = levels["slice"]["roc_auc"]
+    return out
+
+
+def build_report(
+    split: str, records: dict, prob_ad: np.ndarray, data_metadata: dict, step: int
+) -> dict:
+    """The report of one split: metrics per level plus what the numbers rest on."""
+    subjects_known = data_metadata.get("subject_source") != "scan_id"
+    report = {
+        "split": split,
+        "checkpoint_step": int(step),
+        "weights": "raw",
+        "subjects_known": subjects_known,
+        "subject_source": data_metadata.get("subject_source"),
+        "num_images": int(len(prob_ad)),
+        "loss": metrics.nll(records["label"], prob_ad),
+        **metrics.multilevel_metrics(records, prob_ad, subjects_known),
+    }
+    if not subjects_known:
+        report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
+    if split == "test":
+        report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A readable table of the report."""
+    lines = [
+        f"Report: {report['split']} split, checkpoint step {report['checkpoint_step']}, "
+        f"{report['num_images']} images, subjects from {report['subject_source']}",
+        f"{'level':<8} {'n':>6} {'acc':>6} {'bal_acc':>7} {'sens':>6} {'spec':>6} "
+        f"{'F1 NC':>6} {'F1 AD':>6} {'AUC':>6}  confusion [[TN FP] [FN TP]]",
+    ]
+    for level in REPORT_LEVELS:
+        if level not in report:
+            continue
+        m = report[level]
+        auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "  -  "
+        lines.append(
+            f"{level:<8} {m['n']:>6} {m['accuracy']:>6.3f} {m['balanced_accuracy']:>7.3f} "
+            f"{m['sensitivity']:>6.3f} {m['specificity']:>6.3f} {m['per_class']['NC']['f1']:>6.3f} "
+            f"{m['per_class']['AD']['f1']:>6.3f} {auc:>6}  {m['confusion_matrix']['counts']}"
+        )
+    if report.get("test_subjects_also_in_train"):
+        lines.append(
+            f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
+            "train (official folders): test accuracy is optimistic."
+        )
+    return "\n".join(lines)
+
+
+def write_report(report: dict, workdir: str | Path) -> Path:
+    """Writes <workdir>/report_<split>.json (process 0 only); returns its path."""
+    path = Path(workdir) / f"report_{report['split']}.json"
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(report, indent=1))
+    return path
+
+
+def _define_flags() -> None:
+    # Defined only when run as a command, so that `main` can import this module.
+    flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
+    flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
+    flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+
+
+def main(argv: list[str]) -> None:
+    """Evaluates a checkpoint of a finished or running training on one split."""
+    del argv
+    from alz_jax import train  # noqa: PLC0415  (avoids a cycle: train uses this module)
+    from alz_jax.errors import UserError  # noqa: PLC0415
+    from tfds_builders.adni.layout import LayoutError  # noqa: PLC0415
+
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        report = train.evaluate_checkpoint(
+            flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint
+        )
+    except (UserError, LayoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(format_report(report))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,241 @@
+"""ConvNeXt (Liu et al., CVPR 2022) in Flax NNX, NHWC, matching the reference implementations.
+
+Architecture and initialisation follow facebookresearch/ConvNeXt and timm exactly: exact-erf
+GELU, two-pass LayerNorm with eps 1e-6 over channels, layer scale initialised to 1e-6, per-sample
+stochastic depth with a linear schedule over all blocks, weights ~ N(0, 0.02) untruncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+}
+
+# timm's trunc_normal_(std=.02) truncates at absolute +-2, i.e. 100 sigma: effectively untruncated.
+_weight_init = nnx.initializers.normal(stddev=0.02)
+_zeros = nnx.initializers.zeros_init()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNeXtSpec:
+    """Everything that defines a ConvNeXt's parameters and computation."""
+
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    in_chans: int = 1
+    num_classes: int = 2
+    drop_path_rate: float = 0.0
+    layer_scale_init: float = 1e-6
+    head_init_scale: float = 1.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+
+def spec_from_config(model_config) -> ConvNeXtSpec:
+    """Builds a ConvNeXtSpec from a `config.model` ml_collections section."""
+    if model_config.get("size"):
+        if model_config.size not in SIZES:
+            raise ValueError(
+                f"config.model.size={model_config.size!r} is not a ConvNeXt size; "
+                f"expected one of {sorted(SIZES)} (or set model.depths and model.dims)."
+            )
+        depths, dims = SIZES[model_config.size]
+    else:
+        depths, dims = tuple(model_config.depths), tuple(model_config.dims)
+    if len(depths) != len(dims) or not depths:
+        raise ValueError(f"model.depths {depths} and model.dims {dims} must be non-empty, same length")
+    return ConvNeXtSpec(
+        depths=tuple(depths),
+        dims=tuple(dims),
+        in_chans=model_config.in_chans,
+        num_classes=model_config.num_classes,
+        drop_path_rate=model_config.drop_path_rate,
+        layer_scale_init=model_config.get("layer_scale_init", 1e-6),
+        head_init_scale=model_config.get("head_init_scale", 1.0),
+        dtype=model_config.get("dtype", "float32"),
+        param_dtype=model_config.get("param_dtype", "float32"),
+    )
+
+
+def _layer_norm(num_features: int, spec: ConvNeXtSpec, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Statistics stay in float32 whatever the compute dtype: bf16 variance is too coarse.
+    return nnx.LayerNorm(
+        num_features,
+        epsilon=1e-6,
+        use_fast_variance=False,
+        dtype=jnp.float32,
+        param_dtype=spec.param_dtype,
+        rngs=rngs,
+    )
+
+
+def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest."""
+    if key is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Block(nnx.Module):
+    """dwconv 7x7 -> LN -> Linear C->4C -> GELU -> Linear 4C->C -> gamma -> drop path -> residual."""
+
+    def __init__(self, dim: int, drop_path_rate: float, spec: ConvNeXtSpec, rngs: nnx.Rngs):
+        common = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, rngs=rngs)
+        self.dwconv = nnx.Conv(
+            dim,
+            dim,
+            (7, 7),
+            padding=((3, 3), (3, 3)),
+            feature_group_count=dim,
+            kernel_init=_weight_init,
+            bias_init=_zeros,
+            **common,
+        )
+        self.norm = _layer_norm(dim, spec, rngs)
+        self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=_weight_init, bias_init=_zeros, **common)
+        self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=_weight_init, bias_init=_zeros, **common)
+        self.gamma = nnx.Param(jnp.full((dim,), spec.layer_scale_init, spec.param_dtype))
+        self.drop_path_rate = drop_path_rate
+        self.compute_dtype = spec.dtype
+
+    def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+        shortcut = x
+        x = self.dwconv(x)
+        x = self.norm(x).astype(self.compute_dtype)
+        x = self.pwconv1(x)
+        x = jax.nn.gelu(x, approximate=False)
+        x = self.pwconv2(x)
+        x = x * self.gamma.value.astype(x.dtype)
+        return shortcut + drop_path(x, self.drop_path_rate, key)
+
+
+class Downsample(nnx.Module):
+    """LayerNorm then a 2x2 stride-2 convolution, between stages."""
+
+    def __init__(self, in_dim: int, out_dim: int, spec: ConvNeXtSpec, rngs: nnx.Rngs):
+        self.norm = _layer_norm(in_dim, spec, rngs)
+        self.conv = nnx.Conv(
+            in_dim,
+            out_dim,
+            (2, 2),
+            strides=2,
+            padding="VALID",
+            kernel_init=_weight_init,
+            bias_init=_zeros,
+            dtype=spec.dtype,
+            param_dtype=spec.param_dtype,
+            rngs=rngs,
+        )
+        self.compute_dtype = spec.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(self.norm(x).astype(self.compute_dtype))
+
+
+class Stem(nnx.Module):
+    """4x4 stride-4 patchify convolution then LayerNorm."""
+
+    def __init__(self, spec: ConvNeXtSpec, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(
+            spec.in_chans,
+            spec.dims[0],
+            (4, 4),
+            strides=4,
+            padding="VALID",
+            kernel_init=_weight_init,
+            bias_init=_zeros,
+            dtype=spec.dtype,
+            param_dtype=spec.param_dtype,
+            rngs=rngs,
+        )
+        self.norm = _layer_norm(spec.dims[0], spec, rngs)
+        self.compute_dtype = spec.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(self.conv(x)).astype(self.compute_dtype)
+
+
+class Head(nnx.Module):
+    """Global average pool, LayerNorm, Linear to class logits (float32)."""
+
+    def __init__(self, spec: ConvNeXtSpec, rngs: nnx.Rngs):
+        dim = spec.dims[-1]
+        self.norm = _layer_norm(dim, spec, rngs)
+        scale = spec.head_init_scale
+
+        def scaled(init):
+            return lambda *a, **k: init(*a, **k) * scale
+
+        self.fc = nnx.Linear(
+            dim,
+            spec.num_classes,
+            kernel_init=scaled(_weight_init),
+            bias_init=scaled(_zeros),
+            dtype=jnp.float32,
+            param_dtype=spec.param_dtype,
+            rngs=rngs,
+        )
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Pooled, normalised features before the classifier."""
+        return self.norm(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc(self.features(x))
+
+
+class ConvNeXt(nnx.Module):
+    """ConvNeXt classifier over NHWC images; returns float32 logits of shape (B, num_classes)."""
+
+    def __init__(self, spec: ConvNeXtSpec, *, rngs: nnx.Rngs):
+        self.spec = spec
+        self.stem = Stem(spec, rngs)
+        self.downsamples = nnx.List(
+            [Downsample(spec.dims[i - 1], spec.dims[i], spec, rngs) for i in range(1, len(spec.dims))]
+        )
+        total = sum(spec.depths)
+        rates = [spec.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, k = [], 0
+        for depth, dim in zip(spec.depths, spec.dims, strict=True):
+            stages.append(nnx.List([Block(dim, rates[k + j], spec, rngs) for j in range(depth)]))
+            k += depth
+        self.stages = nnx.List(stages)
+        self.head = Head(spec, rngs)
+
+    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if a key is given."""
+        x = self.stem(x.astype(self.spec.dtype))
+        keys = (
+            list(jax.random.split(dropout_key, sum(self.spec.depths)))
+            if dropout_key is not None
+            else [None] * sum(self.spec.depths)
+        )
+        k = 0
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = self.downsamples[i - 1](x)
+            for block in stage:
+                x = block(x, keys[k])
+                k += 1
+        return self.head(x)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters of an NNX model."""
+    params = nnx.state(model, nnx.Param)
+    return sum(int(p.size) for p in jax.tree.leaves(params))

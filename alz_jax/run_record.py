@@ -1,0 +1,153 @@
+"""The record of every run in its workdir: config, code version, packages, data and splits.
+
+<workdir>/run/ holds config.json (the resolved config of the first start), record.json (data
+fingerprint, pixel statistics, what defines the model and data), split_manifest.json (which
+subjects and scans are in which split) and starts.jsonl (one line per start or resume: time,
+git commit, package versions, command line). A resume whose config changes the model, the data
+or the split is refused with the differences listed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from alz_jax.errors import UserError
+
+PACKAGES = (
+    "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
+    "array-record", "clu", "ml-collections", "numpy", "opencv-python-headless",
+)  # fmt: skip
+
+
+def git_commit() -> str:
+    """The commit of the code being run (with '-dirty' for uncommitted changes), or 'unknown'."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a run's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
+    """What must not change when a run resumes: the model, the data and the split."""
+    return {
+        "model": config.model.to_dict(),
+        "data": {
+            "fingerprint": data_fingerprint,
+            "manual_dir": config.data.manual_dir,
+            "synthetic_seed": config.data.synthetic_seed,
+            "validation_fraction": config.data.validation_fraction,
+            "split_seed": config.data.split_seed,
+            "image_size": config.data.image_size,
+        },
+    }
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif json.dumps(a) != json.dumps(b):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def start(
+    workdir: str | Path,
+    config: ml_collections.ConfigDict,
+    data_fingerprint: str,
+    manifest: Callable[[], dict],
+    pixel_stats: Callable[[], dict],
+    is_writer: bool = True,
+) -> dict:
+    """Records a start or resume; returns the run record (with pixel statistics).
+
+    A first start computes and stores the pixel statistics and the split manifest; a resume
+    checks the model and data identity against the stored one and reuses the statistics.
+    """
+    run_dir = Path(workdir) / "run"
+    record_path = run_dir / "record.json"
+    current = identity(config, data_fingerprint)
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        diffs = _differences(record["identity"], current)
+        if diffs:
+            raise UserError(
+                f"{workdir} holds a run with a different model, data or split; resuming would mix "
+                "two runs. Use a new --workdir, or restore the original settings. Differences "
+                "(stored -> requested):\n  " + "\n  ".join(diffs)
+            )
+    else:
+        record = {
+            "identity": current,
+            "pixel_stats": pixel_stats(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        if is_writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(run_dir / "config.json", json.loads(config.to_json_best_effort()))
+            _write_json(run_dir / "split_manifest.json", manifest())
+            _write_json(record_path, record)
+    if is_writer:
+        entry = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "argv": sys.argv,
+            "config": json.loads(config.to_json_best_effort()),
+        }
+        with open(run_dir / "starts.jsonl", "a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+    return record
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a run in `workdir` was started with."""
+    path = Path(workdir) / "run" / "config.json"
+    if not path.exists():
+        raise UserError(f"{workdir} holds no run (expected {path}).")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load(workdir: str | Path) -> dict:
+    """The run record (identity, pixel statistics) of a run in `workdir`."""
+    path = Path(workdir) / "run" / "record.json"
+    if not path.exists():
+        raise UserError(f"{workdir} holds no run record (expected {path}).")
+    return json.loads(path.read_text())

@@ -1,0 +1,22 @@
+"""The device mesh and the shardings of parameters (replicated) and batches (split on `data`)."""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D ('data',) mesh over all devices of all processes."""
+    return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of arrays copied on every device (parameters, optimizer state, scalars)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of arrays split along their leading (batch) axis over `data`."""
+    return NamedSharding(mesh, P("data"))

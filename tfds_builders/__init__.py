@@ -1,0 +1,1 @@
+"""TFDS dataset builders of alz_jax (never import alz_jax from here)."""

@@ -1,0 +1,182 @@
+"""TFDS builder `adni`: the ADNI AD_NC 2D slice set, with subject-aware splits.
+
+TFDS "manual download": the user obtains ADNI and points `manual_dir` at it. Images are stored as
+their original JPEG bytes in array_record files (random access for Grain); decoding happens in the
+input pipeline. Splits: `train` and `validation` (carved from the train folder by subject,
+stratified by class, seeded) and `test` (the test folder).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_builders.adni import layout as layout_lib
+
+_DESCRIPTION = """\
+2D sagittal MRI slices of the ADNI "AD_NC" set (Alzheimer's disease vs normal control), 20
+slices per scan, 256x240 grayscale JPEG. Splits are made by subject: no subject of `validation`
+has a visit in `train`. The official `test` folder shares subjects with `train` (see
+report_test.json's `test_subjects_also_in_train`).
+"""
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+ADNI data cannot be downloaded automatically: it is available only after registering with the
+Alzheimer's Disease Neuroimaging Initiative (https://adni.loni.usc.edu) and accepting its data-use
+terms. Obtain the 2D slice set "AD_NC" and place it so that the folder given as manual_dir
+(--config.data.manual_dir=DIR) contains
+
+    DIR/AD_NC/train/AD/<scanID>_<slice>.jpeg   DIR/AD_NC/train/NC/...
+    DIR/AD_NC/test/AD/...                      DIR/AD_NC/test/NC/...
+
+(the AD_NC level may be left out). Put meta_data_with_label.json (keyed by scan ID; subject IDs
+NNN_S_NNNN in each entry's source path) or a subjects.csv with columns scan_id,subject_id in DIR
+so that splits are made by subject; without either, each scan stands in for its subject.
+"""
+
+
+class AdniConfig(tfds.core.BuilderConfig):
+    """How the validation split is carved out of the train folder."""
+
+    def __init__(self, *, validation_fraction: float = 0.1, split_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.validation_fraction = validation_fraction
+        self.split_seed = split_seed
+
+
+def config_name(validation_fraction: float, split_seed: int) -> str:
+    """Canonical builder-config name for a validation fraction and seed ('default' for 0.1, 0)."""
+    if (validation_fraction, split_seed) == (0.1, 0):
+        return "default"
+    return f"val{validation_fraction:g}_seed{split_seed}".replace(".", "p")
+
+
+def make_config(validation_fraction: float = 0.1, split_seed: int = 0) -> AdniConfig:
+    """The builder config for a validation fraction and split seed."""
+    return AdniConfig(
+        name=config_name(validation_fraction, split_seed),
+        description=f"validation: {validation_fraction:g} of train-folder subjects, seed {split_seed}",
+        validation_fraction=validation_fraction,
+        split_seed=split_seed,
+    )
+
+
+def config_for(validation_fraction: float = 0.1, split_seed: int = 0) -> str | AdniConfig:
+    """What to pass as `Builder(config=...)`: a registered config's name, or a custom config."""
+    name = config_name(validation_fraction, split_seed)
+    if name in {c.name for c in Builder.BUILDER_CONFIGS}:
+        return name
+    return make_config(validation_fraction, split_seed)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for the ADNI AD_NC slice set (manual download)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Subject-aware train/validation/test, original JPEG bytes."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [make_config()]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(layout_lib.IMAGE_HEIGHT, layout_lib.IMAGE_WIDTH, 1),
+                        encoding_format="jpeg",
+                    ),
+                    "label": tfds.features.ClassLabel(names=list(layout_lib.CLASS_NAMES)),
+                    "scan_id": tfds.features.Text(),
+                    "subject_id": tfds.features.Text(),
+                    "slice_index": np.int32,
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://adni.loni.usc.edu",
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual_dir = Path(dl_manager.manual_dir)
+        parsed = layout_lib.parse(manual_dir)
+        bad = [(r.path, layout_lib.check_image_header(r.path)) for r in parsed.records]
+        bad = [(p, why) for p, why in bad if why]
+        if bad:
+            raise layout_lib.LayoutError(
+                f"{len(bad)} images can't be used, e.g.:\n  "
+                + "\n  ".join(f"{p} {why}" for p, why in bad[:10])
+            )
+        train_folder = parsed.records_in("train")
+        val_subjects = layout_lib.validation_subjects(
+            train_folder,
+            parsed.subject_of_scan,
+            self.builder_config.validation_fraction,
+            self.builder_config.split_seed,
+        )
+        splits = {
+            "train": [r for r in train_folder if parsed.subject_of_scan[r.scan_id] not in val_subjects],
+            "validation": [r for r in train_folder if parsed.subject_of_scan[r.scan_id] in val_subjects],
+            "test": parsed.records_in("test"),
+        }
+        self._record_metadata(manual_dir, parsed, splits)
+        return {
+            name: self._generate_examples(records, parsed.subject_of_scan)
+            for name, records in splits.items()
+        }
+
+    def _record_metadata(self, manual_dir: Path, parsed: layout_lib.Layout, splits: dict) -> None:
+        """Stores the split manifest and a content fingerprint beside the data set."""
+        manifest = {}
+        for name, records in splits.items():
+            scans: dict[str, dict] = {}
+            for r in records:
+                entry = scans.setdefault(
+                    r.scan_id,
+                    {"subject": parsed.subject_of_scan[r.scan_id], "label": r.label, "images": 0},
+                )
+                entry["images"] += 1
+            manifest[name] = dict(sorted(scans.items()))
+        subjects_of = {n: {s["subject"] for s in scans.values()} for n, scans in manifest.items()}
+        shared = subjects_of["test"] & (subjects_of["train"] | subjects_of["validation"])
+        counts = {n: len(records) for n, records in splits.items()}
+        if parsed.subject_source == "scan_id":
+            logging.warning(
+                "Subjects unknown: splits are by scan, and visits of one subject may straddle them."
+            )
+        self.info.metadata.update(
+            {
+                "manual_dir": str(manual_dir.resolve()),
+                "subject_source": parsed.subject_source,
+                "validation_fraction": self.builder_config.validation_fraction,
+                "split_seed": self.builder_config.split_seed,
+                "content_sha256": layout_lib.content_digest(
+                    r.path for r in sorted(parsed.records, key=lambda r: r.file_name)
+                ),
+                "images_per_split": counts,
+                "test_subjects_also_in_train": len(shared),
+                "manifest": manifest,
+            }
+        )
+        logging.info(
+            "ADNI splits (images): %s; subjects from %s; %d test subjects also in train.",
+            dict(collections.Counter(counts)), parsed.subject_source, len(shared),
+        )
+
+    def _generate_examples(self, records: list[layout_lib.ImageRecord], subject_of_scan: dict):
+        for r in records:
+            yield r.file_name, {
+                # Original bytes, unchanged: decoding happens in the Grain workers.
+                "image": r.path.read_bytes(),
+                "label": r.label,
+                "scan_id": r.scan_id,
+                "subject_id": subject_of_scan[r.scan_id],
+                "slice_index": r.slice_index,
+                "file_name": r.file_name,
+            }

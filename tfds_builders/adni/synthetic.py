@@ -1,0 +1,199 @@
+"""Synthetic stand-in for the ADNI "AD_NC" slice set, written in the exact ADNI folder layout.
+
+Each scan is a stack of 20 contiguous sagittal, skull-stripped, brain-like phantom slices
+(256 wide x 240 high, 8-bit grayscale JPEG). AD scans carry atrophy (enlarged ventricles, wider
+sulci from cortical thinning, a shrunken medial temporal lobe) of varying severity that overlaps
+the milder, age-like atrophy of NC scans. Pose, head size, intensity, bias field and noise vary
+per scan, so global statistics (mean intensity, brain area) are weak cues. The slice window is
+independent of the class. Deterministic by seed.
+
+    python -m tfds_builders.adni.synthetic --out DIR [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+WIDTH, HEIGHT, SLICES_PER_SCAN = 256, 240, 20
+CLASSES = ("AD", "NC")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """Size and difficulty of the synthetic set."""
+
+    train_subjects: int = 150
+    test_subjects: int = 60
+    min_scans_per_subject: int = 1
+    max_scans_per_subject: int = 4
+    ad_fraction: float = 0.5
+    # Atrophy severity in [0, 1]: NC is age-like, AD is stronger; the tails overlap.
+    nc_severity: tuple[float, float] = (0.22, 0.11)
+    ad_severity: tuple[float, float] = (0.68, 0.14)
+    slice_start_range: tuple[int, int] = (67, 95)
+    jpeg_quality: int = 92
+
+
+def _subject_id(rng: np.random.Generator, used: set[str]) -> str:
+    while True:
+        sid = f"{rng.integers(2, 999):03d}_S_{rng.integers(1, 9999):04d}"
+        if sid not in used:
+            used.add(sid)
+            return sid
+
+
+def _scan_id(rng: np.random.Generator, used: set[int]) -> int:
+    while True:
+        scan = int(rng.integers(100000, 999999))
+        if scan not in used:
+            used.add(scan)
+            return scan
+
+
+def render_scan(
+    rng: np.random.Generator, severity: float, anatomy: dict, slice_indices: np.ndarray
+) -> np.ndarray:
+    """Renders one scan's slices as uint8 (n_slices, HEIGHT, WIDTH) for a given atrophy severity."""
+    n = len(slice_indices)
+    # Pose: centre, head size, in-plane rotation.
+    cx = WIDTH / 2 + rng.normal(0, 5)
+    cy = HEIGHT / 2 + rng.normal(0, 5)
+    scale = anatomy["scale"] * rng.normal(1.0, 0.015)
+    angle = np.deg2rad(rng.normal(0, 5))
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    ca, sa = np.cos(angle), np.sin(angle)
+    u0 = ((xx - cx) * ca + (yy - cy) * sa) / (98 * scale)
+    v0 = (-(xx - cx) * sa + (yy - cy) * ca) / (82 * scale)
+
+    # Lateral distance from the midline of each slice, in [0, ~1].
+    lateral = np.abs(slice_indices.astype(np.float32) - anatomy["midline"]) / 40.0
+    lateral = np.clip(lateral, 0.0, 1.0)[:, None, None]
+    u, v = u0[None], v0[None]
+
+    # Brain outline with gyral folding; it narrows away from the midline.
+    theta = np.arctan2(v, u)
+    radius = np.sqrt(u**2 + v**2)
+    outline = 1.0 - 0.12 * lateral + 0.035 * np.sin(2 * theta + anatomy["phase"])
+    folds = np.sin(anatomy["gyri"] * theta + anatomy["phase"] * 3)
+    brain = radius < outline
+    # Cerebellum (posterior-inferior) and brainstem.
+    cereb = ((u - 0.55) / 0.38) ** 2 + ((v - 0.72) / 0.28) ** 2 < 1.0
+    stem = (np.abs(u - 0.15) < 0.11) & (v > 0.45) & (v < 1.15)
+    tissue = brain | cereb | stem
+
+    # Cortical ribbon (grey matter) and sulci that widen with atrophy.
+    depth = outline - radius
+    ribbon = (depth < 0.13 - 0.03 * severity) & brain
+    sulcus_width = 0.10 + 0.30 * severity
+    sulci = brain & (folds > 1.0 - sulcus_width) & (depth < 0.16 + 0.08 * severity)
+    # Lateral ventricle: enlarges with atrophy, smaller away from the midline.
+    vent_scale = anatomy["ventricle"] * (1.0 + 1.5 * severity) * (1.0 - 0.6 * lateral)
+    vent = ((u + 0.02) / (0.34 * vent_scale)) ** 2 + ((v + 0.08) / (0.09 * vent_scale)) ** 2 < 1.0
+    vent |= ((u - 0.22) / (0.10 * vent_scale)) ** 2 + ((v - 0.05) / (0.18 * vent_scale)) ** 2 < 1.0
+    # Medial temporal lobe (hippocampus), more visible laterally; shrinks with atrophy, with a
+    # CSF-filled temporal horn that grows.
+    hip_size = anatomy["hippocampus"] * (1.0 - 0.45 * severity) * (0.6 + 0.4 * lateral)
+    hip_r = ((u + 0.05) / (0.22 * hip_size)) ** 2 + ((v - 0.42) / (0.09 * hip_size)) ** 2
+    horn = (hip_r < (1.0 + 1.2 * severity) ** 2) & ~(hip_r < 1.0) & brain
+
+    image = np.where(tissue, 0.78, 0.0).astype(np.float32)  # white matter
+    image = np.where(ribbon | cereb, 0.52, image)
+    image = np.where(hip_r < 1.0, 0.56, image)
+    image = np.where(sulci | horn, 0.12, image)
+    image = np.where(vent & brain, 0.08, image)
+
+    # Per-scan intensity gain, smooth bias field, blur and noise.
+    gain = rng.normal(1.0, 0.12)
+    bias = 1.0 + 0.12 * np.sin(u0 * rng.uniform(1, 3) + rng.uniform(0, 6)) * np.cos(
+        v0 * rng.uniform(1, 3) + rng.uniform(0, 6)
+    )
+    image = image * gain * bias[None]
+    out = np.empty((n, HEIGHT, WIDTH), np.uint8)
+    noise_sigma = rng.uniform(0.015, 0.045)
+    for i in range(n):
+        sl = cv2.GaussianBlur(image[i], (0, 0), 1.0)
+        sl = sl + rng.normal(0, noise_sigma, sl.shape).astype(np.float32) * (sl > 0.02)
+        out[i] = np.clip(sl * 255.0, 0, 255).astype(np.uint8)
+    return out
+
+
+def generate(out_dir: str | os.PathLike, seed: int = 0, spec: SyntheticSpec | None = None) -> dict:
+    """Writes `<out_dir>/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg` plus metadata JSON.
+
+    Returns a summary: images, scans and subjects per split and class.
+    """
+    spec = spec or SyntheticSpec()
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir)
+    for split in ("train", "test"):
+        for cls in CLASSES:
+            (root / "AD_NC" / split / cls).mkdir(parents=True, exist_ok=True)
+    used_subjects: set[str] = set()
+    used_scans: set[int] = set()
+    metadata: dict[str, dict] = {}
+    summary: dict = {}
+    for split, n_subjects in (("train", spec.train_subjects), ("test", spec.test_subjects)):
+        counts = {c: {"images": 0, "scans": 0, "subjects": 0} for c in CLASSES}
+        for _ in range(n_subjects):
+            label = "AD" if rng.random() < spec.ad_fraction else "NC"
+            subject = _subject_id(rng, used_subjects)
+            anatomy = {
+                "scale": rng.normal(1.0, 0.06),
+                "ventricle": rng.normal(1.0, 0.12),
+                "hippocampus": rng.normal(1.0, 0.07),
+                "midline": rng.uniform(95, 115),
+                "phase": rng.uniform(0, 2 * np.pi),
+                "gyri": int(rng.integers(14, 22)),
+            }
+            mean, sd = spec.ad_severity if label == "AD" else spec.nc_severity
+            base_severity = rng.normal(mean, sd)
+            n_scans = int(rng.integers(spec.min_scans_per_subject, spec.max_scans_per_subject + 1))
+            counts[label]["subjects"] += 1
+            for visit in range(n_scans):
+                scan = _scan_id(rng, used_scans)
+                progression = 0.04 if label == "AD" else 0.01
+                severity = float(np.clip(base_severity + progression * visit, 0.0, 1.0))
+                start = int(rng.integers(spec.slice_start_range[0], spec.slice_start_range[1] + 1))
+                slices = np.arange(start, start + SLICES_PER_SCAN)
+                images = render_scan(rng, severity, anatomy, slices)
+                folder = root / "AD_NC" / split / label
+                for index, image in zip(slices, images, strict=True):
+                    ok, buf = cv2.imencode(
+                        ".jpeg", image, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality]
+                    )
+                    assert ok
+                    (folder / f"{scan}_{index}.jpeg").write_bytes(buf.tobytes())
+                metadata[str(scan)] = {
+                    "label": label,
+                    "visit": visit,
+                    "source_path": f"ADNI/{subject}/MPRAGE/visit_{visit:02d}/S{scan}.nii",
+                }
+                counts[label]["scans"] += 1
+                counts[label]["images"] += SLICES_PER_SCAN
+        summary[split] = counts
+    with open(root / "meta_data_with_label.json", "w") as f:
+        json.dump(metadata, f, indent=1, sort_keys=True)
+    return summary
+
+
+def main() -> None:
+    """Command-line entry: generate the synthetic set into --out."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to create (AD_NC/ goes inside)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_subjects", type=int, default=SyntheticSpec.train_subjects)
+    parser.add_argument("--test_subjects", type=int, default=SyntheticSpec.test_subjects)
+    args = parser.parse_args()
+    spec = SyntheticSpec(train_subjects=args.train_subjects, test_subjects=args.test_subjects)
+    print(json.dumps(generate(args.out, args.seed, spec)))
+
+
+if __name__ == "__main__":
+    main()
