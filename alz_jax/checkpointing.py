@@ -16,7 +16,9 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from alz_jax.errors import UserError
 
 
-def make_manager(workdir: str | Path, ckpt_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str | Path, ckpt_config: ml_collections.ConfigDict
+) -> ocp.CheckpointManager:
     """The run's CheckpointManager under <workdir>/checkpoints."""
     metric, mode = ckpt_config.best_metric, ckpt_config.best_mode
 
@@ -46,7 +48,12 @@ def make_manager(workdir: str | Path, ckpt_config: ml_collections.ConfigDict) ->
 
 def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
     """Starts an asynchronous save of the train state at `step` (with metrics for best-of)."""
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics, force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+        metrics=metrics,
+        force=True,
+    )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):

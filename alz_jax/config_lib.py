@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from alz_jax.errors import UserError
@@ -16,10 +18,7 @@ def duration_steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch
         )
     if steps is None and epochs is None:
         raise UserError(f"Set config.{name}_steps or config.{name}_epochs.")
-    if steps is not None:
-        value = int(steps)
-    else:
-        value = int(-(-float(epochs) * steps_per_epoch // 1))
+    value = int(steps) if steps is not None else math.ceil(float(epochs) * steps_per_epoch)
     if value < 0:
         raise UserError(f"config.{name}_steps/_epochs must be >= 0, got {value}.")
     return value
@@ -36,7 +35,7 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
         return int(config.num_train_steps)
     if config.get("num_epochs") is None:
         raise UserError("Set config.num_train_steps or config.num_epochs.")
-    return int(-(-float(config.num_epochs) * steps_per_epoch // 1))
+    return math.ceil(float(config.num_epochs) * steps_per_epoch)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -61,7 +60,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ),
         ("model.num_classes", c.model.num_classes, c.model.num_classes == 2, "2 (NC, AD)"),
         ("model.in_chans", c.model.in_chans, c.model.in_chans == 1, "1 (grayscale slices)"),
-        ("model.dtype", c.model.dtype, c.model.dtype in ("float32", "bfloat16"), "float32|bfloat16"),
+        (
+            "model.dtype",
+            c.model.dtype,
+            c.model.dtype in ("float32", "bfloat16"),
+            "float32|bfloat16",
+        ),
         (
             "optim.label_smoothing",
             c.optim.label_smoothing,
@@ -70,7 +74,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ),
         ("optim.learning_rate", c.optim.learning_rate, c.optim.learning_rate > 0, "> 0"),
         ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
-        ("checkpoint.best_mode", c.checkpoint.best_mode, c.checkpoint.best_mode in ("min", "max"), "min|max"),
+        (
+            "checkpoint.best_mode",
+            c.checkpoint.best_mode,
+            c.checkpoint.best_mode in ("min", "max"),
+            "min|max",
+        ),
         ("checkpoint.keep_latest", c.checkpoint.keep_latest, c.checkpoint.keep_latest >= 1, ">= 1"),
         ("checkpoint.keep_best", c.checkpoint.keep_best, c.checkpoint.keep_best >= 1, ">= 1"),
         (

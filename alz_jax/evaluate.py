@@ -77,7 +77,7 @@ def build_report(
         "weights": "raw",
         "subjects_known": subjects_known,
         "subject_source": data_metadata.get("subject_source"),
-        "num_images": int(len(prob_ad)),
+        "num_images": len(prob_ad),
         "loss": metrics.nll(records["label"], prob_ad),
         **metrics.multilevel_metrics(records, prob_ad, subjects_known),
     }
@@ -132,9 +132,9 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Evaluates a checkpoint of a finished or running training on one split."""
     del argv
-    from alz_jax import train  # noqa: PLC0415  (avoids a cycle: train uses this module)
-    from alz_jax.errors import UserError  # noqa: PLC0415
-    from tfds_builders.adni.layout import LayoutError  # noqa: PLC0415
+    from alz_jax import train
+    from alz_jax.errors import UserError
+    from tfds_builders.adni.layout import LayoutError
 
     logging.getLogger().setLevel(logging.INFO)
     try:

@@ -34,9 +34,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def classification_metrics(
-    labels: np.ndarray, prob_ad: np.ndarray, threshold: float = 0.5
-) -> dict:
+def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: float = 0.5) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, sensitivity, specificity, AUC."""
     labels = np.asarray(labels).astype(np.int64)
     predicted = (np.asarray(prob_ad) >= threshold).astype(np.int64)
@@ -55,7 +53,7 @@ def classification_metrics(
         }
     sensitivity, specificity = per_class["AD"]["recall"], per_class["NC"]["recall"]
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": _safe_div(np.trace(confusion), confusion.sum()),
         "balanced_accuracy": (sensitivity + specificity) / 2.0,
         "sensitivity": sensitivity,
@@ -63,7 +61,10 @@ def classification_metrics(
         "macro_f1": float(np.mean([per_class[c]["f1"] for c in CLASS_NAMES])),
         "roc_auc": roc_auc(labels, prob_ad),
         "per_class": per_class,
-        "confusion_matrix": {"rows_true_cols_predicted": list(CLASS_NAMES), "counts": confusion.tolist()},
+        "confusion_matrix": {
+            "rows_true_cols_predicted": list(CLASS_NAMES),
+            "counts": confusion.tolist(),
+        },
         "threshold": threshold,
     }
 

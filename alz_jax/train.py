@@ -152,9 +152,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         val = run_validation(done)
                         checkpointing.save(manager, done, state, metrics=val)
             finally:
+                # Also on an exception: let an in-flight checkpoint finish rather than lose it.
+                manager.wait_until_finished()
                 if hasattr(train_iter, "close"):
                     train_iter.close()
-        manager.wait_until_finished()
 
     # ---- Test report from the best checkpoint. ----
     with timer("test evaluation"):

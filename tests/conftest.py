@@ -7,9 +7,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+import pytest
+from absl import flags
 
 # Grain's multiprocess prefetch reads absl flags; outside an absl app they must be marked parsed.
 flags.FLAGS.mark_as_parsed()

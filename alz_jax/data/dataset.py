@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -62,7 +63,9 @@ class AdniData:
                     value = example[k]
                     rows[k].append(value.decode() if isinstance(value, bytes) else value)
         return {
-            k: np.asarray(v, dtype=object if k in ("file_name", "scan_id", "subject_id") else np.int64)
+            k: np.asarray(
+                v, dtype=object if k in ("file_name", "scan_id", "subject_id") else np.int64
+            )
             for k, v in rows.items()
         }
 
@@ -91,8 +94,9 @@ def _resolve_dirs(data_config) -> tuple[Path, Path, int | None]:
     if data_config.manual_dir:
         return Path(os.path.expanduser(data_config.manual_dir)).resolve(), data_dir, None
     if data_config.synthetic_seed is not None:
-        root = data_dir / f"synthetic_seed{data_config.synthetic_seed}"
-        return (root / "manual").resolve(), root / "tfds", int(data_config.synthetic_seed)
+        seed = int(data_config.synthetic_seed)
+        root = data_dir / f"synthetic_{synthetic.tag(_synthetic_spec(data_config), seed)}"
+        return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(
         "No ADNI data given: set --config.data.manual_dir=DIR, where DIR holds "
         "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg.\n\n"
@@ -102,14 +106,19 @@ def _resolve_dirs(data_config) -> tuple[Path, Path, int | None]:
     )
 
 
+def _synthetic_spec(data_config) -> synthetic.SyntheticSpec:
+    return synthetic.SyntheticSpec(
+        train_subjects=data_config.synthetic_train_subjects,
+        test_subjects=data_config.synthetic_test_subjects,
+    )
+
+
 def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     marker = manual_dir / ".complete"
     if marker.exists():
         return
-    spec = synthetic.SyntheticSpec(
-        train_subjects=data_config.synthetic_train_subjects,
-        test_subjects=data_config.synthetic_test_subjects,
-    )
+    shutil.rmtree(manual_dir, ignore_errors=True)  # an interrupted earlier generation
+    spec = _synthetic_spec(data_config)
     logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, manual_dir)
     summary = synthetic.generate(manual_dir, seed=seed, spec=spec)
     marker.write_text(json.dumps({"seed": seed, "summary": summary}))

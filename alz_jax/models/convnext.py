@@ -56,7 +56,9 @@ def spec_from_config(model_config) -> ConvNeXtSpec:
     else:
         depths, dims = tuple(model_config.depths), tuple(model_config.dims)
     if len(depths) != len(dims) or not depths:
-        raise ValueError(f"model.depths {depths} and model.dims {dims} must be non-empty, same length")
+        raise ValueError(
+            f"model.depths {depths} and model.dims {dims} must be non-empty, same length"
+        )
     return ConvNeXtSpec(
         depths=tuple(depths),
         dims=tuple(dims),
@@ -92,7 +94,7 @@ def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 
 
 class Block(nnx.Module):
-    """dwconv 7x7 -> LN -> Linear C->4C -> GELU -> Linear 4C->C -> gamma -> drop path -> residual."""
+    """dwconv 7x7, LN, Linear C->4C, GELU, Linear 4C->C, layer scale, drop path, residual."""
 
     def __init__(self, dim: int, drop_path_rate: float, spec: ConvNeXtSpec, rngs: nnx.Rngs):
         common = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, rngs=rngs)
@@ -107,8 +109,12 @@ class Block(nnx.Module):
             **common,
         )
         self.norm = _layer_norm(dim, spec, rngs)
-        self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=_weight_init, bias_init=_zeros, **common)
-        self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=_weight_init, bias_init=_zeros, **common)
+        self.pwconv1 = nnx.Linear(
+            dim, 4 * dim, kernel_init=_weight_init, bias_init=_zeros, **common
+        )
+        self.pwconv2 = nnx.Linear(
+            4 * dim, dim, kernel_init=_weight_init, bias_init=_zeros, **common
+        )
         self.gamma = nnx.Param(jnp.full((dim,), spec.layer_scale_init, spec.param_dtype))
         self.drop_path_rate = drop_path_rate
         self.compute_dtype = spec.dtype
@@ -206,7 +212,10 @@ class ConvNeXt(nnx.Module):
         self.spec = spec
         self.stem = Stem(spec, rngs)
         self.downsamples = nnx.List(
-            [Downsample(spec.dims[i - 1], spec.dims[i], spec, rngs) for i in range(1, len(spec.dims))]
+            [
+                Downsample(spec.dims[i - 1], spec.dims[i], spec, rngs)
+                for i in range(1, len(spec.dims))
+            ]
         )
         total = sum(spec.depths)
         rates = [spec.drop_path_rate * i / max(total - 1, 1) for i in range(total)]

@@ -59,7 +59,7 @@ def make_config(validation_fraction: float = 0.1, split_seed: int = 0) -> AdniCo
     """The builder config for a validation fraction and split seed."""
     return AdniConfig(
         name=config_name(validation_fraction, split_seed),
-        description=f"validation: {validation_fraction:g} of train-folder subjects, seed {split_seed}",
+        description=f"validation: {validation_fraction:g} of train subjects, seed {split_seed}",
         validation_fraction=validation_fraction,
         split_seed=split_seed,
     )
@@ -77,9 +77,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the ADNI AD_NC slice set (manual download)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Subject-aware train/validation/test, original JPEG bytes."}
+    RELEASE_NOTES = {"1.0.0": "Subject-aware splits, original JPEG bytes."}  # noqa: RUF012
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    BUILDER_CONFIGS = [make_config()]
+    BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -121,8 +121,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             self.builder_config.split_seed,
         )
         splits = {
-            "train": [r for r in train_folder if parsed.subject_of_scan[r.scan_id] not in val_subjects],
-            "validation": [r for r in train_folder if parsed.subject_of_scan[r.scan_id] in val_subjects],
+            "train": [
+                r for r in train_folder if parsed.subject_of_scan[r.scan_id] not in val_subjects
+            ],
+            "validation": [
+                r for r in train_folder if parsed.subject_of_scan[r.scan_id] in val_subjects
+            ],
             "test": parsed.records_in("test"),
         }
         self._record_metadata(manual_dir, parsed, splits)
@@ -166,17 +170,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
         logging.info(
             "ADNI splits (images): %s; subjects from %s; %d test subjects also in train.",
-            dict(collections.Counter(counts)), parsed.subject_source, len(shared),
+            dict(collections.Counter(counts)),
+            parsed.subject_source,
+            len(shared),
         )
 
     def _generate_examples(self, records: list[layout_lib.ImageRecord], subject_of_scan: dict):
         for r in records:
-            yield r.file_name, {
-                # Original bytes, unchanged: decoding happens in the Grain workers.
-                "image": r.path.read_bytes(),
-                "label": r.label,
-                "scan_id": r.scan_id,
-                "subject_id": subject_of_scan[r.scan_id],
-                "slice_index": r.slice_index,
-                "file_name": r.file_name,
-            }
+            yield (
+                r.file_name,
+                {
+                    # Original bytes, unchanged: decoding happens in the Grain workers.
+                    "image": r.path.read_bytes(),
+                    "label": r.label,
+                    "scan_id": r.scan_id,
+                    "subject_id": subject_of_scan[r.scan_id],
+                    "slice_index": r.slice_index,
+                    "file_name": r.file_name,
+                },
+            )

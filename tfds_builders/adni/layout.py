@@ -145,7 +145,7 @@ def _check_scans_consistent(records: Sequence[ImageRecord]) -> None:
 
 def check_image_header(path: Path) -> str | None:
     """None if `path` is a readable 256x240 grayscale JPEG (header only), else the problem."""
-    from PIL import Image  # noqa: PLC0415  (only the builder needs PIL)
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -156,7 +156,7 @@ def check_image_header(path: Path) -> str | None:
                     f"is {image.size[0]}x{image.size[1]} mode {image.mode}, "
                     f"expected {IMAGE_WIDTH}x{IMAGE_HEIGHT} mode L"
                 )
-    except Exception as e:  # noqa: BLE001  (any decoder failure is reported with the file)
+    except Exception as e:
         return f"is unreadable ({type(e).__name__}: {e})"
     return None
 
@@ -194,7 +194,10 @@ def load_subjects(
     """
     scan_ids = sorted(set(scan_ids))
     for folder in dict.fromkeys((manual_dir, root)):
-        for name, reader in ((METADATA_JSON, _subjects_from_metadata_json), (SUBJECTS_CSV, _subjects_from_csv)):
+        for name, reader in (
+            (METADATA_JSON, _subjects_from_metadata_json),
+            (SUBJECTS_CSV, _subjects_from_csv),
+        ):
             path = folder / name
             if not path.is_file():
                 continue
@@ -204,13 +207,18 @@ def load_subjects(
                 logging.warning(
                     "%s has no subject for %d of %d scans (e.g. %s); those scans stand in for "
                     "their own subject, so their subject's other visits may straddle splits.",
-                    path, len(missing), len(scan_ids), missing[:5],
+                    path,
+                    len(missing),
+                    len(scan_ids),
+                    missing[:5],
                 )
             return {s: known.get(s, s) for s in scan_ids}, name
     logging.warning(
         "No %s or %s in %s: each scan ID stands in for its subject. Scan IDs are not subject "
         "IDs: visits of one subject may straddle the train/validation split.",
-        METADATA_JSON, SUBJECTS_CSV, manual_dir,
+        METADATA_JSON,
+        SUBJECTS_CSV,
+        manual_dir,
     )
     return {s: s for s in scan_ids}, "scan_id"
 
@@ -224,7 +232,9 @@ def parse(manual_dir: str | Path) -> Layout:
     return Layout(root=root, records=records, subject_of_scan=subjects, subject_source=source)
 
 
-def subject_labels(records: Iterable[ImageRecord], subject_of_scan: dict[str, str]) -> dict[str, int]:
+def subject_labels(
+    records: Iterable[ImageRecord], subject_of_scan: dict[str, str]
+) -> dict[str, int]:
     """Stratum of each subject: the label of the majority of its scans (ties go to AD)."""
     votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     seen = set()
@@ -254,7 +264,7 @@ def validation_subjects(
     chosen: set[str] = set()
     for label in (0, 1):
         members = sorted(s for s, lab in strata.items() if lab == label)
-        n_val = int(round(fraction * len(members)))
+        n_val = round(fraction * len(members))
         if fraction > 0 and len(members) > 1:
             n_val = min(max(n_val, 1), len(members) - 1)
         order = rng.permutation(len(members))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,8 @@ import cv2
 import numpy as np
 
 WIDTH, HEIGHT, SLICES_PER_SCAN = 256, 240, 20
+# Bump when the images a seed produces change, so that stale generated sets are not reused.
+GENERATOR_VERSION = 2
 CLASSES = ("AD", "NC")
 
 
@@ -35,10 +38,16 @@ class SyntheticSpec:
     max_scans_per_subject: int = 4
     ad_fraction: float = 0.5
     # Atrophy severity in [0, 1]: NC is age-like, AD is stronger; the tails overlap.
-    nc_severity: tuple[float, float] = (0.22, 0.11)
-    ad_severity: tuple[float, float] = (0.68, 0.14)
+    nc_severity: tuple[float, float] = (0.2, 0.1)
+    ad_severity: tuple[float, float] = (0.74, 0.12)
     slice_start_range: tuple[int, int] = (67, 95)
     jpeg_quality: int = 92
+
+
+def tag(spec: SyntheticSpec, seed: int) -> str:
+    """A short name for the set a (spec, seed, generator version) produces."""
+    payload = json.dumps([GENERATOR_VERSION, seed, dataclasses.asdict(spec)], sort_keys=True)
+    return f"seed{seed}_{hashlib.sha256(payload.encode()).hexdigest()[:8]}"
 
 
 def _subject_id(rng: np.random.Generator, used: set[str]) -> str:

@@ -1,0 +1,139 @@
+"""End to end on 8 fake devices: train, checkpoint, report, run record, resume, refusals."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from alz_jax import checkpointing, steps, train
+from alz_jax.errors import UserError
+from configs import demo
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds_train")
+
+
+def tiny_config(manual_dir, data_dir, **overrides):
+    config = demo.get_config()
+    config.data.manual_dir = str(manual_dir)
+    config.data.synthetic_seed = None
+    config.data.data_dir = str(data_dir)
+    config.data.image_size = 32
+    config.data.num_workers = 0
+    config.model.depths = (1, 1, 1, 1)
+    config.model.dims = (8, 16, 32, 64)
+    config.model.drop_path_rate = 0.1  # exercised, and must resume exactly
+    config.batch_size = 16
+    config.num_epochs = None
+    config.num_train_steps = 6
+    config.warmup_epochs = None
+    config.warmup_steps = 2
+    config.eval_every_epochs = None
+    config.eval_every_steps = 2
+    config.log_every_steps = 2
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def final_params(workdir, config):
+    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    from alz_jax import sharding
+    from alz_jax.models import convnext
+
+    spec = convnext.spec_from_config(config.model)
+    tx, _ = steps.make_optimizer(config, 6, 2)
+    abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh())
+    return checkpointing.restore(manager, manager.latest_step(), abstract)
+
+
+class _PreemptedError(Exception):
+    pass
+
+
+def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp_path, monkeypatch):
+    manual_dir, _ = tiny_synthetic
+    config = tiny_config(manual_dir, data_dir)
+
+    # Run A: straight through 6 steps.
+    report = train.train_and_evaluate(config, str(tmp_path / "a"))
+    workdir = tmp_path / "a"
+    saved = json.loads((workdir / "report_test.json").read_text())
+    for level in ("slice", "scan", "subject"):
+        assert saved[level]["n"] > 0
+        counts = np.array(saved[level]["confusion_matrix"]["counts"])
+        assert counts.sum() == saved[level]["n"]
+    assert saved["slice"]["n"] == report["num_images"]
+    assert saved["subject_source"] == "meta_data_with_label.json"
+    for name in ("config.json", "record.json", "split_manifest.json", "starts.jsonl"):
+        assert (workdir / "run" / name).is_file(), name
+    manifest = json.loads((workdir / "run" / "split_manifest.json").read_text())
+    assert not set(manifest["train"]["subjects"]) & set(manifest["validation"]["subjects"])
+    start = json.loads((workdir / "run" / "starts.jsonl").read_text().splitlines()[0])
+    assert start["versions"]["jax"] == jax.__version__ and start["git_commit"]
+    assert list(workdir.glob("events.out.tfevents*"))
+    # The best (by validation loss) and the latest 2 survive.
+    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    assert {4, 6} <= set(manager.all_steps()) and manager.best_step() in manager.all_steps()
+
+    # Run B: interrupted after the step-4 checkpoint, then restarted with the same command.
+    real_factory = steps.make_train_step
+
+    def interrupting_factory(*args, **kwargs):
+        step_fn = real_factory(*args, **kwargs)
+
+        def wrapped(state, batch):
+            if int(state["step"]) == 5:
+                raise _PreemptedError
+            return step_fn(state, batch)
+
+        return wrapped
+
+    monkeypatch.setattr(steps, "make_train_step", interrupting_factory)
+    with pytest.raises(_PreemptedError):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
+    monkeypatch.setattr(steps, "make_train_step", real_factory)
+    manager_b = checkpointing.make_manager(tmp_path / "b", config.checkpoint)
+    assert manager_b.latest_step() == 4
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+    assert len((tmp_path / "b" / "run" / "starts.jsonl").read_text().splitlines()) == 2
+
+    a, b = final_params(tmp_path / "a", config), final_params(tmp_path / "b", config)
+    assert int(a["step"]) == int(b["step"]) == 6
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    # Evaluating a saved checkpoint from the workdir uses the same path.
+    val = train.evaluate_checkpoint(str(workdir), "validation", "latest")
+    assert val["checkpoint_step"] == 6 and (workdir / "report_validation.json").is_file()
+
+    # A resume that changes the model is refused, naming what changed.
+    changed = tiny_config(manual_dir, data_dir, **{"model.dims": (8, 16, 32, 48)})
+    with pytest.raises(UserError, match=r"model\.dims"):
+        train.train_and_evaluate(changed, str(workdir))
+
+
+def test_reference_config_without_adni_says_where_to_put_it(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="")
+    result = subprocess.run(
+        [sys.executable, "-m", "alz_jax.main", "--config=configs/convnext_t.py",
+         f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'tfds'}"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "manual_dir" in result.stderr and "AD_NC" in result.stderr
+    assert "Traceback" not in result.stderr
