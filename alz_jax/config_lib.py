@@ -47,8 +47,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (
             "data.validation_fraction",
             c.data.validation_fraction,
-            0.0 <= c.data.validation_fraction < 1.0,
-            "in [0, 1)",
+            0.0 < c.data.validation_fraction < 1.0,
+            "in (0, 1): validation picks the best checkpoint",
         ),
         ("data.num_workers", c.data.num_workers, c.data.num_workers >= 0, ">= 0"),
         ("data.eval_num_workers", c.data.eval_num_workers, c.data.eval_num_workers >= 0, ">= 0"),

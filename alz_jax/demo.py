@@ -7,7 +7,6 @@ time of each stage, and exits with status 1 if the scan-level test accuracy is b
 """
 
 import json
-import logging
 import shutil
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import evaluate, train
+from alz_jax import evaluate, logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
@@ -27,7 +26,7 @@ _MIN_SCAN_ACCURACY = flags.DEFINE_float(
 def main(argv: list[str]) -> None:
     """Runs the demo and applies the accuracy gate."""
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    logs.setup()
     shutil.rmtree(_WORKDIR.value, ignore_errors=True)
     start = time.perf_counter()
     report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -10,7 +10,6 @@ which writes <workdir>/report_<split>.json and prints the summary table.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -132,11 +131,14 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Evaluates a checkpoint of a finished or running training on one split."""
     del argv
-    from alz_jax import train
+    from alz_jax import (
+        logs,
+        train,
+    )
     from alz_jax.errors import UserError
     from tfds_builders.adni.layout import LayoutError
 
-    logging.getLogger().setLevel(logging.INFO)
+    logs.setup()
     try:
         report = train.evaluate_checkpoint(
             flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint

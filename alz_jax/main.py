@@ -1,12 +1,11 @@
 """Entry point: python -m alz_jax.main --config=configs/convnext_t.py --workdir=DIR."""
 
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import evaluate, train
+from alz_jax import evaluate, logs, train
 from alz_jax.errors import UserError
 from tfds_builders.adni.layout import LayoutError
 
@@ -18,7 +17,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     """Trains and evaluates; user errors print a message and exit with status 2."""
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    logs.setup()
     try:
         report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (UserError, LayoutError) as e:

@@ -127,6 +127,32 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         train.train_and_evaluate(changed, str(workdir))
 
 
+def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
+    root, spec = adni_like
+    config = tiny_config(
+        root, tmp_path / "tfds", **{"num_train_steps": 2, "data.validation_fraction": 0.25}
+    )
+    report = train.train_and_evaluate(config, str(tmp_path / "w"))
+    test_scans = [s for s, folder in spec.folder_of_scan.items() if folder == "test"]
+    test_subjects = {subj for subj, scans in spec.scans_of_subject.items()
+                     if set(scans) & set(test_scans)}  # fmt: skip
+    assert report["slice"]["n"] == spec.images["test"]
+    assert report["scan"]["n"] == len(test_scans)
+    assert report["subject"]["n"] == len(test_subjects) == 3
+    assert report["test_subjects_also_in_train"] == 1
+    assert report["subject"]["per_class"]["AD"]["support"] == 2
+
+
+def test_launch_local_dry_run():
+    result = subprocess.run(
+        ["bash", "launch/local.sh", "configs/demo.py", "/tmp/w", "--config.seed=3"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, DRY_RUN="1"), check=True,
+    )  # fmt: skip
+    assert "-m alz_jax.main --config=configs/demo.py --workdir=/tmp/w --config.seed=3" in (
+        result.stdout
+    )
+
+
 def test_reference_config_without_adni_says_where_to_put_it(tmp_path):
     env = dict(os.environ, XLA_FLAGS="")
     result = subprocess.run(

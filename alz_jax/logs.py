@@ -1,0 +1,29 @@
+"""Readable logs: our INFO lines and the metrics, without the libraries' routine chatter."""
+
+from __future__ import annotations
+
+import logging
+
+# Libraries whose INFO lines describe their own routine work (checkpoint I/O, data set files).
+_QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")
+
+
+class _LibraryInfoFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(part in record.pathname for part in _QUIET)
+
+
+def setup() -> None:
+    """INFO logging for alz_jax and CLU's metric lines; library INFO chatter is dropped."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers or [logging.StreamHandler()]:
+        if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+            handler.addFilter(_LibraryInfoFilter())
+        if handler not in root.handlers:
+            root.addHandler(handler)
