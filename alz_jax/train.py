@@ -106,11 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_hparams(_flat_hparams(config))
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
 
-    def run_validation(step: int) -> dict:
+    def run_validation(step: int, params) -> dict:
         with progress.timed("eval"):
-            prob_ad = evaluate.predict_split(
-                data, "validation", state["params"], predict_step, config, mesh
-            )
+            prob_ad = evaluate.predict_split(data, "validation", params, predict_step, config, mesh)
             scalars = evaluate.validation_metrics(val_records, prob_ad)
         writer.write_scalars(step, {f"validation/{k}": v for k, v in scalars.items()})
         return {f"validation/{k}": v for k, v in scalars.items()}
@@ -149,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         writer.write_scalars(done, scalars)
                         history, wait_time, interval_start = [], 0.0, time.perf_counter()
                     if done % eval_every == 0 or done == total_steps:
-                        val = run_validation(done)
+                        val = run_validation(done, state["params"])
                         checkpointing.save(manager, done, state, metrics=val)
             finally:
                 # Also on an exception: let an in-flight checkpoint finish rather than lose it.
@@ -160,19 +158,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- Test report from the best checkpoint. ----
     with timer("test evaluation"):
         report = evaluate_saved(
-            manager, "best", data, "test", model, pixel_stats, config, mesh, spec, tx
-        )
-        evaluate.write_report(report, workdir)
+            manager, "best", "test",
+            data=data, model=model, tx=tx, pixel_stats=pixel_stats, config=config, mesh=mesh,
+        )  # fmt: skip
     writer.flush()
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
     evaluate.write_report(report, workdir)
     return report
 
 
-def evaluate_saved(manager, which, data, split, model, pixel_stats, config, mesh, spec, tx) -> dict:
-    """Restores checkpoint `which` and builds the report of `split`."""
+def evaluate_saved(manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh):
+    """Restores checkpoint `which` ('best', 'latest', step) and builds the report of `split`."""
     step = checkpointing.resolve_step(manager, which)
-    state = checkpointing.restore(manager, step, steps.abstract_train_state(spec, tx, mesh))
+    state = checkpointing.restore(manager, step, steps.abstract_train_state(model.spec, tx, mesh))
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
     prob_ad = evaluate.predict_split(data, split, state["params"], predict_step, config, mesh)
     return evaluate.build_report(split, data.records(split), prob_ad, data.metadata, step)
@@ -197,8 +195,9 @@ def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
     )
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     report = evaluate_saved(
-        manager, which, data, split, steps.make_model(spec), record["pixel_stats"],
-        config, mesh, spec, tx,
+        manager, which, split,
+        data=data, model=steps.make_model(spec), tx=tx, pixel_stats=record["pixel_stats"],
+        config=config, mesh=mesh,
     )  # fmt: skip
     evaluate.write_report(report, workdir)
     return report

@@ -86,7 +86,7 @@ class ProcessShard(grain.MapDataset):
         self._padding = None
         if pad_to_global_batch and n:
             self._padding = jax.tree.map(np.zeros_like, dict(parent[0], mask=np.int32(0)))
-            self._padding["index"] = np.int64(-1)
+            self._padding["index"] = np.int32(-1)
 
     def __len__(self) -> int:
         return self._length
@@ -104,7 +104,7 @@ class ProcessShard(grain.MapDataset):
             return self._parent[position]
         if position >= len(self._parent):
             return dict(self._padding)
-        return dict(self._parent[position], mask=np.int32(1), index=np.int64(position))
+        return dict(self._parent[position], mask=np.int32(1), index=np.int32(position))
 
     def __str__(self) -> str:
         return f"ProcessShard(process={self._p}/{self._n_proc}, batch={self._b})"
