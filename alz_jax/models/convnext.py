@@ -84,6 +84,24 @@ def _layer_norm(num_features: int, spec: ConvNeXtSpec, rngs: nnx.Rngs) -> nnx.La
     )
 
 
+def _patchify_conv(
+    in_dim: int, out_dim: int, size: int, spec: ConvNeXtSpec, rngs: nnx.Rngs
+) -> nnx.Conv:
+    """A size x size, stride-size convolution with bias and VALID padding (stem, downsample)."""
+    return nnx.Conv(
+        in_dim,
+        out_dim,
+        (size, size),
+        strides=size,
+        padding="VALID",
+        kernel_init=_weight_init,
+        bias_init=_zeros,
+        dtype=spec.dtype,
+        param_dtype=spec.param_dtype,
+        rngs=rngs,
+    )
+
+
 def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest."""
     if key is None or rate == 0.0:
@@ -135,18 +153,7 @@ class Downsample(nnx.Module):
 
     def __init__(self, in_dim: int, out_dim: int, spec: ConvNeXtSpec, rngs: nnx.Rngs):
         self.norm = _layer_norm(in_dim, spec, rngs)
-        self.conv = nnx.Conv(
-            in_dim,
-            out_dim,
-            (2, 2),
-            strides=2,
-            padding="VALID",
-            kernel_init=_weight_init,
-            bias_init=_zeros,
-            dtype=spec.dtype,
-            param_dtype=spec.param_dtype,
-            rngs=rngs,
-        )
+        self.conv = _patchify_conv(in_dim, out_dim, 2, spec, rngs)
         self.compute_dtype = spec.dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -157,18 +164,7 @@ class Stem(nnx.Module):
     """4x4 stride-4 patchify convolution then LayerNorm."""
 
     def __init__(self, spec: ConvNeXtSpec, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(
-            spec.in_chans,
-            spec.dims[0],
-            (4, 4),
-            strides=4,
-            padding="VALID",
-            kernel_init=_weight_init,
-            bias_init=_zeros,
-            dtype=spec.dtype,
-            param_dtype=spec.param_dtype,
-            rngs=rngs,
-        )
+        self.conv = _patchify_conv(spec.in_chans, spec.dims[0], 4, spec, rngs)
         self.norm = _layer_norm(spec.dims[0], spec, rngs)
         self.compute_dtype = spec.dtype
 
