@@ -76,6 +76,7 @@ def build_report(
         "weights": "raw",
         "subjects_known": subjects_known,
         "subject_source": data_metadata.get("subject_source"),
+        "subject_coverage": data_metadata.get("subject_coverage"),
         "num_images": len(prob_ad),
         "loss": metrics.nll(records["label"], prob_ad),
         **metrics.multilevel_metrics(records, prob_ad, subjects_known),
@@ -110,6 +111,14 @@ def format_report(report: dict) -> str:
             f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
             "train (official folders): test accuracy is optimistic."
         )
+    coverage = report.get("subject_coverage")
+    if not report["subjects_known"]:
+        lines.append(
+            "Note: subjects unknown (no metadata): splits are by scan, and one subject's visits "
+            "may be in train and in validation or test."
+        )
+    elif coverage is not None and coverage < 1.0:
+        lines.append(f"Note: subjects known for {coverage:.1%} of scans; the rest stand alone.")
     return "\n".join(lines)
 
 

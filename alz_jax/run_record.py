@@ -57,9 +57,21 @@ def package_versions() -> dict[str, str]:
 
 
 def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
-    """What must not change when a run resumes: the model, the data and the split."""
+    """What must not change when a run resumes: the model, the data, the split, and the
+    training recipe (a new batch size, seed, duration or optimizer would change the data stream
+    or the schedule mid-run)."""
     return {
         "model": config.model.to_dict(),
+        "training": {
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "num_epochs": config.num_epochs,
+            "num_train_steps": config.num_train_steps,
+            "warmup_epochs": config.warmup_epochs,
+            "warmup_steps": config.warmup_steps,
+            "optim": config.optim.to_dict(),
+            "augment": config.augment.to_dict(),
+        },
         "data": {
             "fingerprint": data_fingerprint,
             "manual_dir": config.data.manual_dir,
@@ -109,9 +121,9 @@ def start(
         diffs = _differences(record["identity"], current)
         if diffs:
             raise UserError(
-                f"{workdir} holds a run with a different model, data or split; resuming would mix "
-                "two runs. Use a new --workdir, or restore the original settings. Differences "
-                "(stored -> requested):\n  " + "\n  ".join(diffs)
+                f"{workdir} holds a run with a different model, data, split or training recipe; "
+                "resuming would mix two runs. Use a new --workdir, or restore the original "
+                "settings. Differences (stored -> requested):\n  " + "\n  ".join(diffs)
             )
     else:
         record = {

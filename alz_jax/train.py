@@ -56,6 +56,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS once. ----
     data = dataset.prepare(config.data, timer=timer)
     global_batch = config.batch_size
+    if global_batch % jax.device_count():
+        raise UserError(
+            f"batch_size {global_batch} must be divisible by the {jax.device_count()} devices."
+        )
     steps_per_epoch = data.num_examples("train") // global_batch
     if steps_per_epoch == 0:
         raise UserError(
@@ -123,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 )
             )
             history, wait_time, interval_start = [], 0.0, time.perf_counter()
+            eval_time = 0.0  # validation and saving, kept out of the step time
             try:
                 for step in range(start_step, total_steps):
                     wait_start = time.perf_counter()
@@ -139,16 +144,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         scalars = _mean_metrics(history)
                         if not math.isfinite(scalars["loss"]):
                             raise FloatingPointError(f"Loss is {scalars['loss']} at step {done}.")
-                        elapsed = time.perf_counter() - interval_start
+                        elapsed = time.perf_counter() - interval_start - eval_time
                         scalars = {f"train/{k}": v for k, v in scalars.items()}
                         scalars["train/step_time_s"] = elapsed / len(history)
                         scalars["train/data_wait_s"] = wait_time / len(history)
                         scalars["train/epoch"] = done / steps_per_epoch
                         writer.write_scalars(done, scalars)
                         history, wait_time, interval_start = [], 0.0, time.perf_counter()
+                        eval_time = 0.0
                     if done % eval_every == 0 or done == total_steps:
+                        eval_start = time.perf_counter()
                         val = run_validation(done, state["params"])
                         checkpointing.save(manager, done, state, metrics=val)
+                        eval_time += time.perf_counter() - eval_start
             finally:
                 # Also on an exception: let an in-flight checkpoint finish rather than lose it.
                 manager.wait_until_finished()

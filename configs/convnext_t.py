@@ -4,11 +4,12 @@
         --config.data.manual_dir=/path/to/adni   # the folder holding AD_NC/
 
 AdamW lr 1e-3, weight decay 0.05, global batch 512, 5 warmup epochs then cosine, drop path 0.1,
-label smoothing 0.1, gradient clipping 1.0, 400 epochs (~16.8k steps on ADNI's 21,520 train
-images less 10% validation subjects). Best checkpoint by validation loss. Expected: the PyTorch
-seed report reached 0.81 slice accuracy on the official test folder (which shares subjects with
-train); expect ~0.78-0.81 per slice, a few points more per scan. Time: not yet measured on an
-accelerator; on a 2-core CPU this recipe is impractical (see configs/demo.py).
+label smoothing 0.1, gradient clipping 1.0, 400 epochs (about 14.8k steps: ADNI's 21,520 train
+images less ~10% for validation subjects give ~37 steps per epoch). Best checkpoint by
+validation loss. Expected: the PyTorch seed report reached 0.81 slice accuracy on the official
+test folder (which shares subjects with train); expect ~0.78-0.81 per slice, a few points more
+per scan. Time: not yet measured on an accelerator; on a 2-core CPU this recipe is impractical
+(see configs/demo.py).
 """
 
 import ml_collections

@@ -3,6 +3,9 @@
 #
 #   launch/local.sh CONFIG WORKDIR [--config.a.b=v ...]
 #   DRY_RUN=1 launch/local.sh ...   # print the command instead of running it
+#
+# Paths are taken relative to the directory you call it from; the repository is put on
+# PYTHONPATH, so it runs from anywhere.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG WORKDIR [--config.key=value ...]" >&2
@@ -19,5 +22,5 @@ if [ -n "${DRY_RUN:-}" ]; then
   echo
   exit 0
 fi
-cd "$repo"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec "${cmd[@]}"

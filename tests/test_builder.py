@@ -136,6 +136,17 @@ def test_subjects_csv_and_scan_id_fallback(adni_like, tmp_path, caplog):
     assert parsed.subject_of_scan[spec.scans_of_subject["011_S_0003"][1]] == "011_S_0003"
 
 
+def test_metadata_naming_no_scan_falls_back_to_scan_ids(adni_like, tmp_path):
+    root, _ = adni_like
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "meta_data_with_label.json").write_text('{"I1": {"path": "ADNI/011_S_0002/x"}}')
+    parsed = layout.parse(copy)
+    assert parsed.subject_source == "scan_id" and parsed.subject_coverage == 0.0
+    meta = build(copy, tmp_path / "tfds").info.metadata
+    assert meta["subject_source"] == "scan_id" and meta["test_subjects_also_in_train"] is None
+
+
 def _minimal(root):
     scan = 100
     for split in ("train", "test"):

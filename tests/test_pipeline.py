@@ -46,7 +46,7 @@ def _records(n):
 
     out = []
     for i in range(n):
-        _, buf = cv2.imencode(".png", np.full((24, 32), i % 251, np.uint8))
+        _, buf = cv2.imencode(".png", np.full((24, 32), i % 251 + 1, np.uint8))
         out.append({"image": buf.tobytes(), "label": i % 2, "file_name": f"{i}.png"})
     return out
 
@@ -73,35 +73,48 @@ def test_eval_pads_and_masks_so_every_image_counts_once(n, monkeypatch):
     assert mask.sum() == n
     assert sorted(index[mask == 1]) == list(range(n))
     assert np.all(index[mask == 0] == -1)
-    # The images are the records' own, in order.
-    first = batches[0]["image"][0, 0, 0, 0]
-    assert first == 0
+    # The images are the records' own, in order (record i has pixel value i + 1; padding 0).
+    images = np.concatenate([b["image"] for b in batches])
+    centre = images[:, 16, 16, 0]
+    np.testing.assert_array_equal(centre[mask == 1], index[mask == 1] % 251 + 1)
+    assert np.all(centre[mask == 0] == 0)
     # And the batches are placeable on the 8-device mesh.
     mesh = sharding.make_mesh()
     arr = jax.make_array_from_process_local_data(sharding.batch_sharded(mesh), batches[-1]["image"])
     assert arr.shape[0] == global_batch and len(arr.sharding.device_set) == 8
 
 
-def _simulated_global_batches(records, processes, steps, global_batch, start_step=0):
-    """Global batches as `processes` hosts would each load and concatenate them."""
+def _global_batches(records, processes, steps, global_batch, monkeypatch, start_step=0):
+    """Global batches as `processes` hosts would each load them with `train_dataset`."""
     parts = []
     for p in range(processes):
-        ds = grain.MapDataset.source(records).seed(5).shuffle().repeat()
-        ds = ds.random_map(input_pipeline.TrainTransform(32, (0.8, 1.0), (0.75, 4 / 3), 0.5, 0.2))
-        b = global_batch // processes
-        ds = input_pipeline.ProcessShard(ds, p, processes, b).batch(b, drop_remainder=True)
-        parts.append([ds[start_step + s] for s in range(steps)])
-    return [np.concatenate([parts[p][s]["image"] for p in range(processes)]) for s in range(steps)]
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        monkeypatch.setattr(jax, "process_count", lambda: processes)
+        ds = input_pipeline.train_dataset(
+            records, _config(), global_batch, seed=5, start_step=start_step
+        )
+        it = iter(ds)
+        parts.append([next(it) for _ in range(steps)])
+    monkeypatch.undo()
+    return [
+        {k: np.concatenate([parts[p][s][k] for p in range(processes)]) for k in parts[0][s]}
+        for s in range(steps)
+    ]
 
 
-def test_global_batches_do_not_depend_on_process_count():
+def test_global_batches_do_not_depend_on_process_count(monkeypatch):
     records = _records(50)
-    one = _simulated_global_batches(records, 1, 6, 16)
-    four = _simulated_global_batches(records, 4, 6, 16)
+    one = _global_batches(records, 1, 6, 16, monkeypatch)
+    four = _global_batches(records, 4, 6, 16, monkeypatch)
     for a, b in zip(one, four, strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    # Augmentation is on (flips, crops): batches differ from step to step.
+    assert not np.array_equal(one[0]["image"], one[1]["image"])
     # Resuming at step 4 gives the same batches as running through.
-    np.testing.assert_array_equal(_simulated_global_batches(records, 1, 2, 16, 4)[0], one[4])
+    resumed = _global_batches(records, 1, 2, 16, monkeypatch, start_step=4)
+    np.testing.assert_array_equal(resumed[0]["image"], one[4]["image"])
+    np.testing.assert_array_equal(resumed[1]["image"], one[5]["image"])
 
 
 def test_training_epochs_cover_every_record_once_and_reshuffle():

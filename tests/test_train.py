@@ -121,10 +121,15 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     val = train.evaluate_checkpoint(str(workdir), "validation", "latest")
     assert val["checkpoint_step"] == 6 and (workdir / "report_validation.json").is_file()
 
-    # A resume that changes the model is refused, naming what changed.
-    changed = tiny_config(manual_dir, data_dir, **{"model.dims": (8, 16, 32, 48)})
-    with pytest.raises(UserError, match=r"model\.dims"):
-        train.train_and_evaluate(changed, str(workdir))
+    # A resume that changes the model, the split or the recipe is refused, naming what changed.
+    for key, value, named in (
+        ("model.dims", (8, 16, 32, 48), r"model\.dims"),
+        ("data.validation_fraction", 0.3, r"data\.validation_fraction"),
+        ("batch_size", 32, r"training\.batch_size"),
+    ):
+        changed = tiny_config(manual_dir, data_dir, **{key: value})
+        with pytest.raises(UserError, match=named):
+            train.train_and_evaluate(changed, str(workdir))
 
 
 def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
@@ -143,14 +148,26 @@ def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
     assert report["subject"]["per_class"]["AD"]["support"] == 2
 
 
-def test_launch_local_dry_run():
+def test_launch_local_dry_run(tmp_path):
     result = subprocess.run(
-        ["bash", "launch/local.sh", "configs/demo.py", "/tmp/w", "--config.seed=3"],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, DRY_RUN="1"), check=True,
+        ["bash", str(REPO / "launch/local.sh"), "configs/demo.py", "/tmp/w", "--config.seed=3"],
+        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, DRY_RUN="1"),
+        check=True,
     )  # fmt: skip
     assert "-m alz_jax.main --config=configs/demo.py --workdir=/tmp/w --config.seed=3" in (
         result.stdout
     )
+
+
+def test_bad_data_folder_and_batch_are_user_errors(tmp_path, tiny_synthetic):
+    (tmp_path / "empty").mkdir()
+    config = tiny_config(tmp_path / "empty", tmp_path / "tfds")
+    with pytest.raises(UserError, match="no ADNI layout") as error:
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert "adni.loni.usc.edu" in str(error.value)
+    config = tiny_config(tiny_synthetic[0], tmp_path / "tfds2", batch_size=12)
+    with pytest.raises(UserError, match="divisible by the 8 devices"):
+        train.train_and_evaluate(config, str(tmp_path / "w2"))
 
 
 def test_reference_config_without_adni_says_where_to_put_it(tmp_path):

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from alz_jax.errors import UserError
 from tfds_builders import adni as adni_builder
-from tfds_builders.adni import synthetic
+from tfds_builders.adni import layout, synthetic
 
 SPLITS = ("train", "validation", "test")
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
@@ -124,6 +124,29 @@ def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
+def _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer) -> None:
+    if synthetic_seed is not None:
+        with timer("generate synthetic data"):
+            _ensure_synthetic(manual_dir, synthetic_seed, data_config)
+    elif not manual_dir.is_dir():
+        raise UserError(
+            f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
+            + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
+    else:
+        try:
+            layout.find_root(manual_dir)
+        except layout.LayoutError as e:
+            raise UserError(
+                f"{e}\n\n{adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            ) from e
+    logging.info("Building the adni TFDS data set from %s into %s", manual_dir, data_dir)
+    with timer("build TFDS data set"):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        )
+
+
 def prepare(data_config, timer=None) -> AdniData:
     """Opens the data set a config names, generating and building it first if needed.
 
@@ -141,23 +164,26 @@ def prepare(data_config, timer=None) -> AdniData:
         )
 
     builder = make_builder()
+    # Process 0 builds; every process meets at the barrier, and learns whether the build failed,
+    # so none waits forever. data_dir must be on storage that every host sees.
+    error = None
+    if jax.process_index() == 0 and not builder.is_prepared():
+        try:
+            _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer)
+        except (UserError, layout.LayoutError) as e:
+            error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            raise UserError("Process 0 failed to build the adni data set; see its log.")
+    if error is not None:
+        raise error
+    builder = make_builder()
     if not builder.is_prepared():
-        if jax.process_index() == 0:
-            if synthetic_seed is not None:
-                with timer("generate synthetic data"):
-                    _ensure_synthetic(manual_dir, synthetic_seed, data_config)
-            elif not manual_dir.is_dir():
-                raise UserError(
-                    f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
-                    + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
-                )
-            logging.info("Building the adni TFDS data set from %s into %s", manual_dir, data_dir)
-            with timer("build TFDS data set"):
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-                )
-        multihost_utils.sync_global_devices("adni data set built")
-        builder = make_builder()
+        raise UserError(
+            f"The adni data set is not in {data_dir} on process {jax.process_index()}: "
+            "data.data_dir must be on storage that every host sees."
+        )
     built_from = builder.info.metadata.get("manual_dir")
     if built_from != os.fspath(manual_dir):
         raise UserError(

@@ -158,13 +158,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             {
                 "manual_dir": str(manual_dir.resolve()),
                 "subject_source": parsed.subject_source,
+                "subject_coverage": parsed.subject_coverage,
                 "validation_fraction": self.builder_config.validation_fraction,
                 "split_seed": self.builder_config.split_seed,
                 "content_sha256": layout_lib.content_digest(
                     r.path for r in sorted(parsed.records, key=lambda r: r.file_name)
                 ),
                 "images_per_split": counts,
-                "test_subjects_also_in_train": len(shared),
+                # Unknowable when scans stand in for subjects (a scan is in one folder only).
+                "test_subjects_also_in_train": (
+                    len(shared) if parsed.subject_source != "scan_id" else None
+                ),
                 "manifest": manifest,
             }
         )

@@ -55,6 +55,14 @@ class Layout:
     subject_of_scan: dict[str, str]
     subject_source: str  # "meta_data_with_label.json", "subjects.csv" or "scan_id"
 
+    @property
+    def subject_coverage(self) -> float:
+        """Fraction of scans whose subject came from the source (0 when scans stand in)."""
+        if self.subject_source == "scan_id" or not self.subject_of_scan:
+            return 0.0
+        known = sum(subject != scan for scan, subject in self.subject_of_scan.items())
+        return known / len(self.subject_of_scan)
+
     def records_in(self, folder_split: str) -> list[ImageRecord]:
         """Images of one official folder, in a stable order."""
         return [r for r in self.records if r.folder_split == folder_split]
@@ -203,6 +211,12 @@ def load_subjects(
                 continue
             known = reader(path)
             missing = [s for s in scan_ids if s not in known]
+            if len(missing) == len(scan_ids):
+                logging.warning(
+                    "%s names none of the %d scan IDs found (e.g. %s; it has e.g. %s): ignored.",
+                    path, len(scan_ids), scan_ids[:3], sorted(known)[:3],
+                )  # fmt: skip
+                continue
             if missing:
                 logging.warning(
                     "%s has no subject for %d of %d scans (e.g. %s); those scans stand in for "
