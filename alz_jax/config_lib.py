@@ -6,6 +6,7 @@ import math
 
 import ml_collections
 
+from alz_jax.data import augment
 from alz_jax.errors import UserError
 
 
@@ -95,6 +96,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "0 < low <= high",
         ),
     ]
+    for name, value in c.augment.items():
+        if name.endswith("_prob"):
+            checks.append((f"augment.{name}", value, 0.0 <= value <= 1.0, "in [0, 1]"))
+    checks += [
+        (
+            "augment.blur_kernel",
+            c.augment.get("blur_kernel", 3),
+            c.augment.get("blur_kernel", 3) % 2 == 1,
+            "an odd number",
+        ),
+        (
+            "augment.noise_std",
+            c.augment.get("noise_std", 0),
+            c.augment.get("noise_std", 0) >= 0,
+            ">= 0",
+        ),
+    ]
+    try:
+        augment.AugmentSpec.from_config(c.augment)
+    except ValueError as e:
+        raise UserError(str(e)) from e
     for field, value, ok, expected in checks:
         if not ok:
             raise UserError(f"config.{field} = {value!r}: expected {expected}.")

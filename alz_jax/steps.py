@@ -82,6 +82,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+_NOISE_STREAM = 0x6E6F6973
+
+
+def add_gaussian_noise(key: jax.Array, images: jax.Array, prob: float, std: float) -> jax.Array:
+    """Adds N(0, std^2) noise to each image with probability `prob` (per image), in float.
+
+    The seed pipeline adds noise to [0, 1] tensors without clipping; here it is added after
+    normalisation with std divided by the pixel std, which is the same thing.
+    """
+    apply_key, noise_key = jax.random.split(key)
+    apply = jax.random.bernoulli(apply_key, prob, (images.shape[0],) + (1,) * (images.ndim - 1))
+    noise = jax.random.normal(noise_key, images.shape, images.dtype) * std
+    return images + jnp.where(apply, noise, jnp.zeros_like(noise))
+
+
 def make_train_step(
     model: Model,
     tx: optax.GradientTransformation,
@@ -94,11 +109,19 @@ def make_train_step(
     smoothing = config.optim.label_smoothing
     base_key = jax.random.key(config.seed)
     mean, std = pixel_stats["mean"], pixel_stats["std"]
+    noise_prob, noise_std = (
+        config.augment.get("noise_prob", 0.0),
+        config.augment.get("noise_std", 0.0),
+    )
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         images = preprocess.normalize(batch["image"], mean, std)
-        # Derived from the step, so a resumed run draws the same stochastic depth masks.
+        # Derived from the step, so a resumed run draws the same stochastic depth masks and noise.
         dropout_key = jax.random.fold_in(base_key, state["step"])
+        if noise_prob > 0 and noise_std > 0:
+            images = add_gaussian_noise(
+                jax.random.fold_in(dropout_key, _NOISE_STREAM), images, noise_prob, noise_std / std
+            )
 
         def loss_fn(params):
             logits = model.apply(params, images, dropout_key)

@@ -35,12 +35,31 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_num_workers = 4
     config.data.prefetch_buffer_size = 2
 
+    # The seed report's torchvision pipeline, op for op (REFERENCE.md), on single-channel uint8.
     config.augment = ml_collections.ConfigDict()
-    config.augment.crop_scale = (0.8, 1.0)  # random resized crop, as in the seed report
+    config.augment.crop_scale = (0.8, 1.0)  # random resized crop, always
     config.augment.crop_ratio = (3 / 4, 4 / 3)
     # Not anatomical symmetries of sagittal slices (see ADNI.md); the seed report used both.
     config.augment.hflip_prob = 0.5
-    config.augment.vflip_prob = 0.0
+    config.augment.vflip_prob = 0.2
+    config.augment.rotate_prob = 1.0
+    config.augment.rotate_deg = 15.0
+    config.augment.affine_prob = 1.0
+    config.augment.translate = 0.05
+    config.augment.affine_scale = (0.95, 1.05)
+    config.augment.shear_deg = 5.0
+    config.augment.blur_prob = 1.0
+    config.augment.blur_kernel = 3
+    config.augment.blur_sigma = (0.1, 1.0)
+    config.augment.jitter_prob = 0.0
+    config.augment.brightness = 0.0
+    config.augment.contrast = 0.0
+    config.augment.noise_prob = 1.0  # on device, in float, after the image leaves uint8
+    config.augment.noise_std = 0.02  # in [0, 1] pixel units
+    config.augment.erase_prob = 0.25
+    config.augment.erase_scale = (0.02, 0.33)
+    config.augment.erase_ratio = (0.3, 3.3)
+    config.augment.erase_value = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.size = "tiny"  # atto .. large; empty to use depths and dims below

@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 1
     config.data.eval_num_workers = 0
 
+    # Random resized crop and horizontal flip only (the rest of the seed pipeline is off).
+    for op in ("vflip", "rotate", "affine", "blur", "jitter", "noise", "erase"):
+        config.augment[f"{op}_prob"] = 0.0
+
     config.model.size = ""
     config.model.depths = (1, 1, 3, 1)
     config.model.dims = (32, 64, 128, 256)

@@ -32,14 +32,6 @@ def test_random_resized_crop_box_within_bounds_and_scale():
         assert 0.75 <= h * w / 256**2 <= 1.01
 
 
-def test_flips():
-    image = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
-    rng = np.random.default_rng(0)
-    assert np.array_equal(augment.random_flips(rng, image, 1.0, 0.0), image[:, ::-1])
-    assert np.array_equal(augment.random_flips(rng, image, 0.0, 1.0), image[::-1])
-    assert np.array_equal(augment.random_flips(rng, image, 0.0, 0.0), image)
-
-
 def _records(n):
     """A source of n tiny encoded images whose pixel value encodes the record index."""
     import cv2
@@ -52,14 +44,20 @@ def _records(n):
 
 
 def _config(workers=0):
+    """The seed report's whole augmentation pipeline (configs/convnext_t.py) at 32 px."""
+    from configs import convnext_t
+
     return ConfigDict(
         {
-            "data": {"image_size": 32, "num_workers": workers, "eval_num_workers": workers,
-                     "prefetch_buffer_size": 2},
-            "augment": {"crop_scale": (0.8, 1.0), "crop_ratio": (0.75, 4 / 3),
-                        "hflip_prob": 0.5, "vflip_prob": 0.2},
+            "data": {
+                "image_size": 32,
+                "num_workers": workers,
+                "eval_num_workers": workers,
+                "prefetch_buffer_size": 2,
+            },
+            "augment": convnext_t.get_config().augment.to_dict(),
         }
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("n", [37, 40, 1])

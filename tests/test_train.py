@@ -33,6 +33,10 @@ def tiny_config(manual_dir, data_dir, **overrides):
     config.model.depths = (1, 1, 1, 1)
     config.model.dims = (8, 16, 32, 64)
     config.model.drop_path_rate = 0.1  # exercised, and must resume exactly
+    # Host ops and device noise exercised too.
+    config.augment.rotate_prob = 0.5
+    config.augment.erase_prob = 0.25
+    config.augment.noise_prob = 0.5
     config.batch_size = 16
     config.num_epochs = None
     config.num_train_steps = 6

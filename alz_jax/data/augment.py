@@ -1,14 +1,29 @@
-"""Host-side, per-image training augmentation on uint8 numpy images (random resized crop, flips).
+"""Host-side, per-image training augmentation of single-channel uint8 images (OpenCV).
+
+Random resized crop, flips, rotation, affine (translate, scale, shear), Gaussian blur,
+brightness/contrast and random erasing, each with its probability and magnitude from the
+config's `augment` section; the seed report's torchvision pipeline is expressible there
+(configs/convnext_t.py). Gaussian noise is the exception: it runs on device, in float, after
+normalisation (values below 0 or above 1 must survive, as in the seed pipeline; clipping them to
+uint8 would bias the mostly-black background upward), see `steps.make_train_step`.
 
 Each op takes a `np.random.Generator` that Grain seeds from the pipeline seed and the record's
 global position, so augmentation is deterministic and independent of process and worker count.
+Every op draws its random numbers whether or not it fires, so switching one op on or off leaves
+the others' draws unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import cv2
 import numpy as np
+
+from alz_jax.data import preprocess
+
+BACKGROUND_VALUE = 0  # fill for pixels a warp brings in from outside the image
 
 
 def random_resized_crop_box(
@@ -44,14 +59,168 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_flips(
-    rng: np.random.Generator, image: np.ndarray, hflip_prob: float, vflip_prob: float
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """Every host augmentation op with its probability and magnitude (see `from_config`)."""
+
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_prob: float = 0.0
+    vflip_prob: float = 0.0
+    rotate_prob: float = 0.0
+    rotate_deg: float = 0.0  # angle ~ U(-rotate_deg, rotate_deg)
+    affine_prob: float = 0.0
+    translate: float = 0.0  # shift ~ U(-t, t) x image size, per axis
+    affine_scale: tuple[float, float] = (1.0, 1.0)
+    shear_deg: float = 0.0  # x shear ~ U(-shear_deg, shear_deg)
+    blur_prob: float = 0.0
+    blur_kernel: int = 3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    jitter_prob: float = 0.0
+    brightness: float = 0.0  # factor ~ U(1 - b, 1 + b)
+    contrast: float = 0.0  # factor ~ U(1 - c, 1 + c), around the image mean
+    erase_prob: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    erase_value: int = 0
+
+    @classmethod
+    def from_config(cls, augment_config) -> AugmentSpec:
+        """The spec for a config's `augment` section (unknown fields are an error)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in augment_config.items() if k in fields}
+        unknown = sorted(set(augment_config.keys()) - fields - _DEVICE_FIELDS)
+        if unknown:
+            raise ValueError(f"Unknown config.augment fields {unknown}; known: {sorted(fields)}")
+        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
+
+
+# Augmentation fields applied on device, not here (noise needs values outside uint8).
+_DEVICE_FIELDS = frozenset({"noise_prob", "noise_std"})
+
+
+def geometric_matrix(
+    size: int,
+    *,
+    hflip: bool = False,
+    vflip: bool = False,
+    angle_deg: float = 0.0,
+    translate_px: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+    shear_deg: float = 0.0,
 ) -> np.ndarray:
-    """Flips left-right with probability hflip_prob and top-bottom with vflip_prob."""
-    # Both draws always happen so the random stream doesn't depend on the probabilities' values.
-    do_h, do_v = rng.random() < hflip_prob, rng.random() < vflip_prob
-    if do_h:
-        image = image[:, ::-1]
-    if do_v:
-        image = image[::-1]
-    return np.ascontiguousarray(image)
+    """2x3 forward matrix of flips, then rotation, then affine, about the image centre.
+
+    The order of torchvision's RandomHorizontalFlip/RandomVerticalFlip, RandomRotation and
+    RandomAffine, fused into one warp. Positive angles rotate counter-clockwise on screen.
+    """
+    c = (size - 1) / 2.0
+    to_centre = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]], np.float64)
+    back = np.array([[1, 0, c], [0, 1, c], [0, 0, 1]], np.float64)
+    flip = np.diag([-1.0 if hflip else 1.0, -1.0 if vflip else 1.0, 1.0])
+    a = math.radians(angle_deg)
+    # Image rows grow downwards, so a counter-clockwise rotation on screen uses -a here.
+    rotate = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    shear = np.array([[1, -math.tan(math.radians(shear_deg)), 0], [0, 1, 0], [0, 0, 1]])
+    affine = np.diag([scale, scale, 1.0]) @ shear
+    affine[0, 2], affine[1, 2] = translate_px
+    forward = back @ affine @ rotate @ flip @ to_centre
+    return forward[:2].astype(np.float32)
+
+
+def random_geometry(rng: np.random.Generator, image: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """Flips, rotation and affine, each with its probability, as one warp (or plain flips)."""
+    size = image.shape[0]
+    # Every draw always happens, so the random stream doesn't depend on which ops are active.
+    hflip, vflip = rng.random() < spec.hflip_prob, rng.random() < spec.vflip_prob
+    do_rotate, angle = rng.random() < spec.rotate_prob, rng.uniform(-1, 1) * spec.rotate_deg
+    do_affine = rng.random() < spec.affine_prob
+    shift = rng.uniform(-1, 1, 2) * spec.translate * size
+    scale = rng.uniform(*spec.affine_scale)
+    shear = rng.uniform(-1, 1) * spec.shear_deg
+    if not (do_rotate or do_affine):
+        out = image[:, ::-1] if hflip else image
+        return np.ascontiguousarray(out[::-1] if vflip else out)
+    matrix = geometric_matrix(
+        size,
+        hflip=hflip,
+        vflip=vflip,
+        angle_deg=angle if do_rotate else 0.0,
+        translate_px=tuple(np.round(shift)) if do_affine else (0.0, 0.0),
+        scale=scale if do_affine else 1.0,
+        shear_deg=shear if do_affine else 0.0,
+    )
+    out = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=BACKGROUND_VALUE
+    )
+    return out.reshape(image.shape)
+
+
+def random_blur(rng: np.random.Generator, image: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """Gaussian blur with sigma ~ U(blur_sigma), with probability blur_prob."""
+    apply, sigma = rng.random() < spec.blur_prob, rng.uniform(*spec.blur_sigma)
+    if not apply:
+        return image
+    k = spec.blur_kernel
+    return cv2.GaussianBlur(image, (k, k), sigmaX=sigma, sigmaY=sigma).reshape(image.shape)
+
+
+def random_jitter(rng: np.random.Generator, image: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """Brightness then contrast (about the image mean), with probability jitter_prob; clipped."""
+    apply = rng.random() < spec.jitter_prob
+    b = rng.uniform(max(0.0, 1 - spec.brightness), 1 + spec.brightness)
+    c = rng.uniform(max(0.0, 1 - spec.contrast), 1 + spec.contrast)
+    if not apply:
+        return image
+    x = image.astype(np.float32) * b
+    x = (x - x.mean()) * c + x.mean()
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def random_erase_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int] | None:
+    """(top, left, h, w) of torchvision RandomErasing's box, or None after 10 failed tries."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        erase_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        h = round(math.sqrt(erase_area * aspect))
+        w = round(math.sqrt(erase_area / aspect))
+        if h < height and w < width:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return None
+
+
+def random_erase(rng: np.random.Generator, image: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """Sets a random box to erase_value with probability erase_prob."""
+    if not rng.random() < spec.erase_prob:
+        return image
+    box = random_erase_box(rng, image.shape[0], image.shape[1], spec.erase_scale, spec.erase_ratio)
+    if box is None:
+        return image
+    top, left, h, w = box
+    image = image.copy()
+    image[top : top + h, left : left + w] = spec.erase_value
+    return image
+
+
+def augment(rng: np.random.Generator, square: np.ndarray, size: int, spec: AugmentSpec):
+    """The host training augmentation of a padded square uint8 image, output (size, size, 1).
+
+    Random resized crop and resize first (area interpolation when shrinking, so a large
+    downscale doesn't alias), then flips/rotation/affine as one warp at the output size, blur,
+    brightness/contrast, random erasing.
+    """
+    side = square.shape[0]
+    box = random_resized_crop_box(rng, side, side, spec.crop_scale, spec.crop_ratio)
+    image = preprocess.to_model_input(square, size, box)
+    image = random_geometry(rng, image, spec)
+    image = random_blur(rng, image, spec)
+    image = random_jitter(rng, image, spec)
+    return random_erase(rng, image, spec)

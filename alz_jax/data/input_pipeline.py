@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import cv2
 import grain
 import jax
 import numpy as np
@@ -24,20 +25,15 @@ from alz_jax.data import augment, preprocess
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-    """Decode, random resized crop on the padded square, resize, flips; keeps image and label."""
+    """Decode, pad to a square, then the host augmentation suite; keeps image and label."""
 
     image_size: int
-    crop_scale: tuple[float, float]
-    crop_ratio: tuple[float, float]
-    hflip_prob: float
-    vflip_prob: float
+    spec: augment.AugmentSpec
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
         image = preprocess.decode_image(record["image"], _name(record))
-        side = max(image.shape)
-        box = augment.random_resized_crop_box(rng, side, side, self.crop_scale, self.crop_ratio)
-        image = preprocess.to_model_input(image, self.image_size, box)
-        image = augment.random_flips(rng, image, self.hflip_prob, self.vflip_prob)
+        square = preprocess.pad_to_square(image)
+        image = augment.augment(rng, square, self.image_size, self.spec)
         return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -110,10 +106,18 @@ class ProcessShard(grain.MapDataset):
         return f"ProcessShard(process={self._p}/{self._n_proc}, batch={self._b})"
 
 
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Each Grain worker is one core's worth of work: OpenCV's own thread pool off."""
+    del worker_index, worker_count
+    cv2.setNumThreads(1)
+
+
 def _prefetch(ds: grain.MapDataset, num_workers: int, buffer_size: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer_size))
     if num_workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_init_worker
+        )
     return it
 
 
@@ -130,13 +134,8 @@ def train_dataset(
     source, config, global_batch: int, *, seed: int, start_step: int = 0
 ) -> grain.IterDataset:
     """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on."""
-    aug = config.augment
     transform = TrainTransform(
-        image_size=config.data.image_size,
-        crop_scale=tuple(aug.crop_scale),
-        crop_ratio=tuple(aug.crop_ratio),
-        hflip_prob=aug.hflip_prob,
-        vflip_prob=aug.vflip_prob,
+        config.data.image_size, augment.AugmentSpec.from_config(config.augment)
     )
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
     b = per_process_batch(global_batch)
