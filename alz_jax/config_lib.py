@@ -6,7 +6,7 @@ import math
 
 import ml_collections
 
-from alz_jax.data import augment
+from alz_jax.data import augment, mixing
 from alz_jax.errors import UserError
 
 
@@ -113,8 +113,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ">= 0",
         ),
     ]
+    if "mix" in c:
+        m = c.mix
+        checks += [
+            ("mix.prob", m.prob, 0.0 <= m.prob <= 1.0, "in [0, 1]"),
+            ("mix.mixup_alpha", m.mixup_alpha, m.mixup_alpha >= 0, ">= 0"),
+            ("mix.cutmix_alpha", m.cutmix_alpha, m.cutmix_alpha >= 0, ">= 0"),
+            ("mix.group_size", m.group_size, m.group_size > 0, "> 0"),
+            (
+                "mix.explore_end/transition_end",
+                (m.explore_end, m.transition_end),
+                0.0 <= m.explore_end <= m.transition_end <= 1.0,
+                "0 <= explore_end <= transition_end <= 1",
+            ),
+        ]
     try:
         augment.AugmentSpec.from_config(c.augment)
+        mixing.spec_from_config(c, 1)
     except ValueError as e:
         raise UserError(str(e)) from e
     for field, value, ok, expected in checks:

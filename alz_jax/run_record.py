@@ -71,6 +71,7 @@ def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
             "warmup_steps": config.warmup_steps,
             "optim": config.optim.to_dict(),
             "augment": config.augment.to_dict(),
+            "mix": config.mix.to_dict() if "mix" in config else None,
         },
         "data": {
             "fingerprint": data_fingerprint,

@@ -125,7 +125,11 @@ def make_train_step(
 
         def loss_fn(params):
             logits = model.apply(params, images, dropout_key)
-            return cross_entropy(logits, batch["label"], smoothing).mean(), logits
+            if "targets" in batch:  # mixed on host, label smoothing already applied there
+                loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
+            else:
+                loss = cross_entropy(logits, batch["label"], smoothing)
+            return loss.mean(), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -123,7 +123,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if start_step < total_steps:
             train_iter = iter(
                 input_pipeline.train_dataset(
-                    train_source, config, global_batch, seed=config.seed, start_step=start_step
+                    train_source,
+                    config,
+                    global_batch,
+                    seed=config.seed,
+                    start_step=start_step,
+                    total_steps=total_steps,
                 )
             )
             history, wait_time, interval_start = [], 0.0, time.perf_counter()

@@ -61,6 +61,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.erase_ratio = (0.3, 3.3)
     config.augment.erase_value = 0
 
+    # Mixup/CutMix as in the seed report, within groups of consecutive examples, with its
+    # three-phase schedule: full strength until 50% of training, fading to none by 75%.
+    config.mix = ml_collections.ConfigDict()
+    config.mix.mixup_alpha = 0.8
+    config.mix.cutmix_alpha = 1.0
+    config.mix.prob = 1.0
+    config.mix.switch_prob = 0.5
+    config.mix.mode = "batch"  # batch | pair | elem
+    config.mix.group_size = 64  # must divide the per-process batch
+    config.mix.explore_end = 0.5
+    config.mix.transition_end = 0.75
+
     config.model = ml_collections.ConfigDict()
     config.model.size = "tiny"  # atto .. large; empty to use depths and dims below
     config.model.depths = ()

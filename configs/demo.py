@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     for op in ("vflip", "rotate", "affine", "blur", "jitter", "noise", "erase"):
         config.augment[f"{op}_prob"] = 0.0
 
+    config.mix.prob = 0.0  # no Mixup/CutMix
+
     config.model.size = ""
     config.model.depths = (1, 1, 3, 1)
     config.model.dims = (32, 64, 128, 256)

@@ -44,9 +44,11 @@ def _records(n):
 
 
 def _config(workers=0):
-    """The seed report's whole augmentation pipeline (configs/convnext_t.py) at 32 px."""
+    """The seed report's whole augmentation pipeline and Mixup/CutMix (configs/convnext_t.py) at
+    32 px, mixing in groups of 4."""
     from configs import convnext_t
 
+    reference = convnext_t.get_config()
     return ConfigDict(
         {
             "data": {
@@ -55,7 +57,10 @@ def _config(workers=0):
                 "eval_num_workers": workers,
                 "prefetch_buffer_size": 2,
             },
-            "augment": convnext_t.get_config().augment.to_dict(),
+            "augment": reference.augment.to_dict(),
+            "mix": dict(reference.mix.to_dict(), group_size=4),
+            "optim": {"label_smoothing": 0.1},
+            "model": {"num_classes": 2},
         }
     )
 
@@ -89,7 +94,7 @@ def _global_batches(records, processes, steps, global_batch, monkeypatch, start_
         monkeypatch.setattr(jax, "process_index", lambda p=p: p)
         monkeypatch.setattr(jax, "process_count", lambda: processes)
         ds = input_pipeline.train_dataset(
-            records, _config(), global_batch, seed=5, start_step=start_step
+            records, _config(), global_batch, seed=5, start_step=start_step, total_steps=10
         )
         it = iter(ds)
         parts.append([next(it) for _ in range(steps)])
@@ -107,12 +112,19 @@ def test_global_batches_do_not_depend_on_process_count(monkeypatch):
     for a, b in zip(one, four, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["targets"], b["targets"])
+    # Mixed while the schedule is on (steps < 5 of 10), not after 7.5.
+    assert np.any(one[0]["targets"].max(1) < 0.95 - 1e-6)
+    np.testing.assert_allclose(one[0]["targets"].sum(1), 1.0, rtol=1e-6)
     # Augmentation is on (flips, crops): batches differ from step to step.
     assert not np.array_equal(one[0]["image"], one[1]["image"])
     # Resuming at step 4 gives the same batches as running through.
     resumed = _global_batches(records, 1, 2, 16, monkeypatch, start_step=4)
-    np.testing.assert_array_equal(resumed[0]["image"], one[4]["image"])
-    np.testing.assert_array_equal(resumed[1]["image"], one[5]["image"])
+    for got, want in zip(resumed, one[4:], strict=True):
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["targets"], want["targets"])
+    late = _global_batches(records, 1, 1, 16, monkeypatch, start_step=8)[0]
+    np.testing.assert_allclose(late["targets"].max(1), 0.95, rtol=1e-6)  # unmixed, smoothed
 
 
 def test_training_epochs_cover_every_record_once_and_reshuffle():
@@ -126,14 +138,15 @@ def test_training_epochs_cover_every_record_once_and_reshuffle():
 
 def test_train_dataset_with_worker_processes_matches_in_process():
     records = _records(40)
-    in_process = input_pipeline.train_dataset(records, _config(0), 8, seed=0)
-    with_workers = input_pipeline.train_dataset(records, _config(2), 8, seed=0)
+    in_process = input_pipeline.train_dataset(records, _config(0), 8, seed=0, total_steps=9)
+    with_workers = input_pipeline.train_dataset(records, _config(2), 8, seed=0, total_steps=9)
     a_it, b_it = iter(in_process), iter(with_workers)
     try:
         for _ in range(3):
             a, b = next(a_it), next(b_it)
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
+            np.testing.assert_array_equal(a["targets"], b["targets"])
     finally:
         b_it.close()
 

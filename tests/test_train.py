@@ -37,6 +37,8 @@ def tiny_config(manual_dir, data_dir, **overrides):
     config.augment.rotate_prob = 0.5
     config.augment.erase_prob = 0.25
     config.augment.noise_prob = 0.5
+    config.mix.prob = 1.0  # Mixup/CutMix over the first half, fading by 75%
+    config.mix.group_size = 8
     config.batch_size = 16
     config.num_epochs = None
     config.num_train_steps = 6

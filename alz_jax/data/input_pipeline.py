@@ -20,7 +20,8 @@ import grain
 import jax
 import numpy as np
 
-from alz_jax.data import augment, preprocess
+from alz_jax.data import augment, mixing, preprocess
+from alz_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,16 +132,31 @@ def per_process_batch(global_batch: int) -> int:
 
 
 def train_dataset(
-    source, config, global_batch: int, *, seed: int, start_step: int = 0
+    source, config, global_batch: int, *, seed: int, start_step: int = 0, total_steps: int = 1
 ) -> grain.IterDataset:
-    """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on."""
+    """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on.
+
+    With mixing on (config.mix), batches also carry soft `targets` (b, K) float32, label
+    smoothing included, and the mixing schedule runs over `total_steps`.
+    """
     transform = TrainTransform(
         config.data.image_size, augment.AugmentSpec.from_config(config.augment)
     )
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
     b = per_process_batch(global_batch)
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
-    ds = ds.batch(b, drop_remainder=True)[start_step:]
+    ds = ds.batch(b, drop_remainder=True)
+    mix_spec = mixing.spec_from_config(config, total_steps)
+    if mix_spec.enabled:
+        if b % mix_spec.group_size:
+            raise UserError(
+                f"config.mix.group_size {mix_spec.group_size} must divide the per-process batch {b}"
+            )
+        # Before the resume slice, so the mixer sees the true step.
+        ds = ds.map_with_index(
+            mixing.BatchMixer(mix_spec, seed, jax.process_index(), jax.process_count(), b)
+        )
+    ds = ds[start_step:]
     return _prefetch(ds, config.data.num_workers, config.data.prefetch_buffer_size)
 
 
