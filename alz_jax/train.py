@@ -9,6 +9,7 @@ evaluate the best checkpoint on the test split and write report_test.json.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
-from alz_jax import checkpointing, config_lib, evaluate, run_record, sharding, steps
+from alz_jax import checkpointing, config_lib, evaluate, preview, run_record, sharding, steps
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.errors import UserError
 from alz_jax.models import convnext
@@ -40,9 +41,15 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def _mean_metrics(history: list[dict]) -> dict[str, float]:
+def _train_scalars(history: list[dict], elapsed: float, wait_time: float, step: int) -> dict:
+    """Means of the step metrics since the last log (fetched from device only here)."""
     fetched = jax.device_get(history)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    if not math.isfinite(scalars["train/loss"]):
+        raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}.")
+    scalars["train/step_time_s"] = elapsed / len(history)
+    scalars["train/data_wait_s"] = wait_time / len(history)
+    return scalars
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -121,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_sharding = sharding.batch_sharded(mesh)
     with timer("train"):
         if start_step < total_steps:
-            train_iter = iter(
+            grain_iter = iter(
                 input_pipeline.train_dataset(
                     train_source,
                     config,
@@ -131,6 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     total_steps=total_steps,
                 )
             )
+            train_iter = grain_iter
+            if start_step == 0:  # what the model is fed, to TensorBoard once
+                first = next(grain_iter)
+                writer.write_images(0, {"train/augmented": preview.image_grid(first)[None]})
+                train_iter = itertools.chain([first], grain_iter)
             history, wait_time, interval_start = [], 0.0, time.perf_counter()
             eval_time = 0.0  # validation and saving, kept out of the step time
             try:
@@ -146,13 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     done = step + 1
                     progress(done)
                     if done % config.log_every_steps == 0 or done == total_steps:
-                        scalars = _mean_metrics(history)
-                        if not math.isfinite(scalars["loss"]):
-                            raise FloatingPointError(f"Loss is {scalars['loss']} at step {done}.")
                         elapsed = time.perf_counter() - interval_start - eval_time
-                        scalars = {f"train/{k}": v for k, v in scalars.items()}
-                        scalars["train/step_time_s"] = elapsed / len(history)
-                        scalars["train/data_wait_s"] = wait_time / len(history)
+                        scalars = _train_scalars(history, elapsed, wait_time, done)
                         scalars["train/epoch"] = done / steps_per_epoch
                         writer.write_scalars(done, scalars)
                         history, wait_time, interval_start = [], 0.0, time.perf_counter()
@@ -165,8 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             finally:
                 # Also on an exception: let an in-flight checkpoint finish rather than lose it.
                 manager.wait_until_finished()
-                if hasattr(train_iter, "close"):
-                    train_iter.close()
+                if hasattr(grain_iter, "close"):
+                    grain_iter.close()
 
     # ---- Test report from the best checkpoint. ----
     with timer("test evaluation"):

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from alz_jax import checkpointing, steps, train
 from alz_jax.errors import UserError
@@ -91,7 +93,13 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     assert not set(manifest["train"]["subjects"]) & set(manifest["validation"]["subjects"])
     start = json.loads((workdir / "run" / "starts.jsonl").read_text().splitlines()[0])
     assert start["versions"]["jax"] == jax.__version__ and start["git_commit"]
-    assert list(workdir.glob("events.out.tfevents*"))
+    tags = set()
+    for events in workdir.glob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(value.tag for value in event.summary.value)
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/data_wait_s",
+                "validation/loss", "validation/scan_accuracy", "train/augmented"):  # fmt: skip
+        assert tag in tags, (tag, sorted(tags))
     # The best (by validation loss) and the latest 2 survive.
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     assert {4, 6} <= set(manager.all_steps()) and manager.best_step() in manager.all_steps()
@@ -174,6 +182,22 @@ def test_bad_data_folder_and_batch_are_user_errors(tmp_path, tiny_synthetic):
     config = tiny_config(tiny_synthetic[0], tmp_path / "tfds2", batch_size=12)
     with pytest.raises(UserError, match="divisible by the 8 devices"):
         train.train_and_evaluate(config, str(tmp_path / "w2"))
+
+
+def test_preview_writes_the_first_batch_grid(tiny_synthetic, tmp_path):
+    out = tmp_path / "grid.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "alz_jax.preview", "--config=configs/demo.py", f"--out={out}",
+         f"--config.data.manual_dir={tiny_synthetic[0]}", f"--config.data.data_dir={tmp_path}",
+         "--config.data.image_size=32", "--config.batch_size=16", "--config.mix.prob=1.0",
+         "--config.mix.group_size=8", "--config.data.num_workers=0"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""),
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert grid.shape == (2 * (32 + 12), 8 * 32)
+    assert "16 images" in result.stdout
 
 
 def test_reference_config_without_adni_says_where_to_put_it(tmp_path):
