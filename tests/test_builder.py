@@ -182,16 +182,23 @@ def test_layout_errors_say_what_was_expected(tmp_path):
         layout.parse(root)
 
 
-def test_unusable_images_stop_the_build_naming_each(tmp_path):
+def test_unusable_images_are_skipped_and_an_all_bad_folder_stops(tmp_path):
     root = _minimal(tmp_path / "bad_images")
+    with pytest.raises(layout.LayoutError, match="validation split would be empty"):
+        build(root, tmp_path / "tfds0")  # one subject per class: nothing to validate on
+    _, buf = cv2.imencode(".jpeg", np.zeros((240, 256), np.uint8))
+    for cls, scan in (("AD", 300), ("NC", 301)):
+        (root / "AD_NC" / "train" / cls / f"{scan}_1.jpeg").write_bytes(buf.tobytes())
     _, buf = cv2.imencode(".jpeg", np.zeros((100, 100), np.uint8))
     (root / "AD_NC" / "train" / "AD" / "555_3.jpeg").write_bytes(buf.tobytes())
     (root / "AD_NC" / "train" / "NC" / "556_3.jpeg").write_bytes(b"")
-    with pytest.raises(layout.LayoutError) as error:
-        build(root, tmp_path / "tfds")
-    message = str(error.value)
-    assert "2 images can't be used" in message
-    assert "555_3.jpeg is 100x100" in message and "556_3.jpeg is unreadable" in message
+    meta = build(root, tmp_path / "tfds").info.metadata
+    assert meta["skipped"]["off_size"] == 1 and meta["skipped"]["empty"] == 1
+    assert meta["images_per_split"]["train"] + meta["images_per_split"]["validation"] == 4
+    for path in (root / "AD_NC" / "test").glob("*/*.jpeg"):
+        path.write_bytes(b"")
+    with pytest.raises(layout.LayoutError, match="holds no usable image"):
+        build(root, tmp_path / "tfds2")
 
 
 class AdniBuilderHarnessTest(tfds.testing.DatasetBuilderTestCase):

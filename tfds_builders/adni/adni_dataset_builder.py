@@ -9,12 +9,15 @@ stratified by class, seeded) and `test` (the test folder).
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tfds_builders.adni import audit as audit_lib
 from tfds_builders.adni import layout as layout_lib
 
 _DESCRIPTION = """\
@@ -106,13 +109,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = Path(dl_manager.manual_dir)
         parsed = layout_lib.parse(manual_dir)
-        bad = [(r.path, layout_lib.check_image_header(r.path)) for r in parsed.records]
-        bad = [(p, why) for p, why in bad if why]
-        if bad:
-            raise layout_lib.LayoutError(
-                f"{len(bad)} images can't be used, e.g.:\n  "
-                + "\n  ".join(f"{p} {why}" for p, why in bad[:10])
-            )
+        audit, checks = audit_lib.run(parsed)
+        logging.info("Audit of the ADNI folder:\n%s", audit_lib.format_table(audit))
+        # Unusable images are skipped, each named, and counted in the metadata; nothing silently.
+        for r in parsed.records:
+            check = checks[r.file_name]
+            if check.problem:
+                logging.warning("Skipping %s (%s: %s)", r.path, check.problem, check.detail)
+        for path in parsed.stray_files:
+            logging.warning("Skipping stray non-image file %s", path)
+        usable = [r for r in parsed.records if not checks[r.file_name].problem]
+        for folder in layout_lib.SPLIT_FOLDERS:
+            if not any(r.folder_split == folder for r in usable):
+                raise layout_lib.LayoutError(
+                    f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
+                    "off-size); see the warnings above."
+                )
+        parsed = dataclasses.replace(parsed, records=usable)
+        hashes = {n: c.sha256 for n, c in checks.items()}
         train_folder = parsed.records_in("train")
         val_subjects = layout_lib.validation_subjects(
             train_folder,
@@ -129,13 +143,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             ],
             "test": parsed.records_in("test"),
         }
-        self._record_metadata(manual_dir, parsed, splits)
+        if not splits["validation"]:
+            raise layout_lib.LayoutError(
+                "The validation split would be empty: it takes "
+                f"{self.builder_config.validation_fraction:g} of the train folder's subjects per "
+                "class, rounded, and at least one where a class has two or more subjects. Found "
+                f"{len({parsed.subject_of_scan[r.scan_id] for r in train_folder})} subjects in "
+                f"{parsed.root / 'train'}."
+            )
+        self._record_metadata(manual_dir, parsed, splits, audit, hashes)
         return {
             name: self._generate_examples(records, parsed.subject_of_scan)
             for name, records in splits.items()
         }
 
-    def _record_metadata(self, manual_dir: Path, parsed: layout_lib.Layout, splits: dict) -> None:
+    def _record_metadata(
+        self,
+        manual_dir: Path,
+        parsed: layout_lib.Layout,
+        splits: dict,
+        audit: dict,
+        hashes: dict[str, str],
+    ) -> None:
         """Stores the split manifest and a content fingerprint beside the data set."""
         manifest = {}
         for name, records in splits.items():
@@ -161,9 +190,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "subject_coverage": parsed.subject_coverage,
                 "validation_fraction": self.builder_config.validation_fraction,
                 "split_seed": self.builder_config.split_seed,
-                "content_sha256": layout_lib.content_digest(
-                    r.path for r in sorted(parsed.records, key=lambda r: r.file_name)
-                ),
+                "content_sha256": hashlib.sha256(
+                    "".join(
+                        f"{r.file_name}:{hashes[r.file_name]};"
+                        for r in sorted(parsed.records, key=lambda r: r.file_name)
+                    ).encode()
+                ).hexdigest(),
+                "skipped": {
+                    **{k: v["count"] for k, v in audit["unusable"].items()},
+                    "stray_files": audit["stray_files"]["count"],
+                },
+                "audit": audit,
                 "images_per_split": counts,
                 # Unknowable when scans stand in for subjects (a scan is in one folder only).
                 "test_subjects_also_in_train": (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ CLASS_FOLDERS = ("AD", "NC")
 CLASS_NAMES = ("NC", "AD")
 IMAGE_WIDTH, IMAGE_HEIGHT = 256, 240
 FILE_PATTERN = re.compile(r"^(?P<scan>[A-Za-z0-9]+)_(?P<slice>\d+)\.(jpeg|jpg|JPEG|JPG)$")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SUBJECT_PATTERN = re.compile(r"\d{3}_S_\d{4,5}")
 METADATA_JSON = "meta_data_with_label.json"
 SUBJECTS_CSV = "subjects.csv"
@@ -54,6 +54,7 @@ class Layout:
     records: list[ImageRecord]
     subject_of_scan: dict[str, str]
     subject_source: str  # "meta_data_with_label.json", "subjects.csv" or "scan_id"
+    stray_files: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def subject_coverage(self) -> float:
@@ -94,9 +95,15 @@ def parse_file_name(name: str) -> tuple[str, int] | None:
     return match["scan"], int(match["slice"])
 
 
-def scan_images(root: Path) -> list[ImageRecord]:
-    """All images under root/{train,test}/{AD,NC}, validated; raises LayoutError on any problem."""
+def scan_images(root: Path) -> tuple[list[ImageRecord], list[Path]]:
+    """All images under root/{train,test}/{AD,NC} and the stray non-image files found there.
+
+    Raises LayoutError for a missing or unknown class folder, an empty split, a sub-folder or an
+    image whose name doesn't match `<scanID>_<slice>.jpeg`. Hidden files are ignored; other
+    non-image files are returned as strays (reported, never read as data).
+    """
     records: list[ImageRecord] = []
+    strays: list[Path] = []
     problems: list[str] = []
     for split in SPLIT_FOLDERS:
         split_dir = root / split
@@ -112,6 +119,9 @@ def scan_images(root: Path) -> list[ImageRecord]:
         for cls in CLASS_FOLDERS:
             for path in sorted((split_dir / cls).iterdir()):
                 if path.name.startswith("."):
+                    continue
+                if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+                    strays.append(path)
                     continue
                 parsed = parse_file_name(path.name)
                 if parsed is None or not path.is_file():
@@ -135,7 +145,7 @@ def scan_images(root: Path) -> list[ImageRecord]:
             + "\n  ".join(problems[:10])
         )
     _check_scans_consistent(records)
-    return records
+    return records, strays
 
 
 def _check_scans_consistent(records: Sequence[ImageRecord]) -> None:
@@ -149,24 +159,6 @@ def _check_scans_consistent(records: Sequence[ImageRecord]) -> None:
             f"{len(bad)} scan IDs appear in more than one split or class folder (a scan must "
             f"live in exactly one), e.g. {examples}."
         )
-
-
-def check_image_header(path: Path) -> str | None:
-    """None if `path` is a readable 256x240 grayscale JPEG (header only), else the problem."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            if image.format != "JPEG":
-                return f"is {image.format}, expected JPEG"
-            if image.size != (IMAGE_WIDTH, IMAGE_HEIGHT) or image.mode != "L":
-                return (
-                    f"is {image.size[0]}x{image.size[1]} mode {image.mode}, "
-                    f"expected {IMAGE_WIDTH}x{IMAGE_HEIGHT} mode L"
-                )
-    except Exception as e:
-        return f"is unreadable ({type(e).__name__}: {e})"
-    return None
 
 
 def _subjects_from_metadata_json(path: Path) -> dict[str, str]:
@@ -241,9 +233,15 @@ def parse(manual_dir: str | Path) -> Layout:
     """Parses and validates a manual_dir into a Layout."""
     manual_dir = Path(manual_dir)
     root = find_root(manual_dir)
-    records = scan_images(root)
+    records, strays = scan_images(root)
     subjects, source = load_subjects(manual_dir, root, (r.scan_id for r in records))
-    return Layout(root=root, records=records, subject_of_scan=subjects, subject_source=source)
+    return Layout(
+        root=root,
+        records=records,
+        subject_of_scan=subjects,
+        subject_source=source,
+        stray_files=strays,
+    )
 
 
 def subject_labels(
@@ -284,11 +282,3 @@ def validation_subjects(
         order = rng.permutation(len(members))
         chosen.update(members[i] for i in order[:n_val])
     return chosen
-
-
-def content_digest(paths: Iterable[Path]) -> str:
-    """SHA-256 over the bytes of the given files, in the given order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()

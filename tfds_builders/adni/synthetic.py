@@ -17,12 +17,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 WIDTH, HEIGHT, SLICES_PER_SCAN = 256, 240, 20
+_SUBJECT = re.compile(r"\d{3}_S_\d{4}")
 # Bump when the images a seed produces change, so that stale generated sets are not reused.
 GENERATOR_VERSION = 2
 CLASSES = ("AD", "NC")
@@ -42,6 +44,15 @@ class SyntheticSpec:
     ad_severity: tuple[float, float] = (0.74, 0.12)
     slice_start_range: tuple[int, int] = (67, 95)
     jpeg_quality: int = 92
+    # Traps of the real data set, all off by default (see ADNI.md and alz_jax.audit):
+    class_slice_windows: bool = False  # window start ~N(78, 5) for AD, ~N(88, 5) for NC
+    shared_subjects: int = 0  # train subjects that get one visit moved to the test folder
+    near_black_scans: int = 0  # whole scans darkened to near black
+    truncated_jpegs: int = 0
+    empty_jpegs: int = 0  # zero-byte files
+    duplicate_images: int = 0  # byte copies under new scan IDs, alternately same/other folder
+    off_size_images: int = 0  # re-encoded at 200x180
+    stray_files: int = 0  # non-image files in the class folders
 
 
 def tag(spec: SyntheticSpec, seed: int) -> str:
@@ -169,7 +180,13 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, spec: SyntheticSpec | No
                 scan = _scan_id(rng, used_scans)
                 progression = 0.04 if label == "AD" else 0.01
                 severity = float(np.clip(base_severity + progression * visit, 0.0, 1.0))
-                start = int(rng.integers(spec.slice_start_range[0], spec.slice_start_range[1] + 1))
+                if spec.class_slice_windows:
+                    low, high = spec.slice_start_range
+                    start = int(np.clip(rng.normal(78 if label == "AD" else 88, 5), low, high))
+                else:
+                    start = int(
+                        rng.integers(spec.slice_start_range[0], spec.slice_start_range[1] + 1)
+                    )
                 slices = np.arange(start, start + SLICES_PER_SCAN)
                 images = render_scan(rng, severity, anatomy, slices)
                 folder = root / "AD_NC" / split / label
@@ -187,9 +204,106 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, spec: SyntheticSpec | No
                 counts[label]["scans"] += 1
                 counts[label]["images"] += SLICES_PER_SCAN
         summary[split] = counts
+    traps = _add_traps(root, spec, np.random.default_rng([seed, 1]), metadata, used_scans)
     with open(root / "meta_data_with_label.json", "w") as f:
         json.dump(metadata, f, indent=1, sort_keys=True)
+    if traps:
+        summary["traps"] = traps
     return summary
+
+
+def _add_traps(
+    root: Path, spec: SyntheticSpec, rng: np.random.Generator, metadata: dict, used_scans: set
+) -> dict:
+    """Applies the trap switches to the written folder (own random stream: with every switch
+    off, the folder is byte-identical to one generated without them). Returns what was done."""
+    traps: dict = {}
+    data = root / "AD_NC"
+    subject_of = {s: _SUBJECT.search(e["source_path"]).group(0) for s, e in metadata.items()}
+
+    if spec.shared_subjects:
+        traps["shared_subjects"] = _share_subjects(data, spec.shared_subjects, rng, subject_of)
+
+    scans = sorted(metadata)
+    dark = [str(s) for s in rng.choice(scans, spec.near_black_scans, replace=False)]
+    for scan in dark:
+        for path in _files_of(data, scan):
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            _write_jpeg(path, (image * 0.01).astype(np.uint8), spec.jpeg_quality)
+    traps["near_black_scans"] = sorted(dark)
+
+    pool = [p for p in sorted(data.glob("*/*/*.jpeg")) if p.name.split("_")[0] not in dark]
+    order = rng.permutation(len(pool))
+    wanted = {
+        "duplicate_images": spec.duplicate_images,
+        "truncated_jpegs": spec.truncated_jpegs,
+        "empty_jpegs": spec.empty_jpegs,
+        "off_size_images": spec.off_size_images,
+    }
+    picked, start = {}, 0
+    for kind, n in wanted.items():
+        picked[kind] = [pool[i] for i in order[start : start + n]]
+        start += n
+    _duplicate(data, picked["duplicate_images"], rng, metadata, used_scans)
+    for path in picked["truncated_jpegs"]:
+        data_bytes = path.read_bytes()
+        path.write_bytes(data_bytes[: len(data_bytes) * 6 // 10])
+    for path in picked["empty_jpegs"]:
+        path.write_bytes(b"")
+    for path in picked["off_size_images"]:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        _write_jpeg(path, cv2.resize(image, (200, 180)), spec.jpeg_quality)
+    for kind, paths in picked.items():
+        if paths:
+            traps[kind] = [str(p.relative_to(data)) for p in paths]
+    for i in range(spec.stray_files):
+        folder, cls = rng.choice(["train", "test"]), rng.choice(["AD", "NC"])
+        name = ("Thumbs.db", f"notes_{i}.txt", f"scan_list_{i}.csv")[i % 3]
+        (data / folder / cls / name).write_text("not an image\n")
+        traps.setdefault("stray_files", []).append(f"{folder}/{cls}/{name}")
+    return {k: v for k, v in traps.items() if v}
+
+
+def _files_of(data: Path, scan: str) -> list[Path]:
+    return sorted(data.glob(f"*/*/{scan}_*.jpeg"))
+
+
+def _share_subjects(data: Path, n: int, rng: np.random.Generator, subject_of: dict) -> list[str]:
+    """Moves the last visit of n multi-visit train subjects into the test folder."""
+    scans_of: dict[str, list[str]] = {}
+    for scan in sorted(subject_of):
+        if _files_of(data, scan)[0].parts[-3] == "train":
+            scans_of.setdefault(subject_of[scan], []).append(scan)
+    candidates = sorted(s for s, scans in scans_of.items() if len(scans) >= 2)
+    chosen = sorted(str(s) for s in rng.choice(candidates, n, replace=False))
+    for subject in chosen:
+        for path in _files_of(data, sorted(scans_of[subject])[-1]):
+            path.rename(data / "test" / path.parent.name / path.name)
+    return chosen
+
+
+def _duplicate(
+    data: Path, sources: list[Path], rng: np.random.Generator, metadata: dict, used_scans: set
+) -> None:
+    """Byte copies under new scan IDs (own subjects), every other one in the other folder."""
+    for i, source in enumerate(sources):
+        folder, cls = source.parts[-3], source.parts[-2]
+        if i % 2:
+            folder = "test" if folder == "train" else "train"
+        scan = _scan_id(rng, used_scans)
+        target = data / folder / cls / f"{scan}_{source.name.split('_')[1]}"
+        target.write_bytes(source.read_bytes())
+        metadata[str(scan)] = {
+            "label": cls,
+            "visit": 0,
+            "source_path": f"ADNI/{900 + i:03d}_S_{9000 + i:04d}/duplicate/S{scan}.nii",
+        }
+
+
+def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    ok, buf = cv2.imencode(".jpeg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
 
 
 def main() -> None:
