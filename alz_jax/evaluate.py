@@ -77,6 +77,7 @@ def build_report(
         "subjects_known": subjects_known,
         "subject_source": data_metadata.get("subject_source"),
         "subject_coverage": data_metadata.get("subject_coverage"),
+        "protocol": data_metadata.get("protocol"),
         "num_images": len(prob_ad),
         "loss": metrics.nll(records["label"], prob_ad),
         **metrics.multilevel_metrics(records, prob_ad, subjects_known),
@@ -109,7 +110,7 @@ def format_report(report: dict) -> str:
     if report.get("test_subjects_also_in_train"):
         lines.append(
             f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
-            "train (official folders): test accuracy is optimistic."
+            "train or validation: test accuracy is optimistic."
         )
     coverage = report.get("subject_coverage")
     if not report["subjects_known"]:

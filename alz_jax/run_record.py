@@ -79,6 +79,11 @@ def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
             "synthetic_seed": config.data.synthetic_seed,
             "validation_fraction": config.data.validation_fraction,
             "split_seed": config.data.split_seed,
+            "protocol": config.data.get("protocol", "official"),
+            "resplit_fractions": config.data.get("resplit_fractions"),
+            "num_folds": config.data.get("num_folds"),
+            "fold": config.data.get("fold"),
+            "slice_range": config.data.get("slice_range", ""),
             "image_size": config.data.image_size,
         },
     }

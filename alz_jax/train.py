@@ -193,7 +193,7 @@ def evaluate_saved(manager, which: str, split: str, *, data, model, tx, pixel_st
     state = checkpointing.restore(manager, step, steps.abstract_train_state(model.spec, tx, mesh))
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
     prob_ad = evaluate.predict_split(data, split, state["params"], predict_step, config, mesh)
-    return evaluate.build_report(split, data.records(split), prob_ad, data.metadata, step)
+    return evaluate.build_report(split, data.records(split), prob_ad, data.report_metadata(), step)
 
 
 def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:

@@ -30,6 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_test_subjects = 60
     config.data.validation_fraction = 0.1  # of train-folder subjects, stratified by class
     config.data.split_seed = 0
+    # Protocol: 'official' (the folders; test shares subjects with train on ADNI), 'resplit'
+    # (both folders pooled, re-split by subject) or 'kfold' (fold `fold` of `num_folds` is test).
+    config.data.protocol = "official"
+    config.data.resplit_fractions = (0.7, 0.1, 0.2)  # train, validation, test (by subject)
+    config.data.num_folds = 5
+    config.data.fold = 0
+    # '' (all slices), 'auto' (indices present in both classes: removes the slice-window
+    # shortcut) or 'lo,hi'.
+    config.data.slice_range = ""
     config.data.image_size = 224
     config.data.num_workers = 4  # Grain worker processes (0 = decode in the main process)
     config.data.eval_num_workers = 4

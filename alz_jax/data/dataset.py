@@ -22,71 +22,121 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from alz_jax.data import protocols
 from alz_jax.errors import UserError
 from tfds_builders import adni as adni_builder
 from tfds_builders.adni import layout, synthetic
 
 SPLITS = ("train", "validation", "test")
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
+_TEXT_FIELDS = ("file_name", "scan_id", "subject_id")
+
+
+class SubsetSource:
+    """Random access to chosen records of several TFDS sources (a protocol's split)."""
+
+    def __init__(self, sources: list, source_id: np.ndarray, index: np.ndarray):
+        self._sources, self._source_id, self._index = sources, source_id, index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int):
+        return self._sources[int(self._source_id[i])][int(self._index[i])]
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({len(self)} records)"
+
+
+def _read_metadata(source) -> dict[str, np.ndarray]:
+    rows = {k: [] for k in _METADATA_FIELDS}
+    for start in range(0, len(source), 1024):
+        for example in source.__getitems__(range(start, min(start + 1024, len(source)))):
+            for k in _METADATA_FIELDS:
+                value = example[k]
+                rows[k].append(value.decode() if isinstance(value, bytes) else value)
+    return {
+        k: np.asarray(v, dtype=object if k in _TEXT_FIELDS else np.int64) for k, v in rows.items()
+    }
 
 
 @dataclasses.dataclass
 class AdniData:
-    """The prepared data set: sources per split, record metadata and provenance."""
+    """The prepared data set seen through a protocol: sources per split, metadata, provenance.
+
+    `pooled` holds every record of the builder's splits (builder_split, local index and the
+    metadata fields); `positions[split]` are the pooled records of a protocol split.
+    """
 
     builder: tfds.core.DatasetBuilder
     manual_dir: Path
     data_dir: Path
+    pooled: dict[str, np.ndarray]
+    positions: dict[str, np.ndarray]
+    protocol: dict
 
     @property
     def metadata(self) -> dict:
-        """What the builder recorded: manifest, subject source, content hash, counts."""
+        """What the builder recorded: audit, subject source, content hash, counts."""
         return dict(self.builder.info.metadata)
 
     def num_examples(self, split: str) -> int:
-        """Number of images in a split."""
-        return self.builder.info.splits[split].num_examples
+        """Number of images in a protocol split."""
+        return len(self.positions[split])
 
-    def source(self, split: str):
-        """Random-access source of a split; `image` stays undecoded JPEG bytes."""
-        return self.builder.as_data_source(
-            split=split, decoders={"image": tfds.decode.SkipDecoding()}
-        )
+    def source(self, split: str) -> SubsetSource:
+        """Random-access source of a protocol split; `image` stays undecoded JPEG bytes."""
+        sources = [
+            self.builder.as_data_source(split=s, decoders={"image": tfds.decode.SkipDecoding()})
+            for s in SPLITS
+        ]
+        pos = self.positions[split]
+        return SubsetSource(sources, self.pooled["source_id"][pos], self.pooled["local_index"][pos])
 
     def records(self, split: str) -> dict[str, np.ndarray]:
-        """Per-record metadata of a split, in record order: file_name, scan_id, subject_id, ..."""
-        source = self.source(split)
-        rows = {k: [] for k in _METADATA_FIELDS}
-        for start in range(0, len(source), 1024):
-            for example in source.__getitems__(range(start, min(start + 1024, len(source)))):
-                for k in _METADATA_FIELDS:
-                    value = example[k]
-                    rows[k].append(value.decode() if isinstance(value, bytes) else value)
-        return {
-            k: np.asarray(
-                v, dtype=object if k in ("file_name", "scan_id", "subject_id") else np.int64
-            )
-            for k, v in rows.items()
-        }
+        """Per-record metadata of a split, in source order: file_name, scan_id, subject_id, ..."""
+        pos = self.positions[split]
+        return {k: self.pooled[k][pos] for k in _METADATA_FIELDS}
 
     def manifest(self) -> dict:
-        """Which subjects and scans are in which split (from the builder's metadata)."""
-        manifest = self.metadata["manifest"]
-        return {
-            split: {
-                "subjects": sorted({entry["subject"] for entry in scans.values()}),
-                "scans": scans,
+        """Which subjects and scans are in which split, and the protocol that put them there."""
+        out = {"protocol": self.protocol}
+        for split in SPLITS:
+            r = self.records(split)
+            scans: dict[str, dict] = {}
+            for scan, subject, label in zip(r["scan_id"], r["subject_id"], r["label"], strict=True):
+                entry = scans.setdefault(
+                    scan, {"subject": subject, "label": int(label), "images": 0}
+                )
+                entry["images"] += 1
+            out[split] = {
+                "subjects": sorted({e["subject"] for e in scans.values()}),
+                "scans": dict(sorted(scans.items())),
             }
-            for split, scans in manifest.items()
-        }
+        return out
 
     def fingerprint(self) -> str:
         """Hash of the image bytes, labels, subjects and split membership."""
-        meta = self.metadata
         payload = json.dumps(
-            {"content": meta["content_sha256"], "manifest": meta["manifest"]}, sort_keys=True
+            {"content": self.metadata["content_sha256"], "manifest": self.manifest()},
+            sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def report_metadata(self) -> dict:
+        """What a report states about the data: subjects' source and coverage, the protocol, and
+        how many test subjects also have images in train or validation (None if unknowable)."""
+        meta = self.metadata
+        known = meta.get("subject_source") != "scan_id"
+        manifest = self.manifest()
+        trained = set(manifest["train"]["subjects"]) | set(manifest["validation"]["subjects"])
+        shared = len(set(manifest["test"]["subjects"]) & trained)
+        return {
+            "subject_source": meta.get("subject_source"),
+            "subject_coverage": meta.get("subject_coverage"),
+            "test_subjects_also_in_train": shared if known else None,
+            "protocol": self.protocol,
+        }
 
 
 def _resolve_dirs(data_config) -> tuple[Path, Path, int | None]:
@@ -191,4 +241,46 @@ def prepare(data_config, timer=None) -> AdniData:
             f"for {manual_dir}. Use another --config.data.data_dir, or delete "
             f"{builder.data_dir} to rebuild."
         )
-    return AdniData(builder=builder, manual_dir=manual_dir, data_dir=data_dir)
+    pooled, positions, protocol = _apply_protocol(builder, data_config)
+    return AdniData(
+        builder=builder,
+        manual_dir=manual_dir,
+        data_dir=data_dir,
+        pooled=pooled,
+        positions=positions,
+        protocol=protocol,
+    )
+
+
+def _apply_protocol(builder, data_config):
+    parts = []
+    for source_id, split in enumerate(SPLITS):
+        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        part = _read_metadata(source)
+        part["builder_split"] = np.full(len(source), split, dtype=object)
+        part["source_id"] = np.full(len(source), source_id, dtype=np.int32)
+        part["local_index"] = np.arange(len(source), dtype=np.int64)
+        parts.append(part)
+    pooled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    try:
+        positions = protocols.assign(pooled, data_config)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    for split, pos in positions.items():
+        if not len(pos):
+            raise UserError(f"The {split} split of protocol {data_config.protocol!r} is empty.")
+    protocol = {
+        "name": data_config.get("protocol", "official"),
+        "slice_range": data_config.get("slice_range", ""),
+        "split_seed": data_config.split_seed,
+    }
+    if protocol["slice_range"]:
+        window = protocols.parse_slice_range(
+            protocol["slice_range"], pooled["slice_index"], pooled["label"]
+        )
+        protocol["slice_window"] = list(window)
+    if protocol["name"] == "resplit":
+        protocol["fractions"] = list(data_config.resplit_fractions)
+    if protocol["name"] == "kfold":
+        protocol.update(num_folds=data_config.num_folds, fold=data_config.fold)
+    return pooled, positions, protocol
