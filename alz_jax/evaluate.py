@@ -9,6 +9,7 @@ which writes <workdir>/report_<split>.json and prints the summary table.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -121,6 +122,34 @@ def format_report(report: dict) -> str:
     elif coverage is not None and coverage < 1.0:
         lines.append(f"Note: subjects known for {coverage:.1%} of scans; the rest stand alone.")
     return "\n".join(lines)
+
+
+PREDICTION_COLUMNS = ("file_name", "scan_id", "subject_id", "label", "prob_ad")
+
+
+def write_predictions(records: dict, prob_ad: np.ndarray, path: str | Path) -> None:
+    """One CSV row per image: file_name, scan_id, subject_id, label, prob_ad (process 0)."""
+    if jax.process_index() != 0:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        for i in range(len(prob_ad)):
+            writer.writerow([records["file_name"][i], records["scan_id"][i],
+                             records["subject_id"][i], int(records["label"][i]),
+                             f"{prob_ad[i]:.6f}"])  # fmt: skip
+
+
+def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
+    """Reads a predictions CSV back into (records, prob_ad)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    records = {
+        k: np.asarray([r[k] for r in rows], dtype=object)
+        for k in ("file_name", "scan_id", "subject_id")
+    }
+    records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)
+    return records, np.asarray([float(r["prob_ad"]) for r in rows], np.float64)
 
 
 def write_report(report: dict, workdir: str | Path) -> Path:

@@ -180,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report = evaluate_saved(
             manager, "best", "test",
             data=data, model=model, tx=tx, pixel_stats=pixel_stats, config=config, mesh=mesh,
+            workdir=workdir,
         )  # fmt: skip
     writer.flush()
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
@@ -187,13 +188,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return report
 
 
-def evaluate_saved(manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh):
-    """Restores checkpoint `which` ('best', 'latest', step) and builds the report of `split`."""
+def evaluate_saved(
+    manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh, workdir
+):
+    """Restores checkpoint `which` ('best', 'latest', step), writes predictions_<split>.csv and
+    returns the report of `split`."""
     step = checkpointing.resolve_step(manager, which)
     state = checkpointing.restore(manager, step, steps.abstract_train_state(model.spec, tx, mesh))
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
     prob_ad = evaluate.predict_split(data, split, state["params"], predict_step, config, mesh)
-    return evaluate.build_report(split, data.records(split), prob_ad, data.report_metadata(), step)
+    records = data.records(split)
+    evaluate.write_predictions(records, prob_ad, Path(workdir) / f"predictions_{split}.csv")
+    return evaluate.build_report(split, records, prob_ad, data.report_metadata(), step)
 
 
 def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
@@ -217,7 +223,7 @@ def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
     report = evaluate_saved(
         manager, which, split,
         data=data, model=steps.make_model(spec), tx=tx, pixel_stats=record["pixel_stats"],
-        config=config, mesh=mesh,
+        config=config, mesh=mesh, workdir=workdir,
     )  # fmt: skip
     evaluate.write_report(report, workdir)
     return report

@@ -162,6 +162,30 @@ def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
     assert report["subject"]["per_class"]["AD"]["support"] == 2
 
 
+def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tmp_path):
+    from alz_jax import cross_validate, evaluate
+
+    root, summary = tiny_synthetic
+    config = tiny_config(root, tmp_path / "tfds", num_train_steps=2, **{"data.num_folds": 2})
+    report = cross_validate.run_folds(config, tmp_path / "cv")
+    images = sum(c["images"] for split in ("train", "test") for c in summary[split].values())
+    pooled = report["pooled_out_of_fold"]
+    assert pooled["num_images"] == pooled["slice"]["n"] == images  # every image tested once
+    folds = [evaluate.read_predictions(tmp_path / "cv" / f"fold_{i}" / "predictions_test.csv")
+             for i in range(2)]  # fmt: skip
+    subjects = [set(f[0]["subject_id"]) for f in folds]
+    assert not subjects[0] & subjects[1]
+    accuracy = report["across_folds"]["scan"]["accuracy"]
+    assert len(accuracy["per_fold"]) == 2
+    assert accuracy["mean"] == pytest.approx(np.mean(accuracy["per_fold"]))
+    assert accuracy["std"] == pytest.approx(np.std(accuracy["per_fold"], ddof=1))
+    # Resumable fold by fold: a finished fold is not trained again.
+    stamp = (tmp_path / "cv" / "fold_0" / "report_test.json").stat().st_mtime_ns
+    cross_validate.run_folds(config, tmp_path / "cv")
+    assert (tmp_path / "cv" / "fold_0" / "report_test.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "cv" / "report_cv.json").is_file()
+
+
 def test_launch_local_dry_run(tmp_path):
     result = subprocess.run(
         ["bash", str(REPO / "launch/local.sh"), "configs/demo.py", "/tmp/w", "--config.seed=3"],
