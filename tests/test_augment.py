@@ -141,3 +141,12 @@ def test_device_noise_statistics():
     half = np.asarray(steps.add_gaussian_noise(jax.random.key(1), images, 0.5, 0.3))
     untouched = np.all(half.reshape(400, -1) == 0, axis=1)
     assert 0.4 < untouched.mean() < 0.6
+
+
+def test_bench_augment_reports_one_byte_per_pixel():
+    from alz_jax import bench
+
+    result = bench.bench_augment(size=64, seconds=0.2)
+    assert result["bytes_per_image_to_device"] == 64 * 64  # uint8, one channel
+    assert result["bytes_per_image_float32_3ch"] == 64 * 64 * 3 * 4
+    assert result["img_per_s"] > 0
