@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import grain
+import grain.checkpoint
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
@@ -43,24 +45,36 @@ def make_manager(
         create=True,
     )
     directory = Path(os.path.abspath(workdir)) / "checkpoints"
-    return ocp.CheckpointManager(directory, options=options, item_names=("state",))
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data_iter"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of the train state at `step` (with metrics for best-of)."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-        metrics=metrics,
-        force=True,
-    )
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    metrics: dict | None = None,
+    data_iterator: grain.DatasetIterator | None = None,
+) -> None:
+    """Starts an asynchronous save of the train state at `step` (with metrics for best-of) and,
+    if given, the Grain iterator's position, in the same checkpoint."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iterator)
+    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """Restores the train state saved at `step` onto the shardings of `abstract_state`."""
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    )
+def restore(
+    manager: ocp.CheckpointManager,
+    step: int,
+    abstract_state,
+    data_iterator: grain.DatasetIterator | None = None,
+):
+    """Restores the train state saved at `step` onto the shardings of `abstract_state`; if a
+    Grain iterator is given, also sets it to the saved position (in place)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
 
 

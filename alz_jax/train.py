@@ -100,10 +100,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = steps.make_model(spec)
     tx, schedule = steps.make_optimizer(config, total_steps, warmup_steps)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
+    # The data iterator is checkpointed with the model: a resume continues the same stream.
+    grain_iter = iter(
+        input_pipeline.train_dataset(
+            train_source, config, global_batch, seed=config.seed, total_steps=total_steps
+        )
+    )
     start_step = manager.latest_step() or 0
     if start_step:
         state = checkpointing.restore(
-            manager, start_step, steps.abstract_train_state(spec, tx, mesh)
+            manager, start_step, steps.abstract_train_state(spec, tx, mesh), grain_iter
         )
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
@@ -126,26 +132,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---- The training loop. ----
     batch_sharding = sharding.batch_sharded(mesh)
-    with timer("train"):
-        if start_step < total_steps:
-            grain_iter = iter(
-                input_pipeline.train_dataset(
-                    train_source,
-                    config,
-                    global_batch,
-                    seed=config.seed,
-                    start_step=start_step,
-                    total_steps=total_steps,
-                )
-            )
-            train_iter = grain_iter
-            if start_step == 0:  # what the model is fed, to TensorBoard once
-                first = next(grain_iter)
-                writer.write_images(0, {"train/augmented": preview.image_grid(first)[None]})
-                train_iter = itertools.chain([first], grain_iter)
-            history, wait_time, interval_start = [], 0.0, time.perf_counter()
-            eval_time = 0.0  # validation and saving, kept out of the step time
-            try:
+    with timer("train"), contextlib.closing(grain_iter):
+        try:
+            if start_step < total_steps:
+                train_iter = grain_iter
+                if start_step == 0:  # what the model is fed, to TensorBoard once
+                    first = next(grain_iter)
+                    writer.write_images(0, {"train/augmented": preview.image_grid(first)[None]})
+                    train_iter = itertools.chain([first], grain_iter)
+                history, wait_time, interval_start = [], 0.0, time.perf_counter()
+                eval_time = 0.0  # validation and saving, kept out of the step time
                 for step in range(start_step, total_steps):
                     wait_start = time.perf_counter()
                     batch = next(train_iter)
@@ -167,13 +163,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if done % eval_every == 0 or done == total_steps:
                         eval_start = time.perf_counter()
                         val = run_validation(done, state["params"])
-                        checkpointing.save(manager, done, state, metrics=val)
+                        checkpointing.save(manager, done, state, val, data_iterator=grain_iter)
                         eval_time += time.perf_counter() - eval_start
-            finally:
-                # Also on an exception: let an in-flight checkpoint finish rather than lose it.
-                manager.wait_until_finished()
-                if hasattr(grain_iter, "close"):
-                    grain_iter.close()
+        finally:
+            # Also on an exception: let an in-flight checkpoint finish rather than lose it.
+            manager.wait_until_finished()
 
     # ---- Test report from the best checkpoint. ----
     with timer("test evaluation"):
