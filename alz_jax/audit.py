@@ -9,10 +9,10 @@ stored in its metadata.
 """
 
 import json
-import sys
 
 from absl import app, flags
 
+from alz_jax.errors import exit_on_user_error
 from tfds_builders.adni import audit, layout
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding AD_NC/ (or train/, test/).")
@@ -23,11 +23,8 @@ flags.mark_flag_as_required("manual_dir")
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
-    try:
+    with exit_on_user_error():
         report, _ = audit.run(layout.parse(_MANUAL_DIR.value))
-    except layout.LayoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(audit.format_table(report))
     if _JSON.value:
         with open(_JSON.value, "w") as f:

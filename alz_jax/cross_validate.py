@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from alz_jax import evaluate, logs, metrics, train
-from alz_jax.errors import UserError
-from tfds_builders.adni.layout import LayoutError
+from alz_jax.errors import exit_on_user_error
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
                    "roc_auc")  # fmt: skip
@@ -105,11 +103,8 @@ def main(argv: list[str]) -> None:
     """Runs all folds and prints the aggregate."""
     del argv
     logs.setup()
-    try:
+    with exit_on_user_error():
         report = run_folds(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (UserError, LayoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(format_cv(report))
 
 

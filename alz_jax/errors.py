@@ -1,5 +1,21 @@
 """Errors a user can fix; the command-line entry points print them without a traceback."""
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from tfds_builders.adni.layout import LayoutError
+
 
 class UserError(Exception):
     """A problem with the user's input (config, data, workdir); the message says how to fix it."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """In a command's main: a UserError or LayoutError prints `error: ...` and exits with 2."""
+    try:
+        yield
+    except (UserError, LayoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -174,17 +173,13 @@ def main(argv: list[str]) -> None:
         logs,
         train,
     )
-    from alz_jax.errors import UserError
-    from tfds_builders.adni.layout import LayoutError
+    from alz_jax.errors import exit_on_user_error
 
     logs.setup()
-    try:
+    with exit_on_user_error():
         report = train.evaluate_checkpoint(
             flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint
         )
-    except (UserError, LayoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(format_report(report))
 
 

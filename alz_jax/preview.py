@@ -10,14 +10,13 @@ writes the same grid to TensorBoard (`train/augmented`) when it starts.
 from __future__ import annotations
 
 import math
-import sys
 
 import cv2
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax.errors import UserError
+from alz_jax.errors import exit_on_user_error
 
 
 def image_grid(batch: dict, num: int = 32, columns: int = 8) -> np.ndarray:
@@ -67,18 +66,14 @@ def main(argv: list[str]) -> None:
     del argv
     from alz_jax import config_lib, logs
     from alz_jax.data import dataset
-    from tfds_builders.adni.layout import LayoutError
 
     logs.setup()
     config = flags.FLAGS.config
-    try:
+    with exit_on_user_error():
         config_lib.validate(config)
         data = dataset.prepare(config.data)
         steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
         batch = first_batch(config, data, config_lib.num_train_steps(config, steps_per_epoch))
-    except (UserError, LayoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     grid = image_grid(batch, flags.FLAGS.num)
     cv2.imwrite(flags.FLAGS.out, grid)
     print(f"wrote {flags.FLAGS.out}: {min(flags.FLAGS.num, len(batch['image']))} images")
