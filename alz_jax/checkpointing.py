@@ -43,9 +43,13 @@ def make_manager(
         best_mode=mode,
         enable_async_checkpointing=True,
         create=True,
+        # A save killed mid-write leaves <step>.orbax-checkpoint-tmp: never listed, removed here.
+        cleanup_tmp_directories=True,
     )
     directory = Path(os.path.abspath(workdir)) / "checkpoints"
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data_iter"))
+    return ocp.CheckpointManager(
+        directory, options=options, item_names=("state", "data_iter", "selection")
+    )
 
 
 def save(
@@ -54,12 +58,16 @@ def save(
     state,
     metrics: dict | None = None,
     data_iterator: grain.DatasetIterator | None = None,
+    selection: dict | None = None,
 ) -> None:
     """Starts an asynchronous save of the train state at `step` (with metrics for best-of) and,
-    if given, the Grain iterator's position, in the same checkpoint."""
+    if given, the Grain iterator's position and the record of which weights won validation
+    (`selection`), in the same checkpoint."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         items["data_iter"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if selection is not None:
+        items["selection"] = ocp.args.JsonSave(selection)
     manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
@@ -76,6 +84,14 @@ def restore(
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
+
+
+def restore_selection(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The weights selection saved with checkpoint `step`, or None (e.g. a preemption save)."""
+    if not (Path(manager.directory) / str(step) / "selection").exists():
+        return None
+    restored = manager.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
+    return dict(restored["selection"])
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import math
 
+import jax
 import ml_collections
 
+from alz_jax import averaging
 from alz_jax.data import augment, mixing
 from alz_jax.errors import UserError
+from alz_jax.models import convnext
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# Names of the validation scalars a best checkpoint may be chosen on.
+BEST_METRICS = tuple(
+    f"validation/{name}"
+    for name in ("loss", "accuracy", "balanced_accuracy", "scan_accuracy", "roc_auc")
+)
 
 
 def duration_steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch: int) -> int:
-    """Steps for `<name>_steps` or `<name>_epochs` (exactly one may be set; epochs round up)."""
+    """Steps for `<name>_steps` if set, else `<name>_epochs` (rounded up to whole steps).
+
+    Steps win so that a command line can shorten an epoch-based config
+    (`--config.num_train_steps=100`): ml_collections flags can't set an int field to None.
+    """
     steps, epochs = config.get(f"{name}_steps"), config.get(f"{name}_epochs")
-    if steps is not None and epochs is not None:
-        raise UserError(
-            f"Set only one of config.{name}_steps ({steps}) and config.{name}_epochs ({epochs})."
-        )
     if steps is None and epochs is None:
         raise UserError(f"Set config.{name}_steps or config.{name}_epochs.")
     value = int(steps) if steps is not None else math.ceil(float(epochs) * steps_per_epoch)
@@ -26,12 +36,7 @@ def duration_steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """Total optimizer steps: from num_train_steps, or num_epochs over the train split."""
-    if config.get("num_train_steps") is not None and config.get("num_epochs") is not None:
-        raise UserError(
-            "Set only one of config.num_train_steps and config.num_epochs "
-            "(e.g. --config.num_epochs=None --config.num_train_steps=1000)."
-        )
+    """Total optimizer steps: num_train_steps if set, else num_epochs over the train split."""
     if config.get("num_train_steps") is not None:
         return int(config.num_train_steps)
     if config.get("num_epochs") is None:
@@ -62,10 +67,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("model.num_classes", c.model.num_classes, c.model.num_classes == 2, "2 (NC, AD)"),
         ("model.in_chans", c.model.in_chans, c.model.in_chans == 1, "1 (grayscale slices)"),
         (
-            "model.dtype",
-            c.model.dtype,
-            c.model.dtype in ("float32", "bfloat16"),
-            "float32|bfloat16",
+            "dtype",
+            c.get("dtype", "auto"),
+            c.get("dtype", "auto") in COMPUTE_DTYPES,
+            "|".join(COMPUTE_DTYPES),
+        ),
+        (
+            "step_impl",
+            c.get("step_impl", "jit"),
+            c.get("step_impl", "jit") in ("jit", "shard_map"),
+            "jit|shard_map",
+        ),
+        (
+            "grad_accum_steps",
+            c.get("grad_accum_steps", 1),
+            isinstance(c.get("grad_accum_steps", 1), int) and c.get("grad_accum_steps", 1) >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "checkpoint.best_metric",
+            c.checkpoint.best_metric,
+            c.checkpoint.best_metric in BEST_METRICS,
+            "|".join(BEST_METRICS),
         ),
         (
             "optim.label_smoothing",
@@ -127,11 +150,57 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "0 <= explore_end <= transition_end <= 1",
             ),
         ]
+    checks += averaging.validate_config(c)
     try:
         augment.AugmentSpec.from_config(c.augment)
         mixing.spec_from_config(c, 1)
+        convnext.spec_from_config(c.model)
     except ValueError as e:
         raise UserError(str(e)) from e
     for field, value, ok, expected in checks:
         if not ok:
             raise UserError(f"config.{field} = {value!r}: expected {expected}.")
+    validate_batch(c, jax.device_count(), jax.process_count())
+
+
+def validate_batch(config: ml_collections.ConfigDict, devices: int, processes: int) -> None:
+    """The global batch must split evenly over devices, processes, microbatches and mix groups."""
+    batch, accum = config.batch_size, config.get("grad_accum_steps", 1)
+    if batch % devices:
+        raise UserError(
+            f"config.batch_size = {batch} must be divisible by the {devices} devices "
+            f"(e.g. {devices * max(1, round(batch / devices))})."
+        )
+    if (batch // devices) % accum:
+        raise UserError(
+            f"config.batch_size = {batch} over {devices} devices is {batch // devices} per "
+            f"device, which config.grad_accum_steps = {accum} must divide."
+        )
+    per_process = batch // processes
+    if "mix" in config and config.mix.prob > 0 and per_process % config.mix.group_size:
+        raise UserError(
+            f"config.mix.group_size = {config.mix.group_size} must divide the per-process batch "
+            f"{per_process} (batch_size {batch} over {processes} processes)."
+        )
+
+
+def validate_durations(
+    config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+) -> None:
+    """Checks that need the run's length in steps (known once the data set is)."""
+    if total_steps < 1:
+        raise UserError(f"The run has {total_steps} training steps; expected at least 1.")
+    if warmup_steps > total_steps:
+        raise UserError(
+            f"The warmup ({warmup_steps} steps) is longer than training ({total_steps} steps): "
+            "shorten config.warmup_epochs/warmup_steps or train longer."
+        )
+
+
+def compute_dtype(config: ml_collections.ConfigDict, backend: str | None = None) -> str:
+    """The resolved compute dtype: config.dtype, with 'auto' = bfloat16 on GPU/TPU, float32 on
+    CPU (XLA:CPU gains nothing from bfloat16 here; see the README)."""
+    dtype = config.get("dtype", "auto")
+    if dtype != "auto":
+        return dtype
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"

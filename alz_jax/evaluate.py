@@ -2,7 +2,8 @@
 
 One path serves validation during training, the test report at the end of `main`, and
 
-    python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP]
+    python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] \
+        [--weights=selected|raw|ema|swa]
 
 which writes <workdir>/report_<split>.json and prints the summary table.
 """
@@ -92,7 +93,8 @@ def build_report(
 def format_report(report: dict) -> str:
     """A readable table of the report."""
     lines = [
-        f"Report: {report['split']} split, checkpoint step {report['checkpoint_step']}, "
+        f"Report: {report['split']} split, checkpoint step {report['checkpoint_step']} "
+        f"({report['weights']} weights), "
         f"{report['num_images']} images, subjects from {report['subject_source']}",
         f"{'level':<8} {'n':>6} {'acc':>6} {'bal_acc':>7} {'sens':>6} {'spec':>6} "
         f"{'F1 NC':>6} {'F1 AD':>6} {'AUC':>6}  confusion [[TN FP] [FN TP]]",
@@ -164,6 +166,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
     flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
     flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+    flags.DEFINE_enum(
+        "weights",
+        "selected",
+        ["selected", "raw", "ema", "swa"],
+        "Weights to evaluate; 'selected': those that won the checkpoint's validation.",
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -178,7 +186,7 @@ def main(argv: list[str]) -> None:
     logs.setup()
     with exit_on_user_error():
         report = train.evaluate_checkpoint(
-            flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint
+            flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint, flags.FLAGS.weights
         )
     print(format_report(report))
 

@@ -1,22 +1,45 @@
-"""Entry point: python -m alz_jax.main --config=configs/convnext_t.py --workdir=DIR."""
+"""Entry point: python -m alz_jax.main --config=configs/convnext_t.py --workdir=DIR.
+
+Multi-process: the same command on every process; JAX finds the others on SLURM, Cloud TPU
+and Kubernetes, or take --coordinator_address, --num_processes and --process_id.
+"""
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import evaluate, logs, train
+from alz_jax import distributed, evaluate, logs, train
 from alz_jax.errors import exit_on_user_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids", None, "Accelerators this process drives, e.g. 0,1,2,3 (default: all)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    """Trains and evaluates; user errors print a message and exit with status 2."""
+    """Trains and evaluates; user errors print a message and exit with status 2; a preempted
+    run (SIGTERM) saves its state and exits with status 0."""
     del argv
     logs.setup()
     with exit_on_user_error():
+        distributed.initialize(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None,
+        )
         report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if "preempted_at_step" in report:
+        print(f"Preempted: state saved at step {report['preempted_at_step']}; "
+              "run the same command to continue.")  # fmt: skip
+        return
     print(evaluate.format_report(report))
     print("Stage times (s):", report["stage_seconds"])
 

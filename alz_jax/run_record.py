@@ -72,6 +72,10 @@ def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
             "optim": config.optim.to_dict(),
             "augment": config.augment.to_dict(),
             "mix": config.mix.to_dict() if "mix" in config else None,
+            "dtype": config.get("dtype", "auto"),
+            "grad_accum_steps": config.get("grad_accum_steps", 1),
+            "ema": config.ema.to_dict() if "ema" in config else None,
+            "swa": config.swa.to_dict() if "swa" in config else None,
         },
         "data": {
             "fingerprint": data_fingerprint,

@@ -8,8 +8,12 @@ from jax.sharding import PartitionSpec as P
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D ('data',) mesh over all devices of all processes."""
-    return jax.make_mesh((jax.device_count(),), ("data",))
+    """A 1-D ('data',) mesh over all devices of all processes.
+
+    Auto axes: XLA propagates the shardings, and the step may constrain intermediate ones
+    (microbatches) with `with_sharding_constraint`.
+    """
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

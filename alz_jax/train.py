@@ -18,9 +18,19 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 
-from alz_jax import checkpointing, config_lib, evaluate, preview, run_record, sharding, steps
+from alz_jax import (
+    averaging,
+    checkpointing,
+    config_lib,
+    evaluate,
+    logs,
+    preview,
+    run_record,
+    sharding,
+    steps,
+)
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.errors import UserError
 from alz_jax.models import convnext
@@ -41,21 +51,76 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def _train_scalars(history: list[dict], elapsed: float, wait_time: float, step: int) -> dict:
+class TrainingDivergedError(UserError):
+    """The loss or gradient norm became NaN or infinite; nothing after it was saved."""
+
+
+def _first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, dict] | None:
+    """The first (step, metrics) of `history` whose loss or gradient norm is not finite."""
+    for step, fetched in zip(
+        [s for s, _ in history], jax.device_get([m for _, m in history]), strict=True
+    ):
+        if not (
+            math.isfinite(float(fetched["loss"])) and math.isfinite(float(fetched["grad_norm"]))
+        ):
+            return step, fetched
+    return None
+
+
+def _check_finite(history: list[tuple[int, dict]], manager) -> None:
+    """Stops the run, naming the step, if a step in `history` had a non-finite loss or gradient."""
+    bad = _first_nonfinite(history)
+    if bad is None:
+        return
+    step, fetched = bad
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    kept = (
+        f"the last good checkpoint, step {last} in {manager.directory}, is kept"
+        if last is not None
+        else "no checkpoint had been saved yet"
+    )
+    raise TrainingDivergedError(
+        f"Training diverged at step {step}: loss {float(fetched['loss'])}, gradient norm "
+        f"{float(fetched['grad_norm'])}. Nothing from that step on was saved; {kept}. Try a lower "
+        "optim.learning_rate, a longer warmup or optim.grad_clip_norm, in a new --workdir."
+    )
+
+
+def _train_scalars(history: list[tuple[int, dict]], elapsed: float, wait_time: float) -> dict:
     """Means of the step metrics since the last log (fetched from device only here)."""
-    fetched = jax.device_get(history)
+    fetched = jax.device_get([m for _, m in history])
     scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    if not math.isfinite(scalars["train/loss"]):
-        raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}.")
     scalars["train/step_time_s"] = elapsed / len(history)
     scalars["train/data_wait_s"] = wait_time / len(history)
     return scalars
 
 
+def weights_of(state: steps.TrainState, name: str):
+    """The parameters to evaluate for `name` (raw, ema, swa), in float32."""
+    tree = state["params"] if name == "raw" else state[name]
+    return jax.tree.map(lambda x: x.astype(np.float32), tree)
+
+
+def select_weights(per_weights: dict[str, dict], metric: str, mode: str) -> dict:
+    """The weights whose validation `metric` (e.g. 'validation/loss') is best: the selection
+    record saved with the checkpoint ({weights, metric, value, values})."""
+    name = metric.removeprefix("validation/")
+    values = {w: m.get(name) for w, m in per_weights.items() if m.get(name) is not None}
+    if not values:
+        raise UserError(
+            f"checkpoint.best_metric {metric!r} is not computed on this validation set."
+        )
+    pick = min if mode == "min" else max
+    best = pick(values, key=lambda w: (values[w], list(per_weights).index(w)))
+    return {"weights": best, "metric": metric, "value": values[best], "values": values}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains per `config` in `workdir` (resuming if possible); returns the test report."""
+    """Trains per `config` in `workdir` (resuming if possible); returns the test report, or
+    {"preempted_at_step": N} if the run was asked to stop (SIGTERM) and saved its state."""
     timer = StageTimer()
-    config_lib.validate(config)
+    config_lib.validate(config)  # before any data work or compile
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_writer = jax.process_index() == 0
@@ -63,10 +128,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS once. ----
     data = dataset.prepare(config.data, timer=timer)
     global_batch = config.batch_size
-    if global_batch % jax.device_count():
-        raise UserError(
-            f"batch_size {global_batch} must be divisible by the {jax.device_count()} devices."
-        )
     steps_per_epoch = data.num_examples("train") // global_batch
     if steps_per_epoch == 0:
         raise UserError(
@@ -75,6 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = config_lib.num_train_steps(config, steps_per_epoch)
     warmup_steps = config_lib.duration_steps(config, "warmup", steps_per_epoch)
     eval_every = max(1, config_lib.duration_steps(config, "eval_every", steps_per_epoch))
+    config_lib.validate_durations(config, total_steps, warmup_steps)
+    averages = averaging.spec_from_config(config, total_steps, steps_per_epoch)
     train_source = data.source("train")
     with timer("run record + pixel statistics"):
         record = run_record.start(
@@ -94,9 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps_per_epoch, total_steps, warmup_steps, eval_every, pixel_stats,
     )  # fmt: skip
 
-    # ---- Model, optimizer and train state on a ('data',) mesh. ----
+    # ---- Model, optimizer and train state on a ('data',) mesh over every process's devices. ----
     mesh = sharding.make_mesh()
-    spec = convnext.spec_from_config(config.model)
+    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
     model = steps.make_model(spec)
     tx, schedule = steps.make_optimizer(config, total_steps, warmup_steps)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
@@ -108,30 +171,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     start_step = manager.latest_step() or 0
     if start_step:
-        state = checkpointing.restore(
-            manager, start_step, steps.abstract_train_state(spec, tx, mesh), grain_iter
-        )
+        abstract = steps.abstract_train_state(spec, tx, mesh, averages)
+        state = checkpointing.restore(manager, start_step, abstract, grain_iter)
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
-        state = steps.create_train_state(spec, tx, mesh, config.seed)
-    train_step = steps.make_train_step(model, tx, schedule, config, pixel_stats, mesh)
+        state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
+    train_step = steps.make_train_step(model, tx, schedule, config, pixel_stats, mesh, averages)
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
+    logging.info(
+        "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
+        "of %d process(es)",
+        spec.dims, spec.dtype, config.get("step_impl", "jit"), config.get("grad_accum_steps", 1),
+        averaging.available(averages, total_steps), jax.device_count(), jax.process_count(),
+    )  # fmt: skip
 
     # ---- Metric writers and progress reporting (process 0 writes). ----
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+    writer = logs.create_writer(workdir, is_writer)
     if start_step == 0:
         writer.write_hparams(_flat_hparams(config))
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
 
-    def run_validation(step: int, params) -> dict:
+    def run_validation(step: int, state) -> tuple[dict, dict]:
+        """Validation of every weight set that exists; (checkpoint metrics, selection)."""
+        per_weights = {}
         with progress.timed("eval"):
-            prob_ad = evaluate.predict_split(data, "validation", params, predict_step, config, mesh)
-            scalars = evaluate.validation_metrics(val_records, prob_ad)
-        writer.write_scalars(step, {f"validation/{k}": v for k, v in scalars.items()})
-        return {f"validation/{k}": v for k, v in scalars.items()}
+            for name in averaging.available(averages, step):
+                prob_ad = evaluate.predict_split(
+                    data, "validation", weights_of(state, name), predict_step, config, mesh
+                )
+                per_weights[name] = evaluate.validation_metrics(val_records, prob_ad)
+        selection = select_weights(
+            per_weights, config.checkpoint.best_metric, config.checkpoint.best_mode
+        )
+        scalars = {
+            f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()
+        }
+        # Unqualified names are the selected weights': what the best checkpoint is chosen on.
+        scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})
+        writer.write_scalars(step, scalars)
+        logging.info("Step %d: %s weights selected (%s)", step, selection["weights"],
+                     selection["values"])  # fmt: skip
+        return scalars, selection
+
+    def save_or_stop(done: int, state, history) -> bool:
+        """Validates and saves when due; on a preemption notice saves (if not just done) and
+        returns True. Every process asks at every step, and all agree on where to stop."""
+        saved = False
+        if done % eval_every == 0 or done == total_steps:
+            _check_finite(history, manager)  # never save a diverged state
+            val, selection = run_validation(done, state)
+            checkpointing.save(
+                manager, done, state, val, data_iterator=grain_iter, selection=selection
+            )
+            saved = True
+        if done < total_steps and manager.reached_preemption(done):
+            if not saved:
+                _check_finite(history, manager)
+                checkpointing.save(manager, done, state, data_iterator=grain_iter)
+            return True
+        return False
 
     # ---- The training loop. ----
     batch_sharding = sharding.batch_sharded(mesh)
+    preempted_at = None
     with timer("train"), contextlib.closing(grain_iter):
         try:
             if start_step < total_steps:
@@ -150,31 +252,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         state, step_metrics = train_step(
                             state, input_pipeline.to_global(batch, batch_sharding)
                         )
-                    history.append(step_metrics)
                     done = step + 1
+                    history.append((done, step_metrics))
                     progress(done)
                     if done % config.log_every_steps == 0 or done == total_steps:
+                        _check_finite(history, manager)
                         elapsed = time.perf_counter() - interval_start - eval_time
-                        scalars = _train_scalars(history, elapsed, wait_time, done)
+                        scalars = _train_scalars(history, elapsed, wait_time)
                         scalars["train/epoch"] = done / steps_per_epoch
                         writer.write_scalars(done, scalars)
                         history, wait_time, interval_start = [], 0.0, time.perf_counter()
                         eval_time = 0.0
-                    if done % eval_every == 0 or done == total_steps:
-                        eval_start = time.perf_counter()
-                        val = run_validation(done, state["params"])
-                        checkpointing.save(manager, done, state, val, data_iterator=grain_iter)
-                        eval_time += time.perf_counter() - eval_start
+                    eval_start = time.perf_counter()
+                    if save_or_stop(done, state, history):
+                        preempted_at = done
+                        break
+                    eval_time += time.perf_counter() - eval_start
         finally:
             # Also on an exception: let an in-flight checkpoint finish rather than lose it.
             manager.wait_until_finished()
+    writer.flush()
+    if preempted_at is not None:
+        logging.warning(
+            "Preemption requested: saved the checkpoint of step %d in %s; run the same command "
+            "to continue.", preempted_at, manager.directory,
+        )  # fmt: skip
+        return {"preempted_at_step": preempted_at}
 
-    # ---- Test report from the best checkpoint. ----
+    # ---- Test report from the best checkpoint, with the weights that won validation. ----
     with timer("test evaluation"):
         report = evaluate_saved(
             manager, "best", "test",
             data=data, model=model, tx=tx, pixel_stats=pixel_stats, config=config, mesh=mesh,
-            workdir=workdir,
+            workdir=workdir, averages=averages,
         )  # fmt: skip
     writer.flush()
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
@@ -183,20 +293,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def evaluate_saved(
-    manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh, workdir
-):
+    manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh, workdir,
+    averages, weights: str = "selected",
+):  # fmt: skip
     """Restores checkpoint `which` ('best', 'latest', step), writes predictions_<split>.csv and
-    returns the report of `split`."""
+    returns the report of `split` for `weights` (raw, ema, swa, or 'selected': those that won
+    that checkpoint's validation, raw if it recorded none)."""
     step = checkpointing.resolve_step(manager, which)
-    state = checkpointing.restore(manager, step, steps.abstract_train_state(model.spec, tx, mesh))
+    abstract = steps.abstract_train_state(model.spec, tx, mesh, averages)
+    state = checkpointing.restore(manager, step, abstract)
+    selection = checkpointing.restore_selection(manager, step)
+    if weights == "selected":
+        weights = selection["weights"] if selection else "raw"
+    averaging.check_weights_name(weights, averages)
+    if weights == "swa" and int(state["swa_count"]) == 0:
+        raise UserError(f"Checkpoint {step} holds no SWA average yet (SWA starts at step "
+                        f"{averages.swa_start_step}).")  # fmt: skip
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
-    prob_ad = evaluate.predict_split(data, split, state["params"], predict_step, config, mesh)
+    prob_ad = evaluate.predict_split(
+        data, split, weights_of(state, weights), predict_step, config, mesh
+    )
     records = data.records(split)
     evaluate.write_predictions(records, prob_ad, Path(workdir) / f"predictions_{split}.csv")
-    return evaluate.build_report(split, records, prob_ad, data.report_metadata(), step)
+    report = evaluate.build_report(split, records, prob_ad, data.report_metadata(), step)
+    report["weights"] = weights
+    if selection:
+        report["selection"] = selection
+    return report
 
 
-def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
+def evaluate_checkpoint(workdir: str, split: str, which: str, weights: str = "selected") -> dict:
     """Evaluates checkpoint `which` of the run in `workdir` on `split` and writes its report."""
     config = run_record.load_config(workdir)
     record = run_record.load(workdir)
@@ -207,9 +333,9 @@ def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
             "was trained on (fingerprints differ)."
         )
     mesh = sharding.make_mesh()
-    spec = convnext.spec_from_config(config.model)
     steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
     total_steps = config_lib.num_train_steps(config, steps_per_epoch)
+    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
     tx, _ = steps.make_optimizer(
         config, total_steps, config_lib.duration_steps(config, "warmup", steps_per_epoch)
     )
@@ -218,6 +344,8 @@ def evaluate_checkpoint(workdir: str, split: str, which: str) -> dict:
         manager, which, split,
         data=data, model=steps.make_model(spec), tx=tx, pixel_stats=record["pixel_stats"],
         config=config, mesh=mesh, workdir=workdir,
+        averages=averaging.spec_from_config(config, total_steps, steps_per_epoch),
+        weights=weights,
     )  # fmt: skip
     evaluate.write_report(report, workdir)
     return report

@@ -89,8 +89,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.in_chans = 1
     config.model.num_classes = 2
     config.model.drop_path_rate = 0.1
-    config.model.dtype = "float32"
     config.model.param_dtype = "float32"
+
+    # Compute dtype of activations, matmuls and convolutions: 'auto' is bfloat16 on GPU/TPU and
+    # float32 on CPU. Parameters, optimizer state, LayerNorm statistics, softmax and loss stay
+    # float32 whatever this says.
+    config.dtype = "auto"
+    config.step_impl = "jit"  # 'jit' (XLA partitions the step) or 'shard_map' (explicit pmean)
+    # Microbatches per optimizer step: the same update from 1/k of the activation memory.
+    config.grad_accum_steps = 1
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
@@ -103,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.label_smoothing = 0.1
 
     config.batch_size = 512  # global, over all devices and processes
-    # Durations: set *_epochs or *_steps (not both); converted to steps in one place.
+    # Durations: *_steps, when set, wins over *_epochs; converted to steps in one place.
     config.num_epochs = 400
     config.num_train_steps = ml_collections.config_dict.placeholder(int)
     config.warmup_epochs = 5
@@ -112,9 +119,28 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = ml_collections.config_dict.placeholder(int)
     config.log_every_steps = 50
 
+    # Weight averages, both evaluated beside the raw weights at every validation (REFERENCE.md).
+    config.ema = ml_collections.ConfigDict()
+    config.ema.enabled = True
+    config.ema.decay = 0.9999
+    # Warmup: decay_t = 1 - (1 + t/gamma)^-power, clipped to [min_decay, decay]. 0.9999 alone
+    # would average over ~10k of this recipe's ~15k steps.
+    config.ema.warmup = True
+    config.ema.warmup_gamma = 1.0
+    config.ema.warmup_power = 2 / 3
+    config.ema.min_decay = 0.0
+    config.ema.dtype = "float32"  # or bfloat16: 2 bytes per parameter, stochastically rounded
+    config.swa = ml_collections.ConfigDict()
+    config.swa.enabled = True
+    config.swa.start_fraction = 0.8  # of training, as in the seed recipe
+    config.swa.every_epochs = 1  # or every_steps
+    config.swa.every_steps = ml_collections.config_dict.placeholder(int)
+    config.swa.dtype = "float32"
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep_latest = 2
     config.checkpoint.keep_best = 1
+    # Chosen over every evaluated weight set (raw, EMA, SWA); the checkpoint records the winner.
     config.checkpoint.best_metric = "validation/loss"
     config.checkpoint.best_mode = "min"
     return config

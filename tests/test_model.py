@@ -1,5 +1,7 @@
 """ConvNeXt architecture, parameter count and initialisation against the reference facts."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,7 +89,7 @@ def test_block_matches_numpy_reference():
 
 def test_drop_path_is_per_sample_and_rescales():
     x = jnp.ones((4096, 2, 2, 3))
-    out = np.asarray(convnext.drop_path(x, 0.25, jax.random.key(0)))
+    out = np.asarray(convnext.drop_path(x, 0.25, jax.random.split(jax.random.key(0), 4096)))
     per_sample = out.reshape(4096, -1)
     # Each sample is either all zero or all 1/keep.
     assert np.all((per_sample == 0).all(1) | np.isclose(per_sample, 1 / 0.75).all(1))
@@ -104,8 +106,34 @@ def test_forward_shapes_and_stochastic_depth_only_with_key():
     a, b = model(x), model(x)
     assert a.shape == (4, 2) and a.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    c = model(x, dropout_key=jax.random.key(1))
+    keys = jax.random.split(jax.random.key(1), 4)
+    c = model(x, sample_keys=keys)
     assert not np.allclose(np.asarray(a), np.asarray(c))
+    # A sample's stochastic depth depends only on its own key, not on the rest of the batch.
+    pair = model(x[2:], sample_keys=keys[2:])
+    np.testing.assert_allclose(np.asarray(pair), np.asarray(c)[2:], rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_forward_stays_close_to_float32():
+    """Mixed precision: bf16 activations/matmuls/convs, float32 params, LayerNorm and logits."""
+    spec = convnext.ConvNeXtSpec((1, 1, 2, 1), (16, 32, 64, 128), layer_scale_init=1.0)
+    model32 = convnext.ConvNeXt(spec, rngs=nnx.Rngs(0))
+    model16 = convnext.ConvNeXt(dataclasses.replace(spec, dtype="bfloat16"), rngs=nnx.Rngs(0))
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model32)), jax.tree.leaves(nnx.state(model16)), strict=True
+    ):
+        assert b.dtype == jnp.float32  # parameters stay float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = jax.random.normal(jax.random.key(0), (8, 64, 64, 1))
+    ref, low = np.asarray(model32(x)), np.asarray(model16(x))
+    assert low.dtype == np.float32  # logits come out in float32
+    # Stated tolerance: logits within 5% of the float32 logits' scale, the same argmax.
+    scale = np.abs(ref).max()
+    assert np.abs(low - ref).max() < 0.05 * scale, (np.abs(low - ref).max(), scale)
+    assert np.abs(low - ref).max() > 0  # the bf16 path really ran in lower precision
+    np.testing.assert_array_equal(low.argmax(-1), ref.argmax(-1))
+    # LayerNorm statistics are float32 whatever the compute dtype.
+    assert model16.stages[0][0].norm.dtype == jnp.float32
 
 
 def test_unknown_size_is_a_clear_error():

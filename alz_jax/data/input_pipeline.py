@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -108,9 +109,12 @@ class ProcessShard(grain.MapDataset):
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
-    """Each Grain worker is one core's worth of work: OpenCV's own thread pool off."""
+    """Each Grain worker is one core's worth of work: OpenCV's own thread pool off. Workers
+    ignore SIGTERM: a scheduler signals the whole process group, and the main process must
+    outlive it long enough to save a checkpoint (it closes its workers itself)."""
     del worker_index, worker_count
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _prefetch(ds: grain.MapDataset, num_workers: int, buffer_size: int) -> grain.IterDataset:

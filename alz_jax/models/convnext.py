@@ -44,8 +44,9 @@ class ConvNeXtSpec:
     param_dtype: str = "float32"
 
 
-def spec_from_config(model_config) -> ConvNeXtSpec:
-    """Builds a ConvNeXtSpec from a `config.model` ml_collections section."""
+def spec_from_config(model_config, dtype: str | None = None) -> ConvNeXtSpec:
+    """Builds a ConvNeXtSpec from a `config.model` ml_collections section; `dtype` is the
+    compute dtype (the resolved `config.dtype`), float32 if not given."""
     if model_config.get("size"):
         if model_config.size not in SIZES:
             raise ValueError(
@@ -67,7 +68,7 @@ def spec_from_config(model_config) -> ConvNeXtSpec:
         drop_path_rate=model_config.drop_path_rate,
         layer_scale_init=model_config.get("layer_scale_init", 1e-6),
         head_init_scale=model_config.get("head_init_scale", 1.0),
-        dtype=model_config.get("dtype", "float32"),
+        dtype=dtype or "float32",
         param_dtype=model_config.get("param_dtype", "float32"),
     )
 
@@ -102,12 +103,17 @@ def _patchify_conv(
     )
 
 
-def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest."""
-    if key is None or rate == 0.0:
+def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
+    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest.
+
+    `sample_keys` holds one key per sample, so a sample's mask doesn't depend on how the batch
+    is split over devices or microbatches.
+    """
+    if sample_keys is None or rate == 0.0:
         return x
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
+    mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
@@ -137,7 +143,7 @@ class Block(nnx.Module):
         self.drop_path_rate = drop_path_rate
         self.compute_dtype = spec.dtype
 
-    def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
         shortcut = x
         x = self.dwconv(x)
         x = self.norm(x).astype(self.compute_dtype)
@@ -145,7 +151,7 @@ class Block(nnx.Module):
         x = jax.nn.gelu(x, approximate=False)
         x = self.pwconv2(x)
         x = x * self.gamma.value.astype(x.dtype)
-        return shortcut + drop_path(x, self.drop_path_rate, key)
+        return shortcut + drop_path(x, self.drop_path_rate, sample_keys)
 
 
 class Downsample(nnx.Module):
@@ -222,20 +228,19 @@ class ConvNeXt(nnx.Module):
         self.stages = nnx.List(stages)
         self.head = Head(spec, rngs)
 
-    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if a key is given."""
+    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
+        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
         x = self.stem(x.astype(self.spec.dtype))
-        keys = (
-            list(jax.random.split(dropout_key, sum(self.spec.depths)))
-            if dropout_key is not None
-            else [None] * sum(self.spec.depths)
-        )
         k = 0
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.downsamples[i - 1](x)
             for block in stage:
-                x = block(x, keys[k])
+                block_keys = None
+                if sample_keys is not None:
+                    block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
+                x = block(x, block_keys)
                 k += 1
         return self.head(x)
 
