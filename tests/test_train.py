@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from alz_jax import checkpointing, steps, train
 from alz_jax.errors import UserError
-from configs import demo
+from tests import tiny_config as tiny_config_file
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -26,29 +26,9 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(manual_dir, data_dir, **overrides):
-    config = demo.get_config()
+    config = tiny_config_file.get_config()
     config.data.manual_dir = str(manual_dir)
-    config.data.synthetic_seed = None
     config.data.data_dir = str(data_dir)
-    config.data.image_size = 32
-    config.data.num_workers = 0
-    config.model.depths = (1, 1, 1, 1)
-    config.model.dims = (8, 16, 32, 64)
-    config.model.drop_path_rate = 0.1  # exercised, and must resume exactly
-    # Host ops and device noise exercised too.
-    config.augment.rotate_prob = 0.5
-    config.augment.erase_prob = 0.25
-    config.augment.noise_prob = 0.5
-    config.mix.prob = 1.0  # Mixup/CutMix over the first half, fading by 75%
-    config.mix.group_size = 8
-    config.batch_size = 16
-    config.num_epochs = None
-    config.num_train_steps = 6
-    config.warmup_epochs = None
-    config.warmup_steps = 2
-    config.eval_every_epochs = None
-    config.eval_every_steps = 2
-    config.log_every_steps = 2
     for key, value in overrides.items():
         node = config
         *path, leaf = key.split(".")
@@ -58,14 +38,15 @@ def tiny_config(manual_dir, data_dir, **overrides):
     return config
 
 
-def final_params(workdir, config):
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
-    from alz_jax import sharding
+def final_state(workdir, config):
+    from alz_jax import averaging, sharding
     from alz_jax.models import convnext
 
+    manager = checkpointing.make_manager(workdir, config.checkpoint)
     spec = convnext.spec_from_config(config.model)
     tx, _ = steps.make_optimizer(config, 6, 2)
-    abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh())
+    averages = averaging.spec_from_config(config, 6, 1)
+    abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh(), averages)
     return checkpointing.restore(manager, manager.latest_step(), abstract)
 
 
@@ -126,7 +107,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     train.train_and_evaluate(config, str(tmp_path / "b"))
     assert len((tmp_path / "b" / "run" / "starts.jsonl").read_text().splitlines()) == 2
 
-    a, b = final_params(tmp_path / "a", config), final_params(tmp_path / "b", config)
+    a, b = final_state(tmp_path / "a", config), final_state(tmp_path / "b", config)
     assert int(a["step"]) == int(b["step"]) == 6
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -234,3 +215,59 @@ def test_reference_config_without_adni_says_where_to_put_it(tmp_path):
     assert result.returncode == 2
     assert "manual_dir" in result.stderr and "AD_NC" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tiny_synthetic, data_dir, tmp_path, monkeypatch
+):
+    config = tiny_config(tiny_synthetic[0], data_dir, log_every_steps=1)
+    real_factory = steps.make_train_step
+
+    def diverging_factory(*args, **kwargs):
+        step_fn = real_factory(*args, **kwargs)
+
+        def wrapped(state, batch):
+            state, metrics = step_fn(state, batch)
+            if int(state["step"]) >= 3:  # step 3 on: NaN weights and loss
+                state = dict(state, params=jax.tree.map(lambda p: p * np.nan, state["params"]))
+                metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+            return state, metrics
+
+        return wrapped
+
+    monkeypatch.setattr(steps, "make_train_step", diverging_factory)
+    with pytest.raises(train.TrainingDivergedError, match=r"diverged at step 3: loss nan") as e:
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert "last good checkpoint, step 2" in str(e.value)
+    manager = checkpointing.make_manager(tmp_path / "w", config.checkpoint)
+    assert manager.all_steps() == [2]
+    state = final_state(tmp_path / "w", config)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 12}, "divisible by the 8 devices"),
+        ({"grad_accum_steps": 4}, "2 per device, which config.grad_accum_steps = 4 must divide"),
+        ({"mix.group_size": 6}, "group_size = 6 must divide the per-process batch 16"),
+        ({"warmup_steps": 7}, r"warmup \(7 steps\) is longer than training \(6 steps\)"),
+        ({"model.size": "huge"}, "not a ConvNeXt size"),
+        ({"dtype": "float16"}, "config.dtype = 'float16': expected auto|float32|bfloat16"),
+        ({"step_impl": "pmap"}, "config.step_impl = 'pmap'"),
+        ({"ema.dtype": "float16"}, "config.ema.dtype"),
+        ({"swa.start_fraction": 1.0}, r"config.swa.start_fraction = 1.0: expected in \[0, 1\)"),
+        ({"checkpoint.best_metric": "val_loss"}, "config.checkpoint.best_metric = 'val_loss'"),
+    ],
+)
+def test_bad_config_values_are_refused_before_any_compile(
+    tiny_synthetic, data_dir, tmp_path, monkeypatch, overrides, message
+):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a step was built before the config was checked")
+
+    monkeypatch.setattr(steps, "make_train_step", no_compile)
+    monkeypatch.setattr(steps, "create_train_state", no_compile)
+    config = tiny_config(tiny_synthetic[0], data_dir, **overrides)
+    with pytest.raises(UserError, match=message):
+        train.train_and_evaluate(config, str(tmp_path / "w"))

@@ -1,0 +1,35 @@
+"""A tiny training config for tests: the demo recipe shrunk to 32 px, a 4-block ConvNeXt and a
+few steps, with every moving part on (augmentation, Mixup/CutMix, stochastic depth, noise, EMA,
+SWA). Used in-process and by subprocess runs of `alz_jax.main` (--config=tests/tiny_config.py).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import demo  # noqa: E402
+
+
+def get_config():
+    """The tiny test config; data folders are set by the caller."""
+    config = demo.get_config()
+    config.data.synthetic_seed = None
+    config.data.image_size = 32
+    config.data.num_workers = 0
+    config.model.depths = (1, 1, 1, 1)
+    config.model.dims = (8, 16, 32, 64)
+    config.model.drop_path_rate = 0.1  # exercised, and must resume exactly
+    config.augment.rotate_prob = 0.5
+    config.augment.erase_prob = 0.25
+    config.augment.noise_prob = 0.5
+    config.mix.prob = 1.0  # Mixup/CutMix over the first half, fading by 75%
+    config.mix.group_size = 8
+    config.batch_size = 16
+    config.num_train_steps = 6
+    config.warmup_steps = 2
+    config.eval_every_steps = 2
+    config.log_every_steps = 2
+    config.swa.start_fraction = 0.5
+    config.swa.every_steps = 1
+    return config
