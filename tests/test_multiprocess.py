@@ -149,10 +149,10 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(tiny_synth
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), jax.tree_util.keystr(path))
     np.testing.assert_array_equal(_losses(tmp_path / "preempted"), _losses(tmp_path / "two"))
 
-    for (path, a), b in zip(
+    for (path, x), y in zip(
         jax.tree_util.tree_leaves_with_path(two), jax.tree.leaves(one), strict=True
     ):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if "ema" in jax.tree_util.keystr(path) or "swa" in jax.tree_util.keystr(path):
             # bf16 storage, stochastically rounded: 1e-6 apart before rounding may land on the
             # neighbouring bf16 value; allow one bf16 ulp.
