@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import evaluate, logs, metrics, train
+from alz_jax import distributed, evaluate, logs, metrics, train
 from alz_jax.errors import exit_on_user_error
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
@@ -42,7 +42,9 @@ def run_folds(config, workdir: str | Path) -> dict:
             fold_config = copy.deepcopy(config)
             fold_config.data.protocol = "kfold"
             fold_config.data.fold = fold
-            train.train_and_evaluate(fold_config, str(fold_dir))
+            result = train.train_and_evaluate(fold_config, str(fold_dir))
+            if "preempted_at_step" in result:  # saved; the same command continues this fold
+                return {**result, "fold": fold}
         fold_reports.append(json.loads(report_path.read_text()))
     report = aggregate(fold_reports, [workdir / f"fold_{i}" for i in range(num_folds)])
     (workdir / "report_cv.json").write_text(json.dumps(report, indent=1))
@@ -104,7 +106,12 @@ def main(argv: list[str]) -> None:
     del argv
     logs.setup()
     with exit_on_user_error():
+        distributed.initialize()
         report = run_folds(flags.FLAGS.config, flags.FLAGS.workdir)
+    if "preempted_at_step" in report:
+        print(f"Preempted in fold {report['fold']} at step {report['preempted_at_step']}; "
+              "run the same command to continue.")  # fmt: skip
+        return
     print(format_cv(report))
 
 

@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import evaluate, logs, train
+from alz_jax import distributed, evaluate, logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
@@ -29,7 +29,10 @@ def main(argv: list[str]) -> None:
     logs.setup()
     shutil.rmtree(_WORKDIR.value, ignore_errors=True)
     start = time.perf_counter()
+    distributed.initialize()
     report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if "preempted_at_step" in report:
+        sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")
     total = time.perf_counter() - start
     print("\n" + evaluate.format_report(report))
     print("\nStage times (s):")

@@ -177,14 +177,12 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Evaluates a checkpoint of a finished or running training on one split."""
     del argv
-    from alz_jax import (
-        logs,
-        train,
-    )
+    from alz_jax import distributed, logs, train
     from alz_jax.errors import exit_on_user_error
 
     logs.setup()
     with exit_on_user_error():
+        distributed.initialize()
         report = train.evaluate_checkpoint(
             flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint, flags.FLAGS.weights
         )

@@ -3,7 +3,8 @@ distributed runtime, gloo collectives on localhost), through the real pipeline w
 and Mixup/CutMix, 2 Grain workers per process, stochastic depth, bf16 EMA and SWA, and gradient
 accumulation 2; sent SIGTERM (to the whole process group, as a scheduler does) mid-run, it saves,
 exits 0 and, restarted with the same command, ends bitwise equal to an uninterrupted 2-process
-run, and within 1e-6 of a 1-process 4-device run on the same global batches.
+run, and within 1e-6 of a 1-process 4-device run on the same global batches; the shard_map step
+on 2 processes gives the jit step's result within 1e-6.
 """
 
 import os
@@ -60,10 +61,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir: Path, processes: int, devices: int, manual_dir, data_dir):
+def _launch(workdir: Path, processes: int, devices: int, manual_dir, data_dir, *extra: str):
     """Starts `processes` copies of main (each in its own session); returns (procs, logs)."""
     port = _free_port()
     flags = [f"--config.{k}={v}" for k, v in _overrides(manual_dir, data_dir).items()]
+    flags += extra
     procs, log_paths = [], []
     for pid in range(processes):
         cmd = [sys.executable, "-m", "alz_jax.main", "--config=tests/tiny_config.py",
@@ -119,6 +121,8 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(tiny_synth
     # Uninterrupted: 2 processes x 2 devices, and 1 process x 4 devices.
     _wait(*_launch(tmp_path / "two", 2, 2, manual_dir, data_dir))
     _wait(*_launch(tmp_path / "one", 1, 4, manual_dir, data_dir))
+    shard_map = ("--config.step_impl=shard_map",)
+    _wait(*_launch(tmp_path / "two_shard_map", 2, 2, manual_dir, data_dir, *shard_map))
 
     # Preempted: SIGTERM to both process groups once step 2 is logged, then the same command.
     workdir = tmp_path / "preempted"
@@ -140,7 +144,9 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(tiny_synth
     assert manager.latest_step() == stopped[0]
     _wait(*_launch(workdir, 2, 2, manual_dir, data_dir))
 
-    two, one, resumed = (_final_state(tmp_path / n, config) for n in ("two", "one", "preempted"))
+    two, one, resumed, two_shard_map = (
+        _final_state(tmp_path / n, config) for n in ("two", "one", "preempted", "two_shard_map")
+    )
     assert int(resumed["swa_count"]) == int(two["swa_count"]) == 4  # steps 6, 8, 10, 12
     assert resumed["ema"]["head"]["fc"]["kernel"].dtype == np.dtype("bfloat16")
     for (path, a), b in zip(
@@ -149,16 +155,17 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(tiny_synth
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), jax.tree_util.keystr(path))
     np.testing.assert_array_equal(_losses(tmp_path / "preempted"), _losses(tmp_path / "two"))
 
-    for (path, x), y in zip(
-        jax.tree_util.tree_leaves_with_path(two), jax.tree.leaves(one), strict=True
-    ):
-        a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if "ema" in jax.tree_util.keystr(path) or "swa" in jax.tree_util.keystr(path):
-            # bf16 storage, stochastically rounded: 1e-6 apart before rounding may land on the
-            # neighbouring bf16 value; allow one bf16 ulp.
-            np.testing.assert_allclose(
-                a, b, rtol=2**-7, atol=1e-6, err_msg=jax.tree_util.keystr(path)
-            )
-        else:
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), atol=1e-6)
+    # 1 process x 4 devices, and the shard_map step on 2 x 2: the same updates within 1e-6.
+    for other, name in ((one, "one"), (two_shard_map, "two_shard_map")):
+        for (path, x), y in zip(
+            jax.tree_util.tree_leaves_with_path(two), jax.tree.leaves(other), strict=True
+        ):
+            a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            where = f"{name} {jax.tree_util.keystr(path)}"
+            if "ema" in jax.tree_util.keystr(path) or "swa" in jax.tree_util.keystr(path):
+                # bf16 storage, stochastically rounded: values 1e-6 apart before rounding may
+                # land on neighbouring bf16 values; allow one bf16 ulp.
+                np.testing.assert_allclose(a, b, rtol=2**-7, atol=1e-6, err_msg=where)
+            else:
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=where)
+        np.testing.assert_allclose(_losses(tmp_path / name), _losses(tmp_path / "two"), atol=1e-6)
