@@ -64,11 +64,11 @@ def spec_from_config(config: ml_collections.ConfigDict, total_steps: int, steps_
     if swa is not None and swa.enabled:
         from alz_jax import config_lib  # config_lib imports this module's checks
 
-        every = config_lib.duration_steps(swa, "every", steps_per_epoch)
+        every = config_lib.duration_steps(swa, "every", steps_per_epoch, section="swa.")
         fields.update(
             swa=True,
             swa_start_step=max(1, math.ceil(float(swa.start_fraction) * total_steps)),
-            swa_every_steps=max(1, every),
+            swa_every_steps=max(1, every),  # every_epochs on an epoch of < 1 step
             swa_dtype=swa.dtype,
         )
     return AveragingSpec(**fields)
@@ -92,6 +92,13 @@ def validate_config(config: ml_collections.ConfigDict) -> list[tuple]:
             ("swa.start_fraction", s.start_fraction, 0.0 <= s.start_fraction < 1.0, "in [0, 1)"),
             ("swa.dtype", s.dtype, s.dtype in DTYPES, "|".join(DTYPES)),
         ]
+        steps, epochs = s.get("every_steps"), s.get("every_epochs")
+        if steps is not None:
+            checks.append(("swa.every_steps", steps, steps >= 1, ">= 1"))
+        elif epochs is not None:
+            checks.append(("swa.every_epochs", epochs, epochs > 0, "> 0"))
+        else:
+            checks.append(("swa.every_steps/every_epochs", None, False, "one of them set"))
     return checks
 
 

@@ -19,9 +19,11 @@ from alz_jax.errors import UserError
 
 
 def make_manager(
-    workdir: str | Path, ckpt_config: ml_collections.ConfigDict
+    workdir: str | Path, ckpt_config: ml_collections.ConfigDict, *, for_training: bool = False
 ) -> ocp.CheckpointManager:
-    """The run's CheckpointManager under <workdir>/checkpoints."""
+    """The run's CheckpointManager under <workdir>/checkpoints. Only the training process
+    (`for_training`) removes half-written checkpoints: another process (an evaluation of a
+    running training) would delete the save in flight."""
     metric, mode = ckpt_config.best_metric, ckpt_config.best_mode
 
     def metric_of(metrics: dict) -> float:
@@ -43,8 +45,9 @@ def make_manager(
         best_mode=mode,
         enable_async_checkpointing=True,
         create=True,
-        # A save killed mid-write leaves <step>.orbax-checkpoint-tmp: never listed, removed here.
-        cleanup_tmp_directories=True,
+        # A save killed mid-write leaves <step>.orbax-checkpoint-tmp: never listed; the training
+        # that resumes removes it.
+        cleanup_tmp_directories=for_training,
     )
     directory = Path(os.path.abspath(workdir)) / "checkpoints"
     return ocp.CheckpointManager(

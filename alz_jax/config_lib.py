@@ -20,18 +20,21 @@ BEST_METRICS = tuple(
 )
 
 
-def duration_steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch: int) -> int:
-    """Steps for `<name>_steps` if set, else `<name>_epochs` (rounded up to whole steps).
+def duration_steps(
+    config: ml_collections.ConfigDict, name: str, steps_per_epoch: int, section: str = ""
+) -> int:
+    """Steps for `<name>_steps` if set, else `<name>_epochs` (rounded up to whole steps);
+    `section` ('swa.') names a sub-config in messages.
 
     Steps win so that a command line can shorten an epoch-based config
     (`--config.num_train_steps=100`): ml_collections flags can't set an int field to None.
     """
     steps, epochs = config.get(f"{name}_steps"), config.get(f"{name}_epochs")
     if steps is None and epochs is None:
-        raise UserError(f"Set config.{name}_steps or config.{name}_epochs.")
+        raise UserError(f"Set config.{section}{name}_steps or config.{section}{name}_epochs.")
     value = int(steps) if steps is not None else math.ceil(float(epochs) * steps_per_epoch)
     if value < 0:
-        raise UserError(f"config.{name}_steps/_epochs must be >= 0, got {value}.")
+        raise UserError(f"config.{section}{name}_steps/_epochs must be >= 0, got {value}.")
     return value
 
 
@@ -47,6 +50,7 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Rejects config values that can't work, naming the field, the value and what's allowed."""
     c = config
+    best_mode = "min" if c.checkpoint.best_metric.endswith("/loss") else "max"
     checks = [
         ("batch_size", c.batch_size, c.batch_size > 0, "> 0"),
         ("data.image_size", c.data.image_size, c.data.image_size % 32 == 0, "a multiple of 32"),
@@ -71,6 +75,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
             c.get("dtype", "auto"),
             c.get("dtype", "auto") in COMPUTE_DTYPES,
             "|".join(COMPUTE_DTYPES),
+        ),
+        (
+            "model.param_dtype",
+            c.model.param_dtype,
+            c.model.param_dtype == "float32",
+            "float32 (parameters and optimizer state stay float32; config.dtype sets compute)",
+        ),
+        (
+            "checkpoint.best_mode",
+            c.checkpoint.best_mode,
+            c.checkpoint.best_metric not in BEST_METRICS or c.checkpoint.best_mode == best_mode,
+            f"{best_mode} for {c.checkpoint.best_metric}",
         ),
         (
             "step_impl",
@@ -98,12 +114,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ),
         ("optim.learning_rate", c.optim.learning_rate, c.optim.learning_rate > 0, "> 0"),
         ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
-        (
-            "checkpoint.best_mode",
-            c.checkpoint.best_mode,
-            c.checkpoint.best_mode in ("min", "max"),
-            "min|max",
-        ),
         ("checkpoint.keep_latest", c.checkpoint.keep_latest, c.checkpoint.keep_latest >= 1, ">= 1"),
         ("checkpoint.keep_best", c.checkpoint.keep_best, c.checkpoint.keep_best >= 1, ">= 1"),
         (

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,15 +38,19 @@ def run_folds(config, workdir: str | Path) -> dict:
         report_path = fold_dir / "report_test.json"
         if report_path.exists():
             logging.info("Fold %d/%d already done: %s", fold, num_folds, report_path)
-        else:
-            logging.info("Fold %d/%d: training in %s", fold, num_folds, fold_dir)
-            fold_config = copy.deepcopy(config)
-            fold_config.data.protocol = "kfold"
-            fold_config.data.fold = fold
-            result = train.train_and_evaluate(fold_config, str(fold_dir))
-            if "preempted_at_step" in result:  # saved; the same command continues this fold
-                return {**result, "fold": fold}
-        fold_reports.append(json.loads(report_path.read_text()))
+            fold_reports.append(json.loads(report_path.read_text()))
+            continue
+        logging.info("Fold %d/%d: training in %s", fold, num_folds, fold_dir)
+        fold_config = copy.deepcopy(config)
+        fold_config.data.protocol = "kfold"
+        fold_config.data.fold = fold
+        result = train.train_and_evaluate(fold_config, str(fold_dir))
+        if "preempted_at_step" in result:  # saved; the same command continues this fold
+            return {**result, "fold": fold}
+        # The returned report, not the file: only process 0 writes it.
+        fold_reports.append(json.loads(json.dumps(result)))  # as read back from the file
+    if jax.process_index() != 0:  # the pooled metrics read process 0's prediction files
+        return {"written_by_process_0": str(workdir / "report_cv.json")}
     report = aggregate(fold_reports, [workdir / f"fold_{i}" for i in range(num_folds)])
     (workdir / "report_cv.json").write_text(json.dumps(report, indent=1))
     return report
@@ -96,6 +101,7 @@ def format_cv(report: dict) -> str:
 
 
 def _define_flags() -> None:
+    distributed.define_flags()
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Where the folds and report_cv.json go.")
     flags.mark_flags_as_required(["config", "workdir"])
@@ -106,8 +112,10 @@ def main(argv: list[str]) -> None:
     del argv
     logs.setup()
     with exit_on_user_error():
-        distributed.initialize()
+        distributed.initialize_from_flags()
         report = run_folds(flags.FLAGS.config, flags.FLAGS.workdir)
+    if "written_by_process_0" in report:
+        return
     if "preempted_at_step" in report:
         print(f"Preempted in fold {report['fold']} at step {report['preempted_at_step']}; "
               "run the same command to continue.")  # fmt: skip

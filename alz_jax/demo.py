@@ -18,6 +18,7 @@ from alz_jax import distributed, evaluate, logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
+distributed.define_flags()
 _MIN_SCAN_ACCURACY = flags.DEFINE_float(
     "min_scan_accuracy", 0.90, "Fail unless the scan-level test accuracy reaches this."
 )
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> None:
     logs.setup()
     shutil.rmtree(_WORKDIR.value, ignore_errors=True)
     start = time.perf_counter()
-    distributed.initialize()
+    distributed.initialize_from_flags()
     report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in report:
         sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Sequence
 
 import jax
+from absl import flags
 
 from alz_jax.errors import UserError
 
@@ -63,3 +64,25 @@ def initialize(
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
         jax.default_backend(),
     )  # fmt: skip
+
+
+def define_flags() -> None:
+    """--coordinator_address, --num_processes, --process_id, --local_device_ids for a command
+    (idempotent)."""
+    if "coordinator_address" in flags.FLAGS:
+        return
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs)."
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+    flags.DEFINE_list(
+        "local_device_ids", None, "Accelerators this process drives, e.g. 0,1,2,3 (default: all)."
+    )
+
+
+def initialize_from_flags() -> None:
+    """`initialize` with the values of the flags from `define_flags`."""
+    f = flags.FLAGS
+    ids = [int(i) for i in f.local_device_ids] if f.local_device_ids else None
+    initialize(f.coordinator_address, f.num_processes, f.process_id, ids)

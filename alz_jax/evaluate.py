@@ -27,8 +27,15 @@ REPORT_LEVELS = ("slice", "scan", "subject")
 
 def predict_split(data, split: str, params, predict_fn, config, mesh) -> np.ndarray:
     """P(AD) for every image of a split, in record order; every image is counted exactly once."""
+    return predict_split_multi(data, split, {"params": params}, predict_fn, config, mesh)["params"]
+
+
+def predict_split_multi(
+    data, split: str, params_by_name: dict, predict_fn, config, mesh
+) -> dict[str, np.ndarray]:
+    """P(AD) of a split under several weight sets (raw, EMA, SWA) in one pass over the data."""
     n = data.num_examples(split)
-    prob_ad = np.full(n, np.nan, np.float64)
+    prob_ad = {name: np.full(n, np.nan, np.float64) for name in params_by_name}
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
     dataset = input_pipeline.eval_dataset(data.source(split), config, config.batch_size)
@@ -37,10 +44,11 @@ def predict_split(data, split: str, params, predict_fn, config, mesh) -> np.ndar
         for batch in iterator:
             images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
             indices = jax.make_array_from_process_local_data(batch_sharding, batch["index"])
-            probs = predict_fn(params, images)
+            probs = {name: predict_fn(p, images) for name, p in params_by_name.items()}
             probs, indices = multihost_utils.process_allgather((probs, indices), tiled=True)
             valid = indices >= 0
-            prob_ad[indices[valid]] = probs[valid, 1]
+            for name in params_by_name:
+                prob_ad[name][indices[valid]] = probs[name][valid, 1]
             np.add.at(seen, indices[valid], 1)
     finally:
         if hasattr(iterator, "close"):
@@ -163,6 +171,9 @@ def write_report(report: dict, workdir: str | Path) -> Path:
 
 def _define_flags() -> None:
     # Defined only when run as a command, so that `main` can import this module.
+    from alz_jax import distributed
+
+    distributed.define_flags()
     flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
     flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
     flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
@@ -182,7 +193,7 @@ def main(argv: list[str]) -> None:
 
     logs.setup()
     with exit_on_user_error():
-        distributed.initialize()
+        distributed.initialize_from_flags()
         report = train.evaluate_checkpoint(
             flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.checkpoint, flags.FLAGS.weights
         )

@@ -12,14 +12,7 @@ from alz_jax.errors import exit_on_user_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
-_LOCAL_DEVICE_IDS = flags.DEFINE_list(
-    "local_device_ids", None, "Accelerators this process drives, e.g. 0,1,2,3 (default: all)."
-)
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,12 +22,7 @@ def main(argv: list[str]) -> None:
     del argv
     logs.setup()
     with exit_on_user_error():
-        distributed.initialize(
-            _COORDINATOR.value,
-            _NUM_PROCESSES.value,
-            _PROCESS_ID.value,
-            [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None,
-        )
+        distributed.initialize_from_flags()
         report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in report:
         print(f"Preempted: state saved at step {report['preempted_at_step']}; "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ml_collections
 
+from alz_jax import config_lib
 from alz_jax.errors import UserError
 
 PACKAGES = (
@@ -72,7 +73,8 @@ def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
             "optim": config.optim.to_dict(),
             "augment": config.augment.to_dict(),
             "mix": config.mix.to_dict() if "mix" in config else None,
-            "dtype": config.get("dtype", "auto"),
+            # Resolved: 'auto' started on CPU (float32) must not resume on a GPU in bfloat16.
+            "compute_dtype": config_lib.compute_dtype(config),
             "grad_accum_steps": config.get("grad_accum_steps", 1),
             "ema": config.ema.to_dict() if "ema" in config else None,
             "swa": config.swa.to_dict() if "swa" in config else None,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import jax
-from jax.sharding import NamedSharding
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
@@ -13,7 +14,10 @@ def make_mesh() -> jax.sharding.Mesh:
     Auto axes: XLA propagates the shardings, and the step may constrain intermediate ones
     (microbatches) with `with_sharding_constraint`.
     """
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    # Ordered by process, so process p's devices hold rows [p*b, (p+1)*b) of a global batch,
+    # the slice its input pipeline loads (jax.make_mesh may reorder TPU devices by topology).
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

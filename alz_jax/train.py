@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
     model = steps.make_model(spec)
     tx, schedule = steps.make_optimizer(config, total_steps, warmup_steps)
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    manager = checkpointing.make_manager(workdir, config.checkpoint, for_training=True)
     # The data iterator is checkpointed with the model: a resume continues the same stream.
     grain_iter = iter(
         input_pipeline.train_dataset(
@@ -193,13 +193,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def run_validation(step: int, state) -> tuple[dict, dict]:
         """Validation of every weight set that exists; (checkpoint metrics, selection)."""
-        per_weights = {}
+        names = averaging.available(averages, step)
         with progress.timed("eval"):
-            for name in averaging.available(averages, step):
-                prob_ad = evaluate.predict_split(
-                    data, "validation", weights_of(state, name), predict_step, config, mesh
-                )
-                per_weights[name] = evaluate.validation_metrics(val_records, prob_ad)
+            prob_ad = evaluate.predict_split_multi(
+                data, "validation", {n: weights_of(state, n) for n in names}, predict_step,
+                config, mesh,
+            )  # fmt: skip
+        per_weights = {n: evaluate.validation_metrics(val_records, prob_ad[n]) for n in names}
         selection = select_weights(
             per_weights, config.checkpoint.best_metric, config.checkpoint.best_mode
         )
@@ -224,7 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 manager, done, state, val, data_iterator=grain_iter, selection=selection
             )
             saved = True
-        if done < total_steps and manager.reached_preemption(done):
+        # At the last step too: the final checkpoint is saved, so the test report is skipped and
+        # the same command writes it.
+        if manager.reached_preemption(done):
             if not saved:
                 _check_finite(history, manager)
                 checkpointing.save(manager, done, state, data_iterator=grain_iter)
@@ -304,6 +306,11 @@ def evaluate_saved(
     state = checkpointing.restore(manager, step, abstract)
     selection = checkpointing.restore_selection(manager, step)
     if weights == "selected":
+        if selection is None:
+            logging.warning(
+                "Checkpoint %d was saved without a validation (a preemption save): raw weights.",
+                step,
+            )
         weights = selection["weights"] if selection else "raw"
     averaging.check_weights_name(weights, averages)
     if weights == "swa" and int(state["swa_count"]) == 0:
@@ -317,8 +324,7 @@ def evaluate_saved(
     evaluate.write_predictions(records, prob_ad, Path(workdir) / f"predictions_{split}.csv")
     report = evaluate.build_report(split, records, prob_ad, data.report_metadata(), step)
     report["weights"] = weights
-    if selection:
-        report["selection"] = selection
+    report["selection"] = selection  # None: the checkpoint was saved without a validation
     return report
 
 
@@ -332,6 +338,7 @@ def evaluate_checkpoint(workdir: str, split: str, which: str, weights: str = "se
             f"The data set now at {data.data_dir} differs from the one the run in {workdir} "
             "was trained on (fingerprints differ)."
         )
+    config_lib.validate_batch(config, jax.device_count(), jax.process_count())
     mesh = sharding.make_mesh()
     steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
     total_steps = config_lib.num_train_steps(config, steps_per_epoch)

@@ -39,7 +39,15 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     assert leftovers, "the kill came after the save had finished: the test proved nothing"
     assert not (ckpt_dir / "2").exists()
 
-    manager = checkpointing.make_manager(tmp_path, convnext_t.get_config().checkpoint)
+    # An evaluation's manager lists only step 1 and leaves the directory alone; the training's
+    # manager (the resumed run) removes it.
+    reader = checkpointing.make_manager(tmp_path, convnext_t.get_config().checkpoint)
+    assert reader.all_steps() == [1] and leftovers == [
+        p.name for p in ckpt_dir.iterdir() if "orbax-checkpoint-tmp" in p.name
+    ]
+    manager = checkpointing.make_manager(
+        tmp_path, convnext_t.get_config().checkpoint, for_training=True
+    )
     assert manager.all_steps() == [1]
     repl = sharding.replicated(sharding.make_mesh())
     abstract = {

@@ -258,6 +258,9 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
         ({"ema.dtype": "float16"}, "config.ema.dtype"),
         ({"swa.start_fraction": 1.0}, r"config.swa.start_fraction = 1.0: expected in \[0, 1\)"),
         ({"checkpoint.best_metric": "val_loss"}, "config.checkpoint.best_metric = 'val_loss'"),
+        ({"checkpoint.best_mode": "max"}, "best_mode = 'max': expected min for validation/loss"),
+        ({"model.param_dtype": "bfloat16"}, "config.model.param_dtype = 'bfloat16'"),
+        ({"swa.every_steps": 0}, "config.swa.every_steps = 0: expected >= 1"),
     ],
 )
 def test_bad_config_values_are_refused_before_any_compile(
