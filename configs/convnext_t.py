@@ -8,10 +8,10 @@ label smoothing 0.1, gradient clipping 1.0, 400 epochs (about 14.8k steps: ADNI'
 images less ~10% for validation subjects give ~37 steps per epoch); EMA (0.9999 with warmup) and
 SWA from 80% of training, validated beside the raw weights; bfloat16 compute on GPU/TPU. Best
 checkpoint by validation loss over raw, EMA and SWA weights. Multi-process: the same command on
-every process (README, "Multi-process data parallelism"). Expected: the PyTorch seed report reached 0.81 slice accuracy on the official
-test folder (which shares subjects with train); expect ~0.78-0.81 per slice, a few points more
-per scan. Time: not yet measured on an accelerator; on a 2-core CPU this recipe is impractical
-(see configs/demo.py).
+every process (README, "Multi-process data parallelism"). Expected: the PyTorch seed report
+reached 0.81 slice accuracy on the official test folder (which shares subjects with train);
+expect ~0.78-0.81 per slice, a few points more per scan. Time: not yet measured on an
+accelerator; on a 2-core CPU this recipe is impractical (see configs/demo.py).
 """
 
 import ml_collections
