@@ -136,11 +136,15 @@ def test_unknown_augment_field_is_an_error():
 
 def test_device_noise_statistics():
     images = jnp.zeros((400, 8, 8, 1))
-    noisy = np.asarray(steps.add_gaussian_noise(jax.random.key(0), images, 1.0, 0.3))
+    keys = jax.random.split(jax.random.key(0), 400)  # one key per image
+    noisy = np.asarray(steps.add_gaussian_noise(keys, images, 1.0, 0.3))
     assert abs(noisy.std() - 0.3) < 0.01 and abs(noisy.mean()) < 0.01
-    half = np.asarray(steps.add_gaussian_noise(jax.random.key(1), images, 0.5, 0.3))
+    half = np.asarray(steps.add_gaussian_noise(keys, images, 0.5, 0.3))
     untouched = np.all(half.reshape(400, -1) == 0, axis=1)
     assert 0.4 < untouched.mean() < 0.6
+    # An image's noise depends on its own key only, not on the rest of the batch.
+    part = np.asarray(steps.add_gaussian_noise(keys[100:110], images[100:110], 0.5, 0.3))
+    np.testing.assert_array_equal(part, half[100:110])
 
 
 def test_bench_augment_reports_one_byte_per_pixel():
