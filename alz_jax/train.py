@@ -55,23 +55,20 @@ class TrainingDivergedError(UserError):
     """The loss or gradient norm became NaN or infinite; nothing after it was saved."""
 
 
-def _first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, dict] | None:
-    """The first (step, metrics) of `history` whose loss or gradient norm is not finite."""
-    for step, fetched in zip(
-        [s for s, _ in history], jax.device_get([m for _, m in history]), strict=True
-    ):
-        if not (
-            math.isfinite(float(fetched["loss"])) and math.isfinite(float(fetched["grad_norm"]))
-        ):
-            return step, fetched
-    return None
-
-
-def _check_finite(history: list[tuple[int, dict]], manager) -> None:
-    """Stops the run, naming the step, if a step in `history` had a non-finite loss or gradient."""
-    bad = _first_nonfinite(history)
+def _check_finite(history: list[tuple[int, dict]], manager) -> list[dict]:
+    """The metrics of `history` fetched from device; stops the run, naming the step, if a step
+    had a non-finite loss or gradient norm."""
+    fetched_all = jax.device_get([m for _, m in history])
+    bad = next(
+        (
+            (step, fetched)
+            for (step, _), fetched in zip(history, fetched_all, strict=True)
+            if not (math.isfinite(fetched["loss"]) and math.isfinite(fetched["grad_norm"]))
+        ),
+        None,
+    )
     if bad is None:
-        return
+        return fetched_all
     step, fetched = bad
     manager.wait_until_finished()
     last = manager.latest_step()
@@ -87,12 +84,11 @@ def _check_finite(history: list[tuple[int, dict]], manager) -> None:
     )
 
 
-def _train_scalars(history: list[tuple[int, dict]], elapsed: float, wait_time: float) -> dict:
-    """Means of the step metrics since the last log (fetched from device only here)."""
-    fetched = jax.device_get([m for _, m in history])
+def _train_scalars(fetched: list[dict], elapsed: float, wait_time: float) -> dict:
+    """Means of the step metrics since the last log (fetched from device at the log only)."""
     scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    scalars["train/step_time_s"] = elapsed / len(history)
-    scalars["train/data_wait_s"] = wait_time / len(history)
+    scalars["train/step_time_s"] = elapsed / len(fetched)
+    scalars["train/data_wait_s"] = wait_time / len(fetched)
     return scalars
 
 
@@ -111,8 +107,9 @@ def select_weights(per_weights: dict[str, dict], metric: str, mode: str) -> dict
         raise UserError(
             f"checkpoint.best_metric {metric!r} is not computed on this validation set."
         )
-    pick = min if mode == "min" else max
-    best = pick(values, key=lambda w: (values[w], list(per_weights).index(w)))
+    order = list(per_weights)  # ties go to the first: raw, then ema, then swa
+    sign = 1 if mode == "min" else -1
+    best = min(values, key=lambda w: (sign * values[w], order.index(w)))
     return {"weights": best, "metric": metric, "value": values[best], "values": values}
 
 
@@ -258,9 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     history.append((done, step_metrics))
                     progress(done)
                     if done % config.log_every_steps == 0 or done == total_steps:
-                        _check_finite(history, manager)
+                        fetched = _check_finite(history, manager)
                         elapsed = time.perf_counter() - interval_start - eval_time
-                        scalars = _train_scalars(history, elapsed, wait_time)
+                        scalars = _train_scalars(fetched, elapsed, wait_time)
                         scalars["train/epoch"] = done / steps_per_epoch
                         writer.write_scalars(done, scalars)
                         history, wait_time, interval_start = [], 0.0, time.perf_counter()
