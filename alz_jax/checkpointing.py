@@ -89,6 +89,23 @@ def restore(
     return restored["state"]
 
 
+def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights: dict) -> dict:
+    """Restores only the named weight trees of the train state saved at `step` (e.g. {'params':
+    ..., 'ema': ...} of ShapeDtypeStructs with shardings): no optimizer state is read, so an
+    evaluation needs neither the optimizer nor its memory."""
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract_weights,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
+                partial_restore=True,
+            )
+        ),
+    )
+    return dict(restored["state"])
+
+
 def restore_selection(manager: ocp.CheckpointManager, step: int) -> dict | None:
     """The weights selection saved with checkpoint `step`, or None (e.g. a preemption save)."""
     if not (Path(manager.directory) / str(step) / "selection").exists():

@@ -161,6 +161,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ),
         ]
     checks += averaging.validate_config(c)
+    from alz_jax import evaluate  # evaluate's settings are checked with the rest
+
+    evaluate.EvalSettings.from_config(c)
     try:
         augment.AugmentSpec.from_config(c.augment)
         mixing.spec_from_config(c, 1)

@@ -3,70 +3,171 @@
 A scan's probability is the mean of its slices' probabilities; a subject's is the mean of its
 scans'. A subject whose diagnosis differs between visits is counted once per label (its AD
 visits and its NC visits are separate units), so every unit has one true label.
+
+Also here: ROC and precision-recall areas, the decision threshold chosen on validation,
+calibration (reliability bins, expected calibration error, temperature scaling) and confidence
+intervals by bootstrap over subjects. Ranking and confusion counts take per-unit weights, so a
+bootstrap resample is a weight vector (how often each unit's subject was drawn).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.optimize
+import scipy.special
 
 CLASS_NAMES = ("NC", "AD")  # label 0, 1; AD is the positive class
+LEVELS = ("slice", "scan", "subject")
+# Scalars that get a bootstrap interval (threshold-free ones included).
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
+                    "f1_ad", "macro_f1", "roc_auc", "pr_auc")  # fmt: skip
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def _safe_div(a: float, b: float) -> float:
     return float(a / b) if b else 0.0
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with ties counted half); None if one class."""
+# ---- Ranking: ROC and precision-recall, weighted, for one or many weight vectors at once. ----
+
+
+def _cumulative_counts(labels, scores, weights):
+    """Weighted true/false positives at each distinct score, scores descending.
+
+    `weights` is (B, n); returns thresholds (G,), tp and fp (B, G) counting units with score >=
+    each threshold.
+    """
     labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if not n_pos or not n_neg:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts, strict=True):
-        ranks[order[start : start + count]] = start + (count + 1) / 2.0
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    w = np.asarray(weights, np.float64)[:, order]
+    tp = np.cumsum(w * labels[order], axis=1)
+    fp = np.cumsum(w * ~labels[order], axis=1)
+    # The last position of each run of equal scores: ties enter together.
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    return sorted_scores[last], tp[:, last], fp[:, last]
+
+
+def _ranking_areas(labels, scores, weights) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC (trapezoid, ties counted half) and average precision (scikit-learn's step
+    sum) per row of `weights`; NaN where a row has no positive or no negative weight."""
+    _, tp, fp = _cumulative_counts(labels, scores, weights)
+    pos, neg = tp[:, -1], fp[:, -1]
+    zeros = np.zeros((tp.shape[0], 1))
+    tp0, fp0 = np.hstack([zeros, tp]), np.hstack([zeros, fp])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.sum(np.diff(fp0, axis=1) * (tp0[:, 1:] + tp0[:, :-1]) / 2, axis=1) / (pos * neg)
+        precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+        ap = np.sum(np.diff(tp0, axis=1) * precision, axis=1) / pos
+    undefined = (pos <= 0) | (neg <= 0)
+    auc[undefined] = np.nan
+    ap[pos <= 0] = np.nan
+    return auc, ap
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties counted half); None if one class is absent."""
+    auc, _ = _ranking_areas(labels, scores, np.ones((1, len(labels))))
+    return None if np.isnan(auc[0]) else float(auc[0])
+
+
+def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as average precision (AD positive); None without
+    AD units."""
+    _, ap = _ranking_areas(labels, scores, np.ones((1, len(labels))))
+    return None if np.isnan(ap[0]) else float(ap[0])
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC points (fpr, tpr) from (0, 0), one per distinct score, with their thresholds."""
+    thresholds, tp, fp = _cumulative_counts(labels, scores, np.ones((1, len(labels))))
+    pos, neg = max(tp[0, -1], 1), max(fp[0, -1], 1)
+    return {
+        "fpr": np.r_[0.0, fp[0] / neg],
+        "tpr": np.r_[0.0, tp[0] / pos],
+        "thresholds": np.r_[np.inf, thresholds],
+    }
+
+
+def pr_curve(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision-recall points, one per distinct score (descending)."""
+    _, tp, fp = _cumulative_counts(labels, scores, np.ones((1, len(labels))))
+    return {"recall": tp[0] / max(tp[0, -1], 1), "precision": tp[0] / (tp[0] + fp[0])}
+
+
+# ---- Metrics at a threshold. ----
+
+
+def _confusion_rates(tn, fp, fn, tp) -> dict[str, np.ndarray]:
+    """Threshold metrics from (weighted) confusion counts; arrays broadcast, 0 where undefined."""
+
+    def div(a, b):
+        return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+    sensitivity, specificity = div(tp, tp + fn), div(tn, tn + fp)
+    precision, npv = div(tp, tp + fp), div(tn, tn + fn)
+    f1_ad = div(2 * precision * sensitivity, precision + sensitivity)
+    f1_nc = div(2 * npv * specificity, npv + specificity)
+    return {
+        "accuracy": div(tp + tn, tp + tn + fp + fn),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": precision,
+        "npv": npv,
+        "f1_ad": f1_ad,
+        "f1_nc": f1_nc,
+        "macro_f1": (f1_ad + f1_nc) / 2,
+    }
 
 
 def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: float = 0.5) -> dict:
-    """Accuracy, per-class precision/recall/F1, confusion matrix, sensitivity, specificity, AUC."""
+    """Accuracy, balanced accuracy, sensitivity (AD recall), specificity, precision, per-class
+    precision/recall/F1, macro F1, confusion matrix, ROC AUC and PR AUC; AD if prob >= threshold."""
     labels = np.asarray(labels).astype(np.int64)
     predicted = (np.asarray(prob_ad) >= threshold).astype(np.int64)
     confusion = np.zeros((2, 2), np.int64)  # rows: true NC, AD; columns: predicted NC, AD
     np.add.at(confusion, (labels, predicted), 1)
-    per_class = {}
+    (tn, fp), (fn, tp) = confusion.astype(np.float64)
+    rates = {k: float(v) for k, v in _confusion_rates(tn, fp, fn, tp).items()}
+    per_class = {
+        "NC": {"precision": rates["npv"], "recall": rates["specificity"], "f1": rates["f1_nc"]},
+        "AD": {"precision": rates["precision"], "recall": rates["sensitivity"],
+               "f1": rates["f1_ad"]},
+    }  # fmt: skip
     for k, name in enumerate(CLASS_NAMES):
-        tp = confusion[k, k]
-        precision = _safe_div(tp, confusion[:, k].sum())
-        recall = _safe_div(tp, confusion[k, :].sum())
-        per_class[name] = {
-            "precision": precision,
-            "recall": recall,
-            "f1": _safe_div(2 * precision * recall, precision + recall),
-            "support": int(confusion[k, :].sum()),
-        }
-    sensitivity, specificity = per_class["AD"]["recall"], per_class["NC"]["recall"]
+        per_class[name]["support"] = int(confusion[k].sum())
     return {
         "n": len(labels),
-        "accuracy": _safe_div(np.trace(confusion), confusion.sum()),
-        "balanced_accuracy": (sensitivity + specificity) / 2.0,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "macro_f1": float(np.mean([per_class[c]["f1"] for c in CLASS_NAMES])),
+        "threshold": float(threshold),
+        **{k: rates[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                                 "precision", "f1_ad", "macro_f1")},
         "roc_auc": roc_auc(labels, prob_ad),
+        "pr_auc": pr_auc(labels, prob_ad),
         "per_class": per_class,
         "confusion_matrix": {
             "rows_true_cols_predicted": list(CLASS_NAMES),
             "counts": confusion.tolist(),
         },
-        "threshold": threshold,
-    }
+    }  # fmt: skip
+
+
+# ---- Aggregation to scans and subjects. ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Units:
+    """The units of one level: keys, true labels, probabilities and each unit's subject (the
+    unit a bootstrap resamples)."""
+
+    keys: list
+    labels: np.ndarray
+    probs: np.ndarray
+    subjects: np.ndarray
 
 
 def group_mean(
@@ -86,23 +187,214 @@ def group_mean(
     )
 
 
-def multilevel_metrics(
+def level_units(
     records: dict[str, np.ndarray], prob_ad: np.ndarray, subjects_known: bool
-) -> dict:
-    """Metrics at slice, scan and (when subjects are known) subject level."""
-    labels = records["label"]
-    out = {"slice": classification_metrics(labels, prob_ad)}
+) -> dict[str, Units]:
+    """Slices, scans (mean of slices) and, when subjects are known, subjects (mean of scans)."""
+    labels = np.asarray(records["label"]).astype(np.int64)
+    subjects = np.asarray(records["subject_id"], object)
+    prob_ad = np.asarray(prob_ad, np.float64)
+    out = {"slice": Units(list(records["file_name"]), labels, prob_ad, subjects)}
     scans, scan_labels, scan_probs = group_mean(records["scan_id"], labels, prob_ad)
-    out["scan"] = classification_metrics(scan_labels, scan_probs)
+    subject_of_scan = dict(zip(records["scan_id"], subjects, strict=True))
+    scan_subjects = np.array([subject_of_scan[scan] for scan, _ in scans], object)
+    out["scan"] = Units(scans, scan_labels, scan_probs, scan_subjects)
     if subjects_known:
-        subject_of_scan = dict(zip(records["scan_id"], records["subject_id"], strict=True))
-        subject_keys = [subject_of_scan[scan] for scan, _ in scans]
-        _, subject_labels, subject_probs = group_mean(subject_keys, scan_labels, scan_probs)
-        out["subject"] = classification_metrics(subject_labels, subject_probs)
+        groups, subject_labels, subject_probs = group_mean(scan_subjects, scan_labels, scan_probs)
+        out["subject"] = Units(
+            groups, subject_labels, subject_probs, np.array([s for s, _ in groups], object)
+        )
     return out
+
+
+def multilevel_metrics(
+    records: dict[str, np.ndarray],
+    prob_ad: np.ndarray,
+    subjects_known: bool,
+    thresholds: dict[str, float] | None = None,
+) -> dict:
+    """Metrics at slice, scan and (when subjects are known) subject level, each at its threshold
+    (0.5 unless `thresholds` gives one for the level)."""
+    thresholds = thresholds or {}
+    return {
+        level: classification_metrics(u.labels, u.probs, thresholds.get(level, 0.5))
+        for level, u in level_units(records, prob_ad, subjects_known).items()
+    }
 
 
 def nll(labels: np.ndarray, prob_ad: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class (validation loss, no label smoothing)."""
     prob_true = np.where(np.asarray(labels) == 1, prob_ad, 1.0 - np.asarray(prob_ad))
     return float(-np.mean(np.log(np.clip(prob_true, 1e-12, 1.0))))
+
+
+# ---- The decision threshold, chosen on validation. ----
+
+
+def choose_threshold(
+    labels: np.ndarray, prob_ad: np.ndarray, method: str = "youden", target: float | None = None
+) -> dict:
+    """The decision threshold for `prob_ad >= t`, chosen on these (validation) units.
+
+    Candidates lie midway between consecutive distinct probabilities (and beyond both ends), so
+    the cut does not sit on a validation unit. 'youden' maximises sensitivity + specificity - 1;
+    'sensitivity' maximises specificity subject to sensitivity >= `target`. Ties go to the
+    candidate nearest 0.5. With one class only, 0.5 is returned and `defined` is False.
+    """
+    labels = np.asarray(labels).astype(bool)
+    prob_ad = np.asarray(prob_ad, np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if not n_pos or not n_neg:
+        return {"threshold": 0.5, "method": method, "target": target, "defined": False}
+    distinct = np.unique(prob_ad)[::-1]  # descending
+    above = np.nextafter(distinct[0], np.inf)
+    candidates = np.r_[above, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] / 2]
+    predicted = prob_ad[None, :] >= candidates[:, None]
+    sensitivity = (predicted & labels).sum(1) / n_pos
+    specificity = (~predicted & ~labels).sum(1) / n_neg
+    nearness = -np.abs(candidates - 0.5)
+    if method == "youden":
+        objective = sensitivity + specificity - 1
+        eligible = np.ones(len(candidates), bool)
+    elif method == "sensitivity":
+        objective = specificity
+        eligible = sensitivity >= target - 1e-12
+    else:
+        raise ValueError(f"threshold method {method!r}; expected 'youden' or 'sensitivity'")
+    key = np.where(eligible, objective, -np.inf)
+    best = np.flatnonzero(key >= key.max() - 1e-12)
+    chosen = best[np.argmax(nearness[best])]
+    return {
+        "threshold": float(candidates[chosen]),
+        "method": method,
+        "target": target,
+        "defined": True,
+        "validation_sensitivity": float(sensitivity[chosen]),
+        "validation_specificity": float(specificity[chosen]),
+    }
+
+
+def parse_threshold_method(text: str) -> tuple[str, float | None]:
+    """'youden' or 'sensitivity:0.9' -> (method, target); a clear error otherwise."""
+    if text == "youden":
+        return "youden", None
+    name, _, value = text.partition(":")
+    try:
+        target = float(value)
+    except ValueError:
+        target = None
+    if name != "sensitivity" or target is None or not 0.0 < target <= 1.0:
+        raise ValueError(
+            f"threshold {text!r}: expected 'youden' or 'sensitivity:T' with 0 < T <= 1 "
+            "(e.g. sensitivity:0.9)"
+        )
+    return name, target
+
+
+# ---- Calibration. ----
+
+
+def reliability_bins(labels: np.ndarray, prob_ad: np.ndarray, n_bins: int = 10) -> dict:
+    """Equal-width bins of P(AD): count, mean predicted P(AD) and observed AD fraction per bin,
+    and the expected calibration error sum_b n_b/N |observed_b - predicted_b|."""
+    labels = np.asarray(labels, np.float64)
+    prob_ad = np.asarray(prob_ad, np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_of = np.searchsorted(edges[1:-1], prob_ad, side="right")
+    count = np.bincount(bin_of, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        predicted = np.bincount(bin_of, prob_ad, n_bins) / count
+        observed = np.bincount(bin_of, labels, n_bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(observed[filled] - predicted[filled])) / len(labels))
+    return {
+        "ece": ece,
+        "edges": edges.tolist(),
+        "count": count.tolist(),
+        "mean_predicted": [float(v) if c else None for v, c in zip(predicted, count, strict=True)],
+        "observed_ad_fraction": [
+            float(v) if c else None for v, c in zip(observed, count, strict=True)
+        ],
+    }
+
+
+def sigmoid(x) -> np.ndarray:
+    """P(AD) from the logit margin z_AD - z_NC (the 2-class softmax), in float64."""
+    return scipy.special.expit(np.asarray(x, np.float64))
+
+
+def fit_temperature(labels: np.ndarray, logit_ad: np.ndarray) -> dict:
+    """The temperature T minimising the NLL of sigmoid(logit_ad / T) (Guo et al., 2017), by
+    bounded search over log T; `at_bound` flags a fit that hit TEMPERATURE_BOUNDS (e.g. a
+    perfectly separated validation set drives T towards 0)."""
+    signs = np.where(np.asarray(labels) == 1, 1.0, -1.0)
+    margins = np.asarray(logit_ad, np.float64)
+
+    def loss(log_t: float) -> float:
+        return float(np.mean(np.logaddexp(0.0, -signs * margins / np.exp(log_t))))
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS)
+    result = scipy.optimize.minimize_scalar(loss, bounds=(lo, hi), method="bounded",
+                                            options={"xatol": 1e-6})  # fmt: skip
+    temperature = float(np.exp(result.x))
+    return {
+        "temperature": temperature,
+        "nll_before": loss(0.0),
+        "nll_after": loss(result.x),
+        "at_bound": bool(min(result.x - lo, hi - result.x) < 1e-3),
+    }
+
+
+# ---- Bootstrap over subjects. ----
+
+
+def bootstrap_intervals(
+    units: dict[str, Units],
+    thresholds: dict[str, float],
+    n_samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    chunk: int = 100,
+) -> dict[str, dict[str, list[float] | None]]:
+    """Percentile intervals of INTERVAL_METRICS per level, resampling subjects with replacement.
+
+    One draw of subjects serves every level, so slice, scan and subject intervals come from the
+    same resamples. A resample weights each unit by how often its subject was drawn; a metric
+    undefined in a resample (no AD unit drawn, say) is left out of that metric's interval.
+    """
+    all_subjects = np.unique(np.concatenate([u.subjects for u in units.values()]).astype(str))
+    position = {s: i for i, s in enumerate(all_subjects)}
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(all_subjects), size=(n_samples, len(all_subjects)))
+    counts = np.stack([np.bincount(d, minlength=len(all_subjects)) for d in draws])
+    tail = 100 * (1 - confidence) / 2
+    out = {}
+    for level, u in units.items():
+        subject_index = np.array([position[str(s)] for s in u.subjects])
+        predicted = u.probs >= thresholds.get(level, 0.5)
+        positive = u.labels == 1
+        values = {name: [] for name in INTERVAL_METRICS}
+        for start in range(0, n_samples, chunk):
+            w = counts[start : start + chunk][:, subject_index].astype(np.float64)
+            tp = w @ (positive & predicted)
+            fn = w @ (positive & ~predicted)
+            fp = w @ (~positive & predicted)
+            tn = w @ (~positive & ~predicted)
+            rates = _confusion_rates(tn, fp, fn, tp)
+            auc, ap = _ranking_areas(u.labels, u.probs, w)
+            rates.update(roc_auc=auc, pr_auc=ap)
+            # Rates whose denominator was empty in a resample are undefined there, not 0.
+            for name, denominator in (("sensitivity", tp + fn), ("specificity", tn + fp),
+                                      ("balanced_accuracy", np.minimum(tp + fn, tn + fp)),
+                                      ("precision", tp + fp)):  # fmt: skip
+                rates[name] = np.where(denominator > 0, rates[name], np.nan)
+            for name in INTERVAL_METRICS:
+                values[name].append(rates[name])
+        out[level] = {}
+        for name, chunks in values.items():
+            v = np.concatenate(chunks)
+            v = v[~np.isnan(v)]
+            out[level][name] = (
+                [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) else None
+            )
+    return out

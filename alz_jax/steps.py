@@ -257,15 +257,32 @@ def make_train_step(
     return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
 
+VIEWS = ("plain", "hflip", "vflip")  # test-time views: the image, flipped left-right, up-down
+
+
+def view_of(images: jax.Array, view: str) -> jax.Array:
+    """NHWC images as seen by test-time augmentation `view`."""
+    if view == "hflip":
+        return images[:, :, ::-1]
+    if view == "vflip":
+        return images[:, ::-1]
+    if view != "plain":
+        raise ValueError(f"test-time view {view!r}; expected one of {VIEWS}")
+    return images
+
+
 def make_predict_step(
-    model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh
+    model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh, view: str = "plain"
 ) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jitted (params, images uint8) -> class probabilities (float32), batch-sharded."""
+    """Jitted (params, images uint8) -> logit margin z_AD - z_NC per image (float32; P(AD) is
+    its sigmoid), batch-sharded; `view` flips the images first (test-time augmentation)."""
     mean, std = pixel_stats["mean"], pixel_stats["std"]
+    view_of(jnp.zeros((1, 1, 1, 1)), view)  # an unknown view fails here, not inside jit
 
     def predict(params, images: jax.Array) -> jax.Array:
-        logits = model.apply(params, preprocess.normalize(images, mean, std))
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        logits = model.apply(params, preprocess.normalize(view_of(images, view), mean, std))
+        logits = logits.astype(jnp.float32)
+        return logits[:, 1] - logits[:, 0]
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)

@@ -9,6 +9,7 @@ evaluate the best checkpoint on the test split and write report_test.json.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -188,24 +189,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_hparams(_flat_hparams(config))
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
 
+    eval_settings = evaluate.EvalSettings.from_config(config)
+    val_subjects_known = data.report_metadata().get("subject_source") != "scan_id"
+
     def run_validation(step: int, state) -> tuple[dict, dict]:
-        """Validation of every weight set that exists; (checkpoint metrics, selection)."""
+        """Validation of every weight set that exists; (checkpoint metrics, selection). The
+        selection also stores each weight set's temperature and thresholds (for `predict`)."""
         names = averaging.available(averages, step)
         with progress.timed("eval"):
-            prob_ad = evaluate.predict_split_multi(
-                data, "validation", {n: weights_of(state, n) for n in names}, predict_step,
+            logits = evaluate.predict_split_multi(
+                data, "validation", {n: (weights_of(state, n), predict_step) for n in names},
                 config, mesh,
             )  # fmt: skip
-        per_weights = {n: evaluate.validation_metrics(val_records, prob_ad[n]) for n in names}
+        per_weights = {n: evaluate.validation_metrics(val_records, logits[n]) for n in names}
         selection = select_weights(
             per_weights, config.checkpoint.best_metric, config.checkpoint.best_mode
         )
+        plain = dataclasses.replace(eval_settings, tta=())
+        selection["calibration"] = {
+            n: evaluate.calibrate(val_records, {"plain": logits[n]}, plain, val_subjects_known)
+            for n in names
+        }
         scalars = {
             f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()
         }
         # Unqualified names are the selected weights': what the best checkpoint is chosen on.
         scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})
         writer.write_scalars(step, scalars)
+        if is_writer:
+            writer.write_images(step, validation_images(val_records, logits[selection["weights"]]))
         logging.info("Step %d: %s weights selected (%s)", step, selection["weights"],
                      selection["values"])  # fmt: skip
         return scalars, selection
@@ -280,10 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---- Test report from the best checkpoint, with the weights that won validation. ----
     with timer("test evaluation"):
-        report = evaluate_saved(
-            manager, "best", "test",
-            data=data, model=model, tx=tx, pixel_stats=pixel_stats, config=config, mesh=mesh,
-            workdir=workdir, averages=averages,
+        step, weights, params, selection = restore_weights(manager, "best", model.spec, averages)
+        report = evaluate.evaluate_weights(
+            data=data, model=model, params=params, pixel_stats=pixel_stats, config=config,
+            mesh=mesh, split="test", step=step, weights=weights, selection=selection,
+            workdir=workdir, settings=eval_settings, writer=writer,
         )  # fmt: skip
     writer.flush()
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
@@ -291,16 +304,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return report
 
 
-def evaluate_saved(
-    manager, which: str, split: str, *, data, model, tx, pixel_stats, config, mesh, workdir,
-    averages, weights: str = "selected",
-):  # fmt: skip
-    """Restores checkpoint `which` ('best', 'latest', step), writes predictions_<split>.csv and
-    returns the report of `split` for `weights` (raw, ema, swa, or 'selected': those that won
-    that checkpoint's validation, raw if it recorded none)."""
+def validation_images(records: dict, logit_ad: np.ndarray) -> dict[str, np.ndarray]:
+    """TensorBoard images of a validation: ROC/PR curves (slice, scan) and the scan-level
+    confusion matrix at 0.5."""
+    from alz_jax import figures, metrics
+
+    units = metrics.level_units(records, metrics.sigmoid(logit_ad), subjects_known=False)
+    scan = metrics.classification_metrics(units["scan"].labels, units["scan"].probs)
+    return {
+        "validation/roc": figures.to_image(figures.roc_figure(units))[None],
+        "validation/confusion_scan": figures.to_image(
+            figures.confusion_figure({"scan": scan["confusion_matrix"]["counts"]}, {"scan": 0.5})
+        )[None],
+    }
+
+
+def restore_weights(
+    manager, which: str, spec: convnext.ConvNeXtSpec, averages: averaging.AveragingSpec,
+    weights: str = "selected", mesh=None,
+) -> tuple[int, str, dict, dict | None]:  # fmt: skip
+    """Restores one weight set of checkpoint `which` ('best', 'latest', step), float32 and
+    replicated: `weights` raw, ema, swa, or 'selected' (those that won that checkpoint's
+    validation; raw if it recorded none). Returns (step, weights name, params, selection)."""
     step = checkpointing.resolve_step(manager, which)
-    abstract = steps.abstract_train_state(model.spec, tx, mesh, averages)
-    state = checkpointing.restore(manager, step, abstract)
     selection = checkpointing.restore_selection(manager, step)
     if weights == "selected":
         if selection is None:
@@ -310,25 +336,33 @@ def evaluate_saved(
             )
         weights = selection["weights"] if selection else "raw"
     averaging.check_weights_name(weights, averages)
-    if weights == "swa" and int(state["swa_count"]) == 0:
+    repl = sharding.replicated(mesh or sharding.make_mesh())
+    shapes = jax.eval_shape(lambda: steps.init_params(spec, 0))
+    dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}
+    key = "params" if weights == "raw" else weights
+    abstract = {
+        key: jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, dtype[weights], sharding=repl), shapes
+        )
+    }
+    if weights == "swa":
+        abstract["swa_count"] = jax.ShapeDtypeStruct((), np.int32, sharding=repl)
+    restored = checkpointing.restore_weights(manager, step, abstract)
+    if weights == "swa" and int(restored["swa_count"]) == 0:
         raise UserError(f"Checkpoint {step} holds no SWA average yet (SWA starts at step "
                         f"{averages.swa_start_step}).")  # fmt: skip
-    predict_step = steps.make_predict_step(model, pixel_stats, mesh)
-    prob_ad = evaluate.predict_split(
-        data, split, weights_of(state, weights), predict_step, config, mesh
-    )
-    records = data.records(split)
-    evaluate.write_predictions(records, prob_ad, Path(workdir) / f"predictions_{split}.csv")
-    report = evaluate.build_report(split, records, prob_ad, data.report_metadata(), step)
-    report["weights"] = weights
-    report["selection"] = selection  # None: the checkpoint was saved without a validation
-    return report
+    params = jax.tree.map(lambda x: x.astype(np.float32), restored[key])
+    return step, weights, params, selection
 
 
-def evaluate_checkpoint(workdir: str, split: str, which: str, weights: str = "selected") -> dict:
-    """Evaluates checkpoint `which` of the run in `workdir` on `split` and writes its report."""
+def evaluate_checkpoint(
+    workdir: str, split: str, which: str, weights: str = "selected", overrides: dict | None = None
+) -> dict:
+    """Evaluates checkpoint `which` of the run in `workdir` on `split` and writes its report,
+    predictions and figures; `overrides` replace config.eval fields."""
     config = run_record.load_config(workdir)
     record = run_record.load(workdir)
+    settings = evaluate.EvalSettings.from_config(config, **(overrides or {}))
     data = dataset.prepare(config.data)
     if data.fingerprint() != record["identity"]["data"]["fingerprint"]:
         raise UserError(
@@ -340,18 +374,20 @@ def evaluate_checkpoint(workdir: str, split: str, which: str, weights: str = "se
     steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
     total_steps = config_lib.num_train_steps(config, steps_per_epoch)
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    tx, _ = steps.make_optimizer(
-        config, total_steps, config_lib.duration_steps(config, "warmup", steps_per_epoch)
-    )
+    averages = averaging.spec_from_config(config, total_steps, steps_per_epoch)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
-    report = evaluate_saved(
-        manager, which, split,
-        data=data, model=steps.make_model(spec), tx=tx, pixel_stats=record["pixel_stats"],
-        config=config, mesh=mesh, workdir=workdir,
-        averages=averaging.spec_from_config(config, total_steps, steps_per_epoch),
-        weights=weights,
+    step, weights, params, selection = restore_weights(
+        manager, which, spec, averages, weights, mesh
+    )
+    # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
+    (Path(workdir) / "evaluate").mkdir(exist_ok=True)
+    writer = logs.create_writer(Path(workdir) / "evaluate", jax.process_index() == 0)
+    report = evaluate.evaluate_weights(
+        data=data, model=steps.make_model(spec), params=params,
+        pixel_stats=record["pixel_stats"], config=config, mesh=mesh, split=split, step=step,
+        weights=weights, selection=selection, workdir=workdir, settings=settings, writer=writer,
     )  # fmt: skip
-    evaluate.write_report(report, workdir)
+    writer.close()
     return report
 
 

@@ -139,6 +139,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.swa.every_steps = ml_collections.config_dict.placeholder(int)
     config.swa.dtype = "float32"
 
+    # Evaluation reports (README, "Evaluation reports"); `evaluate` flags override these.
+    config.eval = ml_collections.ConfigDict()
+    # Decision threshold chosen on validation, then applied unchanged to test: 'youden'
+    # (max sensitivity + specificity - 1) or 'sensitivity:0.9' (best specificity at >= 0.9).
+    config.eval.threshold = "youden"
+    config.eval.temperature_scaling = False  # always fitted on validation; applied if True
+    config.eval.calibration_bins = 10
+    config.eval.bootstrap_samples = 1000  # resamples of test subjects for 95% intervals
+    config.eval.bootstrap_seed = 0
+    config.eval.tta = ""  # test-time views reported beside the plain result: 'hflip,vflip'
+    config.eval.gradcam_scans = 4  # scans drawn with Grad-CAM (round-robin TP, TN, FN, FP)
+    config.eval.gradcam_slices = 5  # evenly spaced slices of each
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep_latest = 2
     config.checkpoint.keep_best = 1

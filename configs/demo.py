@@ -49,4 +49,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 1
     config.eval_every_epochs = 1
     config.log_every_steps = 20
+    config.eval.tta = "hflip"  # trained with horizontal flips: report what averaging them does
     return config

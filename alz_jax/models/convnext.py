@@ -231,6 +231,11 @@ class ConvNeXt(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
+        return self.head(self.feature_map(x, sample_keys=sample_keys))
+
+    def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The last stage's output (B, H/32, W/32, dims[-1]): what the head pools, and where
+        Grad-CAM looks."""
         x = self.stem(x.astype(self.spec.dtype))
         k = 0
         for i, stage in enumerate(self.stages):
@@ -242,7 +247,7 @@ class ConvNeXt(nnx.Module):
                     block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
                 x = block(x, block_keys)
                 k += 1
-        return self.head(x)
+        return x
 
 
 def count_params(model: nnx.Module) -> int:

@@ -1,0 +1,130 @@
+"""Report figures (matplotlib, no display needed): ROC and precision-recall curves, confusion
+matrices and reliability diagrams, as PNG files and as images for TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from alz_jax import metrics
+
+_COLORS = {"slice": "tab:blue", "scan": "tab:orange", "subject": "tab:green"}
+
+
+def roc_figure(
+    units: dict[str, metrics.Units], operating_points: dict[str, float] | None = None,
+    title: str = "",
+) -> Figure:  # fmt: skip
+    """ROC (left) and precision-recall (right) curves per level; `operating_points` marks each
+    level's threshold on its curves."""
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    for level, u in units.items():
+        if len(set(u.labels.tolist())) < 2:
+            continue
+        color = _COLORS.get(level)
+        roc = metrics.roc_curve(u.labels, u.probs)
+        auc = metrics.roc_auc(u.labels, u.probs)
+        roc_ax.plot(roc["fpr"], roc["tpr"], color=color, label=f"{level} (AUC {auc:.3f})")
+        pr = metrics.pr_curve(u.labels, u.probs)
+        ap = metrics.pr_auc(u.labels, u.probs)
+        pr_ax.step(pr["recall"], pr["precision"], where="post", color=color,
+                   label=f"{level} (AP {ap:.3f})")  # fmt: skip
+        if operating_points and level in operating_points:
+            t = operating_points[level]
+            m = metrics.classification_metrics(u.labels, u.probs, t)
+            roc_ax.plot(1 - m["specificity"], m["sensitivity"], "o", color=color)
+            pr_ax.plot(m["sensitivity"], m["precision"], "o", color=color)
+    roc_ax.plot([0, 1], [0, 1], ":", color="gray")
+    roc_ax.set(xlabel="1 - specificity (NC called AD)", ylabel="sensitivity (AD recall)",
+               title="ROC" + (" (dots: chosen thresholds)" if operating_points else ""),
+               xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
+    pr_ax.set(xlabel="recall (AD)", ylabel="precision (AD)", title="Precision-recall",
+              xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
+    roc_ax.legend(loc="lower right")
+    pr_ax.legend(loc="lower left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def confusion_figure(
+    confusions: dict[str, list], thresholds: dict[str, float], title: str = ""
+) -> Figure:
+    """One 2x2 count matrix per level (rows: true NC, AD; columns: predicted)."""
+    fig = Figure(figsize=(3.4 * len(confusions), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(confusions)))
+    for ax, (level, level_counts) in zip(axes, confusions.items(), strict=True):
+        counts = np.asarray(level_counts)
+        rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), c in np.ndenumerate(counts):
+            ax.text(j, i, f"{c}\n{rows[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=metrics.CLASS_NAMES,
+               yticklabels=metrics.CLASS_NAMES, xlabel="predicted", ylabel="true",
+               title=f"{level} (threshold {thresholds[level]:.3f})")  # fmt: skip
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figure:
+    """Reliability diagrams: observed AD fraction against mean predicted P(AD) per bin, with
+    the bin counts below."""
+    fig = Figure(figsize=(3.6 * len(bins_by_level), 4.4), layout="constrained")
+    grid = fig.subplots(2, len(bins_by_level), height_ratios=(3, 1), squeeze=False)
+    for k, (level, bins) in enumerate(bins_by_level.items()):
+        ax, count_ax = grid[0, k], grid[1, k]
+        edges = np.asarray(bins["edges"])
+        centers = (edges[:-1] + edges[1:]) / 2
+        filled = [i for i, c in enumerate(bins["count"]) if c]
+        predicted = [bins["mean_predicted"][i] for i in filled]
+        observed = [bins["observed_ad_fraction"][i] for i in filled]
+        ax.bar(centers[filled], observed, width=np.diff(edges)[filled], alpha=0.35,
+               color=_COLORS.get(level), edgecolor="black",
+               label="observed AD fraction")  # fmt: skip
+        ax.plot(predicted, observed, "o-", color=_COLORS.get(level), label="at mean P(AD)")
+        ax.plot([0, 1], [0, 1], ":", color="gray")
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed AD fraction",
+               title=f"{level}: ECE {bins['ece']:.3f}")  # fmt: skip
+        ax.legend(loc="upper left", fontsize="small")
+        count_ax.bar(centers, bins["count"], width=np.diff(edges), color="gray")
+        count_ax.set(xlim=(0, 1), xlabel="predicted P(AD)", ylabel="count")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def report_figures(report: dict, units: dict[str, metrics.Units]) -> dict[str, Figure]:
+    """The figures of a report: ROC/PR with the validation thresholds, confusion matrices at
+    them, reliability diagrams."""
+    levels = [lv for lv in metrics.LEVELS if lv in report]
+    where = f"{report['split']} split, step {report['checkpoint_step']}, {report['weights']}"
+    thresholds = {lv: report[lv]["threshold"] for lv in levels}
+    return {
+        "roc": roc_figure({lv: units[lv] for lv in levels}, thresholds, where),
+        "confusion": confusion_figure(
+            {lv: report[lv]["confusion_matrix"]["counts"] for lv in levels},
+            thresholds,
+            f"{where}; thresholds chosen on validation",
+        ),
+        "reliability": reliability_figure({lv: report[lv]["calibration"] for lv in levels}, where),
+    }
+
+
+def to_image(fig: Figure, dpi: int = 80) -> np.ndarray:
+    """The figure rendered to an RGB uint8 array (H, W, 3), e.g. for TensorBoard."""
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Writes the figure as PNG."""
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi)
