@@ -92,18 +92,18 @@ def restore(
 def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights: dict) -> dict:
     """Restores only the named weight trees of the train state saved at `step` (e.g. {'params':
     ..., 'ema': ...} of ShapeDtypeStructs with shardings): no optimizer state is read, so an
-    evaluation needs neither the optimizer nor its memory."""
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
+    evaluation needs neither the optimizer nor its memory. Read with a PyTree checkpointer of
+    its own: the manager's 'state' handler (StandardCheckpointHandler) can't restore part."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(
+            Path(manager.directory) / str(step) / "state",
+            args=ocp.args.PyTreeRestore(
                 item=abstract_weights,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
                 partial_restore=True,
-            )
-        ),
-    )
-    return dict(restored["state"])
+            ),
+        )
+    return dict(restored)
 
 
 def restore_selection(manager: ocp.CheckpointManager, step: int) -> dict | None:

@@ -513,6 +513,7 @@ def evaluate_weights(
     if jax.process_index() != 0:
         return report
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     plain_probs = probabilities({"plain": logits[split]["plain"]}, report["calibration"]
                                 ["temperature"])  # fmt: skip
     tta_probs = (

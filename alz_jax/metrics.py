@@ -194,7 +194,8 @@ def level_units(
     labels = np.asarray(records["label"]).astype(np.int64)
     subjects = np.asarray(records["subject_id"], object)
     prob_ad = np.asarray(prob_ad, np.float64)
-    out = {"slice": Units(list(records["file_name"]), labels, prob_ad, subjects)}
+    names = records.get("file_name", range(len(labels)))
+    out = {"slice": Units(list(names), labels, prob_ad, subjects)}
     scans, scan_labels, scan_probs = group_mean(records["scan_id"], labels, prob_ad)
     subject_of_scan = dict(zip(records["scan_id"], subjects, strict=True))
     scan_subjects = np.array([subject_of_scan[scan] for scan, _ in scans], object)

@@ -71,3 +71,125 @@ def test_nll():
     assert metrics.nll(np.array([1, 0]), np.array([0.8, 0.4])) == pytest.approx(
         -(np.log(0.8) + np.log(0.6)) / 2
     )
+
+
+def test_threshold_free_and_threshold_metrics_match_sklearn(predictions):
+    labels, prob = predictions
+    m = metrics.classification_metrics(labels, prob, threshold=0.4)
+    predicted = (prob >= 0.4).astype(int)
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, predicted))
+    assert m["f1_ad"] == pytest.approx(skm.f1_score(labels, predicted))
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(labels, prob))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, prob))
+    # Weighted areas (what a bootstrap resample computes) against sklearn's sample_weight.
+    weights = np.random.default_rng(1).integers(0, 4, len(labels)).astype(float)
+    auc, ap = metrics._ranking_areas(labels, prob, weights[None])
+    assert auc[0] == pytest.approx(skm.roc_auc_score(labels, prob, sample_weight=weights))
+    assert ap[0] == pytest.approx(skm.average_precision_score(labels, prob, sample_weight=weights))
+    curve = metrics.roc_curve(labels, prob)
+    fpr, tpr, _ = skm.roc_curve(labels, prob, drop_intermediate=False)
+    np.testing.assert_allclose(curve["fpr"], fpr)
+    np.testing.assert_allclose(curve["tpr"], tpr)
+
+
+def test_reliability_bins_and_ece_match_sklearn_and_the_formula():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 500)
+    prob = np.clip(0.3 * labels + rng.uniform(0, 0.7, 500), 0, 1)
+    bins = metrics.reliability_bins(labels, prob, n_bins=10)
+    observed, predicted = calibration_curve(labels, prob, n_bins=10)
+    np.testing.assert_allclose([v for v in bins["observed_ad_fraction"] if v is not None], observed)
+    np.testing.assert_allclose([v for v in bins["mean_predicted"] if v is not None], predicted)
+    counts = np.array(bins["count"])
+    filled = counts > 0
+    gaps = np.abs(observed - predicted)
+    assert bins["ece"] == pytest.approx(np.sum(counts[filled] * gaps) / len(labels))
+    assert counts.sum() == 500
+
+
+def test_youden_threshold_is_the_best_cut_and_sits_between_units(predictions):
+    labels, prob = predictions
+    chosen = metrics.choose_threshold(labels, prob)
+    fpr, tpr, _ = skm.roc_curve(labels, prob, drop_intermediate=False)
+    m = metrics.classification_metrics(labels, prob, chosen["threshold"])
+    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(np.max(tpr - fpr))
+    assert chosen["threshold"] not in set(prob.tolist())
+    target = metrics.choose_threshold(labels, prob, "sensitivity", 0.9)
+    m = metrics.classification_metrics(labels, prob, target["threshold"])
+    assert m["sensitivity"] >= 0.9
+    feasible = [s for f, t, s in zip(fpr, tpr, 1 - fpr, strict=True) if t >= 0.9]
+    assert m["specificity"] == pytest.approx(max(feasible))
+    with pytest.raises(ValueError, match="sensitivity:T"):
+        metrics.parse_threshold_method("sensitivity:1.5")
+    undefined = metrics.choose_threshold(np.ones(4), np.linspace(0, 1, 4))
+    assert undefined["threshold"] == 0.5 and not undefined["defined"]
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(3)
+    margins = rng.normal(0, 6, 20000)
+    labels = (rng.uniform(size=margins.size) < metrics.sigmoid(margins / 2.5)).astype(int)
+    fit = metrics.fit_temperature(labels, margins)
+    assert fit["temperature"] == pytest.approx(2.5, rel=0.05)
+    assert fit["nll_after"] < fit["nll_before"] and not fit["at_bound"]
+    # Perfectly separated: the fit runs to its lower bound and says so.
+    separated = metrics.fit_temperature(np.array([0, 0, 1, 1]), np.array([-3.0, -1, 1, 3]))
+    assert separated["at_bound"]
+
+
+def _clustered(k: int = 1, seed: int = 4):
+    """40 subjects, 1-3 scans each, 4 slices per scan; every row replicated k times."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for subject in range(40):
+        label = subject % 2
+        skill = rng.normal(1.2 if label else -1.2, 1.0)
+        for scan in range(rng.integers(1, 4)):
+            for s in range(4):
+                prob = float(metrics.sigmoid(skill + rng.normal(0, 0.8)))
+                rows += [(f"f{subject}_{scan}_{s}_{r}", f"s{subject}_{scan}", f"subj{subject}",
+                          label, prob) for r in range(k)]  # fmt: skip
+    names, scans, subjects, labels, probs = zip(*rows, strict=True)
+    records = {"file_name": np.array(names, object), "scan_id": np.array(scans, object),
+               "subject_id": np.array(subjects, object), "label": np.array(labels)}  # fmt: skip
+    return records, np.array(probs)
+
+
+def test_subject_bootstrap_is_unchanged_by_replicating_rows_and_a_slice_bootstrap_is_not():
+    thresholds = {"slice": 0.5, "scan": 0.45, "subject": 0.55}
+    once, probs_once = _clustered(k=1)
+    thrice, probs_thrice = _clustered(k=3)
+    units_once = metrics.level_units(once, probs_once, subjects_known=True)
+    units_thrice = metrics.level_units(thrice, probs_thrice, subjects_known=True)
+    assert len(units_thrice["slice"].labels) == 3 * len(units_once["slice"].labels)
+    a = metrics.bootstrap_intervals(units_once, thresholds, n_samples=300, seed=7)
+    b = metrics.bootstrap_intervals(units_thrice, thresholds, n_samples=300, seed=7)
+    for level in ("slice", "scan", "subject"):
+        for name in metrics.INTERVAL_METRICS:
+            np.testing.assert_allclose(a[level][name], b[level][name], rtol=1e-12, atol=1e-12)
+    assert a["slice"]["accuracy"][1] - a["slice"]["accuracy"][0] > 0.05
+
+    def slice_bootstrap(units):  # every row its own resampling unit
+        u = units["slice"]
+        rows = metrics.Units(u.keys, u.labels, u.probs, np.asarray(u.keys, object))
+        interval = metrics.bootstrap_intervals({"slice": rows}, thresholds, 300, 7)
+        return interval["slice"]["accuracy"][1] - interval["slice"]["accuracy"][0]
+
+    assert slice_bootstrap(units_thrice) < 0.75 * slice_bootstrap(units_once)
+    # And resampling slices is narrower than resampling subjects on the same rows.
+    assert slice_bootstrap(units_once) < a["slice"]["accuracy"][1] - a["slice"]["accuracy"][0]
+
+
+def test_bootstrap_interval_holds_the_point_estimate_and_is_reproducible():
+    records, probs = _clustered()
+    units = metrics.level_units(records, probs, subjects_known=True)
+    thresholds = {"slice": 0.5, "scan": 0.5, "subject": 0.5}
+    first = metrics.bootstrap_intervals(units, thresholds, 200, seed=1)
+    assert first == metrics.bootstrap_intervals(units, thresholds, 200, seed=1)
+    for level, u in units.items():
+        m = metrics.classification_metrics(u.labels, u.probs)
+        for name in ("accuracy", "roc_auc", "sensitivity"):
+            lo, hi = first[level][name]
+            assert lo <= m[name] <= hi, (level, name)

@@ -50,6 +50,55 @@ def final_state(workdir, config):
     return checkpointing.restore(manager, manager.latest_step(), abstract)
 
 
+def check_predict(workdir, manual_dir, report, folder):
+    """`predict` on a folder of test images, a colour PNG of another size and a corrupt file:
+    the same probabilities as the test report's, with the calibration stored at validation."""
+    from alz_jax import evaluate, predict
+
+    folder.mkdir()
+    test_images = sorted(Path(manual_dir).rglob("test/*/*.jpeg"))[:6]
+    for path in test_images:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    colour = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
+    cv2.imwrite(str(folder / "colour.png"), colour)
+    result = predict.run(str(workdir), [str(folder)])
+    assert [e["file"] for e in result["errors"]] == [str(folder / "corrupt.jpeg")]
+    assert len(result["images"]) == 7
+    # Stored with the checkpoint at validation, the same as the report computed again.
+    stored = checkpointing.restore_selection(
+        checkpointing.make_manager(workdir, train_config(workdir).checkpoint),
+        report["checkpoint_step"],
+    )["calibration"][report["weights"]]
+    assert result["calibration"]["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
+    assert stored["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
+    assert stored["temperature"] == pytest.approx(report["calibration"]["temperature"])
+    records, prob = evaluate.read_predictions(workdir / "predictions_test.csv")
+    expected = {Path(f).name: p for f, p in zip(records["file_name"], prob, strict=True)}
+    for row in result["images"]:
+        if row["file"].endswith(".jpeg"):
+            assert row["prob_ad"] == pytest.approx(expected[Path(row["file"]).name], abs=1e-5)
+    scans = {r["scan_id"] for r in result["images"] if r["scan_id"]}
+    assert {s["scan_id"] for s in result["scans"]} == scans
+    # The command: every readable image printed, the corrupt one named, exit status 1.
+    run = subprocess.run(
+        [sys.executable, "-m", "alz_jax.predict", f"--workdir={workdir}", str(folder),
+         f"--output={folder.parent / 'predicted.csv'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "UNREADABLE" in run.stdout and "corrupt.jpeg" in run.stdout
+    assert "7 images predicted, 1 unreadable" in run.stdout
+    lines = (folder.parent / "predicted.csv").read_text().splitlines()
+    assert len(lines) == 8 and lines[0].startswith("file,scan_id")
+
+
+def train_config(workdir):
+    from alz_jax import run_record
+
+    return run_record.load_config(workdir)
+
+
 class _PreemptedError(Exception):
     pass
 
@@ -79,8 +128,15 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             tags.update(value.tag for value in event.summary.value)
     for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/data_wait_s",
-                "validation/loss", "validation/scan_accuracy", "train/augmented"):  # fmt: skip
+                "validation/loss", "validation/scan_accuracy", "train/augmented",
+                "validation/scan_roc_auc", "validation/scan_sensitivity", "validation/roc",
+                "validation/confusion_scan", "test/roc", "test/confusion", "test/reliability",
+                "test/gradcam"):  # fmt: skip
         assert tag in tags, (tag, sorted(tags))
+    for name in ("report_test.md", "predictions_test.csv", "roc_test.png", "confusion_test.png",
+                 "reliability_test.png", "gradcam_test.png"):  # fmt: skip
+        assert (workdir / name).is_file(), name
+    check_predict(workdir, manual_dir, saved, tmp_path / "to_predict")
     # The best (by validation loss) and the latest 2 survive.
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     assert {4, 6} <= set(manager.all_steps()) and manager.best_step() in manager.all_steps()
