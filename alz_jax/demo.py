@@ -48,6 +48,10 @@ def main(argv: list[str]) -> None:
         "gate": _MIN_SCAN_ACCURACY.value,
         "report": f"{_WORKDIR.value}/report_test.json",
     }
+    print(
+        f"\nReport with intervals and calibration: {_WORKDIR.value}/report_test.md; figures: "
+        + ", ".join(f"{_WORKDIR.value}/{p}" for p in report.get("figures", {}).values())
+    )
     print("demo:", json.dumps(summary))
     if scan_accuracy < _MIN_SCAN_ACCURACY.value:
         print(

@@ -44,8 +44,9 @@ def roc_figure(
                xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
     pr_ax.set(xlabel="recall (AD)", ylabel="precision (AD)", title="Precision-recall",
               xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
-    roc_ax.legend(loc="lower right")
-    pr_ax.legend(loc="lower left")
+    if roc_ax.get_legend_handles_labels()[0]:  # no curve where a level has one class only
+        roc_ax.legend(loc="lower right")
+        pr_ax.legend(loc="lower left")
     if title:
         fig.suptitle(title)
     return fig

@@ -105,7 +105,7 @@ class _PreemptedError(Exception):
 
 def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp_path, monkeypatch):
     manual_dir, _ = tiny_synthetic
-    config = tiny_config(manual_dir, data_dir)
+    config = tiny_config(manual_dir, data_dir, **{"eval.tta": "hflip", "eval.gradcam_scans": 2})
 
     # Run A: straight through 6 steps.
     report = train.train_and_evaluate(config, str(tmp_path / "a"))
