@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo clean
+.PHONY: venv test test-fast lint format demo demo-figures clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change).
 $(STAMP): requirements.txt requirements-dev.txt
@@ -38,6 +38,13 @@ demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv || exit 1; \
 	echo "install: $$(( $$(date +%s) - start )) s"; \
 	$(PY) -m alz_jax.demo $(DEMO_ARGS)
+
+# Copies the last demo's report figures into docs/demo/ for the README (Grad-CAM as JPEG).
+demo-figures: venv
+	mkdir -p docs/demo
+	sed 's/gradcam_test.png/gradcam_test.jpg/' .demo/workdir/report_test.md > docs/demo/report_test.md
+	for f in roc confusion reliability; do cp .demo/workdir/$${f}_test.png docs/demo/; done
+	$(PY) -c "import cv2; cv2.imwrite('docs/demo/gradcam_test.jpg', cv2.imread('.demo/workdir/gradcam_test.png'), [cv2.IMWRITE_JPEG_QUALITY, 80])"
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache

@@ -25,7 +25,7 @@ from alz_jax import distributed, evaluate, logs, metrics, train
 from alz_jax.errors import exit_on_user_error
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
-                   "roc_auc")  # fmt: skip
+                   "roc_auc", "pr_auc")  # fmt: skip
 
 
 def run_folds(config, workdir: str | Path) -> dict:
@@ -80,6 +80,8 @@ def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
     return {
         "num_folds": len(fold_reports),
         "across_folds": across,
+        "thresholds": "across_folds: each fold's own, chosen on its validation split; "
+        "pooled_out_of_fold: 0.5 (the folds' thresholds differ); AUCs need none",
         "pooled_out_of_fold": {
             "num_images": len(prob_ad),
             **metrics.multilevel_metrics(records, prob_ad, subjects_known),
@@ -97,6 +99,7 @@ def format_cv(report: dict) -> str:
             p = pooled.get(level, {}).get(name)
             p_text = f"{p:>7.3f}" if p is not None else "      -"
             lines.append(f"{level:<8} {name:<18} {v['mean']:>7.3f} {v['std']:>7.3f} {p_text}")
+    lines.append(f"Thresholds: {report['thresholds']}.")
     return "\n".join(lines)
 
 

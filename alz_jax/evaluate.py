@@ -349,6 +349,9 @@ def _notes(report: dict) -> list[str]:
             f"bound {metrics.TEMPERATURE_BOUNDS}: validation is (nearly) separated, so the fit "
             "says little about test."
         )
+    if report["split"] == "validation":
+        notes.append("Note: the thresholds and temperature were chosen on this same split: "
+                     "its results at them are optimistic.")  # fmt: skip
     for level, c in report["calibration"]["threshold_details"].items():
         if not c["defined"]:
             notes.append(f"Note: validation has one class only at {level} level: threshold 0.5.")

@@ -117,6 +117,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         assert counts.sum() == saved[level]["n"]
     assert saved["slice"]["n"] == report["num_images"]
     assert saved["subject_source"] == "meta_data_with_label.json"
+    assert saved["tta"]["views"] == ["plain", "hflip"] and saved["gradcam_scans"]
     for name in ("config.json", "record.json", "split_manifest.json", "starts.jsonl"):
         assert (workdir / "run" / name).is_file(), name
     manifest = json.loads((workdir / "run" / "split_manifest.json").read_text())
