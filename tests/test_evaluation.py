@@ -3,6 +3,7 @@ files and numbers, settings refusals, Grad-CAM's class sign and the choice of sc
 
 import json
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_gradcam_explains_the_requested_class():
     gradcam = saliency.make_gradcam_fn(model, {"mean": 0.3, "std": 0.2})
     cam_ad, margin = gradcam(params, images, np.ones(6, np.float32))
     cam_nc, _ = gradcam(params, images, -np.ones(6, np.float32))
-    logits = model.apply(params, (images / 255.0 - 0.3) / 0.2)
+    logits = jax.jit(model.apply)(params, (images / 255.0 - 0.3) / 0.2)
     np.testing.assert_allclose(margin, logits[:, 1] - logits[:, 0], atol=1e-5)
     assert cam_ad.shape == (6, 32, 32)
     # The NC map is the positive part of minus the AD sum: exactly one of them lights up.
