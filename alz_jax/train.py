@@ -3,7 +3,8 @@
 Reads top to bottom like the run it performs: prepare the data (generating and building it if
 needed), record the run, build the model and optimizer on a ('data',) mesh, restore the latest
 checkpoint if there is one, train with periodic logging, validation and checkpoints, then
-evaluate the best checkpoint on the test split and write report_test.json.
+evaluate the best checkpoint on the test split through `evaluate.evaluate_weights` (the same
+path as `python -m alz_jax.evaluate`): report_test.json/.md, predictions and figures.
 """
 
 from __future__ import annotations
