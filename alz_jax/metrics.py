@@ -247,12 +247,12 @@ def choose_threshold(
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if not n_pos or not n_neg:
         return {"threshold": 0.5, "method": method, "target": target, "defined": False}
-    distinct = np.unique(prob_ad)[::-1]  # descending
+    distinct, tp, fp = _cumulative_counts(labels, prob_ad, np.ones((1, len(labels))))
     above = np.nextafter(distinct[0], np.inf)
     candidates = np.r_[above, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] / 2]
-    predicted = prob_ad[None, :] >= candidates[:, None]
-    sensitivity = (predicted & labels).sum(1) / n_pos
-    specificity = (~predicted & ~labels).sum(1) / n_neg
+    # Cut k (between distinct values k and k + 1) calls AD every unit at or above value k.
+    sensitivity = np.r_[0.0, tp[0]] / n_pos
+    specificity = 1.0 - np.r_[0.0, fp[0]] / n_neg
     nearness = -np.abs(candidates - 0.5)
     if method == "youden":
         objective = sensitivity + specificity - 1
