@@ -234,7 +234,8 @@ def build_report(
         "bootstrap": {
             "samples": settings.bootstrap_samples,
             "seed": settings.bootstrap_seed,
-            "resampled_unit": "subject" if subjects_known else "scan (subjects unknown)",
+            # Unknown subjects stand as one per scan: scans are then what is resampled.
+            "resampled_unit": "subject" if subjects_known else "scan",
             "confidence": 0.95,
         },
         **level_results(units, plain["thresholds"], settings),
@@ -268,6 +269,15 @@ def build_report(
     return report, units
 
 
+def _interval_text(bootstrap: dict) -> str:
+    if not bootstrap["samples"]:
+        return "No intervals (bootstrap_samples = 0)"
+    unit = bootstrap["resampled_unit"]
+    unknown = " (subjects unknown)" if unit == "scan" else ""
+    return (f"95% intervals: percentile bootstrap over {unit}s{unknown}, "
+            f"{bootstrap['samples']} resamples")  # fmt: skip
+
+
 def _ci(m: dict, name: str) -> str:
     value, interval = m.get(name), m.get("ci95", {}).get(name)
     if value is None:
@@ -293,8 +303,7 @@ def format_report(report: dict) -> str:
             if cal["temperature_applied"]
             else f" (none applied; fitted: {cal['temperature_fit']['temperature']:.3f})"
         ),
-        f"95% intervals: bootstrap over {report['bootstrap']['resampled_unit']}s, "
-        f"{report['bootstrap']['samples']} resamples",
+        _interval_text(report["bootstrap"]),
         f"{'level':<8} {'n':>5} {'thr':>5} {'acc':>6} {'bal_acc':>7} {'sens':>6} {'spec':>6} "
         f"{'F1 AD':>6} {'AUC':>6} {'PR AUC':>6} {'ECE':>6}  [[TN FP] [FN TP]]  acc 95% CI",
     ]
@@ -373,9 +382,8 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         "and applied unchanged here; results at 0.5 below each. Temperature "
         + (f"{cal['temperature']:.3f} applied." if cal["temperature_applied"] else
            f"not applied (fitted on validation: {cal['temperature_fit']['temperature']:.3f})."),
-        f"Intervals: 95% percentile bootstrap over {report['bootstrap']['resampled_unit']}s, "
-        f"{report['bootstrap']['samples']} resamples (seed {report['bootstrap']['seed']}); they "
-        "do not include the uncertainty of the threshold itself.",
+        f"{_interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
+        "intervals do not include the uncertainty of the threshold itself.",
         "",
     ]  # fmt: skip
     names = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
