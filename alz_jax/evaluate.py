@@ -269,6 +269,13 @@ def build_report(
     return report, units
 
 
+def _protocol_text(protocol) -> str:
+    if not isinstance(protocol, dict):
+        return f"`{protocol}`"
+    details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
+    return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
+
+
 def _interval_text(bootstrap: dict) -> str:
     if not bootstrap["samples"]:
         return "No intervals (bootstrap_samples = 0)"
@@ -375,7 +382,8 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         f"# Evaluation report: {split} split",
         "",
         f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol `{report['protocol']}`; subjects from "
+        f"{report['num_images']} images; protocol {_protocol_text(report['protocol'])}; "
+        "subjects from "
         f"`{report['subject_source']}`.",
         "",
         f"Decision threshold chosen on the **validation** split by `{cal['threshold_method']}` "
