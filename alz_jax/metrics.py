@@ -249,7 +249,9 @@ def choose_threshold(
         return {"threshold": 0.5, "method": method, "target": target, "defined": False}
     distinct, tp, fp = _cumulative_counts(labels, prob_ad, np.ones((1, len(labels))))
     above = np.nextafter(distinct[0], np.inf)
-    candidates = np.r_[above, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] / 2]
+    # A midpoint of two neighbouring floats can round onto the lower one: keep it above.
+    middle = np.maximum((distinct[:-1] + distinct[1:]) / 2, np.nextafter(distinct[1:], np.inf))
+    candidates = np.r_[above, middle, distinct[-1] / 2]
     # Cut k (between distinct values k and k + 1) calls AD every unit at or above value k.
     sensitivity = np.r_[0.0, tp[0]] / n_pos
     specificity = 1.0 - np.r_[0.0, fp[0]] / n_neg
@@ -301,7 +303,7 @@ def reliability_bins(labels: np.ndarray, prob_ad: np.ndarray, n_bins: int = 10) 
     labels = np.asarray(labels, np.float64)
     prob_ad = np.asarray(prob_ad, np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bin_of = np.searchsorted(edges[1:-1], prob_ad, side="right")
+    bin_of = np.searchsorted(edges[1:-1], prob_ad)  # bins (lo, hi], as scikit-learn's
     count = np.bincount(bin_of, minlength=n_bins)
     with np.errstate(invalid="ignore"):
         predicted = np.bincount(bin_of, prob_ad, n_bins) / count

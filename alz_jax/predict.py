@@ -112,7 +112,7 @@ def predict_files(files: list[Path], loaded: dict, batch_size: int = 64):
         margins = predict_fn(loaded["params"], jax.device_put(images, batch_sharding))
         margins = np.asarray(margins)[: len(pending)]
         for (path, _), margin in zip(pending, margins, strict=True):
-            prob = float(metrics.sigmoid(margin / cal["temperature"]))
+            prob = float(metrics.sigmoid(float(margin) / cal["temperature"]))
             match = SLICE_NAME.match(path.stem)
             rows.append({
                 "file": str(path),

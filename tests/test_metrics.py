@@ -98,6 +98,7 @@ def test_reliability_bins_and_ece_match_sklearn_and_the_formula():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 500)
     prob = np.clip(0.3 * labels + rng.uniform(0, 0.7, 500), 0, 1)
+    prob[:40] = np.round(prob[:40], 1)  # values on bin edges go where scikit-learn puts them
     bins = metrics.reliability_bins(labels, prob, n_bins=10)
     observed, predicted = calibration_curve(labels, prob, n_bins=10)
     np.testing.assert_allclose([v for v in bins["observed_ad_fraction"] if v is not None], observed)
@@ -123,6 +124,11 @@ def test_youden_threshold_is_the_best_cut_and_sits_between_units(predictions):
     assert m["specificity"] == pytest.approx(max(feasible))
     with pytest.raises(ValueError, match="sensitivity:T"):
         metrics.parse_threshold_method("sensitivity:1.5")
+    # Neighbouring floats near 1 (saturated sigmoids): the cut stays strictly between them.
+    tight = np.array([1 - 2**-53, 1 - 2**-52, 0.2, 0.1])
+    chosen = metrics.choose_threshold(np.array([1, 0, 0, 0]), tight)
+    assert tight[1] < chosen["threshold"] <= tight[0]
+    assert chosen["validation_specificity"] == 1.0
     undefined = metrics.choose_threshold(np.ones(4), np.linspace(0, 1, 4))
     assert undefined["threshold"] == 0.5 and not undefined["defined"]
 

@@ -22,6 +22,9 @@ def test_pad_to_square_centres_with_background():
 def test_decode_error_names_the_file():
     with pytest.raises(preprocess.DecodeError, match=r"scan_1\.jpeg"):
         preprocess.decode_image(b"not a jpeg", "scan_1.jpeg")
+    # OpenCV raises its own error on an empty buffer: still a DecodeError naming the file.
+    with pytest.raises(preprocess.DecodeError, match=r"scan_2\.jpeg: empty file"):
+        preprocess.decode_image(b"", "scan_2.jpeg")
 
 
 def test_random_resized_crop_box_within_bounds_and_scale():

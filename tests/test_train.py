@@ -60,10 +60,13 @@ def check_predict(workdir, manual_dir, report, folder):
     for path in test_images:
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
     colour = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
     cv2.imwrite(str(folder / "colour.png"), colour)
     result = predict.run(str(workdir), [str(folder)])
-    assert [e["file"] for e in result["errors"]] == [str(folder / "corrupt.jpeg")]
+    assert [e["file"] for e in result["errors"]] == [
+        str(folder / n) for n in ("corrupt.jpeg", "empty.png")
+    ]
     assert len(result["images"]) == 7
     # Stored with the checkpoint at validation, the same as the report computed again.
     stored = checkpointing.restore_selection(
@@ -88,7 +91,7 @@ def check_predict(workdir, manual_dir, report, folder):
     )  # fmt: skip
     assert run.returncode == 1, run.stderr[-2000:]
     assert "UNREADABLE" in run.stdout and "corrupt.jpeg" in run.stdout
-    assert "7 images predicted, 1 unreadable" in run.stdout
+    assert "7 images predicted, 2 unreadable" in run.stdout and "empty file" in run.stdout
     lines = (folder.parent / "predicted.csv").read_text().splitlines()
     assert len(lines) == 8 and lines[0].startswith("file,scan_id")
 

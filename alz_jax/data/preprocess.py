@@ -19,7 +19,12 @@ class DecodeError(ValueError):
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decodes JPEG or PNG bytes (grayscale or colour) to a 2-D uint8 grayscale array."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if not data:
+        raise DecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:
+        image = None
     if image is None:
         raise DecodeError(f"{name}: not a decodable JPEG/PNG image ({len(data)} bytes)")
     return image
