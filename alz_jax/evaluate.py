@@ -28,12 +28,12 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from alz_jax import metrics, sharding
+from alz_jax import metrics, sharding, steps
 from alz_jax.data import input_pipeline
 from alz_jax.errors import UserError
 
 REPORT_LEVELS = metrics.LEVELS
-TTA_VIEWS = ("hflip", "vflip")
+TTA_VIEWS = tuple(v for v in steps.VIEWS if v != "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,9 +292,6 @@ def _ci(m: dict, name: str) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
-SUMMARY_COLUMNS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
-
-
 def format_report(report: dict) -> str:
     """The summary table printed by `evaluate`, `main` and the demo."""
     cal = report["calibration"]
@@ -504,7 +501,7 @@ def evaluate_weights(
     """Predicts validation and `split` with `params`, calibrates on validation, and writes the
     report (JSON, Markdown), predictions CSV and figures into `workdir` (process 0); returns the
     report. `writer` (a CLU metric writer) also receives the figures as images."""
-    from alz_jax import figures, saliency, steps
+    from alz_jax import figures, saliency
 
     views = ("plain", *settings.tta)
     fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
