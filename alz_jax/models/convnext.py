@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alz_jax.models import depthwise
+
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
     "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
@@ -42,11 +44,15 @@ class ConvNeXtSpec:
     head_init_scale: float = 1.0
     dtype: str = "float32"
     param_dtype: str = "float32"
+    depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
 
-def spec_from_config(model_config, dtype: str | None = None) -> ConvNeXtSpec:
+def spec_from_config(
+    model_config, dtype: str | None = None, backend: str | None = None
+) -> ConvNeXtSpec:
     """Builds a ConvNeXtSpec from a `config.model` ml_collections section; `dtype` is the
-    compute dtype (the resolved `config.dtype`), float32 if not given."""
+    compute dtype (the resolved `config.dtype`), float32 if not given; `model.depthwise`
+    ('auto' if unset) is resolved for `backend` (JAX's default if not given)."""
     if model_config.get("size"):
         if model_config.size not in SIZES:
             raise ValueError(
@@ -70,6 +76,7 @@ def spec_from_config(model_config, dtype: str | None = None) -> ConvNeXtSpec:
         head_init_scale=model_config.get("head_init_scale", 1.0),
         dtype=dtype or "float32",
         param_dtype=model_config.get("param_dtype", "float32"),
+        depthwise=depthwise.resolve(model_config.get("depthwise", "auto"), backend),
     )
 
 
@@ -142,10 +149,13 @@ class Block(nnx.Module):
         self.gamma = nnx.Param(jnp.full((dim,), spec.layer_scale_init, spec.param_dtype))
         self.drop_path_rate = drop_path_rate
         self.compute_dtype = spec.dtype
+        self.depthwise = spec.depthwise
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
         shortcut = x
-        x = self.dwconv(x)
+        # The dwconv module holds the parameters (one layout for every implementation).
+        x = depthwise.depthwise_conv(x, self.dwconv.kernel.value, self.depthwise)
+        x = x + self.dwconv.bias.value.astype(x.dtype)
         x = self.norm(x).astype(self.compute_dtype)
         x = self.pwconv1(x)
         x = jax.nn.gelu(x, approximate=False)
