@@ -125,5 +125,5 @@ def test_auto_picks_shift_on_cpu_and_xla_on_accelerators():
     assert depthwise.resolve("auto", "gpu") == "xla"
     assert depthwise.resolve("auto", "tpu") == "xla"
     assert depthwise.resolve("xla", "cpu") == "xla"
-    with pytest.raises(ValueError, match="'fft'.*expected one of"):
+    with pytest.raises(ValueError, match=r"'fft'.*expected one of"):
         depthwise.resolve("fft")
