@@ -10,7 +10,7 @@ import ml_collections
 from alz_jax import averaging
 from alz_jax.data import augment, mixing
 from alz_jax.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.models import convnext, depthwise
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Names of the validation scalars a best checkpoint may be chosen on.
@@ -114,6 +114,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ),
         ("optim.learning_rate", c.optim.learning_rate, c.optim.learning_rate > 0, "> 0"),
         ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
+        (
+            "profile.start_step/num_steps",
+            (c.get("profile", {}).get("start_step", 0), c.get("profile", {}).get("num_steps", 0)),
+            c.get("profile", {}).get("start_step", 0) >= 0
+            and c.get("profile", {}).get("num_steps", 0) >= 0,
+            ">= 0 each",
+        ),
         ("checkpoint.keep_latest", c.checkpoint.keep_latest, c.checkpoint.keep_latest >= 1, ">= 1"),
         ("checkpoint.keep_best", c.checkpoint.keep_best, c.checkpoint.keep_best >= 1, ">= 1"),
         (
@@ -165,6 +172,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     evaluate.EvalSettings.from_config(c)
     try:
+        depthwise.resolve(c.model.get("depthwise", "auto"))
         augment.AugmentSpec.from_config(c.augment)
         mixing.spec_from_config(c, 1)
         convnext.spec_from_config(c.model)

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import distributed, evaluate, logs, metrics, train
+from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, metrics, train
 from alz_jax.errors import exit_on_user_error
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
@@ -113,9 +113,11 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Runs all folds and prints the aggregate."""
     del argv
+    hostenv.reexec_with_huge_pages()
     logs.setup()
     with exit_on_user_error():
         distributed.initialize_from_flags()
+        compilation_cache.enable()
         report = run_folds(flags.FLAGS.config, flags.FLAGS.workdir)
     if "written_by_process_0" in report:
         return

@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import distributed, evaluate, logs, train
+from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
@@ -27,10 +27,12 @@ _MIN_SCAN_ACCURACY = flags.DEFINE_float(
 def main(argv: list[str]) -> None:
     """Runs the demo and applies the accuracy gate."""
     del argv
+    hostenv.reexec_with_huge_pages()
     logs.setup()
     shutil.rmtree(_WORKDIR.value, ignore_errors=True)
     start = time.perf_counter()
     distributed.initialize_from_flags()
+    compilation_cache.enable()
     report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in report:
         sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")

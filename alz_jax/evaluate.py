@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from alz_jax import metrics, sharding, steps
+from alz_jax import compilation_cache, metrics, sharding, steps
 from alz_jax.data import input_pipeline
 from alz_jax.errors import UserError
 
@@ -595,6 +595,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     with exit_on_user_error():
         distributed.initialize_from_flags()
+        compilation_cache.enable()
         report = train.evaluate_checkpoint(
             f.workdir, f.split, f.checkpoint, f.weights,
             overrides=dict(threshold=f.threshold, temperature_scaling=f.temperature_scaling,

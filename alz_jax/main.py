@@ -7,7 +7,7 @@ and Kubernetes, or take --coordinator_address, --num_processes and --process_id.
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import distributed, evaluate, logs, train
+from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, train
 from alz_jax.errors import exit_on_user_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -20,9 +20,11 @@ def main(argv: list[str]) -> None:
     """Trains and evaluates; user errors print a message and exit with status 2; a preempted
     run (SIGTERM) saves its state and exits with status 0."""
     del argv
+    hostenv.reexec_with_huge_pages()
     logs.setup()
     with exit_on_user_error():
         distributed.initialize_from_flags()
+        compilation_cache.enable()
         report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in report:
         print(f"Preempted: state saved at step {report['preempted_at_step']}; "

@@ -28,6 +28,7 @@ from absl import app, flags
 from alz_jax import (
     averaging,
     checkpointing,
+    compilation_cache,
     config_lib,
     logs,
     metrics,
@@ -222,6 +223,7 @@ def main(argv: list[str]) -> None:
     """Prints (and optionally writes) P(AD) per image and per scan; exit status 1 if any input
     was unreadable."""
     logs.setup()
+    compilation_cache.enable()
     paths = argv[1:]
     with exit_on_user_error():
         if not _WORKDIR.value:

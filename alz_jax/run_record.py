@@ -62,7 +62,8 @@ def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
     training recipe (a new batch size, seed, duration or optimizer would change the data stream
     or the schedule mid-run)."""
     return {
-        "model": config.model.to_dict(),
+        # The depthwise implementation is not part of a run: every one has the same parameters.
+        "model": {k: v for k, v in config.model.to_dict().items() if k != "depthwise"},
         "training": {
             "seed": config.seed,
             "batch_size": config.batch_size,

@@ -29,6 +29,7 @@ from alz_jax import (
     evaluate,
     logs,
     preview,
+    profiling,
     run_record,
     sharding,
     steps,
@@ -246,7 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- The training loop. ----
     batch_sharding = sharding.batch_sharded(mesh)
     preempted_at = None
-    with timer("train"), contextlib.closing(grain_iter):
+    profile = config.get("profile", {})
+    trace_window = profiling.TraceWindow(
+        workdir / "profile", profile.get("start_step", 0), profile.get("num_steps", 0)
+    )
+    with timer("train"), contextlib.closing(grain_iter), contextlib.closing(trace_window):
         try:
             if start_step < total_steps:
                 train_iter = grain_iter
@@ -260,10 +265,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     wait_start = time.perf_counter()
                     batch = next(train_iter)
                     wait_time += time.perf_counter() - wait_start
+                    trace_window.before_step(step)
                     with jax.profiler.StepTraceAnnotation("train", step_num=step):
                         state, step_metrics = train_step(
                             state, input_pipeline.to_global(batch, batch_sharding)
                         )
+                    trace_window.after_step(step, step_metrics)
                     done = step + 1
                     history.append((done, step_metrics))
                     progress(done)

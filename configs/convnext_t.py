@@ -123,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 5
     config.eval_every_steps = ml_collections.config_dict.placeholder(int)
     config.log_every_steps = 50
+    # A jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile
+    # (TensorBoard's profile tab or ui.perfetto.dev); num_steps = 0 traces nothing.
+    config.profile = ml_collections.ConfigDict()
+    config.profile.start_step = 10
+    config.profile.num_steps = 0
 
     # Weight averages, both evaluated beside the raw weights at every validation (REFERENCE.md).
     config.ema = ml_collections.ConfigDict()

@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No persistent compilation cache in tests (subprocess runs inherit this): processes of one
+# multi-process run would reach their first collective far apart, one loading and one compiling.
+os.environ["ALZ_JAX_COMPILE_CACHE"] = "off"
 
 import jax
 import pytest

@@ -264,3 +264,23 @@ def count_params(model: nnx.Module) -> int:
     """Number of scalar parameters of an NNX model."""
     params = nnx.state(model, nnx.Param)
     return sum(int(p.size) for p in jax.tree.leaves(params))
+
+
+def forward_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
+    """FLOPs (2 per multiply-add) of one image's forward pass through the convolutions and
+    linear layers, which are all but ~1% of the work (norms, GELU and adds left out)."""
+    side = resolution // 4
+    macs = side * side * spec.dims[0] * 16 * spec.in_chans  # 4x4 stride-4 stem
+    for i, (depth, dim) in enumerate(zip(spec.depths, spec.dims, strict=True)):
+        if i > 0:
+            side //= 2
+            macs += side * side * dim * 4 * spec.dims[i - 1]  # 2x2 stride-2 downsample
+        macs += depth * side * side * (49 * dim + 8 * dim * dim)  # dwconv 7x7, MLP C-4C-C
+    macs += spec.dims[-1] * spec.num_classes
+    return 2.0 * macs
+
+
+def train_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
+    """Forward plus backward FLOPs per training image: 3x the forward (the usual convention:
+    the backward pass computes gradients for activations and for weights)."""
+    return 3.0 * forward_flops_per_image(spec, resolution)
