@@ -487,6 +487,9 @@ def main() -> None:
     from alz_jax import hostenv
 
     hostenv.reexec_with_huge_pages()  # as main does: same memory behaviour as training
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags (defaults here)
     if args.command == "augment":
         result = bench_augment(args.size, args.seconds)
     else:

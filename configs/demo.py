@@ -29,7 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ".demo/data"
     config.data.synthetic_seed = 0
     config.data.image_size = 64
+    # Chosen with `python -m alz_jax.bench e2e` (README, "Performance"): one worker with a
+    # 4-deep buffer waited 8% of the time; 2 workers compete with XLA for the 2 cores.
     config.data.num_workers = 1
+    config.data.prefetch_buffer_size = 4
     config.data.eval_num_workers = 0
 
     # Random resized crop and horizontal flip only (the rest of the seed pipeline is off).
