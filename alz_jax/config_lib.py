@@ -10,7 +10,7 @@ import ml_collections
 from alz_jax import averaging
 from alz_jax.data import augment, mixing
 from alz_jax.errors import UserError
-from alz_jax.models import convnext, depthwise
+from alz_jax.models import convnext
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Names of the validation scalars a best checkpoint may be chosen on.
@@ -172,7 +172,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     evaluate.EvalSettings.from_config(c)
     try:
-        depthwise.resolve(c.model.get("depthwise", "auto"))
         augment.AugmentSpec.from_config(c.augment)
         mixing.spec_from_config(c, 1)
         convnext.spec_from_config(c.model)

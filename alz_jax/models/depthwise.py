@@ -23,7 +23,7 @@ IMPLS = ("auto", "xla", "shift")
 def resolve(impl: str, backend: str | None = None) -> str:
     """The concrete implementation for `impl` on `backend` (default: JAX's default backend)."""
     if impl not in IMPLS:
-        raise ValueError(f"depthwise implementation {impl!r}: expected one of {IMPLS}")
+        raise ValueError(f"config.model.depthwise = {impl!r}: expected one of {IMPLS}")
     if impl != "auto":
         return impl
     return "shift" if (backend or jax.default_backend()) == "cpu" else "xla"
