@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import ml_collections
@@ -113,6 +114,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "in [0, 1)",
         ),
         ("optim.learning_rate", c.optim.learning_rate, c.optim.learning_rate > 0, "> 0"),
+        (
+            "optim.layer_decay",
+            c.optim.get("layer_decay", 1.0),
+            0.0 < c.optim.get("layer_decay", 1.0) <= 1.0,
+            "in (0, 1] (1.0: off)",
+        ),
         ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
         (
             "profile.start_step/num_steps",
@@ -180,7 +187,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, value, ok, expected in checks:
         if not ok:
             raise UserError(f"config.{field} = {value!r}: expected {expected}.")
+    _check_init_from(c.model.get("init_from", ""))
     validate_batch(c, jax.device_count(), jax.process_count())
+
+
+def _check_init_from(value: str) -> None:
+    """A local weight file named by model.init_from must exist before any data work."""
+    if not value:
+        return
+    from alz_jax.models import convert
+
+    _, path = convert.parse_init_from(value)
+    if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
+        raise UserError(f"config.model.init_from = {value!r}: no such file {path}.")
 
 
 def validate_batch(config: ml_collections.ConfigDict, devices: int, processes: int) -> None:

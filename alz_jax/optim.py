@@ -1,8 +1,10 @@
-"""Optimizer: gradient clipping, AdamW with weight decay off rank-1 parameters, warmup-cosine."""
+"""Optimizer: gradient clipping, AdamW with weight decay off rank-1 parameters, warmup-cosine,
+and optional layer-wise learning-rate decay for fine-tuning."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -27,10 +29,57 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def layer_ids(params) -> tuple[dict, int]:
+    """(tree of each parameter's layer index, number of layers) of a ConvNeXt parameter tree,
+    numbered from the input as timm's `param_groups_layer_decay` does for ConvNeXt: the stem is
+    0, then each stage's downsample and each block in order; the head is the last layer."""
+    stages = params["stages"]
+    index, block_id, downsample_id = 1, {}, {}
+    for s in sorted(stages, key=int):
+        if int(s) > 0:
+            downsample_id[int(s) - 1], index = index, index + 1
+        for j in sorted(stages[s], key=int):
+            block_id[(int(s), int(j))], index = index, index + 1
+    head = index
+
+    def layer(path, _):
+        names = [getattr(k, "key", k) for k in path]
+        if names[0] == "stem":
+            return 0
+        if names[0] == "downsamples":
+            return downsample_id[int(names[1])]
+        if names[0] == "stages":
+            return block_id[(int(names[1]), int(names[2]))]
+        return head
+
+    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+
+
+def layer_decay_scales(params, decay: float):
+    """Learning-rate multiplier per parameter: decay ** (head's index - the layer's index), so
+    the head learns at the full rate and each layer closer to the input at `decay` times the
+    rate of the one above it (BEiT, ConvNeXt fine-tuning)."""
+    ids, num_layers = layer_ids(params)
+    return jax.tree.map(lambda i: float(decay) ** (num_layers - 1 - i), ids)
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by its layer-decay scale. Placed after AdamW, it scales
+    the whole step (learning rate times Adam direction plus weight decay): a per-layer learning
+    rate."""
+
+    def scale(updates, params):
+        scales = layer_decay_scales(updates, decay)
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales)
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(
     optim_config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW (betas, eps, decoupled weight decay from the config)."""
+    """Global-norm clipping then AdamW (betas, eps, decoupled weight decay from the config),
+    then layer-wise learning-rate decay if `layer_decay` < 1."""
     parts = []
     if optim_config.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
@@ -44,4 +93,6 @@ def make_optimizer(
             mask=weight_decay_mask,
         )
     )
+    if optim_config.get("layer_decay", 1.0) != 1.0:
+        parts.append(scale_by_layer_decay(optim_config.layer_decay))
     return optax.chain(*parts)

@@ -51,8 +51,10 @@ def make_model(spec: convnext.ConvNeXtSpec) -> Model:
     return Model(spec=spec, graphdef=graphdef)
 
 
-def _initial_state(spec, tx, averages: averaging.AveragingSpec, seed: int) -> TrainState:
-    params = init_params(spec, seed)
+def _initial_state(
+    spec, tx, averages: averaging.AveragingSpec, seed: int, params=None
+) -> TrainState:
+    params = init_params(spec, seed) if params is None else params
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -67,12 +69,15 @@ def create_train_state(
     mesh: jax.sharding.Mesh,
     seed: int,
     averages: averaging.AveragingSpec = averaging.NO_AVERAGES,
+    params=None,
 ) -> TrainState:
     """A fresh train state {step, params, opt_state[, ema][, swa, swa_count]} created directly
-    on device, replicated over the mesh."""
+    on device, replicated over the mesh; from `params` (e.g. imported ImageNet weights, whose
+    copies the averages start from) or a fresh initialisation with `seed`."""
     return jax.jit(
-        lambda: _initial_state(spec, tx, averages, seed), out_shardings=sharding.replicated(mesh)
-    )()
+        lambda p: _initial_state(spec, tx, averages, seed, p),
+        out_shardings=sharding.replicated(mesh),
+    )(params)
 
 
 def abstract_train_state(

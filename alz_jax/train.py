@@ -36,7 +36,7 @@ from alz_jax import (
 )
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.models import convert, convnext
 
 
 class StageTimer:
@@ -175,7 +175,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = checkpointing.restore(manager, start_step, abstract, grain_iter)
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
-        state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
+        initial = None
+        if config.model.get("init_from"):  # e.g. ImageNet weights from torchvision or timm
+            initial = convert.init_params_from(config.model.init_from, spec, config.seed)
+        state = steps.create_train_state(spec, tx, mesh, config.seed, averages, initial)
     train_step = steps.make_train_step(model, tx, schedule, config, pixel_stats, mesh, averages)
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
     logging.info(

@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Depthwise 7x7 convolution: 'auto' (XLA's grouped conv on GPU/TPU, 'shift' on CPU, where
     # it is several times faster), 'xla' or 'shift'. Same parameters and result either way.
     config.model.depthwise = "auto"
+    # Start from PyTorch ImageNet weights: 'torchvision:PATH', 'timm:PATH' or 'fb:PATH' (a
+    # .safetensors file, or a .pth when torch is installed); the 3-channel stem is summed to one
+    # channel and the 1000-class head re-initialised. Empty: train from scratch.
+    config.model.init_from = ""
 
     # Compute dtype of activations, matmuls and convolutions: 'auto' is bfloat16 on GPU/TPU and
     # float32 on CPU. Parameters, optimizer state, LayerNorm statistics, softmax and loss stay
@@ -113,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.eps = 1e-8
     config.optim.grad_clip_norm = 1.0
     config.optim.label_smoothing = 0.1
+    # Layer-wise learning-rate decay for fine-tuning: layer k below the head learns at
+    # layer_decay**k times the rate (e.g. 0.8 with init_from); 1.0 is off.
+    config.optim.layer_decay = 1.0
 
     config.batch_size = 512  # global, over all devices and processes
     # Durations: *_steps, when set, wins over *_epochs; converted to steps in one place.

@@ -1,0 +1,384 @@
+"""ImageNet ConvNeXt weights from PyTorch (torchvision, timm, the official FB release) into NNX.
+
+    model = convert.from_torchvision(convert.load_state_dict("convnext_tiny.pth"), "tiny")
+    config.model.init_from = "torchvision:/path/convnext_tiny-983f1562.pth"   # fine-tune
+
+A state dict is a mapping of names to arrays in one of three key layouts (../shared/REFERENCE.md).
+Each tensor is moved to the project's NHWC layout: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g,
+O], linears [out, in] -> [in, out], LayerNorm weight -> scale, layer scale [C, 1, 1] -> [C]. A
+3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
+input axis (a grayscale image repeated over RGB gives the same activations). A head whose class
+count differs from the spec's (1000 ImageNet classes) is re-initialised as a fresh model's would
+be. Every other tensor must be present with the expected shape, and every tensor in the file must
+be used: a mismatch is an error naming the keys.
+
+Files are read without unpickling arbitrary objects: safetensors (`.safetensors`), NumPy
+archives (`.npz`, no pickle) or PyTorch files (`.pth`, `.pt`, `.bin`) through
+`torch.load(..., weights_only=True)` when torch is installed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from alz_jax.errors import UserError
+from alz_jax.models import convnext
+
+LAYOUTS = ("torchvision", "timm", "fb")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
+# Keys under which training scripts nest the model's state dict (FB: "model"; others).
+_NESTING_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+class ConversionError(UserError):
+    """A state dict that doesn't fit the requested model; the message names the keys."""
+
+
+# ---- Reading files. ----
+
+
+def _torch_to_numpy(value) -> np.ndarray:
+    # bfloat16/float16 tensors go through float32: numpy has no bfloat16 of torch's.
+    if value.is_floating_point():
+        value = value.float()
+    return value.detach().cpu().numpy()
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Name -> array of a weight file (local or any etils path, e.g. gs://), without unpickling
+    arbitrary objects; a checkpoint that nests its state dict under 'model' or 'state_dict'
+    (FB's release, many training scripts) is unwrapped and a DDP 'module.' prefix removed."""
+    file = epath.Path(os.path.expanduser(path))
+    if not file.exists():
+        raise UserError(f"Weight file {path} does not exist.")
+    suffix = file.suffix.lower()
+    data = file.read_bytes()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.numpy import load
+
+            state = load(data)
+        elif suffix == ".npz":
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                state = {k: archive[k] for k in archive.files}
+        elif suffix in TORCH_SUFFIXES:
+            state = _load_torch(data, path)
+        else:
+            raise UserError(
+                f"Weight file {path}: unknown type {suffix!r}; expected .safetensors, .npz or a "
+                f"PyTorch file ({', '.join(TORCH_SUFFIXES)})."
+            )
+    except UserError:
+        raise
+    except Exception as e:  # a truncated or corrupt file: name it, say what it was read as
+        raise UserError(f"Could not read weight file {path} as {suffix}: {e}") from e
+    for key in _NESTING_KEYS:
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not state:
+        raise UserError(f"Weight file {path} holds no tensors.")
+    return state
+
+
+def _load_torch(data: bytes, path: str) -> dict:
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError(
+            f"Reading the PyTorch file {path} needs torch (pip install torch), which alz_jax "
+            "does not install. Or convert it once where torch is, to a file read without torch "
+            "(for FB's release, take torch.load(...)['model']):\n"
+            '  python -c "import torch, safetensors.torch as s; s.save_file({k: v.contiguous() '
+            "for k, v in torch.load('IN.pth', weights_only=True).items()}, 'OUT.safetensors')\""
+        ) from e
+    # weights_only: tensors and plain containers only; a pickled object is refused.
+    loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
+
+    def convert(tree):
+        if isinstance(tree, Mapping):
+            return {k: convert(v) for k, v in tree.items()}
+        return _torch_to_numpy(tree) if isinstance(tree, torch.Tensor) else tree
+
+    return convert(loaded)
+
+
+def detect_layout(state_dict: Mapping[str, np.ndarray]) -> str:
+    """'torchvision', 'timm' or 'fb', from the stem's key."""
+    for layout, key in (("torchvision", "features.0.0.weight"), ("timm", "stem.0.weight"),
+                        ("fb", "downsample_layers.0.0.weight")):  # fmt: skip
+        if key in state_dict:
+            return layout
+    raise ConversionError(
+        "Not a ConvNeXt state dict in torchvision, timm or FB layout: none of "
+        "features.0.0.weight, stem.0.weight, downsample_layers.0.0.weight is present (first "
+        f"keys: {sorted(state_dict)[:5]})."
+    )
+
+
+# ---- Key layouts: the PyTorch prefix of each of the project's modules. ----
+
+
+_BLOCK_PARTS = ("dwconv", "norm", "pwconv1", "pwconv2", "gamma")
+# Per layout: stem (conv, norm); downsample i (norm, conv); block prefix; block parts in the order
+# of _BLOCK_PARTS; head (norm, fc).
+_LAYOUT_NAMES = {
+    "torchvision": (
+        ("features.0.0", "features.0.1"),
+        lambda i: (f"features.{2 * i}.0", f"features.{2 * i}.1"),
+        lambda s, j: f"features.{2 * s + 1}.{j}",
+        ("block.0", "block.2", "block.3", "block.5", "layer_scale"),
+        ("classifier.0", "classifier.2"),
+    ),
+    "timm": (
+        ("stem.0", "stem.1"),
+        lambda i: (f"stages.{i}.downsample.0", f"stages.{i}.downsample.1"),
+        lambda s, j: f"stages.{s}.blocks.{j}",
+        ("conv_dw", "norm", "mlp.fc1", "mlp.fc2", "gamma"),
+        ("head.norm", "head.fc"),
+    ),
+    "fb": (
+        ("downsample_layers.0.0", "downsample_layers.0.1"),
+        lambda i: (f"downsample_layers.{i}.0", f"downsample_layers.{i}.1"),
+        lambda s, j: f"stages.{s}.{j}",
+        _BLOCK_PARTS,
+        ("norm", "head"),
+    ),
+}
+
+
+def _module_prefixes(layout: str, depths: tuple[int, ...]) -> dict[tuple, str]:
+    """(project module path) -> PyTorch module prefix, for every module with parameters (and
+    the full key of each block's layer scale)."""
+    if layout not in _LAYOUT_NAMES:
+        raise ValueError(f"layout {layout!r}; expected one of {LAYOUTS}")
+    stem, downsample, block, parts, head = _LAYOUT_NAMES[layout]
+    out = {("stem", "conv"): stem[0], ("stem", "norm"): stem[1]}
+    for i in range(1, len(depths)):
+        out[("downsamples", i - 1, "norm")], out[("downsamples", i - 1, "conv")] = downsample(i)
+    for s, depth in enumerate(depths):
+        for j in range(depth):
+            for name, sub in zip(_BLOCK_PARTS, parts, strict=True):
+                out[("stages", s, j, name)] = f"{block(s, j)}.{sub}"
+    out[("head", "norm")], out[("head", "fc")] = head
+    return out
+
+
+_BLOCK_BIAS = {
+    "torchvision": r"features\.(\d+)\.(\d+)\.block\.0\.bias",
+    "timm": r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.bias",
+    "fb": r"stages\.(\d+)\.(\d+)\.dwconv\.bias",
+}
+
+
+def architecture(state_dict: Mapping[str, np.ndarray], layout: str) -> tuple[tuple, tuple]:
+    """(depths, dims) of the ConvNeXt a state dict holds, read from its depthwise biases."""
+    blocks: dict[int, dict[int, int]] = {}
+    for key, value in state_dict.items():
+        match = re.fullmatch(_BLOCK_BIAS[layout], key)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            if layout == "torchvision":
+                stage = (stage - 1) // 2
+            blocks.setdefault(stage, {})[block] = int(value.shape[0])
+    if not blocks:
+        raise ConversionError(f"No ConvNeXt blocks found in this {layout}-layout state dict.")
+    depths = tuple(len(blocks[s]) for s in sorted(blocks))
+    dims = tuple(blocks[s][0] for s in sorted(blocks))
+    return depths, dims
+
+
+def size_name(depths: tuple, dims: tuple) -> str | None:
+    """The timm size name (atto ... large) of (depths, dims), or None."""
+    return next((n for n, v in convnext.SIZES.items() if v == (depths, dims)), None)
+
+
+# ---- Conversion. ----
+
+
+def _to_nhwc(
+    path: tuple, leaf: str, value: np.ndarray, expected: tuple, key: str
+) -> tuple[np.ndarray, str | None]:
+    """A PyTorch tensor in the project's layout; (array, note of an adaptation or None)."""
+    value = np.asarray(value, np.float32)
+    if leaf == "kernel" and value.ndim == 4:
+        value = value.transpose(2, 3, 1, 0)
+        if path == ("stem", "conv") and value.shape[2] != expected[2]:
+            if expected[2] != 1:
+                raise ConversionError(
+                    f"{key}: a {value.shape[2]}-channel stem can only be adapted to in_chans=1 "
+                    f"(summed over its input channels), not in_chans={expected[2]}."
+                )
+            return value.sum(axis=2, keepdims=True), (
+                f"stem: summed the {value.shape[2]}-channel kernel over its input channels "
+                "for 1-channel input"
+            )
+    elif leaf == "kernel" and value.ndim == 2:
+        value = value.T
+    elif leaf == "gamma":
+        value = value.reshape(-1)
+    return value, None
+
+
+def params_from_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    spec: convnext.ConvNeXtSpec,
+    layout: str | None = None,
+    seed: int = 0,
+) -> tuple[dict, list[str]]:
+    """The project's parameter tree (a pure dict of float32 arrays, as `steps.init_params`) from
+    a PyTorch state dict, and the list of adaptations made (stem summed, head re-initialised).
+
+    Raises ConversionError naming the keys when the state dict holds a different architecture,
+    lacks a tensor, or has tensors this model would not use.
+    """
+    layout = layout or detect_layout(state_dict)
+    if layout not in LAYOUTS:
+        raise ConversionError(f"layout {layout!r}; expected one of {LAYOUTS}")
+    depths, dims = architecture(state_dict, layout)
+    if (depths, dims) != (tuple(spec.depths), tuple(spec.dims)):
+        have = size_name(depths, dims) or f"depths {depths}, dims {dims}"
+        want = size_name(tuple(spec.depths), tuple(spec.dims)) or f"{spec.depths}, {spec.dims}"
+        raise ConversionError(
+            f"The {layout} state dict holds a ConvNeXt {have}; the model is ConvNeXt {want}. "
+            "Set config.model.size (or depths and dims) to the checkpoint's architecture."
+        )
+    from alz_jax import steps  # a fresh model's initialisation, for a re-initialised head
+
+    template = steps.init_params(spec, seed)
+    prefixes = _module_prefixes(layout, depths)
+    used: set[str] = set()
+    notes: list[str] = []
+    missing: list[str] = []
+
+    def convert(path: tuple, init: np.ndarray) -> np.ndarray:
+        leaf = path[-1]
+        if leaf == "gamma":  # the block's layer scale, a parameter of the block itself
+            key = prefixes[path]
+        else:
+            torch_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
+            key = f"{prefixes[path[:-1]]}.{torch_leaf}"
+        if key not in state_dict:
+            missing.append(key)
+            return np.asarray(init)
+        used.add(key)
+        value, note = _to_nhwc(path[:-1], leaf, state_dict[key], tuple(init.shape), key)
+        if note and note not in notes:
+            notes.append(note)
+        if path[:-1] == ("head", "fc") and value.shape != tuple(init.shape):
+            note = (
+                f"head: re-initialised for {spec.num_classes} classes (the checkpoint's has "
+                f"{np.shape(state_dict[prefixes[('head', 'fc')] + '.bias'])[0]})"
+            )
+            if note not in notes:
+                notes.append(note)
+            return np.asarray(init, np.float32)
+        if value.shape != tuple(init.shape):
+            raise ConversionError(
+                f"{key} has shape {tuple(np.shape(state_dict[key]))}, which becomes "
+                f"{value.shape} in NHWC; the model expects {tuple(init.shape)} for "
+                f"{'.'.join(map(str, path))}."
+            )
+        return value
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    params = jax.tree_util.tree_unflatten(
+        treedef, [convert(tuple(k.key for k in path), init) for path, init in leaves]
+    )
+    if missing:
+        raise ConversionError(
+            f"The {layout} state dict lacks {len(missing)} tensor(s) this ConvNeXt needs: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
+    unused = sorted(set(state_dict) - used)
+    if unused:
+        raise ConversionError(
+            f"The {layout} state dict has {len(unused)} tensor(s) this ConvNeXt would not use "
+            f"(another architecture or layout?): "
+            + ", ".join(unused[:10])
+            + (" ..." if len(unused) > 10 else "")
+        )
+    return params, notes
+
+
+def _model_with(params: dict, spec: convnext.ConvNeXtSpec) -> convnext.ConvNeXt:
+    model = convnext.ConvNeXt(spec, rngs=nnx.Rngs(0))
+    nnx.update(model, nnx.State(params))
+    return model
+
+
+def _spec_for(size: str | convnext.ConvNeXtSpec, in_chans: int, num_classes: int):
+    if isinstance(size, convnext.ConvNeXtSpec):
+        return size
+    if size not in convnext.SIZES:
+        raise ConversionError(f"size {size!r}; expected one of {sorted(convnext.SIZES)}")
+    depths, dims = convnext.SIZES[size]
+    return convnext.ConvNeXtSpec(depths, dims, in_chans=in_chans, num_classes=num_classes)
+
+
+def _from_layout(layout: str) -> Callable[..., convnext.ConvNeXt]:
+    def convert_state_dict(
+        state_dict: Mapping[str, np.ndarray],
+        size: str | convnext.ConvNeXtSpec,
+        *,
+        in_chans: int = 1,
+        num_classes: int = 2,
+        seed: int = 0,
+    ) -> convnext.ConvNeXt:
+        spec = _spec_for(size, in_chans, num_classes)
+        params, notes = params_from_state_dict(state_dict, spec, layout, seed)
+        for note in notes:
+            logging.info("Weight import (%s): %s", layout, note)
+        return _model_with(params, spec)
+
+    convert_state_dict.__name__ = f"from_{layout}"
+    convert_state_dict.__doc__ = (
+        f"The project's NNX ConvNeXt carrying the weights of a {layout}-layout state dict; "
+        "`size` is a size name ('tiny') or a ConvNeXtSpec. The stem is summed to `in_chans=1` "
+        "and the head re-initialised (with `seed`) when `num_classes` differs."
+    )
+    return convert_state_dict
+
+
+from_torchvision = _from_layout("torchvision")
+from_timm = _from_layout("timm")
+from_fb = _from_layout("fb")
+
+
+def parse_init_from(value: str) -> tuple[str, str]:
+    """'torchvision:PATH' | 'timm:PATH' | 'fb:PATH' -> (layout, path)."""
+    layout, sep, path = value.partition(":")
+    if not sep or layout not in LAYOUTS or not path:
+        raise UserError(
+            f"config.model.init_from = {value!r}: expected 'LAYOUT:PATH' with LAYOUT one of "
+            f"{'|'.join(LAYOUTS)}, e.g. 'torchvision:/data/convnext_tiny-983f1562.pth'."
+        )
+    return layout, path
+
+
+def init_params_from(value: str, spec: convnext.ConvNeXtSpec, seed: int) -> dict:
+    """The starting parameters named by `config.model.init_from` ('LAYOUT:PATH')."""
+    layout, path = parse_init_from(value)
+    state_dict = load_state_dict(path)
+    try:
+        params, notes = params_from_state_dict(state_dict, spec, layout, seed)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from e
+    logging.info("Starting from %s weights in %s%s", layout, path,
+                 "".join(f"; {n}" for n in notes))  # fmt: skip
+    return params
