@@ -236,7 +236,7 @@ def test_full_convnext_tiny_matches_torchvision(tmp_path):
             state,
             convnext.ConvNeXtSpec(
                 *convnext.SIZES["tiny"], in_chans=3, num_classes=1000, depthwise=depthwise
-            ),  # fmt: skip
+            ),
         )
         logits = np.asarray(ours(nhwc(images.numpy())))
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
