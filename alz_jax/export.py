@@ -280,15 +280,17 @@ def export(
     return out
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-_WEIGHTS = flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
-                             "Weights; 'selected': those that won validation.")  # fmt: skip
-_FORMAT = flags.DEFINE_enum("format", None, list(FORMATS), "Weight file format.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored weights and compute dtype.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder (default WORKDIR/export/...).")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
-                               "Platforms the serialized function is lowered for.")  # fmt: skip
+def _define_flags() -> None:
+    """The command's flags (defined when it runs, as the other commands do)."""
+    flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+    flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+    flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
+                      "Weights; 'selected': those that won validation.")  # fmt: skip
+    flags.DEFINE_enum("format", None, list(FORMATS), "Weight file format.")
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored weights and compute dtype.")
+    flags.DEFINE_string("output", None, "Output folder (default WORKDIR/export/...).")
+    flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
+                      "Platforms the serialized function is lowered for.")  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -297,13 +299,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logs.setup()
     compilation_cache.enable()
+    f = flags.FLAGS
     with exit_on_user_error():
-        if not _WORKDIR.value or not _FORMAT.value:
+        if not f.workdir or not f.format:
             raise UserError("--workdir and --format are required.")
-        out = export(_WORKDIR.value, _FORMAT.value, _CHECKPOINT.value, _WEIGHTS.value,
-                     _DTYPE.value, _OUTPUT.value, tuple(_PLATFORMS.value))  # fmt: skip
+        out = export(f.workdir, f.format, f.checkpoint, f.weights, f.dtype, f.output,
+                     tuple(f.platforms))  # fmt: skip
     print(f"Exported to {out}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

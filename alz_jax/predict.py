@@ -212,11 +212,13 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
     }  # fmt: skip
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-_WEIGHTS = flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
-                             "Weights; 'selected': those that won validation.")  # fmt: skip
-_OUTPUT = flags.DEFINE_string("output", None, "Also write the result to this .csv or .json.")
+def _define_flags() -> None:
+    """The command's flags, defined only when it runs (its module is imported by `export`)."""
+    flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+    flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+    flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
+                      "Weights; 'selected': those that won validation.")  # fmt: skip
+    flags.DEFINE_string("output", None, "Also write the result to this .csv or .json.")
 
 
 def main(argv: list[str]) -> None:
@@ -224,14 +226,14 @@ def main(argv: list[str]) -> None:
     was unreadable."""
     logs.setup()
     compilation_cache.enable()
-    paths = argv[1:]
+    paths, f = argv[1:], flags.FLAGS
     with exit_on_user_error():
-        if not _WORKDIR.value:
+        if not f.workdir:
             raise UserError("--workdir is required (the training run whose weights to use).")
         if not paths:
             raise UserError("Give one or more image files or folders after the flags.")
-        result = run(_WORKDIR.value, paths, _CHECKPOINT.value, _WEIGHTS.value)
-        written = write_output(Path(_OUTPUT.value), result) if _OUTPUT.value else []
+        result = run(f.workdir, paths, f.checkpoint, f.weights)
+        written = write_output(Path(f.output), result) if f.output else []
     print(format_result(result))
     for path in written:
         print(f"Written: {path}")
@@ -240,4 +242,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
