@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo demo-figures clean
+.PHONY: venv test test-fast lint format demo demo-figures parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change).
 $(STAMP): requirements.txt requirements-dev.txt
@@ -45,6 +45,14 @@ demo-figures: venv
 	sed 's/gradcam_test.png/gradcam_test.jpg/' .demo/workdir/report_test.md > docs/demo/report_test.md
 	for f in roc confusion reliability; do cp .demo/workdir/$${f}_test.png docs/demo/; done
 	$(PY) -c "import cv2; cv2.imwrite('docs/demo/gradcam_test.jpg', cv2.imread('.demo/workdir/gradcam_test.png'), [cv2.IMWRITE_JPEG_QUALITY, 80])"
+
+# Opt-in: full-size ConvNeXt-T against torchvision (random weights; nothing is downloaded), in
+# a separate virtualenv with PyTorch (several GB on x86_64, where pip brings a CUDA build).
+TORCH_VENV ?= .venv-torch
+parity-torchvision:
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt torch==2.14.1 torchvision==0.29.1
+	ALZ_JAX_TORCH_PARITY=1 $(TORCH_VENV)/bin/python -m pytest tests/test_convert.py -k "full_convnext or pytorch_files" -v
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache

@@ -227,17 +227,6 @@ def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tm
     assert (tmp_path / "cv" / "report_cv.json").is_file()
 
 
-def test_launch_local_dry_run(tmp_path):
-    result = subprocess.run(
-        ["bash", str(REPO / "launch/local.sh"), "configs/demo.py", "/tmp/w", "--config.seed=3"],
-        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, DRY_RUN="1"),
-        check=True,
-    )  # fmt: skip
-    assert "-m alz_jax.main --config=configs/demo.py --workdir=/tmp/w --config.seed=3" in (
-        result.stdout
-    )
-
-
 def test_bad_data_folder_and_batch_are_user_errors(tmp_path, tiny_synthetic):
     (tmp_path / "empty").mkdir()
     config = tiny_config(tmp_path / "empty", tmp_path / "tfds")
