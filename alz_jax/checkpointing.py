@@ -15,6 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from alz_jax import storage
 from alz_jax.errors import UserError
 
 
@@ -49,7 +50,8 @@ def make_manager(
         # that resumes removes it.
         cleanup_tmp_directories=for_training,
     )
-    directory = Path(os.path.abspath(workdir)) / "checkpoints"
+    local = not storage.is_url(workdir)
+    directory = storage.path(os.path.abspath(workdir) if local else workdir) / "checkpoints"
     return ocp.CheckpointManager(
         directory, options=options, item_names=("state", "data_iter", "selection")
     )
@@ -96,7 +98,7 @@ def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights:
     its own: the manager's 'state' handler (StandardCheckpointHandler) can't restore part."""
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
-            Path(manager.directory) / str(step) / "state",
+            storage.path(manager.directory) / str(step) / "state",
             args=ocp.args.PyTreeRestore(
                 item=abstract_weights,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
@@ -108,7 +110,7 @@ def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights:
 
 def restore_selection(manager: ocp.CheckpointManager, step: int) -> dict | None:
     """The weights selection saved with checkpoint `step`, or None (e.g. a preemption save)."""
-    if not (Path(manager.directory) / str(step) / "selection").exists():
+    if not (storage.path(manager.directory) / str(step) / "selection").exists():
         return None
     restored = manager.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
     return dict(restored["selection"])

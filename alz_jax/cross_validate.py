@@ -21,7 +21,16 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, metrics, train
+from alz_jax import (
+    compilation_cache,
+    distributed,
+    evaluate,
+    hostenv,
+    logs,
+    metrics,
+    storage,
+    train,
+)
 from alz_jax.errors import exit_on_user_error
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
@@ -30,7 +39,7 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 
 def run_folds(config, workdir: str | Path) -> dict:
     """Trains and tests every fold (skipping finished ones), then aggregates; returns the report."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     num_folds = config.data.num_folds
     fold_reports = []
     for fold in range(num_folds):

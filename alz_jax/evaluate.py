@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from alz_jax import compilation_cache, metrics, sharding, steps
+from alz_jax import compilation_cache, metrics, sharding, steps, storage
 from alz_jax.data import input_pipeline
 from alz_jax.errors import UserError
 
@@ -453,27 +454,27 @@ def write_predictions(
     """One CSV row per image: file_name, scan_id, subject_id, label, prob_ad (the probability
     the report used), logit_ad (z_AD - z_NC) [, prob_ad_tta]."""
     columns = PREDICTION_COLUMNS + (("prob_ad_tta",) if prob_ad_tta is not None else ())
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for i in range(len(prob_ad)):
-            row = [
-                records["file_name"][i],
-                records["scan_id"][i],
-                records["subject_id"][i],
-                int(records["label"][i]),
-                f"{prob_ad[i]:.6f}",
-                f"{logit_ad[i]:.6f}",
-            ]
-            if prob_ad_tta is not None:
-                row.append(f"{prob_ad_tta[i]:.6f}")
-            writer.writerow(row)  # fmt: skip
+    f = io.StringIO(newline="")  # written whole: a local path or gs://
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for i in range(len(prob_ad)):
+        row = [
+            records["file_name"][i],
+            records["scan_id"][i],
+            records["subject_id"][i],
+            int(records["label"][i]),
+            f"{prob_ad[i]:.6f}",
+            f"{logit_ad[i]:.6f}",
+        ]
+        if prob_ad_tta is not None:
+            row.append(f"{prob_ad_tta[i]:.6f}")
+        writer.writerow(row)  # fmt: skip
+    storage.path(path).write_text(f.getvalue())
 
 
 def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
     """Reads a predictions CSV back into (records, prob_ad)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
     records = {
         k: np.asarray([r[k] for r in rows], dtype=object)
         for k in ("file_name", "scan_id", "subject_id")
@@ -484,7 +485,7 @@ def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
 
 def write_report(report: dict, workdir: str | Path) -> Path:
     """Writes <workdir>/report_<split>.json (process 0 only); returns its path."""
-    path = Path(workdir) / f"report_{report['split']}.json"
+    path = storage.path(workdir) / f"report_{report['split']}.json"
     if jax.process_index() == 0:
         path.write_text(json.dumps(report, indent=1))
     return path
@@ -528,7 +529,7 @@ def evaluate_weights(
     report["selection"] = selection
     if jax.process_index() != 0:
         return report
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     plain_probs = probabilities({"plain": logits[split]["plain"]}, report["calibration"]
                                 ["temperature"])  # fmt: skip
@@ -603,7 +604,7 @@ def main(argv: list[str]) -> None:
                            gradcam_scans=f.gradcam_scans),
         )  # fmt: skip
     print(format_report(report))
-    print(f"Written: {Path(f.workdir) / ('report_' + f.split + '.md')} and its figures.")
+    print(f"Written: {storage.path(f.workdir) / ('report_' + f.split + '.md')} and its figures.")
 
 
 if __name__ == "__main__":

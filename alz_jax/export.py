@@ -21,18 +21,20 @@ returns the deserialized function with the weights bound: images -> logits.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
+import os
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from absl import app, flags
+from etils import epath
 
-from alz_jax import compilation_cache, logs, metrics, predict, run_record, steps
+from alz_jax import compilation_cache, logs, metrics, predict, run_record, steps, storage
 from alz_jax.data import preprocess
 from alz_jax.errors import UserError, exit_on_user_error
 from alz_jax.models import convnext
@@ -115,30 +117,38 @@ def _npz_safe(array: np.ndarray) -> np.ndarray:
     return array.view(np.uint16) if array.dtype == ml_dtypes.bfloat16 else array
 
 
-def write_weights(out: Path, flat: dict[str, np.ndarray], metadata: dict, fmt: str) -> Path:
+def write_weights(
+    out: epath.Path, flat: dict[str, np.ndarray], metadata: dict, fmt: str
+) -> epath.Path:
     """Writes the flat weights in `fmt` under `out` (metadata embedded where the format allows);
     returns the path written."""
     path = out / WEIGHT_FILES[fmt]
     text = json.dumps(metadata, sort_keys=True)
     if fmt == "safetensors":
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, path, {"alz_jax": text})
+        arrays = {k: np.ascontiguousarray(v) for k, v in flat.items()}
+        path.write_bytes(save(arrays, {"alz_jax": text}))
     elif fmt == "npz":
-        np.savez(path, __metadata__=np.array(text), **{k: _npz_safe(v) for k, v in flat.items()})
+        with path.open("wb") as f:
+            np.savez(f, __metadata__=np.array(text), **{k: _npz_safe(v) for k, v in flat.items()})
     elif fmt == "orbax":
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(path.absolute(), flat)
+            checkpointer.save(_absolute(path), flat)
     else:
         raise UserError(f"--format={fmt}: expected one of {'|'.join(FORMATS)}.")
     return path
 
 
-def load(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+def _absolute(path: epath.Path) -> epath.Path:
+    return path if storage.is_url(path) else epath.Path(os.path.abspath(path))
+
+
+def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """(flat weights, metadata) of an export, whichever format it holds."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     meta_path = directory / METADATA_FILE
     if not meta_path.exists():
         raise UserError(f"{directory} is not an alz_jax export (no {METADATA_FILE}).")
@@ -146,11 +156,11 @@ def load(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     fmt = metadata["weights"]["format"]
     path = directory / WEIGHT_FILES[fmt]
     if fmt == "safetensors":
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load as load_bytes
 
-        flat = load_file(path)
+        flat = load_bytes(path.read_bytes())
     elif fmt == "npz":
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
             flat = {k: archive[k] for k in archive.files if k != "__metadata__"}
         if metadata["weights"]["dtype"] == "bfloat16":
             flat = {k: v.view(ml_dtypes.bfloat16) for k, v in flat.items()}
@@ -158,16 +168,18 @@ def load(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as checkpointer:
-            flat = checkpointer.restore(path.absolute())
+            flat = checkpointer.restore(_absolute(path))
         flat = {k: np.asarray(v) for k, v in flat.items()}
     return flat, metadata
 
 
-def load_inference(directory: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+def load_inference(directory: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     """The export's serialized inference function with its weights bound: uint8 images (B, S,
     S, 1), any B -> float32 logits (B, 2)."""
     flat, _ = load(directory)
-    exported = jax.export.deserialize(bytearray((Path(directory) / FUNCTION_FILE).read_bytes()))
+    exported = jax.export.deserialize(
+        bytearray((storage.path(directory) / FUNCTION_FILE).read_bytes())
+    )
     return lambda images: np.asarray(exported.call(flat, images))
 
 
@@ -243,7 +255,7 @@ def export(
     workdir: str, fmt: str, checkpoint: str = "best", weights: str = "selected",
     dtype: str = "float32", output: str | None = None,
     platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
-) -> Path:  # fmt: skip
+) -> epath.Path:  # fmt: skip
     """Exports a run's checkpoint (weights, serialized inference function, metadata); returns
     the output folder."""
     if fmt not in FORMATS:
@@ -258,7 +270,7 @@ def export(
     flat = {k: np.asarray(v).astype(store) for k, v in flatten(loaded["params"]).items()}
     metadata = build_metadata(loaded, config, record, fmt, dtype, platforms)
     name = f"step{loaded['step']}_{loaded['weights']}_{dtype}_{fmt}"
-    out = Path(output) if output else Path(workdir) / "export" / name
+    out = storage.path(output) if output else storage.path(workdir) / "export" / name
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: choose another --output or remove it.")
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alz_jax import metrics
+from alz_jax import metrics, storage
 
 _COLORS = {"slice": "tab:blue", "scan": "tab:orange", "subject": "tab:green"}
 
@@ -128,4 +128,5 @@ def to_image(fig: Figure, dpi: int = 80) -> np.ndarray:
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
     """Writes the figure as PNG."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi)
+    with storage.path(path).open("wb") as f:  # a local path or gs://
+        fig.savefig(f, format="png", dpi=dpi)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from clu import metric_writers
+
+from alz_jax import storage
 
 # Libraries whose INFO lines describe their own routine work (checkpoint I/O, data set files).
 _QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")
@@ -38,12 +41,11 @@ class JsonlWriter(metric_writers.MetricWriter):
     scalar round-trips through Python's float repr): for scripts, diffs and tests."""
 
     def __init__(self, path: str | Path):
-        self._path = Path(path)
+        self._path = storage.path(path)
 
     def write_scalars(self, step: int, scalars) -> None:
         line = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self._path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        storage.append_text(self._path, json.dumps(line) + "\n")
 
     def write_summaries(self, step, values, metadata=None):
         pass
@@ -79,8 +81,8 @@ def create_writer(workdir: str | Path, is_writer: bool) -> metric_writers.Metric
         return metric_writers.create_default_writer(just_logging=True)
     return metric_writers.MultiWriter(
         [
-            metric_writers.create_default_writer(workdir),
-            JsonlWriter(Path(workdir) / "metrics.jsonl"),
+            metric_writers.create_default_writer(os.fspath(workdir)),
+            JsonlWriter(storage.path(workdir) / "metrics.jsonl"),
         ]
     )
 
@@ -88,7 +90,7 @@ def create_writer(workdir: str | Path, is_writer: bool) -> metric_writers.Metric
 def read_metrics(workdir: str | Path) -> dict[int, dict]:
     """<workdir>/metrics.jsonl by step (a step logged again after a resume: the last entry)."""
     by_step: dict[int, dict] = {}
-    path = Path(workdir) / "metrics.jsonl"
+    path = storage.path(workdir) / "metrics.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
             entry = json.loads(line)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ml_collections
 
-from alz_jax import config_lib
+from alz_jax import config_lib, storage
 from alz_jax.errors import UserError
 
 PACKAGES = (
@@ -107,10 +107,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def _write_json(path, value) -> None:
+    storage.write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str))
 
 
 def start(
@@ -126,7 +124,7 @@ def start(
     A first start computes and stores the pixel statistics and the split manifest; a resume
     checks the model and data identity against the stored one and reuses the statistics.
     """
-    run_dir = Path(workdir) / "run"
+    run_dir = storage.path(workdir) / "run"
     record_path = run_dir / "record.json"
     current = identity(config, data_fingerprint)
     if record_path.exists():
@@ -157,14 +155,13 @@ def start(
             "argv": sys.argv,
             "config": json.loads(config.to_json_best_effort()),
         }
-        with open(run_dir / "starts.jsonl", "a") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
+        storage.append_text(run_dir / "starts.jsonl", json.dumps(entry, default=str) + "\n")
     return record
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The resolved config a run in `workdir` was started with."""
-    path = Path(workdir) / "run" / "config.json"
+    path = storage.path(workdir) / "run" / "config.json"
     if not path.exists():
         raise UserError(f"{workdir} holds no run (expected {path}).")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -172,7 +169,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 def load(workdir: str | Path) -> dict:
     """The run record (identity, pixel statistics) of a run in `workdir`."""
-    path = Path(workdir) / "run" / "record.json"
+    path = storage.path(workdir) / "run" / "record.json"
     if not path.exists():
         raise UserError(f"{workdir} holds no run record (expected {path}).")
     return json.loads(path.read_text())

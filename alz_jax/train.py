@@ -15,7 +15,6 @@ import itertools
 import logging
 import math
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -33,6 +32,7 @@ from alz_jax import (
     run_record,
     sharding,
     steps,
+    storage,
 )
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.errors import UserError
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     {"preempted_at_step": N} if the run was asked to stop (SIGTERM) and saved its state."""
     timer = StageTimer()
     config_lib.validate(config)  # before any data work or compile
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     is_writer = jax.process_index() == 0
 
@@ -391,8 +391,8 @@ def evaluate_checkpoint(
         manager, which, spec, averages, weights, mesh
     )
     # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
-    (Path(workdir) / "evaluate").mkdir(exist_ok=True)
-    writer = logs.create_writer(Path(workdir) / "evaluate", jax.process_index() == 0)
+    (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
+    writer = logs.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
     report = evaluate.evaluate_weights(
         data=data, model=steps.make_model(spec), params=params,
         pixel_stats=record["pixel_stats"], config=config, mesh=mesh, split=split, step=step,

@@ -20,8 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from jax.experimental import multihost_utils
 
+from alz_jax import storage
 from alz_jax.data import protocols
 from alz_jax.errors import UserError
 from tfds_builders import adni as adni_builder
@@ -70,7 +72,7 @@ class AdniData:
 
     builder: tfds.core.DatasetBuilder
     manual_dir: Path
-    data_dir: Path
+    data_dir: epath.Path
     pooled: dict[str, np.ndarray]
     positions: dict[str, np.ndarray]
     protocol: dict
@@ -139,12 +141,18 @@ class AdniData:
         }
 
 
-def _resolve_dirs(data_config) -> tuple[Path, Path, int | None]:
-    data_dir = Path(os.path.expanduser(data_config.data_dir))
+def _resolve_dirs(data_config) -> tuple[Path, epath.Path, int | None]:
+    data_dir = storage.path(data_config.data_dir)  # local or gs://: TFDS reads both
     if data_config.manual_dir:
         return Path(os.path.expanduser(data_config.manual_dir)).resolve(), data_dir, None
     if data_config.synthetic_seed is not None:
+        if storage.is_url(data_dir):
+            raise UserError(
+                f"data.data_dir = {data_config.data_dir}: the synthetic stand-in is generated "
+                "on a local disk; give a local data.data_dir (or a data.manual_dir)."
+            )
         seed = int(data_config.synthetic_seed)
+        data_dir = Path(data_dir)
         root = data_dir / f"synthetic_{synthetic.tag(_synthetic_spec(data_config), seed)}"
         return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
-from etils import epath
 from flax import nnx
 
+from alz_jax import storage
 from alz_jax.errors import UserError
 from alz_jax.models import convnext
 
@@ -57,7 +56,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Name -> array of a weight file (local or any etils path, e.g. gs://), without unpickling
     arbitrary objects; a checkpoint that nests its state dict under 'model' or 'state_dict'
     (FB's release, many training scripts) is unwrapped and a DDP 'module.' prefix removed."""
-    file = epath.Path(os.path.expanduser(path))
+    file = storage.path(path)
     if not file.exists():
         raise UserError(f"Weight file {path} does not exist.")
     suffix = file.suffix.lower()
