@@ -20,6 +20,7 @@ returns the deserialized function with the weights bound: images -> logits.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -90,10 +91,11 @@ def spec_from_metadata(metadata: dict, depthwise: str = "xla") -> convnext.ConvN
 def inference_function(spec: convnext.ConvNeXtSpec, mean: float, std: float) -> Callable:
     """(flat weights, uint8 images (B, S, S, C)) -> float32 logits (B, classes). On CPU the
     depthwise convolution is the shift-and-add form, elsewhere XLA's grouped convolution (the
-    same numbers; models/depthwise.py), chosen when the function runs."""
-    from dataclasses import replace
-
-    models = {impl: steps.make_model(replace(spec, depthwise=impl)) for impl in ("shift", "xla")}
+    results agree within 1e-5; models/depthwise.py), chosen when the function runs."""
+    models = {
+        impl: steps.make_model(dataclasses.replace(spec, depthwise=impl))
+        for impl in ("shift", "xla")
+    }
 
     def logits_with(model, flat, images):
         params = unflatten(jax.tree.map(lambda w: w.astype(jnp.float32), flat), spec)

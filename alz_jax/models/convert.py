@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alz_jax import storage
+from alz_jax import steps, storage
 from alz_jax.errors import UserError
 from alz_jax.models import convnext
 
@@ -82,8 +82,14 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         raise UserError(f"Could not read weight file {path} as {suffix}: {e}") from e
     for key in _NESTING_KEYS:
         if key in state and isinstance(state[key], Mapping):
+            others = sorted(k for k in state if k != key)
+            logging.info("%s: using the state dict under %r%s", path, key,
+                         f" (not {others})" if others else "")  # fmt: skip
             state = state[key]
             break
+    ignored = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray))
+    if ignored:
+        logging.info("%s: ignoring entries that are not tensors: %s", path, ignored)
     state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -256,8 +262,6 @@ def params_from_state_dict(
             f"The {layout} state dict holds a ConvNeXt {have}; the model is ConvNeXt {want}. "
             "Set config.model.size (or depths and dims) to the checkpoint's architecture."
         )
-    from alz_jax import steps  # a fresh model's initialisation, for a re-initialised head
-
     template = steps.init_params(spec, seed)
     prefixes = _module_prefixes(layout, depths)
     used: set[str] = set()
@@ -272,8 +276,13 @@ def params_from_state_dict(
             torch_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
             key = f"{prefixes[path[:-1]]}.{torch_leaf}"
         if key not in state_dict:
-            missing.append(key)
-            return np.asarray(init)
+            if path[:-1] == ("head", "fc"):  # saved without a classifier (num_classes=0)
+                note = f"head: initialised for {spec.num_classes} classes (the file has none)"
+                if note not in notes:
+                    notes.append(note)
+            else:
+                missing.append(key)
+            return np.asarray(init, np.float32)
         used.add(key)
         value, note = _to_nhwc(path[:-1], leaf, state_dict[key], tuple(init.shape), key)
         if note and note not in notes:
