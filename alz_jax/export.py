@@ -47,7 +47,7 @@ FUNCTION_FILE = "inference.jax_export"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 PREPROCESSING = (
-    "Decode to 2-D grayscale uint8 (colour images: OpenCV's BGR-to-gray); pad with 0 to a centred "
+    "Decode to 2-D grayscale uint8 (OpenCV's IMREAD_GRAYSCALE); pad with 0 to a centred "
     "square of the longer side; resize to size x size (OpenCV INTER_AREA when shrinking, else "
     "INTER_LINEAR); shape (size, size, 1) uint8. This is alz_jax.data.preprocess.to_model_input. "
     "The inference function normalises: (x / 255 - mean) / std."
