@@ -57,6 +57,12 @@ def make_manager(
     )
 
 
+def has_checkpoint(workdir) -> bool:
+    """Whether `workdir` holds a finished checkpoint (a run to resume), without opening it."""
+    directory = storage.path(workdir) / "checkpoints"
+    return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,

@@ -192,7 +192,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_init_from(value: str) -> None:
-    """A local weight file named by model.init_from must exist before any data work."""
+    """model.init_from must read 'LAYOUT:PATH' (whether the file exists is checked when a run
+    starts from it: `check_init_from_file`; a resume no longer needs it)."""
+    if value:
+        from alz_jax.models import convert
+
+        convert.parse_init_from(value)
+
+
+def check_init_from_file(value: str) -> None:
+    """A local weight file named by model.init_from exists (before any data work)."""
     if not value:
         return
     from alz_jax.models import convert

@@ -122,6 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     timer = StageTimer()
     config_lib.validate(config)  # before any data work or compile
     workdir = storage.path(workdir)  # local or gs://
+    if not checkpointing.has_checkpoint(workdir):  # a resume doesn't read model.init_from
+        config_lib.check_init_from_file(config.model.get("init_from", ""))
     workdir.mkdir(parents=True, exist_ok=True)
     is_writer = jax.process_index() == 0
 
@@ -175,10 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = checkpointing.restore(manager, start_step, abstract, grain_iter)
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
-        initial = None
-        if config.model.get("init_from"):  # e.g. ImageNet weights from torchvision or timm
-            initial = convert.init_params_from(config.model.init_from, spec, config.seed)
-        state = steps.create_train_state(spec, tx, mesh, config.seed, averages, initial)
+        state = steps.create_train_state(
+            spec, tx, mesh, config.seed, averages, _imported_params(config, spec)
+        )
     train_step = steps.make_train_step(model, tx, schedule, config, pixel_stats, mesh, averages)
     predict_step = steps.make_predict_step(model, pixel_stats, mesh)
     logging.info(
@@ -313,6 +314,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
     evaluate.write_report(report, workdir)
     return report
+
+
+def _imported_params(config: ml_collections.ConfigDict, spec: convnext.ConvNeXtSpec):
+    """The starting weights named by model.init_from (e.g. ImageNet weights from torchvision or
+    timm), or None for a fresh initialisation."""
+    if not config.model.get("init_from"):
+        return None
+    return convert.init_params_from(config.model.init_from, spec, config.seed)
 
 
 def validation_images(records: dict, logit_ad: np.ndarray) -> dict[str, np.ndarray]:

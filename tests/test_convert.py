@@ -176,8 +176,9 @@ def test_init_from_config_is_checked_before_any_work(tmp_path):
     with pytest.raises(UserError, match="expected 'LAYOUT:PATH' with LAYOUT one of"):
         config_lib.validate(config)
     config.model.init_from = f"torchvision:{tmp_path / 'none.safetensors'}"
+    config_lib.validate(config)  # a resume no longer needs the file: checked at a fresh start
     with pytest.raises(UserError, match="no such file"):
-        config_lib.validate(config)
+        config_lib.check_init_from_file(config.model.init_from)
     config.model.init_from = f"torchvision:{WEIGHTS}"
     config.optim.layer_decay = 1.5
     with pytest.raises(UserError, match=r"config.optim.layer_decay = 1.5"):

@@ -30,7 +30,9 @@ def finetuned(tiny_synthetic, tmp_path_factory):
     config.data.manual_dir = str(tiny_synthetic[0])
     config.data.data_dir = str(root / "tfds")
     config.model.depths, config.model.dims = (1, 1, 1, 1), (8, 12, 16, 24)
-    config.model.init_from = f"torchvision:{FIXTURE}"
+    weights = root / "convnext_tiny_torchvision.safetensors"  # removed after training
+    weights.write_bytes(FIXTURE.read_bytes())
+    config.model.init_from = f"torchvision:{weights}"
     config.optim.layer_decay = 0.8
     config.optim.learning_rate = LR
     config.num_train_steps, config.warmup_steps, config.eval_every_steps = 2, 1, 2
@@ -38,6 +40,18 @@ def finetuned(tiny_synthetic, tmp_path_factory):
     workdir = root / "workdir"
     report = train.train_and_evaluate(config, str(workdir))
     return workdir, config, report
+
+
+def test_a_resume_does_not_need_the_weight_file_again(finetuned):
+    workdir, config, report = finetuned
+    config = config.copy_and_resolve_references()
+    weights = Path(config.model.init_from.removeprefix("torchvision:"))
+    weights.unlink()
+    config.eval.bootstrap_samples = 0
+    again = train.train_and_evaluate(config, str(workdir))  # resumes at the end: report only
+    assert again["checkpoint_step"] == report["checkpoint_step"] == 2
+    with pytest.raises(UserError, match="no such file"):
+        train.train_and_evaluate(config, str(workdir.parent / "fresh"))
 
 
 def test_finetuning_starts_from_the_imported_weights(finetuned):
@@ -138,7 +152,7 @@ def test_metadata_carries_what_inference_needs(finetuned, exports):
         meta["source"]["checkpoint_step"] == 2 and meta["source"]["weights"] == selection["weights"]
     )
     assert meta["model"]["dims"] == [8, 12, 16, 24] and meta["model"]["in_chans"] == 1
-    assert meta["source"]["init_from"] == f"torchvision:{FIXTURE}"
+    assert meta["source"]["init_from"] == config.model.init_from
     assert meta["inference_function"]["platforms"] == ["cpu", "cuda", "tpu"]
 
 
