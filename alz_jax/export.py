@@ -158,9 +158,10 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     fmt = metadata["weights"]["format"]
     path = directory / WEIGHT_FILES[fmt]
     if fmt == "safetensors":
-        from safetensors.numpy import load as load_bytes
+        from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
-        flat = load_bytes(path.read_bytes())
+        with storage.local_file(path) as name:
+            flat = load_file(name)
     elif fmt == "npz":
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
             flat = {k: archive[k] for k in archive.files if k != "__metadata__"}

@@ -7,7 +7,10 @@ on each.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 
 from etils import epath
 
@@ -21,6 +24,19 @@ def path(value: str | os.PathLike) -> epath.Path:
     """An epath.Path for a local path (with ~ expanded) or a URL such as gs://bucket/run."""
     text = os.fspath(value)
     return epath.Path(text if is_url(text) else os.path.expanduser(text))
+
+
+@contextlib.contextmanager
+def local_file(source: epath.Path) -> Iterator[str]:
+    """A local file name with the content of `source`: the file itself, or for object storage a
+    temporary copy (for readers that need a file name, e.g. safetensors' memory map)."""
+    if not is_url(source):
+        yield os.fspath(source)
+        return
+    with tempfile.NamedTemporaryFile(suffix=source.suffix) as tmp:
+        tmp.write(source.read_bytes())
+        tmp.flush()
+        yield tmp.name
 
 
 def write_text_atomic(target: epath.Path, text: str) -> None:

@@ -152,6 +152,19 @@ def test_files_are_read_safely_and_bad_files_are_named(tmp_path, torchvision_sta
         convert.load_state_dict(str(pickled))
 
 
+def test_bfloat16_safetensors_are_read(tmp_path, torchvision_state):
+    """Checkpoints saved in bfloat16 (common for timm) import as their float32 values."""
+    import ml_dtypes
+
+    path = tmp_path / "bf16.safetensors"
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in torchvision_state.items()}, path)
+    params, _ = convert.params_from_state_dict(convert.load_state_dict(str(path)), spec())
+    expected = torchvision_state["features.1.0.block.3.weight"].astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(
+        params["stages"][0][0]["pwconv1"]["kernel"], expected.astype(np.float32).T
+    )
+
+
 def test_pytorch_files_need_torch_or_are_read_weights_only(tmp_path, torchvision_state):
     path = tmp_path / "convnext.pth"
     try:

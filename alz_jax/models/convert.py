@@ -60,17 +60,17 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     if not file.exists():
         raise UserError(f"Weight file {path} does not exist.")
     suffix = file.suffix.lower()
-    data = file.read_bytes()
     try:
         if suffix == ".safetensors":
-            from safetensors.numpy import load
+            from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
-            state = load(data)
+            with storage.local_file(file) as name:
+                state = load_file(name)
         elif suffix == ".npz":
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as archive:
                 state = {k: archive[k] for k in archive.files}
         elif suffix in TORCH_SUFFIXES:
-            state = _load_torch(data, path)
+            state = _load_torch(file.read_bytes(), path)
         else:
             raise UserError(
                 f"Weight file {path}: unknown type {suffix!r}; expected .safetensors, .npz or a "
