@@ -57,17 +57,21 @@ PREPROCESSING = (
 # ---- The flat weight layout shared by every format and by the serialized function. ----
 
 
+def _flat_name(path) -> str:
+    return ".".join(str(getattr(k, "key", k)) for k in path)
+
+
 def flatten(params) -> dict[str, np.ndarray]:
     """A parameter tree as {'stages.0.0.dwconv.kernel': array, ...} (sorted names)."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {".".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
+    return {_flat_name(path): leaf for path, leaf in leaves}
 
 
 def unflatten(flat: dict, spec: convnext.ConvNeXtSpec):
     """The parameter tree of `spec` from flat names; every name must be present, none extra."""
     template = jax.eval_shape(lambda: steps.init_params(spec, 0))
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [".".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
+    names = [_flat_name(path) for path, _ in paths]
     missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
     if missing or extra:
         raise UserError(f"Exported weights do not fit the model: missing {missing[:5]}, "
