@@ -12,7 +12,7 @@ import json
 
 from absl import app, flags
 
-from alz_jax.errors import exit_on_user_error
+from alz_jax.host.errors import exit_on_user_error
 from tfds_builders.adni import audit, layout
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding AD_NC/ (or train/, test/).")

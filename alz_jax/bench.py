@@ -102,8 +102,10 @@ def bench_step(args: argparse.Namespace) -> dict:
     """Times the train step `main` would build for `step_config(args)` on random batches."""
     import jax
 
-    from alz_jax import averaging, compilation_cache, config_lib, profiling, sharding, steps
+    from alz_jax.core import sharding, steps
+    from alz_jax.host import compilation_cache, profiling
     from alz_jax.models import convnext
+    from alz_jax.run import config_lib
 
     cache = compilation_cache.enable()
     config = step_config(args)
@@ -111,7 +113,7 @@ def bench_step(args: argparse.Namespace) -> dict:
     dtype = config_lib.compute_dtype(config)
     spec = convnext.spec_from_config(config.model, dtype)
     total_steps = 1000  # schedule length only: the benchmark's few steps sit in the warmup
-    averages = averaging.spec_from_config(config, total_steps, 100)
+    averages = config_lib.averaging_spec(config, total_steps, 100)
     tx, schedule = steps.make_optimizer(config, total_steps, 10)
     model = steps.make_model(spec)
     state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
@@ -302,14 +304,15 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     it: the share of wall time spent waiting for the next batch."""
     import jax
 
-    from alz_jax import averaging, config_lib, sharding, steps
+    from alz_jax.core import sharding, steps
     from alz_jax.data import input_pipeline
     from alz_jax.models import convnext
+    from alz_jax.run import config_lib
 
     config, _, iterator = _training_input(args, args.num_workers, args.prefetch)
     mesh = sharding.make_mesh()
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    averages = averaging.spec_from_config(config, 10_000, 100)
+    averages = config_lib.averaging_spec(config, 10_000, 100)
     tx, schedule = steps.make_optimizer(config, 10_000, 100)
     state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
     train_step = steps.make_train_step(
@@ -484,7 +487,7 @@ def main() -> None:
     aug.add_argument("--size", type=int, default=224)
     aug.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    from alz_jax import hostenv
+    from alz_jax.host import hostenv
 
     hostenv.reexec_with_huge_pages()  # as main does: same memory behaviour as training
     from absl import flags

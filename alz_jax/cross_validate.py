@@ -21,17 +21,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import (
-    compilation_cache,
-    distributed,
-    evaluate,
-    hostenv,
-    logs,
-    metrics,
-    storage,
-    train,
-)
-from alz_jax.errors import exit_on_user_error
+from alz_jax.evaluation import metrics, reports
+from alz_jax.host import compilation_cache, distributed, hostenv, logs, storage
+from alz_jax.host.errors import exit_on_user_error
+from alz_jax.run import train
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
                    "roc_auc", "pr_auc")  # fmt: skip
@@ -67,7 +60,7 @@ def run_folds(config, workdir: str | Path) -> dict:
 
 def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
     """Mean and std across folds per level and metric, plus pooled out-of-fold metrics."""
-    levels = [lv for lv in evaluate.REPORT_LEVELS if all(lv in r for r in fold_reports)]
+    levels = [lv for lv in reports.REPORT_LEVELS if all(lv in r for r in fold_reports)]
     across = {}
     for level in levels:
         across[level] = {}
@@ -80,7 +73,7 @@ def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "per_fold": values,
             }
-    parts = [evaluate.read_predictions(d / "predictions_test.csv") for d in fold_dirs]
+    parts = [reports.read_predictions(d / "predictions_test.csv") for d in fold_dirs]
     records = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
     prob_ad = np.concatenate([p[1] for p in parts])
     if len(set(records["file_name"])) != len(prob_ad):

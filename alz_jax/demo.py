@@ -14,7 +14,9 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, train
+from alz_jax.evaluation import reports
+from alz_jax.host import compilation_cache, distributed, hostenv, logs
+from alz_jax.run import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> None:
     if "preempted_at_step" in report:
         sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")
     total = time.perf_counter() - start
-    print("\n" + evaluate.format_report(report))
+    print("\n" + reports.format_report(report))
     print("\nStage times (s):")
     for stage, seconds in report["stage_seconds"].items():
         print(f"  {stage:<32} {seconds:>7.1f}")

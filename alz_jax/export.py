@@ -35,10 +35,14 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from alz_jax import compilation_cache, logs, metrics, predict, run_record, steps, storage
+from alz_jax import predict
+from alz_jax.core import steps
 from alz_jax.data import preprocess
-from alz_jax.errors import UserError, exit_on_user_error
+from alz_jax.evaluation import metrics
+from alz_jax.host import compilation_cache, logs, storage
+from alz_jax.host.errors import UserError, exit_on_user_error
 from alz_jax.models import convnext
+from alz_jax.run import run_record
 
 FORMATS = ("safetensors", "npz", "orbax")
 DTYPES = ("float32", "bfloat16")
@@ -69,7 +73,7 @@ def flatten(params) -> dict[str, np.ndarray]:
 
 def unflatten(flat: dict, spec: convnext.ConvNeXtSpec):
     """The parameter tree of `spec` from flat names; every name must be present, none extra."""
-    template = jax.eval_shape(lambda: steps.init_params(spec, 0))
+    template = jax.eval_shape(lambda: convnext.init_params(spec, 0))
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = [_flat_name(path) for path, _ in paths]
     missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))

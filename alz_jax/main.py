@@ -7,8 +7,10 @@ and Kubernetes, or take --coordinator_address, --num_processes and --process_id.
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax import compilation_cache, distributed, evaluate, hostenv, logs, train
-from alz_jax.errors import exit_on_user_error
+from alz_jax.evaluation import reports
+from alz_jax.host import compilation_cache, distributed, hostenv, logs
+from alz_jax.host.errors import exit_on_user_error
+from alz_jax.run import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
@@ -30,7 +32,7 @@ def main(argv: list[str]) -> None:
         print(f"Preempted: state saved at step {report['preempted_at_step']}; "
               "run the same command to continue.")  # fmt: skip
         return
-    print(evaluate.format_report(report))
+    print(reports.format_report(report))
     print("Stage times (s):", report["stage_seconds"])
 
 

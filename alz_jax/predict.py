@@ -25,21 +25,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from alz_jax import (
-    averaging,
-    checkpointing,
-    compilation_cache,
-    config_lib,
-    logs,
-    metrics,
-    run_record,
-    sharding,
-    steps,
-    train,
-)
+from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.data import preprocess
-from alz_jax.errors import UserError, exit_on_user_error
+from alz_jax.evaluation import metrics
+from alz_jax.host import compilation_cache, logs
+from alz_jax.host.errors import UserError, exit_on_user_error
 from alz_jax.models import convnext
+from alz_jax.run import config_lib, run_record, train
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SLICE_NAME = re.compile(r"^(?P<scan>[^_/]+)_(?P<slice>\d+)$")
@@ -71,7 +63,7 @@ def load_model(workdir: str, which: str = "best", weights: str = "selected"):
     record = run_record.load(workdir)
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
     # Only which averages exist and their dtypes matter here, not the run's length.
-    averages = averaging.spec_from_config(config, total_steps=1, steps_per_epoch=1)
+    averages = config_lib.averaging_spec(config, total_steps=1, steps_per_epoch=1)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     mesh = sharding.make_mesh()
     step, weights, params, selection = train.restore_weights(

@@ -9,39 +9,19 @@ writes the same grid to TensorBoard (`train/augmented`) when it starts.
 
 from __future__ import annotations
 
-import math
-
 import cv2
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alz_jax.errors import exit_on_user_error
-
-
-def image_grid(batch: dict, num: int = 32, columns: int = 8) -> np.ndarray:
-    """Tiles the first `num` images of a batch into one uint8 (H, W, 1) image with captions."""
-    images = np.asarray(batch["image"])[:num]
-    n, size = len(images), images.shape[1]
-    rows = math.ceil(n / columns)
-    caption = 12
-    grid = np.full((rows * (size + caption), columns * size, 1), 40, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        top = r * (size + caption)
-        grid[top + caption : top + caption + size, c * size : (c + 1) * size] = image
-        if "targets" in batch:
-            text = f"AD {float(batch['targets'][i][1]):.2f}"
-        else:
-            text = ("NC", "AD")[int(batch["label"][i])]
-        cv2.putText(grid, text, (c * size + 2, top + caption - 3), cv2.FONT_HERSHEY_PLAIN,
-                    0.8, 255, 1, cv2.LINE_AA)  # fmt: skip
-    return grid
+from alz_jax.data import dataset, input_pipeline
+from alz_jax.evaluation import figures
+from alz_jax.host import logs
+from alz_jax.host.errors import exit_on_user_error
+from alz_jax.run import config_lib
 
 
 def first_batch(config, data, total_steps: int) -> dict:
     """The per-process batch that training step 0 uses."""
-    from alz_jax.data import input_pipeline
 
     dataset = input_pipeline.train_dataset(
         data.source("train"), config, config.batch_size, seed=config.seed, total_steps=total_steps
@@ -64,8 +44,6 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Builds the data set if needed and writes the grid of step 0's batch."""
     del argv
-    from alz_jax import config_lib, logs
-    from alz_jax.data import dataset
 
     logs.setup()
     config = flags.FLAGS.config
@@ -74,7 +52,7 @@ def main(argv: list[str]) -> None:
         data = dataset.prepare(config.data)
         steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
         batch = first_batch(config, data, config_lib.num_train_steps(config, steps_per_epoch))
-    grid = image_grid(batch, flags.FLAGS.num)
+    grid = figures.image_grid(batch, flags.FLAGS.num)
     cv2.imwrite(flags.FLAGS.out, grid)
     print(f"wrote {flags.FLAGS.out}: {min(flags.FLAGS.num, len(batch['image']))} images")
 

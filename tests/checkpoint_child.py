@@ -9,7 +9,7 @@ import time
 
 import jax.numpy as jnp
 
-from alz_jax import checkpointing
+from alz_jax.core import checkpointing
 from configs import convnext_t
 
 SIZE = 48 * 1024 * 1024  # float32 values: 192 MiB, so the write takes a while

@@ -14,10 +14,10 @@ import numpy as np
 
 def run(coordinator: str, num_processes: int, process_id: int) -> int:
     """Three updates of each step implementation; 0 if they agree."""
-    from alz_jax import distributed
+    from alz_jax.host import distributed
 
     distributed.initialize(coordinator, num_processes, process_id)
-    from alz_jax import sharding
+    from alz_jax.core import sharding
     from alz_jax.data import input_pipeline
     from tests import test_steps
 

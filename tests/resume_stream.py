@@ -34,7 +34,7 @@ def _digest(batch) -> str:
 def main() -> None:
     """Runs one mode and prints one hash per batch."""
     flags.FLAGS.mark_as_parsed()
-    from alz_jax import checkpointing
+    from alz_jax.core import checkpointing
 
     mode = sys.argv[1]
     checkpoint = ml_collections.ConfigDict(

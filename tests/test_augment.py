@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alz_jax import steps
+from alz_jax.core import steps
 from alz_jax.data import augment
 
 RNG_SEED = 123

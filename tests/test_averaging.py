@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alz_jax import averaging
+from alz_jax.core import averaging
 
 
 def _spec(**kw):

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from alz_jax import checkpointing, sharding
+from alz_jax.core import checkpointing, sharding
 from configs import convnext_t
 from tests import checkpoint_child
 

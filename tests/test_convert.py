@@ -12,9 +12,10 @@ import optax
 import pytest
 from safetensors.numpy import save_file
 
-from alz_jax import config_lib, optim, steps
-from alz_jax.errors import UserError
+from alz_jax.core import optim
+from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
+from alz_jax.run import config_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "convnext_tiny_torchvision.safetensors"
@@ -90,7 +91,7 @@ def test_one_channel_stem_is_the_summed_kernel(fixture, torchvision_state):
 def test_head_is_reinitialised_for_another_class_count(torchvision_state):
     target = spec(in_chans=1, num_classes=2)
     params, notes = convert.params_from_state_dict(torchvision_state, target, seed=5)
-    fresh = steps.init_params(target, 5)
+    fresh = convnext.init_params(target, 5)
     np.testing.assert_array_equal(params["head"]["fc"]["kernel"], fresh["head"]["fc"]["kernel"])
     np.testing.assert_array_equal(params["head"]["fc"]["bias"], np.zeros(2))
     # Everything else comes from the file: the head's LayerNorm and the last block included.
@@ -199,7 +200,7 @@ def test_init_from_config_is_checked_before_any_work(tmp_path):
 
 
 def test_layer_decay_scales_follow_depth_from_the_head():
-    params = steps.init_params(convnext.ConvNeXtSpec((2, 1, 1, 1), DIMS), 0)
+    params = convnext.init_params(convnext.ConvNeXtSpec((2, 1, 1, 1), DIMS), 0)
     scales = optim.layer_decay_scales(params, 0.5)
     # Layers: stem 0, stage-0 blocks 1-2, downsample 3, block 4, downsample 5, block 6,
     # downsample 7, block 8, head 9.
@@ -214,7 +215,7 @@ def test_layer_decay_scales_follow_depth_from_the_head():
 def test_layer_decay_scales_the_whole_adamw_update():
     """With layer decay each parameter's update (Adam direction and weight decay) is its scale
     times the update without it: a per-layer learning rate."""
-    params = steps.init_params(convnext.ConvNeXtSpec(DEPTHS, DIMS), 0)
+    params = convnext.init_params(convnext.ConvNeXtSpec(DEPTHS, DIMS), 0)
     grads = jax.tree.map(lambda p: jnp.cos(p * 7.0 + 1.0), params)
     cfg = ml_collections.ConfigDict(dict(grad_clip_norm=0.0, b1=0.9, b2=0.999, eps=1e-8,
                                          weight_decay=0.05, layer_decay=1.0))  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from alz_jax import sharding, steps
+from alz_jax.core import sharding, steps
 from alz_jax.models import convnext, depthwise
 from tests import test_steps
 

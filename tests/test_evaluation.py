@@ -8,8 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alz_jax import evaluate, metrics, saliency, steps
-from alz_jax.errors import UserError
+from alz_jax.core import steps
+from alz_jax.evaluation import metrics, reports, saliency
+from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
 from tests.test_metrics import _clustered
 
@@ -41,13 +42,13 @@ def _evaluate(data, tmp_path, monkeypatch, **settings):
         margins = data_.splits[split][1]
         return {view: margins + 0.1 * k for k, view in enumerate(predictors)}
 
-    monkeypatch.setattr(evaluate, "predict_split_multi", fake_predict)
+    monkeypatch.setattr(reports, "predict_split_multi", fake_predict)
     monkeypatch.setattr(steps, "make_predict_step", lambda *a, **k: None)
     config = ml_collections.ConfigDict({"data": {"image_size": 32}})
-    return evaluate.evaluate_weights(
+    return reports.evaluate_weights(
         data=data, model=None, params=None, pixel_stats={}, config=config, mesh=None,
         split="test", step=7, weights="raw", selection=None, workdir=tmp_path,
-        settings=evaluate.EvalSettings(gradcam_scans=0, bootstrap_samples=200, **settings),
+        settings=reports.EvalSettings(gradcam_scans=0, bootstrap_samples=200, **settings),
     )  # fmt: skip
 
 
@@ -95,14 +96,14 @@ def test_report_files_and_numbers(tmp_path, monkeypatch):
         assert lo <= saved[level]["balanced_accuracy"] <= hi
     scaled = saved["slice"]["calibration"]
     assert scaled["ece"] == scaled["ece_temperature_scaled"] != scaled["ece_uncalibrated"]
-    csv_records, csv_probs = evaluate.read_predictions(tmp_path / "predictions_test.csv")
+    csv_records, csv_probs = reports.read_predictions(tmp_path / "predictions_test.csv")
     np.testing.assert_allclose(csv_probs, probs, atol=1e-6)
     assert list(csv_records["file_name"]) == list(records["file_name"])
     for name in ("roc", "confusion", "reliability"):
         png = tmp_path / f"{name}_test.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name}_test.png)" in (tmp_path / "report_test.md").read_text()
-    table = evaluate.format_report(report)
+    table = reports.format_report(report)
     assert f"{saved['scan']['accuracy']:.3f}" in table and "bootstrap over subjects" in table
 
 
@@ -118,13 +119,13 @@ def test_report_files_and_numbers(tmp_path, monkeypatch):
 def test_bad_eval_settings_are_refused(field, value, message):
     config = ml_collections.ConfigDict({"eval": {field: value}})
     with pytest.raises(UserError, match=message):
-        evaluate.EvalSettings.from_config(config)
+        reports.EvalSettings.from_config(config)
 
 
 def test_gradcam_explains_the_requested_class():
     spec = convnext.ConvNeXtSpec(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
     model = steps.make_model(spec)
-    params = steps.init_params(spec, 0)
+    params = convnext.init_params(spec, 0)
     # At 32 px the last stage is 1x1: each map is constant, the channel-weighted sum's sign.
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 1), np.uint8)
     gradcam = saliency.make_gradcam_fn(model, {"mean": 0.3, "std": 0.2})

@@ -11,9 +11,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from alz_jax import checkpointing, export, predict, run_record, steps, train
-from alz_jax.errors import UserError
-from alz_jax.models import convert
+from alz_jax import export, predict
+from alz_jax.core import checkpointing, steps
+from alz_jax.host.errors import UserError
+from alz_jax.models import convert, convnext
+from alz_jax.run import run_record, train
 from tests import tiny_config as tiny_config_file
 
 pytestmark = pytest.mark.slow
@@ -65,7 +67,7 @@ def test_finetuning_starts_from_the_imported_weights(finetuned):
     # weights are ~0.3 apart from a fresh initialisation's.
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), trained, imported)
     assert max(jax.tree.leaves(moved)) < 2.5 * LR
-    fresh = steps.init_params(spec, config.seed)
+    fresh = convnext.init_params(spec, config.seed)
     assert (
         float(np.abs(fresh["stem"]["conv"]["kernel"] - imported["stem"]["conv"]["kernel"]).max())
         > 0.1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from alz_jax import metrics
+from alz_jax.evaluation import metrics
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from alz_jax import steps
+from alz_jax.core import steps
 from alz_jax.data import mixing
 
 SMOOTH = 0.1

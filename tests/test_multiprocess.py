@@ -19,9 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from alz_jax import averaging, checkpointing, logs, sharding, steps
+from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.data import dataset
+from alz_jax.host import logs
 from alz_jax.models import convnext
+from alz_jax.run import config_lib
 from tests import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -100,7 +102,7 @@ def _wait(procs, log_paths, timeout=420):
 def _final_state(workdir, config):
     spec = convnext.spec_from_config(config.model)
     tx, _ = steps.make_optimizer(config, TOTAL_STEPS, config.warmup_steps)
-    averages = averaging.spec_from_config(config, TOTAL_STEPS, 1)
+    averages = config_lib.averaging_spec(config, TOTAL_STEPS, 1)
     abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh(), averages)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     assert manager.latest_step() == TOTAL_STEPS

@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alz_jax import profiling
+from alz_jax.host import profiling
 from alz_jax.models import convnext
 
 REPO = Path(__file__).resolve().parent.parent
 
 _CACHED_RUN = """
-from alz_jax import compilation_cache
+from alz_jax.host import compilation_cache
 print(compilation_cache.enable(min_compile_secs=0.0))
 import jax, jax.numpy as jnp
 print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).sum()))
@@ -55,9 +55,9 @@ def test_flops_match_the_published_convnext_t_count_and_xla_cost_analysis():
     assert convnext.forward_flops_per_image(tiny, 224) == pytest.approx(8.91e9, rel=0.005)
     assert convnext.train_flops_per_image(tiny, 224) == pytest.approx(26.73e9, rel=0.005)
     spec = convnext.ConvNeXtSpec((1, 2), (192, 384), in_chans=1, depthwise="xla")
-    from alz_jax import steps
+    from alz_jax.core import steps
 
-    model, params = steps.make_model(spec), steps.init_params(spec, 0)
+    model, params = steps.make_model(spec), convnext.init_params(spec, 0)
     images = jnp.zeros((4, 64, 64, 1))
     cost = jax.jit(model.apply).lower(params, images).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -104,7 +104,7 @@ def test_step_benchmark_reports_the_step_main_builds():
 
 
 def test_huge_page_environment_respects_the_user_and_the_opt_out():
-    from alz_jax import hostenv
+    from alz_jax.host import hostenv
 
     env = hostenv.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "PATH": "/bin"})
     if env is None:
@@ -116,7 +116,7 @@ def test_huge_page_environment_respects_the_user_and_the_opt_out():
 
 
 def test_entry_point_reexecutes_once_with_huge_page_malloc():
-    from alz_jax import hostenv
+    from alz_jax.host import hostenv
 
     if hostenv.huge_page_env({}) is None:
         pytest.skip("not Linux with glibc >= 2.35 and transparent huge pages")

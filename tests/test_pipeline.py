@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from alz_jax import sharding
+from alz_jax.core import sharding
 from alz_jax.data import augment, input_pipeline, preprocess
 
 

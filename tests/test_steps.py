@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from alz_jax import averaging, sharding, steps
+from alz_jax.core import sharding, steps
 from alz_jax.data import mixing
 from alz_jax.models import convnext
+from alz_jax.run import config_lib
 from tests import tiny_config
 
 
@@ -21,7 +22,7 @@ def _setup(**overrides):
         node[leaf] = value
     mesh = sharding.make_mesh()
     spec = convnext.spec_from_config(config.model, config.dtype.replace("auto", "float32"))
-    averages = averaging.spec_from_config(config, 6, 2)
+    averages = config_lib.averaging_spec(config, 6, 2)
     tx, schedule = steps.make_optimizer(config, 6, 2)
     model = steps.make_model(spec)
     stats = {"mean": 0.25, "std": 0.3}
@@ -91,7 +92,7 @@ def test_stochastic_depth_draws_do_not_depend_on_the_device_count():
     one_device = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
                                axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
     spec = convnext.spec_from_config(config.model, "float32")
-    averages = averaging.spec_from_config(config, 6, 2)
+    averages = config_lib.averaging_spec(config, 6, 2)
     tx, schedule = steps.make_optimizer(config, 6, 2)
     step1 = steps.make_train_step(
         steps.make_model(spec), tx, schedule, config, {"mean": 0.25, "std": 0.3}, one_device,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alz_jax import checkpointing, steps, train
-from alz_jax.errors import UserError
+from alz_jax.core import checkpointing, steps
+from alz_jax.host.errors import UserError
+from alz_jax.run import train
 from tests import tiny_config as tiny_config_file
 
 pytestmark = pytest.mark.slow
@@ -39,13 +40,14 @@ def tiny_config(manual_dir, data_dir, **overrides):
 
 
 def final_state(workdir, config):
-    from alz_jax import averaging, sharding
+    from alz_jax.core import sharding
     from alz_jax.models import convnext
+    from alz_jax.run import config_lib
 
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     spec = convnext.spec_from_config(config.model)
     tx, _ = steps.make_optimizer(config, 6, 2)
-    averages = averaging.spec_from_config(config, 6, 1)
+    averages = config_lib.averaging_spec(config, 6, 1)
     abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh(), averages)
     return checkpointing.restore(manager, manager.latest_step(), abstract)
 
@@ -53,7 +55,8 @@ def final_state(workdir, config):
 def check_predict(workdir, manual_dir, report, folder):
     """`predict` on a folder of test images, a colour PNG of another size and a corrupt file:
     the same probabilities as the test report's, with the calibration stored at validation."""
-    from alz_jax import evaluate, predict
+    from alz_jax import predict
+    from alz_jax.evaluation import reports
 
     folder.mkdir()
     test_images = sorted(Path(manual_dir).rglob("test/*/*.jpeg"))[:6]
@@ -76,7 +79,7 @@ def check_predict(workdir, manual_dir, report, folder):
     assert result["calibration"]["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
     assert stored["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
     assert stored["temperature"] == pytest.approx(report["calibration"]["temperature"])
-    records, prob = evaluate.read_predictions(workdir / "predictions_test.csv")
+    records, prob = reports.read_predictions(workdir / "predictions_test.csv")
     expected = {Path(f).name: p for f, p in zip(records["file_name"], prob, strict=True)}
     for row in result["images"]:
         if row["file"].endswith(".jpeg"):
@@ -97,7 +100,7 @@ def check_predict(workdir, manual_dir, report, folder):
 
 
 def train_config(workdir):
-    from alz_jax import run_record
+    from alz_jax.run import run_record
 
     return run_record.load_config(workdir)
 
@@ -204,7 +207,8 @@ def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
 
 
 def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tmp_path):
-    from alz_jax import cross_validate, evaluate
+    from alz_jax import cross_validate
+    from alz_jax.evaluation import reports
 
     root, summary = tiny_synthetic
     config = tiny_config(root, tmp_path / "tfds", num_train_steps=2, **{"data.num_folds": 2})
@@ -212,7 +216,7 @@ def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tm
     images = sum(c["images"] for split in ("train", "test") for c in summary[split].values())
     pooled = report["pooled_out_of_fold"]
     assert pooled["num_images"] == pooled["slice"]["n"] == images  # every image tested once
-    folds = [evaluate.read_predictions(tmp_path / "cv" / f"fold_{i}" / "predictions_test.csv")
+    folds = [reports.read_predictions(tmp_path / "cv" / f"fold_{i}" / "predictions_test.csv")
              for i in range(2)]  # fmt: skip
     subjects = [set(f[0]["subject_id"]) for f in folds]
     assert not subjects[0] & subjects[1]

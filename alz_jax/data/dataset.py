@@ -23,9 +23,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alz_jax import storage
 from alz_jax.data import protocols
-from alz_jax.errors import UserError
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError
 from tfds_builders import adni as adni_builder
 from tfds_builders.adni import layout, synthetic
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from alz_jax.data import augment, mixing, preprocess
-from alz_jax.errors import UserError
+from alz_jax.host.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

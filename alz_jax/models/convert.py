@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alz_jax import steps, storage
-from alz_jax.errors import UserError
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
 
 LAYOUTS = ("torchvision", "timm", "fb")
@@ -245,7 +245,7 @@ def params_from_state_dict(
     layout: str | None = None,
     seed: int = 0,
 ) -> tuple[dict, list[str]]:
-    """The project's parameter tree (a pure dict of float32 arrays, as `steps.init_params`) from
+    """The project's parameter tree (a pure dict of float32 arrays, as `convnext.init_params`) from
     a PyTorch state dict, and the list of adaptations made (stem summed, head re-initialised).
 
     Raises ConversionError naming the keys when the state dict holds a different architecture,
@@ -262,7 +262,7 @@ def params_from_state_dict(
             f"The {layout} state dict holds a ConvNeXt {have}; the model is ConvNeXt {want}. "
             "Set config.model.size (or depths and dims) to the checkpoint's architecture."
         )
-    template = steps.init_params(spec, seed)
+    template = convnext.init_params(spec, seed)
     prefixes = _module_prefixes(layout, depths)
     used: set[str] = set()
     notes: list[str] = []

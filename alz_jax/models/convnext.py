@@ -284,3 +284,8 @@ def train_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
     """Forward plus backward FLOPs per training image: 3x the forward (the usual convention:
     the backward pass computes gradients for activations and for weights)."""
     return 3.0 * forward_flops_per_image(spec, resolution)
+
+
+def init_params(spec: ConvNeXtSpec, seed: int) -> dict:
+    """Initial parameters of a ConvNeXt as a pure dict of arrays (the checkpoint layout)."""
+    return nnx.to_pure_dict(nnx.state(ConvNeXt(spec, rngs=nnx.Rngs(seed)), nnx.Param))

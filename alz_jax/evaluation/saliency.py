@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 from matplotlib.figure import Figure
 
-from alz_jax import metrics
 from alz_jax.data import preprocess
+from alz_jax.evaluation import metrics
 
 OUTCOMES = ("TP", "TN", "FN", "FP")  # the order scans are picked in, round-robin
 

@@ -15,8 +15,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from alz_jax import storage
-from alz_jax.errors import UserError
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError
 
 
 def make_manager(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
-from alz_jax.errors import UserError
+from alz_jax.host.errors import UserError
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alz_jax import averaging, optim, sharding
+from alz_jax.core import averaging, optim, sharding
 from alz_jax.data import preprocess
 from alz_jax.models import convnext
 
@@ -40,11 +40,6 @@ class Model:
         return nnx.merge(self.graphdef, params)(images, sample_keys=sample_keys)
 
 
-def init_params(spec: convnext.ConvNeXtSpec, seed: int):
-    """Initial parameters (a pure dict) of a ConvNeXt."""
-    return nnx.to_pure_dict(nnx.state(convnext.ConvNeXt(spec, rngs=nnx.Rngs(seed)), nnx.Param))
-
-
 def make_model(spec: convnext.ConvNeXtSpec) -> Model:
     """The Model (structure only, no parameter memory) for a spec."""
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: convnext.ConvNeXt(spec, rngs=nnx.Rngs(0))))
@@ -54,7 +49,7 @@ def make_model(spec: convnext.ConvNeXtSpec) -> Model:
 def _initial_state(
     spec, tx, averages: averaging.AveragingSpec, seed: int, params=None
 ) -> TrainState:
-    params = init_params(spec, seed) if params is None else params
+    params = convnext.init_params(spec, seed) if params is None else params
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from clu import metric_writers
 
-from alz_jax import storage
+from alz_jax.host import storage
 
 # Libraries whose INFO lines describe their own routine work (checkpoint I/O, data set files).
 _QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")

@@ -8,10 +8,11 @@ import os
 import jax
 import ml_collections
 
-from alz_jax import averaging
+from alz_jax.core import averaging
 from alz_jax.data import augment, mixing
-from alz_jax.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.evaluation import reports
+from alz_jax.host.errors import UserError
+from alz_jax.models import convert, convnext
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Names of the validation scalars a best checkpoint may be chosen on.
@@ -46,6 +47,33 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
     if config.get("num_epochs") is None:
         raise UserError("Set config.num_train_steps or config.num_epochs.")
     return math.ceil(float(config.num_epochs) * steps_per_epoch)
+
+
+def averaging_spec(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
+    """The AveragingSpec of `config.ema` and `config.swa` (either may be absent: off)."""
+    ema, swa = config.get("ema"), config.get("swa")
+    fields = {}
+    if ema is not None and ema.enabled:
+        fields.update(
+            ema=True,
+            ema_decay=float(ema.decay),
+            ema_warmup=bool(ema.warmup),
+            ema_warmup_gamma=float(ema.warmup_gamma),
+            ema_warmup_power=float(ema.warmup_power),
+            ema_min_decay=float(ema.min_decay),
+            ema_dtype=ema.dtype,
+        )
+    if swa is not None and swa.enabled:
+        from alz_jax import config_lib  # config_lib imports this module's checks
+
+        every = config_lib.duration_steps(swa, "every", steps_per_epoch, section="swa.")
+        fields.update(
+            swa=True,
+            swa_start_step=max(1, math.ceil(float(swa.start_fraction) * total_steps)),
+            swa_every_steps=max(1, every),  # every_epochs on an epoch of < 1 step
+            swa_dtype=swa.dtype,
+        )
+    return averaging.AveragingSpec(**fields)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -174,10 +202,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "0 <= explore_end <= transition_end <= 1",
             ),
         ]
-    checks += averaging.validate_config(c)
-    from alz_jax import evaluate  # evaluate's settings are checked with the rest
+    checks += _averaging_checks(c)
 
-    evaluate.EvalSettings.from_config(c)
+    reports.EvalSettings.from_config(c)
     try:
         augment.AugmentSpec.from_config(c.augment)
         mixing.spec_from_config(c, 1)
@@ -191,12 +218,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
     validate_batch(c, jax.device_count(), jax.process_count())
 
 
+def _averaging_checks(config: ml_collections.ConfigDict) -> list[tuple]:
+    """(field, value, ok, expected) checks of config.ema and config.swa."""
+    checks = []
+    if config.get("ema") is not None:
+        e = config.ema
+        checks += [
+            ("ema.decay", e.decay, 0.0 <= e.decay < 1.0, "in [0, 1)"),
+            ("ema.min_decay", e.min_decay, 0.0 <= e.min_decay <= e.decay, "in [0, ema.decay]"),
+            ("ema.warmup_gamma", e.warmup_gamma, e.warmup_gamma > 0, "> 0"),
+            ("ema.warmup_power", e.warmup_power, e.warmup_power > 0, "> 0"),
+            ("ema.dtype", e.dtype, e.dtype in averaging.DTYPES, "|".join(averaging.DTYPES)),
+        ]
+    if config.get("swa") is not None:
+        s = config.swa
+        checks += [
+            ("swa.start_fraction", s.start_fraction, 0.0 <= s.start_fraction < 1.0, "in [0, 1)"),
+            ("swa.dtype", s.dtype, s.dtype in averaging.DTYPES, "|".join(averaging.DTYPES)),
+        ]
+        steps, epochs = s.get("every_steps"), s.get("every_epochs")
+        if steps is not None:
+            checks.append(("swa.every_steps", steps, steps >= 1, ">= 1"))
+        elif epochs is not None:
+            checks.append(("swa.every_epochs", epochs, epochs > 0, "> 0"))
+        else:
+            checks.append(("swa.every_steps/every_epochs", None, False, "one of them set"))
+    return checks
+
+
 def _check_init_from(value: str) -> None:
     """model.init_from must read 'LAYOUT:PATH' (whether the file exists is checked when a run
     starts from it: `check_init_from_file`; a resume no longer needs it)."""
     if value:
-        from alz_jax.models import convert
-
         convert.parse_init_from(value)
 
 
@@ -204,8 +257,6 @@ def check_init_from_file(value: str) -> None:
     """A local weight file named by model.init_from exists (before any data work)."""
     if not value:
         return
-    from alz_jax.models import convert
-
     _, path = convert.parse_init_from(value)
     if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
         raise UserError(f"config.model.init_from = {value!r}: no such file {path}.")

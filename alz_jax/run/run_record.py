@@ -21,8 +21,9 @@ from pathlib import Path
 
 import ml_collections
 
-from alz_jax import config_lib, storage
-from alz_jax.errors import UserError
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError
+from alz_jax.run import config_lib
 
 PACKAGES = (
     "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",

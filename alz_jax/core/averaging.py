@@ -15,13 +15,11 @@ stored value is unbiased (its expectation is the float32 result).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from alz_jax.errors import UserError
+from alz_jax.host.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
 _EMA_STREAM, _SWA_STREAM = 0x656D61, 0x737761
@@ -45,61 +43,6 @@ class AveragingSpec:
 
 
 NO_AVERAGES = AveragingSpec()
-
-
-def spec_from_config(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
-    """The AveragingSpec of `config.ema` and `config.swa` (either may be absent: off)."""
-    ema, swa = config.get("ema"), config.get("swa")
-    fields = {}
-    if ema is not None and ema.enabled:
-        fields.update(
-            ema=True,
-            ema_decay=float(ema.decay),
-            ema_warmup=bool(ema.warmup),
-            ema_warmup_gamma=float(ema.warmup_gamma),
-            ema_warmup_power=float(ema.warmup_power),
-            ema_min_decay=float(ema.min_decay),
-            ema_dtype=ema.dtype,
-        )
-    if swa is not None and swa.enabled:
-        from alz_jax import config_lib  # config_lib imports this module's checks
-
-        every = config_lib.duration_steps(swa, "every", steps_per_epoch, section="swa.")
-        fields.update(
-            swa=True,
-            swa_start_step=max(1, math.ceil(float(swa.start_fraction) * total_steps)),
-            swa_every_steps=max(1, every),  # every_epochs on an epoch of < 1 step
-            swa_dtype=swa.dtype,
-        )
-    return AveragingSpec(**fields)
-
-
-def validate_config(config: ml_collections.ConfigDict) -> list[tuple]:
-    """(field, value, ok, expected) checks of config.ema and config.swa for config_lib."""
-    checks = []
-    if config.get("ema") is not None:
-        e = config.ema
-        checks += [
-            ("ema.decay", e.decay, 0.0 <= e.decay < 1.0, "in [0, 1)"),
-            ("ema.min_decay", e.min_decay, 0.0 <= e.min_decay <= e.decay, "in [0, ema.decay]"),
-            ("ema.warmup_gamma", e.warmup_gamma, e.warmup_gamma > 0, "> 0"),
-            ("ema.warmup_power", e.warmup_power, e.warmup_power > 0, "> 0"),
-            ("ema.dtype", e.dtype, e.dtype in DTYPES, "|".join(DTYPES)),
-        ]
-    if config.get("swa") is not None:
-        s = config.swa
-        checks += [
-            ("swa.start_fraction", s.start_fraction, 0.0 <= s.start_fraction < 1.0, "in [0, 1)"),
-            ("swa.dtype", s.dtype, s.dtype in DTYPES, "|".join(DTYPES)),
-        ]
-        steps, epochs = s.get("every_steps"), s.get("every_epochs")
-        if steps is not None:
-            checks.append(("swa.every_steps", steps, steps >= 1, ">= 1"))
-        elif epochs is not None:
-            checks.append(("swa.every_epochs", epochs, epochs > 0, "> 0"))
-        else:
-            checks.append(("swa.every_steps/every_epochs", None, False, "one of them set"))
-    return checks
 
 
 def ema_decay(spec: AveragingSpec, count: jax.Array) -> jax.Array:

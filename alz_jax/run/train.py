@@ -3,7 +3,7 @@
 Reads top to bottom like the run it performs: prepare the data (generating and building it if
 needed), record the run, build the model and optimizer on a ('data',) mesh, restore the latest
 checkpoint if there is one, train with periodic logging, validation and checkpoints, then
-evaluate the best checkpoint on the test split through `evaluate.evaluate_weights` (the same
+evaluate the best checkpoint on the test split through `reports.evaluate_weights` (the same
 path as `python -m alz_jax.evaluate`): report_test.json/.md, predictions and figures.
 """
 
@@ -21,22 +21,13 @@ import ml_collections
 import numpy as np
 from clu import periodic_actions
 
-from alz_jax import (
-    averaging,
-    checkpointing,
-    config_lib,
-    evaluate,
-    logs,
-    preview,
-    profiling,
-    run_record,
-    sharding,
-    steps,
-    storage,
-)
+from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset, input_pipeline
-from alz_jax.errors import UserError
+from alz_jax.evaluation import figures, metrics, reports
+from alz_jax.host import logs, profiling, storage
+from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
+from alz_jax.run import config_lib, run_record
 
 
 class StageTimer:
@@ -139,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     warmup_steps = config_lib.duration_steps(config, "warmup", steps_per_epoch)
     eval_every = max(1, config_lib.duration_steps(config, "eval_every", steps_per_epoch))
     config_lib.validate_durations(config, total_steps, warmup_steps)
-    averages = averaging.spec_from_config(config, total_steps, steps_per_epoch)
+    averages = config_lib.averaging_spec(config, total_steps, steps_per_epoch)
     train_source = data.source("train")
     with timer("run record + pixel statistics"):
         record = run_record.start(
@@ -195,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_hparams(_flat_hparams(config))
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
 
-    eval_settings = evaluate.EvalSettings.from_config(config)
+    eval_settings = reports.EvalSettings.from_config(config)
     val_subjects_known = data.report_metadata().get("subject_source") != "scan_id"
 
     def run_validation(step: int, state) -> tuple[dict, dict]:
@@ -203,17 +194,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         selection also stores each weight set's temperature and thresholds (for `predict`)."""
         names = averaging.available(averages, step)
         with progress.timed("eval"):
-            logits = evaluate.predict_split_multi(
+            logits = reports.predict_split_multi(
                 data, "validation", {n: (weights_of(state, n), predict_step) for n in names},
                 config, mesh,
             )  # fmt: skip
-        per_weights = {n: evaluate.validation_metrics(val_records, logits[n]) for n in names}
+        per_weights = {n: reports.validation_metrics(val_records, logits[n]) for n in names}
         selection = select_weights(
             per_weights, config.checkpoint.best_metric, config.checkpoint.best_mode
         )
         plain = dataclasses.replace(eval_settings, tta=())
         selection["calibration"] = {
-            n: evaluate.calibrate(val_records, {"plain": logits[n]}, plain, val_subjects_known)
+            n: reports.calibrate(val_records, {"plain": logits[n]}, plain, val_subjects_known)
             for n in names
         }
         scalars = {
@@ -261,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 train_iter = grain_iter
                 if start_step == 0:  # what the model is fed, to TensorBoard once
                     first = next(grain_iter)
-                    writer.write_images(0, {"train/augmented": preview.image_grid(first)[None]})
+                    writer.write_images(0, {"train/augmented": figures.image_grid(first)[None]})
                     train_iter = itertools.chain([first], grain_iter)
                 history, wait_time, interval_start = [], 0.0, time.perf_counter()
                 eval_time = 0.0  # validation and saving, kept out of the step time
@@ -305,14 +296,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- Test report from the best checkpoint, with the weights that won validation. ----
     with timer("test evaluation"):
         step, weights, params, selection = restore_weights(manager, "best", model.spec, averages)
-        report = evaluate.evaluate_weights(
+        report = reports.evaluate_weights(
             data=data, model=model, params=params, pixel_stats=pixel_stats, config=config,
             mesh=mesh, split="test", step=step, weights=weights, selection=selection,
             workdir=workdir, settings=eval_settings, writer=writer,
         )  # fmt: skip
     writer.flush()
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
-    evaluate.write_report(report, workdir)
+    reports.write_report(report, workdir)
     return report
 
 
@@ -327,8 +318,6 @@ def _imported_params(config: ml_collections.ConfigDict, spec: convnext.ConvNeXtS
 def validation_images(records: dict, logit_ad: np.ndarray) -> dict[str, np.ndarray]:
     """TensorBoard images of a validation: ROC/PR curves (slice, scan) and the scan-level
     confusion matrix at 0.5."""
-    from alz_jax import figures, metrics
-
     units = metrics.level_units(records, metrics.sigmoid(logit_ad), subjects_known=False)
     scan = metrics.classification_metrics(units["scan"].labels, units["scan"].probs)
     return {
@@ -357,7 +346,7 @@ def restore_weights(
         weights = selection["weights"] if selection else "raw"
     averaging.check_weights_name(weights, averages)
     repl = sharding.replicated(mesh or sharding.make_mesh())
-    shapes = jax.eval_shape(lambda: steps.init_params(spec, 0))
+    shapes = jax.eval_shape(lambda: convnext.init_params(spec, 0))
     dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}
     key = "params" if weights == "raw" else weights
     abstract = {
@@ -382,7 +371,7 @@ def evaluate_checkpoint(
     predictions and figures; `overrides` replace config.eval fields."""
     config = run_record.load_config(workdir)
     record = run_record.load(workdir)
-    settings = evaluate.EvalSettings.from_config(config, **(overrides or {}))
+    settings = reports.EvalSettings.from_config(config, **(overrides or {}))
     data = dataset.prepare(config.data)
     if data.fingerprint() != record["identity"]["data"]["fingerprint"]:
         raise UserError(
@@ -394,7 +383,7 @@ def evaluate_checkpoint(
     steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
     total_steps = config_lib.num_train_steps(config, steps_per_epoch)
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    averages = averaging.spec_from_config(config, total_steps, steps_per_epoch)
+    averages = config_lib.averaging_spec(config, total_steps, steps_per_epoch)
     manager = checkpointing.make_manager(workdir, config.checkpoint)
     step, weights, params, selection = restore_weights(
         manager, which, spec, averages, weights, mesh
@@ -402,7 +391,7 @@ def evaluate_checkpoint(
     # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
     (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
     writer = logs.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
-    report = evaluate.evaluate_weights(
+    report = reports.evaluate_weights(
         data=data, model=steps.make_model(spec), params=params,
         pixel_stats=record["pixel_stats"], config=config, mesh=mesh, split=split, step=step,
         weights=weights, selection=selection, workdir=workdir, settings=settings, writer=writer,

@@ -3,13 +3,16 @@ matrices and reliability diagrams, as PNG files and as images for TensorBoard.""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alz_jax import metrics, storage
+from alz_jax.evaluation import metrics
+from alz_jax.host import storage
 
 _COLORS = {"slice": "tab:blue", "scan": "tab:orange", "subject": "tab:green"}
 
@@ -130,3 +133,23 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
     FigureCanvasAgg(fig)
     with storage.path(path).open("wb") as f:  # a local path or gs://
         fig.savefig(f, format="png", dpi=dpi)
+
+
+def image_grid(batch: dict, num: int = 32, columns: int = 8) -> np.ndarray:
+    """Tiles the first `num` images of a batch into one uint8 (H, W, 1) image with captions."""
+    images = np.asarray(batch["image"])[:num]
+    n, size = len(images), images.shape[1]
+    rows = math.ceil(n / columns)
+    caption = 12
+    grid = np.full((rows * (size + caption), columns * size, 1), 40, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top = r * (size + caption)
+        grid[top + caption : top + caption + size, c * size : (c + 1) * size] = image
+        if "targets" in batch:
+            text = f"AD {float(batch['targets'][i][1]):.2f}"
+        else:
+            text = ("NC", "AD")[int(batch["label"][i])]
+        cv2.putText(grid, text, (c * size + 2, top + caption - 3), cv2.FONT_HERSHEY_PLAIN,
+                    0.8, 255, 1, cv2.LINE_AA)  # fmt: skip
+    return grid

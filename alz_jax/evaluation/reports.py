@@ -1,0 +1,561 @@
+"""Evaluation reports: predictions over a split, the slice/scan/subject report, its files.
+
+One path serves validation during training, the test report at the end of `main`, and
+
+    python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] \
+        [--weights=selected|raw|ema|swa] [--threshold=youden|sensitivity:0.9] \
+        [--temperature_scaling] [--tta=hflip] [--bootstrap_samples=1000] [--gradcam_scans=4]
+
+which writes, in the workdir: report_<split>.json, report_<split>.md, predictions_<split>.csv
+and the figures roc_/confusion_/reliability_/gradcam_<split>.png, and prints a summary table.
+
+What a report holds, per level (slice; scan = mean of its slices' P(AD); subject = mean of its
+scans'): the metrics at the threshold chosen on the validation split (never on test) and at 0.5,
+each with a 95% interval from resampling subjects; ROC and PR AUC; calibration (reliability bins,
+ECE, and a temperature fitted on validation); optionally test-time augmentation beside the plain
+result; and Grad-CAM pictures of chosen scans.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from alz_jax.core import sharding, steps
+from alz_jax.data import input_pipeline
+from alz_jax.evaluation import figures, metrics, saliency
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError
+
+REPORT_LEVELS = metrics.LEVELS
+TTA_VIEWS = tuple(v for v in steps.VIEWS if v != "plain")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How a report is made (config.eval, overridable on the evaluate command line)."""
+
+    threshold: str = "youden"  # or 'sensitivity:T'
+    temperature_scaling: bool = False  # always fitted on validation; applied only if True
+    calibration_bins: int = 10
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    tta: tuple[str, ...] = ()  # views averaged with the plain image: hflip, vflip
+    gradcam_scans: int = 4
+    gradcam_slices: int = 5
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> EvalSettings:
+        """config.eval (absent fields: defaults) with the non-None `overrides`; checked."""
+        values = dict(config.get("eval", None) or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UserError(f"config.eval has unknown fields {sorted(unknown)}.")
+        tta = values.get("tta", ())
+        if isinstance(tta, str):
+            tta = tuple(v.strip() for v in tta.split(",") if v.strip())
+        values["tta"] = tuple(tta)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """A clear error for any value that can't work."""
+        try:
+            metrics.parse_threshold_method(self.threshold)
+        except ValueError as e:
+            raise UserError(f"config.eval.threshold: {e}.") from e
+        bad = [v for v in self.tta if v not in TTA_VIEWS]
+        checks = [
+            ("tta", ",".join(self.tta), not bad and len(set(self.tta)) == len(self.tta),
+             f"a comma-separated subset of {', '.join(TTA_VIEWS)}"),
+            ("calibration_bins", self.calibration_bins, self.calibration_bins >= 2, ">= 2"),
+            ("bootstrap_samples", self.bootstrap_samples, self.bootstrap_samples >= 0,
+             ">= 0 (0: no intervals)"),
+            ("gradcam_scans", self.gradcam_scans, self.gradcam_scans >= 0, ">= 0"),
+            ("gradcam_slices", self.gradcam_slices, self.gradcam_slices >= 1, ">= 1"),
+        ]  # fmt: skip
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise UserError(f"config.eval.{name} = {value!r}: expected {expected}.")
+
+
+# ---- Predictions. ----
+
+
+def predict_split_multi(data, split: str, predictors: dict, config, mesh) -> dict[str, np.ndarray]:
+    """Logit margins z_AD - z_NC of every image of a split, in record order, for several
+    (params, predict_fn) pairs (raw/EMA/SWA weights, test-time views) in one pass over the
+    data; every image is counted exactly once."""
+    n = data.num_examples(split)
+    out = {name: np.full(n, np.nan, np.float64) for name in predictors}
+    seen = np.zeros(n, np.int64)
+    batch_sharding = sharding.batch_sharded(mesh)
+    dataset = input_pipeline.eval_dataset(data.source(split), config, config.batch_size)
+    iterator = iter(dataset)
+    try:
+        for batch in iterator:
+            images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+            indices = jax.make_array_from_process_local_data(batch_sharding, batch["index"])
+            margins = {name: fn(params, images) for name, (params, fn) in predictors.items()}
+            margins, indices = multihost_utils.process_allgather((margins, indices), tiled=True)
+            valid = indices >= 0
+            for name in predictors:
+                out[name][indices[valid]] = margins[name][valid]
+            np.add.at(seen, indices[valid], 1)
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+    if not np.all(seen == 1):
+        raise RuntimeError(
+            f"Evaluation of {split} counted images {seen.min()}..{seen.max()} times; expected once."
+        )
+    return out
+
+
+def probabilities(logits_by_view: dict[str, np.ndarray], temperature: float) -> np.ndarray:
+    """P(AD): the mean over views of sigmoid(margin / temperature)."""
+    return np.mean([metrics.sigmoid(m / temperature) for m in logits_by_view.values()], axis=0)
+
+
+# ---- Calibration and threshold, from the validation split only. ----
+
+
+def calibrate(
+    records: dict, logits_by_view: dict[str, np.ndarray], settings: EvalSettings,
+    subjects_known: bool,
+) -> dict:  # fmt: skip
+    """The temperature and per-level thresholds chosen on validation predictions.
+
+    The temperature is fitted on the plain view's slices and applied only with
+    `settings.temperature_scaling`; thresholds are chosen on the probabilities the report uses
+    (after temperature, averaged over views)."""
+    fit = metrics.fit_temperature(records["label"], logits_by_view["plain"])
+    temperature = fit["temperature"] if settings.temperature_scaling else 1.0
+    probs = probabilities(logits_by_view, temperature)
+    method, target = metrics.parse_threshold_method(settings.threshold)
+    chosen = {
+        level: metrics.choose_threshold(u.labels, u.probs, method, target)
+        for level, u in metrics.level_units(records, probs, subjects_known).items()
+    }
+    return {
+        "temperature": temperature,
+        "temperature_applied": settings.temperature_scaling,
+        "temperature_fit": fit,
+        "threshold_method": settings.threshold,
+        "thresholds": {level: c["threshold"] for level, c in chosen.items()},
+        "threshold_details": chosen,
+        "views": list(logits_by_view),
+        "validation_images": len(probs),
+    }
+
+
+def validation_metrics(records: dict, logit_ad: np.ndarray) -> dict:
+    """Flat scalars for TensorBoard and best-checkpoint selection (at threshold 0.5): loss,
+    slice and scan accuracy, balanced accuracy, sensitivity, specificity, AUC, and ECE."""
+    prob_ad = metrics.sigmoid(logit_ad)
+    levels = metrics.multilevel_metrics(records, prob_ad, subjects_known=False)
+    out = {"loss": metrics.nll(records["label"], prob_ad)}
+    for level, prefix in (("slice", ""), ("scan", "scan_")):
+        m = levels[level]
+        for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"):
+            if m[name] is not None:
+                out[prefix + name] = m[name]
+    out["ece"] = metrics.reliability_bins(records["label"], prob_ad)["ece"]
+    return out
+
+
+# ---- The report. ----
+
+
+def level_results(
+    units: dict[str, metrics.Units], thresholds: dict[str, float], settings: EvalSettings
+) -> dict:
+    """Per level: metrics at the validation threshold and at 0.5, each with bootstrap-over-
+    subjects intervals, and calibration."""
+    half = {level: 0.5 for level in units}
+    intervals = {}
+    for name, t in (("chosen", thresholds), ("half", half)):
+        intervals[name] = (
+            metrics.bootstrap_intervals(
+                units, t, settings.bootstrap_samples, settings.bootstrap_seed
+            )
+            if settings.bootstrap_samples
+            else {level: {} for level in units}
+        )
+    out = {}
+    for level, u in units.items():
+        out[level] = {
+            **metrics.classification_metrics(u.labels, u.probs, thresholds[level]),
+            "ci95": intervals["chosen"][level],
+            "n_subjects": len(set(u.subjects)),
+            "at_0.5": {
+                **metrics.classification_metrics(u.labels, u.probs, 0.5),
+                "ci95": intervals["half"][level],
+            },
+            "calibration": metrics.reliability_bins(u.labels, u.probs, settings.calibration_bins),
+        }
+    return out
+
+
+def build_report(
+    split: str,
+    records: dict,
+    logits_by_view: dict[str, np.ndarray],
+    data_metadata: dict,
+    step: int,
+    calibration: dict,
+    settings: EvalSettings,
+) -> tuple[dict, dict[str, metrics.Units]]:
+    """The report of one split, and the units (for figures): the plain view's results at the
+    validation-chosen thresholds and at 0.5, test-time augmentation beside them if asked."""
+    subjects_known = data_metadata.get("subject_source") != "scan_id"
+    plain = calibration["plain"]
+    temperature = plain["temperature"]
+    probs = probabilities({"plain": logits_by_view["plain"]}, temperature)
+    units = metrics.level_units(records, probs, subjects_known)
+    report = {
+        "split": split,
+        "checkpoint_step": int(step),
+        "weights": "raw",
+        "subjects_known": subjects_known,
+        "subject_source": data_metadata.get("subject_source"),
+        "subject_coverage": data_metadata.get("subject_coverage"),
+        "protocol": data_metadata.get("protocol"),
+        "num_images": len(probs),
+        "loss": metrics.nll(records["label"], probs),
+        "calibration": plain,
+        "bootstrap": {
+            "samples": settings.bootstrap_samples,
+            "seed": settings.bootstrap_seed,
+            # Unknown subjects stand as one per scan: scans are then what is resampled.
+            "resampled_unit": "subject" if subjects_known else "scan",
+            "confidence": 0.95,
+        },
+        **level_results(units, plain["thresholds"], settings),
+    }
+    # Calibration with and without the validation temperature, whichever the report used.
+    fitted = plain["temperature_fit"]["temperature"]
+    for name, t in (("ece_uncalibrated", 1.0), ("ece_temperature_scaled", fitted)):
+        other = metrics.level_units(
+            records, metrics.sigmoid(logits_by_view["plain"] / t), subjects_known
+        )
+        for level, u in other.items():
+            report[level]["calibration"][name] = metrics.reliability_bins(
+                u.labels, u.probs, settings.calibration_bins
+            )["ece"]
+    if "tta" in calibration:
+        tta_cal = calibration["tta"]
+        tta_probs = probabilities(logits_by_view, temperature)
+        tta_units = metrics.level_units(records, tta_probs, subjects_known)
+        report["tta"] = {
+            "views": list(logits_by_view),
+            "thresholds": tta_cal["thresholds"],
+            **{
+                level: {k: v for k, v in r.items() if k != "calibration"}
+                for level, r in level_results(tta_units, tta_cal["thresholds"], settings).items()
+            },
+        }
+    if not subjects_known:
+        report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
+    if split == "test":
+        report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
+    return report, units
+
+
+def _protocol_text(protocol) -> str:
+    if not isinstance(protocol, dict):
+        return f"`{protocol}`"
+    details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
+    return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
+
+
+def _interval_text(bootstrap: dict) -> str:
+    if not bootstrap["samples"]:
+        return "No intervals (bootstrap_samples = 0)"
+    unit = bootstrap["resampled_unit"]
+    unknown = " (subjects unknown)" if unit == "scan" else ""
+    return (f"95% intervals: percentile bootstrap over {unit}s{unknown}, "
+            f"{bootstrap['samples']} resamples")  # fmt: skip
+
+
+def _ci(m: dict, name: str) -> str:
+    value, interval = m.get(name), m.get("ci95", {}).get(name)
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def format_report(report: dict) -> str:
+    """The summary table printed by `evaluate`, `main` and the demo."""
+    cal = report["calibration"]
+    lines = [
+        f"Report: {report['split']} split, checkpoint step {report['checkpoint_step']} "
+        f"({report['weights']} weights), "
+        f"{report['num_images']} images, subjects from {report['subject_source']}",
+        f"Threshold chosen on validation ({cal['threshold_method']}): "
+        + ", ".join(f"{lv} {t:.3f}" for lv, t in cal["thresholds"].items())
+        + f"; temperature {cal['temperature']:.3f}"
+        + (
+            ""
+            if cal["temperature_applied"]
+            else f" (none applied; fitted: {cal['temperature_fit']['temperature']:.3f})"
+        ),
+        _interval_text(report["bootstrap"]),
+        f"{'level':<8} {'n':>5} {'thr':>5} {'acc':>6} {'bal_acc':>7} {'sens':>6} {'spec':>6} "
+        f"{'F1 AD':>6} {'AUC':>6} {'PR AUC':>6} {'ECE':>6}  [[TN FP] [FN TP]]  acc 95% CI",
+    ]
+    for level in REPORT_LEVELS:
+        if level not in report:
+            continue
+        for label, m in ((level, report[level]), ("  @0.5", report[level]["at_0.5"])):
+            auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-"
+            pr = f"{m['pr_auc']:.3f}" if m["pr_auc"] is not None else "-"
+            ece = f"{report[level]['calibration']['ece']:.3f}" if label == level else ""
+            ci = m["ci95"].get("accuracy")
+            ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            lines.append(
+                f"{label:<8} {m['n']:>5} {m['threshold']:>5.3f} {m['accuracy']:>6.3f} "
+                f"{m['balanced_accuracy']:>7.3f} {m['sensitivity']:>6.3f} "
+                f"{m['specificity']:>6.3f} {m['f1_ad']:>6.3f} {auc:>6} {pr:>6} {ece:>6}  "
+                f"{m['confusion_matrix']['counts']}  {ci_text}"
+            )
+    if "tta" in report:
+        tta = report["tta"]
+        lines.append(f"Test-time augmentation ({' + '.join(tta['views'])}, own thresholds):")
+        for level in REPORT_LEVELS:
+            if level in tta:
+                m = tta[level]
+                lines.append(
+                    f"  {level:<6} acc {_ci(m, 'accuracy')}  bal_acc "
+                    f"{_ci(m, 'balanced_accuracy')}  AUC {_ci(m, 'roc_auc')}"
+                )
+    lines += _notes(report)
+    return "\n".join(lines)
+
+
+def _notes(report: dict) -> list[str]:
+    notes = []
+    if report.get("test_subjects_also_in_train"):
+        notes.append(
+            f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
+            "train or validation: test accuracy is optimistic."
+        )
+    coverage = report.get("subject_coverage")
+    if not report["subjects_known"]:
+        notes.append(
+            "Note: subjects unknown (no metadata): splits are by scan, and one subject's visits "
+            "may be in train and in validation or test."
+        )
+    elif coverage is not None and coverage < 1.0:
+        notes.append(f"Note: subjects known for {coverage:.1%} of scans; the rest stand alone.")
+    fit = report["calibration"]["temperature_fit"]
+    if fit["at_bound"]:
+        notes.append(
+            f"Note: the temperature fitted on validation ({fit['temperature']:.3g}) hit its "
+            f"bound {metrics.TEMPERATURE_BOUNDS}: validation is (nearly) separated, so the fit "
+            "says little about test."
+        )
+    if report["split"] == "validation":
+        notes.append("Note: the thresholds and temperature were chosen on this same split: "
+                     "its results at them are optimistic.")  # fmt: skip
+    for level, c in report["calibration"]["threshold_details"].items():
+        if not c["defined"]:
+            notes.append(f"Note: validation has one class only at {level} level: threshold 0.5.")
+    return notes
+
+
+def format_markdown(report: dict, figures: dict[str, str]) -> str:
+    """report_<split>.md: the same numbers as the JSON, as tables a reader can act on."""
+    cal = report["calibration"]
+    split = report["split"]
+    md = [
+        f"# Evaluation report: {split} split",
+        "",
+        f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
+        f"{report['num_images']} images; protocol {_protocol_text(report['protocol'])}; "
+        "subjects from "
+        f"`{report['subject_source']}`.",
+        "",
+        f"Decision threshold chosen on the **validation** split by `{cal['threshold_method']}` "
+        "and applied unchanged here; results at 0.5 below each. Temperature "
+        + (f"{cal['temperature']:.3f} applied." if cal["temperature_applied"] else
+           f"not applied (fitted on validation: {cal['temperature_fit']['temperature']:.3f})."),
+        f"{_interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
+        "intervals do not include the uncertainty of the threshold itself.",
+        "",
+    ]  # fmt: skip
+    names = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
+             "f1_ad", "macro_f1", "roc_auc", "pr_auc")  # fmt: skip
+    md += [
+        "| level | n | subjects | threshold | " + " | ".join(names) + " |",
+        "|---" * (4 + len(names)) + "|",
+    ]
+    for level in REPORT_LEVELS:
+        if level not in report:
+            continue
+        r = report[level]
+        for label, m in ((f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])):
+            md.append(
+                f"| {label} | {m['n']} | {r['n_subjects']} | {m['threshold']:.3f} | "
+                + " | ".join(_ci(m, n) for n in names)
+                + " |"
+            )
+    md += ["", "## Confusion matrices (rows: true NC, AD; columns: predicted NC, AD)", ""]
+    for level in REPORT_LEVELS:
+        if level in report:
+            (tn, fp), (fn, tp) = report[level]["confusion_matrix"]["counts"]
+            md.append(f"- {level} at {report[level]['threshold']:.3f}: TN {tn}, FP {fp}, "
+                      f"FN {fn}, TP {tp}")  # fmt: skip
+    md += ["", "## Calibration", "", "| level | ECE | ECE, no temperature | ECE, temperature "
+           "fitted on validation |", "|---|---|---|---|"]  # fmt: skip
+    for level in REPORT_LEVELS:
+        if level in report:
+            c = report[level]["calibration"]
+            md.append(f"| {level} | {c['ece']:.4f} | {c['ece_uncalibrated']:.4f} | "
+                      f"{c['ece_temperature_scaled']:.4f} |")  # fmt: skip
+    if "tta" in report:
+        tta = report["tta"]
+        md += ["", f"## Test-time augmentation: {' + '.join(tta['views'])}", "",
+               "Probabilities averaged over the views; thresholds chosen on validation under "
+               "the same views. Flips are not anatomical symmetries of sagittal slices.", "",
+               "| level | threshold | accuracy | balanced_accuracy | roc_auc |",
+               "|---|---|---|---|---|"]  # fmt: skip
+        for level in REPORT_LEVELS:
+            if level in tta:
+                m = tta[level]
+                md.append(f"| {level} | {m['threshold']:.3f} | {_ci(m, 'accuracy')} | "
+                          f"{_ci(m, 'balanced_accuracy')} | {_ci(m, 'roc_auc')} |")  # fmt: skip
+    notes = _notes(report)
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
+    if figures:
+        md += ["", "## Figures", ""]
+        md += [f"![{name}]({path})" for name, path in figures.items()]
+    return "\n".join(md) + "\n"
+
+
+# ---- Files. ----
+
+PREDICTION_COLUMNS = ("file_name", "scan_id", "subject_id", "label", "prob_ad", "logit_ad")
+
+
+def write_predictions(
+    records: dict, prob_ad: np.ndarray, logit_ad: np.ndarray, path: str | Path,
+    prob_ad_tta: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """One CSV row per image: file_name, scan_id, subject_id, label, prob_ad (the probability
+    the report used), logit_ad (z_AD - z_NC) [, prob_ad_tta]."""
+    columns = PREDICTION_COLUMNS + (("prob_ad_tta",) if prob_ad_tta is not None else ())
+    f = io.StringIO(newline="")  # written whole: a local path or gs://
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for i in range(len(prob_ad)):
+        row = [
+            records["file_name"][i],
+            records["scan_id"][i],
+            records["subject_id"][i],
+            int(records["label"][i]),
+            f"{prob_ad[i]:.6f}",
+            f"{logit_ad[i]:.6f}",
+        ]
+        if prob_ad_tta is not None:
+            row.append(f"{prob_ad_tta[i]:.6f}")
+        writer.writerow(row)  # fmt: skip
+    storage.path(path).write_text(f.getvalue())
+
+
+def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
+    """Reads a predictions CSV back into (records, prob_ad)."""
+    rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
+    records = {
+        k: np.asarray([r[k] for r in rows], dtype=object)
+        for k in ("file_name", "scan_id", "subject_id")
+    }
+    records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)
+    return records, np.asarray([float(r["prob_ad"]) for r in rows], np.float64)
+
+
+def write_report(report: dict, workdir: str | Path) -> Path:
+    """Writes <workdir>/report_<split>.json (process 0 only); returns its path."""
+    path = storage.path(workdir) / f"report_{report['split']}.json"
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(report, indent=1))
+    return path
+
+
+# ---- The one evaluation path (main's final report and the command line). ----
+
+
+def evaluate_weights(
+    *, data, model, params, pixel_stats: dict, config, mesh, split: str, step: int,
+    weights: str, selection: dict | None, workdir: str | Path, settings: EvalSettings,
+    writer=None,
+) -> dict:  # fmt: skip
+    """Predicts validation and `split` with `params`, calibrates on validation, and writes the
+    report (JSON, Markdown), predictions CSV and figures into `workdir` (process 0); returns the
+    report. `writer` (a CLU metric writer) also receives the figures as images."""
+    views = ("plain", *settings.tta)
+    fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
+    splits = ["validation"] if split == "validation" else ["validation", split]
+    logits = {
+        s: predict_split_multi(data, s, {v: (params, fns[v]) for v in views}, config, mesh)
+        for s in splits
+    }
+    metadata = data.report_metadata()
+    subjects_known = metadata.get("subject_source") != "scan_id"
+    val_records = data.records("validation")
+    plain_settings = dataclasses.replace(settings, tta=())
+    calibration = {
+        "plain": calibrate(val_records, {"plain": logits["validation"]["plain"]},
+                           plain_settings, subjects_known)
+    }  # fmt: skip
+    if settings.tta:
+        calibration["tta"] = calibrate(val_records, logits["validation"], settings, subjects_known)
+    records = data.records(split)
+    report, units = build_report(
+        split, records, logits[split], metadata, step, calibration, settings
+    )
+    report["weights"] = weights
+    report["selection"] = selection
+    if jax.process_index() != 0:
+        return report
+    workdir = storage.path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    plain_probs = probabilities({"plain": logits[split]["plain"]}, report["calibration"]
+                                ["temperature"])  # fmt: skip
+    tta_probs = (
+        probabilities(logits[split], report["calibration"]["temperature"]) if settings.tta
+        else None
+    )  # fmt: skip
+    write_predictions(records, plain_probs, logits[split]["plain"],
+                      workdir / f"predictions_{split}.csv", tta_probs)  # fmt: skip
+    rendered = figures.report_figures(report, units)
+    if settings.gradcam_scans:
+        scans = saliency.choose_scans(units["scan"], report["scan"]["threshold"],
+                                      settings.gradcam_scans)  # fmt: skip
+        rendered["gradcam"] = saliency.gradcam_figure(
+            data.source(split), records, plain_probs, scans, model, params, pixel_stats,
+            config.data.image_size, settings.gradcam_slices, report["scan"]["threshold"],
+        )  # fmt: skip
+        report["gradcam_scans"] = list(scans)
+    paths = {}
+    for name, figure in rendered.items():
+        paths[name] = f"{name}_{split}.png"
+        figures.save(figure, workdir / paths[name])
+    if writer is not None:
+        writer.write_images(step, {f"{split}/{name}": figures.to_image(f)[None]
+                                   for name, f in rendered.items()})  # fmt: skip
+        writer.flush()
+    report["figures"] = paths
+    (workdir / f"report_{split}.md").write_text(format_markdown(report, paths))
+    write_report(report, workdir)
+    return report
