@@ -1,4 +1,4 @@
-"""Audit an ADNI AD_NC folder before trusting any number trained on it.
+"""Command: audit an ADNI AD_NC folder before trusting any number trained on it.
 
     python -m alz_jax.audit --manual_dir=DIR [--json=OUT.json]
 
@@ -10,21 +10,21 @@ stored in its metadata.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
-from alz_jax.host.errors import exit_on_user_error
+from alz_jax.host import command
 from tfds_builders.adni import audit, layout
 
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding AD_NC/ (or train/, test/).")
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Folder holding AD_NC/ (or train/, test/).", required=True
+)
 _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
-flags.mark_flag_as_required("manual_dir")
 
 
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
-    with exit_on_user_error():
-        report, _ = audit.run(layout.parse(_MANUAL_DIR.value))
+    report, _ = audit.run(layout.parse(_MANUAL_DIR.value))
     print(audit.format_table(report))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
@@ -33,4 +33,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command.run(main, jax_runtime=False)

@@ -1,29 +1,35 @@
-"""Benchmarks, each printing one JSON line (README, "Performance").
+"""Command: benchmarks, each printing one JSON line (README, "Performance").
 
-    python -m alz_jax.bench step [--size tiny --batch 16 --res 224 --in_chans 3
-                                  --dtype float32 --depthwise auto --profile]
-    python -m alz_jax.bench compare --torch_python /tmp/torchref/bin/python [--rounds 3]
-    python -m alz_jax.bench pipeline [--config configs/demo.py --workers 0,1,2]
-    python -m alz_jax.bench e2e [--config configs/demo.py --steps 60]
-    python -m alz_jax.bench augment [--size 224 --seconds 10]
+    python -m alz_jax.bench step [--size=tiny --batch=16 --res=224 --in_chans=3
+                                  --dtype=float32 --depthwise=auto --profile]
+    python -m alz_jax.bench compare --torch_python=/tmp/torchref/bin/python [--rounds=3]
+    python -m alz_jax.bench pipeline [--config=demo --workers=0,1,2]
+    python -m alz_jax.bench e2e [--config=demo --steps=60]
+    python -m alz_jax.bench matmul [--size=tiny --batch=16 --res=224]
+    python -m alz_jax.bench augment [--res=224 --seconds=10]
+
+The benchmark is the first positional argument; the flags are absl's, shared by all (a flag a
+benchmark does not use is ignored), with each benchmark's own defaults where they differ.
+--config takes a file or a config name and `--config.x.y=value` overrides, as `main` does.
 
 `step`: train-step throughput of the step `main` builds (`steps.make_train_step`, from a config
 file with the benchmark's overrides; random uint8 images): time to the first step (compile),
 steady-state step time, peak host memory, model FLOPs per image, achieved FLOP/s and, where the
 device's peak is known, utilisation; `--profile` adds a per-op time breakdown of one step.
-`compare`: ../shared/bench/torch_reference.py and `step` alternately, A B A B, in fresh
-processes with identical settings; the ratio per round and its median. `pipeline`: training
-input throughput (decode, augment, Mixup/CutMix, batching) in the main process and with N Grain
-workers. `e2e`: the input pipeline feeding the train step, with the share of time spent waiting
-for input. `augment`: one core's decode + seed-report augmentation rate.
+`compare`: the PyTorch anchor alz_jax/reference/torch_reference.py (in a separate PyTorch
+virtualenv) and `step` alternately, A B A B, in fresh processes with identical settings; the
+ratio per round and its median. `pipeline`: training input throughput (decode, augment,
+Mixup/CutMix, batching) in the main process and with N Grain workers. `e2e`: the input pipeline
+feeding the train step, with the share of time spent waiting for input. `matmul`: XLA's matmuls
+against numpy's BLAS. `augment`: one core's decode + seed-report augmentation rate.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import copy
+import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import resource
@@ -35,12 +41,22 @@ import time
 from pathlib import Path
 
 import cv2
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import app, flags
 
-from alz_jax.data import augment, preprocess
+from alz_jax.core import sharding, steps
+from alz_jax.data import augment, dataset, input_pipeline, preprocess
+from alz_jax.host import command, compilation_cache, profiling
+from alz_jax.models import convnext
+from alz_jax.run import config_lib, specs
 
 REPO = Path(__file__).resolve().parent.parent
-TORCH_REFERENCE = REPO.parent / "shared" / "bench" / "torch_reference.py"
+# Runs in its own PyTorch virtualenv, by path: not imported (alz_jax/reference/*.py).
+TORCH_REFERENCE = Path(__file__).resolve().parent / "reference" / "torch_reference.py"
+SEED_AUGMENT_REFERENCE = Path(__file__).resolve().parent / "reference" / "seed_augment.py"
 
 # Dense peak FLOP/s per chip for utilisation (vendor figures; bfloat16 and float32 where the
 # datasheet gives them, float32 on GPUs as the TF32 tensor-core rate). None: unknown (CPUs).
@@ -59,31 +75,23 @@ PEAK_FLOPS = {
 }
 
 
-def load_config(path: str | Path):
-    """`get_config()` of a config file."""
-    spec = importlib.util.spec_from_file_location("bench_config", os.fspath(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def _reference_augment_config():
-    return load_config(REPO / "configs" / "convnext_t.py").augment
+def _reference_augment_config() -> ml_collections.ConfigDict:
+    return command.load_config("convnext_t").augment
 
 
 def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def config_hash(config) -> str:
+def config_hash(config: ml_collections.ConfigDict) -> str:
     """Short hash of a config's JSON form: equal hashes mean the same step was benchmarked."""
     return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
 
 
-def step_config(args: argparse.Namespace):
+def step_config(args: Settings) -> ml_collections.ConfigDict:
     """The config a `step` benchmark trains with: the config file plus the benchmark's settings
     (image size, batch, model size, input channels, dtype, depthwise implementation)."""
-    config = load_config(args.config)
+    config = copy.deepcopy(args.base_config)
     with config.unlocked():
         config.batch_size = args.batch
         config.data.image_size = args.res
@@ -98,15 +106,8 @@ def step_config(args: argparse.Namespace):
     return config
 
 
-def bench_step(args: argparse.Namespace) -> dict:
+def bench_step(args: Settings) -> dict:
     """Times the train step `main` would build for `step_config(args)` on random batches."""
-    import jax
-
-    from alz_jax.core import sharding, steps
-    from alz_jax.host import compilation_cache, profiling
-    from alz_jax.models import convnext
-    from alz_jax.run import config_lib
-
     cache = compilation_cache.enable()
     config = step_config(args)
     mesh = sharding.make_mesh()
@@ -158,7 +159,7 @@ def bench_step(args: argparse.Namespace) -> dict:
         "step_impl": config.get("step_impl", "jit"),
         "devices": jax.device_count(),
         "device_kind": device.device_kind,
-        "config": os.fspath(args.config),
+        "config": args.config,
         "config_hash": config_hash(config),
         "compile_cache": os.fspath(cache) if cache else None,
         "compile_s": round(compile_s, 2),
@@ -184,27 +185,34 @@ def bench_step(args: argparse.Namespace) -> dict:
     return result
 
 
-def bench_compare(args: argparse.Namespace) -> dict:
+def _config_override_args() -> list[str]:
+    """The command line's --config.x.y=value overrides, for a child benchmark."""
+    return [a for a in sys.argv[1:] if a.startswith(("--config.", "--noconfig."))]
+
+
+def bench_compare(args: Settings) -> dict:
     """Runs the PyTorch anchor and `step` alternately in fresh processes; ratio per round."""
     if not Path(args.torch_python).exists():
         raise SystemExit(
-            f"--torch_python {args.torch_python} does not exist: make a virtualenv with "
-            "torch==2.14.1 torchvision==0.29.1 (../shared/bench/README.md) and pass its python."
+            f"--torch_python={args.torch_python} does not exist: make a virtualenv with "
+            "torch==2.14.1 torchvision==0.29.1 (see alz_jax/reference/torch_reference.py) and "
+            "pass its python."
         )
     if not Path(args.reference).exists():
-        raise SystemExit(f"--reference {args.reference}: no such file (the PyTorch anchor).")
+        raise SystemExit(f"--reference={args.reference}: no such file (the PyTorch anchor).")
     torch_cmd = [
-        args.torch_python, os.fspath(args.reference), "--variant", args.size,
-        "--batch", str(args.batch), "--res", str(args.res), "--in-chans", str(args.in_chans),
-        "--dtype", args.dtype, "--steps", str(args.steps),
+        args.torch_python, os.fspath(args.reference), f"--variant={args.size}",
+        f"--batch={args.batch}", f"--res={args.res}", f"--in_chans={args.in_chans}",
+        f"--dtype={args.dtype}", f"--steps={args.steps}",
     ]  # fmt: skip
     jax_cmd = [
-        sys.executable, "-m", "alz_jax.bench", "step", "--config", os.fspath(args.config),
-        "--size", args.size, "--batch", str(args.batch), "--res", str(args.res),
-        "--in_chans", str(args.in_chans), "--dtype", args.dtype, "--steps", str(args.steps),
+        sys.executable, "-m", "alz_jax.bench", "step", f"--config={args.config}",
+        *_config_override_args(), f"--size={args.size}", f"--batch={args.batch}",
+        f"--res={args.res}", f"--in_chans={args.in_chans}", f"--dtype={args.dtype}",
+        f"--steps={args.steps}",
     ]  # fmt: skip
     if args.depthwise:
-        jax_cmd += ["--depthwise", args.depthwise]
+        jax_cmd.append(f"--depthwise={args.depthwise}")
     rounds = []
     for _ in range(args.rounds):
         anchor = _run_json(torch_cmd)
@@ -246,11 +254,9 @@ def _run_json(cmd: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _training_input(args: argparse.Namespace, num_workers: int, prefetch: int):
+def _training_input(args: Settings, num_workers: int, prefetch: int):
     """The config (with the benchmark's settings), the data and its train iterator."""
-    from alz_jax.data import dataset, input_pipeline
-
-    config = load_config(args.config)
+    config = copy.deepcopy(args.base_config)
     with config.unlocked():
         config.data.num_workers = num_workers
         config.data.prefetch_buffer_size = prefetch
@@ -258,19 +264,19 @@ def _training_input(args: argparse.Namespace, num_workers: int, prefetch: int):
             config.data.image_size = args.res
         if args.batch:
             config.batch_size = args.batch
-    data = dataset.prepare(config.data)
-    iterator = iter(
-        input_pipeline.train_dataset(
-            data.source("train"), config, config.batch_size, seed=0, total_steps=10_000
-        )
-    )
-    return config, data, iterator
+    run = specs.resolve(config)
+    data = dataset.prepare(run.data)
+    # Mixing (if the config mixes) at full strength: the schedule of a 10,000-step run.
+    mix = dataclasses.replace(run.pipeline.mix, total_steps=10_000)
+    pipeline = dataclasses.replace(run.pipeline, mix=mix)
+    batches = input_pipeline.train_dataset(data.source("train"), pipeline, run.batch_size, seed=0)
+    return config, data, iter(batches)
 
 
-def bench_pipeline(args: argparse.Namespace) -> dict:
+def bench_pipeline(args: Settings) -> dict:
     """Training batches per second from the input pipeline alone, per worker count."""
     results = []
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in args.workers:
         config, _, iterator = _training_input(args, workers, args.prefetch)
         with contextlib.closing(iterator):
             for _ in range(args.warmup_batches):
@@ -290,7 +296,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
         )
     return {
         "bench": "pipeline",
-        "config": os.fspath(args.config),
+        "config": args.config,
         "image_size": config.data.image_size,
         "batch": config.batch_size,
         "prefetch": args.prefetch,
@@ -299,16 +305,9 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     }
 
 
-def bench_e2e(args: argparse.Namespace) -> dict:
+def bench_e2e(args: Settings) -> dict:
     """The input pipeline feeding the config's train step, timed as the training loop times
     it: the share of wall time spent waiting for the next batch."""
-    import jax
-
-    from alz_jax.core import sharding, steps
-    from alz_jax.data import input_pipeline
-    from alz_jax.models import convnext
-    from alz_jax.run import config_lib
-
     config, _, iterator = _training_input(args, args.num_workers, args.prefetch)
     mesh = sharding.make_mesh()
     spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
@@ -336,7 +335,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         elapsed = time.perf_counter() - start
     return {
         "bench": "e2e",
-        "config": os.fspath(args.config),
+        "config": args.config,
         "config_hash": config_hash(config),
         "num_workers": args.num_workers,
         "prefetch": args.prefetch,
@@ -350,14 +349,9 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     }
 
 
-def bench_matmul(args: argparse.Namespace) -> dict:
+def bench_matmul(args: Settings) -> dict:
     """GFLOP/s of XLA's matmuls against numpy's BLAS on the MLP shapes of a ConvNeXt at
     `--batch` x `--res` (per stage: (B*S*S, C) @ (C, 4C) and (B*S*S, 4C) @ (4C, C))."""
-    import jax
-    import jax.numpy as jnp
-
-    from alz_jax.models import convnext
-
     depths, dims = convnext.SIZES[args.size]
     rng = np.random.default_rng(0)
     rows = []
@@ -408,8 +402,9 @@ def _blas_name() -> str:
 
 def bench_augment(size: int, seconds: float) -> dict:
     """Images per second of decode + the seed augmentation pipeline on one core (OpenCV's own
-    threads off), on the input of ../shared/bench/seed_augment.py: 64 random 256x240 grayscale
-    JPEGs, quality 90. Gaussian noise is not in this figure: it runs on the device."""
+    threads off), on the input of alz_jax/reference/seed_augment.py (the torchvision anchor):
+    64 random 256x240 grayscale JPEGs, quality 90. Gaussian noise is not in this figure: it runs
+    on the device."""
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     jpegs = []
@@ -417,7 +412,7 @@ def bench_augment(size: int, seconds: float) -> dict:
         image = (rng.random((240, 256)) * 255).astype(np.uint8)
         _, buf = cv2.imencode(".jpeg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         jpegs.append(buf.tobytes())
-    spec = augment.AugmentSpec.from_config(_reference_augment_config())
+    spec = specs.augment_spec(_reference_augment_config())
     aug_rng = np.random.default_rng(1)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -437,69 +432,121 @@ def bench_augment(size: int, seconds: float) -> dict:
     }
 
 
-def _step_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=os.fspath(REPO / "configs" / "convnext_t.py"))
-    parser.add_argument("--size", default="tiny", help="ConvNeXt size (atto .. large)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--res", type=int, default=224)
-    parser.add_argument("--in_chans", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"])
-    parser.add_argument("--depthwise", default="", help="auto|xla|shift (default: the config's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+# ---- The command line: one set of absl flags; each benchmark's defaults fill the unset ones. ----
+
+BENCHMARKS = {
+    "step": bench_step,
+    "compare": bench_compare,
+    "pipeline": bench_pipeline,
+    "e2e": bench_e2e,
+    "matmul": bench_matmul,
+    "augment": lambda args: bench_augment(args.res, args.seconds),
+}
+# Benchmarks that compute with JAX in this process (and so start its runtime); `compare` runs
+# `step` in child processes and must leave the accelerator to them.
+IN_PROCESS_JAX = ("step", "e2e", "matmul")
+# Defaults that differ between benchmarks (a 0 batch or res: the config's).
+DEFAULTS = {
+    "step": {"config": "convnext_t", "batch": 16, "res": 224, "steps": 5},
+    "compare": {"config": "convnext_t", "batch": 16, "res": 224, "steps": 5},
+    "pipeline": {"config": "demo", "batch": 0, "res": 0, "seconds": 10.0},
+    "e2e": {"config": "demo", "batch": 0, "res": 0, "steps": 40},
+    "matmul": {"batch": 16, "res": 224, "seconds": 2.0},
+    "augment": {"res": 224, "seconds": 10.0},
+}
+
+_CONFIG = command.define_config(
+    help_string="step, compare: default convnext_t; pipeline, e2e: default demo.", required=False
+)
+command.define_distributed()
+_SIZE = flags.DEFINE_string("size", "tiny", "ConvNeXt size (atto .. large; empty: the config's).")
+_BATCH = flags.DEFINE_integer("batch", None, "Batch (default 16; pipeline, e2e: the config's).")
+_RES = flags.DEFINE_integer("res", None, "Image size (default 224; pipeline, e2e: the config's).")
+_IN_CHANS = flags.DEFINE_integer("in_chans", 3, "Input channels (step, compare).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "auto"], "Compute dtype.")
+_DEPTHWISE = flags.DEFINE_enum(
+    "depthwise", None, ["auto", "xla", "shift"], "Depthwise conv (default: the config's)."
+)
+_STEP_IMPL = flags.DEFINE_enum(
+    "step_impl", None, ["jit", "shard_map"], "Train step form (default: the config's)."
+)
+_STEPS = flags.DEFINE_integer("steps", None, "Timed steps (step, compare: 5; e2e: 40).")
+_PROFILE = flags.DEFINE_bool("profile", False, "step: add a per-op time breakdown.")
+_TORCH_PYTHON = flags.DEFINE_string(
+    "torch_python", "/tmp/torchref/bin/python", "compare: python of a PyTorch virtualenv."
+)
+_REFERENCE = flags.DEFINE_string("reference", os.fspath(TORCH_REFERENCE), "compare: the anchor.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "compare: rounds of anchor and step.")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "pipeline: Grain worker counts.")
+_SECONDS = flags.DEFINE_float("seconds", None, "Timing window (pipeline, augment: 10; matmul: 2).")
+_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 3, "pipeline: untimed batches.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "e2e: Grain workers.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 3, "e2e: untimed steps.")
+_PREFETCH = flags.DEFINE_integer("prefetch", 2, "pipeline, e2e: Grain prefetch buffer size.")
 
 
-def _input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=os.fspath(REPO / "configs" / "demo.py"))
-    parser.add_argument("--res", type=int, default=0, help="image size (default: the config's)")
-    parser.add_argument("--batch", type=int, default=0, help="batch (default: the config's)")
-    parser.add_argument("--prefetch", type=int, default=2, help="Grain prefetch buffer size")
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One benchmark's settings: the flags, with the benchmark's defaults for those not given."""
+
+    config: str  # the config file
+    base_config: ml_collections.ConfigDict  # its get_config(), with --config.x=y overrides
+    size: str
+    batch: int
+    res: int
+    in_chans: int
+    dtype: str
+    depthwise: str  # "": the config's
+    step_impl: str  # "": the config's
+    steps: int
+    profile: bool
+    torch_python: str
+    reference: str
+    rounds: int
+    workers: tuple[int, ...]
+    seconds: float
+    warmup_batches: int
+    num_workers: int
+    warmup_steps: int
+    prefetch: int
 
 
-def main() -> None:
-    """Parses the subcommand and prints its JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    step = sub.add_parser("step", help="train-step throughput, compile time, FLOPs, memory")
-    _step_arguments(step)
-    step.add_argument("--step_impl", default="", help="jit|shard_map (default: the config's)")
-    step.add_argument("--profile", action="store_true", help="add a per-op time breakdown")
-    compare = sub.add_parser("compare", help="PyTorch anchor and `step`, alternately")
-    _step_arguments(compare)
-    compare.add_argument("--torch_python", default="/tmp/torchref/bin/python")
-    compare.add_argument("--reference", default=os.fspath(TORCH_REFERENCE))
-    compare.add_argument("--rounds", type=int, default=3)
-    pipeline = sub.add_parser("pipeline", help="input-pipeline throughput per worker count")
-    _input_arguments(pipeline)
-    pipeline.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-    pipeline.add_argument("--seconds", type=float, default=10.0)
-    pipeline.add_argument("--warmup_batches", type=int, default=3)
-    e2e = sub.add_parser("e2e", help="pipeline plus step: the share of time waiting for input")
-    _input_arguments(e2e)
-    e2e.add_argument("--num_workers", type=int, default=1)
-    e2e.add_argument("--steps", type=int, default=40)
-    e2e.add_argument("--warmup_steps", type=int, default=3)
-    matmul = sub.add_parser("matmul", help="XLA matmul GFLOP/s against numpy's BLAS")
-    matmul.add_argument("--size", default="tiny")
-    matmul.add_argument("--batch", type=int, default=16)
-    matmul.add_argument("--res", type=int, default=224)
-    matmul.add_argument("--seconds", type=float, default=2.0)
-    aug = sub.add_parser("augment", help="host augmentation throughput on one core")
-    aug.add_argument("--size", type=int, default=224)
-    aug.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
-    from alz_jax.host import hostenv
+def _value(holder: flags.FlagHolder, defaults: dict, fallback: float) -> float:
+    return holder.value if holder.value is not None else defaults.get(holder.name, fallback)
 
-    hostenv.reexec_with_huge_pages()  # as main does: same memory behaviour as training
-    from absl import flags
 
-    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags (defaults here)
-    if args.command == "augment":
-        result = bench_augment(args.size, args.seconds)
+def settings(benchmark: str) -> Settings:
+    """The parsed flags for `benchmark`, its defaults filled in."""
+    defaults = DEFAULTS[benchmark]
+    if _CONFIG.value is not None:
+        config_file, base_config = os.fspath(command.config_file()), _CONFIG.value
     else:
-        result = {"step": bench_step, "compare": bench_compare, "pipeline": bench_pipeline,
-                  "e2e": bench_e2e, "matmul": bench_matmul}[args.command](args)  # fmt: skip
-    print(json.dumps(result))
+        config_file = command.resolve_config(defaults.get("config", "convnext_t"))
+        base_config = command.load_config(config_file)
+    return Settings(
+        config=config_file, base_config=base_config, size=_SIZE.value,
+        batch=_value(_BATCH, defaults, 0), res=_value(_RES, defaults, 0),
+        in_chans=_IN_CHANS.value, dtype=_DTYPE.value, depthwise=_DEPTHWISE.value or "",
+        step_impl=_STEP_IMPL.value or "", steps=_value(_STEPS, defaults, 5),
+        profile=_PROFILE.value, torch_python=_TORCH_PYTHON.value, reference=_REFERENCE.value,
+        rounds=_ROUNDS.value, workers=tuple(int(w) for w in _WORKERS.value),
+        seconds=_value(_SECONDS, defaults, 10.0), warmup_batches=_WARMUP_BATCHES.value,
+        num_workers=_NUM_WORKERS.value, warmup_steps=_WARMUP_STEPS.value,
+        prefetch=_PREFETCH.value,
+    )  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    """Runs the benchmark named by the first positional argument and prints its JSON line."""
+    if len(argv) != 2 or argv[1] not in BENCHMARKS:
+        raise app.UsageError(f"Give one benchmark first: {' | '.join(BENCHMARKS)}.")
+    benchmark = argv[1]
+    if benchmark in IN_PROCESS_JAX:
+        command.start_jax_runtime()
+    print(json.dumps(BENCHMARKS[benchmark](settings(benchmark))))
 
 
 if __name__ == "__main__":
-    main()
+    # Huge pages as `main` has them (the same memory behaviour as training); JAX's runtime only
+    # for the benchmarks that compute in this process.
+    command.run(main, jax_runtime=False, huge_pages=True)

@@ -1,135 +1,34 @@
-"""k-fold cross-validation by subject: every fold trained and tested, then one aggregate report.
+"""Command: k-fold cross-validation by subject, every fold trained and tested, then one aggregate
+report.
 
     python -m alz_jax.cross_validate --config=configs/convnext_t_resplit.py --workdir=DIR \
         [--config.data.num_folds=5]
 
-Runs folds 0..k-1 of the `kfold` protocol one after another in DIR/fold_<i> (a fold whose
-report_test.json exists is done and skipped; an unfinished fold resumes from its checkpoint),
-then writes DIR/report_cv.json and prints it: for each level and metric, the mean and standard
-deviation (ddof=1) across folds, and the metrics of the pooled out-of-fold test predictions.
+Runs folds 0..k-1 of the `kfold` protocol one after another in DIR/fold_<i> (a finished fold is
+skipped, an unfinished one resumes), then writes DIR/report_cv.json and prints it: per level and
+metric, the mean and standard deviation across folds, and the pooled out-of-fold metrics
+(alz_jax/run/cross_validation.py).
 """
 
-from __future__ import annotations
+from alz_jax.host import command
+from alz_jax.run import cross_validation
 
-import copy
-import json
-import logging
-from pathlib import Path
-
-import jax
-import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
-
-from alz_jax.evaluation import metrics, reports
-from alz_jax.host import compilation_cache, distributed, hostenv, logs, storage
-from alz_jax.host.errors import exit_on_user_error
-from alz_jax.run import train
-
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
-                   "roc_auc", "pr_auc")  # fmt: skip
-
-
-def run_folds(config, workdir: str | Path) -> dict:
-    """Trains and tests every fold (skipping finished ones), then aggregates; returns the report."""
-    workdir = storage.path(workdir)
-    num_folds = config.data.num_folds
-    fold_reports = []
-    for fold in range(num_folds):
-        fold_dir = workdir / f"fold_{fold}"
-        report_path = fold_dir / "report_test.json"
-        if report_path.exists():
-            logging.info("Fold %d/%d already done: %s", fold, num_folds, report_path)
-            fold_reports.append(json.loads(report_path.read_text()))
-            continue
-        logging.info("Fold %d/%d: training in %s", fold, num_folds, fold_dir)
-        fold_config = copy.deepcopy(config)
-        fold_config.data.protocol = "kfold"
-        fold_config.data.fold = fold
-        result = train.train_and_evaluate(fold_config, str(fold_dir))
-        if "preempted_at_step" in result:  # saved; the same command continues this fold
-            return {**result, "fold": fold}
-        # The returned report, not the file: only process 0 writes it.
-        fold_reports.append(json.loads(json.dumps(result)))  # as read back from the file
-    if jax.process_index() != 0:  # the pooled metrics read process 0's prediction files
-        return {"written_by_process_0": str(workdir / "report_cv.json")}
-    report = aggregate(fold_reports, [workdir / f"fold_{i}" for i in range(num_folds)])
-    (workdir / "report_cv.json").write_text(json.dumps(report, indent=1))
-    return report
-
-
-def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
-    """Mean and std across folds per level and metric, plus pooled out-of-fold metrics."""
-    levels = [lv for lv in reports.REPORT_LEVELS if all(lv in r for r in fold_reports)]
-    across = {}
-    for level in levels:
-        across[level] = {}
-        for name in SUMMARY_METRICS:
-            values = [r[level][name] for r in fold_reports]
-            if any(v is None for v in values):
-                continue
-            across[level][name] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "per_fold": values,
-            }
-    parts = [reports.read_predictions(d / "predictions_test.csv") for d in fold_dirs]
-    records = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-    prob_ad = np.concatenate([p[1] for p in parts])
-    if len(set(records["file_name"])) != len(prob_ad):
-        raise RuntimeError("An image was tested in more than one fold: folds are not disjoint.")
-    subjects_known = all(r.get("subjects_known", True) for r in fold_reports)
-    return {
-        "num_folds": len(fold_reports),
-        "across_folds": across,
-        "thresholds": "across_folds: each fold's own, chosen on its validation split; "
-        "pooled_out_of_fold: 0.5 (the folds' thresholds differ); AUCs need none",
-        "pooled_out_of_fold": {
-            "num_images": len(prob_ad),
-            **metrics.multilevel_metrics(records, prob_ad, subjects_known),
-        },
-    }
-
-
-def format_cv(report: dict) -> str:
-    """A readable table of the cross-validation report."""
-    lines = [f"{report['num_folds']}-fold cross-validation by subject"]
-    lines.append(f"{'level':<8} {'metric':<18} {'mean':>7} {'std':>7} {'pooled':>7}")
-    pooled = report["pooled_out_of_fold"]
-    for level, values in report["across_folds"].items():
-        for name, v in values.items():
-            p = pooled.get(level, {}).get(name)
-            p_text = f"{p:>7.3f}" if p is not None else "      -"
-            lines.append(f"{level:<8} {name:<18} {v['mean']:>7.3f} {v['std']:>7.3f} {p_text}")
-    lines.append(f"Thresholds: {report['thresholds']}.")
-    return "\n".join(lines)
-
-
-def _define_flags() -> None:
-    distributed.define_flags()
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Where the folds and report_cv.json go.")
-    flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = command.define_config(help_string="Training config.")
+_WORKDIR = command.define_workdir("Where the folds and report_cv.json go.")
 
 
 def main(argv: list[str]) -> None:
     """Runs all folds and prints the aggregate."""
     del argv
-    hostenv.reexec_with_huge_pages()
-    logs.setup()
-    with exit_on_user_error():
-        distributed.initialize_from_flags()
-        compilation_cache.enable()
-        report = run_folds(flags.FLAGS.config, flags.FLAGS.workdir)
+    report = cross_validation.run_folds(_CONFIG.value, _WORKDIR.value)
     if "written_by_process_0" in report:
         return
     if "preempted_at_step" in report:
         print(f"Preempted in fold {report['fold']} at step {report['preempted_at_step']}; "
               "run the same command to continue.")  # fmt: skip
         return
-    print(format_cv(report))
+    print(cross_validation.format_cv(report))
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    command.run(main)

@@ -11,50 +11,50 @@ import shutil
 import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from alz_jax.evaluation import reports
-from alz_jax.host import compilation_cache, distributed, hostenv, logs
+from alz_jax.host import command
 from alz_jax.run import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
-_WORKDIR = flags.DEFINE_string("workdir", ".demo/workdir", "Workdir (deleted first).")
-distributed.define_flags()
+_CONFIG = command.define_config("demo", help_string="Demo config.")
+_WORKDIR = command.define_workdir(
+    "Workdir (deleted first).", required=False, default=".demo/workdir"
+)
 _MIN_SCAN_ACCURACY = flags.DEFINE_float(
     "min_scan_accuracy", 0.90, "Fail unless the scan-level test accuracy reaches this."
 )
 
 
-def main(argv: list[str]) -> None:
-    """Runs the demo and applies the accuracy gate."""
-    del argv
-    hostenv.reexec_with_huge_pages()
-    logs.setup()
-    shutil.rmtree(_WORKDIR.value, ignore_errors=True)
-    start = time.perf_counter()
-    distributed.initialize_from_flags()
-    compilation_cache.enable()
-    report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if "preempted_at_step" in report:
-        sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")
-    total = time.perf_counter() - start
-    print("\n" + reports.format_report(report))
+def _print_stage_times(report: dict, total: float) -> None:
     print("\nStage times (s):")
     for stage, seconds in report["stage_seconds"].items():
         print(f"  {stage:<32} {seconds:>7.1f}")
     print(f"  {'total (after install)':<32} {total:>7.1f}")
+
+
+def main(argv: list[str]) -> None:
+    """Runs the demo and applies the accuracy gate."""
+    del argv
+    workdir = _WORKDIR.value
+    shutil.rmtree(workdir, ignore_errors=True)
+    start = time.perf_counter()
+    report = train.train_and_evaluate(_CONFIG.value, workdir)
+    if "preempted_at_step" in report:
+        sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")
+    print("\n" + reports.format_report(report))
+    _print_stage_times(report, time.perf_counter() - start)
     scan_accuracy = report["scan"]["accuracy"]
     summary = {
         "synthetic_seed": _CONFIG.value.data.synthetic_seed,
         "scan_accuracy": round(scan_accuracy, 4),
         "slice_accuracy": round(report["slice"]["accuracy"], 4),
         "gate": _MIN_SCAN_ACCURACY.value,
-        "report": f"{_WORKDIR.value}/report_test.json",
+        "report": f"{workdir}/report_test.json",
     }
     print(
-        f"\nReport with intervals and calibration: {_WORKDIR.value}/report_test.md; figures: "
-        + ", ".join(f"{_WORKDIR.value}/{p}" for p in report.get("figures", {}).values())
+        f"\nReport with intervals and calibration: {workdir}/report_test.md; figures: "
+        + ", ".join(f"{workdir}/{p}" for p in report.get("figures", {}).values())
     )
     print("demo:", json.dumps(summary))
     if scan_accuracy < _MIN_SCAN_ACCURACY.value:
@@ -66,4 +66,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command.run(main)

@@ -1,336 +1,45 @@
-"""Inference weights out of a training run, with everything needed to use them.
+"""Command: inference weights out of a training run, with everything needed to use them.
 
     python -m alz_jax.export --workdir=DIR [--checkpoint=best|latest|STEP] \
         [--weights=selected|raw|ema|swa] --format=safetensors|npz|orbax [--dtype=bfloat16] \
         [--output=DIR] [--platforms=cpu,cuda,tpu]
 
-Writes to --output (default WORKDIR/export/step<N>_<weights>_<dtype>_<format>/):
-- the weights: `model.safetensors`, `model.npz` or `orbax/`, as a flat mapping from names such
-  as `stages.0.0.dwconv.kernel` to arrays in the project's NHWC layout (float32 or bfloat16);
-- `inference.jax_export`: the inference function serialized with `jax.export` (StableHLO, a
-  symbolic batch dimension, lowered for --platforms): (weights, uint8 images (B, S, S, 1)) ->
-  float32 logits (B, 2) in class_names order, normalisation included;
-- `metadata.json` (also inside the safetensors header and the npz): the input size and
-  preprocessing, the normalisation statistics, the class names, and the temperature and decision
-  thresholds chosen on validation, with the run, checkpoint step and weights they came from.
-
-`load(DIR)` reads any of the three formats back as (weights, metadata); `load_inference(DIR)`
-returns the deserialized function with the weights bound: images -> logits.
+Writes to --output (default WORKDIR/export/step<N>_<weights>_<dtype>_<format>/) the weights,
+the inference function serialized with `jax.export` and metadata.json; what each holds, and
+`load`/`load_inference` to read an export back: alz_jax/run/exporting.py.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import datetime
-import io
-import json
-import logging
-import os
-from collections.abc import Callable
-
-import jax
-import jax.numpy as jnp
-import ml_dtypes
-import numpy as np
 from absl import app, flags
-from etils import epath
 
-from alz_jax import predict
-from alz_jax.core import steps
-from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics
-from alz_jax.host import compilation_cache, logs, storage
-from alz_jax.host.errors import UserError, exit_on_user_error
-from alz_jax.models import convnext
-from alz_jax.run import run_record
+from alz_jax.host import command
+from alz_jax.host.errors import UserError
+from alz_jax.run import exporting
 
-FORMATS = ("safetensors", "npz", "orbax")
-DTYPES = ("float32", "bfloat16")
-WEIGHT_FILES = {"safetensors": "model.safetensors", "npz": "model.npz", "orbax": "orbax"}
-FUNCTION_FILE = "inference.jax_export"
-METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
-PREPROCESSING = (
-    "Decode to 2-D grayscale uint8 (OpenCV's IMREAD_GRAYSCALE); pad with 0 to a centred "
-    "square of the longer side; resize to size x size (OpenCV INTER_AREA when shrinking, else "
-    "INTER_LINEAR); shape (size, size, 1) uint8. This is alz_jax.data.preprocess.to_model_input. "
-    "The inference function normalises: (x / 255 - mean) / std."
+_WORKDIR = command.define_workdir("Workdir of a training run.", required=False)
+_CHECKPOINT = command.define_checkpoint()
+_WEIGHTS = command.define_weights()
+_FORMAT = flags.DEFINE_enum("format", None, list(exporting.FORMATS), "Weight file format.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", list(exporting.DTYPES), "Stored weights and compute dtype."
 )
-
-
-# ---- The flat weight layout shared by every format and by the serialized function. ----
-
-
-def _flat_name(path) -> str:
-    return ".".join(str(getattr(k, "key", k)) for k in path)
-
-
-def flatten(params) -> dict[str, np.ndarray]:
-    """A parameter tree as {'stages.0.0.dwconv.kernel': array, ...} (sorted names)."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_flat_name(path): leaf for path, leaf in leaves}
-
-
-def unflatten(flat: dict, spec: convnext.ConvNeXtSpec):
-    """The parameter tree of `spec` from flat names; every name must be present, none extra."""
-    template = jax.eval_shape(lambda: convnext.init_params(spec, 0))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [_flat_name(path) for path, _ in paths]
-    missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
-    if missing or extra:
-        raise UserError(f"Exported weights do not fit the model: missing {missing[:5]}, "
-                        f"unexpected {extra[:5]}.")  # fmt: skip
-    for name, (_, shape) in zip(names, paths, strict=True):
-        if tuple(flat[name].shape) != tuple(shape.shape):
-            raise UserError(f"Exported weight {name} has shape {tuple(flat[name].shape)}; the "
-                            f"model expects {tuple(shape.shape)}.")  # fmt: skip
-    return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
-
-
-def spec_from_metadata(metadata: dict, depthwise: str = "xla") -> convnext.ConvNeXtSpec:
-    """The model described by an export's metadata (compute dtype included)."""
-    m = metadata["model"]
-    return convnext.ConvNeXtSpec(
-        depths=tuple(m["depths"]), dims=tuple(m["dims"]), in_chans=m["in_chans"],
-        num_classes=m["num_classes"], dtype=metadata["compute_dtype"], depthwise=depthwise,
-    )  # fmt: skip
-
-
-def inference_function(spec: convnext.ConvNeXtSpec, mean: float, std: float) -> Callable:
-    """(flat weights, uint8 images (B, S, S, C)) -> float32 logits (B, classes). On CPU the
-    depthwise convolution is the shift-and-add form, elsewhere XLA's grouped convolution (the
-    results agree within 1e-5; models/depthwise.py), chosen when the function runs."""
-    models = {
-        impl: steps.make_model(dataclasses.replace(spec, depthwise=impl))
-        for impl in ("shift", "xla")
-    }
-
-    def logits_with(model, flat, images):
-        params = unflatten(jax.tree.map(lambda w: w.astype(jnp.float32), flat), spec)
-        return model.apply(params, preprocess.normalize(images, mean, std)).astype(jnp.float32)
-
-    def logits(flat, images):
-        return jax.lax.platform_dependent(
-            flat, images,
-            cpu=lambda f, x: logits_with(models["shift"], f, x),
-            default=lambda f, x: logits_with(models["xla"], f, x),
-        )  # fmt: skip
-
-    return logits
-
-
-# ---- Writing and reading the formats. ----
-
-
-def _npz_safe(array: np.ndarray) -> np.ndarray:
-    # npz has no bfloat16: stored as its bits (uint16), restored from the metadata's dtype.
-    return array.view(np.uint16) if array.dtype == ml_dtypes.bfloat16 else array
-
-
-def write_weights(
-    out: epath.Path, flat: dict[str, np.ndarray], metadata: dict, fmt: str
-) -> epath.Path:
-    """Writes the flat weights in `fmt` under `out` (metadata embedded where the format allows);
-    returns the path written."""
-    path = out / WEIGHT_FILES[fmt]
-    text = json.dumps(metadata, sort_keys=True)
-    if fmt == "safetensors":
-        from safetensors.numpy import save
-
-        arrays = {k: np.ascontiguousarray(v) for k, v in flat.items()}
-        path.write_bytes(save(arrays, {"alz_jax": text}))
-    elif fmt == "npz":
-        with path.open("wb") as f:
-            np.savez(f, __metadata__=np.array(text), **{k: _npz_safe(v) for k, v in flat.items()})
-    elif fmt == "orbax":
-        import orbax.checkpoint as ocp
-
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(_absolute(path), flat)
-    else:
-        raise UserError(f"--format={fmt}: expected one of {'|'.join(FORMATS)}.")
-    return path
-
-
-def _absolute(path: epath.Path) -> epath.Path:
-    return path if storage.is_url(path) else epath.Path(os.path.abspath(path))
-
-
-def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """(flat weights, metadata) of an export, whichever format it holds."""
-    directory = storage.path(directory)
-    meta_path = directory / METADATA_FILE
-    if not meta_path.exists():
-        raise UserError(f"{directory} is not an alz_jax export (no {METADATA_FILE}).")
-    metadata = json.loads(meta_path.read_text())
-    fmt = metadata["weights"]["format"]
-    path = directory / WEIGHT_FILES[fmt]
-    if fmt == "safetensors":
-        from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
-
-        with storage.local_file(path) as name:
-            flat = load_file(name)
-    elif fmt == "npz":
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
-            flat = {k: archive[k] for k in archive.files if k != "__metadata__"}
-        if metadata["weights"]["dtype"] == "bfloat16":
-            flat = {k: v.view(ml_dtypes.bfloat16) for k, v in flat.items()}
-    else:
-        import orbax.checkpoint as ocp
-
-        with ocp.StandardCheckpointer() as checkpointer:
-            flat = checkpointer.restore(_absolute(path))
-        flat = {k: np.asarray(v) for k, v in flat.items()}
-    return flat, metadata
-
-
-def load_inference(directory: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
-    """The export's serialized inference function with its weights bound: uint8 images (B, S,
-    S, 1), any B -> float32 logits (B, 2)."""
-    flat, _ = load(directory)
-    exported = jax.export.deserialize(
-        bytearray((storage.path(directory) / FUNCTION_FILE).read_bytes())
-    )
-    return lambda images: np.asarray(exported.call(flat, images))
-
-
-# ---- The export. ----
-
-
-def build_metadata(loaded: dict, config, record: dict, fmt: str, dtype: str, platforms) -> dict:
-    """Everything a user of the exported weights needs besides the weights."""
-    spec = loaded["model"].spec
-    cal = loaded["calibration"]
-    size = config.data.image_size
-    return {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "alz_jax_commit": run_record.git_commit(),
-        "source": {
-            "workdir": str(loaded["workdir"]),
-            "checkpoint_step": loaded["step"],
-            "weights": loaded["weights"],
-            "data_fingerprint": record["identity"]["data"]["fingerprint"],
-            "init_from": config.model.get("init_from", ""),
-        },
-        "model": {
-            "architecture": "ConvNeXt",
-            "depths": list(spec.depths),
-            "dims": list(spec.dims),
-            "in_chans": spec.in_chans,
-            "num_classes": spec.num_classes,
-            "parameters": int(sum(np.prod(v.shape) for v in jax.tree.leaves(loaded["params"]))),
-        },
-        "weights": {
-            "format": fmt,
-            "file": WEIGHT_FILES[fmt],
-            "dtype": dtype,
-            "layout": "flat names (stages.S.B.dwconv.kernel, ...) in NHWC: conv kernels "
-            "(kh, kw, in/groups, out), linear kernels (in, out); see alz_jax/models/convnext.py",
-        },
-        "compute_dtype": dtype,
-        "input": {
-            "size": size,
-            "shape": [size, size, spec.in_chans],
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "preprocessing": PREPROCESSING,
-        },
-        "normalization": {
-            "mean": loaded["pixel_stats"]["mean"],
-            "std": loaded["pixel_stats"]["std"],
-            "formula": "(x / 255 - mean) / std, from the training split's pixels",
-        },
-        "class_names": list(metrics.CLASS_NAMES),
-        "output": "logits (B, 2) float32 in class_names order; P(AD) = sigmoid((logit_AD - "
-        "logit_NC) / temperature); call AD when P(AD) >= the level's threshold (a scan's P(AD) "
-        "is the mean over its slices)",
-        "calibration": {
-            "temperature": cal["temperature"],
-            "temperature_applied": cal.get("temperature_applied", False),
-            "thresholds": cal["thresholds"],
-            "threshold_method": cal["threshold_method"],
-        },
-        "inference_function": {
-            "file": FUNCTION_FILE,
-            "serialization": f"jax.export (StableHLO), jax {jax.__version__}",
-            "platforms": list(platforms),
-            "arguments": "(weights as the flat name -> array mapping of the weight file, "
-            "uint8 images (B, size, size, 1) with B symbolic)",
-            "returns": "float32 logits (B, 2)",
-        },
-    }
-
-
-def export(
-    workdir: str, fmt: str, checkpoint: str = "best", weights: str = "selected",
-    dtype: str = "float32", output: str | None = None,
-    platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
-) -> epath.Path:  # fmt: skip
-    """Exports a run's checkpoint (weights, serialized inference function, metadata); returns
-    the output folder."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format={fmt}: expected one of {'|'.join(FORMATS)}.")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype={dtype}: expected one of {'|'.join(DTYPES)}.")
-    config = run_record.load_config(workdir)
-    record = run_record.load(workdir)
-    loaded = predict.load_model(workdir, checkpoint, weights)
-    loaded["workdir"] = workdir
-    store = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
-    flat = {k: np.asarray(v).astype(store) for k, v in flatten(loaded["params"]).items()}
-    metadata = build_metadata(loaded, config, record, fmt, dtype, platforms)
-    name = f"step{loaded['step']}_{loaded['weights']}_{dtype}_{fmt}"
-    out = storage.path(output) if output else storage.path(workdir) / "export" / name
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty: choose another --output or remove it.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_weights(out, flat, metadata, fmt)
-
-    spec = spec_from_metadata(metadata)
-    fn = inference_function(spec, metadata["normalization"]["mean"],
-                            metadata["normalization"]["std"])  # fmt: skip
-    (batch,) = jax.export.symbolic_shape("batch")
-    size, chans = metadata["input"]["size"], spec.in_chans
-    exported = jax.export.export(jax.jit(fn), platforms=platforms)(
-        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()},
-        jax.ShapeDtypeStruct((batch, size, size, chans), jnp.uint8),
-    )
-    (out / FUNCTION_FILE).write_bytes(exported.serialize())
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1, sort_keys=True))
-    logging.info("Exported step %d (%s weights, %s) to %s", loaded["step"], loaded["weights"],
-                 dtype, out)  # fmt: skip
-    return out
-
-
-def _define_flags() -> None:
-    """The command's flags (defined when it runs, as the other commands do)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-    flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-    flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
-                      "Weights; 'selected': those that won validation.")  # fmt: skip
-    flags.DEFINE_enum("format", None, list(FORMATS), "Weight file format.")
-    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored weights and compute dtype.")
-    flags.DEFINE_string("output", None, "Output folder (default WORKDIR/export/...).")
-    flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
-                      "Platforms the serialized function is lowered for.")  # fmt: skip
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder (default WORKDIR/export/...).")
+_PLATFORMS = flags.DEFINE_list(
+    "platforms", ["cpu", "cuda", "tpu"], "Platforms the serialized function is lowered for."
+)
 
 
 def main(argv: list[str]) -> None:
     """Exports and prints the output folder."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logs.setup()
-    compilation_cache.enable()
-    f = flags.FLAGS
-    with exit_on_user_error():
-        if not f.workdir or not f.format:
-            raise UserError("--workdir and --format are required.")
-        out = export(f.workdir, f.format, f.checkpoint, f.weights, f.dtype, f.output,
-                     tuple(f.platforms))  # fmt: skip
+    if not _WORKDIR.value or not _FORMAT.value:
+        raise UserError("--workdir and --format are required.")
+    out = exporting.export(
+        _WORKDIR.value, _FORMAT.value, _CHECKPOINT.value, _WEIGHTS.value, _DTYPE.value,
+        _OUTPUT.value, tuple(_PLATFORMS.value),
+    )  # fmt: skip
     print(f"Exported to {out}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    command.run(main)

@@ -1,232 +1,40 @@
-"""P(AD) for image files or folders, with a trained run's weights, threshold and temperature.
+"""Command: P(AD) for image files or folders, with a trained run's weights, threshold and
+temperature.
 
     python -m alz_jax.predict --workdir=DIR [--checkpoint=best] [--weights=selected] \
         [--output=predictions.csv|.json] PATH [PATH ...]
 
-Takes JPEG or PNG files of any size, grayscale or colour (converted to grayscale), and folders
-(searched recursively for .jpg/.jpeg/.png). Each image gets the one evaluation preprocessing
-(pad to a square, resize) and the run's normalisation. The temperature and the decision
-thresholds are those chosen on the validation split, stored with the checkpoint. Files named
-`<scanID>_<slice>.<ext>` are also grouped into scans (the mean of their slices' P(AD), called at
-the scan threshold). An unreadable input is reported by name and the rest go on; the exit status
-is then 1.
+Takes JPEG or PNG files of any size, grayscale or colour, and folders (searched recursively);
+files named `<scanID>_<slice>.<ext>` are also grouped into scans (alz_jax/run/prediction.py).
+An unreadable input is reported by name and the rest go on; the exit status is then 1.
 """
 
-from __future__ import annotations
-
-import csv
-import json
-import logging
-import re
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-from absl import app, flags
+from absl import flags
 
-from alz_jax.core import checkpointing, sharding, steps
-from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics
-from alz_jax.host import compilation_cache, logs
-from alz_jax.host.errors import UserError, exit_on_user_error
-from alz_jax.models import convnext
-from alz_jax.run import config_lib, run_record, train
+from alz_jax.host import command
+from alz_jax.host.errors import UserError
+from alz_jax.run import prediction
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SLICE_NAME = re.compile(r"^(?P<scan>[^_/]+)_(?P<slice>\d+)$")
-
-
-def find_inputs(paths: list[str]) -> tuple[list[Path], list[dict]]:
-    """Image files named or found under the given folders (sorted), and errors for paths that
-    don't exist. A file named explicitly is tried whatever its suffix."""
-    files, errors = [], []
-    for text in paths:
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
-            if not found:
-                errors.append({"file": str(path), "error": "folder holds no .jpg/.jpeg/.png"})
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            errors.append({"file": str(path), "error": "no such file or folder"})
-    return files, errors
-
-
-def load_model(workdir: str, which: str = "best", weights: str = "selected"):
-    """The run's model, weights, pixel statistics, image size and the calibration (temperature,
-    thresholds) stored with checkpoint `which`. Reads no data set."""
-    config = run_record.load_config(workdir)
-    record = run_record.load(workdir)
-    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    # Only which averages exist and their dtypes matter here, not the run's length.
-    averages = config_lib.averaging_spec(config, total_steps=1, steps_per_epoch=1)
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
-    mesh = sharding.make_mesh()
-    step, weights, params, selection = train.restore_weights(
-        manager, which, spec, averages, weights, mesh
-    )
-    calibration = (selection or {}).get("calibration", {}).get(weights)
-    if calibration is None:
-        logging.warning("Checkpoint %d stores no validation calibration for %s weights: "
-                        "temperature 1, thresholds 0.5.", step, weights)  # fmt: skip
-        calibration = {"temperature": 1.0, "thresholds": {lv: 0.5 for lv in metrics.LEVELS},
-                       "threshold_method": "none stored: 0.5"}  # fmt: skip
-    return {
-        "model": steps.make_model(spec),
-        "params": params,
-        "mesh": mesh,
-        "pixel_stats": record["pixel_stats"],
-        "image_size": config.data.image_size,
-        "step": step,
-        "weights": weights,
-        "calibration": calibration,
-    }
-
-
-def predict_files(files: list[Path], loaded: dict, batch_size: int = 64):
-    """(rows, errors): one row per readable image {file, scan_id, slice, logit_ad, prob_ad,
-    predicted}; one error {file, error} per unreadable one."""
-    predict_fn = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], loaded["mesh"])
-    cal = loaded["calibration"]
-    devices = loaded["mesh"].devices.size
-    batch_sharding = sharding.batch_sharded(loaded["mesh"])
-    rows, errors, pending = [], [], []
-
-    def flush():
-        if not pending:
-            return
-        images = np.stack([image for _, image in pending])
-        padded = -len(images) % devices
-        images = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)])
-        margins = predict_fn(loaded["params"], jax.device_put(images, batch_sharding))
-        margins = np.asarray(margins)[: len(pending)]
-        for (path, _), margin in zip(pending, margins, strict=True):
-            prob = float(metrics.sigmoid(float(margin) / cal["temperature"]))
-            match = SLICE_NAME.match(path.stem)
-            rows.append({
-                "file": str(path),
-                "scan_id": match["scan"] if match else "",
-                "slice": int(match["slice"]) if match else None,
-                "logit_ad": float(margin),
-                "prob_ad": prob,
-                "predicted": "AD" if prob >= cal["thresholds"]["slice"] else "NC",
-            })  # fmt: skip
-        pending.clear()
-
-    for path in files:
-        try:
-            image = preprocess.decode_image(path.read_bytes(), str(path))
-            pending.append((path, preprocess.to_model_input(image, loaded["image_size"])))
-        except (OSError, preprocess.DecodeError) as e:
-            errors.append({"file": str(path), "error": str(e).removeprefix(f"{path}: ")})
-        if len(pending) == batch_size:
-            flush()
-    flush()
-    return rows, errors
-
-
-def scan_rows(rows: list[dict], calibration: dict) -> list[dict]:
-    """Per scan (files named <scanID>_<slice>): slice count, mean P(AD), call at the scan
-    threshold."""
-    by_scan: dict[str, list[float]] = {}
-    for row in rows:
-        if row["scan_id"]:
-            by_scan.setdefault(row["scan_id"], []).append(row["prob_ad"])
-    threshold = calibration["thresholds"]["scan"]
-    return [
-        {"scan_id": scan, "slices": len(p), "prob_ad": float(np.mean(p)),
-         "predicted": "AD" if np.mean(p) >= threshold else "NC"}
-        for scan, p in sorted(by_scan.items())
-    ]  # fmt: skip
-
-
-def write_output(path: Path, result: dict) -> list[Path]:
-    """JSON (everything) or CSV (images; scans in <stem>_scans.csv; errors in
-    <stem>_errors.csv); returns the files written."""
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(result, indent=1))
-        return [path]
-    if path.suffix.lower() != ".csv":
-        raise UserError(f"--output={path}: expected a .csv or .json file name.")
-    written = []
-    for name, target in (("images", path), ("scans", path.with_name(path.stem + "_scans.csv")),
-                         ("errors", path.with_name(path.stem + "_errors.csv"))):  # fmt: skip
-        if name != "images" and not result[name]:
-            continue
-        with open(target, "w", newline="") as f:
-            fields = list(result[name][0]) if result[name] else ["file", "prob_ad"]
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(result[name])
-        written.append(target)
-    return written
-
-
-def format_result(result: dict) -> str:
-    """The table printed by the command."""
-    cal = result["calibration"]
-    lines = [
-        f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); temperature "
-        f"{cal['temperature']:.3f}; thresholds chosen on validation ({cal['threshold_method']}):"
-        f" slice {cal['thresholds']['slice']:.3f}, scan {cal['thresholds']['scan']:.3f}",
-        f"{'P(AD)':>7} {'call':>4}  file",
-    ]
-    lines += [f"{r['prob_ad']:>7.3f} {r['predicted']:>4}  {r['file']}" for r in result["images"]]
-    if result["scans"]:
-        lines.append(f"{'P(AD)':>7} {'call':>4}  scan (slices)")
-        lines += [f"{s['prob_ad']:>7.3f} {s['predicted']:>4}  {s['scan_id']} ({s['slices']})"
-                  for s in result["scans"]]  # fmt: skip
-    for e in result["errors"]:
-        lines.append(f"UNREADABLE  {e['file']}: {e['error']}")
-    lines.append(f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable.")
-    return "\n".join(lines)
-
-
-def run(workdir: str, paths: list[str], which: str = "best", weights: str = "selected") -> dict:
-    """Predicts every readable image under `paths`; the result holds images, scans, errors."""
-    files, errors = find_inputs(paths)
-    loaded = load_model(workdir, which, weights)
-    rows, read_errors = predict_files(files, loaded)
-    calibration = loaded["calibration"]
-    return {
-        "workdir": str(workdir),
-        "checkpoint_step": loaded["step"],
-        "weights": loaded["weights"],
-        "calibration": {k: calibration[k] for k in ("temperature", "thresholds",
-                                                    "threshold_method")},
-        "images": rows,
-        "scans": scan_rows(rows, calibration),
-        "errors": errors + read_errors,
-    }  # fmt: skip
-
-
-def _define_flags() -> None:
-    """The command's flags, defined only when it runs (its module is imported by `export`)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-    flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-    flags.DEFINE_enum("weights", "selected", ["selected", "raw", "ema", "swa"],
-                      "Weights; 'selected': those that won validation.")  # fmt: skip
-    flags.DEFINE_string("output", None, "Also write the result to this .csv or .json.")
+_WORKDIR = command.define_workdir("Workdir of a training run.", required=False)
+_CHECKPOINT = command.define_checkpoint()
+_WEIGHTS = command.define_weights()
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the result to this .csv or .json.")
 
 
 def main(argv: list[str]) -> None:
     """Prints (and optionally writes) P(AD) per image and per scan; exit status 1 if any input
     was unreadable."""
-    logs.setup()
-    compilation_cache.enable()
-    paths, f = argv[1:], flags.FLAGS
-    with exit_on_user_error():
-        if not f.workdir:
-            raise UserError("--workdir is required (the training run whose weights to use).")
-        if not paths:
-            raise UserError("Give one or more image files or folders after the flags.")
-        result = run(f.workdir, paths, f.checkpoint, f.weights)
-        written = write_output(Path(f.output), result) if f.output else []
-    print(format_result(result))
+    paths = argv[1:]
+    if not _WORKDIR.value:
+        raise UserError("--workdir is required (the training run whose weights to use).")
+    if not paths:
+        raise UserError("Give one or more image files or folders after the flags.")
+    result = prediction.run(_WORKDIR.value, paths, _CHECKPOINT.value, _WEIGHTS.value)
+    written = prediction.write_output(Path(_OUTPUT.value), result) if _OUTPUT.value else []
+    print(prediction.format_result(result))
     for path in written:
         print(f"Written: {path}")
     if result["errors"]:
@@ -234,5 +42,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    command.run(main)

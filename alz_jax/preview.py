@@ -1,4 +1,4 @@
-"""A look at what the model is fed: a grid of augmented (and mixed) training images.
+"""Command: a look at what the model is fed, a grid of augmented (and mixed) training images.
 
     python -m alz_jax.preview --config=configs/convnext_t.py --out=grid.png [--config.x=y]
 
@@ -7,26 +7,26 @@ as one PNG, each tile captioned with its label or, when mixed, its AD target wei
 writes the same grid to TensorBoard (`train/augmented`) when it starts.
 """
 
-from __future__ import annotations
-
 import cv2
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures
-from alz_jax.host import logs
-from alz_jax.host.errors import exit_on_user_error
-from alz_jax.run import config_lib
+from alz_jax.host import command
+from alz_jax.run import specs, train
+
+_CONFIG = command.define_config(help_string="Training config.")
+_OUT = flags.DEFINE_string("out", "grid.png", "Where to write the PNG.")
+_NUM = flags.DEFINE_integer("num", 32, "How many images.")
 
 
-def first_batch(config, data, total_steps: int) -> dict:
+def _first_batch(run: specs.RunSpec, data: dataset.AdniData) -> dict:
     """The per-process batch that training step 0 uses."""
-
-    dataset = input_pipeline.train_dataset(
-        data.source("train"), config, config.batch_size, seed=config.seed, total_steps=total_steps
+    plan = run.plan(train.steps_per_epoch(data, run.batch_size))
+    batches = input_pipeline.train_dataset(
+        data.source("train"), plan.pipeline, run.batch_size, seed=run.seed
     )
-    iterator = iter(dataset)
+    iterator = iter(batches)
     try:
         return next(iterator)
     finally:
@@ -34,29 +34,14 @@ def first_batch(config, data, total_steps: int) -> dict:
             iterator.close()
 
 
-def _define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("out", "grid.png", "Where to write the PNG.")
-    flags.DEFINE_integer("num", 32, "How many images.")
-    flags.mark_flags_as_required(["config"])
-
-
 def main(argv: list[str]) -> None:
     """Builds the data set if needed and writes the grid of step 0's batch."""
     del argv
-
-    logs.setup()
-    config = flags.FLAGS.config
-    with exit_on_user_error():
-        config_lib.validate(config)
-        data = dataset.prepare(config.data)
-        steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
-        batch = first_batch(config, data, config_lib.num_train_steps(config, steps_per_epoch))
-    grid = figures.image_grid(batch, flags.FLAGS.num)
-    cv2.imwrite(flags.FLAGS.out, grid)
-    print(f"wrote {flags.FLAGS.out}: {min(flags.FLAGS.num, len(batch['image']))} images")
+    run = specs.resolve(_CONFIG.value)
+    batch = _first_batch(run, dataset.prepare(run.data))
+    cv2.imwrite(_OUT.value, figures.image_grid(batch, _NUM.value))
+    print(f"wrote {_OUT.value}: {min(_NUM.value, len(batch['image']))} images")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    command.run(main)

@@ -17,11 +17,8 @@ accelerator; on a 2-core CPU this recipe is impractical (see configs/demo.py).
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
-    """Returns the reference ConvNeXt-T ADNI config."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-
+def _data(config: ml_collections.ConfigDict) -> None:
+    """The data set: where it is, how it is split, the image size and the input workers."""
     config.data = ml_collections.ConfigDict()
     # Folder holding AD_NC/{train,test}/{AD,NC}/ (or train/ and test/ directly).
     config.data.manual_dir = ml_collections.config_dict.placeholder(str)
@@ -46,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_num_workers = 4
     config.data.prefetch_buffer_size = 2
 
+
+def _augment(config: ml_collections.ConfigDict) -> None:
+    """Host augmentation (the device adds the noise)."""
     # The seed report's torchvision pipeline, op for op (REFERENCE.md), on single-channel uint8.
     config.augment = ml_collections.ConfigDict()
     config.augment.crop_scale = (0.8, 1.0)  # random resized crop, always
@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.erase_ratio = (0.3, 3.3)
     config.augment.erase_value = 0
 
+
+def _mix(config: ml_collections.ConfigDict) -> None:
+    """Mixup/CutMix."""
     # Mixup/CutMix as in the seed report, within groups of consecutive examples, with its
     # three-phase schedule: full strength until 50% of training, fading to none by 75%.
     config.mix = ml_collections.ConfigDict()
@@ -84,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.mix.explore_end = 0.5
     config.mix.transition_end = 0.75
 
+
+def _model(config: ml_collections.ConfigDict) -> None:
+    """The model, its compute dtype, the train step's form and microbatching."""
     config.model = ml_collections.ConfigDict()
     config.model.size = "tiny"  # atto .. large; empty to use depths and dims below
     config.model.depths = ()
@@ -108,6 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Microbatches per optimizer step: the same update from 1/k of the activation memory.
     config.grad_accum_steps = 1
 
+
+def _optimization(config: ml_collections.ConfigDict) -> None:
+    """AdamW, the batch, the run's length, logging and profiling."""
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
     config.optim.end_learning_rate = 1e-6
@@ -136,6 +145,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.profile.start_step = 10
     config.profile.num_steps = 0
 
+
+def _averages(config: ml_collections.ConfigDict) -> None:
+    """The EMA and SWA weight averages."""
     # Weight averages, both evaluated beside the raw weights at every validation (REFERENCE.md).
     config.ema = ml_collections.ConfigDict()
     config.ema.enabled = True
@@ -154,6 +166,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.swa.every_steps = ml_collections.config_dict.placeholder(int)
     config.swa.dtype = "float32"
 
+
+def _evaluation(config: ml_collections.ConfigDict) -> None:
+    """Evaluation reports and checkpoints."""
     # Evaluation reports (README, "Evaluation reports"); `evaluate` flags override these.
     config.eval = ml_collections.ConfigDict()
     # Decision threshold chosen on validation, then applied unchanged to test: 'youden'
@@ -173,4 +188,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Chosen over every evaluated weight set (raw, EMA, SWA); the checkpoint records the winner.
     config.checkpoint.best_metric = "validation/loss"
     config.checkpoint.best_mode = "min"
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the reference ConvNeXt-T ADNI config."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    for add in (_data, _augment, _mix, _model, _optimization, _averages, _evaluation):
+        add(config)
     return config

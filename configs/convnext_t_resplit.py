@@ -10,19 +10,14 @@ subject-disjoint results on this data are about 0.77 scan accuracy, AUROC ~0.85 
 yet measured with this code. Time: as configs/convnext_t.py.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns configs/convnext_t.py with the resplit protocol and the common slice window."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convnext_t.py")
-    spec = importlib.util.spec_from_file_location("convnext_t_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = convnext_t.get_config()
     config.data.protocol = "resplit"
     config.data.slice_range = "auto"
     return config

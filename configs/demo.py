@@ -9,23 +9,14 @@ small ConvNeXt (depths 1-1-3-1, dims 32-256) at 64 px for 5 epochs and evaluates
 checkpoint on test. Expected on a 2-core CPU: see README.md ("The demo's result").
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _reference_config() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convnext_t.py")
-    spec = importlib.util.spec_from_file_location("convnext_t_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the demo config: the reference recipe shrunk to a CPU and synthetic data."""
-    config = _reference_config()
+    config = convnext_t.get_config()
     config.data.data_dir = ".demo/data"
     config.data.synthetic_seed = 0
     config.data.image_size = 64

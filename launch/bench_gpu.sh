@@ -6,12 +6,12 @@
 #   DRY_RUN=1 launch/bench_gpu.sh            # print the commands instead of running them
 #   TORCH_PYTHON=/path/to/python BATCH=128 launch/bench_gpu.sh
 #
-# Needs the GPU install of JAX in the project's virtualenv (README, "Install"):
+# Needs the GPU install of JAX in the project's virtualenv (README.md, "Install"):
 #   .venv/bin/pip install "jax[cuda13]==0.10.1"
-# and, for `compare`, a separate virtualenv with PyTorch (../shared/bench/README.md):
+# and, for `compare` (alz_jax/reference/torch_reference.py), a separate virtualenv with PyTorch:
 #   python3 -m venv /tmp/torchref && /tmp/torchref/bin/pip install torch==2.14.1 torchvision==0.29.1
 # The anchor script runs on CPU as shipped; for a GPU anchor use timm's or torchvision's own
-# benchmark on the GPU (README, "Performance").
+# benchmark on the GPU (docs/performance.md).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
@@ -22,11 +22,11 @@ res=${RES:-224}
 steps=${STEPS:-20}
 
 commands=(
-  "$python -m alz_jax.bench step --batch $batch --res $res --in_chans 3 --dtype bfloat16 --steps $steps --profile"
-  "$python -m alz_jax.bench step --batch $batch --res $res --in_chans 3 --dtype float32 --steps $steps"
-  "$python -m alz_jax.bench step --batch $batch --res $res --in_chans 1 --dtype bfloat16 --steps $steps"
-  "$python -m alz_jax.bench pipeline --config $repo/configs/convnext_t.py --res $res --batch $batch --workers 1,4,8"
-  "$python -m alz_jax.bench compare --torch_python $torch_python --batch 16 --res $res --in_chans 3 --dtype float32 --rounds 3"
+  "$python -m alz_jax.bench step --batch=$batch --res=$res --in_chans=3 --dtype=bfloat16 --steps=$steps --profile"
+  "$python -m alz_jax.bench step --batch=$batch --res=$res --in_chans=3 --dtype=float32 --steps=$steps"
+  "$python -m alz_jax.bench step --batch=$batch --res=$res --in_chans=1 --dtype=bfloat16 --steps=$steps"
+  "$python -m alz_jax.bench pipeline --config=$repo/configs/convnext_t.py --res=$res --batch=$batch --workers=1,4,8"
+  "$python -m alz_jax.bench compare --torch_python=$torch_python --batch=16 --res=$res --in_chans=3 --dtype=float32 --rounds=3"
 )
 if [ -n "${DRY_RUN:-}" ]; then
   printf '%s\n' "${commands[@]}"

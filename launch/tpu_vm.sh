@@ -8,7 +8,7 @@
 # setup: copies this repository to ~/alz_jax on every worker and installs it with TPU JAX.
 # run:   starts training on every worker at once. JAX detects the pod slice (coordinator,
 #        process IDs, local chips) by itself; WORKDIR and data.data_dir must be storage every
-#        worker sees: gs:// paths (README, "Shared storage") or a mounted file system.
+#        worker sees: gs:// paths (docs/training.md, "Shared storage") or a mounted file system.
 # Optional: PROJECT (gcloud --project), REMOTE_DIR (default alz_jax, under the worker's home),
 #           JAX_VERSION (default: the version pinned in requirements.txt).
 set -euo pipefail

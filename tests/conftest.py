@@ -1,18 +1,33 @@
 """Test set-up: 8 fake CPU devices (before jax is imported) and shared tiny data sets."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
+# LLVM at -O0: XLA:CPU compiles the tiny test models 3-6x faster (compiling is most of the suite's
+# time); the arithmetic is the same IEEE code, only less optimised machine code. Subprocess runs
+# that set XLA_FLAGS themselves keep it (test_multiprocess._xla_flags).
+XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# No persistent compilation cache in tests (subprocess runs inherit this): processes of one
-# multi-process run would reach their first collective far apart, one loading and one compiling.
+# The project's cache switch stays off (its default folder is under ~, and
+# test_performance checks the switch); instead JAX's own persistent cache, in a folder of this
+# session (or $JAX_COMPILATION_CACHE_DIR if set), shared by this process and every subprocess:
+# a step compiled once (by a test, or by the first run of a multi-process test) is loaded by the
+# next. Processes of one multi-process run find the same entries, so they load together.
 os.environ["ALZ_JAX_COMPILE_CACHE"] = "off"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="alz_jax_test_xla_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import jax
-import pytest
-from absl import flags
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
 
 # Grain's multiprocess prefetch reads absl flags; outside an absl app they must be marked parsed.
 flags.FLAGS.mark_as_parsed()

@@ -10,7 +10,6 @@ import hashlib
 import sys
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags
 
@@ -19,8 +18,8 @@ def _stream():
     from alz_jax.data import input_pipeline
     from tests.test_pipeline import _config, _records
 
-    config = _config(workers=2)
-    return iter(input_pipeline.train_dataset(_records(40), config, 8, seed=3, total_steps=12))
+    pipeline = _config(workers=2, total_steps=12)
+    return iter(input_pipeline.train_dataset(_records(40), pipeline, 8, seed=3))
 
 
 def _digest(batch) -> str:
@@ -37,9 +36,7 @@ def main() -> None:
     from alz_jax.core import checkpointing
 
     mode = sys.argv[1]
-    checkpoint = ml_collections.ConfigDict(
-        {"best_metric": "loss", "best_mode": "min", "keep_latest": 1, "keep_best": 1}
-    )
+    checkpoint = checkpointing.CheckpointSpec(keep_latest=1, keep_best=1)
     stream = _stream()
     try:
         if mode in ("run", "save"):
@@ -53,7 +50,9 @@ def main() -> None:
             print(_digest(next(stream)))
         if mode == "save":
             manager = checkpointing.make_manager(sys.argv[3], checkpoint)
-            checkpointing.save(manager, count, {"x": jnp.zeros(1)}, {"loss": 0.0}, stream)
+            checkpointing.save(
+                manager, count, {"x": jnp.zeros(1)}, {"validation/loss": 0.0}, stream
+            )
             manager.wait_until_finished()
     finally:
         stream.close()

@@ -3,11 +3,15 @@
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from alz_jax.core import steps
 from alz_jax.data import augment
+from alz_jax.host.errors import UserError
+from alz_jax.run import specs
+from configs import convnext_t
 
 RNG_SEED = 123
 
@@ -117,9 +121,7 @@ def test_random_erasing_box():
 
 
 def test_augment_suite_shape_dtype_determinism():
-    from configs import convnext_t
-
-    spec = augment.AugmentSpec.from_config(convnext_t.get_config().augment)
+    spec = specs.augment_spec(convnext_t.get_config().augment)
     square = _image(256)[:, :, 0]
     a = augment.augment(np.random.default_rng(5), square, 64, spec)
     b = augment.augment(np.random.default_rng(5), square, 64, spec)
@@ -130,8 +132,8 @@ def test_augment_suite_shape_dtype_determinism():
 
 
 def test_unknown_augment_field_is_an_error():
-    with pytest.raises(ValueError, match="rotation_deg"):
-        augment.AugmentSpec.from_config({"rotation_deg": 3.0})
+    with pytest.raises(UserError, match="rotation_deg"):
+        specs.augment_spec(ml_collections.ConfigDict({"rotation_deg": 3.0}))
 
 
 def test_device_noise_statistics():

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 
 from alz_jax.core import checkpointing, sharding
-from configs import convnext_t
 from tests import checkpoint_child
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,12 +40,12 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
 
     # An evaluation's manager lists only step 1 and leaves the directory alone; the training's
     # manager (the resumed run) removes it.
-    reader = checkpointing.make_manager(tmp_path, convnext_t.get_config().checkpoint)
+    reader = checkpointing.make_manager(tmp_path, checkpointing.CheckpointSpec())
     assert reader.all_steps() == [1] and leftovers == [
         p.name for p in ckpt_dir.iterdir() if "orbax-checkpoint-tmp" in p.name
     ]
     manager = checkpointing.make_manager(
-        tmp_path, convnext_t.get_config().checkpoint, for_training=True
+        tmp_path, checkpointing.CheckpointSpec(), for_training=True
     )
     assert manager.all_steps() == [1]
     repl = sharding.replicated(sharding.make_mesh())

@@ -1,12 +1,12 @@
 """Weight import: PyTorch's logits from torchvision, timm and FB layouts, the 1-channel stem, the
 head, refusals that name the keys, safe file reading, and layer-wise learning-rate decay."""
 
+import dataclasses
 import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from alz_jax.core import optim
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
-from alz_jax.run import config_lib
+from alz_jax.run import specs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "convnext_tiny_torchvision.safetensors"
@@ -188,15 +188,15 @@ def test_init_from_config_is_checked_before_any_work(tmp_path):
     config = demo.get_config()
     config.model.init_from = "resnet:/x.pth"
     with pytest.raises(UserError, match="expected 'LAYOUT:PATH' with LAYOUT one of"):
-        config_lib.validate(config)
+        specs.resolve(config)
     config.model.init_from = f"torchvision:{tmp_path / 'none.safetensors'}"
-    config_lib.validate(config)  # a resume no longer needs the file: checked at a fresh start
+    specs.resolve(config)  # a resume no longer needs the file: checked at a fresh start
     with pytest.raises(UserError, match="no such file"):
-        config_lib.check_init_from_file(config.model.init_from)
+        specs.check_init_from_file(config.model.init_from)
     config.model.init_from = f"torchvision:{WEIGHTS}"
     config.optim.layer_decay = 1.5
     with pytest.raises(UserError, match=r"config.optim.layer_decay = 1.5"):
-        config_lib.validate(config)
+        specs.resolve(config)
 
 
 def test_layer_decay_scales_follow_depth_from_the_head():
@@ -217,10 +217,9 @@ def test_layer_decay_scales_the_whole_adamw_update():
     times the update without it: a per-layer learning rate."""
     params = convnext.init_params(convnext.ConvNeXtSpec(DEPTHS, DIMS), 0)
     grads = jax.tree.map(lambda p: jnp.cos(p * 7.0 + 1.0), params)
-    cfg = ml_collections.ConfigDict(dict(grad_clip_norm=0.0, b1=0.9, b2=0.999, eps=1e-8,
-                                         weight_decay=0.05, layer_decay=1.0))  # fmt: skip
+    cfg = optim.OptimSpec(grad_clip_norm=0.0, weight_decay=0.05, layer_decay=1.0)
     plain = optim.make_optimizer(cfg, optax.constant_schedule(1e-2))
-    cfg.layer_decay = 0.7
+    cfg = dataclasses.replace(cfg, layer_decay=0.7)
     decayed = optim.make_optimizer(cfg, optax.constant_schedule(1e-2))
     u_plain, _ = plain.update(grads, plain.init(params), params)
     u_decay, _ = decayed.update(grads, decayed.init(params), params)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from alz_jax.core import steps
+from alz_jax.data import input_pipeline
 from alz_jax.evaluation import metrics, reports, saliency
 from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
+from alz_jax.run import specs
 from tests.test_metrics import _clustered
 
 
@@ -37,16 +39,16 @@ class FakeData:
 
 
 def _evaluate(data, tmp_path, monkeypatch, **settings):
-    def fake_predict(data_, split, predictors, config, mesh):
+    def fake_predict(data_, split, predictors, pipeline, batch_size, mesh):
         # Each test-time view sees slightly different logits, like a flipped image would.
         margins = data_.splits[split][1]
         return {view: margins + 0.1 * k for k, view in enumerate(predictors)}
 
     monkeypatch.setattr(reports, "predict_split_multi", fake_predict)
     monkeypatch.setattr(steps, "make_predict_step", lambda *a, **k: None)
-    config = ml_collections.ConfigDict({"data": {"image_size": 32}})
     return reports.evaluate_weights(
-        data=data, model=None, params=None, pixel_stats={}, config=config, mesh=None,
+        data=data, model=None, params=None, pixel_stats={},
+        pipeline=input_pipeline.PipelineSpec(image_size=32), batch_size=16, mesh=None,
         split="test", step=7, weights="raw", selection=None, workdir=tmp_path,
         settings=reports.EvalSettings(gradcam_scans=0, bootstrap_samples=200, **settings),
     )  # fmt: skip
@@ -117,9 +119,9 @@ def test_report_files_and_numbers(tmp_path, monkeypatch):
     ],
 )
 def test_bad_eval_settings_are_refused(field, value, message):
-    config = ml_collections.ConfigDict({"eval": {field: value}})
+    config = ml_collections.ConfigDict({field: value})
     with pytest.raises(UserError, match=message):
-        reports.EvalSettings.from_config(config)
+        specs.eval_settings(config)
 
 
 def test_gradcam_explains_the_requested_class():

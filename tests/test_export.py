@@ -11,11 +11,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from alz_jax import export, predict
 from alz_jax.core import checkpointing, steps
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
-from alz_jax.run import run_record, train
+from alz_jax.run import exporting, prediction, run_record, specs, train
 from tests import tiny_config as tiny_config_file
 
 pytestmark = pytest.mark.slow
@@ -58,11 +57,11 @@ def test_a_resume_does_not_need_the_weight_file_again(finetuned):
 
 def test_finetuning_starts_from_the_imported_weights(finetuned):
     workdir, config, report = finetuned
-    spec = predict.load_model(str(workdir), "latest", "raw")["model"].spec
+    spec = prediction.load_model(str(workdir), "latest", "raw")["model"].spec
     imported, _ = convert.params_from_state_dict(
         convert.load_state_dict(str(FIXTURE)), spec, "torchvision", config.seed
     )
-    trained = predict.load_model(str(workdir), "latest", "raw")["params"]
+    trained = prediction.load_model(str(workdir), "latest", "raw")["params"]
     # Two AdamW steps move each weight by at most ~2 x the peak learning rate; the fixture's
     # weights are ~0.3 apart from a fresh initialisation's.
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), trained, imported)
@@ -79,9 +78,11 @@ def test_finetuning_starts_from_the_imported_weights(finetuned):
 def exports(finetuned, tmp_path_factory):
     workdir, _, _ = finetuned
     out = tmp_path_factory.mktemp("exports")
-    made = {fmt: export.export(str(workdir), fmt, output=str(out / fmt)) for fmt in export.FORMATS}
-    made["bf16"] = export.export(str(workdir), "safetensors", dtype="bfloat16",
-                                 output=str(out / "bf16"), platforms=("cpu",))  # fmt: skip
+    made = {
+        fmt: exporting.export(str(workdir), fmt, output=str(out / fmt)) for fmt in exporting.FORMATS
+    }
+    made["bf16"] = exporting.export(str(workdir), "safetensors", dtype="bfloat16",
+                                    output=str(out / "bf16"), platforms=("cpu",))  # fmt: skip
     return made
 
 
@@ -91,13 +92,13 @@ def images(n, seed):
 
 def test_every_format_and_the_serialized_function_give_the_same_logits(finetuned, exports):
     workdir, _, _ = finetuned
-    loaded = predict.load_model(str(workdir))
+    loaded = prediction.load_model(str(workdir))
     params = loaded["params"]
     meta = json.loads((exports["npz"] / "metadata.json").read_text())
-    spec = export.spec_from_metadata(meta)
-    fn = jax.jit(export.inference_function(spec, **{k: meta["normalization"][k]
-                                                    for k in ("mean", "std")}))  # fmt: skip
-    reference_flat = export.flatten(jax.tree.map(np.asarray, params))
+    spec = exporting.spec_from_metadata(meta)
+    fn = jax.jit(exporting.inference_function(spec, **{k: meta["normalization"][k]
+                                                       for k in ("mean", "std")}))  # fmt: skip
+    reference_flat = exporting.flatten(jax.tree.map(np.asarray, params))
     predict_step = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], loaded["mesh"])
     for n in (1, 5):
         x = images(n, n)
@@ -106,31 +107,31 @@ def test_every_format_and_the_serialized_function_give_the_same_logits(finetuned
         padded = np.concatenate([x, np.zeros((8 - n, 32, 32, 1), np.uint8)])
         margins = np.asarray(predict_step(params, padded))[:n]
         np.testing.assert_allclose(expected[:, 1] - expected[:, 0], margins, rtol=0, atol=1e-5)
-        for fmt in export.FORMATS:
-            flat, metadata = export.load(exports[fmt])
+        for fmt in exporting.FORMATS:
+            flat, metadata = exporting.load(exports[fmt])
             assert metadata["weights"]["format"] == fmt
             np.testing.assert_array_equal(np.asarray(fn(flat, x)), expected, err_msg=fmt)
-            np.testing.assert_array_equal(export.load_inference(exports[fmt])(x), expected, fmt)
+            np.testing.assert_array_equal(exporting.load_inference(exports[fmt])(x), expected, fmt)
     one, five = (np.asarray(fn(reference_flat, images(5, 5)[:k])) for k in (1, 5))
     np.testing.assert_allclose(one[0], five[0], rtol=0, atol=1e-5)
 
 
 def test_bfloat16_export_stores_bfloat16_and_computes_the_same_as_reloaded(exports):
-    flat, meta = export.load(exports["bf16"])
+    flat, meta = exporting.load(exports["bf16"])
     assert {v.dtype for v in flat.values()} == {np.dtype(ml_dtypes.bfloat16)}
     assert meta["compute_dtype"] == "bfloat16" and meta["inference_function"]["platforms"] == [
         "cpu"
     ]
-    f32, _ = export.load(exports["safetensors"])
+    f32, _ = exporting.load(exports["safetensors"])
     np.testing.assert_array_equal(
         flat["stem.conv.kernel"], f32["stem.conv.kernel"].astype(ml_dtypes.bfloat16)
     )
-    spec = export.spec_from_metadata(meta)
-    fn = jax.jit(export.inference_function(spec, meta["normalization"]["mean"],
-                                           meta["normalization"]["std"]))  # fmt: skip
+    spec = exporting.spec_from_metadata(meta)
+    fn = jax.jit(exporting.inference_function(spec, meta["normalization"]["mean"],
+                                              meta["normalization"]["std"]))  # fmt: skip
     for n in (1, 5):
         x = images(n, 10 + n)
-        np.testing.assert_array_equal(export.load_inference(exports["bf16"])(x), fn(flat, x))
+        np.testing.assert_array_equal(exporting.load_inference(exports["bf16"])(x), fn(flat, x))
 
 
 def test_metadata_carries_what_inference_needs(finetuned, exports):
@@ -141,7 +142,7 @@ def test_metadata_carries_what_inference_needs(finetuned, exports):
     with safe_open(exports["safetensors"] / "model.safetensors", "numpy") as f:
         assert json.loads(f.metadata()["alz_jax"]) == meta
     record = run_record.load(workdir)
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    manager = checkpointing.make_manager(workdir, specs.resolve(config).checkpoint)
     selection = checkpointing.restore_selection(manager, report["checkpoint_step"])
     stored = selection["calibration"][selection["weights"]]
     assert meta["input"]["size"] == 32 and meta["input"]["shape"] == [32, 32, 1]
@@ -171,8 +172,8 @@ def test_export_command_and_its_refusals(finetuned, tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
     with pytest.raises(UserError, match=r"expected one of safetensors\|npz\|orbax"):
-        export.export(str(workdir), "onnx")
+        exporting.export(str(workdir), "onnx")
     with pytest.raises(UserError, match="holds no run"):
-        export.export(str(tmp_path), "npz")
+        exporting.export(str(tmp_path), "npz")
     with pytest.raises(UserError, match="not an alz_jax export"):
-        export.load(tmp_path)
+        exporting.load(tmp_path)

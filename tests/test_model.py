@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
+from alz_jax.run import specs
+from configs import convnext_t
 
 
 def _abstract(spec):
@@ -137,9 +140,7 @@ def test_bfloat16_forward_stays_close_to_float32():
 
 
 def test_unknown_size_is_a_clear_error():
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict({"size": "huge", "in_chans": 1, "num_classes": 2,
-                                     "drop_path_rate": 0.0})  # fmt: skip
-    with pytest.raises(ValueError, match="atto"):
-        convnext.spec_from_config(cfg)
+    cfg = convnext_t.get_config().model
+    cfg.size = "huge"
+    with pytest.raises(UserError, match="atto"):
+        specs.model_spec(cfg)

@@ -88,8 +88,8 @@ def test_op_breakdown_attributes_time_to_the_traced_ops(tmp_path):
 
 def test_step_benchmark_reports_the_step_main_builds():
     env = dict(os.environ, XLA_FLAGS="")  # one device, as a user's run
-    cmd = [sys.executable, "-m", "alz_jax.bench", "step", "--config", "configs/demo.py", "--size",
-           "", "--res", "32", "--batch", "4", "--in_chans", "1", "--steps", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "alz_jax.bench", "step", "--config=configs/demo.py", "--size=",
+           "--res=32", "--batch=4", "--in_chans=1", "--steps=2"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     spec = convnext.ConvNeXtSpec((1, 1, 3, 1), (32, 64, 128, 256), in_chans=1)  # demo's model

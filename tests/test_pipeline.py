@@ -1,5 +1,7 @@
 """Preprocessing, augmentation and the Grain pipeline: determinism, sharding, exact eval counts."""
 
+import dataclasses
+
 import grain
 import jax
 import numpy as np
@@ -8,6 +10,8 @@ from ml_collections import ConfigDict
 
 from alz_jax.core import sharding
 from alz_jax.data import augment, input_pipeline, preprocess
+from alz_jax.run import specs
+from configs import convnext_t
 
 
 def test_pad_to_square_centres_with_background():
@@ -46,25 +50,28 @@ def _records(n):
     return out
 
 
-def _config(workers=0):
+def _config(workers=0, total_steps=1):
     """The seed report's whole augmentation pipeline and Mixup/CutMix (configs/convnext_t.py) at
-    32 px, mixing in groups of 4."""
-    from configs import convnext_t
-
+    32 px, mixing in groups of 4, over a run of `total_steps`."""
     reference = convnext_t.get_config()
-    return ConfigDict(
-        {
-            "data": {
-                "image_size": 32,
-                "num_workers": workers,
-                "eval_num_workers": workers,
-                "prefetch_buffer_size": 2,
-            },
-            "augment": reference.augment.to_dict(),
-            "mix": dict(reference.mix.to_dict(), group_size=4),
-            "optim": {"label_smoothing": 0.1},
-            "model": {"num_classes": 2},
-        }
+    pipeline = specs.pipeline_spec(
+        ConfigDict(
+            {
+                "data": {
+                    "image_size": 32,
+                    "num_workers": workers,
+                    "eval_num_workers": workers,
+                    "prefetch_buffer_size": 2,
+                },
+                "augment": reference.augment.to_dict(),
+                "mix": dict(reference.mix.to_dict(), group_size=4),
+                "optim": {"label_smoothing": 0.1},
+                "model": {"num_classes": 2},
+            }
+        )
+    )
+    return dataclasses.replace(
+        pipeline, mix=dataclasses.replace(pipeline.mix, total_steps=total_steps)
     )
 
 
@@ -97,7 +104,7 @@ def _global_batches(records, processes, steps, global_batch, monkeypatch, start_
         monkeypatch.setattr(jax, "process_index", lambda p=p: p)
         monkeypatch.setattr(jax, "process_count", lambda: processes)
         ds = input_pipeline.train_dataset(
-            records, _config(), global_batch, seed=5, start_step=start_step, total_steps=10
+            records, _config(total_steps=10), global_batch, seed=5, start_step=start_step
         )
         it = iter(ds)
         parts.append([next(it) for _ in range(steps)])
@@ -141,8 +148,8 @@ def test_training_epochs_cover_every_record_once_and_reshuffle():
 
 def test_train_dataset_with_worker_processes_matches_in_process():
     records = _records(40)
-    in_process = input_pipeline.train_dataset(records, _config(0), 8, seed=0, total_steps=9)
-    with_workers = input_pipeline.train_dataset(records, _config(2), 8, seed=0, total_steps=9)
+    in_process = input_pipeline.train_dataset(records, _config(0, 9), 8, seed=0)
+    with_workers = input_pipeline.train_dataset(records, _config(2, 9), 8, seed=0)
     a_it, b_it = iter(in_process), iter(with_workers)
     try:
         for _ in range(3):

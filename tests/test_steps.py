@@ -5,14 +5,15 @@ import jax
 import numpy as np
 import pytest
 
-from alz_jax.core import sharding, steps
+from alz_jax.core import sharding
 from alz_jax.data import mixing
-from alz_jax.models import convnext
-from alz_jax.run import config_lib
+from alz_jax.run import assembly, specs
 from tests import tiny_config
 
+STATS = {"mean": 0.25, "std": 0.3}
 
-def _setup(**overrides):
+
+def _setup(mesh=None, **overrides):
     config = tiny_config.get_config()
     for key, value in overrides.items():
         node = config
@@ -20,18 +21,9 @@ def _setup(**overrides):
         for part in path:
             node = node[part]
         node[leaf] = value
-    mesh = sharding.make_mesh()
-    spec = convnext.spec_from_config(config.model, config.dtype.replace("auto", "float32"))
-    averages = config_lib.averaging_spec(config, 6, 2)
-    tx, schedule = steps.make_optimizer(config, 6, 2)
-    model = steps.make_model(spec)
-    stats = {"mean": 0.25, "std": 0.3}
-
-    def make_state():
-        return steps.create_train_state(spec, tx, mesh, config.seed, averages)
-
-    step = steps.make_train_step(model, tx, schedule, config, stats, mesh, averages)
-    return config, make_state, step
+    run = specs.resolve(config)
+    parts = assembly.assemble(run, run.plan(2), mesh or sharding.make_mesh(), STATS)
+    return config, lambda: parts.fresh_state(run.seed), parts.train_step
 
 
 def _batch(size=16, seed=0):
@@ -88,17 +80,11 @@ def test_gradient_accumulation_gives_the_full_batch_update(jit_accum2):
 
 def test_stochastic_depth_draws_do_not_depend_on_the_device_count():
     """Per-sample keys from the global position: 8 devices and 1 device draw the same masks."""
-    config, make_state, step = _setup(grad_accum_steps=1)
+    _, make_state, step = _setup(grad_accum_steps=1)
     one_device = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
                                axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
-    spec = convnext.spec_from_config(config.model, "float32")
-    averages = config_lib.averaging_spec(config, 6, 2)
-    tx, schedule = steps.make_optimizer(config, 6, 2)
-    step1 = steps.make_train_step(
-        steps.make_model(spec), tx, schedule, config, {"mean": 0.25, "std": 0.3}, one_device,
-        averages,
-    )  # fmt: skip
-    state1 = steps.create_train_state(spec, tx, one_device, config.seed, averages)
+    _, make_state1, step1 = _setup(one_device, grad_accum_steps=1)
+    state1 = make_state1()
     eight, _ = _run(step, make_state, n=2)
     state1, _ = step1(state1, _batch(seed=0))
     state1, _ = step1(state1, _batch(seed=1))

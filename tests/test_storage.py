@@ -12,12 +12,11 @@ from etils import epath
 from etils.epath import testing as epath_testing
 from safetensors.numpy import save_file
 
-from alz_jax import export
 from alz_jax.evaluation import figures, reports
 from alz_jax.host import logs, storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert
-from alz_jax.run import run_record
+from alz_jax.run import exporting, run_record
 
 BUCKET = "gs://bucket/runs/r1"
 
@@ -121,12 +120,12 @@ def test_exported_weights_and_imported_weights_on_gs(gcs, fmt):
     out.mkdir(parents=True)
     flat = {"stem.conv.kernel": np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)}
     metadata = {"weights": {"format": fmt, "dtype": "float32"}}
-    export.write_weights(out, flat, metadata, fmt)
-    (out / export.METADATA_FILE).write_text(json.dumps(metadata))
-    loaded, meta = export.load(f"{BUCKET}/export")
+    exporting.write_weights(out, flat, metadata, fmt)
+    (out / exporting.METADATA_FILE).write_text(json.dumps(metadata))
+    loaded, meta = exporting.load(f"{BUCKET}/export")
     np.testing.assert_array_equal(loaded["stem.conv.kernel"], flat["stem.conv.kernel"])
     assert meta == metadata
-    assert (gcs / "bucket/runs/r1/export" / export.WEIGHT_FILES[fmt]).exists()
+    assert (gcs / "bucket/runs/r1/export" / exporting.WEIGHT_FILES[fmt]).exists()
 
 
 def test_weight_file_read_from_gs(gcs):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alz_jax.core import checkpointing, steps
+from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.host.errors import UserError
-from alz_jax.run import train
+from alz_jax.run import assembly, cross_validation, prediction, specs, train
 from tests import tiny_config as tiny_config_file
 
 pytestmark = pytest.mark.slow
@@ -40,22 +40,16 @@ def tiny_config(manual_dir, data_dir, **overrides):
 
 
 def final_state(workdir, config):
-    from alz_jax.core import sharding
-    from alz_jax.models import convnext
-    from alz_jax.run import config_lib
-
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
-    spec = convnext.spec_from_config(config.model)
-    tx, _ = steps.make_optimizer(config, 6, 2)
-    averages = config_lib.averaging_spec(config, 6, 1)
-    abstract = steps.abstract_train_state(spec, tx, sharding.make_mesh(), averages)
-    return checkpointing.restore(manager, manager.latest_step(), abstract)
+    run = specs.resolve(config)
+    manager = checkpointing.make_manager(workdir, run.checkpoint)
+    plan = run.plan(steps_per_epoch=1)
+    parts = assembly.assemble(run, plan, sharding.make_mesh(), {"mean": 0.0, "std": 1.0})
+    return checkpointing.restore(manager, manager.latest_step(), parts.abstract_state())
 
 
 def check_predict(workdir, manual_dir, report, folder):
     """`predict` on a folder of test images, a colour PNG of another size and a corrupt file:
     the same probabilities as the test report's, with the calibration stored at validation."""
-    from alz_jax import predict
     from alz_jax.evaluation import reports
 
     folder.mkdir()
@@ -66,14 +60,14 @@ def check_predict(workdir, manual_dir, report, folder):
     (folder / "empty.png").write_bytes(b"")
     colour = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
     cv2.imwrite(str(folder / "colour.png"), colour)
-    result = predict.run(str(workdir), [str(folder)])
+    result = prediction.run(str(workdir), [str(folder)])
     assert [e["file"] for e in result["errors"]] == [
         str(folder / n) for n in ("corrupt.jpeg", "empty.png")
     ]
     assert len(result["images"]) == 7
     # Stored with the checkpoint at validation, the same as the report computed again.
     stored = checkpointing.restore_selection(
-        checkpointing.make_manager(workdir, train_config(workdir).checkpoint),
+        checkpointing.make_manager(workdir, specs.resolve(train_config(workdir)).checkpoint),
         report["checkpoint_step"],
     )["calibration"][report["weights"]]
     assert result["calibration"]["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
@@ -145,7 +139,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         assert (workdir / name).is_file(), name
     check_predict(workdir, manual_dir, saved, tmp_path / "to_predict")
     # The best (by validation loss) and the latest 2 survive.
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    manager = checkpointing.make_manager(workdir, specs.resolve(config).checkpoint)
     assert {4, 6} <= set(manager.all_steps()) and manager.best_step() in manager.all_steps()
 
     # Run B: interrupted after the step-4 checkpoint, then restarted with the same command.
@@ -165,7 +159,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     with pytest.raises(_PreemptedError):
         train.train_and_evaluate(config, str(tmp_path / "b"))
     monkeypatch.setattr(steps, "make_train_step", real_factory)
-    manager_b = checkpointing.make_manager(tmp_path / "b", config.checkpoint)
+    manager_b = checkpointing.make_manager(tmp_path / "b", specs.resolve(config).checkpoint)
     assert manager_b.latest_step() == 4
     train.train_and_evaluate(config, str(tmp_path / "b"))
     assert len((tmp_path / "b" / "run" / "starts.jsonl").read_text().splitlines()) == 2
@@ -207,12 +201,11 @@ def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
 
 
 def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tmp_path):
-    from alz_jax import cross_validate
     from alz_jax.evaluation import reports
 
     root, summary = tiny_synthetic
     config = tiny_config(root, tmp_path / "tfds", num_train_steps=2, **{"data.num_folds": 2})
-    report = cross_validate.run_folds(config, tmp_path / "cv")
+    report = cross_validation.run_folds(config, tmp_path / "cv")
     images = sum(c["images"] for split in ("train", "test") for c in summary[split].values())
     pooled = report["pooled_out_of_fold"]
     assert pooled["num_images"] == pooled["slice"]["n"] == images  # every image tested once
@@ -226,7 +219,7 @@ def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tm
     assert accuracy["std"] == pytest.approx(np.std(accuracy["per_fold"], ddof=1))
     # Resumable fold by fold: a finished fold is not trained again.
     stamp = (tmp_path / "cv" / "fold_0" / "report_test.json").stat().st_mtime_ns
-    cross_validate.run_folds(config, tmp_path / "cv")
+    cross_validation.run_folds(config, tmp_path / "cv")
     assert (tmp_path / "cv" / "fold_0" / "report_test.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "cv" / "report_cv.json").is_file()
 
@@ -292,7 +285,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     with pytest.raises(train.TrainingDivergedError, match=r"diverged at step 3: loss nan") as e:
         train.train_and_evaluate(config, str(tmp_path / "w"))
     assert "last good checkpoint, step 2" in str(e.value)
-    manager = checkpointing.make_manager(tmp_path / "w", config.checkpoint)
+    manager = checkpointing.make_manager(tmp_path / "w", specs.resolve(config).checkpoint)
     assert manager.all_steps() == [2]
     state = final_state(tmp_path / "w", config)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))

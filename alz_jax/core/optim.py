@@ -3,24 +3,49 @@ and optional layer-wise learning-rate decay for fine-tuning."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
+from alz_jax.host.errors import check_fields
 
-def learning_rate_schedule(
-    optim_config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
-) -> optax.Schedule:
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """AdamW with warmup-cosine and optional global-norm clipping and layer-wise decay."""
+
+    learning_rate: float = 1e-3  # the peak, reached at the end of the warmup
+    end_learning_rate: float = 1e-6
+    weight_decay: float = 0.05
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip_norm: float = 0.0  # 0: no clipping
+    layer_decay: float = 1.0  # 1.0: off
+
+    def __post_init__(self):
+        check_fields("optim", [
+            ("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0"),
+            ("end_learning_rate", self.end_learning_rate, self.end_learning_rate >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("grad_clip_norm", self.grad_clip_norm, self.grad_clip_norm >= 0, ">= 0 (0: off)"),
+            ("layer_decay", self.layer_decay, 0.0 < self.layer_decay <= 1.0,
+             "in (0, 1] (1.0: off)"),
+        ])  # fmt: skip
+
+
+def learning_rate_schedule(optim: OptimSpec, total_steps: int, warmup_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then per-step cosine decay to end_learning_rate."""
     warmup_steps = min(warmup_steps, total_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=optim_config.learning_rate,
+        peak_value=optim.learning_rate,
         warmup_steps=warmup_steps,
         # optax counts decay_steps from step 0, warmup included; it must exceed the warmup.
         decay_steps=max(total_steps, warmup_steps + 1),
-        end_value=optim_config.end_learning_rate,
+        end_value=optim.end_learning_rate,
     )
 
 
@@ -75,24 +100,22 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
     return optax.stateless(scale)
 
 
-def make_optimizer(
-    optim_config: ml_collections.ConfigDict, schedule: optax.Schedule
-) -> optax.GradientTransformation:
+def make_optimizer(optim: OptimSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW (betas, eps, decoupled weight decay from the config),
     then layer-wise learning-rate decay if `layer_decay` < 1."""
     parts = []
-    if optim_config.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
+    if optim.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
     parts.append(
         optax.adamw(
             schedule,
-            b1=optim_config.b1,
-            b2=optim_config.b2,
-            eps=optim_config.eps,
-            weight_decay=optim_config.weight_decay,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
             mask=weight_decay_mask,
         )
     )
-    if optim_config.get("layer_decay", 1.0) != 1.0:
-        parts.append(scale_by_layer_decay(optim_config.layer_decay))
+    if optim.layer_decay != 1.0:
+        parts.append(scale_by_layer_decay(optim.layer_decay))
     return optax.chain(*parts)

@@ -9,19 +9,20 @@ merged into the NNX module inside the step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alz_jax.core import averaging, optim, sharding
+from alz_jax.core import averaging, sharding
 from alz_jax.data import preprocess
+from alz_jax.host.errors import check_fields
 from alz_jax.models import convnext
 
 TrainState = dict[str, Any]
@@ -118,6 +119,30 @@ def add_gaussian_noise(
 STEP_IMPLS = ("jit", "shard_map")
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """How the train step computes an update: its implementation, microbatching, the loss's
+    label smoothing, on-device noise, and the seed of its per-sample randomness."""
+
+    impl: str = "jit"  # 'jit' (XLA partitions the step) or 'shard_map' (explicit pmean)
+    grad_accum_steps: int = 1
+    label_smoothing: float = 0.0
+    noise_prob: float = 0.0  # Gaussian noise on device, after normalisation
+    noise_std: float = 0.0  # in [0, 1] pixel units
+    seed: int = 0
+
+    def __post_init__(self):
+        accum = self.grad_accum_steps
+        smoothing = self.label_smoothing
+        check_fields("", [
+            ("step_impl", self.impl, self.impl in STEP_IMPLS, "|".join(STEP_IMPLS)),
+            ("grad_accum_steps", accum, isinstance(accum, int) and accum >= 1, "an integer >= 1"),
+            ("optim.label_smoothing", smoothing, 0.0 <= smoothing < 1.0, "in [0, 1)"),
+            ("augment.noise_prob", self.noise_prob, 0.0 <= self.noise_prob <= 1.0, "in [0, 1]"),
+            ("augment.noise_std", self.noise_std, self.noise_std >= 0, ">= 0"),
+        ])  # fmt: skip
+
+
 def _microbatches(tree, accum: int):
     """(B, ...) -> (accum, B / accum, ...): microbatch a holds rows a, a + accum, a + 2 accum...
 
@@ -129,67 +154,53 @@ def _microbatches(tree, accum: int):
     )
 
 
-def make_train_step(
-    model: Model,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    config: ml_collections.ConfigDict,
-    pixel_stats: dict[str, float],
-    mesh: jax.sharding.Mesh,
-    averages: averaging.AveragingSpec = averaging.NO_AVERAGES,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Jitted, state-donating train step: (state, {image uint8, label[, targets]}) ->
-    (state, metrics), as `config.step_impl`: 'jit' (XLA partitions the batch-sharded
-    computation) or 'shard_map' (per-device code with an explicit gradient pmean).
+@dataclasses.dataclass(frozen=True)
+class _Update:
+    """What one train step needs besides the state and the batch (static under jit)."""
 
-    The batch is the whole global batch of one optimizer step; with `config.grad_accum_steps`
-    = A it is processed as A microbatches whose gradients are summed, the same update with a
-    1/A activation footprint. Stochastic depth and noise draw from a key per sample, derived
-    from (seed, step, the sample's position in the global batch): every implementation, device
-    count and microbatching sees the same randomness.
-    """
-    smoothing = config.optim.label_smoothing
-    base_key = jax.random.key(config.seed)
-    mean, std = pixel_stats["mean"], pixel_stats["std"]
-    noise_prob = config.augment.get("noise_prob", 0.0)
-    noise_std = config.augment.get("noise_std", 0.0)
-    accum = config.get("grad_accum_steps", 1)
-    impl = config.get("step_impl", "jit")
-    if impl not in STEP_IMPLS:
-        raise ValueError(f"config.step_impl = {impl!r}: expected one of {STEP_IMPLS}")
+    model: Model
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    spec: StepSpec
+    mean: float
+    std: float
+    averages: averaging.AveragingSpec
 
-    def sums(params, batch: dict, sample_keys: jax.Array):
+    def sums(self, params, batch: dict, sample_keys: jax.Array):
         """Summed loss, gradient of the summed loss, and correct count over `batch`."""
-        images = preprocess.normalize(batch["image"], mean, std)
-        if noise_prob > 0 and noise_std > 0:
-            images = add_gaussian_noise(sample_keys, images, noise_prob, noise_std / std)
+        images = preprocess.normalize(batch["image"], self.mean, self.std)
+        if self.spec.noise_prob > 0 and self.spec.noise_std > 0:
+            images = add_gaussian_noise(
+                sample_keys, images, self.spec.noise_prob, self.spec.noise_std / self.std
+            )
 
         def loss_fn(params):
-            logits = model.apply(params, images, sample_keys)
+            logits = self.model.apply(params, images, sample_keys)
             if "targets" in batch:  # mixed on host, label smoothing already applied there
                 loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
             else:
-                loss = cross_entropy(logits, batch["label"], smoothing)
+                loss = cross_entropy(logits, batch["label"], self.spec.label_smoothing)
             return loss.sum(), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return loss, grads, correct
 
-    def accumulated_sums(params, batch: dict, sample_keys: jax.Array, constrain):
+    def accumulated_sums(self, params, batch: dict, sample_keys: jax.Array, constrain):
+        """`sums` over the whole batch, as `grad_accum_steps` microbatches."""
+        accum = self.spec.grad_accum_steps
         if accum == 1:
-            return sums(params, batch, sample_keys)
+            return self.sums(params, batch, sample_keys)
         micro = constrain(_microbatches((batch, sample_keys), accum))
 
         def body(carry, mb):
-            loss, grads, correct = sums(params, *mb)
-            total = jax.tree.map(jnp.add, carry, (loss, grads, correct))
+            total = jax.tree.map(jnp.add, carry, self.sums(params, *mb))
             return total, None
 
         # XLA:CPU runs this model ~10x slower inside a while loop (measured: 4.9 s against
         # 0.41 s per step of the demo model), so on CPU the microbatches are a Python loop;
         # accelerators keep `scan`, which bounds activation memory to one microbatch.
-        total = sums(params, *jax.tree.map(lambda x: x[0], micro))
+        total = self.sums(params, *jax.tree.map(lambda x: x[0], micro))
         if jax.default_backend() == "cpu":
             for a in range(1, accum):
                 total, _ = body(total, jax.tree.map(lambda x, a=a: x[a], micro))
@@ -197,63 +208,90 @@ def make_train_step(
             total, _ = jax.lax.scan(body, total, jax.tree.map(lambda x: x[1:], micro))
         return total
 
-    def keys_for(step: jax.Array, positions: jax.Array) -> jax.Array:
-        step_key = jax.random.fold_in(base_key, step)
+    def sample_keys(self, step: jax.Array, positions: jax.Array) -> jax.Array:
+        """One key per sample from (seed, step, position in the global batch)."""
+        step_key = jax.random.fold_in(jax.random.key(self.spec.seed), step)
         return jax.vmap(jax.random.fold_in, (None, 0))(step_key, positions)
 
-    def apply_update(state: TrainState, loss, grads, accuracy) -> tuple[TrainState, dict]:
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    def apply(self, state: TrainState, loss, grads, accuracy) -> tuple[TrainState, dict]:
+        """The optimizer update, the weight averages and the step's metrics."""
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         step = state["step"] + 1
+        base_key = jax.random.key(self.spec.seed)
         avg_key = jax.random.fold_in(jax.random.fold_in(base_key, _AVERAGES_STREAM), step)
         old_averages = {k: v for k, v in state.items() if k in ("ema", "swa", "swa_count")}
         new_state = {
             "step": step,
             "params": params,
             "opt_state": opt_state,
-            **averaging.update(averages, old_averages, params, step, avg_key),
+            **averaging.update(self.averages, old_averages, params, step, avg_key),
         }
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
-            "learning_rate": schedule(state["step"]),
+            "learning_rate": self.schedule(state["step"]),
             "grad_norm": optax.global_norm(grads),
             "param_norm": optax.global_norm(params),
         }
         return new_state, metrics
 
-    repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-
-    def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def jit_step(self, mesh, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """The global-view step: XLA partitions the batch-sharded computation."""
         size = batch["label"].shape[0]
-        sample_keys = keys_for(state["step"], jnp.arange(size))
+        sample_keys = self.sample_keys(state["step"], jnp.arange(size))
 
         def constrain(tree):  # keep each microbatch spread over the devices
             micro = NamedSharding(mesh, P(None, "data"))
             return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, micro), tree)
 
-        loss, grads, correct = accumulated_sums(state["params"], batch, sample_keys, constrain)
+        loss, grads, correct = self.accumulated_sums(state["params"], batch, sample_keys, constrain)
         grads = jax.tree.map(lambda g: g / size, grads)
-        return apply_update(state, loss / size, grads, correct / size)
+        return self.apply(state, loss / size, grads, correct / size)
 
-    def per_device_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def per_device_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """The per-device step under shard_map, with an explicit gradient pmean."""
         local = batch["label"].shape[0]
         first = jax.lax.axis_index("data") * local  # this shard's offset in the global batch
-        sample_keys = keys_for(state["step"], first + jnp.arange(local))
-        loss, grads, correct = accumulated_sums(
+        sample_keys = self.sample_keys(state["step"], first + jnp.arange(local))
+        loss, grads, correct = self.accumulated_sums(
             state["params"], batch, sample_keys, lambda tree: tree
         )
         # Means over the global batch: each device's mean, averaged over equal-sized shards.
         grads = jax.lax.pmean(jax.tree.map(lambda g: g / local, grads), "data")
         loss, accuracy = jax.lax.pmean((loss / local, correct / local), "data")
-        return apply_update(state, loss, grads, accuracy)
+        return self.apply(state, loss, grads, accuracy)
 
-    if impl == "jit":
-        step_fn = jit_step
+
+def make_train_step(
+    model: Model,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    spec: StepSpec,
+    pixel_stats: dict[str, float],
+    mesh: jax.sharding.Mesh,
+    averages: averaging.AveragingSpec = averaging.NO_AVERAGES,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Jitted, state-donating train step: (state, {image uint8, label[, targets]}) ->
+    (state, metrics), as `spec.impl`: 'jit' (XLA partitions the batch-sharded computation) or
+    'shard_map' (per-device code with an explicit gradient pmean).
+
+    The batch is the whole global batch of one optimizer step; with `spec.grad_accum_steps`
+    = A it is processed as A microbatches whose gradients are summed, the same update with a
+    1/A activation footprint. Stochastic depth and noise draw from a key per sample, derived
+    from (seed, step, the sample's position in the global batch): every implementation, device
+    count and microbatching sees the same randomness.
+    """
+    update = _Update(
+        model, tx, schedule, spec, pixel_stats["mean"], pixel_stats["std"], averages
+    )
+    if spec.impl == "jit":
+        step_fn = functools.partial(update.jit_step, mesh)
     else:
         step_fn = jax.shard_map(
-            per_device_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())
+            update.per_device_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())
         )
+    repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
 
@@ -286,11 +324,3 @@ def make_predict_step(
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
-
-
-def make_optimizer(
-    config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer and its learning-rate schedule for a run of `total_steps`."""
-    schedule = optim.learning_rate_schedule(config.optim, total_steps, warmup_steps)
-    return optim.make_optimizer(config.optim, schedule), schedule

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from alz_jax.data import preprocess
+from alz_jax.host.errors import check_fields
 
 BACKGROUND_VALUE = 0  # fill for pixels a warp brings in from outside the image
 
@@ -84,19 +85,19 @@ class AugmentSpec:
     erase_ratio: tuple[float, float] = (0.3, 3.3)
     erase_value: int = 0
 
-    @classmethod
-    def from_config(cls, augment_config) -> AugmentSpec:
-        """The spec for a config's `augment` section (unknown fields are an error)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in augment_config.items() if k in fields}
-        unknown = sorted(set(augment_config.keys()) - fields - _DEVICE_FIELDS)
-        if unknown:
-            raise ValueError(f"Unknown config.augment fields {unknown}; known: {sorted(fields)}")
-        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
-
-
-# Augmentation fields applied on device, not here (noise needs values outside uint8).
-_DEVICE_FIELDS = frozenset({"noise_prob", "noise_std"})
+    def __post_init__(self):
+        lo, hi = self.crop_scale
+        checks = [
+            ("crop_scale", self.crop_scale, 0 < lo <= hi <= 1, "0 < low <= high <= 1"),
+            ("crop_ratio", self.crop_ratio, 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+             "0 < low <= high"),
+            ("blur_kernel", self.blur_kernel, self.blur_kernel % 2 == 1, "an odd number"),
+        ]  # fmt: skip
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_prob"):
+                value = getattr(self, f.name)
+                checks.append((f.name, value, 0.0 <= value <= 1.0, "in [0, 1]"))
+        check_fields("augment", checks)
 
 
 def geometric_matrix(

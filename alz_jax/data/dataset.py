@@ -25,11 +25,40 @@ from jax.experimental import multihost_utils
 
 from alz_jax.data import protocols
 from alz_jax.host import storage
-from alz_jax.host.errors import UserError
+from alz_jax.host.errors import UserError, check_fields
 from tfds_builders import adni as adni_builder
 from tfds_builders.adni import layout, synthetic
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data set a run reads and how it is split (config.data, less the input pipeline's
+    fields): the user's folder or a synthetic stand-in, where TFDS keeps the build, and the
+    protocol."""
+
+    data_dir: str = "~/tensorflow_datasets"
+    manual_dir: str | None = None
+    synthetic_seed: int | None = None
+    synthetic_train_subjects: int = 150
+    synthetic_test_subjects: int = 60
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    protocol: str = "official"
+    resplit_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    num_folds: int = 5
+    fold: int = 0
+    slice_range: str = ""
+
+    def __post_init__(self):
+        f = self.validation_fraction
+        check_fields("data", [
+            ("validation_fraction", f, 0.0 < f < 1.0,
+             "in (0, 1): validation picks the best checkpoint"),
+            ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
+             "|".join(protocols.PROTOCOLS)),
+        ])  # fmt: skip
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
 _TEXT_FIELDS = ("file_name", "scan_id", "subject_id")
 
@@ -141,7 +170,7 @@ class AdniData:
         }
 
 
-def _resolve_dirs(data_config) -> tuple[Path, epath.Path, int | None]:
+def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
     data_dir = storage.path(data_config.data_dir)  # local or gs://: TFDS reads both
     if data_config.manual_dir:
         return Path(os.path.expanduser(data_config.manual_dir)).resolve(), data_dir, None
@@ -205,7 +234,7 @@ def _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer) ->
         )
 
 
-def prepare(data_config, timer=None) -> AdniData:
+def prepare(data_config: DataSpec, timer=None) -> AdniData:
     """Opens the data set a config names, generating and building it first if needed.
 
     `timer(name)`, if given, is a context manager that times the generate and build stages.
@@ -278,8 +307,8 @@ def _apply_protocol(builder, data_config):
         if not len(pos):
             raise UserError(f"The {split} split of protocol {data_config.protocol!r} is empty.")
     protocol = {
-        "name": data_config.get("protocol", "official"),
-        "slice_range": data_config.get("slice_range", ""),
+        "name": data_config.protocol,
+        "slice_range": data_config.slice_range,
         "split_seed": data_config.split_seed,
     }
     if protocol["slice_range"]:

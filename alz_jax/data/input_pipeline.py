@@ -22,7 +22,30 @@ import jax
 import numpy as np
 
 from alz_jax.data import augment, mixing, preprocess
-from alz_jax.host.errors import UserError
+from alz_jax.host.errors import check_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+    """How images reach the model: the input size, the host augmentations, Mixup/CutMix (off by
+    default; its schedule needs the run's length), and the Grain workers and buffers."""
+
+    image_size: int = 224
+    augment: augment.AugmentSpec = dataclasses.field(default_factory=augment.AugmentSpec)
+    mix: mixing.MixSpec = dataclasses.field(default_factory=lambda: mixing.MixSpec(prob=0.0))
+    num_workers: int = 0
+    eval_num_workers: int = 0
+    prefetch_buffer_size: int = 2
+
+    def __post_init__(self):
+        size = self.image_size
+        check_fields("data", [
+            ("image_size", size, size > 0 and size % 32 == 0, "a positive multiple of 32"),
+            ("num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+            ("eval_num_workers", self.eval_num_workers, self.eval_num_workers >= 0, ">= 0"),
+            ("prefetch_buffer_size", self.prefetch_buffer_size, self.prefetch_buffer_size >= 0,
+             ">= 0"),
+        ])  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +145,7 @@ def _prefetch(ds: grain.MapDataset, num_workers: int, buffer_size: int) -> grain
     if num_workers > 0:
         it = it.mp_prefetch(
             # Each worker may run `buffer_size` batches ahead too, not just one (Grain's default):
-            # on few cores it catches up while the step holds the CPU (README, "Performance").
+            # on few cores it catches up while the step holds the CPU (docs/performance.md).
             grain.MultiprocessingOptions(
                 num_workers=num_workers, per_worker_buffer_size=max(buffer_size, 1)
             ),
@@ -141,41 +164,34 @@ def per_process_batch(global_batch: int) -> int:
 
 
 def train_dataset(
-    source, config, global_batch: int, *, seed: int, start_step: int = 0, total_steps: int = 1
+    source, pipeline: PipelineSpec, global_batch: int, *, seed: int, start_step: int = 0
 ) -> grain.IterDataset:
     """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on.
 
-    With mixing on (config.mix), batches also carry soft `targets` (b, K) float32, label
-    smoothing included, and the mixing schedule runs over `total_steps`.
+    With mixing on (`pipeline.mix`), batches also carry soft `targets` (b, K) float32, label
+    smoothing included, on the mixing schedule of the run's `mix.total_steps`.
     """
-    transform = TrainTransform(
-        config.data.image_size, augment.AugmentSpec.from_config(config.augment)
-    )
+    transform = TrainTransform(pipeline.image_size, pipeline.augment)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
     b = per_process_batch(global_batch)
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
     ds = ds.batch(b, drop_remainder=True)
-    mix_spec = mixing.spec_from_config(config, total_steps)
-    if mix_spec.enabled:
-        if b % mix_spec.group_size:
-            raise UserError(
-                f"config.mix.group_size {mix_spec.group_size} must divide the per-process batch {b}"
-            )
+    if pipeline.mix.enabled:  # its group size divides `b`: checked with the batch (run.specs)
         # Before the resume slice, so the mixer sees the true step.
         ds = ds.map_with_index(
-            mixing.BatchMixer(mix_spec, seed, jax.process_index(), jax.process_count(), b)
+            mixing.BatchMixer(pipeline.mix, seed, jax.process_index(), jax.process_count(), b)
         )
     ds = ds[start_step:]
-    return _prefetch(ds, config.data.num_workers, config.data.prefetch_buffer_size)
+    return _prefetch(ds, pipeline.num_workers, pipeline.prefetch_buffer_size)
 
 
-def eval_dataset(source, config, global_batch: int) -> grain.IterDataset:
+def eval_dataset(source, pipeline: PipelineSpec, global_batch: int) -> grain.IterDataset:
     """One deterministic pass: {image, label, mask, index}; padded entries have mask 0, index -1."""
-    ds = grain.MapDataset.source(source).map(EvalTransform(config.data.image_size))
+    ds = grain.MapDataset.source(source).map(EvalTransform(pipeline.image_size))
     b = per_process_batch(global_batch)
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b, pad_to_global_batch=True)
     ds = ds.batch(b, drop_remainder=True)
-    return _prefetch(ds, config.data.eval_num_workers, config.data.prefetch_buffer_size)
+    return _prefetch(ds, pipeline.eval_num_workers, pipeline.prefetch_buffer_size)
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:

@@ -21,6 +21,8 @@ import dataclasses
 
 import numpy as np
 
+from alz_jax.host.errors import check_fields
+
 MODES = ("batch", "pair", "elem")
 
 
@@ -39,6 +41,19 @@ class MixSpec:
     label_smoothing: float = 0.1
     num_classes: int = 2
     total_steps: int = 1
+
+    def __post_init__(self):
+        check_fields("mix", [
+            ("prob", self.prob, 0.0 <= self.prob <= 1.0, "in [0, 1]"),
+            ("switch_prob", self.switch_prob, 0.0 <= self.switch_prob <= 1.0, "in [0, 1]"),
+            ("mixup_alpha", self.mixup_alpha, self.mixup_alpha >= 0, ">= 0"),
+            ("cutmix_alpha", self.cutmix_alpha, self.cutmix_alpha >= 0, ">= 0"),
+            ("mode", self.mode, self.mode in MODES, "|".join(MODES)),
+            ("group_size", self.group_size, self.group_size > 0, "> 0"),
+            ("explore_end/transition_end", (self.explore_end, self.transition_end),
+             0.0 <= self.explore_end <= self.transition_end <= 1.0,
+             "0 <= explore_end <= transition_end <= 1"),
+        ])  # fmt: skip
 
     @property
     def enabled(self) -> bool:
@@ -148,25 +163,3 @@ class BatchMixer:
             images.append(mixed)
             targets.append(soft)
         return dict(batch, image=np.concatenate(images), targets=np.concatenate(targets))
-
-
-def spec_from_config(config, total_steps: int) -> MixSpec:
-    """The MixSpec of a config (`config.mix`), with label smoothing from `config.optim`."""
-    mix = config.get("mix")
-    if mix is None:
-        return MixSpec(prob=0.0, total_steps=total_steps)
-    if mix.mode not in MODES:
-        raise ValueError(f"config.mix.mode = {mix.mode!r}: expected one of {MODES}")
-    return MixSpec(
-        mixup_alpha=mix.mixup_alpha,
-        cutmix_alpha=mix.cutmix_alpha,
-        prob=mix.prob,
-        switch_prob=mix.switch_prob,
-        mode=mix.mode,
-        group_size=mix.group_size,
-        explore_end=mix.explore_end,
-        transition_end=mix.transition_end,
-        label_smoothing=config.optim.label_smoothing,
-        num_classes=config.model.num_classes,
-        total_steps=total_steps,
-    )

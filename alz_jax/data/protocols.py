@@ -104,7 +104,7 @@ def assign(pooled: dict[str, np.ndarray], data_config) -> dict[str, np.ndarray]:
 
     `pooled` has per-record arrays: builder_split, subject_id, scan_id, label, slice_index.
     """
-    protocol = data_config.get("protocol", "official")
+    protocol = data_config.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"data.protocol {protocol!r}: expected one of {PROTOCOLS}")
     n = len(pooled["label"])
@@ -129,7 +129,7 @@ def assign(pooled: dict[str, np.ndarray], data_config) -> dict[str, np.ndarray]:
         split_of = np.array([of[s] for s in pooled["subject_id"]], dtype=object)
     keep = np.ones(n, bool)
     window = parse_slice_range(
-        data_config.get("slice_range", ""), pooled["slice_index"], pooled["label"]
+        data_config.slice_range, pooled["slice_index"], pooled["label"]
     )
     if window is not None:
         keep = (pooled["slice_index"] >= window[0]) & (pooled["slice_index"] <= window[1])

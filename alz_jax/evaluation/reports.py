@@ -51,24 +51,7 @@ class EvalSettings:
     gradcam_scans: int = 4
     gradcam_slices: int = 5
 
-    @classmethod
-    def from_config(cls, config, **overrides) -> EvalSettings:
-        """config.eval (absent fields: defaults) with the non-None `overrides`; checked."""
-        values = dict(config.get("eval", None) or {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserError(f"config.eval has unknown fields {sorted(unknown)}.")
-        tta = values.get("tta", ())
-        if isinstance(tta, str):
-            tta = tuple(v.strip() for v in tta.split(",") if v.strip())
-        values["tta"] = tuple(tta)
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        """A clear error for any value that can't work."""
+    def __post_init__(self):
         try:
             metrics.parse_threshold_method(self.threshold)
         except ValueError as e:
@@ -91,7 +74,10 @@ class EvalSettings:
 # ---- Predictions. ----
 
 
-def predict_split_multi(data, split: str, predictors: dict, config, mesh) -> dict[str, np.ndarray]:
+def predict_split_multi(
+    data, split: str, predictors: dict, pipeline: input_pipeline.PipelineSpec, batch_size: int,
+    mesh,
+) -> dict[str, np.ndarray]:  # fmt: skip
     """Logit margins z_AD - z_NC of every image of a split, in record order, for several
     (params, predict_fn) pairs (raw/EMA/SWA weights, test-time views) in one pass over the
     data; every image is counted exactly once."""
@@ -99,7 +85,7 @@ def predict_split_multi(data, split: str, predictors: dict, config, mesh) -> dic
     out = {name: np.full(n, np.nan, np.float64) for name in predictors}
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
-    dataset = input_pipeline.eval_dataset(data.source(split), config, config.batch_size)
+    dataset = input_pipeline.eval_dataset(data.source(split), pipeline, batch_size)
     iterator = iter(dataset)
     try:
         for batch in iterator:
@@ -496,7 +482,8 @@ def write_report(report: dict, workdir: str | Path) -> Path:
 
 
 def evaluate_weights(
-    *, data, model, params, pixel_stats: dict, config, mesh, split: str, step: int,
+    *, data, model, params, pixel_stats: dict, pipeline: input_pipeline.PipelineSpec,
+    batch_size: int, mesh, split: str, step: int,
     weights: str, selection: dict | None, workdir: str | Path, settings: EvalSettings,
     writer=None,
 ) -> dict:  # fmt: skip
@@ -507,7 +494,9 @@ def evaluate_weights(
     fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
     splits = ["validation"] if split == "validation" else ["validation", split]
     logits = {
-        s: predict_split_multi(data, s, {v: (params, fns[v]) for v in views}, config, mesh)
+        s: predict_split_multi(
+            data, s, {v: (params, fns[v]) for v in views}, pipeline, batch_size, mesh
+        )
         for s in splits
     }
     metadata = data.report_metadata()
@@ -544,7 +533,7 @@ def evaluate_weights(
                                       settings.gradcam_scans)  # fmt: skip
         rendered["gradcam"] = saliency.gradcam_figure(
             data.source(split), records, plain_probs, scans, model, params, pixel_stats,
-            config.data.image_size, settings.gradcam_slices, report["scan"]["threshold"],
+            pipeline.image_size, settings.gradcam_slices, report["scan"]["threshold"],
         )  # fmt: skip
         report["gradcam_scans"] = list(scans)
     paths = {}

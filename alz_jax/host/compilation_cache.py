@@ -1,5 +1,5 @@
 """JAX's persistent compilation cache, on by default: a second run of the same step loads the
-compiled executable instead of compiling it again (README, "Performance").
+compiled executable instead of compiling it again (docs/performance.md).
 
 The folder is `$ALZ_JAX_COMPILE_CACHE` if set, else `~/.cache/alz_jax/xla`; setting it to `off`
 turns the cache off. It can be moved or deleted at any time (it is only a cache); on a cluster,

@@ -19,3 +19,12 @@ def exit_on_user_error() -> Iterator[None]:
     except (UserError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_fields(section: str, checks: list[tuple[str, object, bool, str]]) -> None:
+    """Raises a UserError for the first failed (field, value, ok, expected) check, named as
+    `config.<section>.<field> = value: expected ...`; `section` may be empty (top-level fields)."""
+    for field, value, ok, expected in checks:
+        if not ok:
+            name = f"{section}.{field}" if section else field
+            raise UserError(f"config.{name} = {value!r}: expected {expected}.")

@@ -2,7 +2,7 @@
 
 XLA:CPU allocates its buffers afresh at every step, and glibc serves each large one with new
 4 KiB pages from the kernel: the ConvNeXt-T train step (batch 16, 224 px) took ~785,000 minor
-page faults per step, ~2,500 with huge pages, and ran 20-25% faster (README, "Performance").
+page faults per step, ~2,500 with huge pages, and ran 20-25% faster (docs/performance.md).
 glibc reads its malloc tunables only at start-up, so the training entry points re-execute
 themselves once with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35, Linux, and only
 when transparent huge pages are not disabled). `ALZ_JAX_HUGE_PAGES=off` turns this off.

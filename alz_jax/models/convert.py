@@ -3,7 +3,7 @@
     model = convert.from_torchvision(convert.load_state_dict("convnext_tiny.pth"), "tiny")
     config.model.init_from = "torchvision:/path/convnext_tiny-983f1562.pth"   # fine-tune
 
-A state dict is a mapping of names to arrays in one of three key layouts (../shared/REFERENCE.md).
+A state dict is a mapping of names to arrays in one of three key layouts (docs/reference.md).
 Each tensor is moved to the project's NHWC layout: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g,
 O], linears [out, in] -> [in, out], LayerNorm weight -> scale, layer scale [C, 1, 1] -> [C]. A
 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import depthwise
 
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -46,38 +47,18 @@ class ConvNeXtSpec:
     param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
-
-def spec_from_config(
-    model_config, dtype: str | None = None, backend: str | None = None
-) -> ConvNeXtSpec:
-    """Builds a ConvNeXtSpec from a `config.model` ml_collections section; `dtype` is the
-    compute dtype (the resolved `config.dtype`), float32 if not given; `model.depthwise`
-    ('auto' if unset) is resolved for `backend` (JAX's default if not given)."""
-    if model_config.get("size"):
-        if model_config.size not in SIZES:
-            raise ValueError(
-                f"config.model.size={model_config.size!r} is not a ConvNeXt size; "
-                f"expected one of {sorted(SIZES)} (or set model.depths and model.dims)."
+    def __post_init__(self):
+        if len(self.depths) != len(self.dims) or not self.depths:
+            raise UserError(
+                f"config.model.depths {self.depths} and config.model.dims {self.dims}: expected "
+                "non-empty and of the same length (or a model.size)."
             )
-        depths, dims = SIZES[model_config.size]
-    else:
-        depths, dims = tuple(model_config.depths), tuple(model_config.dims)
-    if len(depths) != len(dims) or not depths:
-        raise ValueError(
-            f"model.depths {depths} and model.dims {dims} must be non-empty, same length"
-        )
-    return ConvNeXtSpec(
-        depths=tuple(depths),
-        dims=tuple(dims),
-        in_chans=model_config.in_chans,
-        num_classes=model_config.num_classes,
-        drop_path_rate=model_config.drop_path_rate,
-        layer_scale_init=model_config.get("layer_scale_init", 1e-6),
-        head_init_scale=model_config.get("head_init_scale", 1.0),
-        dtype=dtype or "float32",
-        param_dtype=model_config.get("param_dtype", "float32"),
-        depthwise=depthwise.resolve(model_config.get("depthwise", "auto"), backend),
-    )
+        check_fields("model", [
+            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
+            ("param_dtype", self.param_dtype, self.param_dtype == "float32",
+             "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+            ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
+        ])  # fmt: skip
 
 
 def _layer_norm(num_features: int, spec: ConvNeXtSpec, rngs: nnx.Rngs) -> nnx.LayerNorm:

@@ -6,7 +6,7 @@ ConvNeXt block, in two formulations with the same parameters and the same result
   weights, with a hand-written backward pass. XLA:CPU runs its grouped convolution and, worse,
   that convolution's kernel gradient far below memory speed; measured on a 2-core AVX-512 CPU
   (batch 16, ConvNeXt-T at 224 px) this formulation makes the forward plus backward of a stage-1
-  block about 4x faster and of a stage-4 block about 15x faster (README, "Performance").
+  block about 4x faster and of a stage-4 block about 15x faster (docs/performance.md).
 
 `auto` picks 'shift' on CPU and 'xla' elsewhere. Both take the kernel in the layout of
 `nnx.Conv(feature_group_count=C)`, (kh, kw, 1, C), so checkpoints don't depend on the choice.
@@ -91,7 +91,7 @@ def _shift_conv_bwd(residuals, grad):
     # Kernel gradient dk[i, j, c] = sum over b, h, w of x_padded[b, h+i, w+j, c] grad[b, h, w, c].
     # The sum over the batch is an explicit chain of adds (one fused elementwise pass per tap);
     # the sum over pixels is a matrix-vector product. XLA:CPU's own reductions over the major
-    # axes, and every other arrangement tried, ran 2-25x slower (README, "Performance").
+    # axes, and every other arrangement tried, ran 2-25x slower (docs/performance.md).
     padded = _pad(x, kh, kw).astype(jnp.float32)
     grad32 = grad.astype(jnp.float32)
 

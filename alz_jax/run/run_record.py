@@ -9,6 +9,7 @@ or the split is refused with the differences listed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -23,7 +24,7 @@ import ml_collections
 
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from alz_jax.run import config_lib
+from alz_jax.run import specs
 
 PACKAGES = (
     "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
@@ -58,41 +59,39 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def identity(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict:
+def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     """What must not change when a run resumes: the model, the data, the split, and the
     training recipe (a new batch size, seed, duration or optimizer would change the data stream
     or the schedule mid-run)."""
+    model = dataclasses.asdict(run.model)
+    # The depthwise implementation is not part of a run: every one has the same parameters.
+    # The compute dtype is part of the recipe: 'auto' started on CPU (float32) must not resume
+    # on a GPU in bfloat16.
+    compute_dtype = model.pop("dtype")
+    del model["depthwise"]
+    step = dataclasses.asdict(run.step)
+    del step["impl"]  # jit and shard_map compute the same update
+    mix = dataclasses.asdict(run.pipeline.mix)
+    del mix["total_steps"]  # follows from the durations
     return {
-        # The depthwise implementation is not part of a run: every one has the same parameters.
-        "model": {k: v for k, v in config.model.to_dict().items() if k != "depthwise"},
+        "model": {**model, "init_from": run.init_from},
         "training": {
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "num_epochs": config.num_epochs,
-            "num_train_steps": config.num_train_steps,
-            "warmup_epochs": config.warmup_epochs,
-            "warmup_steps": config.warmup_steps,
-            "optim": config.optim.to_dict(),
-            "augment": config.augment.to_dict(),
-            "mix": config.mix.to_dict() if "mix" in config else None,
-            # Resolved: 'auto' started on CPU (float32) must not resume on a GPU in bfloat16.
-            "compute_dtype": config_lib.compute_dtype(config),
-            "grad_accum_steps": config.get("grad_accum_steps", 1),
-            "ema": config.ema.to_dict() if "ema" in config else None,
-            "swa": config.swa.to_dict() if "swa" in config else None,
+            "seed": run.seed,
+            "batch_size": run.batch_size,
+            "durations": {d.name: [d.steps, d.epochs] for d in (run.train, run.warmup)},
+            "optim": dataclasses.asdict(run.optim),
+            "step": step,
+            "augment": dataclasses.asdict(run.pipeline.augment),
+            "mix": mix,
+            "compute_dtype": compute_dtype,
+            "averages": dataclasses.asdict(run.averages),
+            "swa_start_fraction": run.swa_start_fraction,
+            "swa_every": dataclasses.asdict(run.swa_every) if run.swa_every else None,
         },
         "data": {
             "fingerprint": data_fingerprint,
-            "manual_dir": config.data.manual_dir,
-            "synthetic_seed": config.data.synthetic_seed,
-            "validation_fraction": config.data.validation_fraction,
-            "split_seed": config.data.split_seed,
-            "protocol": config.data.get("protocol", "official"),
-            "resplit_fractions": config.data.get("resplit_fractions"),
-            "num_folds": config.data.get("num_folds"),
-            "fold": config.data.get("fold"),
-            "slice_range": config.data.get("slice_range", ""),
-            "image_size": config.data.image_size,
+            **dataclasses.asdict(run.data),
+            "image_size": run.pipeline.image_size,
         },
     }
 
@@ -115,6 +114,7 @@ def _write_json(path, value) -> None:
 def start(
     workdir: str | Path,
     config: ml_collections.ConfigDict,
+    run: specs.RunSpec,
     data_fingerprint: str,
     manifest: Callable[[], dict],
     pixel_stats: Callable[[], dict],
@@ -127,7 +127,7 @@ def start(
     """
     run_dir = storage.path(workdir) / "run"
     record_path = run_dir / "record.json"
-    current = identity(config, data_fingerprint)
+    current = identity(run, data_fingerprint)
     if record_path.exists():
         record = json.loads(record_path.read_text())
         diffs = _differences(record["identity"], current)

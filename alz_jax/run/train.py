@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
 import math
 import time
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -27,7 +27,7 @@ from alz_jax.evaluation import figures, metrics, reports
 from alz_jax.host import logs, profiling, storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
-from alz_jax.run import config_lib, run_record
+from alz_jax.run import assembly, run_record, specs
 
 
 class StageTimer:
@@ -78,14 +78,6 @@ def _check_finite(history: list[tuple[int, dict]], manager) -> list[dict]:
     )
 
 
-def _train_scalars(fetched: list[dict], elapsed: float, wait_time: float) -> dict:
-    """Means of the step metrics since the last log (fetched from device at the log only)."""
-    scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    scalars["train/step_time_s"] = elapsed / len(fetched)
-    scalars["train/data_wait_s"] = wait_time / len(fetched)
-    return scalars
-
-
 def weights_of(state: steps.TrainState, name: str):
     """The parameters to evaluate for `name` (raw, ema, swa), in float32."""
     tree = state["params"] if name == "raw" else state[name]
@@ -111,208 +103,268 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per `config` in `workdir` (resuming if possible); returns the test report, or
     {"preempted_at_step": N} if the run was asked to stop (SIGTERM) and saved its state."""
     timer = StageTimer()
-    config_lib.validate(config)  # before any data work or compile
+    run = specs.resolve(config)  # every config check, before any data work or compile
     workdir = storage.path(workdir)  # local or gs://
     if not checkpointing.has_checkpoint(workdir):  # a resume doesn't read model.init_from
-        config_lib.check_init_from_file(config.model.get("init_from", ""))
+        specs.check_init_from_file(run.init_from)
     workdir.mkdir(parents=True, exist_ok=True)
-    is_writer = jax.process_index() == 0
 
     # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS once. ----
-    data = dataset.prepare(config.data, timer=timer)
-    global_batch = config.batch_size
-    steps_per_epoch = data.num_examples("train") // global_batch
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"batch_size {global_batch} exceeds the {data.num_examples('train')} training images."
-        )
-    total_steps = config_lib.num_train_steps(config, steps_per_epoch)
-    warmup_steps = config_lib.duration_steps(config, "warmup", steps_per_epoch)
-    eval_every = max(1, config_lib.duration_steps(config, "eval_every", steps_per_epoch))
-    config_lib.validate_durations(config, total_steps, warmup_steps)
-    averages = config_lib.averaging_spec(config, total_steps, steps_per_epoch)
-    train_source = data.source("train")
+    data = dataset.prepare(run.data, timer=timer)
+    plan = run.plan(steps_per_epoch(data, run.batch_size))
     with timer("run record + pixel statistics"):
         record = run_record.start(
-            workdir,
-            config,
-            data.fingerprint(),
-            manifest=data.manifest,
-            pixel_stats=lambda: input_pipeline.pixel_stats(train_source, config.data.image_size),
-            is_writer=is_writer,
-        )
-    pixel_stats = record["pixel_stats"]
-    val_records = data.records("validation")
-    logging.info(
-        "Data %s: %s images; %d steps/epoch, %d steps, warmup %d, eval every %d; pixels %s",
-        data.fingerprint(),
-        {s: data.num_examples(s) for s in dataset.SPLITS},
-        steps_per_epoch, total_steps, warmup_steps, eval_every, pixel_stats,
-    )  # fmt: skip
+            workdir, config, run, data.fingerprint(), manifest=data.manifest,
+            pixel_stats=lambda: input_pipeline.pixel_stats(
+                data.source("train"), run.pipeline.image_size
+            ),
+            is_writer=jax.process_index() == 0,
+        )  # fmt: skip
+    _log_plan(data, plan, record["pixel_stats"])
 
     # ---- Model, optimizer and train state on a ('data',) mesh over every process's devices. ----
-    mesh = sharding.make_mesh()
-    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    model = steps.make_model(spec)
-    tx, schedule = steps.make_optimizer(config, total_steps, warmup_steps)
-    manager = checkpointing.make_manager(workdir, config.checkpoint, for_training=True)
-    # The data iterator is checkpointed with the model: a resume continues the same stream.
-    grain_iter = iter(
-        input_pipeline.train_dataset(
-            train_source, config, global_batch, seed=config.seed, total_steps=total_steps
-        )
-    )
-    start_step = manager.latest_step() or 0
-    if start_step:
-        abstract = steps.abstract_train_state(spec, tx, mesh, averages)
-        state = checkpointing.restore(manager, start_step, abstract, grain_iter)
-        logging.info("Resumed from checkpoint at step %d", start_step)
-    else:
-        state = steps.create_train_state(
-            spec, tx, mesh, config.seed, averages, _imported_params(config, spec)
-        )
-    train_step = steps.make_train_step(model, tx, schedule, config, pixel_stats, mesh, averages)
-    predict_step = steps.make_predict_step(model, pixel_stats, mesh)
-    logging.info(
-        "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
-        "of %d process(es)",
-        spec.dims, spec.dtype, config.get("step_impl", "jit"), config.get("grad_accum_steps", 1),
-        averaging.available(averages, total_steps), jax.device_count(), jax.process_count(),
-    )  # fmt: skip
+    parts = assembly.assemble(run, plan, sharding.make_mesh(), record["pixel_stats"])
+    loop = _Loop.create(run, plan, data, parts, config, workdir)
+    state, start_step = _initial_state(loop)
 
-    # ---- Metric writers and progress reporting (process 0 writes). ----
-    writer = logs.create_writer(workdir, is_writer)
-    if start_step == 0:
-        writer.write_hparams(_flat_hparams(config))
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-
-    eval_settings = reports.EvalSettings.from_config(config)
-    val_subjects_known = data.report_metadata().get("subject_source") != "scan_id"
-
-    def run_validation(step: int, state) -> tuple[dict, dict]:
-        """Validation of every weight set that exists; (checkpoint metrics, selection). The
-        selection also stores each weight set's temperature and thresholds (for `predict`)."""
-        names = averaging.available(averages, step)
-        with progress.timed("eval"):
-            logits = reports.predict_split_multi(
-                data, "validation", {n: (weights_of(state, n), predict_step) for n in names},
-                config, mesh,
-            )  # fmt: skip
-        per_weights = {n: reports.validation_metrics(val_records, logits[n]) for n in names}
-        selection = select_weights(
-            per_weights, config.checkpoint.best_metric, config.checkpoint.best_mode
-        )
-        plain = dataclasses.replace(eval_settings, tta=())
-        selection["calibration"] = {
-            n: reports.calibrate(val_records, {"plain": logits[n]}, plain, val_subjects_known)
-            for n in names
-        }
-        scalars = {
-            f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()
-        }
-        # Unqualified names are the selected weights': what the best checkpoint is chosen on.
-        scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})
-        writer.write_scalars(step, scalars)
-        if is_writer:
-            writer.write_images(step, validation_images(val_records, logits[selection["weights"]]))
-        logging.info("Step %d: %s weights selected (%s)", step, selection["weights"],
-                     selection["values"])  # fmt: skip
-        return scalars, selection
-
-    def save_or_stop(done: int, state, history) -> bool:
-        """Validates and saves when due; on a preemption notice saves (if not just done) and
-        returns True. Every process asks at every step, and all agree on where to stop."""
-        saved = False
-        if done % eval_every == 0 or done == total_steps:
-            _check_finite(history, manager)  # never save a diverged state
-            val, selection = run_validation(done, state)
-            checkpointing.save(
-                manager, done, state, val, data_iterator=grain_iter, selection=selection
-            )
-            saved = True
-        # At the last step too: the final checkpoint is saved, so the test report is skipped and
-        # the same command writes it.
-        if manager.reached_preemption(done):
-            if not saved:
-                _check_finite(history, manager)
-                checkpointing.save(manager, done, state, data_iterator=grain_iter)
-            return True
-        return False
-
-    # ---- The training loop. ----
-    batch_sharding = sharding.batch_sharded(mesh)
-    preempted_at = None
-    profile = config.get("profile", {})
-    trace_window = profiling.TraceWindow(
-        workdir / "profile", profile.get("start_step", 0), profile.get("num_steps", 0)
-    )
-    with timer("train"), contextlib.closing(grain_iter), contextlib.closing(trace_window):
+    # ---- The training loop, then the test report from the best checkpoint. ----
+    with timer("train"), contextlib.closing(loop.grain_iter), contextlib.closing(loop.trace):
         try:
-            if start_step < total_steps:
-                train_iter = grain_iter
-                if start_step == 0:  # what the model is fed, to TensorBoard once
-                    first = next(grain_iter)
-                    writer.write_images(0, {"train/augmented": figures.image_grid(first)[None]})
-                    train_iter = itertools.chain([first], grain_iter)
-                history, wait_time, interval_start = [], 0.0, time.perf_counter()
-                eval_time = 0.0  # validation and saving, kept out of the step time
-                for step in range(start_step, total_steps):
-                    wait_start = time.perf_counter()
-                    batch = next(train_iter)
-                    wait_time += time.perf_counter() - wait_start
-                    trace_window.before_step(step)
-                    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                        state, step_metrics = train_step(
-                            state, input_pipeline.to_global(batch, batch_sharding)
-                        )
-                    trace_window.after_step(step, step_metrics)
-                    done = step + 1
-                    history.append((done, step_metrics))
-                    progress(done)
-                    if done % config.log_every_steps == 0 or done == total_steps:
-                        fetched = _check_finite(history, manager)
-                        elapsed = time.perf_counter() - interval_start - eval_time
-                        scalars = _train_scalars(fetched, elapsed, wait_time)
-                        scalars["train/epoch"] = done / steps_per_epoch
-                        writer.write_scalars(done, scalars)
-                        history, wait_time, interval_start = [], 0.0, time.perf_counter()
-                        eval_time = 0.0
-                    eval_start = time.perf_counter()
-                    if save_or_stop(done, state, history):
-                        preempted_at = done
-                        break
-                    eval_time += time.perf_counter() - eval_start
+            preempted_at = _train(loop, state, start_step)
         finally:
             # Also on an exception: let an in-flight checkpoint finish rather than lose it.
-            manager.wait_until_finished()
-    writer.flush()
+            loop.manager.wait_until_finished()
+    loop.writer.flush()
     if preempted_at is not None:
         logging.warning(
             "Preemption requested: saved the checkpoint of step %d in %s; run the same command "
-            "to continue.", preempted_at, manager.directory,
+            "to continue.", preempted_at, loop.manager.directory,
         )  # fmt: skip
         return {"preempted_at_step": preempted_at}
-
-    # ---- Test report from the best checkpoint, with the weights that won validation. ----
     with timer("test evaluation"):
-        step, weights, params, selection = restore_weights(manager, "best", model.spec, averages)
-        report = reports.evaluate_weights(
-            data=data, model=model, params=params, pixel_stats=pixel_stats, config=config,
-            mesh=mesh, split="test", step=step, weights=weights, selection=selection,
-            workdir=workdir, settings=eval_settings, writer=writer,
-        )  # fmt: skip
-    writer.flush()
+        report = _test_report(loop, record["pixel_stats"])
     report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
     reports.write_report(report, workdir)
     return report
 
 
-def _imported_params(config: ml_collections.ConfigDict, spec: convnext.ConvNeXtSpec):
-    """The starting weights named by model.init_from (e.g. ImageNet weights from torchvision or
-    timm), or None for a fresh initialisation."""
-    if not config.model.get("init_from"):
-        return None
-    return convert.init_params_from(config.model.init_from, spec, config.seed)
+def steps_per_epoch(data: dataset.AdniData, global_batch: int) -> int:
+    """Whole global batches in the train split; refuses a batch larger than the split."""
+    per_epoch = data.num_examples("train") // global_batch
+    if per_epoch == 0:
+        raise UserError(
+            f"batch_size {global_batch} exceeds the {data.num_examples('train')} training images."
+        )
+    return per_epoch
+
+
+def _log_plan(data: dataset.AdniData, plan: specs.Plan, pixel_stats: dict) -> None:
+    logging.info(
+        "Data %s: %s images; %d steps/epoch, %d steps, warmup %d, eval every %d; pixels %s",
+        data.fingerprint(), {s: data.num_examples(s) for s in dataset.SPLITS},
+        plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.eval_every_steps,
+        pixel_stats,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Loop:
+    """What the loop's steps, validations and saves share."""
+
+    run: specs.RunSpec
+    plan: specs.Plan
+    data: dataset.AdniData
+    parts: assembly.Assembly
+    manager: object  # orbax CheckpointManager
+    grain_iter: object  # the checkpointed Grain iterator of training batches
+    writer: object  # CLU metric writer (process 0 writes)
+    progress: periodic_actions.ReportProgress
+    trace: profiling.TraceWindow
+    is_writer: bool
+    workdir: object  # local path or epath of the run's folder
+
+    @classmethod
+    def create(cls, run, plan, data, parts, config, workdir) -> _Loop:
+        """Opens the checkpoint manager, the training batches and the metric writer."""
+        manager = checkpointing.make_manager(workdir, run.checkpoint, for_training=True)
+        batches = input_pipeline.train_dataset(
+            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed
+        )
+        is_writer = jax.process_index() == 0
+        writer = logs.create_writer(workdir, is_writer)
+        if manager.latest_step() is None:
+            writer.write_hparams(_flat_hparams(config))
+        return cls(
+            run=run, plan=plan, data=data, parts=parts, manager=manager,
+            grain_iter=iter(batches), writer=writer,
+            progress=periodic_actions.ReportProgress(
+                num_train_steps=plan.total_steps, writer=writer
+            ),
+            trace=profiling.TraceWindow(
+                workdir / "profile", run.profile_start_step, run.profile_num_steps
+            ),
+            is_writer=is_writer, workdir=workdir,
+        )  # fmt: skip
+
+
+def _initial_state(loop: _Loop) -> tuple[steps.TrainState, int]:
+    """The latest checkpoint's state (the data iterator restored with it), or a fresh one from
+    model.init_from or the seed; and the step it is at."""
+    parts, run = loop.parts, loop.run
+    start_step = loop.manager.latest_step() or 0
+    if start_step:
+        state = checkpointing.restore(
+            loop.manager, start_step, parts.abstract_state(), loop.grain_iter
+        )
+        logging.info("Resumed from checkpoint at step %d", start_step)
+    else:
+        imported = convert.init_params_from(run.init_from, run.model, run.seed) if run.init_from \
+            else None  # fmt: skip
+        state = parts.fresh_state(run.seed, imported)
+    logging.info(
+        "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
+        "of %d process(es)",
+        run.model.dims, run.model.dtype, run.step.impl, run.step.grad_accum_steps,
+        averaging.available(loop.plan.averages, loop.plan.total_steps), jax.device_count(),
+        jax.process_count(),
+    )  # fmt: skip
+    return state, start_step
+
+
+class _StepMeter:
+    """Step metrics and timings since the last log; validation and saving are kept out of the
+    step time."""
+
+    def __init__(self):
+        self.history: list[tuple[int, dict]] = []
+        self.wait = self.paused = 0.0
+        self.start = time.perf_counter()
+
+    def timed(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """`batches`, adding the time spent waiting for each to the input wait."""
+        while True:
+            start = time.perf_counter()
+            batch = next(batches)
+            self.wait += time.perf_counter() - start
+            yield batch
+
+    @contextlib.contextmanager
+    def pause(self):
+        """Time spent inside is not step time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+    def scalars(self, fetched: list[dict]) -> dict:
+        """Means of the step metrics since the last log, with step time and input wait."""
+        elapsed = time.perf_counter() - self.start - self.paused
+        out = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        out["train/step_time_s"] = elapsed / len(fetched)
+        out["train/data_wait_s"] = self.wait / len(fetched)
+        self.__init__()
+        return out
+
+
+def _train(loop: _Loop, state: steps.TrainState, start_step: int) -> int | None:
+    """Trains from `start_step` to the end; returns the step a preemption stopped at, or None."""
+    total, batch_sharding = loop.plan.total_steps, sharding.batch_sharded(loop.parts.mesh)
+    meter = _StepMeter()
+    batches = meter.timed(_batches(loop, start_step))
+    for step, batch in zip(range(start_step, total), batches, strict=False):
+        loop.trace.before_step(step)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            state, metrics = loop.parts.train_step(
+                state, input_pipeline.to_global(batch, batch_sharding)
+            )
+        loop.trace.after_step(step, metrics)
+        done = step + 1
+        meter.history.append((done, metrics))
+        loop.progress(done)
+        if done % loop.run.log_every_steps == 0 or done == total:
+            scalars = meter.scalars(_check_finite(meter.history, loop.manager))
+            loop.writer.write_scalars(
+                done, {**scalars, "train/epoch": done / loop.plan.steps_per_epoch}
+            )
+        with meter.pause():
+            if _save_or_stop(loop, done, state, meter.history):
+                return done
+    return None
+
+
+def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
+    """The training batches; a fresh run first shows TensorBoard what the model is fed."""
+    if start_step == 0:
+        first = next(loop.grain_iter)
+        loop.writer.write_images(0, {"train/augmented": figures.image_grid(first)[None]})
+        yield first
+    yield from loop.grain_iter
+
+
+def _save_or_stop(loop: _Loop, done: int, state, history) -> bool:
+    """Validates and saves when due; on a preemption notice saves (if not just done) and returns
+    True. Every process asks at every step, and all agree on where to stop."""
+    saved = False
+    if done % loop.plan.eval_every_steps == 0 or done == loop.plan.total_steps:
+        _check_finite(history, loop.manager)  # never save a diverged state
+        scalars, selection = _validate(loop, done, state)
+        checkpointing.save(
+            loop.manager, done, state, scalars, data_iterator=loop.grain_iter, selection=selection
+        )
+        saved = True
+    # At the last step too: the final checkpoint is saved, so the test report is skipped and the
+    # same command writes it.
+    if loop.manager.reached_preemption(done):
+        if not saved:
+            _check_finite(history, loop.manager)
+            checkpointing.save(loop.manager, done, state, data_iterator=loop.grain_iter)
+        return True
+    return False
+
+
+def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
+    """Validation of every weight set that exists; (checkpoint metrics, selection). The
+    selection also stores each weight set's temperature and thresholds (for `predict`)."""
+    run, data = loop.run, loop.data
+    names = averaging.available(loop.plan.averages, step)
+    predictors = {n: (weights_of(state, n), loop.parts.predict_step) for n in names}
+    with loop.progress.timed("eval"):
+        logits = reports.predict_split_multi(
+            data, "validation", predictors, run.pipeline, run.batch_size, loop.parts.mesh
+        )
+    records = data.records("validation")
+    per_weights = {n: reports.validation_metrics(records, logits[n]) for n in names}
+    selection = select_weights(per_weights, run.checkpoint.best_metric, run.checkpoint.best_mode)
+    plain = dataclasses.replace(run.evaluation, tta=())
+    subjects_known = data.report_metadata().get("subject_source") != "scan_id"
+    selection["calibration"] = {
+        n: reports.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
+    }
+    scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
+    # Unqualified names are the selected weights': what the best checkpoint is chosen on.
+    scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})
+    loop.writer.write_scalars(step, scalars)
+    if loop.is_writer:
+        loop.writer.write_images(step, validation_images(records, logits[selection["weights"]]))
+    logging.info("Step %d: %s weights selected (%s)", step, selection["weights"],
+                 selection["values"])  # fmt: skip
+    return scalars, selection
+
+
+def _test_report(loop: _Loop, pixel_stats: dict) -> dict:
+    """The test report of the best checkpoint, with the weights that won its validation."""
+    step, weights, params, selection = restore_weights(
+        loop.manager, "best", loop.run.model, loop.plan.averages
+    )
+    report = reports.evaluate_weights(
+        data=loop.data, model=loop.parts.model, params=params, pixel_stats=pixel_stats,
+        pipeline=loop.run.pipeline, batch_size=loop.run.batch_size, mesh=loop.parts.mesh,
+        split="test", step=step, weights=weights, selection=selection,
+        workdir=loop.workdir, settings=loop.run.evaluation, writer=loop.writer,
+    )  # fmt: skip
+    loop.writer.flush()
+    return report
 
 
 def validation_images(records: dict, logit_ad: np.ndarray) -> dict[str, np.ndarray]:
@@ -371,30 +423,28 @@ def evaluate_checkpoint(
     predictions and figures; `overrides` replace config.eval fields."""
     config = run_record.load_config(workdir)
     record = run_record.load(workdir)
-    settings = reports.EvalSettings.from_config(config, **(overrides or {}))
-    data = dataset.prepare(config.data)
+    run = specs.resolve(config)
+    settings = specs.eval_settings(config.eval, **(overrides or {}))
+    data = dataset.prepare(run.data)
     if data.fingerprint() != record["identity"]["data"]["fingerprint"]:
         raise UserError(
             f"The data set now at {data.data_dir} differs from the one the run in {workdir} "
             "was trained on (fingerprints differ)."
         )
-    config_lib.validate_batch(config, jax.device_count(), jax.process_count())
     mesh = sharding.make_mesh()
-    steps_per_epoch = max(1, data.num_examples("train") // config.batch_size)
-    total_steps = config_lib.num_train_steps(config, steps_per_epoch)
-    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    averages = config_lib.averaging_spec(config, total_steps, steps_per_epoch)
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    plan = run.plan(max(1, data.num_examples("train") // run.batch_size))
+    manager = checkpointing.make_manager(workdir, run.checkpoint)
     step, weights, params, selection = restore_weights(
-        manager, which, spec, averages, weights, mesh
+        manager, which, run.model, plan.averages, weights, mesh
     )
     # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
     (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
     writer = logs.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
     report = reports.evaluate_weights(
-        data=data, model=steps.make_model(spec), params=params,
-        pixel_stats=record["pixel_stats"], config=config, mesh=mesh, split=split, step=step,
-        weights=weights, selection=selection, workdir=workdir, settings=settings, writer=writer,
+        data=data, model=steps.make_model(run.model), params=params,
+        pixel_stats=record["pixel_stats"], pipeline=run.pipeline, batch_size=run.batch_size,
+        mesh=mesh, split=split, step=step, weights=weights, selection=selection,
+        workdir=workdir, settings=settings, writer=writer,
     )  # fmt: skip
     writer.close()
     return report

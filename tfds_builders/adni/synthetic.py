@@ -7,12 +7,12 @@ the milder, age-like atrophy of NC scans. Pose, head size, intensity, bias field
 per scan, so global statistics (mean intensity, brain area) are weak cues. The slice window is
 independent of the class. Deterministic by seed.
 
-    python -m tfds_builders.adni.synthetic --out DIR [--seed 0]
+Command line: `python -m alz_jax.synthetic --out=DIR [--seed=0]` (this package has no commands of
+its own).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -44,7 +44,7 @@ class SyntheticSpec:
     ad_severity: tuple[float, float] = (0.74, 0.12)
     slice_start_range: tuple[int, int] = (67, 95)
     jpeg_quality: int = 92
-    # Traps of the real data set, all off by default (see ADNI.md and alz_jax.audit):
+    # Traps of the real data set, all off by default (see docs/adni.md and alz_jax.audit):
     class_slice_windows: bool = False  # window start ~N(78, 5) for AD, ~N(88, 5) for NC
     shared_subjects: int = 0  # train subjects that get one visit moved to the test folder
     near_black_scans: int = 0  # whole scans darkened to near black
@@ -304,19 +304,3 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
     ok, buf = cv2.imencode(".jpeg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     path.write_bytes(buf.tobytes())
-
-
-def main() -> None:
-    """Command-line entry: generate the synthetic set into --out."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to create (AD_NC/ goes inside)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train_subjects", type=int, default=SyntheticSpec.train_subjects)
-    parser.add_argument("--test_subjects", type=int, default=SyntheticSpec.test_subjects)
-    args = parser.parse_args()
-    spec = SyntheticSpec(train_subjects=args.train_subjects, test_subjects=args.test_subjects)
-    print(json.dumps(generate(args.out, args.seed, spec)))
-
-
-if __name__ == "__main__":
-    main()

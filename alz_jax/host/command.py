@@ -1,0 +1,185 @@
+"""What every `python -m alz_jax.<command>` shares: its start-up and its common flags.
+
+A command defines its flags at module level (the shared ones through the `define_*` functions
+here, its own with absl) and ends with `command.run(main)`, which
+
+- resolves `--config` before absl reads it: a file path as given, else a config of the
+  project's `configs` package by name (`--config=convnext_t`) or by its path inside the
+  project (`--config=configs/convnext_t.py` from any folder); `--config.x.y=...` overrides
+  work as ml_collections documents them;
+- then, in absl's main: re-executes with huge-page malloc (host/hostenv.py), sets up logging,
+  starts JAX's distributed runtime (host/distributed.py) and the persistent compilation cache,
+  and runs the command, where a UserError (or a data-layout error) prints `error: ...` and exits
+  with status 2. Commands that run no JAX computation pass `jax_runtime=False`: logging and the
+  user-error exit only (`bench` starts the runtime itself, for the benchmarks that need it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from alz_jax.host import compilation_cache, distributed, hostenv, logs
+from alz_jax.host.errors import UserError, exit_on_user_error
+
+# The flags defined by the define_* functions below belong to the command that calls them (its
+# --helpshort lists them), not to this module.
+flags.disclaim_key_flags()
+
+# The configs package installed beside alz_jax (the repository's configs/ in a checkout or an
+# editable install; site-packages/configs in a regular one).
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CHECKPOINT_HELP = "Checkpoint: best, latest or a step number."
+WEIGHTS = ("selected", "raw", "ema", "swa")
+
+
+def available_configs() -> list[str]:
+    """Names of the configs in the project's configs package."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def find_config(value: str) -> str | None:
+    """The config file `value` names (a path, or a config name of the configs package, or its
+    path inside the project given from another folder), with any `:argument` kept; None if
+    there is none."""
+    path_text, colon, argument = value.partition(":")
+    path = Path(path_text).expanduser()
+    if path.is_file():
+        return value
+    by_name = path.parent in (Path(), Path("configs")) or path.parent.name == "configs"
+    if not by_name or path.suffix not in ("", ".py"):
+        return None
+    candidate = CONFIGS_DIR / f"{path.stem}.py"
+    if path.stem.startswith("_") or not candidate.is_file():
+        return None
+    return f"{candidate}{colon}{argument}"
+
+
+def resolve_config(value: str) -> str:
+    """`find_config`, or a UserError saying what exists."""
+    found = find_config(value)
+    if found is None:
+        raise UserError(
+            f"--config={value}: no such file, and no config of that name in {CONFIGS_DIR} "
+            f"(there: {', '.join(available_configs())})."
+        )
+    return found
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """`argv` with the value of --config (`--config=X` or `--config X`) resolved."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith(("--config=", "-config=")):
+            name, _, value = arg.partition("=")
+            out[i] = f"{name}={resolve_config(value)}"
+        elif arg in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+    return out
+
+
+def load_config(value: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file or name (unlocked), found as --config finds it."""
+    path, colon, argument = resolve_config(value).partition(":")
+    spec = importlib.util.spec_from_file_location("config_config", path)  # config_flags' name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*([argument] if colon else []))
+
+
+# ---- The shared flags. ----
+
+
+def define_config(
+    default: str | None = None, help_string: str = "Training config.", required: bool = True
+) -> flags.FlagHolder:
+    """--config: a config file, or a name in the configs package (convnext_t, demo, ...);
+    overridable field by field with --config.x.y=value."""
+    if default is not None:
+        default = find_config(default) or default
+    names = ", ".join(available_configs())
+    holder = config_flags.DEFINE_config_file(
+        "config", default, f"{help_string} A .py file or one of: {names}.", lock_config=True
+    )
+    if required and default is None:
+        flags.mark_flag_as_required("config")
+    return holder
+
+
+def config_file() -> Path:
+    """The file --config was loaded from (after resolution, without any `:argument`)."""
+    filename = config_flags.get_config_filename(flags.FLAGS["config"])
+    return Path(filename.partition(":")[0])
+
+
+def define_workdir(
+    help_string: str, required: bool = True, default: str | None = None
+) -> flags.FlagHolder:
+    """--workdir: a local folder or a gs:// URL."""
+    return flags.DEFINE_string("workdir", default, help_string, required=required)
+
+
+def default_workdir() -> str:
+    """runs/<config name>: where a training run goes when --workdir is not given."""
+    return f"runs/{config_file().stem}"
+
+
+def define_checkpoint() -> flags.FlagHolder:
+    """--checkpoint: best, latest or a step number."""
+    return flags.DEFINE_string("checkpoint", "best", CHECKPOINT_HELP)
+
+
+def define_weights() -> flags.FlagHolder:
+    """--weights: selected (those that won the checkpoint's validation), raw, ema or swa."""
+    return flags.DEFINE_enum(
+        "weights", "selected", list(WEIGHTS),
+        "Weights; 'selected': those that won the checkpoint's validation.",
+    )  # fmt: skip
+
+
+def define_distributed() -> None:
+    """--coordinator_address, --num_processes, --process_id, --local_device_ids (idempotent)."""
+    distributed.define_flags()
+    flags.adopt_module_key_flags(distributed)
+
+
+# ---- Start-up. ----
+
+
+def start_jax_runtime() -> None:
+    """JAX's distributed runtime (one process or many) and the persistent compilation cache;
+    before the first computation."""
+    distributed.initialize_from_flags()
+    compilation_cache.enable()
+
+
+def run(
+    main: Callable[[list[str]], None], *, jax_runtime: bool = True, huge_pages: bool | None = None
+) -> None:
+    """Runs a command's `main(argv)` with absl (argv: the program name and the positional
+    arguments) after the common start-up; see the module docstring. `huge_pages` defaults to
+    `jax_runtime` (a command that starts the runtime itself may still want training's memory
+    set-up)."""
+    if jax_runtime:
+        define_distributed()
+    with exit_on_user_error():
+        sys.argv[:] = resolve_config_argv(sys.argv)  # config_flags reads overrides there
+
+    def start(argv: list[str]) -> None:
+        if jax_runtime if huge_pages is None else huge_pages:
+            hostenv.reexec_with_huge_pages()
+        logs.setup()
+        with exit_on_user_error():
+            if jax_runtime:
+                start_jax_runtime()
+            main(argv)
+
+    app.run(start)

@@ -1,0 +1,328 @@
+"""Config resolution: the one place where an ml_collections config is read.
+
+`resolve(config)` turns the config into a frozen `RunSpec` of typed specs (model, data, input
+pipeline with augmentation and Mixup/CutMix, optimizer, train step, weight averages, checkpoints,
+evaluation, durations), each checking its own fields when built, so that a bad value fails before
+any data work or compile with a message naming the field, the value and what is allowed. What
+depends on the run's length (steps per epoch are known once the data set is) is resolved by
+`RunSpec.plan(steps_per_epoch)`: total, warmup and validation steps, the SWA start, and the
+Mixup/CutMix schedule. Nothing else reads the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import ml_collections
+
+from alz_jax.core import averaging, checkpointing, optim, steps
+from alz_jax.data import augment, dataset, input_pipeline, mixing
+from alz_jax.evaluation import reports
+from alz_jax.host.errors import UserError, check_fields
+from alz_jax.models import convert, convnext, depthwise
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# Augmentation fields applied on device by the train step, not by the host pipeline.
+_DEVICE_AUGMENT_FIELDS = ("noise_prob", "noise_std")
+
+
+@dataclasses.dataclass(frozen=True)
+class Duration:
+    """A length given in steps or in epochs (steps win, so that a command line can shorten an
+    epoch-based config: ml_collections flags can't set a field to None)."""
+
+    name: str  # the config field without _steps/_epochs, with its section: 'warmup', 'swa.every'
+    steps: int | None = None
+    epochs: float | None = None
+
+    def __post_init__(self):
+        if self.steps is None and self.epochs is None:
+            raise UserError(f"Set config.{self.name}_steps or config.{self.name}_epochs.")
+        value = self.steps if self.steps is not None else self.epochs
+        if value < 0:
+            raise UserError(f"config.{self.name}_steps/_epochs must be >= 0, got {value}.")
+
+    def to_steps(self, steps_per_epoch: int) -> int:
+        """Whole steps (epochs rounded up)."""
+        if self.steps is not None:
+            return int(self.steps)
+        return math.ceil(float(self.epochs) * steps_per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's length in steps and what depends on it, known once the data set is."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every_steps: int
+    averages: averaging.AveragingSpec
+    pipeline: input_pipeline.PipelineSpec  # with the Mixup/CutMix schedule over total_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything a run reads from its config, resolved and checked."""
+
+    seed: int
+    batch_size: int  # global, over all devices and processes
+    model: convnext.ConvNeXtSpec
+    init_from: str  # 'LAYOUT:PATH' of starting weights, or ''
+    data: dataset.DataSpec
+    pipeline: input_pipeline.PipelineSpec  # its mix schedule is completed by `plan`
+    optim: optim.OptimSpec
+    step: steps.StepSpec
+    averages: averaging.AveragingSpec  # its SWA start and period are completed by `plan`
+    swa_start_fraction: float
+    checkpoint: checkpointing.CheckpointSpec
+    evaluation: reports.EvalSettings
+    train: Duration
+    warmup: Duration
+    eval_every: Duration
+    swa_every: Duration | None
+    log_every_steps: int
+    profile_start_step: int
+    profile_num_steps: int
+
+    def plan(self, steps_per_epoch: int) -> Plan:
+        """Steps of the run for `steps_per_epoch`; refuses a run without steps or one whose
+        warmup is longer than training."""
+        total = self.train.to_steps(steps_per_epoch)
+        warmup = self.warmup.to_steps(steps_per_epoch)
+        if total < 1:
+            raise UserError(f"The run has {total} training steps; expected at least 1.")
+        if warmup > total:
+            raise UserError(
+                f"The warmup ({warmup} steps) is longer than training ({total} steps): "
+                "shorten config.warmup_epochs/warmup_steps or train longer."
+            )
+        averages = self.averages
+        if averages.swa:
+            averages = dataclasses.replace(
+                averages,
+                swa_start_step=max(1, math.ceil(self.swa_start_fraction * total)),
+                # every_epochs on an epoch of < 1 step still averages every step
+                swa_every_steps=max(1, self.swa_every.to_steps(steps_per_epoch)),
+            )
+        mix = dataclasses.replace(self.pipeline.mix, total_steps=total)
+        return Plan(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            warmup_steps=warmup,
+            eval_every_steps=max(1, self.eval_every.to_steps(steps_per_epoch)),
+            averages=averages,
+            pipeline=dataclasses.replace(self.pipeline, mix=mix),
+        )
+
+
+def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> RunSpec:
+    """The RunSpec of `config` for `backend` (JAX's default if not given), checked against the
+    devices and processes of this runtime."""
+    c = config
+    check_fields("", [
+        ("batch_size", c.batch_size, c.batch_size > 0, "> 0"),
+        ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
+        ("dtype", c.dtype, c.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
+        ("profile.start_step/num_steps", (c.profile.start_step, c.profile.num_steps),
+         c.profile.start_step >= 0 and c.profile.num_steps >= 0, ">= 0 each"),
+    ])  # fmt: skip
+    label_smoothing = c.optim.label_smoothing
+    spec = RunSpec(
+        seed=c.seed,
+        batch_size=c.batch_size,
+        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend),
+        init_from=c.model.init_from,
+        data=data_spec(c.data),
+        pipeline=pipeline_spec(c),
+        optim=optim.OptimSpec(**{k: v for k, v in c.optim.items() if k != "label_smoothing"}),
+        step=steps.StepSpec(
+            impl=c.step_impl,
+            grad_accum_steps=c.grad_accum_steps,
+            label_smoothing=label_smoothing,
+            noise_prob=c.augment.noise_prob,
+            noise_std=c.augment.noise_std,
+            seed=c.seed,
+        ),
+        averages=averaging_spec(c),
+        swa_start_fraction=float(c.swa.start_fraction) if c.swa.enabled else 0.0,
+        checkpoint=checkpointing.CheckpointSpec(**dict(c.checkpoint.items())),
+        evaluation=eval_settings(c.eval),
+        train=Duration("num_train", c.num_train_steps, c.num_epochs),
+        warmup=Duration("warmup", c.warmup_steps, c.warmup_epochs),
+        eval_every=Duration("eval_every", c.eval_every_steps, c.eval_every_epochs),
+        swa_every=Duration("swa.every", c.swa.every_steps, c.swa.every_epochs)
+        if c.swa.enabled
+        else None,
+        log_every_steps=c.log_every_steps,
+        profile_start_step=c.profile.start_step,
+        profile_num_steps=c.profile.num_steps,
+    )
+    check_fields("model", [
+        ("num_classes", spec.model.num_classes, spec.model.num_classes == 2, "2 (NC, AD)"),
+        ("in_chans", spec.model.in_chans, spec.model.in_chans == 1, "1 (grayscale slices)"),
+    ])  # fmt: skip
+    if spec.init_from:
+        convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
+    check_batch(spec, jax.device_count(), jax.process_count())
+    return spec
+
+
+def compute_dtype(dtype: str, backend: str | None = None) -> str:
+    """The resolved compute dtype: `dtype`, with 'auto' = bfloat16 on GPU/TPU, float32 on CPU
+    (XLA:CPU gains nothing from bfloat16 here; see docs/performance.md)."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
+def model_spec(
+    model_config: ml_collections.ConfigDict, dtype: str = "float32", backend: str | None = None
+) -> convnext.ConvNeXtSpec:
+    """The ConvNeXtSpec of a `config.model` section: a named size or explicit depths and dims,
+    computing in `dtype`, with `model.depthwise` resolved for `backend`."""
+    m = model_config
+    if m.size:
+        if m.size not in convnext.SIZES:
+            raise UserError(
+                f"config.model.size = {m.size!r} is not a ConvNeXt size; expected one of "
+                f"{sorted(convnext.SIZES)} (or set model.depths and model.dims)."
+            )
+        depths, dims = convnext.SIZES[m.size]
+    else:
+        depths, dims = tuple(m.depths), tuple(m.dims)
+    try:
+        impl = depthwise.resolve(m.depthwise, backend)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return convnext.ConvNeXtSpec(
+        depths=tuple(depths),
+        dims=tuple(dims),
+        in_chans=m.in_chans,
+        num_classes=m.num_classes,
+        drop_path_rate=m.drop_path_rate,
+        dtype=dtype,
+        param_dtype=m.param_dtype,
+        depthwise=impl,
+    )
+
+
+def data_spec(data_config: ml_collections.ConfigDict) -> dataset.DataSpec:
+    """The DataSpec of a `config.data` section (the input pipeline's fields aside)."""
+    fields = {f.name for f in dataclasses.fields(dataset.DataSpec)}
+    values = {k: v for k, v in data_config.items() if k in fields}
+    values["resplit_fractions"] = tuple(values["resplit_fractions"])
+    return dataset.DataSpec(**values)
+
+
+def augment_spec(augment_config: ml_collections.ConfigDict) -> augment.AugmentSpec:
+    """The host AugmentSpec of a `config.augment` section (unknown fields are an error)."""
+    fields = {f.name for f in dataclasses.fields(augment.AugmentSpec)}
+    unknown = sorted(set(augment_config.keys()) - fields - set(_DEVICE_AUGMENT_FIELDS))
+    if unknown:
+        raise UserError(f"Unknown config.augment fields {unknown}; known: {sorted(fields)}")
+    values = {k: v for k, v in augment_config.items() if k in fields}
+    return augment.AugmentSpec(
+        **{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
+    )
+
+
+def pipeline_spec(config: ml_collections.ConfigDict) -> input_pipeline.PipelineSpec:
+    """The input pipeline of a config: size, augmentation, Mixup/CutMix (its schedule over the
+    run's steps is set by `RunSpec.plan`), workers and buffers."""
+    d = config.data
+    return input_pipeline.PipelineSpec(
+        image_size=d.image_size,
+        augment=augment_spec(config.augment),
+        mix=mixing.MixSpec(
+            **dict(config.mix.items()),
+            label_smoothing=config.optim.label_smoothing,
+            num_classes=config.model.num_classes,
+        ),
+        num_workers=d.num_workers,
+        eval_num_workers=d.eval_num_workers,
+        prefetch_buffer_size=d.prefetch_buffer_size,
+    )
+
+
+def averaging_spec(config: ml_collections.ConfigDict) -> averaging.AveragingSpec:
+    """The AveragingSpec of `config.ema` and `config.swa`, checked; the SWA start and period in
+    steps are set by `RunSpec.plan`."""
+    ema, swa = config.ema, config.swa
+    dtypes = "|".join(averaging.DTYPES)
+    check_fields("ema", [
+        ("decay", ema.decay, 0.0 <= ema.decay < 1.0, "in [0, 1)"),
+        ("min_decay", ema.min_decay, 0.0 <= ema.min_decay <= ema.decay, "in [0, ema.decay]"),
+        ("warmup_gamma", ema.warmup_gamma, ema.warmup_gamma > 0, "> 0"),
+        ("warmup_power", ema.warmup_power, ema.warmup_power > 0, "> 0"),
+        ("dtype", ema.dtype, ema.dtype in averaging.DTYPES, dtypes),
+    ])  # fmt: skip
+    check_fields("swa", [
+        ("start_fraction", swa.start_fraction, 0.0 <= swa.start_fraction < 1.0, "in [0, 1)"),
+        ("dtype", swa.dtype, swa.dtype in averaging.DTYPES, dtypes),
+    ])  # fmt: skip
+    if swa.every_steps is not None:
+        check_fields("swa", [("every_steps", swa.every_steps, swa.every_steps >= 1, ">= 1")])
+    elif swa.every_epochs is not None:
+        check_fields("swa", [("every_epochs", swa.every_epochs, swa.every_epochs > 0, "> 0")])
+    fields = {}
+    if ema.enabled:
+        fields.update(
+            ema=True,
+            ema_decay=float(ema.decay),
+            ema_warmup=bool(ema.warmup),
+            ema_warmup_gamma=float(ema.warmup_gamma),
+            ema_warmup_power=float(ema.warmup_power),
+            ema_min_decay=float(ema.min_decay),
+            ema_dtype=ema.dtype,
+        )
+    if swa.enabled:
+        fields.update(swa=True, swa_dtype=swa.dtype)
+    return averaging.AveragingSpec(**fields)
+
+
+def eval_settings(eval_config: ml_collections.ConfigDict, **overrides) -> reports.EvalSettings:
+    """The EvalSettings of `config.eval` with the non-None `overrides` (evaluate's flags)."""
+    values = dict(eval_config.items())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - {f.name for f in dataclasses.fields(reports.EvalSettings)}
+    if unknown:
+        raise UserError(f"config.eval has unknown fields {sorted(unknown)}.")
+    if isinstance(values.get("tta", ()), str):
+        values["tta"] = tuple(v.strip() for v in values["tta"].split(",") if v.strip())
+    values["tta"] = tuple(values.get("tta", ()))
+    return reports.EvalSettings(**values)
+
+
+def check_batch(spec: RunSpec, devices: int, processes: int) -> None:
+    """The global batch must split evenly over devices, processes, microbatches and mix groups."""
+    batch, accum = spec.batch_size, spec.step.grad_accum_steps
+    if batch % devices:
+        raise UserError(
+            f"config.batch_size = {batch} must be divisible by the {devices} devices "
+            f"(e.g. {devices * max(1, round(batch / devices))})."
+        )
+    if (batch // devices) % accum:
+        raise UserError(
+            f"config.batch_size = {batch} over {devices} devices is {batch // devices} per "
+            f"device, which config.grad_accum_steps = {accum} must divide."
+        )
+    mix, per_process = spec.pipeline.mix, batch // processes
+    if mix.prob > 0 and per_process % mix.group_size:
+        raise UserError(
+            f"config.mix.group_size = {mix.group_size} must divide the per-process batch "
+            f"{per_process} (batch_size {batch} over {processes} processes)."
+        )
+
+
+def check_init_from_file(value: str) -> None:
+    """A local weight file named by model.init_from exists (checked at a fresh start, before any
+    data work; a resume doesn't need it)."""
+    if not value:
+        return
+    _, path = convert.parse_init_from(value)
+    if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
+        raise UserError(f"config.model.init_from = {value!r}: no such file {path}.")
