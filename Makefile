@@ -8,11 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint format demo demo-figures parity-torchvision clean
 
-# Creates the virtualenv if missing and installs the pinned requirements (again when they change).
-$(STAMP): requirements.txt requirements-dev.txt
+# Creates the virtualenv if missing and installs the pinned requirements (again when they change),
+# then the project itself, editable, so its commands and configs work from any folder (the
+# virtualenv's own setuptools builds it: nothing is downloaded).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "alz_jax needs Python 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

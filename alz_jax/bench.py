@@ -47,11 +47,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from alz_jax.core import sharding, steps
+from alz_jax.core import sharding
 from alz_jax.data import augment, dataset, input_pipeline, preprocess
 from alz_jax.host import command, compilation_cache, profiling
 from alz_jax.models import convnext
-from alz_jax.run import config_lib, specs
+from alz_jax.run import assembly, specs
 
 REPO = Path(__file__).resolve().parent.parent
 # Runs in its own PyTorch virtualenv, by path: not imported (alz_jax/reference/*.py).
@@ -95,7 +95,6 @@ def step_config(args: Settings) -> ml_collections.ConfigDict:
     with config.unlocked():
         config.batch_size = args.batch
         config.data.image_size = args.res
-        config.model.in_chans = args.in_chans
         config.dtype = args.dtype
         if args.size:
             config.model.size = args.size
@@ -106,21 +105,30 @@ def step_config(args: Settings) -> ml_collections.ConfigDict:
     return config
 
 
+def assemble(
+    config: ml_collections.ConfigDict, in_chans: int, total_steps: int, warmup_steps: int
+) -> tuple[specs.RunSpec, assembly.Assembly]:
+    """The run spec and assembly `main` would build for `config` (with `in_chans` input
+    channels: 3 to compare with ImageNet models), over a schedule of `total_steps` (its length
+    only sets the learning rate; a benchmark's few steps sit in the warmup)."""
+    run = specs.resolve(config)
+    run = dataclasses.replace(
+        run,
+        model=dataclasses.replace(run.model, in_chans=in_chans),
+        train=specs.Duration("num_train", steps=total_steps),
+        warmup=specs.Duration("warmup", steps=warmup_steps),
+    )
+    plan = run.plan(steps_per_epoch=max(1, total_steps // 10))
+    return run, assembly.assemble(run, plan, sharding.make_mesh(), {"mean": 0.2, "std": 0.25})
+
+
 def bench_step(args: Settings) -> dict:
     """Times the train step `main` would build for `step_config(args)` on random batches."""
     cache = compilation_cache.enable()
     config = step_config(args)
-    mesh = sharding.make_mesh()
-    dtype = config_lib.compute_dtype(config)
-    spec = convnext.spec_from_config(config.model, dtype)
-    total_steps = 1000  # schedule length only: the benchmark's few steps sit in the warmup
-    averages = config_lib.averaging_spec(config, total_steps, 100)
-    tx, schedule = steps.make_optimizer(config, total_steps, 10)
-    model = steps.make_model(spec)
-    state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
-    train_step = steps.make_train_step(
-        model, tx, schedule, config, {"mean": 0.2, "std": 0.25}, mesh, averages
-    )
+    run, parts = assemble(config, args.in_chans, total_steps=1000, warmup_steps=10)
+    spec, dtype = run.model, run.model.dtype
+    state, train_step = parts.fresh_state(run.seed), parts.train_step
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (args.batch, args.res, args.res, args.in_chans), np.uint8),
@@ -156,7 +164,7 @@ def bench_step(args: Settings) -> dict:
         "in_chans": args.in_chans,
         "dtype": dtype,
         "depthwise": spec.depthwise,
-        "step_impl": config.get("step_impl", "jit"),
+        "step_impl": run.step.impl,
         "devices": jax.device_count(),
         "device_kind": device.device_kind,
         "config": args.config,
@@ -309,15 +317,9 @@ def bench_e2e(args: Settings) -> dict:
     """The input pipeline feeding the config's train step, timed as the training loop times
     it: the share of wall time spent waiting for the next batch."""
     config, _, iterator = _training_input(args, args.num_workers, args.prefetch)
-    mesh = sharding.make_mesh()
-    spec = convnext.spec_from_config(config.model, config_lib.compute_dtype(config))
-    averages = config_lib.averaging_spec(config, 10_000, 100)
-    tx, schedule = steps.make_optimizer(config, 10_000, 100)
-    state = steps.create_train_state(spec, tx, mesh, config.seed, averages)
-    train_step = steps.make_train_step(
-        steps.make_model(spec), tx, schedule, config, {"mean": 0.2, "std": 0.25}, mesh, averages
-    )
-    batch_sharding = sharding.batch_sharded(mesh)
+    run, parts = assemble(config, 1, total_steps=10_000, warmup_steps=100)
+    state, train_step = parts.fresh_state(run.seed), parts.train_step
+    batch_sharding = sharding.batch_sharded(parts.mesh)
     with contextlib.closing(iterator):
         for _ in range(args.warmup_steps):  # compile, fill the workers' buffers
             state, metrics = train_step(
@@ -341,7 +343,7 @@ def bench_e2e(args: Settings) -> dict:
         "prefetch": args.prefetch,
         "batch": config.batch_size,
         "image_size": config.data.image_size,
-        "depthwise": spec.depthwise,
+        "depthwise": run.model.depthwise,
         "steps": args.steps,
         "step_s": round(elapsed / args.steps, 6),
         "img_per_s": round(args.steps * config.batch_size / elapsed, 1),
@@ -389,7 +391,7 @@ def bench_matmul(args: Settings) -> dict:
 
 def _blas_name() -> str:
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # noqa: PLC0415  (optional: a test dependency)
 
         return ", ".join(
             f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"

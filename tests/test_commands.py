@@ -37,6 +37,7 @@ def test_config_is_found_by_path_or_by_name_from_any_folder(tmp_path, monkeypatc
     assert command.find_config("configs/demo.py") == "configs/demo.py"
     # A path elsewhere is not silently replaced by the project's config of the same name.
     assert command.find_config(str(tmp_path / "other" / "demo.py")) is None
+    assert command.find_config(str(tmp_path / "configs" / "demo.py")) is None
     for missing in ("nope", "__init__", "configs/nope.py", "demo.txt"):
         assert command.find_config(missing) is None, missing
     with pytest.raises(UserError, match=r"no config of that name .*convnext_t, .*demo"):

@@ -113,3 +113,14 @@ def test_missing_settings_are_named(script):
                             env=dict(os.environ, DRY_RUN="1"), check=False)  # fmt: skip
     assert result.returncode != 0
     assert ("CONFIG" if "slurm" in script else "TPU_NAME") in result.stderr
+
+
+def test_bench_gpu_commands_use_absl_flags():
+    lines = dry_run("launch/bench_gpu.sh").splitlines()
+    benchmarks = {"step", "compare", "pipeline", "e2e", "matmul", "augment"}
+    assert len(lines) == 5
+    for line in lines:
+        words = shlex.split(line)
+        assert words[1:3] == ["-m", "alz_jax.bench"] and words[3] in benchmarks, line
+        flags = words[4:]
+        assert all(f.startswith("--") and ("=" in f or f == "--profile") for f in flags), line

@@ -121,7 +121,7 @@ def test_entry_point_reexecutes_once_with_huge_page_malloc():
     if hostenv.huge_page_env({}) is None:
         pytest.skip("not Linux with glibc >= 2.35 and transparent huge pages")
     code = (
-        "import os; print('start', flush=True); from alz_jax import hostenv; "
+        "import os; print('start', flush=True); from alz_jax.host import hostenv; "
         "hostenv.reexec_with_huge_pages(); print(os.environ['GLIBC_TUNABLES'])"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ALZ_JAX_HUGE_PAGES")}

@@ -282,9 +282,7 @@ def make_train_step(
     from (seed, step, the sample's position in the global batch): every implementation, device
     count and microbatching sees the same randomness.
     """
-    update = _Update(
-        model, tx, schedule, spec, pixel_stats["mean"], pixel_stats["std"], averages
-    )
+    update = _Update(model, tx, schedule, spec, pixel_stats["mean"], pixel_stats["std"], averages)
     if spec.impl == "jit":
         step_fn = functools.partial(update.jit_step, mesh)
     else:

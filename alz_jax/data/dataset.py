@@ -59,6 +59,8 @@ class DataSpec:
             ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
              "|".join(protocols.PROTOCOLS)),
         ])  # fmt: skip
+
+
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
 _TEXT_FIELDS = ("file_name", "scan_id", "subject_id")
 

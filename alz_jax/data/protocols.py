@@ -128,9 +128,7 @@ def assign(pooled: dict[str, np.ndarray], data_config) -> dict[str, np.ndarray]:
             of.update({s: "test" for s in strata if folds[s] == data_config.fold})
         split_of = np.array([of[s] for s in pooled["subject_id"]], dtype=object)
     keep = np.ones(n, bool)
-    window = parse_slice_range(
-        data_config.slice_range, pooled["slice_index"], pooled["label"]
-    )
+    window = parse_slice_range(data_config.slice_range, pooled["slice_index"], pooled["label"])
     if window is not None:
         keep = (pooled["slice_index"] >= window[0]) & (pooled["slice_index"] <= window[1])
     return {s: np.flatnonzero((split_of == s) & keep) for s in ("train", "validation", "test")}

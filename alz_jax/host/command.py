@@ -45,15 +45,15 @@ def available_configs() -> list[str]:
 
 
 def find_config(value: str) -> str | None:
-    """The config file `value` names (a path, or a config name of the configs package, or its
-    path inside the project given from another folder), with any `:argument` kept; None if
-    there is none."""
+    """The config file `value` names: an existing file as given, else a config of the configs
+    package by name or by its path inside the project (from any folder), with any `:argument`
+    kept; None if there is none."""
     path_text, colon, argument = value.partition(":")
     path = Path(path_text).expanduser()
     if path.is_file():
         return value
-    by_name = path.parent in (Path(), Path("configs")) or path.parent.name == "configs"
-    if not by_name or path.suffix not in ("", ".py"):
+    # By name: `NAME`, `NAME.py` or `configs/NAME.py`; another folder's path is never replaced.
+    if path.parent not in (Path(), Path("configs")) or path.suffix not in ("", ".py"):
         return None
     candidate = CONFIGS_DIR / f"{path.stem}.py"
     if path.stem.startswith("_") or not candidate.is_file():

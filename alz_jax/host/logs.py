@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import tensorflow_datasets as tfds
 from clu import metric_writers
 
 from alz_jax.host import storage
@@ -24,7 +25,6 @@ class _LibraryInfoFilter(logging.Filter):
 
 def setup() -> None:
     """INFO logging for alz_jax and CLU's metric lines; library INFO chatter is dropped."""
-    import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
     root = logging.getLogger()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
@@ -62,8 +63,6 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     suffix = file.suffix.lower()
     try:
         if suffix == ".safetensors":
-            from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
-
             with storage.local_file(file) as name:
                 state = load_file(name)
         elif suffix == ".npz":
@@ -100,7 +99,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def _load_torch(data: bytes, path: str) -> dict:
     try:
-        import torch
+        import torch  # noqa: PLC0415  (optional: only .pth files need PyTorch)
     except ImportError as e:
         raise UserError(
             f"Reading the PyTorch file {path} needs torch (pip install torch), which alz_jax "

@@ -59,7 +59,7 @@ def sample_jpegs(count: int = 64) -> list[bytes]:
     for _ in range(count):
         pixels = (rng.random((240, 256)) * 255).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=90)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         encoded.append(buffer.getvalue())
     return encoded
 

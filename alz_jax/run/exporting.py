@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 from etils import epath
+from safetensors.numpy import load_file, save
 
 from alz_jax.core import steps
 from alz_jax.data import preprocess
@@ -131,16 +133,12 @@ def write_weights(
     path = out / WEIGHT_FILES[fmt]
     text = json.dumps(metadata, sort_keys=True)
     if fmt == "safetensors":
-        from safetensors.numpy import save
-
         arrays = {k: np.ascontiguousarray(v) for k, v in flat.items()}
         path.write_bytes(save(arrays, {"alz_jax": text}))
     elif fmt == "npz":
         with path.open("wb") as f:
             np.savez(f, __metadata__=np.array(text), **{k: _npz_safe(v) for k, v in flat.items()})
     elif fmt == "orbax":
-        import orbax.checkpoint as ocp
-
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(_absolute(path), flat)
     else:
@@ -162,9 +160,7 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     fmt = metadata["weights"]["format"]
     path = directory / WEIGHT_FILES[fmt]
     if fmt == "safetensors":
-        from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
-
-        with storage.local_file(path) as name:
+        with storage.local_file(path) as name:  # (its bytes reader has no bfloat16)
             flat = load_file(name)
     elif fmt == "npz":
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
@@ -172,8 +168,6 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         if metadata["weights"]["dtype"] == "bfloat16":
             flat = {k: v.view(ml_dtypes.bfloat16) for k, v in flat.items()}
     else:
-        import orbax.checkpoint as ocp
-
         with ocp.StandardCheckpointer() as checkpointer:
             flat = checkpointer.restore(_absolute(path))
         flat = {k: np.asarray(v) for k, v in flat.items()}

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tfds_builders.adni import layout as layout_lib
 
@@ -38,7 +39,6 @@ class ImageCheck:
 
 def check_image(path: Path) -> ImageCheck:
     """Fully decodes an image (a truncated JPEG fails here) and checks size, mode and darkness."""
-    from PIL import Image
 
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -95,6 +95,36 @@ def _names(paths: Iterable[Path], root: Path) -> list[str]:
     return sorted(str(Path(p).relative_to(root)) for p in paths)
 
 
+def _duplicate_groups(checks: dict[str, ImageCheck]) -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of byte-identical files (all of them, and those spanning train and test)."""
+    by_hash: dict[str, list[str]] = collections.defaultdict(list)
+    for name, check in checks.items():
+        if check.problem != "empty":
+            by_hash[check.sha256].append(name)
+    groups = [sorted(names) for names in by_hash.values() if len(names) > 1]
+    across = [g for g in groups if len({n.split("/")[0] for n in g}) > 1]
+    return groups, across
+
+
+def _image_problems(
+    parsed: layout_lib.Layout, checks: dict[str, ImageCheck]
+) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Unusable files by kind, near-black images, and scans that are at least half near-black."""
+    problems = {kind: [] for kind in UNUSABLE}
+    for name, check in sorted(checks.items()):
+        if check.problem:
+            problems[check.problem].append(f"{name}: {check.detail}")
+    dark_images = sorted(
+        n for n, c in checks.items() if c.problem is None and c.mean < NEAR_BLACK_MEAN
+    )
+    dark_by_scan = collections.Counter(
+        r.scan_id for r in parsed.records if r.file_name in set(dark_images)
+    )
+    images_by_scan = collections.Counter(r.scan_id for r in parsed.records)
+    dark_scans = sorted(s for s, n in dark_by_scan.items() if n * 2 >= images_by_scan[s])
+    return problems, dark_images, dark_scans
+
+
 def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
     """Audits a parsed folder; returns the JSON-able report and each image's check by file name."""
     root = parsed.root
@@ -147,25 +177,8 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
         for split in layout_lib.SPLIT_FOLDERS
     }
 
-    by_hash: dict[str, list[str]] = collections.defaultdict(list)
-    for name, check in checks.items():
-        if check.problem != "empty":
-            by_hash[check.sha256].append(name)
-    groups = [sorted(names) for names in by_hash.values() if len(names) > 1]
-    across = [g for g in groups if len({n.split("/")[0] for n in g}) > 1]
-
-    problems = {kind: [] for kind in UNUSABLE}
-    for name, check in sorted(checks.items()):
-        if check.problem:
-            problems[check.problem].append(f"{name}: {check.detail}")
-    dark_images = sorted(
-        n for n, c in checks.items() if c.problem is None and c.mean < NEAR_BLACK_MEAN
-    )
-    dark_by_scan = collections.Counter(
-        r.scan_id for r in parsed.records if r.file_name in set(dark_images)
-    )
-    images_by_scan = collections.Counter(r.scan_id for r in parsed.records)
-    dark_scans = sorted(s for s, n in dark_by_scan.items() if n * 2 >= images_by_scan[s])
+    groups, across = _duplicate_groups(checks)
+    problems, dark_images, dark_scans = _image_problems(parsed, checks)
 
     report = {
         "root": str(root),
