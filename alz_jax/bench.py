@@ -95,6 +95,9 @@ def step_config(args: Settings) -> ml_collections.ConfigDict:
     with config.unlocked():
         config.batch_size = args.batch
         config.data.image_size = args.res
+        # The step is fed random labelled batches: host-side Mixup/CutMix (whose groups must
+        # divide the batch) takes no part in it.
+        config.mix.prob = 0.0
         config.dtype = args.dtype
         if args.size:
             config.model.size = args.size
