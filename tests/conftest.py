@@ -5,14 +5,15 @@ import os
 import shutil
 import tempfile
 
-# LLVM at -O0: XLA:CPU compiles the tiny test models 3-6x faster (compiling is most of the suite's
-# time); the arithmetic is the same IEEE code, only less optimised machine code. Subprocess runs
-# that set XLA_FLAGS themselves keep it (test_multiprocess._xla_flags).
-XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
+from tests.xla_flags import TEST_XLA_FLAGS  # (-O0; subprocess runs that set XLA_FLAGS keep it)
+
 os.environ["XLA_FLAGS"] = (
-    f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS} --xla_force_host_platform_device_count=8"
+    f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Commands started by tests don't restart themselves for huge pages (it only doubles their
+# start-up; test_performance tests the restart with this variable removed).
+os.environ.setdefault("ALZ_JAX_HUGE_PAGES", "off")
 # The project's cache switch stays off (its default folder is under ~, and
 # test_performance checks the switch); instead JAX's own persistent cache, in a folder of this
 # session (or $JAX_COMPILATION_CACHE_DIR if set), shared by this process and every subprocess:
@@ -25,9 +26,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+import pytest
+from absl import flags
 
 # Grain's multiprocess prefetch reads absl flags; outside an absl app they must be marked parsed.
 flags.FLAGS.mark_as_parsed()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 from tfds_builders.adni import Builder, audit, layout, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,8 @@ def test_audit_command_prints_and_writes_json(trap_folder, tmp_path):
     out = tmp_path / "audit.json"
     result = subprocess.run(
         [sys.executable, "-m", "alz_jax.audit", f"--manual_dir={root}", f"--json={out}"],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""),
+        cwd=REPO, capture_output=True, text=True,
+        env=dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS),
         timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

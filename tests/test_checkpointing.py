@@ -12,6 +12,7 @@ import numpy as np
 
 from alz_jax.core import checkpointing, sharding
 from tests import checkpoint_child
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.checkpoint_child", str(tmp_path)],
-        cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE, text=True,
+        cwd=REPO, env=dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS), stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     ckpt_dir = tmp_path / "checkpoints"
     try:

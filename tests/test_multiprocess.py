@@ -7,9 +7,9 @@ run (whose batches are made in-process, without workers: the same stream), and w
 1-process 4-device run on the same global batches. And on 2 processes the shard_map step gives
 the jit step's updates within 1e-6 (tests/multiprocess_step.py).
 
-The uninterrupted 2-process run is made once (a module fixture) for both comparisons; it also
-fills the session's compilation cache (tests/conftest.py), so both processes of the preempted and
-the resumed run load their steps from it instead of compiling them.
+The uninterrupted runs are module fixtures, made once: the 2-process one is the reference of
+both comparisons, and the 1-process one runs beside it (3 processes on 2 cores end sooner together
+than one run after the other).
 """
 
 import os
@@ -28,7 +28,7 @@ from alz_jax.core import checkpointing, sharding
 from alz_jax.data import dataset
 from alz_jax.host import logs
 from alz_jax.run import assembly, specs
-from tests import tiny_config
+from tests import multiprocess_step, tiny_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ def _overrides(manual_dir, data_dir, workers=2):
         "ema.dtype": "bfloat16",
         "swa.dtype": "bfloat16",
         "swa.every_steps": 2,
+        **tiny_config.TWO_STAGES,
     }
 
 
@@ -67,11 +68,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _xla_flags(devices: int) -> str:
-    """This session's XLA flags (tests/conftest.py) with `devices` fake CPU devices instead of 8."""
+def _env(devices: int, processes: int) -> dict:
+    """This session's environment with `devices` fake CPU devices per process instead of 8 (the
+    other XLA flags of tests/conftest.py kept). No persistent compilation cache for 2 processes:
+    JAX keys process 1's executables apart and only process 0 writes, so process 0 would load
+    while process 1 compiles, and wait for it at the first collective, where gloo gives up
+    after 30 s."""
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
             if not f.startswith("--xla_force_host_platform_device_count")]  # fmt: skip
-    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+    xla_flags = [*kept, f"--xla_force_host_platform_device_count={devices}"]
+    env = dict(os.environ, XLA_FLAGS=" ".join(xla_flags))
+    if processes > 1:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    return env
 
 
 def _launch(workdir: Path, processes: int, devices: int, manual_dir, data_dir, workers=2):
@@ -85,7 +94,7 @@ def _launch(workdir: Path, processes: int, devices: int, manual_dir, data_dir, w
         if processes > 1:
             cmd += [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
                     f"--process_id={pid}"]  # fmt: skip
-        env = dict(os.environ, XLA_FLAGS=_xla_flags(devices))
+        env = _env(devices, processes)
         log_path = workdir.parent / f"{workdir.name}_p{pid}_{time.monotonic_ns()}.log"
         log = open(log_path, "w")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -134,10 +143,24 @@ def data(tiny_synthetic, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two(data, tmp_path_factory):
-    """(workdir, final state): uninterrupted, 2 processes x 2 devices, batches made in-process."""
+def one(data, tmp_path_factory):
+    """(workdir, procs, logs): 1 process x 4 devices, uninterrupted, batches made in-process;
+    started before the 2-process reference, to run beside it."""
+    manual_dir, data_dir, _ = data
+    workdir = tmp_path_factory.mktemp("multiprocess_one") / "one"
+    procs, log_paths = _launch(workdir, 1, 4, manual_dir, data_dir, workers=0)
+    yield workdir, procs, log_paths
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def two(data, one, tmp_path_factory):
+    """(workdir, final state): uninterrupted, 2 processes x 2 devices, batches made in-process
+    (`one` runs beside it)."""
     manual_dir, data_dir, config = data
-    workdir = tmp_path_factory.mktemp("multiprocess") / "two"
+    workdir = tmp_path_factory.mktemp("multiprocess_two") / "two"
     _wait(*_launch(workdir, 2, 2, manual_dir, data_dir, workers=0))
     return workdir, _final_state(workdir, config)
 
@@ -176,15 +199,15 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(data, two,
     np.testing.assert_array_equal(_losses(workdir), _losses(two_dir))
 
 
-def test_one_process_of_four_devices_matches_two_processes(data, two, tmp_path):
+def test_one_process_of_four_devices_matches_two_processes(data, one, two):
     """1 process x 4 devices: the same run within 1e-6."""
-    manual_dir, data_dir, config = data
+    _, _, config = data
+    workdir, procs, log_paths = one
     two_dir, two_state = two
-    workdir = tmp_path / "one"
-    _wait(*_launch(workdir, 1, 4, manual_dir, data_dir, workers=0))
-    one = _final_state(workdir, config)
+    _wait(procs, log_paths)
+    one_state = _final_state(workdir, config)
     for (path, x), y in zip(
-        jax.tree_util.tree_leaves_with_path(two_state), jax.tree.leaves(one), strict=True
+        jax.tree_util.tree_leaves_with_path(two_state), jax.tree.leaves(one_state), strict=True
     ):
         a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
         where = jax.tree_util.keystr(path)
@@ -200,20 +223,18 @@ def test_one_process_of_four_devices_matches_two_processes(data, two, tmp_path):
 def test_shard_map_step_gives_the_jit_update_on_two_processes(tmp_path):
     """Same state, same global batches, 3 updates each: parameters and optimizer state within
     1e-6. (Whole runs drift apart: Adam turns last-bit gradient differences into visible ones
-    over many steps, which is why this compares updates, not 12-step runs.)"""
+    over many steps, which is why this compares updates, not 12-step runs.) The jit updates are
+    computed here, on 4 of this process's devices (within 3e-8 of the 2-process jit step's:
+    tests/multiprocess_step.py); the 2 processes compute the shard_map ones."""
+    reference = tmp_path / "jit_updates.npz"
+    multiprocess_step.write_reference(str(reference), jax.devices()[:4])
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS=_xla_flags(2))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.multiprocess_step", f"localhost:{port}", "2", str(i)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = []
+    for pid in range(2):
+        cmd = [sys.executable, "-m", "tests.multiprocess_step", f"localhost:{port}", "2", str(pid),
+               str(reference)]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(2, 2), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
     outputs = [p.communicate(timeout=420)[0] for p in procs]
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:]

@@ -13,6 +13,7 @@ import pytest
 
 from alz_jax.host import profiling
 from alz_jax.models import convnext
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +88,7 @@ def test_op_breakdown_attributes_time_to_the_traced_ops(tmp_path):
 
 
 def test_step_benchmark_reports_the_step_main_builds():
-    env = dict(os.environ, XLA_FLAGS="")  # one device, as a user's run
+    env = dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)  # one device, as a user's run
     cmd = [sys.executable, "-m", "alz_jax.bench", "step", "--config=configs/demo.py", "--size=",
            "--res=32", "--batch=4", "--in_chans=1", "--steps=2"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=True)

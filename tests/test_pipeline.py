@@ -12,6 +12,7 @@ from alz_jax.core import sharding
 from alz_jax.data import augment, input_pipeline, preprocess
 from alz_jax.run import specs
 from configs import convnext_t
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 
 def test_pad_to_square_centres_with_background():
@@ -183,7 +184,8 @@ def test_stream_resumed_in_a_fresh_process_is_identical(tmp_path):
     def run(*args):
         result = subprocess.run(
             [sys.executable, "-m", "tests.resume_stream", *map(str, args)],
-            cwd=repo, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""),
+            cwd=repo, capture_output=True, text=True,
+            env=dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS),
             timeout=300, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

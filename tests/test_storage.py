@@ -16,7 +16,7 @@ from alz_jax.evaluation import figures, reports
 from alz_jax.host import logs, storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert
-from alz_jax.run import exporting, run_record
+from alz_jax.run import exporting, run_record, specs
 
 BUCKET = "gs://bucket/runs/r1"
 
@@ -78,7 +78,8 @@ def test_run_record_and_metrics_on_a_gs_workdir(gcs):
 
     config = demo.get_config()
     for _ in range(2):  # a start, then a resume that appends to starts.jsonl
-        record = run_record.start(BUCKET, config, "fp1", manifest=lambda: {"train": ["s1"]},
+        record = run_record.start(BUCKET, config, specs.resolve(config), "fp1",
+                                  manifest=lambda: {"train": ["s1"]},
                                   pixel_stats=lambda: {"mean": 0.25, "std": 0.5})  # fmt: skip
     run_dir = gcs / "bucket/runs/r1/run"
     assert json.loads((run_dir / "record.json").read_text())["pixel_stats"]["mean"] == 0.25
@@ -87,7 +88,8 @@ def test_run_record_and_metrics_on_a_gs_workdir(gcs):
     assert run_record.load_config(BUCKET).model.dims == list(config.model.dims)
     with pytest.raises(UserError, match="different model"):
         config.model.dims = (8, 16, 32, 64)
-        run_record.start(BUCKET, config, "fp1", manifest=dict, pixel_stats=dict)
+        run_record.start(BUCKET, config, specs.resolve(config), "fp1", manifest=dict,
+                         pixel_stats=dict)  # fmt: skip
     storage.path(BUCKET).mkdir(parents=True, exist_ok=True)
     writer = logs.JsonlWriter(storage.path(BUCKET) / "metrics.jsonl")
     writer.write_scalars(1, {"train/loss": 0.5})

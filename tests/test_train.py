@@ -16,6 +16,7 @@ from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.host.errors import UserError
 from alz_jax.run import assembly, cross_validation, prediction, specs, train
 from tests import tiny_config as tiny_config_file
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def tiny_config(manual_dir, data_dir, **overrides):
     config = tiny_config_file.get_config()
     config.data.manual_dir = str(manual_dir)
     config.data.data_dir = str(data_dir)
-    for key, value in overrides.items():
+    for key, value in {**tiny_config_file.TWO_STAGES, **overrides}.items():
         node = config
         *path, leaf = key.split(".")
         for part in path:
@@ -175,7 +176,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
 
     # A resume that changes the model, the split or the recipe is refused, naming what changed.
     for key, value, named in (
-        ("model.dims", (8, 16, 32, 48), r"model\.dims"),
+        ("model.dims", (8, 12), r"model\.dims"),
         ("data.validation_fraction", 0.3, r"data\.validation_fraction"),
         ("batch_size", 32, r"training\.batch_size"),
     ):
@@ -242,7 +243,8 @@ def test_preview_writes_the_first_batch_grid(tiny_synthetic, tmp_path):
          f"--config.data.manual_dir={tiny_synthetic[0]}", f"--config.data.data_dir={tmp_path}",
          "--config.data.image_size=32", "--config.batch_size=16", "--config.mix.prob=1.0",
          "--config.mix.group_size=8", "--config.data.num_workers=0"],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""),
+        cwd=REPO, capture_output=True, text=True,
+        env=dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS),
         timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -252,7 +254,7 @@ def test_preview_writes_the_first_batch_grid(tiny_synthetic, tmp_path):
 
 
 def test_reference_config_without_adni_says_where_to_put_it(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="")
+    env = dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)
     result = subprocess.run(
         [sys.executable, "-m", "alz_jax.main", "--config=configs/convnext_t.py",
          f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'tfds'}"],

@@ -204,7 +204,7 @@ def build_metadata(
             "checkpoint_step": loaded["step"],
             "weights": loaded["weights"],
             "data_fingerprint": record["identity"]["data"]["fingerprint"],
-            "init_from": config.model.get("init_from", ""),
+            "init_from": config.model.init_from,
         },
         "model": {
             "architecture": "ConvNeXt",
