@@ -13,9 +13,7 @@ import time
 
 from absl import flags
 
-from alz_jax.evaluation import reports
 from alz_jax.host import command
-from alz_jax.run import train
 
 _CONFIG = command.define_config("demo", help_string="Demo config.")
 _WORKDIR = command.define_workdir(
@@ -36,6 +34,11 @@ def _print_stage_times(report: dict, total: float) -> None:
 def main(argv: list[str]) -> None:
     """Runs the demo and applies the accuracy gate."""
     del argv
+    # Imported here, not at the top: Grain's worker processes import this module again (Python's
+    # spawn), and the training stack (TensorFlow through CLU's writers) would cost each ~6 s.
+    from alz_jax.evaluation import reports  # noqa: PLC0415
+    from alz_jax.run import train  # noqa: PLC0415
+
     workdir = _WORKDIR.value
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()

@@ -11,9 +11,7 @@ Multi-process: the same command on every process; JAX finds the others on SLURM,
 and Kubernetes, or take --coordinator_address, --num_processes and --process_id.
 """
 
-from alz_jax.evaluation import reports
 from alz_jax.host import command
-from alz_jax.run import train
 
 _CONFIG = command.define_config(help_string="Training config.")
 _WORKDIR = command.define_workdir(
@@ -24,6 +22,11 @@ _WORKDIR = command.define_workdir(
 def main(argv: list[str]) -> None:
     """Trains and evaluates, resuming from the workdir's checkpoint if there is one."""
     del argv
+    # Imported here, not at the top: Grain's worker processes import this module again (Python's
+    # spawn), and the training stack (TensorFlow through CLU's writers) would cost each ~6 s.
+    from alz_jax.evaluation import reports  # noqa: PLC0415
+    from alz_jax.run import train  # noqa: PLC0415
+
     workdir = _WORKDIR.value or command.default_workdir()
     print(f"workdir: {workdir}", flush=True)
     report = train.train_and_evaluate(_CONFIG.value, workdir)

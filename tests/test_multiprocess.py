@@ -26,7 +26,7 @@ import pytest
 
 from alz_jax.core import checkpointing, sharding
 from alz_jax.data import dataset
-from alz_jax.host import logs
+from alz_jax.host import writers
 from alz_jax.run import assembly, specs
 from tests import multiprocess_step, tiny_config
 
@@ -128,7 +128,7 @@ def _final_state(workdir, config):
 
 
 def _losses(workdir):
-    logged = logs.read_metrics(workdir)
+    logged = writers.read_metrics(workdir)
     return np.array([logged[s]["train/loss"] for s in range(1, TOTAL_STEPS + 1)])
 
 
@@ -173,7 +173,7 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(data, two,
     workdir = tmp_path / "preempted"
     procs, log_paths = _launch(workdir, 2, 2, manual_dir, data_dir)
     deadline = time.monotonic() + 300
-    while max(logs.read_metrics(workdir), default=0) < 2:
+    while max(writers.read_metrics(workdir), default=0) < 2:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), log_paths[
             0
         ].read_text()[-3000:]

@@ -13,7 +13,7 @@ from etils.epath import testing as epath_testing
 from safetensors.numpy import save_file
 
 from alz_jax.evaluation import figures, reports
-from alz_jax.host import logs, storage
+from alz_jax.host import storage, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert
 from alz_jax.run import exporting, run_record, specs
@@ -91,10 +91,10 @@ def test_run_record_and_metrics_on_a_gs_workdir(gcs):
         run_record.start(BUCKET, config, specs.resolve(config), "fp1", manifest=dict,
                          pixel_stats=dict)  # fmt: skip
     storage.path(BUCKET).mkdir(parents=True, exist_ok=True)
-    writer = logs.JsonlWriter(storage.path(BUCKET) / "metrics.jsonl")
+    writer = writers.JsonlWriter(storage.path(BUCKET) / "metrics.jsonl")
     writer.write_scalars(1, {"train/loss": 0.5})
     writer.write_scalars(2, {"train/loss": 0.25})
-    assert logs.read_metrics(BUCKET) == {
+    assert writers.read_metrics(BUCKET) == {
         1: {"step": 1, "train/loss": 0.5}, 2: {"step": 2, "train/loss": 0.25}
     }  # fmt: skip
 

@@ -24,7 +24,7 @@ from clu import periodic_actions
 from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures, metrics, reports
-from alz_jax.host import logs, profiling, storage
+from alz_jax.host import profiling, storage, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
 from alz_jax.run import assembly, run_record, specs
@@ -191,7 +191,7 @@ class _Loop:
             data.source("train"), plan.pipeline, run.batch_size, seed=run.seed
         )
         is_writer = jax.process_index() == 0
-        writer = logs.create_writer(workdir, is_writer)
+        writer = writers.create_writer(workdir, is_writer)
         if manager.latest_step() is None:
             writer.write_hparams(_flat_hparams(config))
         return cls(
@@ -439,7 +439,7 @@ def evaluate_checkpoint(
     )
     # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
     (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
-    writer = logs.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
+    writer = writers.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
     report = reports.evaluate_weights(
         data=data, model=steps.make_model(run.model), params=params,
         pixel_stats=record["pixel_stats"], pipeline=run.pipeline, batch_size=run.batch_size,
