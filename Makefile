@@ -20,13 +20,24 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Whole suite on CPU with 8 fake devices; exit code 5 (no tests collected) fails loudly.
-test: venv
-	@$(PY) -m pytest --durations=15 $(PYTEST_ARGS); rc=$$?; \
+# Whole suite on CPU with 8 fake devices per process. First every test that runs one JAX process,
+# spread over TEST_WORKERS pytest workers (pytest-xdist, a test file per worker at a time); then,
+# alone, the tests of several JAX processes (marker `serial`: their collectives time out when the
+# cores are shared). Exit code 5 (no tests collected) fails loudly.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest --durations=15
+define run_pytest
+	@$(PYTEST) $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+endef
 
+test: venv
+	$(call run_pytest,-n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS))
+	$(call run_pytest,-m serial $(PYTEST_ARGS))
+
+# The tests that don't train end to end (the serial ones all do): under 3 minutes here.
 test-fast: venv
-	$(MAKE) test PYTEST_ARGS="-m 'not slow' $(PYTEST_ARGS)"
+	$(call run_pytest,-n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS))
 
 lint: venv
 	$(PY) -m ruff check .

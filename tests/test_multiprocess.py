@@ -30,7 +30,7 @@ from alz_jax.host import writers
 from alz_jax.run import assembly, specs
 from tests import multiprocess_step, tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_STEPS, SAVE_EVERY = 12, 10
 
