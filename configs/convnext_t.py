@@ -38,6 +38,10 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # '' (all slices), 'auto' (indices present in both classes: removes the slice-window
     # shortcut) or 'lo,hi'.
     config.data.slice_range = ""
+    # Scans whose label in meta_data_with_label.json contradicts their class folder stop the
+    # build's use (any, by default); trust the folders, or allow a share of them.
+    config.data.trust_folder_labels = False
+    config.data.max_label_conflicts = 0.0
     config.data.image_size = 224
     config.data.num_workers = 4  # Grain worker processes (0 = decode in the main process)
     config.data.eval_num_workers = 4

@@ -77,19 +77,25 @@ def test_run_record_and_metrics_on_a_gs_workdir(gcs):
     from configs import demo
 
     config = demo.get_config()
-    for _ in range(2):  # a start, then a resume that appends to starts.jsonl
-        record = run_record.start(BUCKET, config, specs.resolve(config), "fp1",
-                                  manifest=lambda: {"train": ["s1"]},
-                                  pixel_stats=lambda: {"mean": 0.25, "std": 0.5})  # fmt: skip
+    for resume in (False, True):  # a start, then a resume that appends to starts.jsonl
+        record = run_record.prepare(BUCKET, specs.resolve(config), "fp1",
+                                    pixel_stats=lambda: {"mean": 0.25, "std": 0.5},
+                                    has_checkpoint=resume)  # fmt: skip
+        assert record["new"] is not resume
+        run_record.write(BUCKET, config, record, manifest=lambda: {"train": ["s1"]})
     run_dir = gcs / "bucket/runs/r1/run"
     assert json.loads((run_dir / "record.json").read_text())["pixel_stats"]["mean"] == 0.25
     assert len((run_dir / "starts.jsonl").read_text().splitlines()) == 2
-    assert run_record.load(BUCKET) == record
+    assert run_record.load(BUCKET) == {k: v for k, v in record.items() if k != "new"}
     assert run_record.load_config(BUCKET).model.dims == list(config.model.dims)
+    config.model.dims = (8, 16, 32, 64)
     with pytest.raises(UserError, match="different model"):
-        config.model.dims = (8, 16, 32, 64)
-        run_record.start(BUCKET, config, specs.resolve(config), "fp1", manifest=dict,
-                         pixel_stats=dict)  # fmt: skip
+        run_record.prepare(BUCKET, specs.resolve(config), "fp1", pixel_stats=dict,
+                           has_checkpoint=True)  # fmt: skip
+    # Without a checkpoint, the stored record binds nothing: it is replaced.
+    fresh = run_record.prepare(BUCKET, specs.resolve(config), "fp1", pixel_stats=dict,
+                               has_checkpoint=False)  # fmt: skip
+    assert fresh["new"] and list(fresh["identity"]["model"]["dims"]) == [8, 16, 32, 64]
     storage.path(BUCKET).mkdir(parents=True, exist_ok=True)
     writer = writers.JsonlWriter(storage.path(BUCKET) / "metrics.jsonl")
     writer.write_scalars(1, {"train/loss": 0.5})

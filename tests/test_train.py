@@ -162,8 +162,19 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     monkeypatch.setattr(steps, "make_train_step", real_factory)
     manager_b = checkpointing.make_manager(tmp_path / "b", specs.resolve(config).checkpoint)
     assert manager_b.latest_step() == 4
-    train.train_and_evaluate(config, str(tmp_path / "b"))
+    # The restart finds step 4 damaged (a byte flipped on disk): it falls back to step 2, and
+    # it reads its batches with a Grain worker where run A had none (per-host tuning).
+    files = [p for p in (tmp_path / "b" / "checkpoints" / "4" / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    damaged = bytearray(largest.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    largest.write_bytes(bytes(damaged))
+    restart = tiny_config(manual_dir, data_dir, **{"eval.tta": "hflip", "eval.gradcam_scans": 2,
+                                                   "data.num_workers": 1})  # fmt: skip
+    train.train_and_evaluate(restart, str(tmp_path / "b"))
     assert len((tmp_path / "b" / "run" / "starts.jsonl").read_text().splitlines()) == 2
+    (aside,) = (tmp_path / "b" / "checkpoints_damaged").iterdir()
+    assert aside.name.startswith("4-") and "fails its checksum" in (aside / "why.txt").read_text()
 
     a, b = final_state(tmp_path / "a", config), final_state(tmp_path / "b", config)
     assert int(a["step"]) == int(b["step"]) == 6

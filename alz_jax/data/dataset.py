@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ from alz_jax.data import protocols
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError, check_fields
 from tfds_builders import adni as adni_builder
-from tfds_builders.adni import layout, synthetic
+from tfds_builders.adni import layout, source, synthetic
 
 SPLITS = ("train", "validation", "test")
 
@@ -50,12 +52,18 @@ class DataSpec:
     num_folds: int = 5
     fold: int = 0
     slice_range: str = ""
+    # Scans whose metadata label contradicts their class folder: the share (of scans with a
+    # metadata label) above which the data set is refused; or trust the folders whatever it is.
+    max_label_conflicts: float = 0.0
+    trust_folder_labels: bool = False
 
     def __post_init__(self):
         f = self.validation_fraction
         check_fields("data", [
             ("validation_fraction", f, 0.0 < f < 1.0,
              "in (0, 1): validation picks the best checkpoint"),
+            ("max_label_conflicts", self.max_label_conflicts,
+             0.0 <= self.max_label_conflicts <= 1.0, "a share in [0, 1]"),
             ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
              "|".join(protocols.PROTOCOLS)),
         ])  # fmt: skip
@@ -107,6 +115,7 @@ class AdniData:
     pooled: dict[str, np.ndarray]
     positions: dict[str, np.ndarray]
     protocol: dict
+    source_fingerprint: str = ""  # of the data folder the build was made from
 
     @property
     def metadata(self) -> dict:
@@ -165,6 +174,7 @@ class AdniData:
         trained = set(manifest["train"]["subjects"]) | set(manifest["validation"]["subjects"])
         shared = len(set(manifest["test"]["subjects"]) & trained)
         return {
+            "source_fingerprint": self.source_fingerprint,
             "subject_source": meta.get("subject_source"),
             "subject_coverage": meta.get("subject_coverage"),
             "test_subjects_also_in_train": shared if known else None,
@@ -213,7 +223,9 @@ def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
-def _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer) -> None:
+def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> dict:
+    """The listing of the data folder (generating the synthetic one first), after checking
+    that it has the ADNI layout."""
     if synthetic_seed is not None:
         with timer("generate synthetic data"):
             _ensure_synthetic(manual_dir, synthetic_seed, data_config)
@@ -222,24 +234,115 @@ def _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer) ->
             f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
             + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
         )
-    else:
+    try:
+        layout.find_root(manual_dir)
+    except layout.LayoutError as e:
+        raise UserError(
+            f"{e}\n\n{adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        ) from e
+    return source.listing(manual_dir)
+
+
+BUILD_PREFIX = "adni-"  # <data_dir>/adni-<fingerprint>/adni/<config>/<version>
+SOURCE_FILE = "source.json"  # beside each build: the listing it was built from
+
+
+def _previous_build(data_dir: Path, manual_dir: str, exclude: Path) -> dict | None:
+    """The newest finished build of the same folder under `data_dir`, with its path."""
+    found = []
+    for path in data_dir.glob(f"{BUILD_PREFIX}*/{SOURCE_FILE}"):
+        if path.parent == exclude:
+            continue
         try:
-            layout.find_root(manual_dir)
-        except layout.LayoutError as e:
-            raise UserError(
-                f"{e}\n\n{adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            ) from e
-    logging.info("Building the adni TFDS data set from %s into %s", manual_dir, data_dir)
-    with timer("build TFDS data set"):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("listing", {}).get("manual_dir") == manual_dir:
+            found.append(dict(record, path=path.parent))
+    return max(found, key=lambda r: r.get("created", ""), default=None)
+
+
+def _remove_leftovers(build_dir) -> None:
+    """Removes what an interrupted build left (TFDS's incomplete.* folders), each named; only
+    called while holding the build lock, so no build in progress owns them."""
+    for leftover in sorted(Path(os.fspath(build_dir)).glob("adni/*/incomplete.*")):
+        size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file())
+        logging.warning("Removing %s (%d bytes), left by an interrupted build.", leftover, size)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir):
+    """Holds <build_dir>/build.lock (flock) while building: a second run that needs the same
+    build waits for it, then finds it done. Object storage has no locks: nothing is held."""
+    if storage.is_url(build_dir):
+        yield
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
+    """Builds the TFDS data set from the listed folder into `build_dir` unless it is there,
+    saying how the folder changed since the last build of it."""
+    with _build_lock(build_dir):
+        builder = make_builder()
+        if builder.is_prepared():  # another run built it while this one waited
+            return
+        if not storage.is_url(build_dir):
+            _remove_leftovers(build_dir)
+        else:
+            for leftover in build_dir.glob("adni/*/incomplete.*"):
+                logging.warning("%s was left by an interrupted build; delete it.", leftover)
+        manual_dir = listing["manual_dir"]
+        previous = _previous_build(data_dir, manual_dir, exclude=build_dir)
+        if previous is not None:
+            logging.warning(
+                "The data folder %s changed since the data set built %s in %s: %s. Building a "
+                "new one in %s; the old one is kept (delete it to free space).",
+                manual_dir, previous.get("created"), previous["path"],
+                source.describe(source.changes(previous["listing"], listing)), build_dir,
+            )  # fmt: skip
+        logging.info("Building the adni TFDS data set from %s into %s", manual_dir, build_dir)
+        with timer("build TFDS data set"):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+        record = {
+            "fingerprint": source.fingerprint(listing),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "listing": listing,
+        }
+        storage.write_text_atomic(build_dir / SOURCE_FILE, json.dumps(record))
+
+
+def _agree(error: Exception | None, fingerprint: str | None) -> str:
+    """Process 0's fingerprint on every process, or process 0's error raised on every one."""
+    if jax.process_count() > 1:
+        digits = np.frombuffer(bytes.fromhex(fingerprint or "0" * 16), np.uint8)
+        shared = multihost_utils.broadcast_one_to_all(
+            np.concatenate([[np.uint8(error is not None)], digits])
         )
+        if shared[0] and error is None:
+            raise UserError("Process 0 failed to prepare the adni data set; see its log.")
+        fingerprint = bytes(np.asarray(shared[1:], np.uint8)).hex()
+    if error is not None:
+        raise error
+    return fingerprint
 
 
 def prepare(data_config: DataSpec, timer=None) -> AdniData:
     """Opens the data set a config names, generating and building it first if needed.
 
-    `timer(name)`, if given, is a context manager that times the generate and build stages.
+    The build is kept under the data folder's fingerprint: a folder that changed since (files
+    added, removed, repaired or touched; metadata edited) is built anew, never served from the
+    old build. `timer(name)`, if given, is a context manager that times the generate and build
+    stages.
     """
     timer = timer or (lambda name: contextlib.nullcontext())
     manual_dir, data_dir, synthetic_seed = _resolve_dirs(data_config)
@@ -247,39 +350,30 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
         data_config.validation_fraction, data_config.split_seed
     )
 
-    def make_builder():
+    def make_builder(build_dir):
         return adni_builder.Builder(
-            data_dir=os.fspath(data_dir), config=builder_config, file_format="array_record"
+            data_dir=os.fspath(build_dir), config=builder_config, file_format="array_record"
         )
 
-    builder = make_builder()
-    # Process 0 builds; every process meets at the barrier, and learns whether the build failed,
-    # so none waits forever. data_dir must be on storage that every host sees.
-    error = None
-    if jax.process_index() == 0 and not builder.is_prepared():
+    # Process 0 lists the folder and builds; every process learns the fingerprint (or the
+    # failure), so none waits forever. data_dir must be on storage that every host sees.
+    error = fingerprint = None
+    if jax.process_index() == 0:
         try:
-            _build(builder, manual_dir, data_dir, synthetic_seed, data_config, timer)
+            listing = _check_source(manual_dir, synthetic_seed, data_config, timer)
+            fingerprint = source.fingerprint(listing)
+            build_dir = data_dir / f"{BUILD_PREFIX}{fingerprint}"
+            _build(lambda: make_builder(build_dir), build_dir, listing, data_dir, timer)
         except (UserError, layout.LayoutError) as e:
             error = e
-    if jax.process_count() > 1:
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if failed and error is None:
-            raise UserError("Process 0 failed to build the adni data set; see its log.")
-    if error is not None:
-        raise error
-    builder = make_builder()
+    fingerprint = _agree(error, fingerprint)
+    builder = make_builder(data_dir / f"{BUILD_PREFIX}{fingerprint}")
     if not builder.is_prepared():
         raise UserError(
-            f"The adni data set is not in {data_dir} on process {jax.process_index()}: "
+            f"The adni data set is not in {builder.data_dir} on process {jax.process_index()}: "
             "data.data_dir must be on storage that every host sees."
         )
-    built_from = builder.info.metadata.get("manual_dir")
-    if built_from != os.fspath(manual_dir):
-        raise UserError(
-            f"The adni data set in {data_dir} was built from {built_from}, but the config asks "
-            f"for {manual_dir}. Use another --config.data.data_dir, or delete "
-            f"{builder.data_dir} to rebuild."
-        )
+    _check_label_conflicts(builder.info.metadata, data_config)
     pooled, positions, protocol = _apply_protocol(builder, data_config)
     return AdniData(
         builder=builder,
@@ -288,6 +382,32 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
         pooled=pooled,
         positions=positions,
         protocol=protocol,
+        source_fingerprint=fingerprint,
+    )
+
+
+def _check_label_conflicts(metadata, data_config: DataSpec) -> None:
+    """Refuses a data set whose metadata labels contradict the class folders of more than
+    `data.max_label_conflicts` of the scans that have one, unless the folders are trusted."""
+    conflicts = metadata.get("audit", {}).get("label_conflicts")
+    if not conflicts or not conflicts["count"]:
+        return
+    share = conflicts["count"] / max(conflicts["scans_with_metadata_label"], 1)
+    examples = "; ".join(
+        f"scan {c['scan_id']} in {c['folder']} is {c['metadata_label']} in the metadata"
+        for c in conflicts["scans"][:10]
+    )
+    text = (
+        f"{conflicts['count']} of {conflicts['scans_with_metadata_label']} scans ({share:.1%}) "
+        f"have a metadata label that contradicts their class folder, e.g. {examples}"
+    )
+    if data_config.trust_folder_labels or share <= data_config.max_label_conflicts:
+        logging.warning("%s. Training on the folder labels, as configured.", text)
+        return
+    raise UserError(
+        f"{text}. All of them are in the audit (python -m alz_jax.audit). Fix the folders or "
+        "the metadata, or train on the folder labels with --config.data.trust_folder_labels=true "
+        f"(or allow a share with data.max_label_conflicts, now {data_config.max_label_conflicts})."
     )
 
 

@@ -4,7 +4,9 @@
 fingerprint, pixel statistics, what defines the model and data), split_manifest.json (which
 subjects and scans are in which split) and starts.jsonl (one line per start or resume: time,
 git commit, package versions, command line). A resume whose config changes the model, the data
-or the split is refused with the differences listed.
+or the split is refused with the differences listed. Nothing is written before the start is
+known to be good (the checkpoint restored, or the fresh state made), and a record whose start
+saved no checkpoint is replaced by the next start's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -73,6 +76,9 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     del step["impl"]  # jit and shard_map compute the same update
     mix = dataclasses.asdict(run.pipeline.mix)
     del mix["total_steps"]  # follows from the durations
+    data = dataclasses.asdict(run.data)
+    for key in ("trust_folder_labels", "max_label_conflicts"):  # a gate, not the data
+        del data[key]
     return {
         "model": {**model, "init_from": run.init_from},
         "training": {
@@ -90,7 +96,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
         },
         "data": {
             "fingerprint": data_fingerprint,
-            **dataclasses.asdict(run.data),
+            **data,
             "image_size": run.pipeline.image_size,
         },
     }
@@ -111,24 +117,23 @@ def _write_json(path, value) -> None:
     storage.write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str))
 
 
-def start(
+def prepare(
     workdir: str | Path,
-    config: ml_collections.ConfigDict,
     run: specs.RunSpec,
     data_fingerprint: str,
-    manifest: Callable[[], dict],
     pixel_stats: Callable[[], dict],
-    is_writer: bool = True,
+    has_checkpoint: bool,
 ) -> dict:
-    """Records a start or resume; returns the run record (with pixel statistics).
+    """The run record of a start or resume, checked but not written (`write` does that once
+    the start is known to be good: after the restore, or the fresh state).
 
-    A first start computes and stores the pixel statistics and the split manifest; a resume
-    checks the model and data identity against the stored one and reuses the statistics.
+    A resume (`has_checkpoint`) checks the model and data identity against the stored record and
+    reuses its pixel statistics. A record left by a start that never saved a checkpoint is
+    replaced: that start trained nothing, so its settings bind nothing.
     """
-    run_dir = storage.path(workdir) / "run"
-    record_path = run_dir / "record.json"
+    record_path = storage.path(workdir) / "run" / "record.json"
     current = identity(run, data_fingerprint)
-    if record_path.exists():
+    if record_path.exists() and has_checkpoint:
         record = json.loads(record_path.read_text())
         diffs = _differences(record["identity"], current)
         if diffs:
@@ -137,27 +142,45 @@ def start(
                 "resuming would mix two runs. Use a new --workdir, or restore the original "
                 "settings. Differences (stored -> requested):\n  " + "\n  ".join(diffs)
             )
-    else:
-        record = {
-            "identity": current,
-            "pixel_stats": pixel_stats(),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        }
-        if is_writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(run_dir / "config.json", json.loads(config.to_json_best_effort()))
-            _write_json(run_dir / "split_manifest.json", manifest())
-            _write_json(record_path, record)
-    if is_writer:
-        entry = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-            "versions": package_versions(),
-            "argv": sys.argv,
-            "config": json.loads(config.to_json_best_effort()),
-        }
-        storage.append_text(run_dir / "starts.jsonl", json.dumps(entry, default=str) + "\n")
-    return record
+        return dict(record, new=False)
+    if record_path.exists():
+        logging.warning(
+            "%s holds the record of a start that saved no checkpoint: replaced by this one.",
+            record_path,
+        )
+    return {
+        "identity": current,
+        "pixel_stats": pixel_stats(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "new": True,
+    }
+
+
+def write(
+    workdir: str | Path,
+    config: ml_collections.ConfigDict,
+    record: dict,
+    manifest: Callable[[], dict],
+    is_writer: bool = True,
+) -> None:
+    """Writes a new record (config, record, split manifest) and appends this start to
+    starts.jsonl (time, commit, package versions, command line, config); process 0 only."""
+    if not is_writer:
+        return
+    run_dir = storage.path(workdir) / "run"
+    if record["new"]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", json.loads(config.to_json_best_effort()))
+        _write_json(run_dir / "split_manifest.json", manifest())
+        _write_json(run_dir / "record.json", {k: v for k, v in record.items() if k != "new"})
+    entry = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "argv": sys.argv,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    storage.append_text(run_dir / "starts.jsonl", json.dumps(entry, default=str) + "\n")
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:

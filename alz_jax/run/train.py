@@ -24,7 +24,7 @@ from clu import periodic_actions
 from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures, metrics, reports
-from alz_jax.host import profiling, storage, writers
+from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
 from alz_jax.run import assembly, run_record, specs
@@ -64,7 +64,7 @@ def _check_finite(history: list[tuple[int, dict]], manager) -> list[dict]:
     if bad is None:
         return fetched_all
     step, fetched = bad
-    manager.wait_until_finished()
+    checkpointing.finish(manager)
     last = manager.latest_step()
     kept = (
         f"the last good checkpoint, step {last} in {manager.directory}, is kept"
@@ -109,47 +109,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     timer = StageTimer()
     run = specs.resolve(config)  # every config check, before any data work or compile
     workdir = storage.path(workdir)  # local or gs://
-    if not checkpointing.has_checkpoint(workdir):  # a resume doesn't read model.init_from
-        specs.check_init_from_file(run.init_from)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock.hold(workdir):  # one run per workdir, before anything is written
+        resuming = checkpointing.has_checkpoint(workdir)
+        if not resuming:  # a resume doesn't read model.init_from
+            specs.check_init_from_file(run.init_from)
 
-    # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS once. ----
-    data = dataset.prepare(run.data, timer=timer)
-    plan = run.plan(steps_per_epoch(data, run.batch_size))
-    with timer("run record + pixel statistics"):
-        record = run_record.start(
-            workdir, config, run, data.fingerprint(), manifest=data.manifest,
-            pixel_stats=lambda: input_pipeline.pixel_stats(
-                data.source("train"), run.pipeline.image_size
-            ),
-            is_writer=jax.process_index() == 0,
-        )  # fmt: skip
-    _log_plan(data, plan, record["pixel_stats"])
+        # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS. ----
+        data = dataset.prepare(run.data, timer=timer)
+        plan = run.plan(steps_per_epoch(data, run.batch_size))
+        with timer("run record + pixel statistics"):
+            record = run_record.prepare(
+                workdir, run, data.fingerprint(), has_checkpoint=resuming,
+                pixel_stats=lambda: input_pipeline.pixel_stats(
+                    data.source("train"), run.pipeline.image_size
+                ),
+            )  # fmt: skip
+        _log_plan(data, plan, record["pixel_stats"])
 
-    # ---- Model, optimizer and train state on a ('data',) mesh over every process's devices. ----
-    parts = assembly.assemble(run, plan, sharding.make_mesh(), record["pixel_stats"])
-    loop = _Loop.create(run, plan, data, parts, config, workdir)
-    state, start_step = _initial_state(loop)
+        # ---- Model, optimizer and state on a ('data',) mesh; the newest whole checkpoint. ----
+        parts = assembly.assemble(run, plan, sharding.make_mesh(), record["pixel_stats"])
+        manager = checkpointing.make_manager(workdir, run.checkpoint, for_training=True)
+        state, start_step = _initial_state(run, plan, parts, manager)
+        run_record.write(workdir, config, record, data.manifest, jax.process_index() == 0)
+        loop = _Loop.create(run, plan, data, parts, manager, config, workdir, start_step)
 
-    # ---- The training loop, then the test report from the best checkpoint. ----
-    with timer("train"), contextlib.closing(loop.grain_iter), contextlib.closing(loop.trace):
-        try:
-            preempted_at = _train(loop, state, start_step)
-        finally:
-            # Also on an exception: let an in-flight checkpoint finish rather than lose it.
-            loop.manager.wait_until_finished()
-    loop.writer.flush()
-    if preempted_at is not None:
-        logging.warning(
-            "Preemption requested: saved the checkpoint of step %d in %s; run the same command "
-            "to continue.", preempted_at, loop.manager.directory,
-        )  # fmt: skip
-        return {"preempted_at_step": preempted_at}
-    with timer("test evaluation"):
-        report = _test_report(loop, record["pixel_stats"])
-    report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
-    reports.write_report(report, workdir)
-    return report
+        # ---- The training loop, then the test report from the best checkpoint. ----
+        with timer("train"), contextlib.closing(loop.grain_iter), contextlib.closing(loop.trace):
+            try:
+                preempted_at = _train(loop, state, start_step)
+            finally:
+                # Also on an exception: let an in-flight checkpoint finish rather than lose it.
+                checkpointing.finish(loop.manager)
+        loop.writer.flush()
+        if preempted_at is not None:
+            logging.warning(
+                "Preemption requested: saved the checkpoint of step %d in %s; run the same "
+                "command to continue.", preempted_at, loop.manager.directory,
+            )  # fmt: skip
+            return {"preempted_at_step": preempted_at}
+        with timer("test evaluation"):
+            report = _test_report(loop, record["pixel_stats"])
+        report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
+        reports.write_report(report, workdir)
+        return report
 
 
 def steps_per_epoch(data: dataset.AdniData, global_batch: int) -> int:
@@ -180,7 +182,7 @@ class _Loop:
     data: dataset.AdniData
     parts: assembly.Assembly
     manager: object  # orbax CheckpointManager
-    grain_iter: object  # the checkpointed Grain iterator of training batches
+    grain_iter: object  # the Grain iterator of training batches
     writer: object  # CLU metric writer (process 0 writes)
     progress: periodic_actions.ReportProgress
     trace: profiling.TraceWindow
@@ -188,15 +190,15 @@ class _Loop:
     workdir: object  # local path or epath of the run's folder
 
     @classmethod
-    def create(cls, run, plan, data, parts, config, workdir) -> _Loop:
-        """Opens the checkpoint manager, the training batches and the metric writer."""
-        manager = checkpointing.make_manager(workdir, run.checkpoint, for_training=True)
+    def create(cls, run, plan, data, parts, manager, config, workdir, start_step) -> _Loop:
+        """Opens the training batches from `start_step` on and the metric writer."""
         batches = input_pipeline.train_dataset(
-            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed
-        )
+            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
+            start_step=start_step,
+        )  # fmt: skip
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
-        if manager.latest_step() is None:
+        if start_step == 0:
             writer.write_hparams(_flat_hparams(config))
         return cls(
             run=run, plan=plan, data=data, parts=parts, manager=manager,
@@ -211,15 +213,11 @@ class _Loop:
         )  # fmt: skip
 
 
-def _initial_state(loop: _Loop) -> tuple[steps.TrainState, int]:
-    """The latest checkpoint's state (the data iterator restored with it), or a fresh one from
-    model.init_from or the seed; and the step it is at."""
-    parts, run = loop.parts, loop.run
-    start_step = loop.manager.latest_step() or 0
+def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
+    """The newest whole checkpoint's state (damaged ones moved aside), or a fresh one from
+    model.init_from or the seed; and the step it is at. The data position follows from the step."""
+    state, start_step = checkpointing.restore_latest(manager, parts.abstract_state())
     if start_step:
-        state = checkpointing.restore(
-            loop.manager, start_step, parts.abstract_state(), loop.grain_iter
-        )
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
         imported = convert.init_params_from(run.init_from, run.model, run.seed) if run.init_from \
@@ -229,7 +227,7 @@ def _initial_state(loop: _Loop) -> tuple[steps.TrainState, int]:
         "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
         "of %d process(es)",
         run.model.dims, run.model.dtype, run.step.impl, run.step.grad_accum_steps,
-        averaging.available(loop.plan.averages, loop.plan.total_steps), jax.device_count(),
+        averaging.available(plan.averages, plan.total_steps), jax.device_count(),
         jax.process_count(),
     )  # fmt: skip
     return state, start_step
@@ -313,16 +311,14 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> bool:
     if done % loop.plan.eval_every_steps == 0 or done == loop.plan.total_steps:
         _check_finite(history, loop.manager)  # never save a diverged state
         scalars, selection = _validate(loop, done, state)
-        checkpointing.save(
-            loop.manager, done, state, scalars, data_iterator=loop.grain_iter, selection=selection
-        )
+        checkpointing.save(loop.manager, done, state, scalars, selection=selection)
         saved = True
     # At the last step too: the final checkpoint is saved, so the test report is skipped and the
     # same command writes it.
     if loop.manager.reached_preemption(done):
         if not saved:
             _check_finite(history, loop.manager)
-            checkpointing.save(loop.manager, done, state, data_iterator=loop.grain_iter)
+            checkpointing.save(loop.manager, done, state)
         return True
     return False
 
