@@ -13,7 +13,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import audit, layout
+from tfds_builders.adni import audit, layout, source
 
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder holding AD_NC/ (or train/, test/).", required=True
@@ -25,7 +25,10 @@ def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
     report, _ = audit.run(layout.parse(_MANUAL_DIR.value))
+    # The same fingerprint names the data set built from this folder (and its reports).
+    report["source_fingerprint"] = source.fingerprint(source.listing(_MANUAL_DIR.value))
     print(audit.format_table(report))
+    print(f"folder fingerprint: {report['source_fingerprint']}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(report, f, indent=1)

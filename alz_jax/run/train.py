@@ -1,10 +1,11 @@
 """Training and evaluation loop: data, model and optimizer, checkpoints, the loop, the report.
 
-Reads top to bottom like the run it performs: prepare the data (generating and building it if
-needed), record the run, build the model and optimizer on a ('data',) mesh, restore the latest
-checkpoint if there is one, train with periodic logging, validation and checkpoints, then
-evaluate the best checkpoint on the test split through `reports.evaluate_weights` (the same
-path as `python -m alz_jax.evaluate`): report_test.json/.md, predictions and figures.
+Reads top to bottom like the run it performs: take the workdir's lock, prepare the data
+(generating and building it if needed), check the run record, build the model and optimizer on
+a ('data',) mesh, restore the newest whole checkpoint if there is one, write the run record,
+train with periodic logging, validation and checkpoints, then evaluate the best checkpoint on the
+test split through `reports.evaluate_weights` (the same path as `python -m alz_jax.evaluate`):
+report_test.json/.md, predictions and figures.
 """
 
 from __future__ import annotations
