@@ -10,7 +10,6 @@ An unreadable input is reported by name and the rest go on; the exit status is t
 """
 
 import sys
-from pathlib import Path
 
 from absl import flags
 
@@ -28,12 +27,14 @@ def main(argv: list[str]) -> None:
     """Prints (and optionally writes) P(AD) per image and per scan; exit status 1 if any input
     was unreadable."""
     paths = argv[1:]
+    # Before the model is loaded or any image read: a bad --output would waste all of it.
+    output = prediction.check_output(_OUTPUT.value) if _OUTPUT.value else None
     if not _WORKDIR.value:
         raise UserError("--workdir is required (the training run whose weights to use).")
     if not paths:
         raise UserError("Give one or more image files or folders after the flags.")
     result = prediction.run(_WORKDIR.value, paths, _CHECKPOINT.value, _WEIGHTS.value)
-    written = prediction.write_output(Path(_OUTPUT.value), result) if _OUTPUT.value else []
+    written = prediction.write_output(output, result) if output else []
     print(prediction.format_result(result))
     for path in written:
         print(f"Written: {path}")

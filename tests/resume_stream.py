@@ -30,9 +30,7 @@ def main() -> None:
 
     start, count, workers = map(int, sys.argv[1:4])
     pipeline = _config(workers=workers, total_steps=12)
-    stream = iter(
-        input_pipeline.train_dataset(_records(40), pipeline, 8, seed=3, start_step=start)
-    )
+    stream = iter(input_pipeline.train_dataset(_records(40), pipeline, 8, seed=3, start_step=start))
     try:
         for _ in range(count):
             print(_digest(next(stream)))

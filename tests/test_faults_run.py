@@ -92,6 +92,31 @@ def test_leftovers_of_a_killed_build_are_removed_and_named(adni_copy, tmp_path, 
     assert any(f"Removing {leftover} (1000 bytes)" in r.getMessage() for r in caplog.records)
 
 
+def test_metadata_labels_contradicting_folders_stop_the_run_unless_folders_are_trusted(
+    adni_copy, tmp_path, caplog
+):
+    manual_dir, spec = adni_copy
+    metadata_path = manual_dir / "meta_data_with_label.json"
+    metadata = json.loads(metadata_path.read_text())
+    scan = sorted(s for s, label in spec.label_of_scan.items() if label == "AD")[0]
+    metadata[scan]["label"] = "CN"  # ADNI's spelling of a normal control
+    metadata_path.write_text(json.dumps(metadata))
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(UserError) as refused:
+        _prepare(manual_dir, data_dir)
+    first_line = str(refused.value).splitlines()[0]
+    assert first_line.startswith(
+        f"1 of {len(metadata)} scans ({1 / len(metadata):.1%}) have a metadata label that "
+        f"contradicts their class folder, e.g. scan {scan} in "
+    )
+    assert "is NC in the metadata" in first_line and "trust_folder_labels=true" in first_line
+    caplog.set_level(logging.WARNING)
+    trusted = _prepare(manual_dir, data_dir, trust_folder_labels=True)  # the same build, reused
+    assert len(list(data_dir.glob("adni-*"))) == 1 and trusted.num_examples("test") > 0
+    assert any("Training on the folder labels" in r.getMessage() for r in caplog.records)
+    assert _prepare(manual_dir, data_dir, max_label_conflicts=0.5).num_examples("test") > 0
+
+
 # ---- One run per workdir ----
 
 

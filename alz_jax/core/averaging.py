@@ -15,11 +15,12 @@ stored value is unbiased (its expectation is the float32 result).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
-from alz_jax.host.errors import UserError
+from alz_jax.host.errors import UserError, check_fields
 
 DTYPES = ("float32", "bfloat16")
 _EMA_STREAM, _SWA_STREAM = 0x656D61, 0x737761
@@ -40,6 +41,26 @@ class AveragingSpec:
     swa_start_step: int = 0  # first optimizer step (1-based count) whose weights enter SWA
     swa_every_steps: int = 1
     swa_dtype: str = "float32"
+
+    def __post_init__(self):
+        # specs.averaging_spec checks the config's fields; these hold for any spec built
+        # directly (tests, tools), named by the config fields they come from.
+        dtypes = "|".join(DTYPES)
+        check_fields("ema", [
+            ("decay", self.ema_decay, 0.0 <= self.ema_decay < 1.0, "in [0, 1)"),
+            ("min_decay", self.ema_min_decay, 0.0 <= self.ema_min_decay <= self.ema_decay,
+             "in [0, ema.decay]"),
+            ("warmup_gamma", self.ema_warmup_gamma, 0 < self.ema_warmup_gamma < math.inf,
+             "> 0 and finite"),
+            ("warmup_power", self.ema_warmup_power, 0 < self.ema_warmup_power < math.inf,
+             "> 0 and finite"),
+            ("dtype", self.ema_dtype, self.ema_dtype in DTYPES, dtypes),
+        ])  # fmt: skip
+        check_fields("swa", [
+            ("start_step", self.swa_start_step, self.swa_start_step >= 0, ">= 0"),
+            ("every_steps", self.swa_every_steps, self.swa_every_steps >= 1, ">= 1"),
+            ("dtype", self.swa_dtype, self.swa_dtype in DTYPES, dtypes),
+        ])  # fmt: skip
 
 
 NO_AVERAGES = AveragingSpec()

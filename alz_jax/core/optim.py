@@ -4,6 +4,7 @@ and optional layer-wise learning-rate decay for fine-tuning."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,19 @@ class OptimSpec:
     layer_decay: float = 1.0  # 1.0: off
 
     def __post_init__(self):
+        lr, end = self.learning_rate, self.end_learning_rate
+        # `x < math.inf` also refuses NaN (every comparison with NaN is False).
         check_fields("optim", [
-            ("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0"),
-            ("end_learning_rate", self.end_learning_rate, self.end_learning_rate >= 0, ">= 0"),
-            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
-            ("grad_clip_norm", self.grad_clip_norm, self.grad_clip_norm >= 0, ">= 0 (0: off)"),
+            ("learning_rate", lr, 0 < lr < math.inf, "> 0 and finite"),
+            ("end_learning_rate", end, 0 <= end <= lr,
+             "in [0, learning_rate]: the cosine decays from the peak down to it"),
+            ("weight_decay", self.weight_decay, 0 <= self.weight_decay < math.inf,
+             ">= 0 and finite"),
+            ("b1", self.b1, 0 <= self.b1 < 1, "in [0, 1)"),
+            ("b2", self.b2, 0 <= self.b2 < 1, "in [0, 1)"),
+            ("eps", self.eps, 0 < self.eps < math.inf, "> 0 and finite"),
+            ("grad_clip_norm", self.grad_clip_norm, 0 <= self.grad_clip_norm < math.inf,
+             ">= 0 and finite (0: off)"),
             ("layer_decay", self.layer_decay, 0.0 < self.layer_decay <= 1.0,
              "in (0, 1] (1.0: off)"),
         ])  # fmt: skip

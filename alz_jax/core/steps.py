@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -139,7 +140,10 @@ class StepSpec:
             ("grad_accum_steps", accum, isinstance(accum, int) and accum >= 1, "an integer >= 1"),
             ("optim.label_smoothing", smoothing, 0.0 <= smoothing < 1.0, "in [0, 1)"),
             ("augment.noise_prob", self.noise_prob, 0.0 <= self.noise_prob <= 1.0, "in [0, 1]"),
-            ("augment.noise_std", self.noise_std, self.noise_std >= 0, ">= 0"),
+            ("augment.noise_std", self.noise_std, 0 <= self.noise_std < math.inf,
+             ">= 0 and finite"),
+            ("seed", self.seed, isinstance(self.seed, int) and self.seed >= 0,
+             "an integer >= 0"),
         ])  # fmt: skip
 
 

@@ -86,12 +86,39 @@ class AugmentSpec:
     erase_value: int = 0
 
     def __post_init__(self):
-        lo, hi = self.crop_scale
+        def ordered(pair, low, high=None, low_open=True):
+            """low < (or <=) pair[0] <= pair[1] <= high (finite if no high): a range field.
+            Comparisons with NaN are False, so NaN is refused too."""
+            if len(pair) != 2:
+                return False
+            first_ok = low < pair[0] if low_open else low <= pair[0]
+            last_ok = pair[1] < math.inf if high is None else pair[1] <= high
+            return first_ok and pair[0] <= pair[1] and last_ok
+
+        def within(value, low, high):
+            return low <= value <= high
+
+        k = self.blur_kernel
         checks = [
-            ("crop_scale", self.crop_scale, 0 < lo <= hi <= 1, "0 < low <= high <= 1"),
-            ("crop_ratio", self.crop_ratio, 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+            ("crop_scale", self.crop_scale, ordered(self.crop_scale, 0, 1), "0 < low <= high <= 1"),
+            ("crop_ratio", self.crop_ratio, ordered(self.crop_ratio, 0), "0 < low <= high"),
+            ("rotate_deg", self.rotate_deg, within(self.rotate_deg, 0, 180), "in [0, 180]"),
+            ("translate", self.translate, within(self.translate, 0, 1),
+             "in [0, 1] (a fraction of the image size)"),
+            ("affine_scale", self.affine_scale, ordered(self.affine_scale, 0),
              "0 < low <= high"),
-            ("blur_kernel", self.blur_kernel, self.blur_kernel % 2 == 1, "an odd number"),
+            ("shear_deg", self.shear_deg, 0 <= self.shear_deg < 90, "in [0, 90)"),
+            ("blur_kernel", k, isinstance(k, int) and k >= 1 and k % 2 == 1,
+             "a positive odd integer"),
+            ("blur_sigma", self.blur_sigma, ordered(self.blur_sigma, 0, low_open=False),
+             "0 <= low <= high"),
+            ("brightness", self.brightness, 0 <= self.brightness < math.inf, ">= 0 and finite"),
+            ("contrast", self.contrast, 0 <= self.contrast < math.inf, ">= 0 and finite"),
+            ("erase_scale", self.erase_scale, ordered(self.erase_scale, 0, 1),
+             "0 < low <= high <= 1 (fractions of the image area)"),
+            ("erase_ratio", self.erase_ratio, ordered(self.erase_ratio, 0), "0 < low <= high"),
+            ("erase_value", self.erase_value, within(self.erase_value, 0, 255),
+             "in [0, 255] (a uint8 pixel value)"),
         ]  # fmt: skip
         for f in dataclasses.fields(self):
             if f.name.endswith("_prob"):

@@ -18,6 +18,7 @@ training, a linear fade to zero at `transition_end`, none after. It is a functio
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -46,13 +47,21 @@ class MixSpec:
         check_fields("mix", [
             ("prob", self.prob, 0.0 <= self.prob <= 1.0, "in [0, 1]"),
             ("switch_prob", self.switch_prob, 0.0 <= self.switch_prob <= 1.0, "in [0, 1]"),
-            ("mixup_alpha", self.mixup_alpha, self.mixup_alpha >= 0, ">= 0"),
-            ("cutmix_alpha", self.cutmix_alpha, self.cutmix_alpha >= 0, ">= 0"),
+            ("mixup_alpha", self.mixup_alpha, 0 <= self.mixup_alpha < math.inf,
+             ">= 0 and finite"),
+            ("cutmix_alpha", self.cutmix_alpha, 0 <= self.cutmix_alpha < math.inf,
+             ">= 0 and finite"),
             ("mode", self.mode, self.mode in MODES, "|".join(MODES)),
             ("group_size", self.group_size, self.group_size > 0, "> 0"),
             ("explore_end/transition_end", (self.explore_end, self.transition_end),
              0.0 <= self.explore_end <= self.transition_end <= 1.0,
              "0 <= explore_end <= transition_end <= 1"),
+            # Set from config.optim.label_smoothing, config.model.num_classes and the run's length.
+            ("label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1,
+             "in [0, 1) (config.optim.label_smoothing)"),
+            ("num_classes", self.num_classes, self.num_classes >= 2,
+             ">= 2 (config.model.num_classes)"),
+            ("total_steps", self.total_steps, self.total_steps >= 1, ">= 1"),
         ])  # fmt: skip
 
     @property

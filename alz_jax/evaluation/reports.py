@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from alz_jax.core import sharding, steps
 from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metrics, saliency
-from alz_jax.host import storage
+from alz_jax.host import storage, tables
 from alz_jax.host.errors import UserError
 
 REPORT_LEVELS = metrics.LEVELS
@@ -63,6 +63,8 @@ class EvalSettings:
             ("calibration_bins", self.calibration_bins, self.calibration_bins >= 2, ">= 2"),
             ("bootstrap_samples", self.bootstrap_samples, self.bootstrap_samples >= 0,
              ">= 0 (0: no intervals)"),
+            # numpy's generators refuse a negative seed.
+            ("bootstrap_seed", self.bootstrap_seed, self.bootstrap_seed >= 0, ">= 0"),
             ("gradcam_scans", self.gradcam_scans, self.gradcam_scans >= 0, ">= 0"),
             ("gradcam_slices", self.gradcam_slices, self.gradcam_slices >= 1, ">= 1"),
         ]  # fmt: skip
@@ -216,6 +218,8 @@ def build_report(
         "subject_source": data_metadata.get("subject_source"),
         "subject_coverage": data_metadata.get("subject_coverage"),
         "protocol": data_metadata.get("protocol"),
+        # Of the data folder the evaluated data set was built from (audit prints the same).
+        "source_fingerprint": data_metadata.get("source_fingerprint"),
         "num_images": len(probs),
         "loss": metrics.nll(records["label"], probs),
         "calibration": plain,
@@ -286,7 +290,12 @@ def format_report(report: dict) -> str:
     lines = [
         f"Report: {report['split']} split, checkpoint step {report['checkpoint_step']} "
         f"({report['weights']} weights), "
-        f"{report['num_images']} images, subjects from {report['subject_source']}",
+        f"{report['num_images']} images, subjects from {report['subject_source']}"
+        + (
+            f", data folder {report['source_fingerprint']}"
+            if report.get("source_fingerprint")
+            else ""
+        ),
         f"Threshold chosen on validation ({cal['threshold_method']}): "
         + ", ".join(f"{lv} {t:.3f}" for lv, t in cal["thresholds"].items())
         + f"; temperature {cal['temperature']:.3f}"
@@ -441,29 +450,30 @@ def write_predictions(
     """One CSV row per image: file_name, scan_id, subject_id, label, prob_ad (the probability
     the report used), logit_ad (z_AD - z_NC) [, prob_ad_tta]."""
     columns = PREDICTION_COLUMNS + (("prob_ad_tta",) if prob_ad_tta is not None else ())
-    f = io.StringIO(newline="")  # written whole: a local path or gs://
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for i in range(len(prob_ad)):
-        row = [
-            records["file_name"][i],
-            records["scan_id"][i],
-            records["subject_id"][i],
-            int(records["label"][i]),
-            f"{prob_ad[i]:.6f}",
-            f"{logit_ad[i]:.6f}",
-        ]
-        if prob_ad_tta is not None:
-            row.append(f"{prob_ad_tta[i]:.6f}")
-        writer.writerow(row)  # fmt: skip
-    storage.path(path).write_text(f.getvalue())
+
+    def rows():
+        for i in range(len(prob_ad)):
+            row = {
+                "file_name": records["file_name"][i],
+                "scan_id": records["scan_id"][i],
+                "subject_id": records["subject_id"][i],
+                "label": int(records["label"][i]),
+                "prob_ad": f"{prob_ad[i]:.6f}",
+                "logit_ad": f"{logit_ad[i]:.6f}",
+            }
+            if prob_ad_tta is not None:
+                row["prob_ad_tta"] = f"{prob_ad_tta[i]:.6f}"
+            yield row
+
+    # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.
+    storage.path(path).write_text(tables.to_text(columns, rows()))
 
 
 def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
-    """Reads a predictions CSV back into (records, prob_ad)."""
+    """Reads a predictions CSV back into (records, prob_ad), names unquoted as written."""
     rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
     records = {
-        k: np.asarray([r[k] for r in rows], dtype=object)
+        k: np.asarray([tables.read_cell(r[k]) for r in rows], dtype=object)
         for k in ("file_name", "scan_id", "subject_id")
     }
     records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)

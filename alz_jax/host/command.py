@@ -6,7 +6,8 @@ here, its own with absl) and ends with `command.run(main)`, which
 - resolves `--config` before absl reads it: a file path as given, else a config of the
   project's `configs` package by name (`--config=convnext_t`) or by its path inside the
   project (`--config=configs/convnext_t.py` from any folder); `--config.x.y=...` overrides
-  work as ml_collections documents them;
+  work as ml_collections documents them, and one that names no field of the config (a typo)
+  prints `error: ...` with ml_collections' suggestion and exits with status 2;
 - then, in absl's main: re-executes with huge-page malloc (host/hostenv.py), sets up logging,
   starts JAX's distributed runtime (host/distributed.py) and the persistent compilation cache,
   and runs the command, where a UserError (or a data-layout error) prints `error: ...` and exits
@@ -17,6 +18,7 @@ here, its own with absl) and ends with `command.run(main)`, which
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +155,69 @@ def define_distributed() -> None:
 
 # ---- Start-up. ----
 
+# ml_collections' modules whose KeyError/AttributeError/IndexError, met while absl parses the
+# flags, mean that a --config.x.y override names no field of the config.
+_OVERRIDE_WALKERS = ("ml_collections.config_flags.config_path",)
+
+
+def _raised_walking_an_override(error: BaseException) -> bool:
+    """Whether `error` came from resolving a --config.x.y path (not from a config file's code)."""
+    frame_modules = []
+    tb = error.__traceback__
+    while tb is not None:
+        frame_modules.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    return any(m in _OVERRIDE_WALKERS for m in frame_modules) and frame_modules[-1].startswith(
+        "ml_collections."
+    )
+
+
+def _error_text(error: BaseException) -> str:
+    """The message inside ml_collections' (possibly nested) exception, e.g.
+    "'learning_rat'\nDid you mean \"learning_rate\" instead of \"learning_rat\"?"."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0]) if error.args else str(error)
+
+
+def config_override_error(error: BaseException, argv: list[str]) -> str:
+    """One line for an override that names no config field: the flag, the missing field, and
+    ml_collections' suggestion when it has one."""
+    text = _error_text(error)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    key = re.match(r"'([^']+)'", text)
+    overrides = [a.split("=", 1)[0].lstrip("-") for a in argv
+                 if a.startswith(("--config.", "-config."))]  # fmt: skip
+    flag = next(
+        (o for o in overrides if key and key[1] in o.split(".")[1:]),
+        overrides[0] if len(overrides) == 1 else None,
+    )
+    where = f"--{flag}" if flag else "a --config.* override"
+    if key:
+        parts = flag.split(".") if flag else []
+        parent = ".".join(parts[: parts.index(key[1])]) if key[1] in parts else "config"
+        detail = f"{parent} has no field {key[1]!r}"
+    else:
+        detail = " ".join(text.split())  # ml_collections' message, on one line
+    hint = f'did you mean "{suggestion[1]}"?' if suggestion else "check the spelling."
+    return (
+        f"{where}: {detail}; {hint} The fields are those of the --config file "
+        "(overrides can't add new ones)."
+    )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a --config.x.y override that names no field turned into one
+    `error: ...` line and exit status 2 (ml_collections raises it deep in absl's parser, where
+    it would end a long traceback)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError, IndexError) as e:
+        if not _raised_walking_an_override(e):
+            raise
+        print(f"error: {config_override_error(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
 
 def start_jax_runtime() -> None:
     """JAX's distributed runtime (one process or many) and the persistent compilation cache;
@@ -182,4 +247,4 @@ def run(
                 start_jax_runtime()
             main(argv)
 
-    app.run(start)
+    app.run(start, flags_parser=_parse_flags)

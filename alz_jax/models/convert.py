@@ -88,13 +88,46 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             break
     ignored = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray))
     if ignored:
-        logging.info("%s: ignoring entries that are not tensors: %s", path, ignored)
+        logging.info("%s: ignoring %d entries that are not tensors: %s%s", path, len(ignored),
+                     ignored[:10], " ..." if len(ignored) > 10 else "")  # fmt: skip
     state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     if not state:
         raise UserError(f"Weight file {path} holds no tensors.")
+    check_finite(state, f"Weight file {path}")
     return state
+
+
+def _non_finite_count(value: np.ndarray) -> int:
+    """NaN and Inf entries of a floating array (0 for integer and boolean arrays)."""
+    if value.dtype.kind in "biu":
+        return 0
+    try:
+        finite = np.isfinite(value)
+    except TypeError:  # an extension float type (bfloat16) numpy's isfinite doesn't take
+        finite = np.isfinite(value.astype(np.float32))
+    return int(finite.size - np.count_nonzero(finite))
+
+
+def check_finite(state_dict: Mapping[str, np.ndarray], source: str) -> None:
+    """Refuses (ConversionError) a state dict with NaN or Inf in any floating tensor, naming
+    each such tensor and its count: imported, they would surface only later as a "diverged"
+    run blamed on the learning rate. `source` names where the tensors came from."""
+    bad = {}
+    for key in sorted(state_dict):
+        value = np.asarray(state_dict[key])
+        count = _non_finite_count(value)
+        if count:
+            bad[key] = f"{key} ({count} of {value.size} values)"
+    if bad:
+        names = list(bad.values())
+        listed = ", ".join(names[:10]) + (f" ... and {len(names) - 10} more" if len(names) > 10
+                                           else "")  # fmt: skip
+        raise ConversionError(
+            f"{source} holds NaN or Inf in {len(bad)} tensor(s): {listed}. The checkpoint is "
+            "damaged or was saved from a diverged run; use another file (or re-download it)."
+        )
 
 
 def _load_torch(data: bytes, path: str) -> dict:
@@ -261,6 +294,8 @@ def params_from_state_dict(
             f"The {layout} state dict holds a ConvNeXt {have}; the model is ConvNeXt {want}. "
             "Set config.model.size (or depths and dims) to the checkpoint's architecture."
         )
+    # A state dict passed in memory (not through load_state_dict) is checked here.
+    check_finite(state_dict, f"The {layout} state dict")
     template = convnext.init_params(spec, seed)
     prefixes = _module_prefixes(layout, depths)
     used: set[str] = set()
@@ -310,7 +345,7 @@ def params_from_state_dict(
         raise ConversionError(
             f"The {layout} state dict lacks {len(missing)} tensor(s) this ConvNeXt needs: "
             + ", ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
+            + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
         )
     unused = sorted(set(state_dict) - used)
     if unused:
@@ -318,7 +353,7 @@ def params_from_state_dict(
             f"The {layout} state dict has {len(unused)} tensor(s) this ConvNeXt would not use "
             f"(another architecture or layout?): "
             + ", ".join(unused[:10])
-            + (" ..." if len(unused) > 10 else "")
+            + (f" ... and {len(unused) - 10} more" if len(unused) > 10 else "")
         )
     return params, notes
 

@@ -8,6 +8,7 @@ stochastic depth with a linear schedule over all blocks, weights ~ N(0, 0.02) un
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,18 @@ class ConvNeXtSpec:
                 "non-empty and of the same length (or a model.size)."
             )
         check_fields("model", [
+            ("depths", self.depths, all(d >= 1 for d in self.depths),
+             "each >= 1 (blocks per stage)"),
+            ("dims", self.dims, all(d >= 1 for d in self.dims),
+             "each >= 1 (channels per stage)"),
+            ("in_chans", self.in_chans, self.in_chans >= 1, ">= 1"),
+            ("num_classes", self.num_classes, self.num_classes >= 1, ">= 1"),
             ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
+            # `< math.inf` refuses NaN as well (comparisons with NaN are False).
+            ("layer_scale_init", self.layer_scale_init, 0 < self.layer_scale_init < math.inf,
+             "> 0 and finite"),
+            ("head_init_scale", self.head_init_scale, 0 < self.head_init_scale < math.inf,
+             "> 0 and finite"),
             ("param_dtype", self.param_dtype, self.param_dtype == "float32",
              "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),

@@ -11,7 +11,6 @@ the scan threshold). An unreadable input is reported by name and the rest go on.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ import numpy as np
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.data import preprocess
 from alz_jax.evaluation import metrics
+from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from alz_jax.run import run_record, specs, train
 
@@ -137,24 +137,45 @@ def scan_rows(rows: list[dict], calibration: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+def check_output(path: str | Path) -> Path:
+    """The --output path, refused (UserError) unless it names a .csv or .json file in an
+    existing folder: checked before any model is loaded or image read, so a typo costs nothing."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(
+            f"--output={path}: expected a file name ending in .csv or .json, found "
+            f"{path.suffix or 'no suffix'!r}. Name a .csv (images; scans and errors beside it) "
+            "or a .json (everything)."
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise UserError(
+            f"--output={path}: the folder {folder} does not exist. Create it first "
+            f"(mkdir -p {folder}) or write elsewhere."
+        )
+    if path.is_dir():
+        raise UserError(f"--output={path} is a folder; expected a .csv or .json file name.")
+    return path
+
+
 def write_output(path: Path, result: dict) -> list[Path]:
     """JSON (everything) or CSV (images; scans in <stem>_scans.csv; errors in
-    <stem>_errors.csv); returns the files written."""
+    <stem>_errors.csv, text cells made spreadsheet-safe: host/tables.py); returns the files
+    written."""
+    path = check_output(path)
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(result, indent=1))
         return [path]
-    if path.suffix.lower() != ".csv":
-        raise UserError(f"--output={path}: expected a .csv or .json file name.")
     written = []
     for name, target in (("images", path), ("scans", path.with_name(path.stem + "_scans.csv")),
                          ("errors", path.with_name(path.stem + "_errors.csv"))):  # fmt: skip
         if name != "images" and not result[name]:
             continue
-        with open(target, "w", newline="") as f:
-            fields = list(result[name][0]) if result[name] else ["file", "prob_ad"]
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(result[name])
+        fields = list(result[name][0]) if result[name] else ["file", "prob_ad"]
+        tables.write_csv(target, fields, result[name])
         written.append(target)
     return written
 

@@ -27,6 +27,8 @@ from alz_jax.models import convert, convnext, depthwise
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Augmentation fields applied on device by the train step, not by the host pipeline.
 _DEVICE_AUGMENT_FIELDS = ("noise_prob", "noise_std")
+# Epoch fields not named <duration>_epochs.
+_EPOCHS_FIELDS = {"num_train": "num_epochs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +43,15 @@ class Duration:
     def __post_init__(self):
         if self.steps is None and self.epochs is None:
             raise UserError(f"Set config.{self.name}_steps or config.{self.name}_epochs.")
-        value = self.steps if self.steps is not None else self.epochs
-        if value < 0:
-            raise UserError(f"config.{self.name}_steps/_epochs must be >= 0, got {value}.")
+        if self.steps is not None:
+            check_fields("", [(f"{self.name}_steps", self.steps,
+                               isinstance(self.steps, int) and self.steps >= 0,
+                               "an integer >= 0")])  # fmt: skip
+        else:
+            # `< math.inf` refuses NaN too; either would fail later in math.ceil.
+            field = _EPOCHS_FIELDS.get(self.name, f"{self.name}_epochs")
+            check_fields("", [(field, self.epochs, 0 <= self.epochs < math.inf,
+                               ">= 0 and finite")])  # fmt: skip
 
     def to_steps(self, steps_per_epoch: int) -> int:
         """Whole steps (epochs rounded up)."""
@@ -124,6 +132,8 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     devices and processes of this runtime."""
     c = config
     check_fields("", [
+        # Grain's shuffle and numpy's generators refuse a negative seed.
+        ("seed", c.seed, isinstance(c.seed, int) and c.seed >= 0, "an integer >= 0"),
         ("batch_size", c.batch_size, c.batch_size > 0, "> 0"),
         ("log_every_steps", c.log_every_steps, c.log_every_steps > 0, "> 0"),
         ("dtype", c.dtype, c.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
@@ -256,8 +266,8 @@ def averaging_spec(config: ml_collections.ConfigDict) -> averaging.AveragingSpec
     check_fields("ema", [
         ("decay", ema.decay, 0.0 <= ema.decay < 1.0, "in [0, 1)"),
         ("min_decay", ema.min_decay, 0.0 <= ema.min_decay <= ema.decay, "in [0, ema.decay]"),
-        ("warmup_gamma", ema.warmup_gamma, ema.warmup_gamma > 0, "> 0"),
-        ("warmup_power", ema.warmup_power, ema.warmup_power > 0, "> 0"),
+        ("warmup_gamma", ema.warmup_gamma, 0 < ema.warmup_gamma < math.inf, "> 0 and finite"),
+        ("warmup_power", ema.warmup_power, 0 < ema.warmup_power < math.inf, "> 0 and finite"),
         ("dtype", ema.dtype, ema.dtype in averaging.DTYPES, dtypes),
     ])  # fmt: skip
     check_fields("swa", [
@@ -267,7 +277,8 @@ def averaging_spec(config: ml_collections.ConfigDict) -> averaging.AveragingSpec
     if swa.every_steps is not None:
         check_fields("swa", [("every_steps", swa.every_steps, swa.every_steps >= 1, ">= 1")])
     elif swa.every_epochs is not None:
-        check_fields("swa", [("every_epochs", swa.every_epochs, swa.every_epochs > 0, "> 0")])
+        check_fields("swa", [("every_epochs", swa.every_epochs,
+                              0 < swa.every_epochs < math.inf, "> 0 and finite")])  # fmt: skip
     fields = {}
     if ema.enabled:
         fields.update(

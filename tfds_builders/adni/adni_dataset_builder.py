@@ -76,6 +76,27 @@ def config_for(validation_fraction: float = 0.1, split_seed: int = 0) -> str | A
     return make_config(validation_fraction, split_seed)
 
 
+def _warn_skipped(parsed: layout_lib.Layout, checks: dict) -> None:
+    """One warning per unusable image and stray file, the first LIST_LIMIT of each kind by name
+    (thousands of lines would bury the rest of the log), then one with the count; the audit in
+    the data set's metadata names them all. Nothing is skipped silently."""
+    limit = layout_lib.LIST_LIMIT
+    by_kind: dict[str, list[str]] = collections.defaultdict(list)
+    for r in parsed.records:
+        check = checks[r.file_name]
+        if check.problem:
+            by_kind[check.problem].append(f"{r.path} ({check.problem}: {check.detail})")
+    by_kind["stray"] = [f"{path} (a stray non-image file)" for path in parsed.stray_files]
+    for kind, skipped in by_kind.items():
+        for line in skipped[:limit]:
+            logging.warning("Skipping %s", line)
+        if len(skipped) > limit:
+            logging.warning(
+                "Skipping %d more %s files; all in the audit JSON (the data set's metadata).",
+                len(skipped) - limit, kind,
+            )  # fmt: skip
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the ADNI AD_NC slice set (manual download)."""
 
@@ -111,19 +132,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         parsed = layout_lib.parse(manual_dir)
         audit, checks = audit_lib.run(parsed)
         logging.info("Audit of the ADNI folder:\n%s", audit_lib.format_table(audit))
-        # Unusable images are skipped, each named, and counted in the metadata; nothing silently.
-        for r in parsed.records:
-            check = checks[r.file_name]
-            if check.problem:
-                logging.warning("Skipping %s (%s: %s)", r.path, check.problem, check.detail)
-        for path in parsed.stray_files:
-            logging.warning("Skipping stray non-image file %s", path)
+        _warn_skipped(parsed, checks)
+        conflicts = audit["label_conflicts"]
+        if conflicts["count"]:
+            # Warned here; whether a run refuses them is the trainer's policy (alz_jax).
+            logging.warning(
+                "%d of %d scans with a label in %s are in the other class folder (the label "
+                "contradicts the folder): %s",
+                conflicts["count"], conflicts["scans_with_metadata_label"],
+                layout_lib.METADATA_JSON, audit_lib.format_conflicts(conflicts),
+            )  # fmt: skip
         usable = [r for r in parsed.records if not checks[r.file_name].problem]
         for folder in layout_lib.SPLIT_FOLDERS:
             if not any(r.folder_split == folder for r in usable):
                 raise layout_lib.LayoutError(
                     f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
-                    "off-size); see the warnings above."
+                    "off-size); see the warnings above and the audit's `unusable` entry."
                 )
         parsed = dataclasses.replace(parsed, records=usable)
         hashes = {n: c.sha256 for n, c in checks.items()}

@@ -4,8 +4,9 @@ Run by the builder (stored in the data set's metadata) and by `python -m alz_jax
 images, scans and subjects per folder and class; subjects with visits in both the train and test
 folders; subjects whose label differs between visits; the slice-window distribution per class
 and the scan accuracy of a classifier that sees only the slice indices (the shortcut baseline);
-duplicate images by content hash, within and across folders; and every unreadable, empty,
-off-size and near-black image, and stray non-image file, by name.
+duplicate images by content hash, within and across folders; every unreadable, empty,
+off-size and near-black image, and stray non-image file, by name; and every scan whose metadata
+label (meta_data_with_label.json) contradicts its class folder.
 """
 
 from __future__ import annotations
@@ -207,8 +208,39 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
             "count": len(parsed.stray_files),
             "files": _names(parsed.stray_files, root),
         },
+        "label_conflicts": label_conflicts_entry(parsed),
     }
     return report, checks
+
+
+def label_conflicts_entry(parsed: layout_lib.Layout) -> dict:
+    """The report's label_conflicts: every scan whose metadata label differs from its folder's
+    class, and how many scans had a metadata label at all (recognised or not)."""
+    conflicts = layout_lib.label_conflicts(parsed)
+    return {
+        "count": len(conflicts),
+        "scans_with_metadata_label": len(parsed.metadata_label_of_scan),
+        "unrecognised_labels": len(parsed.unrecognised_labels),
+        "scans": conflicts,
+    }
+
+
+def format_conflicts(entry: dict, limit: int = layout_lib.LIST_LIMIT) -> str:
+    """'scan (folder, metadata says X), ...' for the first `limit` conflicts, and the rest's
+    count."""
+    return layout_lib.brief_list(
+        [f"{c['scan_id']} (in {c['folder']}, metadata says {c['metadata_label']})"
+         for c in entry["scans"]],
+        limit,
+        "; all in the audit JSON",
+    )  # fmt: skip
+
+
+def _more(entries: list, shown: int) -> list[str]:
+    """The table's line for what a list it cut leaves out."""
+    if len(entries) <= shown:
+        return []
+    return [f"  ... and {len(entries) - shown} more; all in the audit JSON"]
 
 
 def format_table(report: dict) -> str:
@@ -242,10 +274,21 @@ def format_table(report: dict) -> str:
     for kind, entry in report["unusable"].items():
         lines.append(f"{kind} images: {entry['count']}")
         lines.extend(f"  {f}" for f in entry["files"][:20])
+        lines.extend(_more(entry["files"], 20))
     nb = report["near_black"]
     lines.append(f"near-black images: {nb['images']} (scans mostly near-black: {nb['scans']})")
     lines.extend(f"  scan {s}" for s in nb["scan_ids"][:20])
+    lines.extend(_more(nb["scan_ids"], 20))
     strays = report["stray_files"]
     lines.append(f"stray non-image files: {strays['count']}")
     lines.extend(f"  {f}" for f in strays["files"][:20])
+    lines.extend(_more(strays["files"], 20))
+    conflicts = report.get("label_conflicts")  # absent from audits stored before it existed
+    if conflicts is not None:
+        lines.append(
+            f"scans whose metadata label contradicts their class folder: {conflicts['count']} "
+            f"(of {conflicts['scans_with_metadata_label']} with a recognised label; "
+            f"{conflicts['unrecognised_labels']} unrecognised)"
+            + (f": {format_conflicts(conflicts)}" if conflicts["count"] else "")
+        )
     return "\n".join(lines)
