@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,39 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         changed = tiny_config(manual_dir, data_dir, **{key: value})
         with pytest.raises(UserError, match=named):
             train.train_and_evaluate(changed, str(workdir))
+
+    # With run/ deleted, the checkpoint's shapes are checked before anything is written.
+    shutil.rmtree(workdir / "run")
+    with pytest.raises(UserError, match=r"^Checkpoint 6 in .* holds another model"):
+        train.train_and_evaluate(tiny_config(manual_dir, data_dir, **{"model.dims": (8, 12)}),
+                                 str(workdir))  # fmt: skip
+    assert not (workdir / "run").exists() and not (workdir / "checkpoints_damaged").exists()
+
+
+def test_a_start_that_saved_no_checkpoint_does_not_bind_the_workdir(
+    tiny_synthetic, data_dir, tmp_path, monkeypatch
+):
+    """A start that dies before its first checkpoint leaves a run record; the corrected command
+    (here: another model) is not refused as "a different model", and replaces the record."""
+    manual_dir, _ = tiny_synthetic
+    real_factory = steps.make_train_step
+
+    def failing_factory(*args, **kwargs):
+        def fail(state, batch):
+            raise _PreemptedError
+
+        real_factory(*args, **kwargs)
+        return fail
+
+    monkeypatch.setattr(steps, "make_train_step", failing_factory)
+    workdir = tmp_path / "w"
+    for dims in ((8, 16), (8, 12)):
+        with pytest.raises(_PreemptedError):
+            train.train_and_evaluate(tiny_config(manual_dir, data_dir, **{"model.dims": dims}),
+                                     str(workdir))  # fmt: skip
+        record = json.loads((workdir / "run" / "record.json").read_text())
+        assert tuple(record["identity"]["model"]["dims"]) == dims
+        assert not checkpointing.has_checkpoint(workdir)
 
 
 def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):

@@ -180,6 +180,9 @@ def _disk_full(error: BaseException) -> OSError | None:
 
 
 def _raise_disk_full(manager, step: int | None, error: BaseException):
+    # Orbax's failed writes leave asyncio futures whose errors asyncio logs, tracebacks and all,
+    # when they are collected at exit: after this error, which must stay the last line.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     directory = storage.path(manager.directory)
     intact = [s for s in manager.all_steps() if s != step and (directory / str(s)).is_dir()]
     free = ""
@@ -193,10 +196,10 @@ def _raise_disk_full(manager, step: int | None, error: BaseException):
     last = (
         f"the last intact checkpoint is step {max(intact)}" if intact else "no checkpoint is kept"
     )
+    which = f"checkpoint {step}" if step is not None else "a checkpoint"
     raise UserError(
-        f"Disk full while saving checkpoint {step if step is not None else ''} in "
-        f"{directory}{free}{needed}; {last}. Free space (or move the workdir) and run the same "
-        "command to resume from it."
+        f"Disk full while saving {which} in {directory}{free}{needed}; {last}. Free space (or "
+        "move the workdir) and run the same command to resume from it."
     ) from error
 
 
@@ -208,8 +211,8 @@ def finish(manager: ocp.CheckpointManager, step: int | None = None) -> None:
     except Exception as e:
         if _disk_full(e) is None:
             raise
-        _UNSUMMED.pop(manager, None)
-        _raise_disk_full(manager, step, e)
+        in_flight = _UNSUMMED.pop(manager, None)
+        _raise_disk_full(manager, in_flight[-1] if in_flight else step, e)
     _write_pending_checksums(manager)
 
 
