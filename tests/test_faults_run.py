@@ -289,6 +289,17 @@ def test_another_models_checkpoint_is_refused_not_moved_aside(tmp_path):
     assert not (tmp_path / "checkpoints_damaged").exists()
 
 
+def test_evaluating_a_damaged_checkpoint_is_refused_naming_the_damage(tmp_path):
+    directory = _saved(tmp_path)
+    _flip(directory / "2")
+    manager = checkpointing.make_manager(tmp_path, checkpointing.CheckpointSpec())
+    weights = {"w": _abstract()["w"]}
+    with pytest.raises(UserError, match=r"^Checkpoint 2 in .* is damaged \(.*fails its checksum"):
+        checkpointing.restore_weights(manager, 2, weights)
+    assert float(checkpointing.restore_weights(manager, 1, weights)["w"][0]) == 1.0
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]  # evaluation moves nothing
+
+
 def test_an_empty_workdir_starts_fresh(tmp_path):
     manager = checkpointing.make_manager(
         tmp_path, checkpointing.CheckpointSpec(), for_training=True

@@ -352,7 +352,16 @@ def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights:
     """Restores only the named weight trees of the train state saved at `step` (e.g. {'params':
     ..., 'ema': ...} of ShapeDtypeStructs with shardings): no optimizer state is read, so an
     evaluation needs neither the optimizer nor its memory. Read with a PyTree checkpointer of
-    its own: the manager's 'state' handler (StandardCheckpointHandler) can't restore part."""
+    its own: the manager's 'state' handler (StandardCheckpointHandler) can't restore part.
+    A step that fails its checksums is refused, naming the damage."""
+    step_dir = storage.path(manager.directory) / str(step)
+    reason = None if storage.is_url(step_dir) else verify(Path(step_dir))
+    if reason is not None:
+        others = sorted(s for s in manager.all_steps() if s != step)
+        raise UserError(
+            f"Checkpoint {step} in {manager.directory} is damaged ({reason}). Choose another "
+            f"with --checkpoint=STEP (saved: {others}); a training resume moves it aside."
+        )
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
             storage.path(manager.directory) / str(step) / "state",
