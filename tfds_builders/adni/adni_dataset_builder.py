@@ -97,6 +97,14 @@ def _warn_skipped(parsed: layout_lib.Layout, checks: dict) -> None:
             )  # fmt: skip
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo that never looks for precomputed info in TFDS's public bucket: ADNI is never
+    there, and each lookup leaves an empty temporary folder behind (one per unprepared build)."""
+
+    def initialize_from_bucket(self) -> None:
+        """Nothing to fetch: the info comes from the build."""
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the ADNI AD_NC slice set (manual download)."""
 
@@ -106,7 +114,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
