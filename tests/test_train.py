@@ -49,6 +49,65 @@ def final_state(workdir, config):
     return checkpointing.restore(manager, manager.latest_step(), parts.abstract_state())
 
 
+def read_events(workdir) -> dict:
+    """{(run, tag): [summary values]} of every event file under <workdir>/tensorboard (run ''
+    is the session folder itself)."""
+    found = {}
+    root = workdir / "tensorboard"
+    for events in root.rglob("events.out.tfevents*"):
+        run = events.parent.relative_to(root).as_posix().replace(".", "")
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                found.setdefault((run, value.tag), []).append((event.step, value))
+    return found
+
+
+def check_tensorboard(workdir, config):
+    """The event files as TensorBoard reads them: curves that overlay (the same tag in the
+    train, validation and per-weights runs), the loss definitions, the winner of each
+    validation, the config as text, and the HParams trial with its metrics."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = read_events(workdir)
+    for run in ("train", "validation", "validation_raw", "validation_ema", "validation_swa"):
+        assert (run, "loss") in events, (run, sorted(events))
+    for key in [("train", t) for t in ("accuracy", "learning_rate", "grad_norm", "data_wait_s",
+                                       "images_per_sec", "steps_per_sec", "compile_time_s",
+                                       "augmented")] + [
+        ("validation", t) for t in ("scan_accuracy", "scan_roc_auc", "selected_weights", "roc",
+                                    "confusion_scan", "selection")] + [
+        ("test", t) for t in ("roc", "confusion", "reliability", "gradcam", "accuracy",
+                              "scan_accuracy", "subject_accuracy")] + [("", "config")]:  # fmt: skip
+        assert key in events, (key, sorted(events))
+    described = {k: v[0][1].metadata.summary_description for k, v in events.items()}
+    assert "label smoothing" in described[("train", "loss")]
+    assert "negative log-likelihood" in described[("validation", "loss")]
+    # Each validation names its winner: 0 raw, 1 ema, 2 swa, and says so in text.
+    winners = [v.tensor.float_val or tf.make_ndarray(v.tensor)
+               for _, v in events[("validation", "selected_weights")]]  # fmt: skip
+    assert len(winners) == config.num_train_steps // config.eval_every_steps
+    text = tf.make_ndarray(events[("validation", "selection")][0][1].tensor).item().decode()
+    assert text.startswith("Step 2: **") and "weights selected by loss" in text
+    table = tf.make_ndarray(events[("", "config")][0][1].tensor).item().decode()
+    assert "| `optim.learning_rate` | `0.002` |" in table
+    # HParams: the session names the trial after the workdir, the compared fields come first,
+    # and its metrics are the validation and test scalars written above.
+    plugin = {}
+    for (_, tag), values in events.items():
+        if tag.startswith("_hparams_/"):
+            plugin[tag] = plugin_data_pb2.HParamsPluginData.FromString(
+                values[0][1].metadata.plugin_data.content
+            )
+    session = plugin["_hparams_/session_start_info"].session_start_info
+    assert session.group_name == workdir.name
+    experiment = plugin["_hparams_/experiment"].experiment
+    names = [h.name for h in experiment.hparam_infos]
+    assert names[:6] == ["model", "image_size", "batch_size", "learning_rate", "epochs",
+                         "weight_decay"]  # fmt: skip
+    for metric in experiment.metric_infos:
+        assert (metric.name.group, metric.name.tag) in events, metric
+
+
 def check_predict(workdir, manual_dir, report, folder):
     """`predict` on a folder of test images, a colour PNG of another size and a corrupt file:
     the same probabilities as the test report's, with the calibration stored at validation."""
@@ -126,16 +185,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     assert not set(manifest["train"]["subjects"]) & set(manifest["validation"]["subjects"])
     start = json.loads((workdir / "run" / "starts.jsonl").read_text().splitlines()[0])
     assert start["versions"]["jax"] == jax.__version__ and start["git_commit"]
-    tags = set()
-    for events in workdir.glob("events.out.tfevents*"):
-        for event in tf.compat.v1.train.summary_iterator(str(events)):
-            tags.update(value.tag for value in event.summary.value)
-    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/data_wait_s",
-                "validation/loss", "validation/scan_accuracy", "train/augmented",
-                "validation/scan_roc_auc", "validation/scan_sensitivity", "validation/roc",
-                "validation/confusion_scan", "test/roc", "test/confusion", "test/reliability",
-                "test/gradcam"):  # fmt: skip
-        assert tag in tags, (tag, sorted(tags))
+    check_tensorboard(workdir, config)
     for name in ("report_test.md", "predictions_test.csv", "roc_test.png", "confusion_test.png",
                  "reliability_test.png", "gradcam_test.png"):  # fmt: skip
         assert (workdir / name).is_file(), name

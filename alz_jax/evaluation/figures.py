@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import cv2
+import matplotlib.text
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -126,6 +127,19 @@ def to_image(fig: Figure, dpi: int = 80) -> np.ndarray:
     fig.set_dpi(dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def to_tensorboard_image(fig: Figure, width_px: int = 640, min_font_px: float = 14.0) -> np.ndarray:
+    """The figure for a TensorBoard image card, (1, H, W, 3): about `width_px` wide, its text
+    enlarged so the smallest is `min_font_px` pixels high (the full-size PNG in the workdir is
+    rendered separately). Changes the figure's fonts: render other copies first."""
+    dpi = width_px / fig.get_figwidth()
+    texts = fig.findobj(matplotlib.text.Text)
+    smallest = min((t.get_fontsize() for t in texts if t.get_text()), default=10.0)
+    scale = max(1.0, min_font_px / (smallest * dpi / 72))
+    for text in texts:
+        text.set_fontsize(text.get_fontsize() * scale)
+    return to_image(fig, dpi=int(dpi))[None]
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:

@@ -551,7 +551,7 @@ def evaluate_weights(
         paths[name] = f"{name}_{split}.png"
         figures.save(figure, workdir / paths[name])
     if writer is not None:
-        writer.write_images(step, {f"{split}/{name}": figures.to_image(f)[None]
+        writer.write_images(step, {f"{split}/{name}": figures.to_tensorboard_image(f)
                                    for name, f in rendered.items()})  # fmt: skip
         writer.flush()
     report["figures"] = paths

@@ -1,7 +1,19 @@
-"""Metric writers: TensorBoard and the log through CLU, and <workdir>/metrics.jsonl.
+"""Metric writers: TensorBoard laid out to compare, and <workdir>/metrics.jsonl.
 
-Apart from `logs` because CLU's writers import TensorFlow (~4 s): a command's module stays quick
-to import, which matters because Grain's worker processes import it again.
+TensorBoard: one run folder per series under <workdir>/tensorboard/, with the same tag names in
+each, so that one chart overlays them (as Keras and many JAX codebases lay them out):
+`train/`, `validation/` (the weights selected at each validation), `validation_raw/`,
+`validation_ema/`, `validation_swa/` and `test/`. A name written as `train/loss` goes to run
+`train`, tag `loss`; `validation/ema/loss` to run `validation_ema`, tag `loss`. Known tags carry
+a description (TensorBoard shows it on the chart): the train loss is label-smoothed
+cross-entropy against the mixed targets, the validation and test losses plain NLL. The session
+folder itself holds the hparams (the trial named by the workdir) and the config as a text table.
+
+metrics.jsonl keeps every scalar under its full name (`validation/ema/loss`), exactly (a float32
+scalar round-trips through Python's float repr): for scripts, diffs and tests.
+
+Apart from `logs` because TensorFlow takes ~4 s to import: a command's module stays quick to
+import, which matters because Grain's worker processes import it again.
 """
 
 from __future__ import annotations
@@ -10,60 +22,138 @@ import json
 import os
 from pathlib import Path
 
-from clu import metric_writers
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from alz_jax.host import storage
 
+RUNS = ("train", "validation", "validation_raw", "validation_ema", "validation_swa", "test")
+WEIGHT_SETS = ("raw", "ema", "swa")
 
-class JsonlWriter(metric_writers.MetricWriter):
-    """CLU writer appending each `write_scalars` call to a JSON-lines file, exactly (a float32
-    scalar round-trips through Python's float repr): for scripts, diffs and tests."""
+DESCRIPTIONS = {
+    ("train", "loss"): "Training loss: cross-entropy with label smoothing against the "
+    "Mixup/CutMix-mixed targets, mean over each logged interval. Not comparable in level with "
+    "the validation loss (plain NLL): compare their trends.",
+    ("validation", "loss"): "Validation loss: plain negative log-likelihood (no smoothing, no "
+    "mixing) of the weights selected at that validation (see selected_weights).",
+    ("test", "loss"): "Test loss: plain negative log-likelihood of the reported weights.",
+    ("validation", "selected_weights"): "Which weights won this validation: 0 raw, 1 EMA, "
+    "2 SWA (the text tab names them).",
+    ("train", "images_per_sec"): "Training images per second (global batch / step time).",
+    ("train", "compile_time_s"): "Seconds to compile the train step (the first step's time).",
+}
+for _w in WEIGHT_SETS:
+    DESCRIPTIONS[(f"validation_{_w}", "loss")] = (
+        f"Validation loss of the {_w} weights: plain negative log-likelihood."
+    )
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(run, tag) of a full scalar name: 'validation/ema/loss' -> ('validation_ema', 'loss');
+    names without a known prefix go to run 'train'."""
+    parts = name.split("/")
+    if parts[0] == "validation" and len(parts) > 2 and parts[1] in WEIGHT_SETS:
+        return f"validation_{parts[1]}", "/".join(parts[2:])
+    if parts[0] in ("train", "validation", "test") and len(parts) > 1:
+        return parts[0], "/".join(parts[1:])
+    return "train", name
+
+
+class Writer:
+    """TensorBoard (process 0) and metrics.jsonl, through CLU's MetricWriter methods
+    (write_scalars, write_images, write_texts, write_hparams, flush, close) so the loop and the
+    reports don't care; on other processes every method does nothing."""
+
+    def __init__(self, workdir: str | Path, is_writer: bool = True):
+        self._root = storage.path(workdir) / "tensorboard"
+        self._jsonl = storage.path(workdir) / "metrics.jsonl"
+        self._active = is_writer
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self._described: set[tuple[str, str]] = set()
+
+    def _writer(self, run: str) -> tf.summary.SummaryWriter:
+        if run not in self._writers:
+            folder = self._root if run == "" else self._root / run
+            self._writers[run] = tf.summary.create_file_writer(os.fspath(folder))
+        return self._writers[run]
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        """Each full name to its run and tag, and all of them to metrics.jsonl."""
+        if not self._active or not scalars:
+            return
+        values = {k: float(v) for k, v in scalars.items()}
+        storage.append_text(self._jsonl, json.dumps({"step": int(step), **values}) + "\n")
+        for name, value in values.items():
+            run, tag = split_name(name)
+            description = None
+            if (run, tag) not in self._described:
+                self._described.add((run, tag))
+                description = DESCRIPTIONS.get((run, tag))
+            with self._writer(run).as_default():
+                tf.summary.scalar(tag, value, step=int(step), description=description)
+
+    def write_images(self, step: int, images: dict) -> None:
+        """Images (N, H, W, C) uint8 by full name."""
+        if not self._active:
+            return
+        for name, batch in images.items():
+            run, tag = split_name(name)
+            with self._writer(run).as_default():
+                tf.summary.image(tag, np.asarray(batch), step=int(step), max_outputs=4)
+
+    def write_texts(self, step: int, texts: dict) -> None:
+        """Markdown texts by full name ('config' alone goes to the session folder)."""
+        if not self._active:
+            return
+        for name, text in texts.items():
+            run, tag = ("", name) if "/" not in name else split_name(name)
+            with self._writer(run).as_default():
+                tf.summary.text(tag, text, step=int(step))
+
+    def write_hparams(self, hparams: dict, metrics: list[tuple[str, str]] = (),
+                      trial: str = "") -> None:  # fmt: skip
+        """The trial's hparams (in the given order: the HParams tab's column order) and the
+        metrics it shows, as (run, tag): e.g. ('validation', 'loss'), ('test', 'accuracy')."""
+        if not self._active:
+            return
+        with self._writer("").as_default():
+            hp.hparams_config(
+                hparams=[hp.HParam(k) for k in hparams],
+                metrics=[hp.Metric(tag, group=run, display_name=f"{run} {tag}")
+                         for run, tag in metrics],
+            )  # fmt: skip
+            hp.hparams(hparams, trial_id=trial or None)
+
+    def flush(self) -> None:
+        """Writes what is buffered."""
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event files."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def create_writer(workdir: str | Path, is_writer: bool) -> Writer:
+    """Process 0: TensorBoard under <workdir>/tensorboard and <workdir>/metrics.jsonl; other
+    processes: nothing."""
+    return Writer(workdir, is_writer)
+
+
+class JsonlWriter:
+    """Appends each `write_scalars` call to a JSON-lines file (what `Writer` writes beside
+    TensorBoard)."""
 
     def __init__(self, path: str | Path):
         self._path = storage.path(path)
 
     def write_scalars(self, step: int, scalars) -> None:
+        """One line: {"step": N, name: value, ...}."""
         line = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         storage.append_text(self._path, json.dumps(line) + "\n")
-
-    def write_summaries(self, step, values, metadata=None):
-        pass
-
-    def write_images(self, step, images):
-        pass
-
-    def write_videos(self, step, videos):
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
-
-    def write_texts(self, step, texts):
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
-
-    def write_hparams(self, hparams):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-def create_writer(workdir: str | Path, is_writer: bool) -> metric_writers.MetricWriter:
-    """Process 0: TensorBoard, the log and <workdir>/metrics.jsonl; other processes: the log."""
-    if not is_writer:
-        return metric_writers.create_default_writer(just_logging=True)
-    return metric_writers.MultiWriter(
-        [
-            metric_writers.create_default_writer(os.fspath(workdir)),
-            JsonlWriter(storage.path(workdir) / "metrics.jsonl"),
-        ]
-    )
 
 
 def read_metrics(workdir: str | Path) -> dict[int, dict]:

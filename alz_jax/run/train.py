@@ -14,13 +14,13 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
-from clu import periodic_actions
 
 from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset, input_pipeline
@@ -28,7 +28,7 @@ from alz_jax.evaluation import figures, metrics, reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
-from alz_jax.run import assembly, run_record, specs
+from alz_jax.run import assembly, progress, run_record, specs
 
 
 class StageTimer:
@@ -167,11 +167,13 @@ def steps_per_epoch(data: dataset.AdniData, global_batch: int) -> int:
 
 def _log_plan(data: dataset.AdniData, plan: specs.Plan, pixel_stats: dict) -> None:
     logging.info(
-        "Data %s: %s images; %d steps/epoch, %d steps, warmup %d, eval every %d; pixels %s",
-        data.fingerprint(), {s: data.num_examples(s) for s in dataset.SPLITS},
+        "Data %s: %s images; %d steps/epoch, %d steps, warmup %d, eval every %d",
+        data.fingerprint(),
+        ", ".join(f"{s} {data.num_examples(s)}" for s in dataset.SPLITS),
         plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.eval_every_steps,
-        pixel_stats,
     )  # fmt: skip
+    logging.info("Pixels of the train split: mean %.4f, std %.4f", pixel_stats["mean"],
+                 pixel_stats["std"])  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -184,8 +186,7 @@ class _Loop:
     parts: assembly.Assembly
     manager: object  # orbax CheckpointManager
     grain_iter: object  # the Grain iterator of training batches
-    writer: object  # CLU metric writer (process 0 writes)
-    progress: periodic_actions.ReportProgress
+    writer: writers.Writer  # TensorBoard and metrics.jsonl (process 0 writes)
     trace: profiling.TraceWindow
     is_writer: bool
     workdir: object  # local path or epath of the run's folder
@@ -200,13 +201,15 @@ class _Loop:
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
         if start_step == 0:
-            writer.write_hparams(_flat_hparams(config))
+            writer.write_hparams(
+                progress.hparams(run, plan),
+                progress.HPARAM_METRICS,
+                trial=os.path.basename(os.path.normpath(os.fspath(workdir))),
+            )
+            writer.write_texts(0, {"config": progress.config_table(config)})
         return cls(
             run=run, plan=plan, data=data, parts=parts, manager=manager,
             grain_iter=iter(batches), writer=writer,
-            progress=periodic_actions.ReportProgress(
-                num_train_steps=plan.total_steps, writer=writer
-            ),
             trace=profiling.TraceWindow(
                 workdir / "profile", run.profile_start_step, run.profile_num_steps
             ),
@@ -224,6 +227,7 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
         imported = convert.init_params_from(run.init_from, run.model, run.seed) if run.init_from \
             else None  # fmt: skip
         state = parts.fresh_state(run.seed, imported)
+    logging.info(progress.parameter_overview(state["params"]))
     logging.info(
         "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
         "of %d process(es)",
@@ -236,11 +240,12 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
 
 class _StepMeter:
     """Step metrics and timings since the last log; validation and saving are kept out of the
-    step time."""
+    step time, and so is the first step (its time is the train step's compilation)."""
 
     def __init__(self):
         self.history: list[tuple[int, dict]] = []
         self.wait = self.paused = 0.0
+        self.timed_steps = 0
         self.start = time.perf_counter()
 
     def timed(self, batches: Iterator[dict]) -> Iterator[dict]:
@@ -260,13 +265,24 @@ class _StepMeter:
         finally:
             self.paused += time.perf_counter() - start
 
-    def scalars(self, fetched: list[dict]) -> dict:
-        """Means of the step metrics since the last log, with step time and input wait."""
-        elapsed = time.perf_counter() - self.start - self.paused
+    def restart_clock(self) -> None:
+        """Steps from here on are timed (after the compiling first step)."""
+        self.wait = self.paused = 0.0
+        self.timed_steps = 0
+        self.start = time.perf_counter()
+
+    def scalars(self, fetched: list[dict], batch_size: int) -> dict:
+        """Means of the step metrics since the last log, with step time, images/s and input
+        wait (the time ones only once steps were timed)."""
         out = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        out["train/step_time_s"] = elapsed / len(fetched)
-        out["train/data_wait_s"] = self.wait / len(fetched)
-        self.__init__()
+        if self.timed_steps:
+            step_time = (time.perf_counter() - self.start - self.paused) / self.timed_steps
+            out["train/step_time_s"] = step_time
+            out["train/steps_per_sec"] = 1.0 / step_time
+            out["train/images_per_sec"] = batch_size / step_time
+            out["train/data_wait_s"] = self.wait / self.timed_steps
+        self.history = []
+        self.restart_clock()
         return out
 
 
@@ -277,23 +293,39 @@ def _train(loop: _Loop, state: steps.TrainState, start_step: int) -> int | None:
     batches = meter.timed(_batches(loop, start_step))
     for step, batch in zip(range(start_step, total), batches, strict=False):
         loop.trace.before_step(step)
+        if step == start_step:
+            logging.info("Compiling the train step ...")
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, metrics = loop.parts.train_step(
                 state, input_pipeline.to_global(batch, batch_sharding)
             )
+        if step == start_step:
+            _log_compile(loop, step + 1, jax.block_until_ready(metrics), meter)
+        else:
+            meter.timed_steps += 1
         loop.trace.after_step(step, metrics)
         done = step + 1
         meter.history.append((done, metrics))
-        loop.progress(done)
         if done % loop.run.log_every_steps == 0 or done == total:
-            scalars = meter.scalars(_check_finite(meter.history, loop.manager))
-            loop.writer.write_scalars(
-                done, {**scalars, "train/epoch": done / loop.plan.steps_per_epoch}
-            )
+            scalars = meter.scalars(_check_finite(meter.history, loop.manager), loop.run.batch_size)
+            scalars["train/epoch"] = done / loop.plan.steps_per_epoch
+            loop.writer.write_scalars(done, scalars)
+            if loop.is_writer:
+                logging.info(progress.step_line(done, loop.plan, scalars, loop.run.batch_size))
         with meter.pause():
             if _save_or_stop(loop, done, state, meter.history):
                 return done
     return None
+
+
+def _log_compile(loop: _Loop, done: int, metrics, meter: _StepMeter) -> None:
+    """The first step's time is the train step's compilation: logged and written as a scalar,
+    and left out of the step times."""
+    seconds = time.perf_counter() - meter.start - meter.paused
+    logging.info("Compiled the train step in %.1f s (the first step included).", seconds)
+    loop.writer.write_scalars(done, {"train/compile_time_s": seconds})
+    del metrics
+    meter.restart_clock()
 
 
 def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
@@ -330,10 +362,9 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
     run, data = loop.run, loop.data
     names = averaging.available(loop.plan.averages, step)
     predictors = {n: (weights_of(state, n), loop.parts.predict_step) for n in names}
-    with loop.progress.timed("eval"):
-        logits = reports.predict_split_multi(
-            data, "validation", predictors, run.pipeline, run.batch_size, loop.parts.mesh
-        )
+    logits = reports.predict_split_multi(
+        data, "validation", predictors, run.pipeline, run.batch_size, loop.parts.mesh
+    )
     records = data.records("validation")
     per_weights = {n: reports.validation_metrics(records, logits[n]) for n in names}
     selection = select_weights(per_weights, run.checkpoint.best_metric, run.checkpoint.best_mode)
@@ -345,11 +376,18 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
     # Unqualified names are the selected weights': what the best checkpoint is chosen on.
     scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})
-    loop.writer.write_scalars(step, scalars)
+    loop.writer.write_scalars(
+        step,
+        {**scalars, "validation/selected_weights": progress.SELECTED_CODE[selection["weights"]]},
+    )
     if loop.is_writer:
-        loop.writer.write_images(step, validation_images(records, logits[selection["weights"]]))
-    logging.info("Step %d: %s weights selected (%s)", step, selection["weights"],
-                 selection["values"])  # fmt: skip
+        loop.writer.write_texts(
+            step, {"validation/selection": progress.selection_text(step, selection)}
+        )
+        loop.writer.write_images(step, validation_images(
+            records, logits[selection["weights"]], f"validation, step {step}, "
+            f"{selection['weights']} weights (selected)"))  # fmt: skip
+        logging.info(progress.validation_line(step, per_weights, selection))
     return scalars, selection
 
 
@@ -364,20 +402,28 @@ def _test_report(loop: _Loop, pixel_stats: dict) -> dict:
         split="test", step=step, weights=weights, selection=selection,
         workdir=loop.workdir, settings=loop.run.evaluation, writer=loop.writer,
     )  # fmt: skip
+    levels = {lv: report[lv] for lv in ("slice", "scan", "subject") if lv in report}
+    test = {"test/loss": report["loss"]}
+    for level, m in levels.items():
+        prefix = "test/" if level == "slice" else f"test/{level}_"
+        test.update({f"{prefix}{k}": m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
+                     if isinstance(m.get(k), int | float)})  # fmt: skip
+    loop.writer.write_scalars(step, test)  # the HParams tab's test columns
     loop.writer.flush()
     return report
 
 
-def validation_images(records: dict, logit_ad: np.ndarray) -> dict[str, np.ndarray]:
-    """TensorBoard images of a validation: ROC/PR curves (slice, scan) and the scan-level
-    confusion matrix at 0.5."""
+def validation_images(records: dict, logit_ad: np.ndarray, title: str = "") -> dict:
+    """TensorBoard images of a validation, titled with the weights and step: ROC/PR curves
+    (slice, scan) and the scan-level confusion matrix at 0.5, rendered legible at card size."""
     units = metrics.level_units(records, metrics.sigmoid(logit_ad), subjects_known=False)
     scan = metrics.classification_metrics(units["scan"].labels, units["scan"].probs)
+    confusion = figures.confusion_figure(
+        {"scan": scan["confusion_matrix"]["counts"]}, {"scan": 0.5}, title
+    )
     return {
-        "validation/roc": figures.to_image(figures.roc_figure(units))[None],
-        "validation/confusion_scan": figures.to_image(
-            figures.confusion_figure({"scan": scan["confusion_matrix"]["counts"]}, {"scan": 0.5})
-        )[None],
+        "validation/roc": figures.to_tensorboard_image(figures.roc_figure(units, title=title)),
+        "validation/confusion_scan": figures.to_tensorboard_image(confusion),
     }
 
 
@@ -449,17 +495,3 @@ def evaluate_checkpoint(
     )  # fmt: skip
     writer.close()
     return report
-
-
-def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            flat[prefix[:-1]] = value if isinstance(value, int | float | str | bool) else str(value)
-
-    walk("", config.to_dict())
-    return flat

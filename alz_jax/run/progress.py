@@ -1,0 +1,128 @@
+"""What a person watches: console lines and the TensorBoard summaries of a run's set-up.
+
+One console line per log step (`step 220/505 (43%) ep 2.2 | loss 0.291 acc 0.948 | lr 1.7e-3 |
+246 img/s | data 4% | ETA 0:58`), one per validation (each weight set's key metrics and the
+winner), the parameter count per stage at the start; the full config goes to the run record and
+TensorBoard's Text tab, and the HParams tab gets the fields people compare runs on, first.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import jax
+import ml_collections
+import numpy as np
+
+from alz_jax.run import specs
+
+# (run, tag) of the metrics the HParams tab shows per trial: final validation and test results.
+HPARAM_METRICS = (
+    ("validation", "loss"), ("validation", "accuracy"), ("validation", "scan_accuracy"),
+    ("validation", "roc_auc"), ("test", "accuracy"), ("test", "balanced_accuracy"),
+    ("test", "scan_accuracy"), ("test", "subject_accuracy"), ("test", "roc_auc"),
+    ("test", "scan_roc_auc"),
+)  # fmt: skip
+SELECTED_CODE = {"raw": 0, "ema": 1, "swa": 2}
+
+
+def hparams(run: specs.RunSpec, plan: specs.Plan) -> dict:
+    """The fields runs are compared on, in the HParams tab's column order."""
+    averages = [n for n, on in (("ema", plan.averages.ema), ("swa", plan.averages.swa)) if on]
+    mix = plan.pipeline.mix
+    return {
+        "model": "x".join(map(str, run.model.dims)) + " / " + "-".join(map(str, run.model.depths)),
+        "image_size": run.pipeline.image_size,
+        "batch_size": run.batch_size,
+        "learning_rate": run.optim.learning_rate,
+        "epochs": round(plan.total_steps / plan.steps_per_epoch, 2),
+        "weight_decay": run.optim.weight_decay,
+        "drop_path_rate": run.model.drop_path_rate,
+        "mixing": f"p={mix.prob:g} mixup={mix.mixup_alpha:g} cutmix={mix.cutmix_alpha:g}"
+        if mix.enabled else "off",
+        "averages": "+".join(averages) or "none",
+        "ema_decay": plan.averages.ema_decay if plan.averages.ema else 0.0,
+        "warmup_steps": plan.warmup_steps,
+        "steps": plan.total_steps,
+        "seed": run.seed,
+        "protocol": run.data.protocol,
+        "compute_dtype": str(run.model.dtype),
+    }  # fmt: skip
+
+
+def config_table(config: ml_collections.ConfigDict) -> str:
+    """The whole config as a Markdown table (field | value), for TensorBoard's Text tab."""
+    rows = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                walk(f"{prefix}{key}.", value[key])
+        else:
+            rows.append(f"| `{prefix[:-1]}` | `{value!r}` |")
+
+    walk("", config.to_dict())
+    return "| field | value |\n| --- | --- |\n" + "\n".join(rows)
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def parameter_overview(params: dict) -> str:
+    """'Parameters: 27.82M (stem 4.7k | stage 1 0.24M | ... | head 0.5k)': per stage, the stage's
+    blocks with the downsampling before it."""
+    parts = []
+    if "stem" in params:
+        parts.append(f"stem {_short(_count(params['stem']))}")
+    stages = params.get("stages", {})
+    downsamples = params.get("downsamples", {})
+    for key in sorted(stages, key=int):
+        n = _count(stages[key]) + _count(downsamples.get(key, {}))
+        parts.append(f"stage {int(key) + 1} {_short(n)}")
+    listed = {"stem", "stages", "downsamples"}
+    parts += [f"{k} {_short(_count(v))}" for k, v in params.items() if k not in listed]
+    return f"Parameters: {_short(_count(params))} ({' | '.join(parts)})"
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))
+
+
+def step_line(done: int, plan: specs.Plan, scalars: dict, batch_size: int) -> str:
+    """`step 220/505 (43%) ep 2.2 | loss 0.291 acc 0.948 | lr 1.7e-3 | 246 img/s | data 4% |
+    ETA 0:58` from the interval's means (`train/*` scalars)."""
+    step_time = scalars["train/step_time_s"]
+    total = plan.total_steps
+    return (
+        f"step {done}/{total} ({100 * done / total:.0f}%) ep {done / plan.steps_per_epoch:.1f} | "
+        f"loss {scalars['train/loss']:.3f} acc {scalars['train/accuracy']:.3f} | "
+        f"lr {scalars['train/learning_rate']:.1e} | {batch_size / step_time:.0f} img/s | "
+        f"data {100 * scalars['train/data_wait_s'] / step_time:.0f}% | "
+        f"ETA {_eta((total - done) * step_time)}"
+    )
+
+
+def validation_line(step: int, per_weights: dict[str, dict], selection: dict) -> str:
+    """`validation 220 loss/acc/scan acc/AUC: raw 0.310 0.930 0.950 0.980 | ema ... -> ema`."""
+    parts = [
+        f"{w} {m['loss']:.3f} {m['accuracy']:.3f} {m['scan_accuracy']:.3f} "
+        f"{m.get('roc_auc', float('nan')):.3f}"
+        for w, m in per_weights.items()
+    ]
+    metric = selection["metric"].removeprefix("validation/")
+    return (
+        f"validation {step} loss/acc/scan acc/AUC: {' | '.join(parts)} -> {selection['weights']} "
+        f"(by {metric})"
+    )
+
+
+def selection_text(step: int, selection: dict) -> str:
+    """The winner of a validation, for the Text tab."""
+    metric = selection["metric"].removeprefix("validation/")
+    values = ", ".join(f"{w} {v:.4f}" for w, v in selection["values"].items())
+    return f"Step {step}: **{selection['weights']}** weights selected by {metric} ({values})."
