@@ -242,11 +242,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
         )
         logging.info(
-            "ADNI splits (images): %s; subjects from %s; %d test subjects also in train.",
-            dict(collections.Counter(counts)),
+            "ADNI splits: %s images; subjects from %s; %d test subjects also in train.",
+            ", ".join(f"{name} {n}" for name, n in counts.items()),
             parsed.subject_source,
             len(shared),
         )
+
+    # TFDS prints these two with the full sizes and paths (~230 characters); the caller logs the
+    # build itself.
+    def _log_download_bytes(self) -> None:
+        """Nothing: the caller says what is built where."""
+
+    def _log_download_done(self) -> None:
+        """One short line."""
+        logging.info("Built the adni data set in %s", self.data_dir)
 
     def _generate_examples(self, records: list[layout_lib.ImageRecord], subject_of_scan: dict):
         for r in records:
