@@ -102,8 +102,8 @@ def check_tensorboard(workdir, config):
     assert session.group_name == workdir.name
     experiment = plugin["_hparams_/experiment"].experiment
     names = [h.name for h in experiment.hparam_infos]
-    assert names[:6] == ["model", "image_size", "batch_size", "learning_rate", "epochs",
-                         "weight_decay"]  # fmt: skip
+    assert sorted(names)[:6] == ["01_model", "02_image_size", "03_batch_size",
+                                 "04_learning_rate", "05_epochs", "06_weight_decay"]  # fmt: skip
     for metric in experiment.metric_infos:
         assert (metric.name.group, metric.name.tag) in events, metric
 

@@ -129,8 +129,9 @@ def to_image(fig: Figure, dpi: int = 80) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def to_tensorboard_image(fig: Figure, width_px: int = 640, min_font_px: float = 14.0) -> np.ndarray:
-    """The figure for a TensorBoard image card, (1, H, W, 3): about `width_px` wide, its text
+def to_tensorboard_image(fig: Figure, width_px: int = 440, min_font_px: float = 12.0) -> np.ndarray:
+    """The figure for a TensorBoard image card, (1, H, W, 3): about `width_px` wide (an image
+    card is about that wide, and scales wider images down), its text
     enlarged so the smallest is `min_font_px` pixels high (the full-size PNG in the workdir is
     rendered separately). Changes the figure's fonts: render other copies first."""
     dpi = width_px / fig.get_figwidth()

@@ -117,6 +117,8 @@ class Writer:
         metrics it shows, as (run, tag): e.g. ('validation', 'loss'), ('test', 'accuracy')."""
         if not self._active:
             return
+        # The HParams tab sorts hparams by name: numbered names keep the given order.
+        hparams = {f"{i:02d}_{k}": v for i, (k, v) in enumerate(hparams.items(), start=1)}
         with self._writer("").as_default():
             hp.hparams_config(
                 hparams=[hp.HParam(k) for k in hparams],
