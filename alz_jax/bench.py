@@ -7,6 +7,9 @@
     python -m alz_jax.bench e2e [--config=demo --steps=60]
     python -m alz_jax.bench matmul [--size=tiny --batch=16 --res=224]
     python -m alz_jax.bench augment [--res=224 --seconds=10]
+    python -m alz_jax.bench devices
+    python -m alz_jax.bench depthwise [--size=tiny --batch=8 --res=224 --steps=5]
+    python -m alz_jax.bench summary --results=gpu_check_out/results.jsonl
 
 The benchmark is the first positional argument; the flags are absl's, shared by all (a flag a
 benchmark does not use is ignored), with each benchmark's own defaults where they differ.
@@ -22,6 +25,14 @@ ratio per round and its median. `pipeline`: training input throughput (decode, a
 Mixup/CutMix, batching) in the main process and with N Grain workers. `e2e`: the input pipeline
 feeding the train step, with the share of time spent waiting for input. `matmul`: XLA's matmuls
 against numpy's BLAS. `augment`: one core's decode + seed-report augmentation rate.
+`devices`: versions, backend, devices and what `auto` resolves to here (depthwise, dtype).
+`depthwise`: the two depthwise implementations against each other on this device (outputs and
+gradients on a ConvNeXt's 7x7 shapes, float32 and bfloat16) and the time of each.
+`summary`: reads the JSON lines of launch/gpu_check.sh, writes summary.md beside them and prints
+the figures derived from them (JAX over PyTorch, host cores per device).
+
+Only `pipeline` and `e2e` import the data set and the input pipeline (TFDS, Grain): the others
+are meant for hosts without them (launch/gpu_check.sh, tests/test_light_imports.py).
 """
 
 from __future__ import annotations
@@ -29,15 +40,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -48,9 +64,9 @@ import numpy as np
 from absl import app, flags
 
 from alz_jax.core import sharding
-from alz_jax.data import augment, dataset, input_pipeline, preprocess
+from alz_jax.data import augment, preprocess
 from alz_jax.host import command, compilation_cache, profiling
-from alz_jax.models import convnext
+from alz_jax.models import convnext, depthwise
 from alz_jax.run import assembly, specs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,10 +85,33 @@ PEAK_FLOPS = {
     ("NVIDIA A100-SXM4-80GB", "float32"): 156e12,
     ("NVIDIA A100-SXM4-40GB", "bfloat16"): 312e12,
     ("NVIDIA A100-SXM4-40GB", "float32"): 156e12,
+    ("NVIDIA H100 PCIe", "bfloat16"): 756e12,
+    ("NVIDIA H100 PCIe", "float32"): 378e12,
+    ("NVIDIA H100 NVL", "bfloat16"): 835e12,
+    ("NVIDIA H100 NVL", "float32"): 418e12,
+    ("NVIDIA H200 NVL", "bfloat16"): 835e12,
+    ("NVIDIA H200 NVL", "float32"): 418e12,
     ("TPU v4", "bfloat16"): 275e12,
     ("TPU v5 lite", "bfloat16"): 197e12,
     ("TPU v5", "bfloat16"): 459e12,
 }
+
+
+# Optional heavy packages: `step` and `devices` report which of them the process imported (the
+# train step needs none of them: tests/test_light_imports.py).
+OPTIONAL_PACKAGES = ("tensorflow", "tensorflow_datasets", "grain", "clu", "orbax", "matplotlib",
+                     "torch")  # fmt: skip
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """Dense peak FLOP/s of one `device_kind` (jax.devices()[0].device_kind) in `dtype`; None
+    where unknown (CPUs, and any device not in PEAK_FLOPS: no guess from a similar name)."""
+    return PEAK_FLOPS.get((device_kind, dtype))
+
+
+def optional_imports() -> list[str]:
+    """The OPTIONAL_PACKAGES this process has imported."""
+    return [name for name in OPTIONAL_PACKAGES if name in sys.modules]
 
 
 def _reference_augment_config() -> ml_collections.ConfigDict:
@@ -155,7 +194,7 @@ def bench_step(args: Settings) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     device = jax.devices()[0]
-    peak = PEAK_FLOPS.get((device.device_kind, dtype))
+    peak = peak_flops(device.device_kind, dtype)
     achieved = model_flops * args.batch / step_s
     result = {
         "bench": "step",
@@ -184,8 +223,10 @@ def bench_step(args: Settings) -> dict:
         "model_gflop_per_image": round(model_flops / 1e9, 2),
         "xla_gflop_per_image": round(float(cost.get("flops", 0.0)) / args.batch / 1e9, 2),
         "achieved_tflop_per_s": round(achieved / 1e12, 4),
+        "peak_tflop_per_s": round(peak / 1e12, 1) if peak else None,
         "utilisation": round(achieved / peak, 3) if peak else None,
         "loss": float(metrics["loss"]),
+        "optional_imports": optional_imports(),
     }
     if args.profile:
         with tempfile.TemporaryDirectory() as trace_dir:
@@ -267,6 +308,9 @@ def _run_json(cmd: list[str]) -> dict:
 
 def _training_input(args: Settings, num_workers: int, prefetch: int):
     """The config (with the benchmark's settings), the data and its train iterator."""
+    # TFDS and Grain only here, for the benchmarks that read data: `step` needs neither.
+    from alz_jax.data import dataset, input_pipeline  # noqa: PLC0415
+
     config = copy.deepcopy(args.base_config)
     with config.unlocked():
         config.data.num_workers = num_workers
@@ -319,6 +363,8 @@ def bench_pipeline(args: Settings) -> dict:
 def bench_e2e(args: Settings) -> dict:
     """The input pipeline feeding the config's train step, timed as the training loop times
     it: the share of wall time spent waiting for the next batch."""
+    from alz_jax.data import input_pipeline  # noqa: PLC0415  (Grain: as in _training_input)
+
     config, _, iterator = _training_input(args, args.num_workers, args.prefetch)
     run, parts = assemble(config, 1, total_steps=10_000, warmup_steps=100)
     state, train_step = parts.fresh_state(run.seed), parts.train_step
@@ -437,6 +483,242 @@ def bench_augment(size: int, seconds: float) -> dict:
     }
 
 
+def _versions() -> dict[str, str | None]:
+    """Installed versions of the packages the train step runs on (None: not installed)."""
+    names = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax",
+             "orbax-checkpoint", "numpy", "ml_collections", "opencv-python-headless")  # fmt: skip
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _nvidia_smi() -> list[str] | None:
+    """nvidia-smi's name, driver, memory, clock and power limit per GPU; None without it."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    query = "name,driver_version,memory.total,clocks.max.sm,power.limit"
+    done = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                          capture_output=True, text=True, check=False, timeout=30)  # fmt: skip
+    return done.stdout.strip().splitlines() if done.returncode == 0 else None
+
+
+def bench_devices(args: Settings) -> dict:
+    """What this process runs on: versions, backend, devices, the peak FLOP/s known for them
+    and what `model.depthwise=auto` and `dtype=auto` resolve to here."""
+    del args  # no settings: it describes the machine
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    peaks = {dtype: peak_flops(kind, dtype) for dtype in ("bfloat16", "float32")}
+    memory = (devices[0].memory_stats() or {}).get("bytes_limit")
+    return {
+        "bench": "devices",
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "backend": jax.default_backend(),
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "device_kind": kind,
+        "devices": [{"id": d.id, "kind": d.device_kind, "platform": d.platform} for d in devices],
+        "device_memory_gib": round(memory / 2**30, 1) if memory else None,
+        "nvidia_smi": _nvidia_smi(),
+        "depthwise_auto": depthwise.resolve("auto"),
+        "dtype_auto": specs.compute_dtype("auto"),
+        "peak_tflop_per_s": {k: round(v / 1e12, 1) if v else None for k, v in peaks.items()},
+        "optional_imports": optional_imports(),
+    }
+
+
+# Depthwise parity: float32 at full matmul/convolution precision (no TF32), and bfloat16 inputs
+# at the default precision; the largest difference over the largest magnitude.
+DEPTHWISE_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}
+
+
+def _depthwise_outputs(impl: str, x: jax.Array, kernel: jax.Array, weights: jax.Array):
+    """The depthwise conv's output and the gradients of a scalar loss of it (input, kernel)."""
+
+    def loss(x, kernel):
+        out = depthwise.depthwise_conv(x, kernel, impl).astype(jnp.float32)
+        return jnp.sum(jnp.sin(out) * weights)
+
+    return (depthwise.depthwise_conv(x, kernel, impl), *jax.grad(loss, argnums=(0, 1))(x, kernel))
+
+
+def _max_rel(reference: jax.Array, other: jax.Array) -> float:
+    a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(max(reps, 1)):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def _depthwise_row(shape: tuple, dtype: str, reps: int, rng: np.random.Generator) -> dict:
+    """Both implementations on one NHWC shape in one dtype: differences and times."""
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    kernel = jnp.asarray(rng.standard_normal((7, 7, 1, shape[-1])) / 7, jnp.float32)
+    weights = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    precision = "highest" if dtype == "float32" else "default"
+    outputs, ms = {}, {}
+    # The precision is read when the function is traced: at its first call, inside the context.
+    with jax.default_matmul_precision(precision):
+        for impl in ("xla", "shift"):
+            fn = jax.jit(functools.partial(_depthwise_outputs, impl))
+            outputs[impl] = jax.block_until_ready(fn(x, kernel, weights))
+            ms[impl] = _median_ms(lambda fn=fn: fn(x, kernel, weights), reps)
+    names = ("output", "d_input", "d_kernel")
+    pairs = zip(names, outputs["xla"], outputs["shift"], strict=True)
+    errors = {name: _max_rel(ref, got) for name, ref, got in pairs}
+    return {
+        "shape": list(shape),
+        "dtype": dtype,
+        "precision": precision,
+        "max_rel_diff": {k: float(f"{v:.3g}") for k, v in errors.items()},
+        "ok": max(errors.values()) < DEPTHWISE_TOLERANCE[dtype],
+        "fwd_bwd_ms": ms,
+    }
+
+
+def bench_depthwise(args: Settings) -> dict:
+    """'shift' against XLA's grouped convolution ('xla') on this device, on the 7x7 depthwise
+    shapes of ConvNeXt `--size` at `--res` and `--batch` (one per stage): output, input and
+    kernel gradients within DEPTHWISE_TOLERANCE, and each one's forward + backward time."""
+    _, dims = convnext.SIZES[args.size]
+    rng = np.random.default_rng(0)
+    rows = []
+    for dtype in DEPTHWISE_TOLERANCE:
+        for stage, dim in enumerate(dims):
+            side = max(1, args.res // (4 * 2**stage))
+            rows.append(_depthwise_row((args.batch, side, side, dim), dtype, args.steps, rng))
+    return {
+        "bench": "depthwise",
+        "model": args.size,
+        "batch": args.batch,
+        "res": args.res,
+        "device_kind": jax.devices()[0].device_kind,
+        "auto": depthwise.resolve("auto"),
+        "tolerance": DEPTHWISE_TOLERANCE,
+        "ok": all(r["ok"] for r in rows),
+        "rows": rows,
+    }
+
+
+# ---- launch/gpu_check.sh's summary: its JSON lines as a short Markdown page. ----
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: one line, pipes escaped, None empty."""
+    return "" if value is None else " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = [header, ["---"] * len(header), *rows]
+    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in lines]
+
+
+def _ok(records: list[dict], bench: str) -> list[dict]:
+    """The records of benchmark `bench` whose command succeeded."""
+    return [r for r in records if r.get("bench") == bench and r.get("status") == "ok"]
+
+
+def _anchors(records: list[dict]) -> list[dict]:
+    """The PyTorch anchor's successful records (torch_reference.py's lines carry `anchor`)."""
+    return [r for r in records if r.get("anchor") and r.get("status") == "ok"]
+
+
+def derived_figures(records: list[dict]) -> dict:
+    """From gpu_check's records: JAX's step over PyTorch's (same batch and dtype), and how many
+    host cores of augmentation the fastest step needs."""
+    steps = {(r["batch"], r["dtype"]): r for r in _ok(records, "step")}
+    ratios = {}
+    for anchor in _anchors(records):
+        ours = steps.get((anchor["batch"], anchor["dtype"]))
+        if ours:
+            ratios[anchor["check"]] = round(ours["img_per_s"] / anchor["img_per_s"], 3)
+    fastest = max((r["img_per_s"] for r in steps.values()), default=None)
+    augment_rates = [r["img_per_s"] for r in _ok(records, "augment")]
+    per_core = augment_rates[0] if augment_rates else None
+    parity = _ok(records, "depthwise")
+    return {
+        "bench": "summary",
+        "failed": [r["check"] for r in records if r.get("status") not in ("ok", "skipped")],
+        "depthwise_parity_ok": parity[0]["ok"] if parity else None,
+        "jax_over_torch": ratios,
+        "fastest_step_img_per_s": fastest,
+        "augment_img_per_s_per_core": per_core,
+        "augment_cores_needed": round(fastest / per_core, 1) if fastest and per_core else None,
+    }
+
+
+def _summary_head(records: list[dict]) -> list[str]:
+    """The devices, what `auto` chose, and every check's status."""
+    lines = ["# GPU check", ""]
+    for d in _ok(records, "devices"):
+        versions = d["versions"]
+        lines += [
+            f"- Devices: {d['device_count']} x {d['device_kind']} (backend {d['backend']}); "
+            f"JAX {versions['jax']}, Flax {versions['flax']}, Python {d['python']}.",
+            f"- `model.depthwise=auto` -> `{d['depthwise_auto']}`; `dtype=auto` -> "
+            f"`{d['dtype_auto']}`.",
+            "- Peak dense TFLOP/s (for MFU): "
+            + ", ".join(f"{k} {v or 'unknown'}" for k, v in d["peak_tflop_per_s"].items())
+            + ".",
+        ]
+    rows = [[r["check"], r["status"], r["seconds"], r.get("reason") or r.get("error", "")[-160:]]
+            for r in records]  # fmt: skip
+    return [*lines, "", *_table(["check", "status", "s", "note"], rows)]
+
+
+def _summary_measurements(records: list[dict], derived: dict) -> list[str]:
+    """Tables of the parity check, the train steps and the anchor; the host cores needed."""
+    lines = []
+    for p in _ok(records, "depthwise"):
+        rows = [[r["shape"], r["dtype"], *r["max_rel_diff"].values(), r["fwd_bwd_ms"]["xla"],
+                 r["fwd_bwd_ms"]["shift"]] for r in p["rows"]]  # fmt: skip
+        header = ["shape", "dtype", "output", "d input", "d kernel", "xla ms", "shift ms"]
+        verdict = "within tolerance" if p["ok"] else "**OUT OF TOLERANCE**"
+        lines += ["", f"## Depthwise: shift against xla, {verdict}", "", *_table(header, rows)]
+    if steps := _ok(records, "step"):
+        rows = [[r["model"], r["batch"], r["res"], r["dtype"], r["depthwise"], r["img_per_s"],
+                 round(r["step_s"] * 1e3, 2), r["compile_s"], r["achieved_tflop_per_s"],
+                 r["utilisation"]] for r in steps]  # fmt: skip
+        header = ["model", "batch", "res", "dtype", "depthwise", "img/s", "step ms", "compile s",
+                  "TFLOP/s", "MFU"]  # fmt: skip
+        lines += ["", "## Train step (bench step)", "", *_table(header, rows)]
+    if anchors := _anchors(records):
+        rows = [[r["check"], r["device"], r["batch"], r["dtype"], r["img_per_s"],
+                 r["first_step_s"], derived["jax_over_torch"].get(r["check"])]
+                for r in anchors]  # fmt: skip
+        header = ["anchor", "device", "batch", "dtype", "img/s", "first step s", "JAX / it"]
+        lines += ["", "## PyTorch anchor (torchvision ConvNeXt, channels-last)", "",
+                  *_table(header, rows)]  # fmt: skip
+    if derived["augment_cores_needed"]:
+        lines += ["", "## Host augmentation", "",
+                  f"One core decodes and augments {derived['augment_img_per_s_per_core']} img/s; "
+                  f"the fastest step ({derived['fastest_step_img_per_s']} img/s) needs "
+                  f"{derived['augment_cores_needed']} such cores."]  # fmt: skip
+    return lines
+
+
+def bench_summary(args: Settings) -> dict:
+    """Writes summary.md beside `--results` (gpu_check's JSON lines); returns the derived
+    figures."""
+    path = Path(args.results)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    derived = derived_figures(records)
+    markdown = [*_summary_head(records), *_summary_measurements(records, derived)]
+    (path.parent / "summary.md").write_text("\n".join(markdown) + "\n")
+    return derived
+
+
 # ---- The command line: one set of absl flags; each benchmark's defaults fill the unset ones. ----
 
 BENCHMARKS = {
@@ -446,10 +728,13 @@ BENCHMARKS = {
     "e2e": bench_e2e,
     "matmul": bench_matmul,
     "augment": lambda args: bench_augment(args.res, args.seconds),
+    "devices": bench_devices,
+    "depthwise": bench_depthwise,
+    "summary": bench_summary,
 }
 # Benchmarks that compute with JAX in this process (and so start its runtime); `compare` runs
 # `step` in child processes and must leave the accelerator to them.
-IN_PROCESS_JAX = ("step", "e2e", "matmul")
+IN_PROCESS_JAX = ("step", "e2e", "matmul", "devices", "depthwise")
 # Defaults that differ between benchmarks (a 0 batch or res: the config's).
 DEFAULTS = {
     "step": {"config": "convnext_t", "batch": 16, "res": 224, "steps": 5},
@@ -458,6 +743,9 @@ DEFAULTS = {
     "e2e": {"config": "demo", "batch": 0, "res": 0, "steps": 40},
     "matmul": {"batch": 16, "res": 224, "seconds": 2.0},
     "augment": {"res": 224, "seconds": 10.0},
+    "devices": {},
+    "depthwise": {"batch": 8, "res": 224, "steps": 5},
+    "summary": {},
 }
 
 _CONFIG = command.define_config(
@@ -488,6 +776,7 @@ _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 3, "pipeline: untimed b
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "e2e: Grain workers.")
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 3, "e2e: untimed steps.")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "pipeline, e2e: Grain prefetch buffer size.")
+_RESULTS = flags.DEFINE_string("results", "gpu_check_out/results.jsonl", "summary: JSON lines.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,6 +803,7 @@ class Settings:
     num_workers: int
     warmup_steps: int
     prefetch: int
+    results: str
 
 
 def _value(holder: flags.FlagHolder, defaults: dict, fallback: float) -> float:
@@ -537,7 +827,7 @@ def settings(benchmark: str) -> Settings:
         rounds=_ROUNDS.value, workers=tuple(int(w) for w in _WORKERS.value),
         seconds=_value(_SECONDS, defaults, 10.0), warmup_batches=_WARMUP_BATCHES.value,
         num_workers=_NUM_WORKERS.value, warmup_steps=_WARMUP_STEPS.value,
-        prefetch=_PREFETCH.value,
+        prefetch=_PREFETCH.value, results=_RESULTS.value,
     )  # fmt: skip
 
 

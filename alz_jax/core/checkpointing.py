@@ -15,7 +15,6 @@ step, so the Grain worker count and buffers may change between runs.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import errno
 import json
@@ -32,34 +31,9 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from alz_jax.core.checkpoint_spec import CheckpointSpec  # re-exported: callers use this name
 from alz_jax.host import storage
-from alz_jax.host.errors import UserError, check_fields
-
-# Names of the validation scalars a best checkpoint may be chosen on.
-BEST_METRICS = tuple(
-    f"validation/{name}"
-    for name in ("loss", "accuracy", "balanced_accuracy", "scan_accuracy", "roc_auc")
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointSpec:
-    """How many checkpoints are kept, and the validation metric that picks the best."""
-
-    keep_latest: int = 2
-    keep_best: int = 1
-    best_metric: str = "validation/loss"
-    best_mode: str = "min"
-
-    def __post_init__(self):
-        mode = "min" if self.best_metric.endswith("/loss") else "max"
-        check_fields("checkpoint", [
-            ("keep_latest", self.keep_latest, self.keep_latest >= 1, ">= 1"),
-            ("keep_best", self.keep_best, self.keep_best >= 1, ">= 1"),
-            ("best_metric", self.best_metric, self.best_metric in BEST_METRICS,
-             "|".join(BEST_METRICS)),
-            ("best_mode", self.best_mode, self.best_mode == mode, f"{mode} for {self.best_metric}"),
-        ])  # fmt: skip
+from alz_jax.host.errors import UserError
 
 
 def make_manager(

@@ -17,7 +17,11 @@ def make_mesh() -> jax.sharding.Mesh:
     # Ordered by process, so process p's devices hold rows [p*b, (p+1)*b) of a global batch,
     # the slice its input pipeline loads (jax.make_mesh may reorder TPU devices by topology).
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    return Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    # AxisType names the default explicitly; an older JAX without it has only auto axes.
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if axis_type is None:
+        return Mesh(np.array(devices), ("data",))
+    return Mesh(np.array(devices), ("data",), axis_types=(axis_type.Auto,))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

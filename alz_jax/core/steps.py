@@ -267,6 +267,16 @@ class _Update:
         return self.apply(state, loss, grads, accuracy)
 
 
+def _shard_map() -> Callable:
+    """`jax.shard_map`, or on an older JAX its earlier home `jax.experimental.shard_map` (same
+    mesh/in_specs/out_specs keywords), so the step runs on the JAX a host happens to have."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map
+    from jax.experimental.shard_map import shard_map  # noqa: PLC0415  (older JAX only)
+
+    return shard_map
+
+
 def make_train_step(
     model: Model,
     tx: optax.GradientTransformation,
@@ -290,7 +300,7 @@ def make_train_step(
     if spec.impl == "jit":
         step_fn = functools.partial(update.jit_step, mesh)
     else:
-        step_fn = jax.shard_map(
+        step_fn = _shard_map()(
             update.per_device_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())
         )
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)

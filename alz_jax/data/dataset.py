@@ -26,61 +26,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from alz_jax.data import protocols
+from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
 from alz_jax.host import storage
-from alz_jax.host.errors import UserError, check_fields
+from alz_jax.host.errors import UserError
 from tfds_builders import adni as adni_builder
 from tfds_builders.adni import layout, source, synthetic
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """Which data set a run reads and how it is split (config.data, less the input pipeline's
-    fields): the user's folder or a synthetic stand-in, where TFDS keeps the build, and the
-    protocol."""
-
-    data_dir: str = "~/tensorflow_datasets"
-    manual_dir: str | None = None
-    synthetic_seed: int | None = None
-    synthetic_train_subjects: int = 150
-    synthetic_test_subjects: int = 60
-    validation_fraction: float = 0.1
-    split_seed: int = 0
-    protocol: str = "official"
-    resplit_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    num_folds: int = 5
-    fold: int = 0
-    slice_range: str = ""
-    # Scans whose metadata label contradicts their class folder: the share (of scans with a
-    # metadata label) above which the data set is refused; or trust the folders whatever it is.
-    max_label_conflicts: float = 0.0
-    trust_folder_labels: bool = False
-
-    def __post_init__(self):
-        f = self.validation_fraction
-        check_fields("data", [
-            ("validation_fraction", f, 0.0 < f < 1.0,
-             "in (0, 1): validation picks the best checkpoint"),
-            ("max_label_conflicts", self.max_label_conflicts,
-             0.0 <= self.max_label_conflicts <= 1.0, "a share in [0, 1]"),
-            ("split_seed", self.split_seed, self.split_seed >= 0, ">= 0"),
-            ("synthetic_seed", self.synthetic_seed,
-             self.synthetic_seed is None or self.synthetic_seed >= 0, ">= 0 (or unset)"),
-            ("synthetic_train_subjects", self.synthetic_train_subjects,
-             self.synthetic_train_subjects >= 2, ">= 2 (validation takes some)"),
-            ("synthetic_test_subjects", self.synthetic_test_subjects,
-             self.synthetic_test_subjects >= 1, ">= 1"),
-            ("resplit_fractions", self.resplit_fractions,
-             len(self.resplit_fractions) == 3 and all(x >= 0 for x in self.resplit_fractions)
-             and sum(self.resplit_fractions) > 0,
-             "three shares (train, validation, test), each >= 0, with a positive sum"),
-            ("num_folds", self.num_folds, self.num_folds >= 2, ">= 2"),
-            ("fold", self.fold, 0 <= self.fold < max(self.num_folds, 1),
-             f"in [0, data.num_folds = {self.num_folds})"),
-            ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
-             "|".join(protocols.PROTOCOLS)),
-        ])  # fmt: skip
 
 
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
@@ -322,7 +274,8 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
                 manual_dir, previous.get("created"), previous["path"],
                 source.describe(source.changes(previous["listing"], listing)), build_dir,
             )  # fmt: skip
-        logging.info("Building the adni TFDS data set from %s into %s", manual_dir, build_dir)
+        logging.info("Building the adni TFDS data set from %s", manual_dir)
+        logging.info("... into %s", build_dir)
         with timer("build TFDS data set"):
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)

@@ -22,30 +22,7 @@ import jax
 import numpy as np
 
 from alz_jax.data import augment, mixing, preprocess
-from alz_jax.host.errors import check_fields
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineSpec:
-    """How images reach the model: the input size, the host augmentations, Mixup/CutMix (off by
-    default; its schedule needs the run's length), and the Grain workers and buffers."""
-
-    image_size: int = 224
-    augment: augment.AugmentSpec = dataclasses.field(default_factory=augment.AugmentSpec)
-    mix: mixing.MixSpec = dataclasses.field(default_factory=lambda: mixing.MixSpec(prob=0.0))
-    num_workers: int = 0
-    eval_num_workers: int = 0
-    prefetch_buffer_size: int = 2
-
-    def __post_init__(self):
-        size = self.image_size
-        check_fields("data", [
-            ("image_size", size, size > 0 and size % 32 == 0, "a positive multiple of 32"),
-            ("num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
-            ("eval_num_workers", self.eval_num_workers, self.eval_num_workers >= 0, ">= 0"),
-            ("prefetch_buffer_size", self.prefetch_buffer_size, self.prefetch_buffer_size >= 0,
-             ">= 0"),
-        ])  # fmt: skip
+from alz_jax.data.pipeline_spec import PipelineSpec  # re-exported: callers use this name
 
 
 @dataclasses.dataclass(frozen=True)

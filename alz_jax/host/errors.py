@@ -4,6 +4,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+# Light: the `adni` package imports its TFDS builder only on first use, so the training core
+# (which imports this module) runs without TFDS and TensorFlow.
 from tfds_builders.adni.layout import LayoutError
 
 

@@ -51,8 +51,22 @@ def _varying_like(kernel: jax.Array, x: jax.Array) -> jax.Array:
     """Inside shard_map, marks a replicated kernel as varying over the axes `x` varies over, so
     the custom backward pass may return a per-device kernel gradient (the transpose of this cast
     sums it over devices, as autodiff does for any replicated parameter)."""
-    axes = tuple(sorted(set(jax.typeof(x).mat.varying) - set(jax.typeof(kernel).mat.varying)))
-    return jax.lax.pcast(kernel, axes, to="varying") if axes else kernel
+    axes = tuple(sorted(_varying_axes(x) - _varying_axes(kernel)))
+    if not axes:
+        return kernel
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(kernel, axes, to="varying")
+    return jax.lax.pvary(kernel, axes)  # JAX before 0.8.2: the same cast under its old name
+
+
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The mesh axes `x` varies over inside shard_map: `typeof(x).manual_axis_type.varying`
+    since JAX 0.10 (which removed `.vma`), `typeof(x).vma` before; none outside shard_map."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    if manual is not None:
+        return frozenset(manual.varying)
+    return frozenset(getattr(aval, "vma", ()))
 
 
 def _pad(x: jax.Array, kh: int, kw: int) -> jax.Array:

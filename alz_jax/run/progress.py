@@ -81,8 +81,10 @@ def parameter_overview(params: dict) -> str:
         parts.append(f"stem {_short(_count(params['stem']))}")
     stages = params.get("stages", {})
     downsamples = params.get("downsamples", {})
+    # downsamples[i] leads from stage i to stage i + 1: counted with the stage it leads into.
+    by_index = {int(k): v for k, v in downsamples.items()}
     for key in sorted(stages, key=int):
-        n = _count(stages[key]) + _count(downsamples.get(key, {}))
+        n = _count(stages[key]) + _count(by_index.get(int(key) - 1, {}))
         parts.append(f"stage {int(key) + 1} {_short(n)}")
     listed = {"stem", "stages", "downsamples"}
     parts += [f"{k} {_short(_count(v))}" for k, v in params.items() if k not in listed]
@@ -95,13 +97,19 @@ def _eta(seconds: float) -> str:
 
 def step_line(done: int, plan: specs.Plan, scalars: dict, batch_size: int) -> str:
     """`step 220/505 (43%) ep 2.2 | loss 0.291 acc 0.948 | lr 1.7e-3 | 246 img/s | data 4% |
-    ETA 0:58` from the interval's means (`train/*` scalars)."""
-    step_time = scalars["train/step_time_s"]
+    ETA 0:58` from the interval's means (`train/*` scalars); an interval holding only the
+    compiling first step has no timing yet."""
     total = plan.total_steps
-    return (
+    line = (
         f"step {done}/{total} ({100 * done / total:.0f}%) ep {done / plan.steps_per_epoch:.1f} | "
         f"loss {scalars['train/loss']:.3f} acc {scalars['train/accuracy']:.3f} | "
-        f"lr {scalars['train/learning_rate']:.1e} | {batch_size / step_time:.0f} img/s | "
+        f"lr {scalars['train/learning_rate']:.1e}"
+    )
+    step_time = scalars.get("train/step_time_s")
+    if step_time is None:
+        return line + " | timing from the next step on (this one compiled)"
+    return (
+        f"{line} | {batch_size / step_time:.0f} img/s | "
         f"data {100 * scalars['train/data_wait_s'] / step_time:.0f}% | "
         f"ETA {_eta((total - done) * step_time)}"
     )

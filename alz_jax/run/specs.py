@@ -18,9 +18,12 @@ import os
 import jax
 import ml_collections
 
-from alz_jax.core import averaging, checkpointing, optim, steps
-from alz_jax.data import augment, dataset, input_pipeline, mixing
-from alz_jax.evaluation import reports
+from alz_jax.core import averaging, optim, steps
+from alz_jax.core.checkpoint_spec import CheckpointSpec
+from alz_jax.data import augment, mixing
+from alz_jax.data.data_spec import DataSpec
+from alz_jax.data.pipeline_spec import PipelineSpec
+from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import convert, convnext, depthwise
 
@@ -69,7 +72,7 @@ class Plan:
     warmup_steps: int
     eval_every_steps: int
     averages: averaging.AveragingSpec
-    pipeline: input_pipeline.PipelineSpec  # with the Mixup/CutMix schedule over total_steps
+    pipeline: PipelineSpec  # with the Mixup/CutMix schedule over total_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +83,14 @@ class RunSpec:
     batch_size: int  # global, over all devices and processes
     model: convnext.ConvNeXtSpec
     init_from: str  # 'LAYOUT:PATH' of starting weights, or ''
-    data: dataset.DataSpec
-    pipeline: input_pipeline.PipelineSpec  # its mix schedule is completed by `plan`
+    data: DataSpec
+    pipeline: PipelineSpec  # its mix schedule is completed by `plan`
     optim: optim.OptimSpec
     step: steps.StepSpec
     averages: averaging.AveragingSpec  # its SWA start and period are completed by `plan`
     swa_start_fraction: float
-    checkpoint: checkpointing.CheckpointSpec
-    evaluation: reports.EvalSettings
+    checkpoint: CheckpointSpec
+    evaluation: EvalSettings
     train: Duration
     warmup: Duration
     eval_every: Duration
@@ -159,7 +162,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         ),
         averages=averaging_spec(c),
         swa_start_fraction=float(c.swa.start_fraction) if c.swa.enabled else 0.0,
-        checkpoint=checkpointing.CheckpointSpec(**dict(c.checkpoint.items())),
+        checkpoint=CheckpointSpec(**dict(c.checkpoint.items())),
         evaluation=eval_settings(c.eval),
         train=Duration("num_train", c.num_train_steps, c.num_epochs),
         warmup=Duration("warmup", c.warmup_steps, c.warmup_epochs),
@@ -220,12 +223,12 @@ def model_spec(
     )
 
 
-def data_spec(data_config: ml_collections.ConfigDict) -> dataset.DataSpec:
+def data_spec(data_config: ml_collections.ConfigDict) -> DataSpec:
     """The DataSpec of a `config.data` section (the input pipeline's fields aside)."""
-    fields = {f.name for f in dataclasses.fields(dataset.DataSpec)}
+    fields = {f.name for f in dataclasses.fields(DataSpec)}
     values = {k: v for k, v in data_config.items() if k in fields}
     values["resplit_fractions"] = tuple(values["resplit_fractions"])
-    return dataset.DataSpec(**values)
+    return DataSpec(**values)
 
 
 def augment_spec(augment_config: ml_collections.ConfigDict) -> augment.AugmentSpec:
@@ -240,11 +243,11 @@ def augment_spec(augment_config: ml_collections.ConfigDict) -> augment.AugmentSp
     )
 
 
-def pipeline_spec(config: ml_collections.ConfigDict) -> input_pipeline.PipelineSpec:
+def pipeline_spec(config: ml_collections.ConfigDict) -> PipelineSpec:
     """The input pipeline of a config: size, augmentation, Mixup/CutMix (its schedule over the
     run's steps is set by `RunSpec.plan`), workers and buffers."""
     d = config.data
-    return input_pipeline.PipelineSpec(
+    return PipelineSpec(
         image_size=d.image_size,
         augment=augment_spec(config.augment),
         mix=mixing.MixSpec(
@@ -295,17 +298,17 @@ def averaging_spec(config: ml_collections.ConfigDict) -> averaging.AveragingSpec
     return averaging.AveragingSpec(**fields)
 
 
-def eval_settings(eval_config: ml_collections.ConfigDict, **overrides) -> reports.EvalSettings:
+def eval_settings(eval_config: ml_collections.ConfigDict, **overrides) -> EvalSettings:
     """The EvalSettings of `config.eval` with the non-None `overrides` (evaluate's flags)."""
     values = dict(eval_config.items())
     values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(reports.EvalSettings)}
+    unknown = set(values) - {f.name for f in dataclasses.fields(EvalSettings)}
     if unknown:
         raise UserError(f"config.eval has unknown fields {sorted(unknown)}.")
     if isinstance(values.get("tta", ()), str):
         values["tta"] = tuple(v.strip() for v in values["tta"].split(",") if v.strip())
     values["tta"] = tuple(values.get("tta", ()))
-    return reports.EvalSettings(**values)
+    return EvalSettings(**values)
 
 
 def check_batch(spec: RunSpec, devices: int, processes: int) -> None:

@@ -1,0 +1,60 @@
+"""The data section of a run's spec: which data set, where TFDS keeps its build, and the split
+protocol. Apart from `dataset.py` (which imports TFDS) so that the run spec, the train step and
+the benchmarks load where TFDS and TensorFlow are not installed; `dataset.DataSpec` is this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from alz_jax.data import protocols
+from alz_jax.host.errors import check_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data set a run reads and how it is split (config.data, less the input pipeline's
+    fields): the user's folder or a synthetic stand-in, where TFDS keeps the build, and the
+    protocol."""
+
+    data_dir: str = "~/tensorflow_datasets"
+    manual_dir: str | None = None
+    synthetic_seed: int | None = None
+    synthetic_train_subjects: int = 150
+    synthetic_test_subjects: int = 60
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    protocol: str = "official"
+    resplit_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    num_folds: int = 5
+    fold: int = 0
+    slice_range: str = ""
+    # Scans whose metadata label contradicts their class folder: the share (of scans with a
+    # metadata label) above which the data set is refused; or trust the folders whatever it is.
+    max_label_conflicts: float = 0.0
+    trust_folder_labels: bool = False
+
+    def __post_init__(self):
+        f = self.validation_fraction
+        check_fields("data", [
+            ("validation_fraction", f, 0.0 < f < 1.0,
+             "in (0, 1): validation picks the best checkpoint"),
+            ("max_label_conflicts", self.max_label_conflicts,
+             0.0 <= self.max_label_conflicts <= 1.0, "a share in [0, 1]"),
+            ("split_seed", self.split_seed, self.split_seed >= 0, ">= 0"),
+            ("synthetic_seed", self.synthetic_seed,
+             self.synthetic_seed is None or self.synthetic_seed >= 0, ">= 0 (or unset)"),
+            ("synthetic_train_subjects", self.synthetic_train_subjects,
+             self.synthetic_train_subjects >= 2, ">= 2 (validation takes some)"),
+            ("synthetic_test_subjects", self.synthetic_test_subjects,
+             self.synthetic_test_subjects >= 1, ">= 1"),
+            ("resplit_fractions", self.resplit_fractions,
+             len(self.resplit_fractions) == 3 and all(x >= 0 for x in self.resplit_fractions)
+             and sum(self.resplit_fractions) > 0,
+             "three shares (train, validation, test), each >= 0, with a positive sum"),
+            ("num_folds", self.num_folds, self.num_folds >= 2, ">= 2"),
+            ("fold", self.fold, 0 <= self.fold < max(self.num_folds, 1),
+             f"in [0, data.num_folds = {self.num_folds})"),
+            ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
+             "|".join(protocols.PROTOCOLS)),
+        ])  # fmt: skip
