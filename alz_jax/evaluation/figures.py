@@ -71,7 +71,7 @@ def confusion_figure(
                     color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
         ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=metrics.CLASS_NAMES,
                yticklabels=metrics.CLASS_NAMES, xlabel="predicted", ylabel="true",
-               title=f"{level} (threshold {thresholds[level]:.3f})")  # fmt: skip
+               title=f"{level}\nthreshold {thresholds[level]:.3f}")  # fmt: skip
     if title:
         fig.suptitle(title)
     return fig
