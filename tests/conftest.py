@@ -25,6 +25,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# TensorFlow's test case (TFDS's DatasetBuilderTestCase) makes its temporary folder under
+# TEST_TMPDIR, else under /tmp, and removes it at exit, which pytest-xdist's workers skip: put
+# it in a folder of this session, removed by the main process (whose environment they inherit).
+if "TEST_TMPDIR" not in os.environ:
+    _scratch = tempfile.mkdtemp(prefix="alz_jax_test_tmp_")
+    atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+    os.environ["TEST_TMPDIR"] = os.path.join(_scratch, "tf_")
 
 import jax
 import pytest
