@@ -134,6 +134,7 @@ GPU_CHECK_LINES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # runs every benchmark of the check end to end (~30 s)
 def test_gpu_check_tiny_on_cpu_writes_json_lines_and_a_summary(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=ONE_DEVICE_XLA_FLAGS, DTYPES="bfloat16",
