@@ -65,3 +65,12 @@ def tiny_synthetic(tmp_path_factory):
     spec = synthetic.SyntheticSpec(train_subjects=12, test_subjects=6, max_scans_per_subject=2)
     summary = synthetic.generate(root, seed=3, spec=spec)
     return root, summary
+
+
+@pytest.fixture
+def adni_copy(adni_like, tmp_path):
+    """A private copy of `adni_like` (for tests that change its files) and its description."""
+    root, spec = adni_like
+    copy = tmp_path / "adni"
+    shutil.copytree(root, copy)
+    return copy, spec

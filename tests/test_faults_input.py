@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +25,6 @@ WEIGHTS = REPO / "tests" / "fixtures" / "convnext_tiny_torchvision.safetensors"
 DEPTHS, DIMS = (1, 1, 1, 1), (8, 12, 16, 24)  # the weight fixture's model
 
 
-@pytest.fixture
-def folder(adni_like, tmp_path):
-    """A private copy of the ADNI-like folder (tests change its metadata) and its description."""
-    root, spec = adni_like
-    copy = tmp_path / "adni"
-    shutil.copytree(root, copy)
-    return copy, spec
-
-
 def _metadata(root: Path) -> dict:
     return json.loads((root / layout.METADATA_JSON).read_text())
 
@@ -46,8 +36,8 @@ def _first_line(error: BaseException) -> str:
 # ---- 1. Malformed metadata: not UTF-8, not JSON. ----
 
 
-def test_metadata_not_utf8_names_line_column_and_byte(folder):
-    root, _ = folder
+def test_metadata_not_utf8_names_line_column_and_byte(adni_copy):
+    root, _ = adni_copy
     (root / layout.METADATA_JSON).write_bytes(b'{\n  "2000001": {"source": "caf\xe9"}}')
     with pytest.raises(layout.LayoutError) as info:
         layout.parse(root)
@@ -57,8 +47,8 @@ def test_metadata_not_utf8_names_line_column_and_byte(folder):
     )
 
 
-def test_metadata_not_json_names_line_and_column(folder):
-    root, _ = folder
+def test_metadata_not_json_names_line_and_column(adni_copy):
+    root, _ = adni_copy
     (root / layout.METADATA_JSON).write_text('{\n  "2000001": {"source": "x"},\n}')
     with pytest.raises(layout.LayoutError, match=r"not valid JSON at line 3, column 1 \(") as e:
         layout.parse(root)
@@ -66,8 +56,8 @@ def test_metadata_not_json_names_line_and_column(folder):
     assert "remove it (or give subjects.csv" in str(e.value)
 
 
-def test_subjects_csv_not_utf8_names_line_and_column(folder):
-    root, _ = folder
+def test_subjects_csv_not_utf8_names_line_and_column(adni_copy):
+    root, _ = adni_copy
     (root / layout.METADATA_JSON).unlink()
     (root / layout.SUBJECTS_CSV).write_bytes(b"scan_id,subject_id\n2000001,011_S_\xff002\n")
     with pytest.raises(layout.LayoutError) as info:
@@ -81,16 +71,16 @@ def test_subjects_csv_not_utf8_names_line_and_column(folder):
 # ---- 2. Wrong schema. ----
 
 
-def test_metadata_that_is_not_an_object_says_what_was_found(folder):
-    root, _ = folder
+def test_metadata_that_is_not_an_object_says_what_was_found(adni_copy):
+    root, _ = adni_copy
     (root / layout.METADATA_JSON).write_text('[{"scan": "2000001"}, {"scan": "2000002"}]')
     with pytest.raises(layout.LayoutError, match="expected a JSON object keyed by scan ID") as e:
         layout.parse(root)
     assert "found an array of 2 items" in str(e.value)
 
 
-def test_metadata_without_any_subject_id_is_refused_showing_an_entry(folder):
-    root, _ = folder
+def test_metadata_without_any_subject_id_is_refused_showing_an_entry(adni_copy):
+    root, _ = adni_copy
     entries = {scan: {"label": e["label"], "file": f"S{scan}.nii"}
                for scan, e in _metadata(root).items()}  # fmt: skip
     (root / layout.METADATA_JSON).write_text(json.dumps(entries))
@@ -107,8 +97,8 @@ def test_metadata_without_any_subject_id_is_refused_showing_an_entry(folder):
     assert "names none of the scan IDs" not in message
 
 
-def test_metadata_with_some_entries_lacking_a_subject_warns_and_goes_on(folder, caplog):
-    root, _ = folder
+def test_metadata_with_some_entries_lacking_a_subject_warns_and_goes_on(adni_copy, caplog):
+    root, _ = adni_copy
     entries = _metadata(root)
     lacking = sorted(entries)[:3]
     for scan in lacking:
@@ -124,8 +114,8 @@ def test_metadata_with_some_entries_lacking_a_subject_warns_and_goes_on(folder, 
     assert parsed.subject_of_scan[kept] != kept and "_S_" in parsed.subject_of_scan[kept]
 
 
-def test_well_formed_metadata_naming_no_scan_is_ignored_with_a_warning(folder, caplog):
-    root, _ = folder
+def test_well_formed_metadata_naming_no_scan_is_ignored_with_a_warning(adni_copy, caplog):
+    root, _ = adni_copy
     (root / layout.METADATA_JSON).write_text('{"I1": {"path": "ADNI/011_S_0002/x"}}')
     with caplog.at_level(logging.WARNING):
         parsed = layout.parse(root)
@@ -156,8 +146,8 @@ def test_label_aliases_are_recognised_case_insensitively():
         assert layout.canonical_label(value) is None, value
 
 
-def test_label_conflicts_are_listed_by_scan_and_counted_in_the_audit(folder):
-    root, spec = folder
+def test_label_conflicts_are_listed_by_scan_and_counted_in_the_audit(adni_copy):
+    root, spec = adni_copy
     ad_scans = _relabel(root, spec, "Alzheimer")
     nc_scan = sorted(s for s, label in spec.label_of_scan.items() if label == "NC")[0]
     conflicting, unknown = ad_scans[0], ad_scans[1]
@@ -184,8 +174,8 @@ def test_label_conflicts_are_listed_by_scan_and_counted_in_the_audit(folder):
     assert f"{conflicting} (in {folder_split}/AD, metadata says NC)" in table
 
 
-def test_many_label_conflicts_show_ten_in_the_table_and_all_in_the_report(folder):
-    root, spec = folder
+def test_many_label_conflicts_show_ten_in_the_table_and_all_in_the_report(adni_copy):
+    root, spec = adni_copy
     ad_scans = _relabel(root, spec, "NC")  # every AD-folder scan contradicts
     report, _ = audit.run(layout.parse(root))
     entry = report["label_conflicts"]
@@ -196,12 +186,12 @@ def test_many_label_conflicts_show_ten_in_the_table_and_all_in_the_report(folder
     assert f"... and {len(ad_scans) - 10} more; all in the audit JSON" in line
 
 
-def test_builder_warns_once_about_label_conflicts_and_stores_them_all(folder, tmp_path, caplog):
+def test_builder_warns_once_about_label_conflicts_and_stores_them_all(adni_copy, tmp_path, caplog):
     import tensorflow_datasets as tfds
 
     from tfds_builders.adni import Builder
 
-    root, spec = folder
+    root, spec = adni_copy
     ad_scans = _relabel(root, spec, "NC")
     builder = Builder(data_dir=str(tmp_path / "tfds"), file_format="array_record")
     with caplog.at_level(logging.WARNING):
@@ -219,8 +209,8 @@ def test_builder_warns_once_about_label_conflicts_and_stores_them_all(folder, tm
 # ---- 4. Long lists in error messages. ----
 
 
-def test_thousands_of_images_in_a_split_folder_are_counted_not_all_listed(folder):
-    root, _ = folder
+def test_thousands_of_images_in_a_split_folder_are_counted_not_all_listed(adni_copy):
+    root, _ = adni_copy
     names = [f"{3_000_000 + i}_60.jpeg" for i in range(30)]
     for name in names:
         (root / "train" / name).write_bytes(b"x")

@@ -36,15 +36,6 @@ def _prepare(manual_dir, data_dir, **fields):
     )
 
 
-@pytest.fixture
-def adni_copy(adni_like, tmp_path):
-    """A private copy of the small ADNI-layout folder, to change."""
-    root, spec = adni_like
-    copy = tmp_path / "adni"
-    shutil.copytree(root, copy)
-    return copy, spec
-
-
 def test_a_changed_folder_is_built_anew_never_served_stale(adni_copy, tmp_path, caplog):
     manual_dir, spec = adni_copy
     data_dir = tmp_path / "tfds"

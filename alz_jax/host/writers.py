@@ -67,7 +67,7 @@ class Writer:
 
     def __init__(self, workdir: str | Path, is_writer: bool = True):
         self._root = storage.path(workdir) / "tensorboard"
-        self._jsonl = storage.path(workdir) / "metrics.jsonl"
+        self._jsonl = JsonlWriter(storage.path(workdir) / "metrics.jsonl")
         self._active = is_writer
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._described: set[tuple[str, str]] = set()
@@ -82,16 +82,15 @@ class Writer:
         """Each full name to its run and tag, and all of them to metrics.jsonl."""
         if not self._active or not scalars:
             return
-        values = {k: float(v) for k, v in scalars.items()}
-        storage.append_text(self._jsonl, json.dumps({"step": int(step), **values}) + "\n")
-        for name, value in values.items():
+        self._jsonl.write_scalars(step, scalars)
+        for name, value in scalars.items():
             run, tag = split_name(name)
             description = None
             if (run, tag) not in self._described:
                 self._described.add((run, tag))
                 description = DESCRIPTIONS.get((run, tag))
             with self._writer(run).as_default():
-                tf.summary.scalar(tag, value, step=int(step), description=description)
+                tf.summary.scalar(tag, float(value), step=int(step), description=description)
 
     def write_images(self, step: int, images: dict) -> None:
         """Images (N, H, W, C) uint8 by full name."""
