@@ -10,7 +10,7 @@ figures roc_/confusion_/reliability_/gradcam_<split>.png, and prints a summary t
 
 from absl import flags
 
-from alz_jax.evaluation import reports
+from alz_jax.evaluation import multiclass_reports
 from alz_jax.host import command, storage
 from alz_jax.run import train
 
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     report = train.evaluate_checkpoint(
         _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _WEIGHTS.value, overrides=overrides
     )
-    print(reports.format_report(report))
+    print(multiclass_reports.format_any(report))
     written = storage.path(_WORKDIR.value) / f"report_{_SPLIT.value}.md"
     print(f"Written: {written} and its figures.")
 

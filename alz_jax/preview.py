@@ -22,10 +22,11 @@ _NUM = flags.DEFINE_integer("num", 32, "How many images.")
 
 def _first_batch(run: specs.RunSpec, data: dataset.AdniData) -> dict:
     """The per-process batch that training step 0 uses."""
-    plan = run.plan(train.steps_per_epoch(data, run.batch_size))
+    plan = run.plan(train.steps_per_epoch(data, run.batch_size), train.train_class_counts(data))
     batches = input_pipeline.train_dataset(
-        data.source("train"), plan.pipeline, run.batch_size, seed=run.seed
-    )
+        data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
+        labels=data.records("train")["label"],
+    )  # fmt: skip
     iterator = iter(batches)
     try:
         return next(iterator)
@@ -38,8 +39,9 @@ def main(argv: list[str]) -> None:
     """Builds the data set if needed and writes the grid of step 0's batch."""
     del argv
     run = specs.resolve(_CONFIG.value)
-    batch = _first_batch(run, dataset.prepare(run.data))
-    cv2.imwrite(_OUT.value, figures.image_grid(batch, _NUM.value))
+    data = dataset.prepare(run.data)
+    batch = _first_batch(run, data)
+    cv2.imwrite(_OUT.value, figures.image_grid(batch, _NUM.value, class_names=data.class_names))
     print(f"wrote {_OUT.value}: {min(_NUM.value, len(batch['image']))} images")
 
 

@@ -1,12 +1,14 @@
-"""Command: write the synthetic stand-in for the ADNI AD_NC set (no ADNI needed).
+"""Command: write a synthetic stand-in data set (no ADNI, no download needed).
 
     python -m alz_jax.synthetic --out=DIR [--seed=0] [--train_subjects=150] [--test_subjects=60]
+    python -m alz_jax.synthetic --out=DIR --layout=oasis|folders|parquet [--subjects=160]
 
-Writes DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg and DIR/meta_data_with_label.json
-(tfds_builders/adni/synthetic.py: brain-like phantoms with AD-like atrophy, deterministic by
-seed) and prints the images, scans and subjects per split and class as one JSON line. Training
-generates it by itself when data.synthetic_seed is set (configs/demo.py); this is for looking at
-it, or for building it elsewhere.
+The first writes DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg and
+DIR/meta_data_with_label.json (tfds_builders/adni/synthetic.py: brain-like phantoms with AD-like
+atrophy); the second a four-stage set in a public collection's layout
+(tfds_builders/adni/synthetic_stages.py). Deterministic by seed; prints the counts per split
+and class as one JSON line. Training generates them by itself when data.synthetic_seed is set
+(configs/demo.py, configs/stages_demo.py); this is for looking at them, or building elsewhere.
 """
 
 import json
@@ -14,7 +16,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import synthetic
+from tfds_builders.adni import synthetic, synthetic_stages
 
 _OUT = flags.DEFINE_string("out", None, "Folder to create (AD_NC/ goes inside).", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")
@@ -24,11 +26,24 @@ _TRAIN_SUBJECTS = flags.DEFINE_integer(
 _TEST_SUBJECTS = flags.DEFINE_integer(
     "test_subjects", synthetic.SyntheticSpec.test_subjects, "Subjects in the test folder."
 )
+_LAYOUT = flags.DEFINE_enum(
+    "layout",
+    "adni",
+    ("adni", *synthetic_stages.LAYOUTS),
+    "adni (AD vs NC), or a four-stage set: folders, oasis or parquet.",
+)
+_SUBJECTS = flags.DEFINE_integer(
+    "subjects", synthetic_stages.StagesSpec.subjects, "Subjects of a four-stage set."
+)
 
 
 def main(argv: list[str]) -> None:
     """Generates the set and prints its summary."""
     del argv
+    if _LAYOUT.value != "adni":
+        spec = synthetic_stages.StagesSpec(subjects=_SUBJECTS.value)
+        print(json.dumps(synthetic_stages.generate(_OUT.value, _SEED.value, spec, _LAYOUT.value)))
+        return
     spec = synthetic.SyntheticSpec(
         train_subjects=_TRAIN_SUBJECTS.value, test_subjects=_TEST_SUBJECTS.value
     )

@@ -42,6 +42,17 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # build's use (any, by default); trust the folders, or allow a share of them.
     config.data.trust_folder_labels = False
     config.data.max_label_conflicts = 0.0
+    # The folder's layout: 'auto' (detected), 'adni', 'folders' (class folders, with or without
+    # train/val/test), 'oasis' (OASIS-1 slice names) or 'parquet' (docs/stages.md). Integer
+    # parquet labels without names in the files are named here, in order: 'A,B,C,D'.
+    config.data.layout = "auto"
+    config.data.label_names = ""
+    # The synthetic stand-in's layout: 'adni' (AD vs NC) or a four-stage set in the 'folders',
+    # 'oasis' or 'parquet' layout, with synthetic_subjects subjects.
+    config.data.synthetic_layout = "adni"
+    config.data.synthetic_subjects = 160
+    # Draw training images class-balanced (with replacement) instead of shuffled passes.
+    config.data.balanced_sampling = False
     config.data.image_size = 224
     config.data.num_workers = 4  # Grain worker processes (0 = decode in the main process)
     config.data.eval_num_workers = 4
@@ -130,6 +141,9 @@ def _optimization(config: ml_collections.ConfigDict) -> None:
     config.optim.eps = 1e-8
     config.optim.grad_clip_norm = 1.0
     config.optim.label_smoothing = 0.1
+    # Loss weight per class: 'none', 'balanced' (n / (K n_c) on the train split, as
+    # scikit-learn's) or one weight per class in label order, e.g. '1,1.5,2,4'.
+    config.optim.class_weights = "none"
     # Layer-wise learning-rate decay for fine-tuning: layer k below the head learns at
     # layer_decay**k times the rate (e.g. 0.8 with init_from); 1.0 is off.
     config.optim.layer_decay = 1.0

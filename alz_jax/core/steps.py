@@ -95,6 +95,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def example_weights(batch: dict, class_weights: tuple[float, ...]) -> jax.Array:
+    """Each example's loss weight: its class's weight, or for mixed soft targets the targets'
+    mix of the two classes' weights. The loss is the batch mean of weight x cross-entropy (not
+    divided by the batch's weight sum, which would make a step's scale depend on its class mix);
+    'balanced' weights average 1 over the train split, so the loss keeps its scale."""
+    weights = jnp.asarray(class_weights, jnp.float32)
+    if "targets" in batch:
+        return batch["targets"] @ weights
+    return weights[batch["label"]]
+
+
 _NOISE_STREAM = 0x6E6F6973
 _AVERAGES_STREAM = 0x61766773
 
@@ -131,6 +142,8 @@ class StepSpec:
     noise_prob: float = 0.0  # Gaussian noise on device, after normalisation
     noise_std: float = 0.0  # in [0, 1] pixel units
     seed: int = 0
+    # Per-class loss weights (optim.class_weights, resolved on the train split); () is none.
+    class_weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         accum = self.grad_accum_steps
@@ -144,6 +157,10 @@ class StepSpec:
              ">= 0 and finite"),
             ("seed", self.seed, isinstance(self.seed, int) and self.seed >= 0,
              "an integer >= 0"),
+            ("optim.class_weights", self.class_weights,
+             all(0 <= w < math.inf for w in self.class_weights)
+             and (not self.class_weights or sum(self.class_weights) > 0),
+             "finite weights >= 0, not all 0"),
         ])  # fmt: skip
 
 
@@ -184,6 +201,8 @@ class _Update:
                 loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
             else:
                 loss = cross_entropy(logits, batch["label"], self.spec.label_smoothing)
+            if self.spec.class_weights:
+                loss = loss * example_weights(batch, self.spec.class_weights)
             return loss.sum(), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -324,15 +343,17 @@ def view_of(images: jax.Array, view: str) -> jax.Array:
 def make_predict_step(
     model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh, view: str = "plain"
 ) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jitted (params, images uint8) -> logit margin z_AD - z_NC per image (float32; P(AD) is
-    its sigmoid), batch-sharded; `view` flips the images first (test-time augmentation)."""
+    """Jitted (params, images uint8) -> with two classes, the logit margin z_AD - z_NC per image
+    (float32; P(AD) is its sigmoid); with more, the logits (B, K) float32. Batch-sharded; `view`
+    flips the images first (test-time augmentation)."""
     mean, std = pixel_stats["mean"], pixel_stats["std"]
     view_of(jnp.zeros((1, 1, 1, 1)), view)  # an unknown view fails here, not inside jit
+    binary = model.spec.num_classes == 2
 
     def predict(params, images: jax.Array) -> jax.Array:
         logits = model.apply(params, preprocess.normalize(view_of(images, view), mean, std))
         logits = logits.astype(jnp.float32)
-        return logits[:, 1] - logits[:, 0]
+        return logits[:, 1] - logits[:, 0] if binary else logits
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)

@@ -10,6 +10,10 @@ import dataclasses
 from alz_jax.data import protocols
 from alz_jax.host.errors import check_fields
 
+# As tfds_builders.adni.stages.LAYOUTS and synthetic_stages.LAYOUTS (this module stays light).
+LAYOUTS = ("auto", "adni", "folders", "oasis", "parquet")
+SYNTHETIC_LAYOUTS = ("adni", "folders", "oasis", "parquet")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -33,6 +37,18 @@ class DataSpec:
     # metadata label) above which the data set is refused; or trust the folders whatever it is.
     max_label_conflicts: float = 0.0
     trust_folder_labels: bool = False
+    # The folder's layout (detected with 'auto'), names of integer parquet labels in order
+    # ("A,B,C"), and the layout of the synthetic stand-in: 'adni' (AD vs NC) or a four-stage
+    # collection ('folders', 'oasis', 'parquet') of synthetic_subjects subjects.
+    layout: str = "auto"
+    label_names: str = ""
+    synthetic_layout: str = "adni"
+    synthetic_subjects: int = 160
+
+    @property
+    def label_name_list(self) -> tuple[str, ...]:
+        """`label_names` split at commas."""
+        return tuple(n.strip() for n in self.label_names.split(",") if n.strip())
 
     def __post_init__(self):
         f = self.validation_fraction
@@ -57,4 +73,9 @@ class DataSpec:
              f"in [0, data.num_folds = {self.num_folds})"),
             ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
              "|".join(protocols.PROTOCOLS)),
+            ("layout", self.layout, self.layout in LAYOUTS, "|".join(LAYOUTS)),
+            ("synthetic_layout", self.synthetic_layout,
+             self.synthetic_layout in SYNTHETIC_LAYOUTS, "|".join(SYNTHETIC_LAYOUTS)),
+            ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,
+             ">= 8 (every stage needs subjects in every split)"),
         ])  # fmt: skip

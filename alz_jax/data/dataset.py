@@ -30,7 +30,7 @@ from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from tfds_builders import adni as adni_builder
-from tfds_builders.adni import layout, source, synthetic
+from tfds_builders.adni import audit, layout, source, stages, synthetic, synthetic_stages
 
 SPLITS = ("train", "validation", "test")
 
@@ -82,6 +82,11 @@ class AdniData:
     positions: dict[str, np.ndarray]
     protocol: dict
     source_fingerprint: str = ""  # of the data folder the build was made from
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes in label order (NC, AD; or the stages)."""
+        return tuple(self.builder.info.features["label"].names)
 
     @property
     def metadata(self) -> dict:
@@ -145,7 +150,36 @@ class AdniData:
             "subject_coverage": meta.get("subject_coverage"),
             "test_subjects_also_in_train": shared if known else None,
             "protocol": self.protocol,
+            "layout": meta.get("layout", "adni"),
+            "class_names": list(self.class_names),
+            "class_distribution": self.class_distribution(),
+            "cross_split_near_duplicates": self.cross_split_near_duplicates(),
         }
+
+    def class_distribution(self) -> dict[str, dict[str, int]]:
+        """Images per class of every protocol split."""
+        return {
+            split: {
+                name: int(np.sum(self.records(split)["label"] == k))
+                for k, name in enumerate(self.class_names)
+            }
+            for split in SPLITS
+        }
+
+    def cross_split_near_duplicates(self) -> dict | None:
+        """How many test images of this protocol have a near-identical image in train or
+        validation (from the pairs the build found), and, where subjects are known, how that
+        agrees with the subjects in both; None for builds made before pairs were stored."""
+        pairs = self.metadata.get("near_duplicate_pairs")
+        if pairs is None:
+            return None
+        split_of, subject_of = {}, {}
+        for split in SPLITS:
+            r = self.records(split)
+            for name, subject in zip(r["file_name"], r["subject_id"], strict=True):
+                split_of[name], subject_of[name] = split, subject
+        known = self.metadata.get("subject_source") != "scan_id"
+        return audit.cross_split_entry(split_of, subject_of if known else None, pairs)
 
 
 def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
@@ -160,14 +194,20 @@ def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
             )
         seed = int(data_config.synthetic_seed)
         data_dir = Path(data_dir)
-        root = data_dir / f"synthetic_{synthetic.tag(_synthetic_spec(data_config), seed)}"
+        if data_config.synthetic_layout == "adni":
+            name = synthetic.tag(_synthetic_spec(data_config), seed)
+        else:
+            name = synthetic_stages.tag(
+                _stages_spec(data_config), seed, data_config.synthetic_layout
+            )
+        root = data_dir / f"synthetic_{name}"
         return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(
         "No ADNI data given: set --config.data.manual_dir=DIR, where DIR holds "
         "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg.\n\n"
         + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
         + "\nTo try the project without ADNI: python -m alz_jax.main --config=configs/demo.py "
-        "--workdir=DIR"
+        "--workdir=DIR (or configs/stages_demo.py: four dementia stages)"
     )
 
 
@@ -178,20 +218,29 @@ def _synthetic_spec(data_config) -> synthetic.SyntheticSpec:
     )
 
 
+def _stages_spec(data_config) -> synthetic_stages.StagesSpec:
+    return synthetic_stages.StagesSpec(subjects=data_config.synthetic_subjects)
+
+
 def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     marker = manual_dir / ".complete"
     if marker.exists():
         return
     shutil.rmtree(manual_dir, ignore_errors=True)  # an interrupted earlier generation
-    spec = _synthetic_spec(data_config)
-    logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, manual_dir)
-    summary = synthetic.generate(manual_dir, seed=seed, spec=spec)
+    kind = data_config.synthetic_layout
+    if kind == "adni":
+        logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, manual_dir)
+        summary = synthetic.generate(manual_dir, seed=seed, spec=_synthetic_spec(data_config))
+    else:
+        logging.info("Generating the synthetic four-stage set, %s layout (seed %d), in %s",
+                     kind, seed, manual_dir)  # fmt: skip
+        summary = synthetic_stages.generate(manual_dir, seed, _stages_spec(data_config), kind)
     marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
-def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> dict:
-    """The listing of the data folder (generating the synthetic one first), after checking
-    that it has the ADNI layout."""
+def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple[dict, tuple]:
+    """The listing of the data folder (generating the synthetic one first) and its (layout,
+    class names), after checking that it has a layout alz_jax reads."""
     if synthetic_seed is not None:
         with timer("generate synthetic data"):
             _ensure_synthetic(manual_dir, synthetic_seed, data_config)
@@ -201,12 +250,12 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> dict:
             + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
         )
     try:
-        layout.find_root(manual_dir)
+        described = stages.describe(manual_dir, data_config.layout, data_config.label_name_list)
     except layout.LayoutError as e:
         raise UserError(
             f"{e}\n\n{adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         ) from e
-    return source.listing(manual_dir)
+    return source.listing(manual_dir), described
 
 
 BUILD_PREFIX = "adni-"  # <data_dir>/adni-<fingerprint>/adni/<config>/<version>
@@ -288,19 +337,40 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
         storage.write_text_atomic(build_dir / SOURCE_FILE, json.dumps(record))
 
 
-def _agree(error: Exception | None, fingerprint: str | None) -> str:
-    """Process 0's fingerprint on every process, or process 0's error raised on every one."""
+def as_data_spec(data_config) -> DataSpec:
+    """A DataSpec from a DataSpec or a `config.data` section (its other fields ignored; fields
+    it lacks take their defaults)."""
+    if isinstance(data_config, DataSpec):
+        return data_config
+    names = {f.name for f in dataclasses.fields(DataSpec)}
+    values = {k: v for k, v in data_config.items() if k in names}
+    if "resplit_fractions" in values:
+        values["resplit_fractions"] = tuple(values["resplit_fractions"])
+    return DataSpec(**values)
+
+
+_DESCRIPTION_BYTES = 4096  # room for the layout and class names process 0 broadcasts
+
+
+def _agree(error: Exception | None, found: tuple[str, tuple] | None) -> tuple[str, tuple]:
+    """Process 0's (fingerprint, (layout, class names)) on every process, or process 0's error
+    raised on every one (the other processes may not see the data folder)."""
     if jax.process_count() > 1:
-        digits = np.frombuffer(bytes.fromhex(fingerprint or "0" * 16), np.uint8)
-        shared = multihost_utils.broadcast_one_to_all(
-            np.concatenate([[np.uint8(error is not None)], digits])
-        )
-        if shared[0] and error is None:
-            raise UserError("Process 0 failed to prepare the adni data set; see its log.")
-        fingerprint = bytes(np.asarray(shared[1:], np.uint8)).hex()
+        text = json.dumps(found if error is None else None).encode()
+        if len(text) > _DESCRIPTION_BYTES:
+            error = UserError(f"The class names take over {_DESCRIPTION_BYTES} bytes; shorten.")
+            text = b"null"
+        padded = np.frombuffer(text.ljust(_DESCRIPTION_BYTES), np.uint8)
+        shared = multihost_utils.broadcast_one_to_all(padded)
+        value = json.loads(bytes(np.asarray(shared, np.uint8)).decode().strip())
+        if value is None and error is None:
+            raise UserError("Process 0 failed to prepare the data set; see its log.")
+        if value is not None:
+            fingerprint, (kind, class_names) = value
+            found = fingerprint, (kind, tuple(class_names))
     if error is not None:
         raise error
-    return fingerprint
+    return found
 
 
 def prepare(data_config: DataSpec, timer=None) -> AdniData:
@@ -312,32 +382,36 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
     stages.
     """
     timer = timer or (lambda name: contextlib.nullcontext())
+    data_config = as_data_spec(data_config)
     manual_dir, data_dir, synthetic_seed = _resolve_dirs(data_config)
-    builder_config = adni_builder.config_for(
-        data_config.validation_fraction, data_config.split_seed
-    )
 
-    def make_builder(build_dir):
+    def make_builder(build_dir, described):
+        kind, class_names = described
+        config = adni_builder.config_for(
+            data_config.validation_fraction, data_config.split_seed, kind, class_names,
+            data_config.label_name_list,
+        )  # fmt: skip
         return adni_builder.Builder(
-            data_dir=os.fspath(build_dir), config=builder_config, file_format="array_record"
+            data_dir=os.fspath(build_dir), config=config, file_format="array_record"
         )
 
-    # Process 0 lists the folder and builds; every process learns the fingerprint (or the
-    # failure), so none waits forever. data_dir must be on storage that every host sees.
-    error = fingerprint = None
+    # Process 0 lists the folder and builds; every process learns the fingerprint and layout
+    # (or the failure), so none waits forever. data_dir must be on storage every host sees.
+    error = found = None
     if jax.process_index() == 0:
         try:
-            listing = _check_source(manual_dir, synthetic_seed, data_config, timer)
-            fingerprint = source.fingerprint(listing)
-            build_dir = data_dir / f"{BUILD_PREFIX}{fingerprint}"
-            _build(lambda: make_builder(build_dir), build_dir, listing, data_dir, timer)
+            listing, described = _check_source(manual_dir, synthetic_seed, data_config, timer)
+            found = source.fingerprint(listing), described
+            build_dir = data_dir / f"{BUILD_PREFIX}{found[0]}"
+            _build(lambda: make_builder(build_dir, described), build_dir, listing, data_dir,
+                   timer)  # fmt: skip
         except (UserError, layout.LayoutError) as e:
             error = e
-    fingerprint = _agree(error, fingerprint)
-    builder = make_builder(data_dir / f"{BUILD_PREFIX}{fingerprint}")
+    fingerprint, described = _agree(error, found)
+    builder = make_builder(data_dir / f"{BUILD_PREFIX}{fingerprint}", described)
     if not builder.is_prepared():
         raise UserError(
-            f"The adni data set is not in {builder.data_dir} on process {jax.process_index()}: "
+            f"The data set is not in {builder.data_dir} on process {jax.process_index()}: "
             "data.data_dir must be on storage that every host sees."
         )
     _check_label_conflicts(builder.info.metadata, data_config)
@@ -400,6 +474,15 @@ def _apply_protocol(builder, data_config):
         "slice_range": data_config.slice_range,
         "split_seed": data_config.split_seed,
     }
+    folders = builder.info.metadata.get("folder_splits", ["train", "test"])
+    if protocol["name"] == "official" and set(folders) not in (
+        {"train", "test"},
+        {"train", "validation", "test"},
+    ):
+        # No usable split folders: the build split by subject, stratified by class.
+        protocol["official_split"] = "by subject {:g}/{:g}/{:g} at build".format(
+            *adni_builder.adni_dataset_builder.NO_FOLDER_FRACTIONS
+        )
     if protocol["slice_range"]:
         window = protocols.parse_slice_range(
             protocol["slice_range"], pooled["slice_index"], pooled["label"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -140,16 +141,60 @@ def per_process_batch(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
+class ClassBalancedSampler(grain.MapDataset):
+    """An endless stream over `parent` in which every class is equally likely: "epoch" e (as
+    many draws as records) draws records with replacement, each with probability proportional
+    to 1 / (its class's count), from a generator seeded by (seed, e). Random access, so a
+    resumed run finds its position from the step alone."""
+
+    def __init__(self, parent: grain.MapDataset, labels: np.ndarray, seed: int):
+        super().__init__(parent)
+        labels = np.asarray(labels, np.int64)
+        counts = np.bincount(labels)
+        weights = 1.0 / counts[labels]
+        self._p = weights / weights.sum()
+        self._n, self._seed = len(labels), seed
+        self._epoch, self._order = -1, np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """The records epoch `epoch` draws, in order."""
+        rng = np.random.default_rng([self._seed, epoch, 0x62616C])
+        return rng.choice(self._n, size=self._n, replace=True, p=self._p)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, offset = divmod(index, self._n)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, self.indices(epoch)
+        return self._parent[int(self._order[offset])]
+
+    def __str__(self) -> str:
+        return f"ClassBalancedSampler(records={self._n})"
+
+
 def train_dataset(
-    source, pipeline: PipelineSpec, global_batch: int, *, seed: int, start_step: int = 0
-) -> grain.IterDataset:
+    source, pipeline: PipelineSpec, global_batch: int, *, seed: int, start_step: int = 0,
+    labels: np.ndarray | None = None,
+) -> grain.IterDataset:  # fmt: skip
     """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on.
 
     With mixing on (`pipeline.mix`), batches also carry soft `targets` (b, K) float32, label
-    smoothing included, on the mixing schedule of the run's `mix.total_steps`.
+    smoothing included, on the mixing schedule of the run's `mix.total_steps`. With
+    `pipeline.balanced_sampling`, records are drawn class-balanced (`labels`: the source's).
     """
     transform = TrainTransform(pipeline.image_size, pipeline.augment)
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
+    ds = grain.MapDataset.source(source).seed(seed)
+    if pipeline.balanced_sampling:
+        if labels is None or len(labels) != len(source):
+            raise ValueError("balanced sampling needs the label of every record of the source")
+        ds = ClassBalancedSampler(ds, labels, seed)
+    else:
+        ds = ds.shuffle().repeat()
+    ds = ds.random_map(transform)
     b = per_process_batch(global_batch)
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
     ds = ds.batch(b, drop_remainder=True)

@@ -23,6 +23,9 @@ class PipelineSpec:
     num_workers: int = 0
     eval_num_workers: int = 0
     prefetch_buffer_size: int = 2
+    # Training draws records with replacement so that every class is equally likely
+    # (data.balanced_sampling), instead of a shuffled pass over the train split per epoch.
+    balanced_sampling: bool = False
 
     def __post_init__(self):
         size = self.image_size

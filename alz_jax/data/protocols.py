@@ -8,8 +8,9 @@
 
 Every split is stratified by class at subject level. A subject's stratum is the label of the
 majority of its scans (ties go to AD); all of a subject's visits go to one split, whatever their
-labels, so a subject whose diagnosis changed is never divided. `slice_range` then keeps only
-slices whose index lies in a window ('auto': the window of indices present in both classes),
+labels, so a subject whose diagnosis changed is never divided. With K classes the strata are
+the K labels (ties go to the higher, more advanced one). `slice_range` then keeps only
+slices whose index lies in a window ('auto': the window of indices present in every class),
 the mitigation for the slice-window shortcut.
 """
 
@@ -19,48 +20,33 @@ import collections
 
 import numpy as np
 
+from tfds_builders.adni import layout
+
 PROTOCOLS = ("official", "resplit", "kfold")
 
 
 def subject_strata(subject_ids, scan_ids, labels) -> dict[str, int]:
-    """Each subject's class stratum: the majority label of its scans, ties to AD (1)."""
+    """Each subject's class stratum: the majority label of its scans, ties to the higher label
+    (AD over NC)."""
     votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     seen = set()
     for subject, scan, label in zip(subject_ids, scan_ids, labels, strict=True):
         if scan not in seen:
             seen.add(scan)
             votes[subject][int(label)] += 1
-    return {s: int(v[1] >= v[0]) for s, v in votes.items()}
+    return {s: layout.majority_label(v) for s, v in votes.items()}
 
 
 def _stratum_members(strata: dict[str, int], seed: int) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for label in (0, 1):
-        members = sorted(s for s, lab in strata.items() if lab == label)
-        out.append([members[i] for i in rng.permutation(len(members))])
-    return out
+    return layout.stratum_members(strata, seed)
 
 
 def split_by_subject(
     strata: dict[str, int], fractions: dict[str, float], seed: int
 ) -> dict[str, str]:
     """Subject -> split name, with each class divided by the fractions (cumulative rounding, so a
-    split's share of a class is within one subject of its fraction)."""
-    total = sum(fractions.values())
-    if total <= 0 or any(f < 0 for f in fractions.values()):
-        raise ValueError(f"split fractions must be >= 0 with a positive sum, got {fractions}")
-    names = list(fractions)
-    out = {}
-    for members in _stratum_members(strata, seed):
-        n = len(members)
-        bounds = np.rint(np.cumsum([fractions[k] / total for k in names]) * n).astype(int)
-        start = 0
-        for name, end in zip(names, bounds, strict=True):
-            for subject in members[start:end]:
-                out[subject] = name
-            start = end
-    return out
+    split's share of a class is within one subject of its fraction); as the builder does."""
+    return layout.split_subjects(strata, fractions, seed)
 
 
 def fold_of_subject(strata: dict[str, int], num_folds: int, seed: int) -> dict[str, int]:
@@ -75,9 +61,14 @@ def fold_of_subject(strata: dict[str, int], num_folds: int, seed: int) -> dict[s
 
 
 def common_slice_window(slice_index: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
-    """The range of slice indices present in both classes: [max of minima, min of maxima]."""
-    lows = [slice_index[labels == c].min() for c in (0, 1)]
-    highs = [slice_index[labels == c].max() for c in (0, 1)]
+    """The range of slice indices present in every class: [max of minima, min of maxima]."""
+    if np.any(slice_index < 0):
+        raise ValueError(
+            "data.slice_range needs slice indices, and this layout's file names give none."
+        )
+    classes = np.unique(labels)
+    lows = [slice_index[labels == c].min() for c in classes]
+    highs = [slice_index[labels == c].max() for c in classes]
     lo, hi = int(max(lows)), int(min(highs))
     if lo > hi:
         raise ValueError(f"The classes' slice ranges don't overlap: {lows}..{highs}")
@@ -88,6 +79,11 @@ def parse_slice_range(value: str, slice_index: np.ndarray, labels: np.ndarray):
     """'' -> None, 'auto' -> the common window, 'lo,hi' -> (lo, hi)."""
     if not value:
         return None
+    if np.any(np.asarray(slice_index) < 0):
+        raise ValueError(
+            f"data.slice_range = {value!r} needs slice indices, and this layout's file names "
+            "give none; leave it empty."
+        )
     if value == "auto":
         return common_slice_window(slice_index, labels)
     try:

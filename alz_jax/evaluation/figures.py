@@ -4,6 +4,7 @@ matrices and reliability diagrams, as PNG files and as images for TensorBoard.""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -121,6 +122,79 @@ def report_figures(report: dict, units: dict[str, metrics.Units]) -> dict[str, F
     }
 
 
+# ---- K >= 3 classes (multiclass_reports): argmax decides, so no thresholds. ----
+
+
+def multiclass_confusion_figure(
+    confusions: dict[str, dict], title: str = "", max_label: int = 12
+) -> Figure:
+    """One K x K matrix per level (report[level]["confusion_matrix"]): counts and the share of
+    the true class's row in each cell, coloured by that share; class names on the axes."""
+    k = max(len(m["counts"]) for m in confusions.values())
+    side = max(3.4, 0.8 * k + 1.2)
+    fig = Figure(figsize=(side * len(confusions), side), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(confusions)))
+    for ax, (level, matrix) in zip(axes, confusions.items(), strict=True):
+        counts = np.asarray(matrix["counts"])
+        rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        names = [n if len(n) <= max_label else n[: max_label - 1] + "~"
+                 for n in matrix["rows_true_cols_predicted"]]  # fmt: skip
+        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), c in np.ndenumerate(counts):
+            ax.text(j, i, f"{c}\n{rows[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+        ticks = range(len(names))
+        ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names,
+               xlabel="predicted", ylabel="true", title=level)  # fmt: skip
+        ax.tick_params(axis="x", labelrotation=30)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def top_label_reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figure:
+    """Top-label reliability diagrams: accuracy against mean confidence (the largest class
+    probability) per bin, with the bin counts below."""
+    fig = Figure(figsize=(3.6 * len(bins_by_level), 4.4), layout="constrained")
+    grid = fig.subplots(2, len(bins_by_level), height_ratios=(3, 1), squeeze=False)
+    for k, (level, bins) in enumerate(bins_by_level.items()):
+        ax, count_ax = grid[0, k], grid[1, k]
+        edges = np.asarray(bins["edges"])
+        centers = (edges[:-1] + edges[1:]) / 2
+        filled = [i for i, c in enumerate(bins["count"]) if c]
+        confidence = [bins["mean_confidence"][i] for i in filled]
+        accuracy = [bins["accuracy"][i] for i in filled]
+        ax.bar(centers[filled], accuracy, width=np.diff(edges)[filled], alpha=0.35,
+               color=_COLORS.get(level), edgecolor="black", label="accuracy")  # fmt: skip
+        ax.plot(confidence, accuracy, "o-", color=_COLORS.get(level), label="at mean confidence")
+        ax.plot([0, 1], [0, 1], ":", color="gray")
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+               title=f"{level}: ECE {bins['ece']:.3f}")  # fmt: skip
+        ax.legend(loc="upper left", fontsize="small")
+        count_ax.bar(centers, bins["count"], width=np.diff(edges), color="gray")
+        count_ax.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="count")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def multiclass_figures(report: dict, units: dict[str, metrics.Units]) -> dict[str, Figure]:
+    """The figures of a K-class report (multiclass_reports.build_report): confusion matrices
+    and top-label reliability diagrams per level. `units` is taken so that callers call this
+    as report_figures; both figures are drawn from the report's numbers."""
+    del units
+    levels = [lv for lv in metrics.LEVELS if lv in report]
+    where = f"{report['split']} split, step {report['checkpoint_step']}, {report['weights']}"
+    return {
+        "confusion": multiclass_confusion_figure(
+            {lv: report[lv]["confusion_matrix"] for lv in levels}, f"{where}; argmax"
+        ),
+        "reliability": top_label_reliability_figure(
+            {lv: report[lv]["calibration"] for lv in levels}, where
+        ),
+    }
+
+
 def to_image(fig: Figure, dpi: int = 80) -> np.ndarray:
     """The figure rendered to an RGB uint8 array (H, W, 3), e.g. for TensorBoard."""
     canvas = FigureCanvasAgg(fig)
@@ -150,8 +224,11 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
         fig.savefig(f, format="png", dpi=dpi)
 
 
-def image_grid(batch: dict, num: int = 32, columns: int = 8) -> np.ndarray:
-    """Tiles the first `num` images of a batch into one uint8 (H, W, 1) image with captions."""
+def image_grid(
+    batch: dict, num: int = 32, columns: int = 8, class_names: Sequence[str] = ("NC", "AD")
+) -> np.ndarray:
+    """Tiles the first `num` images of a batch into one uint8 (H, W, 1) image with captions: the
+    class (its first 6 letters), or with mixed targets the two largest shares."""
     images = np.asarray(batch["image"])[:num]
     n, size = len(images), images.shape[1]
     rows = math.ceil(n / columns)
@@ -161,10 +238,14 @@ def image_grid(batch: dict, num: int = 32, columns: int = 8) -> np.ndarray:
         r, c = divmod(i, columns)
         top = r * (size + caption)
         grid[top + caption : top + caption + size, c * size : (c + 1) * size] = image
-        if "targets" in batch:
+        if "targets" in batch and len(class_names) == 2:
             text = f"AD {float(batch['targets'][i][1]):.2f}"
+        elif "targets" in batch:
+            top2 = np.argsort(-np.asarray(batch["targets"][i]))[:2]
+            text = " ".join(f"{class_names[k][:3]}{float(batch['targets'][i][k]):.1f}"
+                            for k in top2)  # fmt: skip
         else:
-            text = ("NC", "AD")[int(batch["label"][i])]
+            text = class_names[int(batch["label"][i])][:6]
         cv2.putText(grid, text, (c * size + 2, top + caption - 3), cv2.FONT_HERSHEY_PLAIN,
                     0.8, 255, 1, cv2.LINE_AA)  # fmt: skip
     return grid

@@ -35,6 +35,13 @@ from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use
 from alz_jax.host import storage, tables
 
 REPORT_LEVELS = metrics.LEVELS
+# Share of test images with a near-duplicate in train (cross_split_near_duplicates) from which
+# a report warns.
+LEAK_WARNING_SHARE = 0.1
+LEAK_WARNING = (
+    "Warning: the test folder shares brains with train; test accuracy is not an estimate of "
+    "accuracy on new people"
+)
 # ---- Predictions. ----
 
 
@@ -42,11 +49,11 @@ def predict_split_multi(
     data, split: str, predictors: dict, pipeline: input_pipeline.PipelineSpec, batch_size: int,
     mesh,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Logit margins z_AD - z_NC of every image of a split, in record order, for several
-    (params, predict_fn) pairs (raw/EMA/SWA weights, test-time views) in one pass over the
-    data; every image is counted exactly once."""
+    """Logit margins z_AD - z_NC (or, with K > 2 classes, the logits (n, K)) of every image of
+    a split, in record order, for several (params, predict_fn) pairs (raw/EMA/SWA weights,
+    test-time views) in one pass over the data; every image is counted exactly once."""
     n = data.num_examples(split)
-    out = {name: np.full(n, np.nan, np.float64) for name in predictors}
+    out: dict[str, np.ndarray] = {}  # (n,) margins, or (n, K) logits with K > 2 classes
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
     dataset = input_pipeline.eval_dataset(data.source(split), pipeline, batch_size)
@@ -59,6 +66,8 @@ def predict_split_multi(
             margins, indices = multihost_utils.process_allgather((margins, indices), tiled=True)
             valid = indices >= 0
             for name in predictors:
+                if name not in out:
+                    out[name] = np.full((n, *margins[name].shape[1:]), np.nan, np.float64)
                 out[name][indices[valid]] = margins[name][valid]
             np.add.at(seen, indices[valid], 1)
     finally:
@@ -220,7 +229,23 @@ def build_report(
         report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
     if split == "test":
         report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
+    if data_metadata.get("cross_split_near_duplicates") is not None:
+        report["cross_split_near_duplicates"] = data_metadata["cross_split_near_duplicates"]
+    if "class_distribution" in data_metadata:
+        report["class_distribution_by_split"] = data_metadata["class_distribution"]
     return report, units
+
+
+def leak_warning(report: dict) -> str | None:
+    """The warning line when many test images have a near-duplicate in train, else None."""
+    dup = report.get("cross_split_near_duplicates") or {}
+    share = dup.get("share")
+    if share is None or share < LEAK_WARNING_SHARE or report.get("split") != "test":
+        return None
+    return (
+        f"{LEAK_WARNING} ({dup.get('test_images_with_train_match')} of "
+        f"{dup.get('test_images')} test images, {share:.1%}, match a train image)."
+    )
 
 
 def _protocol_text(protocol) -> str:
@@ -300,7 +325,7 @@ def format_report(report: dict) -> str:
 
 
 def _notes(report: dict) -> list[str]:
-    notes = []
+    notes = [w for w in [leak_warning(report)] if w]
     if report.get("test_subjects_also_in_train"):
         notes.append(
             f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
@@ -391,6 +416,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
                 m = tta[level]
                 md.append(f"| {level} | {m['threshold']:.3f} | {_ci(m, 'accuracy')} | "
                           f"{_ci(m, 'balanced_accuracy')} | {_ci(m, 'roc_auc')} |")  # fmt: skip
+    md += _markdown_data(report)
     notes = _notes(report)
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
@@ -398,6 +424,27 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         md += ["", "## Figures", ""]
         md += [f"![{name}]({path})" for name, path in figures.items()]
     return "\n".join(md) + "\n"
+
+
+def _markdown_data(report: dict) -> list[str]:
+    """Images per class of every split, and the test images with a near-identical train image."""
+    md = []
+    distribution = report.get("class_distribution_by_split")
+    if distribution:
+        names = list(next(iter(distribution.values())))
+        md += ["", "## Class distribution (images)", "", "| split | " + " | ".join(names) + " |",
+               "|---" * (len(names) + 1) + "|"]  # fmt: skip
+        md += [f"| {split} | " + " | ".join(str(c[n]) for n in names) + " |"
+               for split, c in distribution.items()]  # fmt: skip
+    dup = report.get("cross_split_near_duplicates")
+    if dup:
+        md += [
+            "", "## Leakage between splits", "",
+            f"Test images with a near-identical image in train or validation: "
+            f"{dup['test_images_with_train_match']} of {dup['test_images']} ({dup['share']:.1%}; "
+            f"`{dup['method']}`, threshold {dup['threshold']:g}).",
+        ]  # fmt: skip
+    return md
 
 
 # ---- Files. ----

@@ -54,7 +54,7 @@ def assemble(
         averages=plan.averages,
         mesh=mesh,
         train_step=steps.make_train_step(
-            model, tx, schedule, run.step, pixel_stats, mesh, plan.averages
+            model, tx, schedule, plan.step, pixel_stats, mesh, plan.averages
         ),
         predict_step=steps.make_predict_step(model, pixel_stats, mesh),
     )

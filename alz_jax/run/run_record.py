@@ -93,6 +93,8 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             "averages": dataclasses.asdict(run.averages),
             "swa_start_fraction": run.swa_start_fraction,
             "swa_every": dataclasses.asdict(run.swa_every) if run.swa_every else None,
+            "class_weights": run.class_weights,
+            "balanced_sampling": run.pipeline.balanced_sampling,
         },
         "data": {
             "fingerprint": data_fingerprint,

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from alz_jax.core import averaging, optim, steps
 from alz_jax.core.checkpoint_spec import CheckpointSpec
@@ -73,6 +75,7 @@ class Plan:
     eval_every_steps: int
     averages: averaging.AveragingSpec
     pipeline: PipelineSpec  # with the Mixup/CutMix schedule over total_steps
+    step: steps.StepSpec  # with the class weights resolved on the train split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +101,12 @@ class RunSpec:
     log_every_steps: int
     profile_start_step: int
     profile_num_steps: int
+    class_weights: str = "none"  # optim.class_weights: 'none', 'balanced' or 'w0,w1,...'
 
-    def plan(self, steps_per_epoch: int) -> Plan:
-        """Steps of the run for `steps_per_epoch`; refuses a run without steps or one whose
-        warmup is longer than training."""
+    def plan(self, steps_per_epoch: int, class_counts: Sequence[int] | None = None) -> Plan:
+        """Steps of the run for `steps_per_epoch`, and the class weights for the train split's
+        `class_counts` (needed unless optim.class_weights is 'none'); refuses a run without steps
+        or one whose warmup is longer than training."""
         total = self.train.to_steps(steps_per_epoch)
         warmup = self.warmup.to_steps(steps_per_epoch)
         if total < 1:
@@ -120,6 +125,7 @@ class RunSpec:
                 swa_every_steps=max(1, self.swa_every.to_steps(steps_per_epoch)),
             )
         mix = dataclasses.replace(self.pipeline.mix, total_steps=total)
+        weights = resolve_class_weights(self.class_weights, self.model.num_classes, class_counts)
         return Plan(
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
@@ -127,7 +133,49 @@ class RunSpec:
             eval_every_steps=max(1, self.eval_every.to_steps(steps_per_epoch)),
             averages=averages,
             pipeline=dataclasses.replace(self.pipeline, mix=mix),
+            step=dataclasses.replace(self.step, class_weights=weights),
         )
+
+
+def parse_class_weights(value: str, num_classes: int) -> str:
+    """Checks optim.class_weights: 'none', 'balanced' or one weight per class ('1,2.5,...')."""
+    text = str(value).strip()
+    if text in ("none", "balanced"):
+        return text
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if (
+        len(weights) != num_classes
+        or not all(0 <= w < math.inf for w in weights)
+        or not any(weights)
+    ):
+        raise UserError(
+            f"config.optim.class_weights = {value!r}; expected 'none', 'balanced' or "
+            f"{num_classes} comma-separated weights >= 0 (one per class, in label order)."
+        )
+    return ",".join(f"{w:g}" for w in weights)
+
+
+def resolve_class_weights(
+    setting: str, num_classes: int, class_counts: Sequence[int] | None
+) -> tuple[float, ...]:
+    """The per-class loss weights of a checked setting: () for 'none'; for 'balanced',
+    n / (K n_c) as scikit-learn's compute_class_weight (they average 1 over the train split)."""
+    if setting == "none":
+        return ()
+    if setting != "balanced":
+        return tuple(float(w) for w in setting.split(","))
+    if class_counts is None:
+        raise ValueError("balanced class weights need the train split's class counts")
+    counts = np.asarray(class_counts, np.float64)
+    if len(counts) != num_classes or np.any(counts <= 0):
+        raise UserError(
+            f"optim.class_weights = 'balanced' needs images of each of the {num_classes} "
+            f"classes in the train split; found {counts.astype(int).tolist()}."
+        )
+    return tuple(float(w) for w in counts.sum() / (num_classes * counts))
 
 
 def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> RunSpec:
@@ -151,7 +199,9 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         init_from=c.model.init_from,
         data=data_spec(c.data),
         pipeline=pipeline_spec(c),
-        optim=optim.OptimSpec(**{k: v for k, v in c.optim.items() if k != "label_smoothing"}),
+        optim=optim.OptimSpec(
+            **{k: v for k, v in c.optim.items() if k not in ("label_smoothing", "class_weights")}
+        ),
         step=steps.StepSpec(
             impl=c.step_impl,
             grad_accum_steps=c.grad_accum_steps,
@@ -173,9 +223,13 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         log_every_steps=c.log_every_steps,
         profile_start_step=c.profile.start_step,
         profile_num_steps=c.profile.num_steps,
+        class_weights=parse_class_weights(
+            c.optim.get("class_weights", "none"), c.model.num_classes
+        ),
     )
     check_fields("model", [
-        ("num_classes", spec.model.num_classes, spec.model.num_classes == 2, "2 (NC, AD)"),
+        ("num_classes", spec.model.num_classes, spec.model.num_classes >= 2,
+         ">= 2 (the data set's classes: 2 for NC/AD, 4 for the dementia stages)"),
         ("in_chans", spec.model.in_chans, spec.model.in_chans == 1, "1 (grayscale slices)"),
     ])  # fmt: skip
     if spec.init_from:
@@ -258,6 +312,7 @@ def pipeline_spec(config: ml_collections.ConfigDict) -> PipelineSpec:
         num_workers=d.num_workers,
         eval_num_workers=d.eval_num_workers,
         prefetch_buffer_size=d.prefetch_buffer_size,
+        balanced_sampling=bool(d.get("balanced_sampling", False)),
     )
 
 

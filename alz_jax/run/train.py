@@ -24,7 +24,7 @@ import numpy as np
 
 from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset, input_pipeline
-from alz_jax.evaluation import figures, metrics, reports
+from alz_jax.evaluation import figures, metrics, multiclass_reports, reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, convnext
@@ -117,7 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS. ----
         data = dataset.prepare(run.data, timer=timer)
-        plan = run.plan(steps_per_epoch(data, run.batch_size))
+        check_classes(run, data)
+        plan = run.plan(steps_per_epoch(data, run.batch_size), train_class_counts(data))
         with timer("run record + pixel statistics"):
             record = run_record.prepare(
                 workdir, run, data.fingerprint(), has_checkpoint=resuming,
@@ -153,6 +154,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
         reports.write_report(report, workdir)
         return report
+
+
+def check_classes(run: specs.RunSpec, data: dataset.AdniData) -> None:
+    """The model's head must have one output per class of the data set."""
+    names = data.class_names
+    if run.model.num_classes != len(names):
+        raise UserError(
+            f"The data set has {len(names)} classes ({', '.join(names)}), but "
+            f"config.model.num_classes = {run.model.num_classes}: set "
+            f"--config.model.num_classes={len(names)} (configs/stages_demo.py does for the "
+            "dementia stages)."
+        )
+
+
+def train_class_counts(data: dataset.AdniData) -> list[int]:
+    """Images per class of the train split, in label order."""
+    labels = data.records("train")["label"]
+    return np.bincount(labels, minlength=len(data.class_names)).tolist()
 
 
 def steps_per_epoch(data: dataset.AdniData, global_batch: int) -> int:
@@ -196,7 +215,7 @@ class _Loop:
         """Opens the training batches from `start_step` on and the metric writer."""
         batches = input_pipeline.train_dataset(
             data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
-            start_step=start_step,
+            start_step=start_step, labels=data.records("train")["label"],
         )  # fmt: skip
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
@@ -332,7 +351,7 @@ def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
     """The training batches; a fresh run first shows TensorBoard what the model is fed."""
     if start_step == 0:
         first = next(loop.grain_iter)
-        loop.writer.write_images(0, {"train/augmented": figures.image_grid(first)[None]})
+        loop.writer.write_images(0, {"train/augmented": figures.image_grid(first, class_names=loop.data.class_names)[None]})
         yield first
     yield from loop.grain_iter
 
@@ -366,12 +385,14 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
         data, "validation", predictors, run.pipeline, run.batch_size, loop.parts.mesh
     )
     records = data.records("validation")
-    per_weights = {n: reports.validation_metrics(records, logits[n]) for n in names}
+    # Two classes: the binary path (margins, thresholds); more: logits, argmax decides.
+    evaluation = reports if run.model.num_classes == 2 else multiclass_reports
+    per_weights = {n: evaluation.validation_metrics(records, logits[n]) for n in names}
     selection = select_weights(per_weights, run.checkpoint.best_metric, run.checkpoint.best_mode)
     plain = dataclasses.replace(run.evaluation, tta=())
-    subjects_known = data.report_metadata().get("subject_source") != "scan_id"
+    subjects_known = data.metadata.get("subject_source") != "scan_id"
     selection["calibration"] = {
-        n: reports.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
+        n: evaluation.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
     }
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
     # Unqualified names are the selected weights': what the best checkpoint is chosen on.
@@ -384,9 +405,14 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
         loop.writer.write_texts(
             step, {"validation/selection": progress.selection_text(step, selection)}
         )
-        loop.writer.write_images(step, validation_images(
-            records, logits[selection["weights"]], f"validation, step {step}, "
-            f"{selection['weights']} weights (selected)"))  # fmt: skip
+        title = f"validation, step {step}, {selection['weights']} weights (selected)"
+        chosen = logits[selection["weights"]]
+        loop.writer.write_images(
+            step,
+            validation_images(records, chosen, title)
+            if run.model.num_classes == 2
+            else multiclass_reports.validation_images(records, chosen, data.class_names, title),
+        )
         logging.info(progress.validation_line(step, per_weights, selection))
     return scalars, selection
 
@@ -396,7 +422,8 @@ def _test_report(loop: _Loop, pixel_stats: dict) -> dict:
     step, weights, params, selection = restore_weights(
         loop.manager, "best", loop.run.model, loop.plan.averages
     )
-    report = reports.evaluate_weights(
+    evaluation = reports if loop.run.model.num_classes == 2 else multiclass_reports
+    report = evaluation.evaluate_weights(
         data=loop.data, model=loop.parts.model, params=params, pixel_stats=pixel_stats,
         pipeline=loop.run.pipeline, batch_size=loop.run.batch_size, mesh=loop.parts.mesh,
         split="test", step=step, weights=weights, selection=selection,
@@ -406,7 +433,8 @@ def _test_report(loop: _Loop, pixel_stats: dict) -> dict:
     test = {"test/loss": report["loss"]}
     for level, m in levels.items():
         prefix = "test/" if level == "slice" else f"test/{level}_"
-        test.update({f"{prefix}{k}": m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
+        test.update({f"{prefix}{k}": m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc",
+                                                     "macro_f1", "quadratic_kappa")
                      if isinstance(m.get(k), int | float)})  # fmt: skip
     loop.writer.write_scalars(step, test)  # the HParams tab's test columns
     loop.writer.flush()
@@ -473,13 +501,14 @@ def evaluate_checkpoint(
     run = specs.resolve(config)
     settings = specs.eval_settings(config.eval, **(overrides or {}))
     data = dataset.prepare(run.data)
+    check_classes(run, data)
     if data.fingerprint() != record["identity"]["data"]["fingerprint"]:
         raise UserError(
             f"The data set now at {data.data_dir} differs from the one the run in {workdir} "
             "was trained on (fingerprints differ)."
         )
     mesh = sharding.make_mesh()
-    plan = run.plan(max(1, data.num_examples("train") // run.batch_size))
+    plan = run.plan(max(1, data.num_examples("train") // run.batch_size), train_class_counts(data))
     manager = checkpointing.make_manager(workdir, run.checkpoint)
     step, weights, params, selection = restore_weights(
         manager, which, run.model, plan.averages, weights, mesh
@@ -487,7 +516,8 @@ def evaluate_checkpoint(
     # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
     (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
     writer = writers.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
-    report = reports.evaluate_weights(
+    evaluation = reports if run.model.num_classes == 2 else multiclass_reports
+    report = evaluation.evaluate_weights(
         data=data, model=steps.make_model(run.model), params=params,
         pixel_stats=record["pixel_stats"], pipeline=run.pipeline, batch_size=run.batch_size,
         mesh=mesh, split=split, step=step, weights=weights, selection=selection,

@@ -1,9 +1,12 @@
-"""TFDS builder `adni`: the ADNI AD_NC 2D slice set, with subject-aware splits.
+"""TFDS builder `adni`: the ADNI AD_NC 2D slice set, or a dementia-stage collection, with
+subject-aware splits.
 
-TFDS "manual download": the user obtains ADNI and points `manual_dir` at it. Images are stored as
-their original JPEG bytes in array_record files (random access for Grain); decoding happens in the
-input pipeline. Splits: `train` and `validation` (carved from the train folder by subject,
-stratified by class, seeded) and `test` (the test folder).
+TFDS "manual download": the user obtains the data and points `manual_dir` at it. Images are
+stored as their original bytes in array_record files (random access for Grain); decoding happens
+in the input pipeline. The builder config names the layout (`stages.LAYOUTS`) and its classes.
+Splits: `train` and `validation` (carved from the train folder by subject, stratified by class,
+seeded) and `test` (the test folder); a `val` folder is used as it is; a layout without split
+folders is split by subject 70/15/15, stratified by class, seeded.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from tfds_builders.adni import audit as audit_lib
 from tfds_builders.adni import layout as layout_lib
+from tfds_builders.adni import stages
 
 _DESCRIPTION = """\
 2D sagittal MRI slices of the ADNI "AD_NC" set (Alzheimer's disease vs normal control), 20
@@ -39,41 +44,72 @@ terms. Obtain the 2D slice set "AD_NC" and place it so that the folder given as 
 (the AD_NC level may be left out). Put meta_data_with_label.json (keyed by scan ID; subject IDs
 NNN_S_NNNN in each entry's source path) or a subjects.csv with columns scan_id,subject_id in DIR
 so that splits are made by subject; without either, each scan stands in for its subject.
+
+Dementia-stage collections (downloaded from their own pages; docs/stages.md) are read as they
+unpack: DIR/[train|val|test/]<class>/<image> (e.g. the four-class folders), DIR/[Data/]<class>/
+OAS1_xxxx_MRn_mpr-n_<slice>.jpg (OASIS-1 exports) or DIR/[data/]{train,test}-*.parquet.
 """
 
 
-class AdniConfig(tfds.core.BuilderConfig):
-    """How the validation split is carved out of the train folder."""
+# Shares (train, validation, test) of the subjects of a layout without split folders.
+NO_FOLDER_FRACTIONS = (0.70, 0.15, 0.15)
 
-    def __init__(self, *, validation_fraction: float = 0.1, split_seed: int = 0, **kwargs):
+
+class AdniConfig(tfds.core.BuilderConfig):
+    """The layout and classes of the data, and how the validation split is carved out."""
+
+    def __init__(
+        self, *, validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
+        class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+        **kwargs,
+    ):  # fmt: skip
         super().__init__(**kwargs)
         self.validation_fraction = validation_fraction
         self.split_seed = split_seed
+        self.layout = layout
+        self.class_names = tuple(class_names)
+        self.label_names = tuple(label_names)
 
 
-def config_name(validation_fraction: float, split_seed: int) -> str:
-    """Canonical builder-config name for a validation fraction and seed ('default' for 0.1, 0)."""
-    if (validation_fraction, split_seed) == (0.1, 0):
-        return "default"
-    return f"val{validation_fraction:g}_seed{split_seed}".replace(".", "p")
+def config_name(
+    validation_fraction: float, split_seed: int, layout: str = "adni",
+    class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    """Canonical builder-config name ('default' for ADNI with 0.1, 0): the layout, a hash of its
+    classes, the validation fraction and the seed."""
+    split = f"val{validation_fraction:g}_seed{split_seed}".replace(".", "p")
+    if layout == "adni" and tuple(class_names) == layout_lib.CLASS_NAMES and not label_names:
+        return "default" if (validation_fraction, split_seed) == (0.1, 0) else split
+    classes = hashlib.sha256(json.dumps([class_names, label_names]).encode()).hexdigest()[:8]
+    return f"{layout}_{classes}_{split}"
 
 
-def make_config(validation_fraction: float = 0.1, split_seed: int = 0) -> AdniConfig:
-    """The builder config for a validation fraction and split seed."""
+def make_config(
+    validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
+    class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+) -> AdniConfig:  # fmt: skip
+    """The builder config for a layout, its classes, a validation fraction and split seed."""
     return AdniConfig(
-        name=config_name(validation_fraction, split_seed),
-        description=f"validation: {validation_fraction:g} of train subjects, seed {split_seed}",
+        name=config_name(validation_fraction, split_seed, layout, class_names, label_names),
+        description=f"{layout} layout, classes {', '.join(class_names)}; validation: "
+        f"{validation_fraction:g} of train subjects, seed {split_seed}",
         validation_fraction=validation_fraction,
         split_seed=split_seed,
+        layout=layout,
+        class_names=class_names,
+        label_names=label_names,
     )
 
 
-def config_for(validation_fraction: float = 0.1, split_seed: int = 0) -> str | AdniConfig:
+def config_for(
+    validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
+    class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+) -> str | AdniConfig:  # fmt: skip
     """What to pass as `Builder(config=...)`: a registered config's name, or a custom config."""
-    name = config_name(validation_fraction, split_seed)
+    name = config_name(validation_fraction, split_seed, layout, class_names, label_names)
     if name in {c.name for c in Builder.BUILDER_CONFIGS}:
         return name
-    return make_config(validation_fraction, split_seed)
+    return make_config(validation_fraction, split_seed, layout, class_names, label_names)
 
 
 def _warn_skipped(parsed: layout_lib.Layout, checks: dict) -> None:
@@ -114,16 +150,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        shape = (
+            (layout_lib.IMAGE_HEIGHT, layout_lib.IMAGE_WIDTH, 1)
+            if config.layout == "adni"
+            else (None, None, 1)
+        )
         return _LocalDatasetInfo(
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(
-                        shape=(layout_lib.IMAGE_HEIGHT, layout_lib.IMAGE_WIDTH, 1),
-                        encoding_format="jpeg",
-                    ),
-                    "label": tfds.features.ClassLabel(names=list(layout_lib.CLASS_NAMES)),
+                    "image": tfds.features.Image(shape=shape, encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(names=list(config.class_names)),
                     "scan_id": tfds.features.Text(),
                     "subject_id": tfds.features.Text(),
                     "slice_index": np.int32,
@@ -137,9 +176,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = Path(dl_manager.manual_dir)
-        parsed = layout_lib.parse(manual_dir)
+        config = self.builder_config
+        parsed = stages.parse(manual_dir, config.layout, config.label_names)
+        if parsed.class_names != config.class_names:
+            raise layout_lib.LayoutError(
+                f"{manual_dir} has the classes {list(parsed.class_names)}, but this build was "
+                f"asked for {list(config.class_names)} (the folder changed while it was read?)."
+            )
         audit, checks = audit_lib.run(parsed)
-        logging.info("Audit of the ADNI folder:\n%s", audit_lib.format_table(audit))
+        logging.info("Audit of the data folder:\n%s", audit_lib.format_table(audit))
         _warn_skipped(parsed, checks)
         conflicts = audit["label_conflicts"]
         if conflicts["count"]:
@@ -151,7 +196,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 layout_lib.METADATA_JSON, audit_lib.format_conflicts(conflicts),
             )  # fmt: skip
         usable = [r for r in parsed.records if not checks[r.file_name].problem]
-        for folder in layout_lib.SPLIT_FOLDERS:
+        for folder in parsed.folder_splits or ("",):
             if not any(r.folder_split == folder for r in usable):
                 raise layout_lib.LayoutError(
                     f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
@@ -159,35 +204,56 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 )
         parsed = dataclasses.replace(parsed, records=usable)
         hashes = {n: c.sha256 for n, c in checks.items()}
-        train_folder = parsed.records_in("train")
-        val_subjects = layout_lib.validation_subjects(
-            train_folder,
-            parsed.subject_of_scan,
-            self.builder_config.validation_fraction,
-            self.builder_config.split_seed,
-        )
-        splits = {
-            "train": [
-                r for r in train_folder if parsed.subject_of_scan[r.scan_id] not in val_subjects
-            ],
-            "validation": [
-                r for r in train_folder if parsed.subject_of_scan[r.scan_id] in val_subjects
-            ],
-            "test": parsed.records_in("test"),
-        }
-        if not splits["validation"]:
-            raise layout_lib.LayoutError(
-                "The validation split would be empty: it takes "
-                f"{self.builder_config.validation_fraction:g} of the train folder's subjects per "
-                "class, rounded, and at least one where a class has two or more subjects. Found "
-                f"{len({parsed.subject_of_scan[r.scan_id] for r in train_folder})} subjects in "
-                f"{parsed.root / 'train'}."
-            )
+        splits = self._splits(parsed)
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)
         return {
             name: self._generate_examples(records, parsed.subject_of_scan)
             for name, records in splits.items()
         }
+
+    def _splits(self, parsed: layout_lib.Layout) -> dict[str, list[layout_lib.ImageRecord]]:
+        """train, validation and test: the split folders as they are (validation carved from
+        train by subject where there is no val folder), or a split by subject without them."""
+        config = self.builder_config
+        folders = set(parsed.folder_splits)
+        if folders == {"train", "validation", "test"}:
+            return {s: parsed.records_in(s) for s in ("train", "validation", "test")}
+        subject_of = parsed.subject_of_scan
+        if folders == {"train", "test"}:
+            train_folder = parsed.records_in("train")
+            val_subjects = layout_lib.validation_subjects(
+                train_folder, subject_of, config.validation_fraction, config.split_seed
+            )
+            splits = {
+                "train": [r for r in train_folder if subject_of[r.scan_id] not in val_subjects],
+                "validation": [r for r in train_folder if subject_of[r.scan_id] in val_subjects],
+                "test": parsed.records_in("test"),
+            }
+        else:
+            if folders:
+                logging.warning(
+                    "%s has the split folders %s only: pooling them and splitting by subject "
+                    "%s (train, validation, test).",
+                    parsed.root, sorted(folders), NO_FOLDER_FRACTIONS,
+                )  # fmt: skip
+            strata = layout_lib.subject_labels(parsed.records, subject_of)
+            split_of = layout_lib.split_subjects(
+                strata, dict(zip(("train", "validation", "test"), NO_FOLDER_FRACTIONS,
+                                 strict=True)), config.split_seed,
+            )  # fmt: skip
+            splits = {
+                name: [r for r in parsed.records if split_of[subject_of[r.scan_id]] == name]
+                for name in ("train", "validation", "test")
+            }
+        for name, records in splits.items():
+            if not records:
+                raise layout_lib.LayoutError(
+                    f"The {name} split would be empty: found "
+                    f"{len({subject_of[r.scan_id] for r in parsed.records})} subjects in "
+                    f"{parsed.root}; each split takes a share of every class's subjects, rounded "
+                    "(validation: at least one where a class has two or more)."
+                )
+        return splits
 
     def _record_metadata(
         self,
@@ -215,8 +281,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             logging.warning(
                 "Subjects unknown: splits are by scan, and visits of one subject may straddle them."
             )
+        audit = dict(audit)
+        # Every pair of near-identical images, by file name: a report checks its own test split
+        # against them (the audit keeps the summary).
+        pairs = audit.pop("near_duplicate_pairs")
         self.info.metadata.update(
             {
+                "layout": parsed.kind,
+                "class_names": list(parsed.class_names),
+                "folder_splits": list(parsed.folder_splits),
+                "near_duplicate_pairs": pairs,
+                "class_distribution": {
+                    name: {
+                        cls: sum(r.label == k for r in records)
+                        for k, cls in enumerate(parsed.class_names)
+                    }
+                    for name, records in splits.items()
+                },
                 "manual_dir": str(manual_dir.resolve()),
                 "subject_source": parsed.subject_source,
                 "subject_coverage": parsed.subject_coverage,
@@ -242,7 +323,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
         )
         logging.info(
-            "ADNI splits: %s images; subjects from %s; %d test subjects also in train.",
+            "Splits: %s images; subjects from %s; %d test subjects also in train.",
             ", ".join(f"{name} {n}" for name, n in counts.items()),
             parsed.subject_source,
             len(shared),
@@ -263,7 +344,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 r.file_name,
                 {
                     # Original bytes, unchanged: decoding happens in the Grain workers.
-                    "image": r.path.read_bytes(),
+                    "image": r.read_bytes(),
                     "label": r.label,
                     "scan_id": r.scan_id,
                     "subject_id": subject_of_scan[r.scan_id],

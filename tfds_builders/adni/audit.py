@@ -22,10 +22,16 @@ import numpy as np
 from PIL import Image
 
 from tfds_builders.adni import layout as layout_lib
+from tfds_builders.adni import near_duplicates
 
 # A slice this dark on average (of 255) carries no anatomy (ADNI has a few such scans).
 NEAR_BLACK_MEAN = 3.0
 UNUSABLE = ("unreadable", "empty", "off_size")
+
+
+# Image modes read as grayscale where a layout doesn't prescribe "L" (ADNI does): slices saved
+# as colour images carry the same value in every channel.
+GRAY_READABLE_MODES = ("L", "LA", "RGB", "RGBA", "P")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +42,19 @@ class ImageCheck:
     detail: str
     mean: float  # mean intensity (0..255), nan if not decodable
     sha256: str
+    size: tuple[int, int] | None = None  # (width, height) as decoded
+    mode: str = ""
+    # The near-duplicate signature of a decodable image (near_duplicates.signature), else None.
+    signature: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
-def check_image(path: Path) -> ImageCheck:
-    """Fully decodes an image (a truncated JPEG fails here) and checks size, mode and darkness."""
-
-    data = path.read_bytes()
+def check_bytes(
+    data: bytes, expected_size: tuple[int, int] | None = (layout_lib.IMAGE_WIDTH,
+                                                          layout_lib.IMAGE_HEIGHT),
+    modes: tuple[str, ...] = ("L",),
+) -> ImageCheck:  # fmt: skip
+    """Fully decodes an image's bytes (a truncated JPEG fails here) and checks size, mode and
+    darkness; `expected_size` None leaves the size to `mark_off_size`."""
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return ImageCheck("empty", "0 bytes", float("nan"), digest)
@@ -53,11 +66,51 @@ def check_image(path: Path) -> ImageCheck:
     except Exception as e:  # any decoder failure is reported with the file, never raised
         return ImageCheck("unreadable", f"{type(e).__name__}: {e}", float("nan"), digest)
     mean = float(pixels.mean())
-    expected = (layout_lib.IMAGE_WIDTH, layout_lib.IMAGE_HEIGHT)
-    if size != expected or mode != "L":
-        detail = f"{size[0]}x{size[1]} mode {mode}, expected {expected[0]}x{expected[1]} mode L"
-        return ImageCheck("off_size", detail, mean, digest)
-    return ImageCheck(None, "", mean, digest)
+    signature = near_duplicates.signature(pixels)
+    wrong_size = expected_size is not None and size != expected_size
+    if wrong_size or mode not in modes:
+        want = f"{expected_size[0]}x{expected_size[1]} " if expected_size else ""
+        detail = f"{size[0]}x{size[1]} mode {mode}, expected {want}mode {'|'.join(modes)}"
+        return ImageCheck("off_size", detail, mean, digest, size, mode, signature)
+    return ImageCheck(None, "", mean, digest, size, mode, signature)
+
+
+def check_image(path: Path) -> ImageCheck:
+    """`check_bytes` of an ADNI image file."""
+    return check_bytes(path.read_bytes())
+
+
+def common_size(checks: dict[str, ImageCheck]) -> tuple[int, int] | None:
+    """The most common (width, height) of the decodable images (ties to the larger area)."""
+    sizes = collections.Counter(c.size for c in checks.values() if c.size is not None)
+    if not sizes:
+        return None
+    return max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))[0]
+
+
+def mark_off_size(checks: dict[str, ImageCheck], size: tuple[int, int]) -> dict[str, ImageCheck]:
+    """The checks with every usable image not of `size` marked off-size (naming both sizes)."""
+    out = {}
+    for name, check in checks.items():
+        if check.problem is None and check.size != size:
+            w, h = check.size
+            detail = f"{w}x{h}, expected the set's common size {size[0]}x{size[1]}"
+            out[name] = dataclasses.replace(check, problem="off_size", detail=detail)
+        else:
+            out[name] = check
+    return out
+
+
+def check_all(parsed: layout_lib.Layout) -> dict[str, ImageCheck]:
+    """Each image's check by file name: ADNI's fixed size and mode, or any gray-readable mode
+    at the set's most common size."""
+    if parsed.image_size is not None:
+        return {r.file_name: check_bytes(r.read_bytes()) for r in parsed.records}
+    checks = {
+        r.file_name: check_bytes(r.read_bytes(), None, GRAY_READABLE_MODES) for r in parsed.records
+    }
+    size = common_size(checks)
+    return checks if size is None else mark_off_size(checks, size)
 
 
 def shortcut_baseline(train: dict[str, tuple[float, int]], test: dict[str, tuple[float, int]]):
@@ -96,14 +149,16 @@ def _names(paths: Iterable[Path], root: Path) -> list[str]:
     return sorted(str(Path(p).relative_to(root)) for p in paths)
 
 
-def _duplicate_groups(checks: dict[str, ImageCheck]) -> tuple[list[list[str]], list[list[str]]]:
-    """Groups of byte-identical files (all of them, and those spanning train and test)."""
+def _duplicate_groups(
+    checks: dict[str, ImageCheck], folder_of_file: dict[str, str]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of byte-identical files (all of them, and those spanning folders)."""
     by_hash: dict[str, list[str]] = collections.defaultdict(list)
     for name, check in checks.items():
         if check.problem != "empty":
             by_hash[check.sha256].append(name)
     groups = [sorted(names) for names in by_hash.values() if len(names) > 1]
-    across = [g for g in groups if len({n.split("/")[0] for n in g}) > 1]
+    across = [g for g in groups if len({folder_of_file[n] for n in g}) > 1]
     return groups, across
 
 
@@ -126,38 +181,41 @@ def _image_problems(
     return problems, dark_images, dark_scans
 
 
-def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
-    """Audits a parsed folder; returns the JSON-able report and each image's check by file name."""
-    root = parsed.root
-    checks = {r.file_name: check_image(r.path) for r in parsed.records}
-    subject_of = parsed.subject_of_scan
+def folder_of(record: layout_lib.ImageRecord) -> str:
+    """The official folder a record lives in, "all" where the layout has no split folders."""
+    return record.folder_split or "all"
 
+
+def _counts(parsed: layout_lib.Layout) -> dict:
+    """Images, scans and subjects per folder and class."""
+    subject_of = parsed.subject_of_scan
     counts: dict = {}
-    for split in layout_lib.SPLIT_FOLDERS:
-        counts[split] = {}
-        for label, cls in enumerate(layout_lib.CLASS_NAMES):
-            rs = [r for r in parsed.records if r.folder_split == split and r.label == label]
+    present = {folder_of(r) for r in parsed.records}
+    for folder in (f for f in ("train", "validation", "test", "all") if f in present):
+        counts[folder] = {}
+        for label, cls in enumerate(parsed.class_names):
+            rs = [r for r in parsed.records if folder_of(r) == folder and r.label == label]
             scans = {r.scan_id for r in rs}
-            counts[split][cls] = {
+            counts[folder][cls] = {
                 "images": len(rs),
                 "scans": len(scans),
                 "subjects": len({subject_of[s] for s in scans}),
             }
+    return counts
 
-    folders_of_subject: dict[str, set[str]] = collections.defaultdict(set)
-    labels_of_subject: dict[str, set[int]] = collections.defaultdict(set)
+
+def _slice_windows(parsed: layout_lib.Layout) -> tuple[dict, dict | None]:
+    """Per class, where its scans' slice windows start and end; and the shortcut baseline
+    (two classes with train and test folders only). Empty without slice indices."""
+    if not parsed.has_slice_index:
+        return {}, None
     slices_of_scan: dict[str, list[int]] = collections.defaultdict(list)
     scan_info: dict[str, tuple[str, int]] = {}
     for r in parsed.records:
-        folders_of_subject[subject_of[r.scan_id]].add(r.folder_split)
-        labels_of_subject[subject_of[r.scan_id]].add(r.label)
         slices_of_scan[r.scan_id].append(r.slice_index)
         scan_info[r.scan_id] = (r.folder_split, r.label)
-    both = sorted(s for s, f in folders_of_subject.items() if len(f) > 1)
-    changed = sorted(s for s, labels in labels_of_subject.items() if len(labels) > 1)
-
     windows = {}
-    for label, cls in enumerate(layout_lib.CLASS_NAMES):
+    for label, cls in enumerate(parsed.class_names):
         starts = [min(v) for s, v in slices_of_scan.items() if scan_info[s][1] == label]
         indices = [i for s, v in slices_of_scan.items() if scan_info[s][1] == label for i in v]
         if starts:
@@ -169,27 +227,107 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
                 "index_min": int(min(indices)),
                 "index_max": int(max(indices)),
             }
+    if len(parsed.class_names) != 2:
+        return windows, None
     per_folder = {
         split: {
             s: (float(np.mean(v)), scan_info[s][1])
             for s, v in slices_of_scan.items()
             if scan_info[s][0] == split
         }
-        for split in layout_lib.SPLIT_FOLDERS
+        for split in ("train", "test")
     }
+    return windows, shortcut_baseline(per_folder["train"], per_folder["test"])
 
-    groups, across = _duplicate_groups(checks)
+
+def near_duplicate_pairs(
+    parsed: layout_lib.Layout, checks: dict[str, ImageCheck]
+) -> list[tuple[str, str]]:
+    """Pairs of usable images of different scans that are near-identical (file names, sorted):
+    adjacent slices of one brain filed as two images, repeated visits, copies."""
+    usable = sorted(
+        (r for r in parsed.records if not checks[r.file_name].problem), key=lambda r: r.file_name
+    )
+    if len(usable) < 2:
+        return []
+    signatures = np.stack([checks[r.file_name].signature for r in usable])
+    groups = np.array([r.scan_id for r in usable], dtype=object)
+    pairs = near_duplicates.pairs_above(signatures, groups, near_duplicates.DEFAULT_THRESHOLD)
+    return [(usable[i].file_name, usable[j].file_name) for i, j in pairs]
+
+
+def cross_split_entry(
+    split_of: dict[str, str], subject_of: dict[str, str] | None, pairs: list[tuple[str, str]],
+    held_out: str = "test",
+) -> dict | None:  # fmt: skip
+    """`cross_split_near_duplicates` of a split assignment (file name -> split): how many
+    `held_out` images have a near-identical image in another split; with subjects (file name ->
+    subject), how the matches agree with subjects found in both. None without a held-out split."""
+    names = sorted(split_of)
+    position = {n: i for i, n in enumerate(names)}
+    test = np.array([i for i, n in enumerate(names) if split_of[n] == held_out], np.int64)
+    train = np.array([i for i, n in enumerate(names) if split_of[n] != held_out], np.int64)
+    if not len(test) or not len(train):
+        return None
+    index_pairs = np.array(
+        [(position[a], position[b]) for a, b in pairs if a in position and b in position],
+        np.int64,
+    ).reshape(-1, 2)
+    entry = near_duplicates.cross_split_summary(
+        test, train, index_pairs, near_duplicates.DEFAULT_THRESHOLD
+    )
+    entry["held_out_split"] = held_out
+    if subject_of is not None:
+        train_subjects = {subject_of[names[i]] for i in train}
+        flagged = np.zeros(len(names), bool)
+        for a, b in index_pairs:
+            if (split_of[names[a]] == held_out) != (split_of[names[b]] == held_out):
+                flagged[a if split_of[names[a]] == held_out else b] = True
+        entry["agreement_with_subject_ids"] = near_duplicates.subject_agreement(
+            [subject_of[names[i]] for i in test], flagged[test], train_subjects
+        )
+    return entry
+
+
+def _usable_split_of(parsed: layout_lib.Layout, checks: dict[str, ImageCheck]) -> dict:
+    return {r.file_name: folder_of(r) for r in parsed.records if not checks[r.file_name].problem}
+
+
+def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
+    """Audits a parsed folder; returns the JSON-able report and each image's check by file name.
+
+    The report's `near_duplicate_pairs` lists every pair (the builder stores them, so a report
+    can say how its own test split overlaps train); the other entries are summaries."""
+    checks = check_all(parsed)
+    subject_of = parsed.subject_of_scan
+    folders_of_subject: dict[str, set[str]] = collections.defaultdict(set)
+    labels_of_subject: dict[str, set[int]] = collections.defaultdict(set)
+    for r in parsed.records:
+        folders_of_subject[subject_of[r.scan_id]].add(r.folder_split)
+        labels_of_subject[subject_of[r.scan_id]].add(r.label)
+    both = sorted(s for s, f in folders_of_subject.items() if len(f) > 1)
+    changed = sorted(s for s, labels in labels_of_subject.items() if len(labels) > 1)
+    windows, baseline = _slice_windows(parsed)
+    groups, across = _duplicate_groups(checks, {r.file_name: folder_of(r) for r in parsed.records})
     problems, dark_images, dark_scans = _image_problems(parsed, checks)
-
+    pairs = near_duplicate_pairs(parsed, checks)
+    known = parsed.subject_source != "scan_id"
+    subject_of_file = {r.file_name: subject_of[r.scan_id] for r in parsed.records}
     report = {
-        "root": str(root),
+        "root": str(parsed.root),
+        "layout": parsed.kind,
+        "class_names": list(parsed.class_names),
+        "class_mapping": parsed.class_mapping,
+        "folders": list(parsed.folder_splits),
+        "image_size": list(common_size(checks) or ()) if parsed.image_size is None
+        else list(parsed.image_size),
         "subject_source": parsed.subject_source,
         "subject_coverage": parsed.subject_coverage,
-        "counts": counts,
+        "counts": _counts(parsed),
         "subjects_in_train_and_test": {"count": len(both), "subjects": both},
         "subjects_with_label_change": {"count": len(changed), "subjects": changed},
         "slice_windows": windows,
-        "shortcut_baseline": shortcut_baseline(per_folder["train"], per_folder["test"]),
+        "shortcut_baseline": baseline,
         "duplicates": {
             "groups": len(groups),
             "files": sum(len(g) for g in groups),
@@ -197,6 +335,10 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
             "across_folders": len(across),
             "examples": groups[:20],
         },
+        "cross_split_near_duplicates": cross_split_entry(
+            _usable_split_of(parsed, checks), subject_of_file if known else None, pairs
+        ) if "test" in parsed.folder_splits else None,
+        "near_duplicate_pairs": [list(p) for p in pairs],
         "unusable": {kind: {"count": len(v), "files": v} for kind, v in problems.items()},
         "near_black": {
             "images": len(dark_images),
@@ -206,10 +348,10 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
         },
         "stray_files": {
             "count": len(parsed.stray_files),
-            "files": _names(parsed.stray_files, root),
+            "files": _names(parsed.stray_files, parsed.root),
         },
         "label_conflicts": label_conflicts_entry(parsed),
-    }
+    }  # fmt: skip
     return report, checks
 
 
@@ -243,13 +385,48 @@ def _more(entries: list, shown: int) -> list[str]:
     return [f"  ... and {len(entries) - shown} more; all in the audit JSON"]
 
 
+LEAKAGE_WARNING = (
+    "the test folder shares brains with train; test accuracy is not an estimate of accuracy on "
+    "new people"
+)
+# The share of test images with a near-identical train image above which reports warn.
+LEAKAGE_WARN_SHARE = 0.10
+
+
+def format_near_duplicates(entry: dict | None) -> list[str]:
+    """The lines saying how many held-out images have a near-identical image in train, and the
+    warning when that share is high."""
+    if not entry:
+        return []
+    lines = [
+        f"{entry['held_out_split']} images with a near-identical image in train: "
+        f"{entry['test_images_with_train_match']} of {entry['test_images']} "
+        f"({entry['share']:.1%}; {entry['method']}, threshold {entry['threshold']:g})"
+    ]
+    agreement = entry.get("agreement_with_subject_ids")
+    if agreement:
+        lines.append(f"  agreement with subject IDs: {agreement}")
+    if entry["share"] >= LEAKAGE_WARN_SHARE:
+        lines.append(f"Warning: {LEAKAGE_WARNING}.")
+    return lines
+
+
 def format_table(report: dict) -> str:
     """The audit as a readable text table."""
-    lines = [f"Audit of {report['root']} (subjects from {report['subject_source']})", ""]
-    lines.append(f"{'folder':<7} {'class':<5} {'images':>7} {'scans':>6} {'subjects':>8}")
+    lines = [f"Audit of {report['root']} (subjects from {report['subject_source']})"]
+    if "layout" in report:  # absent from audits stored before layouts existed
+        size = "x".join(str(v) for v in report["image_size"]) or "-"
+        lines.append(
+            f"layout {report['layout']}, classes {', '.join(report['class_names'])}, "
+            f"folders {', '.join(report['folders']) or 'none'}, image size {size}"
+        )
+    width = max([5] + [len(c) for classes in report["counts"].values() for c in classes])
+    fw = max([8] + [len(f) + 2 for f in report["counts"]])
+    lines += ["", f"{'folder':<{fw}}{'class':<{width}} {'images':>7} {'scans':>6} {'subjects':>8}"]
     for split, classes in report["counts"].items():
         for cls, c in classes.items():
-            lines.append(f"{split:<7} {cls:<5} {c['images']:>7} {c['scans']:>6} {c['subjects']:>8}")
+            lines.append(f"{split:<{fw}}{cls:<{width}} {c['images']:>7} {c['scans']:>6} "
+                         f"{c['subjects']:>8}")  # fmt: skip
     lines.append("")
     both = report["subjects_in_train_and_test"]
     changed = report["subjects_with_label_change"]
@@ -266,6 +443,7 @@ def format_table(report: dict) -> str:
             "shortcut baseline (slice indices only): scan accuracy "
             f"{baseline['scan_accuracy']:.3f} on the test folder ({baseline['rule']})"
         )
+    lines += format_near_duplicates(report.get("cross_split_near_duplicates"))
     d = report["duplicates"]
     lines.append(
         f"duplicate images: {d['groups']} groups, {d['files']} files "

@@ -76,9 +76,15 @@ class ImageRecord:
     path: Path
     file_name: str  # relative to the AD_NC root, e.g. "train/AD/388206_78.jpeg"
     folder_split: str  # "train" or "test": the official folder it lives in
-    label: int  # 0 = NC, 1 = AD
+    label: int  # index into the layout's class_names (ADNI: 0 = NC, 1 = AD)
     scan_id: str
-    slice_index: int
+    slice_index: int  # -1 where the layout has no slice indices
+    # The image's bytes where they are not a file of their own (a parquet row); else None.
+    data: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def read_bytes(self) -> bytes:
+        """The image file's bytes, as stored."""
+        return self.data if self.data is not None else self.path.read_bytes()
 
 
 @dataclasses.dataclass
@@ -94,6 +100,19 @@ class Layout:
     # the alias table recognises; scan ID -> the label as written, for those it doesn't.
     metadata_label_of_scan: dict[str, str] = dataclasses.field(default_factory=dict)
     unrecognised_labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Which layout this is ("adni", "folders", "oasis", "parquet"), its classes in label
+    # order, the official split folders it has (() where none), the size (width, height) every
+    # image must have (None: the set's most common size) and how its class names were mapped.
+    kind: str = "adni"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    folder_splits: tuple[str, ...] = SPLIT_FOLDERS
+    image_size: tuple[int, int] | None = (IMAGE_WIDTH, IMAGE_HEIGHT)
+    class_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_slice_index(self) -> bool:
+        """Whether the file names give each image's slice position."""
+        return any(r.slice_index >= 0 for r in self.records)
 
     @property
     def subject_coverage(self) -> float:
@@ -415,17 +434,30 @@ def label_conflicts(parsed: Layout) -> list[dict]:
     return conflicts
 
 
+def majority_label(votes: collections.Counter) -> int:
+    """The label with the most votes; ties go to the higher label (AD over NC, the more
+    advanced stage over the milder)."""
+    return int(max(votes.items(), key=lambda kv: (kv[1], kv[0]))[0])
+
+
+def stratum_labels(strata: dict[str, int]) -> list[int]:
+    """The labels to stratify over, in order: 0 and 1 always (so that a binary split draws the
+    same random numbers whatever is present), then every other label present."""
+    return sorted(set(strata.values()) | {0, 1})
+
+
 def subject_labels(
     records: Iterable[ImageRecord], subject_of_scan: dict[str, str]
 ) -> dict[str, int]:
-    """Stratum of each subject: the label of the majority of its scans (ties go to AD)."""
+    """Stratum of each subject: the label of the majority of its scans (ties go to the higher
+    label: AD over NC)."""
     votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     seen = set()
     for r in records:
         if r.scan_id not in seen:
             seen.add(r.scan_id)
             votes[subject_of_scan[r.scan_id]][r.label] += 1
-    return {s: int(v[1] >= v[0]) for s, v in votes.items()}
+    return {s: majority_label(v) for s, v in votes.items()}
 
 
 def validation_subjects(
@@ -445,7 +477,7 @@ def validation_subjects(
     strata = subject_labels(records, subject_of_scan)
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
-    for label in (0, 1):
+    for label in stratum_labels(strata):
         members = sorted(s for s, lab in strata.items() if lab == label)
         n_val = round(fraction * len(members))
         if fraction > 0 and len(members) > 1:
@@ -453,3 +485,35 @@ def validation_subjects(
         order = rng.permutation(len(members))
         chosen.update(members[i] for i in order[:n_val])
     return chosen
+
+
+def stratum_members(strata: dict[str, int], seed: int) -> list[list[str]]:
+    """Each class stratum's subjects (stratum_labels order), in a seeded permutation of their
+    sorted IDs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in stratum_labels(strata):
+        members = sorted(s for s, lab in strata.items() if lab == label)
+        out.append([members[i] for i in rng.permutation(len(members))])
+    return out
+
+
+def split_subjects(
+    strata: dict[str, int], fractions: dict[str, float], seed: int
+) -> dict[str, str]:
+    """Subject -> split name, with each class divided by the fractions (cumulative rounding, so a
+    split's share of a class is within one subject of its fraction)."""
+    total = sum(fractions.values())
+    if total <= 0 or any(f < 0 for f in fractions.values()):
+        raise ValueError(f"split fractions must be >= 0 with a positive sum, got {fractions}")
+    names = list(fractions)
+    out = {}
+    for members in stratum_members(strata, seed):
+        n = len(members)
+        bounds = np.rint(np.cumsum([fractions[k] / total for k in names]) * n).astype(int)
+        start = 0
+        for name, end in zip(names, bounds, strict=True):
+            for subject in members[start:end]:
+                out[subject] = name
+            start = end
+    return out

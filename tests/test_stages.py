@@ -1,0 +1,257 @@
+"""Dementia-stage layouts: detection, class mapping, exact counts, subject-aware splits per layout,
+the near-duplicate check on image- and subject-split sets, class weights and balanced sampling."""
+
+import collections
+import json
+
+import cv2
+import grain
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from alz_jax.data import dataset, input_pipeline, protocols
+from alz_jax.data.data_spec import DataSpec
+from alz_jax.host.errors import UserError
+from alz_jax.run import specs
+from tfds_builders.adni import layout, stages, synthetic_stages
+
+STAGES = synthetic_stages.STAGES
+SPEC = synthetic_stages.StagesSpec(subjects=24, slices_per_subject=8)
+
+
+@pytest.fixture(scope="module")
+def stage_sets(tmp_path_factory):
+    """The synthetic four-stage set in every layout (same seed: same brains), with summaries."""
+    out = {}
+    for kind in synthetic_stages.LAYOUTS:
+        root = tmp_path_factory.mktemp(kind)
+        out[kind] = root, synthetic_stages.generate(root, seed=5, spec=SPEC, layout=kind)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(stage_sets, tmp_path_factory):
+    """Each layout built with the TFDS builder and opened with the official protocol."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return {
+        kind: dataset.prepare(DataSpec(data_dir=str(data_dir / kind), manual_dir=str(root)))
+        for kind, (root, _) in stage_sets.items()
+    }
+
+
+def _counts(parsed) -> dict:
+    found = collections.Counter((r.folder_split or "all", parsed.class_names[r.label])
+                                for r in parsed.records)  # fmt: skip
+    return {(s, c): n for (s, c), n in found.items()}
+
+
+@pytest.mark.parametrize("kind", synthetic_stages.LAYOUTS)
+def test_each_layout_is_detected_with_exact_counts_and_canonical_stages(stage_sets, kind):
+    root, summary = stage_sets[kind]
+    assert stages.detect(root) == kind
+    parsed = stages.parse(root)
+    assert parsed.kind == kind
+    assert parsed.class_names == STAGES  # whatever the collection calls them
+    expected = {(s, c): e["images"] for s, st in summary.items() for c, e in st.items()}
+    assert _counts(parsed) == expected
+    assert len(parsed.records) == SPEC.subjects * SPEC.slices_per_subject
+    assert stages.describe(root) == (kind, STAGES)
+    if kind == "oasis":
+        assert parsed.subject_source == "file_name" and parsed.folder_splits == ()
+        assert len(set(parsed.subject_of_scan.values())) == SPEC.subjects
+        assert all(r.slice_index >= 67 for r in parsed.records)
+        assert set(parsed.class_mapping) == set(synthetic_stages.OASIS_NAMES)
+    else:
+        assert parsed.subject_source == "scan_id" and parsed.folder_splits == ("train", "test")
+        assert all(r.slice_index == -1 for r in parsed.records)
+
+
+def test_the_same_brains_get_the_same_stage_in_every_layout(stage_sets):
+    """The parquet layout's integer labels (hub order: 0 Mild, 1 Moderate, 2 Non, 3 VeryMild)
+    are mapped through their names: per split and stage, counts equal the folder layout's."""
+    folders = _counts(stages.parse(stage_sets["folders"][0]))
+    parquet = _counts(stages.parse(stage_sets["parquet"][0]))
+    assert folders == parquet
+
+
+def test_stage_aliases_order_and_clashes():
+    names, mapping = stages.class_order(
+        ["Very_Mild_Demented", "Moderate Dementia", "Non_Demented", "Mild Demented"]
+    )
+    assert names == STAGES
+    assert mapping["Very_Mild_Demented"] == "VeryMildDemented"
+    assert stages.class_order(["CDR 0.5", "CDR 0", "CDR 1"])[0] == STAGES[:3]
+    # Not all stages: kept as found, sorted.
+    assert stages.class_order(["tumour", "normal", "MildDemented"])[0] == (
+        "MildDemented", "normal", "tumour")  # fmt: skip
+    with pytest.raises(layout.LayoutError, match="same stage twice"):
+        stages.class_order(["NonDemented", "Non_Demented", "MildDemented"])
+
+
+def test_any_class_folders_with_a_val_folder_keep_their_names_and_splits(tmp_path, stage_sets):
+    src = stage_sets["folders"][0]
+    for split, target in (("train", "train"), ("test", "val"), ("train", "test")):
+        for cls in ("NonDemented", "MildDemented"):
+            dest = tmp_path / target / {"NonDemented": "cats", "MildDemented": "dogs"}[cls]
+            dest.mkdir(parents=True, exist_ok=True)
+            for path in sorted((src / split / cls).iterdir())[:2]:
+                (dest / path.name).write_bytes(path.read_bytes())
+    parsed = stages.parse(tmp_path)
+    assert parsed.class_names == ("cats", "dogs")
+    assert parsed.folder_splits == ("train", "validation", "test")
+    assert _counts(parsed) == {(s, c): 2 for s in ("train", "validation", "test")
+                               for c in ("cats", "dogs")}  # fmt: skip
+
+
+def test_parquet_labels_need_names_and_get_them_from_the_config(tmp_path):
+    ok = _png_bytes()
+    table = pa.table({"image": pa.array([ok] * 4, pa.binary()), "label": [0, 1, 0, 1]})
+    pq.write_table(table, tmp_path / "train-0.parquet")
+    pq.write_table(table, tmp_path / "test-0.parquet")
+    with pytest.raises(layout.LayoutError, match="label_names"):
+        stages.parse(tmp_path)
+    parsed = stages.parse(tmp_path, "parquet", ("Moderate_Demented", "Non_Demented"))
+    assert parsed.class_names == ("NonDemented", "ModerateDemented")
+    assert [r.label for r in parsed.records_in("train")] == [1, 0, 1, 0]
+    with pytest.raises(layout.LayoutError, match="a label has no name"):
+        stages.parse(tmp_path, "parquet", ("Non_Demented",))
+
+
+def _png_bytes() -> bytes:
+    _, buf = cv2.imencode(".png", np.full((16, 16), 80, np.uint8))
+    return buf.tobytes()
+
+
+def test_an_unknown_layout_names_what_is_accepted(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(layout.LayoutError, match="no layout alz_jax reads"):
+        stages.detect(tmp_path)
+    with pytest.raises(UserError, match="no layout alz_jax reads"):
+        dataset.prepare(DataSpec(data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path)))
+
+
+def _subjects(data, split):
+    return set(data.records(split)["subject_id"])
+
+
+def test_oasis_splits_are_by_subject_and_stratified_70_15_15(prepared):
+    data = prepared["oasis"]
+    assert data.protocol["official_split"] == "by subject 0.7/0.15/0.15 at build"
+    splits = [_subjects(data, s) for s in dataset.SPLITS]
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
+    assert sum(len(s) for s in splits) == SPEC.subjects
+    strata = protocols.subject_strata(*(data.pooled[k] for k in ("subject_id", "scan_id", "label")))
+    for stage in range(4):
+        members = [s for s, lab in strata.items() if lab == stage]
+        in_test = sum(s in splits[2] for s in members)
+        assert abs(in_test - 0.15 * len(members)) <= 1, (stage, in_test, len(members))
+    meta = data.report_metadata()
+    assert meta["class_names"] == list(STAGES)
+    assert sum(sum(c.values()) for c in meta["class_distribution"].values()) == (
+        SPEC.subjects * SPEC.slices_per_subject)  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["resplit", "kfold"])
+def test_oasis_protocols_stay_subject_disjoint(stage_sets, tmp_path, protocol):
+    spec = DataSpec(data_dir=str(tmp_path), manual_dir=str(stage_sets["oasis"][0]),
+                    protocol=protocol, num_folds=3)  # fmt: skip
+    data = dataset.prepare(spec)
+    train, val, test = (_subjects(data, s) for s in dataset.SPLITS)
+    assert not (train & test or val & test or train & val)
+    assert len(train | val | test) == SPEC.subjects
+
+
+def test_image_split_collections_are_flagged_and_subject_split_ones_are_not(prepared):
+    """The four-class folders and the parquet set divide one brain's slices between train and
+    test; the OASIS layout is split by subject: the check must tell them apart."""
+    for kind in ("folders", "parquet"):
+        found = prepared[kind].report_metadata()["cross_split_near_duplicates"]
+        assert found["share"] >= 0.9, (kind, found)
+        audit = prepared[kind].metadata["audit"]["cross_split_near_duplicates"]
+        assert audit["test_images"] == found["test_images"]
+    oasis = prepared["oasis"].report_metadata()["cross_split_near_duplicates"]
+    assert oasis["share"] <= 0.1, oasis
+    # Subjects known: the flags agree with them (no test subject is in train here).
+    assert oasis["agreement_with_subject_ids"]["shared_subject_images"] == 0
+
+
+def test_slice_range_on_a_layout_without_slice_indices_is_a_user_error(stage_sets, tmp_path):
+    spec = DataSpec(data_dir=str(tmp_path), manual_dir=str(stage_sets["folders"][0]),
+                    slice_range="auto")  # fmt: skip
+    with pytest.raises(UserError, match="slice indices"):
+        dataset.prepare(spec)
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    counts = [50, 30, 15, 5]
+    labels = np.repeat(np.arange(4), counts)
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels)
+    got = specs.resolve_class_weights("balanced", 4, counts)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert np.dot(got, counts) / sum(counts) == pytest.approx(1.0)  # the loss keeps its scale
+    assert specs.resolve_class_weights(specs.parse_class_weights("1, 2,3,4", 4), 4, None) == (
+        1.0, 2.0, 3.0, 4.0)  # fmt: skip
+    with pytest.raises(UserError, match="4 comma-separated weights"):
+        specs.parse_class_weights("1,2", 4)
+    with pytest.raises(UserError, match="each of the 4 classes"):
+        specs.resolve_class_weights("balanced", 4, [3, 0, 1, 1])
+
+
+def test_balanced_sampler_draws_classes_equally_and_deterministically():
+    labels = np.repeat(np.arange(4), [700, 200, 80, 20])
+    source = [{"label": int(x)} for x in labels]
+
+    def sampler():
+        ds = grain.MapDataset.source(source)
+        return input_pipeline.ClassBalancedSampler(ds, labels, seed=3)
+
+    first = sampler()
+    drawn = np.array([first[i]["label"] for i in range(4 * len(labels))])
+    shares = np.bincount(drawn, minlength=4) / len(drawn)
+    np.testing.assert_allclose(shares, 0.25, atol=0.02)
+    # Random access: a fresh sampler (a resumed run) reads the same records at the same places.
+    again = sampler()
+    for i in (3999, 17, 1000, 2500):
+        assert again[i] == first[i]
+    assert not np.array_equal(first.indices(0), first.indices(1))
+
+
+def test_weighted_loss_is_the_weighted_mean_of_cross_entropies():
+    import jax.numpy as jnp
+    import optax
+
+    from alz_jax.core import steps
+
+    logits = jnp.array([[2.0, 0.1, -1.0, 0.3], [0.2, 0.4, 1.5, -0.2], [1.0, 1.0, 1.0, 1.0]])
+    labels = jnp.array([0, 2, 3])
+    weights = (0.5, 1.0, 2.0, 4.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    got = steps.example_weights({"label": labels}, weights) * ce
+    np.testing.assert_allclose(got, np.array([0.5, 2.0, 4.0]) * ce, rtol=1e-6)
+    targets = jnp.array([[0.3, 0.0, 0.7, 0.0]])
+    mixed = steps.example_weights({"label": labels[:1], "targets": targets}, weights)
+    np.testing.assert_allclose(mixed, [0.3 * 0.5 + 0.7 * 2.0], rtol=1e-6)
+
+
+def test_a_model_head_that_does_not_fit_the_classes_is_a_user_error(prepared):
+    from alz_jax.run import train
+    from configs import stages_demo
+
+    config = stages_demo.get_config()
+    config.model.num_classes = 2
+    run = specs.resolve(config)
+    with pytest.raises(UserError, match="num_classes=4"):
+        train.check_classes(run, prepared["oasis"])
+
+
+def test_builder_metadata_records_layout_pairs_and_class_distribution(prepared):
+    meta = prepared["folders"].metadata
+    assert meta["layout"] == "folders" and meta["class_names"] == list(STAGES)
+    pairs = meta["near_duplicate_pairs"]
+    assert pairs and all(a < b for a, b in pairs)
+    json.dumps(pairs)  # stored as JSON
+    files = set(prepared["folders"].pooled["file_name"])
+    assert all(a in files and b in files for a, b in pairs)
