@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo demo-figures parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo demo-figures parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -53,6 +53,11 @@ demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv || exit 1; \
 	echo "install: $$(( $$(date +%s) - start )) s"; \
 	$(PY) -m alz_jax.demo $(DEMO_ARGS)
+
+# The four-stage demo (configs/stages_demo.py) from scratch on its synthetic set, in .demo/stages.
+stages-demo: venv
+	rm -rf .demo/stages
+	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages $(DEMO_ARGS)
 
 # Copies the last demo's report figures into docs/demo/ for the README (Grad-CAM as JPEG).
 demo-figures: venv

@@ -1,11 +1,13 @@
-"""Command: audit an ADNI AD_NC folder before trusting any number trained on it.
+"""Command: audit a data folder (ADNI AD_NC or a dementia-stage collection) before trusting any
+number trained on it.
 
-    python -m alz_jax.audit --manual_dir=DIR [--json=OUT.json]
+    python -m alz_jax.audit --manual_dir=DIR [--layout=auto] [--label_names=A,B] [--json=OUT.json]
 
-Prints a table (counts per folder and class, subjects in both folders, label changes, slice
-windows and the slice-index shortcut baseline, duplicates, unusable, near-black and stray files)
-and writes the full report as JSON. The same audit runs when the TFDS data set is built and is
-stored in its metadata.
+Prints a table (layout and classes; counts per folder and class, subjects in both folders, label
+changes, slice windows and the slice-index shortcut baseline, test images with a near-identical
+image in train, duplicates, unusable, near-black and stray files) and writes the full report as
+JSON, every near-identical pair included. The same audit runs when the TFDS data set is built
+and is stored in its metadata.
 """
 
 import json
@@ -13,10 +15,17 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import audit, layout, source
+from tfds_builders.adni import audit, source, stages
 
 _MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Folder holding AD_NC/ (or train/, test/).", required=True
+    "manual_dir",
+    None,
+    "The data folder (AD_NC/, class folders, OASIS-1 export or parquet).",
+    required=True,
+)
+_LAYOUT = flags.DEFINE_enum("layout", "auto", stages.LAYOUTS, "The folder's layout.")
+_LABEL_NAMES = flags.DEFINE_list(
+    "label_names", [], "Names of integer parquet labels, in order (if the files lack them)."
 )
 _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 
@@ -24,7 +33,7 @@ _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
-    report, _ = audit.run(layout.parse(_MANUAL_DIR.value))
+    report, _ = audit.run(stages.parse(_MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value))
     # The same fingerprint names the data set built from this folder (and its reports).
     report["source_fingerprint"] = source.fingerprint(source.listing(_MANUAL_DIR.value))
     print(audit.format_table(report))

@@ -234,15 +234,12 @@ def build_metadata(
             "std": loaded["pixel_stats"]["std"],
             "formula": "(x / 255 - mean) / std, from the training split's pixels",
         },
-        "class_names": list(metrics.CLASS_NAMES),
-        "output": "logits (B, 2) float32 in class_names order; P(AD) = sigmoid((logit_AD - "
-        "logit_NC) / temperature); call AD when P(AD) >= the level's threshold (a scan's P(AD) "
-        "is the mean over its slices)",
+        "class_names": list(loaded.get("class_names", metrics.CLASS_NAMES)),
+        "output": _output_text(spec.num_classes),
         "calibration": {
             "temperature": cal["temperature"],
             "temperature_applied": cal.get("temperature_applied", False),
-            "thresholds": cal["thresholds"],
-            "threshold_method": cal["threshold_method"],
+            **{k: cal[k] for k in ("thresholds", "threshold_method") if k in cal},
         },
         "inference_function": {
             "file": FUNCTION_FILE,
@@ -250,9 +247,20 @@ def build_metadata(
             "platforms": list(platforms),
             "arguments": "(weights as the flat name -> array mapping of the weight file, "
             "uint8 images (B, size, size, 1) with B symbolic)",
-            "returns": "float32 logits (B, 2)",
+            "returns": f"float32 logits (B, {spec.num_classes})",
         },
     }
+
+
+def _output_text(num_classes: int) -> str:
+    """How to read the exported logits."""
+    if num_classes == 2:
+        return ("logits (B, 2) float32 in class_names order; P(AD) = sigmoid((logit_AD - "
+                "logit_NC) / temperature); call AD when P(AD) >= the level's threshold (a scan's "
+                "P(AD) is the mean over its slices)")  # fmt: skip
+    return (f"logits (B, {num_classes}) float32 in class_names order; probabilities = "
+            "softmax(logits / temperature); call the most probable class (a scan's "
+            "probabilities are the mean over its slices)")  # fmt: skip
 
 
 def export(

@@ -1,5 +1,6 @@
 """P(AD) for image files or folders with a trained run's weights, threshold and temperature: the
-library of `python -m alz_jax.predict` (and the model loading `export` shares).
+library of `python -m alz_jax.predict` (and the model loading `export` shares). A model of K > 2
+classes (dementia stages) gives each class's probability and calls the most probable.
 
 Takes JPEG or PNG files of any size, grayscale or colour (converted to grayscale), and folders
 (searched recursively for .jpg/.jpeg/.png). Each image gets the one evaluation preprocessing
@@ -21,7 +22,7 @@ import numpy as np
 
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics
+from alz_jax.evaluation import metrics, multiclass
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from alz_jax.run import run_record, specs, train
@@ -61,7 +62,15 @@ def load_model(workdir: str, which: str = "best", weights: str = "selected") -> 
         manager, which, run_spec.model, run_spec.averages, weights, mesh
     )
     calibration = (selection or {}).get("calibration", {}).get(weights)
-    if calibration is None:
+    num_classes = run_spec.model.num_classes
+    class_names = (selection or {}).get("class_names") or (
+        list(metrics.CLASS_NAMES) if num_classes == 2 else [str(k) for k in range(num_classes)]
+    )
+    if calibration is None and num_classes > 2:
+        logging.warning("Checkpoint %d stores no validation calibration for %s weights: "
+                        "temperature 1.", step, weights)  # fmt: skip
+        calibration = {"temperature": 1.0}
+    elif calibration is None:
         logging.warning("Checkpoint %d stores no validation calibration for %s weights: "
                         "temperature 1, thresholds 0.5.", step, weights)  # fmt: skip
         calibration = {"temperature": 1.0, "thresholds": {lv: 0.5 for lv in metrics.LEVELS},
@@ -75,6 +84,7 @@ def load_model(workdir: str, which: str = "best", weights: str = "selected") -> 
         "step": step,
         "weights": weights,
         "calibration": calibration,
+        "class_names": class_names,
     }
 
 
@@ -97,6 +107,10 @@ def predict_files(
         images = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)])
         margins = predict_fn(loaded["params"], jax.device_put(images, batch_sharding))
         margins = np.asarray(margins)[: len(pending)]
+        if margins.ndim == 2:  # K > 2 classes: logits
+            rows.extend(_class_rows([p for p, _ in pending], margins, loaded))
+            pending.clear()
+            return
         for (path, _), margin in zip(pending, margins, strict=True):
             prob = float(metrics.sigmoid(float(margin) / cal["temperature"]))
             match = SLICE_NAME.match(path.stem)
@@ -122,9 +136,30 @@ def predict_files(
     return rows, errors
 
 
+def _class_rows(paths: list[Path], logits: np.ndarray, loaded: dict) -> list[dict]:
+    """Rows of a K-class model: {file, scan_id, slice, predicted (the most probable class),
+    prob_<class> for each class}, probabilities at the validation temperature."""
+    temperature = loaded["calibration"]["temperature"]
+    probs = multiclass.softmax(np.asarray(logits, np.float64) / temperature)
+    names = loaded["class_names"]
+    rows = []
+    for path, p in zip(paths, probs, strict=True):
+        match = SLICE_NAME.match(path.stem)
+        rows.append({
+            "file": str(path),
+            "scan_id": match["scan"] if match else "",
+            "slice": int(match["slice"]) if match else None,
+            "predicted": names[int(np.argmax(p))],
+            **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)},
+        })  # fmt: skip
+    return rows
+
+
 def scan_rows(rows: list[dict], calibration: dict) -> list[dict]:
     """Per scan (files named <scanID>_<slice>): slice count, mean P(AD), call at the scan
-    threshold."""
+    threshold; with K classes, the mean of each class's probability and the most probable."""
+    if rows and "prob_ad" not in rows[0]:
+        return _class_scan_rows(rows)
     by_scan: dict[str, list[float]] = {}
     for row in rows:
         if row["scan_id"]:
@@ -135,6 +170,22 @@ def scan_rows(rows: list[dict], calibration: dict) -> list[dict]:
          "predicted": "AD" if np.mean(p) >= threshold else "NC"}
         for scan, p in sorted(by_scan.items())
     ]  # fmt: skip
+
+
+def _class_scan_rows(rows: list[dict]) -> list[dict]:
+    names = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_")]
+    by_scan: dict[str, list[list[float]]] = {}
+    for row in rows:
+        if row["scan_id"]:
+            by_scan.setdefault(row["scan_id"], []).append([row[f"prob_{n}"] for n in names])
+    out = []
+    for scan, probs in sorted(by_scan.items()):
+        mean = np.mean(probs, axis=0)
+        out.append({
+            "scan_id": scan, "slices": len(probs), "predicted": names[int(np.argmax(mean))],
+            **{f"prob_{n}": float(v) for n, v in zip(names, mean, strict=True)},
+        })  # fmt: skip
+    return out
 
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -180,8 +231,29 @@ def write_output(path: Path, result: dict) -> list[Path]:
     return written
 
 
+def _format_classes(result: dict) -> list[str]:
+    """The K-class table: the called class and its probability per image and scan."""
+    lines = [f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
+             f"temperature {result['calibration']['temperature']:.3f}; the most probable class "
+             f"of {', '.join(result['class_names'])}", f"{'P':>7} {'call':<18} file"]  # fmt: skip
+    lines += [f"{r['prob_' + r['predicted']]:>7.3f} {r['predicted']:<18} {r['file']}"
+              for r in result["images"]]  # fmt: skip
+    if result["scans"]:
+        lines.append(f"{'P':>7} {'call':<18} scan (slices)")
+        lines += [f"{s['prob_' + s['predicted']]:>7.3f} {s['predicted']:<18} {s['scan_id']} "
+                  f"({s['slices']})" for s in result["scans"]]  # fmt: skip
+    return lines
+
+
 def format_result(result: dict) -> str:
     """The table printed by the command."""
+    if len(result.get("class_names", ())) > 2:
+        lines = _format_classes(result)
+        lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
+        lines.append(
+            f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable."
+        )
+        return "\n".join(lines)
     cal = result["calibration"]
     lines = [
         f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); temperature "
@@ -211,7 +283,8 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
         "checkpoint_step": loaded["step"],
         "weights": loaded["weights"],
         "calibration": {k: calibration[k] for k in ("temperature", "thresholds",
-                                                    "threshold_method")},
+                                                    "threshold_method") if k in calibration},
+        "class_names": loaded["class_names"],
         "images": rows,
         "scans": scan_rows(rows, calibration),
         "errors": errors + read_errors,

@@ -351,7 +351,8 @@ def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
     """The training batches; a fresh run first shows TensorBoard what the model is fed."""
     if start_step == 0:
         first = next(loop.grain_iter)
-        loop.writer.write_images(0, {"train/augmented": figures.image_grid(first, class_names=loop.data.class_names)[None]})
+        grid = figures.image_grid(first, class_names=loop.data.class_names)
+        loop.writer.write_images(0, {"train/augmented": grid[None]})
         yield first
     yield from loop.grain_iter
 
@@ -394,6 +395,7 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
     selection["calibration"] = {
         n: evaluation.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
     }
+    selection["class_names"] = list(data.class_names)  # what `predict` and `export` call them
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
     # Unqualified names are the selected weights': what the best checkpoint is chosen on.
     scalars.update({f"validation/{k}": v for k, v in per_weights[selection["weights"]].items()})

@@ -244,7 +244,8 @@ def near_duplicate_pairs(
     parsed: layout_lib.Layout, checks: dict[str, ImageCheck]
 ) -> list[tuple[str, str]]:
     """Pairs of usable images of different scans that are near-identical (file names, sorted):
-    adjacent slices of one brain filed as two images, repeated visits, copies."""
+    adjacent slices of one brain filed as separate images, and copies (another visit, with a
+    new pose, is rarely matched: docs/leakage.md)."""
     usable = sorted(
         (r for r in parsed.records if not checks[r.file_name].problem), key=lambda r: r.file_name
     )

@@ -51,8 +51,8 @@ class StagesSpec:
     # Share of subjects per stage (OASIS-1 is dominated by non-demented, Moderate is rare).
     stage_shares: tuple[float, float, float, float] = (0.45, 0.25, 0.18, 0.12)
     # Atrophy severity per stage (mean, sd): graded, neighbouring stages overlap.
-    severities: tuple[tuple[float, float], ...] = ((0.12, 0.07), (0.36, 0.07), (0.58, 0.07),
-                                                   (0.80, 0.07))  # fmt: skip
+    severities: tuple[tuple[float, float], ...] = ((0.10, 0.06), (0.36, 0.06), (0.62, 0.06),
+                                                   (0.88, 0.06))  # fmt: skip
     test_share: float = 0.2  # of images (folders, parquet): the collections divide by image
     jpeg_quality: int = 92
 

@@ -1,0 +1,91 @@
+"""Four dementia stages end to end: training with class weights and balanced sampling, the K-class
+report (checked against scikit-learn from its own predictions file), predict and the leakage
+warning of an image-split collection."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
+
+from alz_jax.evaluation import multiclass_reports
+from alz_jax.run import prediction, train
+from tests import tiny_config as tiny_config_file
+
+pytestmark = pytest.mark.slow
+STAGES = ["NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented"]
+
+
+def stages_config(data_dir, layout, **overrides):
+    """The tiny test config on a synthetic four-stage set of `layout`."""
+    config = tiny_config_file.get_config()
+    config.data.manual_dir = None
+    config.data.synthetic_seed = 1
+    config.data.synthetic_layout = layout
+    config.data.synthetic_subjects = 24
+    config.data.data_dir = str(data_dir)
+    config.model.num_classes = 4
+    config.optim.class_weights = "balanced"
+    config.data.balanced_sampling = True
+    for key, value in {**tiny_config_file.TWO_STAGES, "num_train_steps": 4, **overrides}.items():
+        node = config
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def test_oasis_stages_train_and_report_k_classes(tmp_path):
+    workdir = tmp_path / "w"
+    config = stages_config(tmp_path / "data", "oasis", **{"eval.tta": "hflip"})
+    report = train.train_and_evaluate(config, str(workdir))
+    assert report["num_classes"] == 4 and report["class_names"] == STAGES
+    assert report["subjects_known"] and report["subject_source"] == "file_name"
+    # The report's numbers from its own predictions file, by scikit-learn.
+    records, probs = multiclass_reports.read_predictions(workdir / "predictions_test.csv", STAGES)
+    labels, predicted = records["label"], np.argmax(probs, axis=1)
+    m = report["slice"]
+    assert m["n"] == len(labels) == report["num_images"]
+    assert np.array_equal(m["confusion_matrix"]["counts"],
+                          confusion_matrix(labels, predicted, labels=range(4)))  # fmt: skip
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-6)
+    assert m["quadratic_kappa"] == pytest.approx(
+        cohen_kappa_score(labels, predicted, labels=range(4), weights="quadratic"), abs=1e-6
+    )
+    assert set(m["per_class"]) == set(STAGES)
+    assert sum(c["support"] for c in m["per_class"].values()) == len(labels)
+    assert report["subject"]["n"] == len(set(records["subject_id"]))  # one stage per subject
+    assert "tta" in report and set(m["ci95"]) >= {"accuracy", "macro_f1", "quadratic_kappa"}
+    distribution = report["class_distribution_by_split"]
+    assert sum(distribution["test"].values()) == len(labels)
+    # Subject-disjoint: no test brain in train, and the check agrees.
+    leak = report["cross_split_near_duplicates"]
+    assert leak["share"] <= 0.1 and leak["agreement_with_subject_ids"]["shared_subject_images"] == 0
+    text = (workdir / "report_test.md").read_text()
+    assert "quadratic" in text.lower() and "| NonDemented |" in text
+    assert "Warning: the test folder shares brains" not in multiclass_reports.format_any(report)
+    # predict: the same probabilities for the same images (temperature 1: none applied).
+    files = [str(records["file_name"][i]) for i in range(3)]
+    manual = next((tmp_path / "data").glob("synthetic_oasis_*/manual/Data"))
+    result = prediction.run(str(workdir), [str(manual / f) for f in files])
+    assert result["class_names"] == STAGES
+    for row, i in zip(result["images"], range(3), strict=True):
+        got = [row[f"prob_{n}"] for n in STAGES]
+        np.testing.assert_allclose(got, probs[i], atol=2e-6)
+        assert row["predicted"] == STAGES[int(np.argmax(probs[i]))]
+    assert "the most probable class" in prediction.format_result(result)
+    record = json.loads((workdir / "report_test.json").read_text())
+    assert record["num_classes"] == 4
+
+
+def test_an_image_split_collection_gets_the_leakage_warning(tmp_path):
+    workdir = tmp_path / "w"
+    config = stages_config(tmp_path / "data", "folders", num_train_steps=2)
+    report = train.train_and_evaluate(config, str(workdir))
+    leak = report["cross_split_near_duplicates"]
+    assert leak["share"] >= 0.9, leak
+    warning = "the test folder shares brains with train; test accuracy is not an estimate"
+    assert warning in multiclass_reports.format_any(report)
+    assert warning in (workdir / "report_test.md").read_text()
+    assert not report["subjects_known"] and "subject" not in report
