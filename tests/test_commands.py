@@ -26,7 +26,9 @@ def run_command(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
 
 def test_config_is_found_by_path_or_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert command.available_configs() == ["convnext_t", "convnext_t_resplit", "demo"]
+    assert command.available_configs() == [
+        "convnext_t", "convnext_t_resplit", "demo", "stages_convnext_t", "stages_demo"
+    ]  # fmt: skip
     for value in ("demo", "demo.py", "configs/demo.py"):
         assert command.find_config(value) == str(CONFIGS / "demo.py"), value
     assert command.find_config("demo:arg") == f"{CONFIGS / 'demo.py'}:arg"

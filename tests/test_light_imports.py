@@ -86,7 +86,8 @@ def test_the_model_and_the_train_step_run_without_the_optional_packages(tmp_path
         c = tiny_config.get_config()
         spec = convnext.ConvNeXtSpec(depths=tuple(c.model.depths), dims=tuple(c.model.dims),
                                      in_chans=1, drop_path_rate=0.1, depthwise="xla")
-        opt = optim.OptimSpec(**{k: v for k, v in c.optim.items() if k != "label_smoothing"})
+        opt = optim.OptimSpec(**{k: v for k, v in c.optim.items()
+                                 if k not in ("label_smoothing", "class_weights")})
         schedule = optim.learning_rate_schedule(opt, 10, 2)
         tx = optim.make_optimizer(opt, schedule)
         averages = averaging.AveragingSpec(ema=True, swa=True, swa_start_step=1)

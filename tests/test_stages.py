@@ -14,9 +14,10 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from alz_jax.data import dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
+from alz_jax.evaluation import multiclass, multiclass_reports
 from alz_jax.host.errors import UserError
-from alz_jax.run import specs
-from tfds_builders.adni import layout, stages, synthetic_stages
+from alz_jax.run import cross_validation, specs
+from tfds_builders.adni import audit, layout, stages, synthetic_stages
 
 STAGES = synthetic_stages.STAGES
 SPEC = synthetic_stages.StagesSpec(subjects=24, slices_per_subject=8)
@@ -255,3 +256,66 @@ def test_builder_metadata_records_layout_pairs_and_class_distribution(prepared):
     json.dumps(pairs)  # stored as JSON
     files = set(prepared["folders"].pooled["file_name"])
     assert all(a in files and b in files for a, b in pairs)
+
+
+def test_near_duplicate_flags_agree_with_oasis_subject_ids(stage_sets, tmp_path):
+    """Where subject IDs exist the check must agree with them: OASIS files put in train/ and
+    test/ folders with half the test subjects' slices divided between both (an image split for
+    them), the rest whole in one folder. Shared subjects' test images are flagged, others not."""
+    parsed = stages.parse(stage_sets["oasis"][0])
+    by_subject = collections.defaultdict(list)
+    for r in parsed.records:
+        by_subject[parsed.subject_of_scan[r.scan_id]].append(r)
+    subjects = sorted(by_subject)
+    shared, test_only = set(subjects[:6]), set(subjects[6:12])
+    for subject, records in by_subject.items():
+        for i, r in enumerate(sorted(records, key=lambda r: r.slice_index)):
+            split = "test" if subject in test_only or (subject in shared and i % 2) else "train"
+            folder = tmp_path / split / r.path.parent.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / r.path.name).write_bytes(r.read_bytes())
+    relaid = stages.parse(tmp_path)
+    assert relaid.kind == "oasis" and relaid.folder_splits == ("train", "test")
+    report, _ = audit.run(relaid)
+    agreement = report["cross_split_near_duplicates"]["agreement_with_subject_ids"]
+    assert agreement["shared_subject_images"] == len(shared) * SPEC.slices_per_subject // 2
+    assert agreement["flag_rate_shared"] >= 0.9, agreement
+    assert agreement["flag_rate_not_shared"] <= 0.1, agreement
+    assert report["subjects_in_train_and_test"]["count"] == len(shared)
+
+
+def test_cross_validation_pools_k_class_folds(tmp_path):
+    """The K-class aggregate: per-fold means of the fold reports, and the pooled out-of-fold
+    metrics computed from the folds' prediction files."""
+    rng = np.random.default_rng(0)
+    fold_reports, dirs, all_records, all_probs = [], [], [], []
+    for fold in range(2):
+        n = 40
+        records = {
+            "file_name": np.array([f"f{fold}_{i}.jpg" for i in range(n)], object),
+            "scan_id": np.array([f"s{fold}_{i // 4}" for i in range(n)], object),
+            "subject_id": np.array([f"p{fold}_{i // 8}" for i in range(n)], object),
+            "label": np.repeat(np.arange(4), n // 4),
+        }
+        logits = rng.normal(size=(n, 4)) + 2.0 * np.eye(4)[records["label"]]
+        probs = multiclass.softmax(logits)
+        fold_dir = tmp_path / f"fold_{fold}"
+        fold_dir.mkdir()
+        multiclass_reports.write_predictions(records, probs, logits, STAGES,
+                                             fold_dir / "predictions_test.csv")  # fmt: skip
+        levels = multiclass.multilevel_metrics(records, probs, True, STAGES)
+        fold_reports.append({"num_classes": 4, "class_names": list(STAGES), **levels})
+        dirs.append(fold_dir)
+        all_records.append(records)
+        all_probs.append(probs)
+    report = cross_validation.aggregate(fold_reports, dirs)
+    kappas = [r["subject"]["quadratic_kappa"] for r in fold_reports]
+    assert report["across_folds"]["subject"]["quadratic_kappa"]["mean"] == pytest.approx(
+        np.mean(kappas))  # fmt: skip
+    pooled_records = {k: np.concatenate([r[k] for r in all_records]) for k in all_records[0]}
+    expected = multiclass.multilevel_metrics(
+        pooled_records, np.concatenate(all_probs), True, STAGES
+    )
+    got = report["pooled_out_of_fold"]
+    assert got["slice"]["confusion_matrix"] == expected["slice"]["confusion_matrix"]
+    assert got["subject"]["macro_f1"] == pytest.approx(expected["subject"]["macro_f1"], abs=1e-5)

@@ -323,7 +323,7 @@ def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tm
 def test_bad_data_folder_and_batch_are_user_errors(tmp_path, tiny_synthetic):
     (tmp_path / "empty").mkdir()
     config = tiny_config(tmp_path / "empty", tmp_path / "tfds")
-    with pytest.raises(UserError, match="no ADNI layout") as error:
+    with pytest.raises(UserError, match="has no layout alz_jax reads") as error:
         train.train_and_evaluate(config, str(tmp_path / "w"))
     assert "adni.loni.usc.edu" in str(error.value)
     config = tiny_config(tiny_synthetic[0], tmp_path / "tfds2", batch_size=12)

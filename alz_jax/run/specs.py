@@ -75,7 +75,8 @@ class Plan:
     eval_every_steps: int
     averages: averaging.AveragingSpec
     pipeline: PipelineSpec  # with the Mixup/CutMix schedule over total_steps
-    step: steps.StepSpec  # with the class weights resolved on the train split
+    # With the class weights resolved on the train split.
+    step: steps.StepSpec = dataclasses.field(default_factory=steps.StepSpec)
 
 
 @dataclasses.dataclass(frozen=True)

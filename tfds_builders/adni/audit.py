@@ -243,16 +243,19 @@ def _slice_windows(parsed: layout_lib.Layout) -> tuple[dict, dict | None]:
 def near_duplicate_pairs(
     parsed: layout_lib.Layout, checks: dict[str, ImageCheck]
 ) -> list[tuple[str, str]]:
-    """Pairs of usable images of different scans that are near-identical (file names, sorted):
-    adjacent slices of one brain filed as separate images, and copies (another visit, with a
-    new pose, is rarely matched: docs/leakage.md)."""
+    """Pairs of usable images that are near-identical (file names, sorted), of different scans
+    or of one scan that the folders divide: adjacent slices of one brain filed as separate
+    images or split between folders, and copies (another visit, with a new pose, is rarely
+    matched: docs/leakage.md)."""
     usable = sorted(
         (r for r in parsed.records if not checks[r.file_name].problem), key=lambda r: r.file_name
     )
     if len(usable) < 2:
         return []
     signatures = np.stack([checks[r.file_name].signature for r in usable])
-    groups = np.array([r.scan_id for r in usable], dtype=object)
+    # Slices of one scan are alike by nature and split only where folders divide the scan (no
+    # protocol does): pair them only across folders.
+    groups = np.array([f"{r.scan_id}\n{r.folder_split}" for r in usable], dtype=object)
     pairs = near_duplicates.pairs_above(signatures, groups, near_duplicates.DEFAULT_THRESHOLD)
     return [(usable[i].file_name, usable[j].file_name) for i, j in pairs]
 
