@@ -47,6 +47,9 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # parquet labels without names in the files are named here, in order: 'A,B,C,D'.
     config.data.layout = "auto"
     config.data.label_names = ""
+    # Without subject IDs (four-class folders, parquet): let groups of near-identical images (a
+    # brain's adjacent slices) stand in for subjects, for splits that keep a brain together.
+    config.data.group_near_duplicates = False
     # The synthetic stand-in's layout: 'adni' (AD vs NC) or a four-stage set in the 'folders',
     # 'oasis' or 'parquet' layout, with synthetic_subjects subjects.
     config.data.synthetic_layout = "adni"

@@ -319,3 +319,28 @@ def test_cross_validation_pools_k_class_folds(tmp_path):
     got = report["pooled_out_of_fold"]
     assert got["slice"]["confusion_matrix"] == expected["slice"]["confusion_matrix"]
     assert got["subject"]["macro_f1"] == pytest.approx(expected["subject"]["macro_f1"], abs=1e-5)
+
+
+def test_near_duplicate_groups_stand_in_for_subjects_and_make_resplit_honest(stage_sets, tmp_path):
+    """Four-class folders (divided by image, no IDs): with data.group_near_duplicates each
+    brain's slices form one group, every group holds one stage, and `resplit` by group leaves
+    no test image with a near-identical train image, where the official folders leave most."""
+    root = str(stage_sets["folders"][0])
+    grouped = dataset.prepare(DataSpec(data_dir=str(tmp_path), manual_dir=root,
+                                       group_near_duplicates=True, protocol="resplit"))  # fmt: skip
+    assert grouped.metadata["subject_source"] == "near_duplicate_groups"
+    groups = collections.defaultdict(set)
+    for subject, label in zip(grouped.pooled["subject_id"], grouped.pooled["label"], strict=True):
+        groups[subject].add(int(label))
+    assert len(groups) == SPEC.subjects  # one group per generated brain
+    assert all(len(labels) == 1 for labels in groups.values())
+    train, val, test = (_subjects(grouped, s) for s in dataset.SPLITS)
+    assert not (train & test or val & test or train & val)
+    assert grouped.report_metadata()["cross_split_near_duplicates"]["share"] == 0.0
+    official = dataset.prepare(DataSpec(data_dir=str(tmp_path), manual_dir=root,
+                                        group_near_duplicates=True))  # fmt: skip
+    assert official.report_metadata()["cross_split_near_duplicates"]["share"] >= 0.9
+    assert official.report_metadata()["test_subjects_also_in_train"] > 0
+    with pytest.raises(layout.LayoutError, match="has subject IDs"):
+        dataset.prepare(DataSpec(data_dir=str(tmp_path / "o"), group_near_duplicates=True,
+                                 manual_dir=str(stage_sets["oasis"][0])))  # fmt: skip

@@ -44,6 +44,10 @@ class DataSpec:
     label_names: str = ""
     synthetic_layout: str = "adni"
     synthetic_subjects: int = 160
+    # Where a layout has no subject IDs: let each group of near-identical images (a brain's
+    # adjacent slices, found by the build's near-duplicate check) stand in for a subject, so
+    # that validation, `resplit` and `kfold` keep a brain's slices together.
+    group_near_duplicates: bool = False
 
     @property
     def label_name_list(self) -> tuple[str, ...]:

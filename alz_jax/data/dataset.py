@@ -389,7 +389,7 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
         kind, class_names = described
         config = adni_builder.config_for(
             data_config.validation_fraction, data_config.split_seed, kind, class_names,
-            data_config.label_name_list,
+            data_config.label_name_list, data_config.group_near_duplicates,
         )  # fmt: skip
         return adni_builder.Builder(
             data_dir=os.fspath(build_dir), config=config, file_format="array_record"

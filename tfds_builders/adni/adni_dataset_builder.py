@@ -61,7 +61,7 @@ class AdniConfig(tfds.core.BuilderConfig):
     def __init__(
         self, *, validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
         class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
-        **kwargs,
+        group_near_duplicates: bool = False, **kwargs,
     ):  # fmt: skip
         super().__init__(**kwargs)
         self.validation_fraction = validation_fraction
@@ -69,47 +69,61 @@ class AdniConfig(tfds.core.BuilderConfig):
         self.layout = layout
         self.class_names = tuple(class_names)
         self.label_names = tuple(label_names)
+        self.group_near_duplicates = group_near_duplicates
 
 
 def config_name(
     validation_fraction: float, split_seed: int, layout: str = "adni",
     class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+    group_near_duplicates: bool = False,
 ) -> str:  # fmt: skip
     """Canonical builder-config name ('default' for ADNI with 0.1, 0): the layout, a hash of its
-    classes, the validation fraction and the seed."""
+    classes, the validation fraction and the seed (and `_ndgroups` with near-duplicate groups
+    as subjects)."""
     split = f"val{validation_fraction:g}_seed{split_seed}".replace(".", "p")
     if layout == "adni" and tuple(class_names) == layout_lib.CLASS_NAMES and not label_names:
-        return "default" if (validation_fraction, split_seed) == (0.1, 0) else split
-    classes = hashlib.sha256(json.dumps([class_names, label_names]).encode()).hexdigest()[:8]
-    return f"{layout}_{classes}_{split}"
+        name = "default" if (validation_fraction, split_seed) == (0.1, 0) else split
+    else:
+        classes = hashlib.sha256(json.dumps([class_names, label_names]).encode()).hexdigest()[:8]
+        name = f"{layout}_{classes}_{split}"
+    return name + ("_ndgroups" if group_near_duplicates else "")
 
 
 def make_config(
     validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
     class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+    group_near_duplicates: bool = False,
 ) -> AdniConfig:  # fmt: skip
     """The builder config for a layout, its classes, a validation fraction and split seed."""
+    name = config_name(
+        validation_fraction, split_seed, layout, class_names, label_names, group_near_duplicates
+    )
     return AdniConfig(
-        name=config_name(validation_fraction, split_seed, layout, class_names, label_names),
+        name=name,
         description=f"{layout} layout, classes {', '.join(class_names)}; validation: "
-        f"{validation_fraction:g} of train subjects, seed {split_seed}",
+        f"{validation_fraction:g} of train subjects, seed {split_seed}"
+        + ("; subjects: groups of near-identical images" if group_near_duplicates else ""),
         validation_fraction=validation_fraction,
         split_seed=split_seed,
         layout=layout,
         class_names=class_names,
         label_names=label_names,
+        group_near_duplicates=group_near_duplicates,
     )
 
 
 def config_for(
     validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
     class_names: tuple[str, ...] = layout_lib.CLASS_NAMES, label_names: tuple[str, ...] = (),
+    group_near_duplicates: bool = False,
 ) -> str | AdniConfig:  # fmt: skip
     """What to pass as `Builder(config=...)`: a registered config's name, or a custom config."""
-    name = config_name(validation_fraction, split_seed, layout, class_names, label_names)
+    args = (validation_fraction, split_seed, layout, class_names, label_names,
+            group_near_duplicates)  # fmt: skip
+    name = config_name(*args)
     if name in {c.name for c in Builder.BUILDER_CONFIGS}:
         return name
-    return make_config(validation_fraction, split_seed, layout, class_names, label_names)
+    return make_config(*args)
 
 
 def _warn_skipped(parsed: layout_lib.Layout, checks: dict) -> None:
@@ -131,6 +145,44 @@ def _warn_skipped(parsed: layout_lib.Layout, checks: dict) -> None:
                 "Skipping %d more %s files; all in the audit JSON (the data set's metadata).",
                 len(skipped) - limit, kind,
             )  # fmt: skip
+
+
+def _grouped_by_near_duplicates(
+    parsed: layout_lib.Layout, pairs: list[list[str]]
+) -> layout_lib.Layout:
+    """The layout with each connected group of near-identical images (the pairs' components:
+    a brain's adjacent slices) standing in for a subject, where the layout has no subject IDs;
+    groups are named `ndgroup_<n>` in the order of their first file name."""
+    if parsed.subject_source != "scan_id":
+        raise layout_lib.LayoutError(
+            f"data.group_near_duplicates: {parsed.root} has subject IDs (from "
+            f"{parsed.subject_source}); splits already follow them. Leave it false."
+        )
+    parent = {r.scan_id: r.scan_id for r in parsed.records}
+
+    def root(scan: str) -> str:
+        while parent[scan] != scan:
+            parent[scan] = parent[parent[scan]]
+            scan = parent[scan]
+        return scan
+
+    scan_of = {r.file_name: r.scan_id for r in parsed.records}
+    for a, b in pairs:
+        if a in scan_of and b in scan_of:
+            ra, rb = root(scan_of[a]), root(scan_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    first = {}
+    for r in sorted(parsed.records, key=lambda r: r.file_name):
+        first.setdefault(root(r.scan_id), len(first))
+    subjects = {scan: f"ndgroup_{first[root(scan)]:05d}" for scan in parent}
+    logging.info(
+        "%d images in %d groups of near-identical images, standing in for subjects.",
+        len(parsed.records), len(first),
+    )  # fmt: skip
+    return dataclasses.replace(
+        parsed, subject_of_scan=subjects, subject_source="near_duplicate_groups"
+    )
 
 
 class _LocalDatasetInfo(tfds.core.DatasetInfo):
@@ -203,6 +255,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "off-size); see the warnings above and the audit's `unusable` entry."
                 )
         parsed = dataclasses.replace(parsed, records=usable)
+        if config.group_near_duplicates:
+            parsed = _grouped_by_near_duplicates(parsed, audit["near_duplicate_pairs"])
         hashes = {n: c.sha256 for n, c in checks.items()}
         splits = self._splits(parsed)
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)
