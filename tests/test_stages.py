@@ -6,17 +6,21 @@ import json
 
 import cv2
 import grain
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+from alz_jax.core import steps
 from alz_jax.data import dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
-from alz_jax.evaluation import multiclass, multiclass_reports
+from alz_jax.evaluation import multiclass, multiclass_reports, reports
 from alz_jax.host.errors import UserError
-from alz_jax.run import cross_validation, specs
+from alz_jax.run import cross_validation, specs, train
+from configs import stages_demo
 from tfds_builders.adni import audit, layout, stages, synthetic_stages
 
 STAGES = synthetic_stages.STAGES
@@ -221,11 +225,6 @@ def test_balanced_sampler_draws_classes_equally_and_deterministically():
 
 
 def test_weighted_loss_is_the_weighted_mean_of_cross_entropies():
-    import jax.numpy as jnp
-    import optax
-
-    from alz_jax.core import steps
-
     logits = jnp.array([[2.0, 0.1, -1.0, 0.3], [0.2, 0.4, 1.5, -0.2], [1.0, 1.0, 1.0, 1.0]])
     labels = jnp.array([0, 2, 3])
     weights = (0.5, 1.0, 2.0, 4.0)
@@ -238,9 +237,6 @@ def test_weighted_loss_is_the_weighted_mean_of_cross_entropies():
 
 
 def test_a_model_head_that_does_not_fit_the_classes_is_a_user_error(prepared):
-    from alz_jax.run import train
-    from configs import stages_demo
-
     config = stages_demo.get_config()
     config.model.num_classes = 2
     run = specs.resolve(config)
@@ -344,3 +340,20 @@ def test_near_duplicate_groups_stand_in_for_subjects_and_make_resplit_honest(sta
     with pytest.raises(layout.LayoutError, match="has subject IDs"):
         dataset.prepare(DataSpec(data_dir=str(tmp_path / "o"), group_near_duplicates=True,
                                  manual_dir=str(stage_sets["oasis"][0])))  # fmt: skip
+
+
+def test_the_leakage_warning_follows_the_share_and_defers_to_subject_ids():
+    def report(share, not_shared=None, split="test"):
+        dup = {"share": share, "test_images": 100, "test_images_with_train_match": int(share * 100)}
+        if not_shared is not None:
+            dup["agreement_with_subject_ids"] = {"flag_rate_not_shared": not_shared}
+        return {"split": split, "cross_split_near_duplicates": dup}
+
+    assert reports.leak_warning(report(0.5)).startswith(
+        "Warning: the test folder shares brains with train; test accuracy is not an estimate "
+        "of accuracy on new people (50 of 100")  # fmt: skip
+    assert reports.leak_warning(report(0.09)) is None
+    assert reports.leak_warning(report(0.5, split="validation")) is None
+    assert reports.leak_warning(report(0.5, not_shared=0.0)).startswith("Warning:")
+    # Subjects known, and other people's images match too: the subject count is the measure.
+    assert "count leakage by subject" in reports.leak_warning(report(0.5, not_shared=0.3))

@@ -20,7 +20,6 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -29,10 +28,8 @@ from alz_jax.core import steps
 from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metrics, reports
 from alz_jax.evaluation import multiclass as mc
+from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host import storage, tables
-
-if TYPE_CHECKING:
-    from alz_jax.evaluation.settings import EvalSettings
 
 REPORT_LEVELS = metrics.LEVELS
 LEAK_WARNING_SHARE = reports.LEAK_WARNING_SHARE

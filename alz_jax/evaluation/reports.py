@@ -242,6 +242,15 @@ def leak_warning(report: dict) -> str | None:
     share = dup.get("share")
     if share is None or share < LEAK_WARNING_SHARE or report.get("split") != "test":
         return None
+    agreement = dup.get("agreement_with_subject_ids") or {}
+    false_alarms = agreement.get("flag_rate_not_shared")
+    if false_alarms is not None and false_alarms >= LEAK_WARNING_SHARE:
+        # Subjects known, and the pixels match across people: the subjects are the measure.
+        return (
+            f"Note: {share:.1%} of test images match a train image, but so do "
+            f"{false_alarms:.1%} of those whose subject is not in train: these images look "
+            "alike across people (registered slices?), so count leakage by subject here."
+        )
     return (
         f"{LEAK_WARNING} ({dup.get('test_images_with_train_match')} of "
         f"{dup.get('test_images')} test images, {share:.1%}, match a train image)."
