@@ -3,6 +3,7 @@ the near-duplicate check on image- and subject-split sets, class weights and bal
 
 import collections
 import json
+import shutil
 
 import cv2
 import grain
@@ -92,6 +93,10 @@ def test_stage_aliases_order_and_clashes():
     # Not all stages: kept as found, sorted.
     assert stages.class_order(["tumour", "normal", "MildDemented"])[0] == (
         "MildDemented", "normal", "tumour")  # fmt: skip
+    # Two classes spelled as AD and NC: the binary order, AD positive.
+    assert stages.class_order(["Normal", "Alzheimer"]) == (
+        ("NC", "AD"), {"Alzheimer": "AD", "Normal": "NC"})  # fmt: skip
+    assert stages.class_order(["NonDemented", "Demented"])[0] == ("NC", "AD")
     with pytest.raises(layout.LayoutError, match="same stage twice"):
         stages.class_order(["NonDemented", "Non_Demented", "MildDemented"])
 
@@ -357,3 +362,39 @@ def test_the_leakage_warning_follows_the_share_and_defers_to_subject_ids():
     assert reports.leak_warning(report(0.5, not_shared=0.0)).startswith("Warning:")
     # Subjects known, and other people's images match too: the subject count is the measure.
     assert "count leakage by subject" in reports.leak_warning(report(0.5, not_shared=0.3))
+
+
+def test_unusable_images_of_a_stage_collection_are_named_and_left_out(stage_sets, tmp_path):
+    """As for ADNI: a truncated JPEG, an empty file and an image off the collection's common
+    size are named in the audit and left out of the build; a stray file is reported."""
+    root = tmp_path / "copy"
+    shutil.copytree(stage_sets["folders"][0], root)
+    images = sorted((root / "train" / "NonDemented").iterdir())
+    data = images[0].read_bytes()
+    images[0].write_bytes(data[: len(data) // 2])
+    images[1].write_bytes(b"")
+    cv2.imwrite(str(images[2]), np.full((100, 100), 90, np.uint8))
+    (root / "test" / "MildDemented" / "notes.txt").write_text("not an image\n")
+    report, _ = audit.run(stages.parse(root))
+    assert report["image_size"] == [176, 208]
+    assert {k: v["count"] for k, v in report["unusable"].items()} == {
+        "unreadable": 1, "empty": 1, "off_size": 1}  # fmt: skip
+    assert "expected the set's common size 176x208" in report["unusable"]["off_size"]["files"][0]
+    assert report["stray_files"]["files"] == ["test/MildDemented/notes.txt"]
+    built = dataset.prepare(DataSpec(data_dir=str(tmp_path / "tfds"), manual_dir=str(root)))
+    total = sum(built.num_examples(s) for s in dataset.SPLITS)
+    assert total == SPEC.subjects * SPEC.slices_per_subject - 3
+    assert not {p.relative_to(root).as_posix() for p in images[:3]} & set(
+        built.pooled["file_name"])  # fmt: skip
+
+
+def test_an_adni_folder_forced_to_the_class_folder_layout_keeps_nc_and_ad(tiny_synthetic):
+    root, summary = tiny_synthetic
+    parsed = stages.parse(root / "AD_NC", "folders")
+    assert parsed.kind == "folders" and parsed.class_names == ("NC", "AD")
+    assert parsed.subject_source == "scan_id"  # the generic layout reads no metadata
+    for split in ("train", "test"):
+        for label, cls in enumerate(("NC", "AD")):
+            found = [r for r in parsed.records_in(split) if r.label == label]
+            assert len(found) == summary[split][cls]["images"]
+            assert all(f"/{cls}/" in r.file_name for r in found)

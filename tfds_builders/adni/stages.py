@@ -12,8 +12,9 @@ the ADNI parser makes, so that packaging, protocols, audit and reports treat the
   `data.label_names`, or strings). No subject IDs.
 
 Class names are mapped to one ordered list when every one is a known dementia stage
-(STAGE_ALIASES: NonDemented < VeryMildDemented < MildDemented < ModerateDemented); any other set
-of class names is kept as found, in sorted order.
+(STAGE_ALIASES: NonDemented < VeryMildDemented < MildDemented < ModerateDemented), or to NC, AD
+when there are two spelled as those (layout.LABEL_ALIASES); any other set of class names is kept
+as found, in sorted order.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def class_order(found: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
                 f"Class names {clashes} spell the same stage twice; rename or merge them."
             )
         return tuple(s for s in STAGES if s in by_stage), dict(stages)
+    # Two classes spelled as AD and NC (layout.LABEL_ALIASES: "Alzheimer", "Normal",
+    # "Demented", ...): NC, AD in that order, AD the positive class as for ADNI.
+    binary = {name: layout_lib.canonical_label(name) for name in found}
+    if len(found) == 2 and set(binary.values()) == set(layout_lib.CLASS_NAMES):
+        return layout_lib.CLASS_NAMES, binary
     return tuple(found), {name: name for name in found}
 
 
