@@ -13,8 +13,8 @@ class-balanced loss weights. The report has the 4x4 confusion matrix, per-class
 precision/recall/F1, macro F1, quadratic kappa and subject-bootstrap intervals.
 `--config.data.synthetic_layout=folders` (or parquet) generates the image-split four-class
 layout instead: its report then warns that test shares brains with train. Expected on a 2-core
-CPU (measured 2026-11-30): about 4.5 minutes; subject accuracy 0.90 [0.77, 1.00] on 31 test
-subjects, quadratic kappa 0.95 (docs/stages.md).
+CPU (measured 2026-11-30, `make stages-demo`): 3.5 minutes; subject accuracy 0.90 [0.77, 1.00]
+on 31 test subjects, quadratic kappa 0.95 (docs/stages.md).
 """
 
 import ml_collections
