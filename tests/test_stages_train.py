@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
 from alz_jax.evaluation import multiclass_reports
-from alz_jax.run import prediction, train
+from alz_jax.run import exporting, prediction, train
 from tests import tiny_config as tiny_config_file
 from tfds_builders.adni import synthetic_stages
 
@@ -78,6 +78,13 @@ def test_oasis_stages_train_and_report_k_classes(tmp_path):
     assert "the most probable class" in prediction.format_result(result)
     record = json.loads((workdir / "report_test.json").read_text())
     assert record["num_classes"] == 4
+    # export: the stage names, K logits, and no thresholds to apply.
+    out = exporting.export(str(workdir), "npz", output=str(tmp_path / "export"),
+                           platforms=("cpu",))  # fmt: skip
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["class_names"] == STAGES and metadata["model"]["num_classes"] == 4
+    assert "thresholds" not in metadata["calibration"]
+    assert metadata["output"].startswith("logits (B, 4)")
 
 
 def test_an_image_split_collection_gets_the_leakage_warning(tmp_path):
