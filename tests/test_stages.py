@@ -20,8 +20,8 @@ from alz_jax.data import dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.evaluation import multiclass, multiclass_reports, reports
 from alz_jax.host.errors import UserError
-from alz_jax.run import cross_validation, specs, train
-from configs import stages_demo
+from alz_jax.run import cross_validation, run_record, specs, train
+from configs import demo, stages_demo
 from tfds_builders.adni import audit, layout, stages, synthetic_stages
 
 STAGES = synthetic_stages.STAGES
@@ -365,8 +365,9 @@ def test_the_leakage_warning_follows_the_share_and_defers_to_subject_ids():
 
 
 def test_unusable_images_of_a_stage_collection_are_named_and_left_out(stage_sets, tmp_path):
-    """As for ADNI: a truncated JPEG, an empty file and an image off the collection's common
-    size are named in the audit and left out of the build; a stray file is reported."""
+    """As for ADNI: a truncated JPEG and an empty file are named in the audit and left out of
+    the build; a stray file is reported. An image of another size is kept (the pipeline pads
+    and resizes any size) and counted among the sizes."""
     root = tmp_path / "copy"
     shutil.copytree(stage_sets["folders"][0], root)
     images = sorted((root / "train" / "NonDemented").iterdir())
@@ -377,15 +378,17 @@ def test_unusable_images_of_a_stage_collection_are_named_and_left_out(stage_sets
     (root / "test" / "MildDemented" / "notes.txt").write_text("not an image\n")
     report, _ = audit.run(stages.parse(root))
     assert report["image_size"] == [176, 208]
+    assert report["image_sizes"] == {"176x208": SPEC.subjects * SPEC.slices_per_subject - 3,
+                                     "100x100": 1}  # fmt: skip
     assert {k: v["count"] for k, v in report["unusable"].items()} == {
-        "unreadable": 1, "empty": 1, "off_size": 1}  # fmt: skip
-    assert "expected the set's common size 176x208" in report["unusable"]["off_size"]["files"][0]
+        "unreadable": 1, "empty": 1, "off_size": 0}  # fmt: skip
     assert report["stray_files"]["files"] == ["test/MildDemented/notes.txt"]
     built = dataset.prepare(DataSpec(data_dir=str(tmp_path / "tfds"), manual_dir=str(root)))
     total = sum(built.num_examples(s) for s in dataset.SPLITS)
-    assert total == SPEC.subjects * SPEC.slices_per_subject - 3
-    assert not {p.relative_to(root).as_posix() for p in images[:3]} & set(
-        built.pooled["file_name"])  # fmt: skip
+    assert total == SPEC.subjects * SPEC.slices_per_subject - 2
+    names = [p.relative_to(root).as_posix() for p in images[:3]]
+    assert not set(names[:2]) & set(built.pooled["file_name"])
+    assert names[2] in set(built.pooled["file_name"])
 
 
 def test_an_adni_folder_forced_to_the_class_folder_layout_keeps_nc_and_ad(tiny_synthetic):
@@ -398,3 +401,63 @@ def test_an_adni_folder_forced_to_the_class_folder_layout_keeps_nc_and_ad(tiny_s
             found = [r for r in parsed.records_in(split) if r.label == label]
             assert len(found) == summary[split][cls]["images"]
             assert all(f"/{cls}/" in r.file_name for r in found)
+
+
+def test_a_binary_runs_identity_leaves_the_new_fields_out_at_their_defaults():
+    """A binary run recorded before layouts and class weights existed still resumes: its
+    identity is unchanged while the new fields hold their defaults."""
+    identity = run_record.identity(specs.resolve(demo.get_config()), "fingerprint")
+    assert not set(run_record.ADDED_DATA_DEFAULTS) & set(identity["data"])
+    training = identity["training"]
+    assert "class_weights" not in training and "balanced_sampling" not in training
+    assert "class_weights" not in training["step"]
+    stages_identity = run_record.identity(specs.resolve(stages_demo.get_config()), "fp")
+    assert stages_identity["data"]["synthetic_layout"] == "oasis"
+    assert stages_identity["training"]["class_weights"] == "balanced"
+
+
+def test_detection_keeps_adni_for_ad_nc_and_class_folders_for_other_classes(tmp_path):
+    for classes, expected in ((("AD", "NC"), "adni"), (("AD", "CN", "MCI"), "folders")):
+        root = tmp_path / "_".join(classes)
+        for split in ("train", "test"):
+            for cls in classes:
+                (root / split / cls).mkdir(parents=True)
+                cv2.imwrite(str(root / split / cls / f"{cls}1_{split}.jpg"),
+                            np.full((8, 8), 50, np.uint8))  # fmt: skip
+        assert stages.detect(root) == expected
+    with pytest.raises(layout.LayoutError, match=r"--config\.data\.layout=folders"):
+        stages.parse(tmp_path / "AD_NC")  # ADNI names: the ADNI parser says what is wrong
+
+
+def test_a_damaged_parquet_file_is_named(tmp_path):
+    (tmp_path / "train-0.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(layout.LayoutError, match=r"train-0\.parquet: not a readable parquet"):
+        stages.describe(tmp_path)
+    with pytest.raises(layout.LayoutError, match=r"train-0\.parquet: not a readable parquet"):
+        stages.parse(tmp_path)
+
+
+def test_oasis_names_in_lower_case_keep_their_subject(stage_sets, tmp_path):
+    src = stage_sets["oasis"][0]
+    folders = sorted(p for p in (src / "Data").iterdir() if p.is_dir())[:2]
+    for path in [f for folder in folders for f in sorted(folder.iterdir())[:3]]:
+        dest = tmp_path / "Data" / path.parent.name / path.name.lower()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+    parsed = stages.parse(tmp_path)
+    assert all(s.startswith("OAS1_") for s in parsed.subject_of_scan.values())
+    upper = stages.parse(src)
+    lower_subjects = set(parsed.subject_of_scan.values())
+    assert lower_subjects <= set(upper.subject_of_scan.values())
+
+
+def test_two_classes_other_than_nc_and_ad_are_refused_by_the_two_class_path(prepared):
+    config = stages_demo.get_config()
+    config.model.num_classes = 2
+    run = specs.resolve(config)
+
+    class TwoOther:
+        class_names = ("CN", "MCI")
+
+    with pytest.raises(UserError, match="reads them as NC and AD"):
+        train.check_classes(run, TwoOther())

@@ -12,7 +12,15 @@ from alz_jax.host.errors import check_fields
 # Names of the validation scalars a best checkpoint may be chosen on.
 BEST_METRICS = tuple(
     f"validation/{name}"
-    for name in ("loss", "accuracy", "balanced_accuracy", "scan_accuracy", "roc_auc")
+    for name in (
+        "loss",
+        "accuracy",
+        "balanced_accuracy",
+        "scan_accuracy",
+        "roc_auc",
+        "macro_f1",
+        "quadratic_kappa",
+    )  # the last one: K > 2 classes only
 )
 
 

@@ -81,5 +81,5 @@ class DataSpec:
             ("synthetic_layout", self.synthetic_layout,
              self.synthetic_layout in SYNTHETIC_LAYOUTS, "|".join(SYNTHETIC_LAYOUTS)),
             ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,
-             ">= 8 (every stage needs subjects in every split)"),
+             ">= 8 (at least one subject per stage; ~50 put every stage in every split)"),
         ])  # fmt: skip

@@ -152,6 +152,8 @@ class AdniData:
             "protocol": self.protocol,
             "layout": meta.get("layout", "adni"),
             "class_names": list(self.class_names),
+            # Dementia stages are an ordinal scale; other class sets are in name order only.
+            "classes_ordered": set(self.class_names) <= set(stages.STAGES),
             "class_distribution": self.class_distribution(),
             "cross_split_near_duplicates": self.cross_split_near_duplicates(),
         }

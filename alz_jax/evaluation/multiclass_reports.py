@@ -177,6 +177,7 @@ def build_report(
         report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
     if "cross_split_near_duplicates" in data_metadata:
         report["cross_split_near_duplicates"] = data_metadata["cross_split_near_duplicates"]
+    report["classes_ordered"] = data_metadata.get("classes_ordered", True)
     if "class_distribution" in data_metadata:
         # Every split's (the report's own "class_distribution" is this split's).
         report["class_distribution_by_split"] = data_metadata["class_distribution"]
@@ -247,6 +248,9 @@ def _notes(report: dict) -> list[str]:
     if report["split"] == "validation":
         notes.append("Note: the temperature was fitted on this same split (and checkpoints may "
                      "have been chosen on it): its results are optimistic.")  # fmt: skip
+    if not report.get("classes_ordered", True):
+        notes.append("Note: the classes are not dementia stages: quadratic kappa reads their "
+                     "label (name) order as an ordinal scale; weigh it accordingly.")  # fmt: skip
     for level in REPORT_LEVELS:
         if level in report and report[level]["roc_auc_ovr_macro"] is None:
             notes.append(f"Note: a class is absent at {level} level: no macro AUC there.")

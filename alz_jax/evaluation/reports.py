@@ -33,15 +33,13 @@ from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metrics, saliency
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import storage, tables
+from tfds_builders.adni import audit
 
 REPORT_LEVELS = metrics.LEVELS
 # Share of test images with a near-duplicate in train (cross_split_near_duplicates) from which
 # a report warns.
-LEAK_WARNING_SHARE = 0.1
-LEAK_WARNING = (
-    "Warning: the test folder shares brains with train; test accuracy is not an estimate of "
-    "accuracy on new people"
-)
+LEAK_WARNING_SHARE = audit.LEAKAGE_WARN_SHARE
+LEAK_WARNING = f"Warning: {audit.LEAKAGE_WARNING}"
 # ---- Predictions. ----
 
 

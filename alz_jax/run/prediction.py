@@ -155,11 +155,11 @@ def _class_rows(paths: list[Path], logits: np.ndarray, loaded: dict) -> list[dic
     return rows
 
 
-def scan_rows(rows: list[dict], calibration: dict) -> list[dict]:
+def scan_rows(rows: list[dict], calibration: dict, num_classes: int = 2) -> list[dict]:
     """Per scan (files named <scanID>_<slice>): slice count, mean P(AD), call at the scan
-    threshold; with K classes, the mean of each class's probability and the most probable."""
-    if rows and "prob_ad" not in rows[0]:
-        return _class_scan_rows(rows)
+    threshold; with K > 2 classes, the mean of each class's probability and the most probable."""
+    if num_classes > 2:
+        return _class_scan_rows(rows) if rows else []
     by_scan: dict[str, list[float]] = {}
     for row in rows:
         if row["scan_id"]:
@@ -286,6 +286,6 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
                                                     "threshold_method") if k in calibration},
         "class_names": loaded["class_names"],
         "images": rows,
-        "scans": scan_rows(rows, calibration),
+        "scans": scan_rows(rows, calibration, len(loaded["class_names"])),
         "errors": errors + read_errors,
     }  # fmt: skip

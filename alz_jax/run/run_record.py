@@ -74,11 +74,13 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     del model["depthwise"]
     step = dataclasses.asdict(run.step)
     del step["impl"]  # jit and shard_map compute the same update
+    _drop_defaults(step, {"class_weights": ()})
     mix = dataclasses.asdict(run.pipeline.mix)
     del mix["total_steps"]  # follows from the durations
     data = dataclasses.asdict(run.data)
     for key in ("trust_folder_labels", "max_label_conflicts"):  # a gate, not the data
         del data[key]
+    _drop_defaults(data, ADDED_DATA_DEFAULTS)
     return {
         "model": {**model, "init_from": run.init_from},
         "training": {
@@ -93,8 +95,8 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             "averages": dataclasses.asdict(run.averages),
             "swa_start_fraction": run.swa_start_fraction,
             "swa_every": dataclasses.asdict(run.swa_every) if run.swa_every else None,
-            "class_weights": run.class_weights,
-            "balanced_sampling": run.pipeline.balanced_sampling,
+            **({"class_weights": run.class_weights} if run.class_weights != "none" else {}),
+            **({"balanced_sampling": True} if run.pipeline.balanced_sampling else {}),
         },
         "data": {
             "fingerprint": data_fingerprint,
@@ -102,6 +104,18 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             "image_size": run.pipeline.image_size,
         },
     }
+
+
+# Fields added after runs were first recorded (the dementia stages), left out of the identity
+# at these defaults, so that a run recorded before they existed still resumes.
+ADDED_DATA_DEFAULTS = {"layout": "auto", "label_names": "", "synthetic_layout": "adni",
+                       "synthetic_subjects": 160, "group_near_duplicates": False}  # fmt: skip
+
+
+def _drop_defaults(fields: dict, defaults: dict) -> None:
+    for key, default in defaults.items():
+        if fields.get(key) == default:
+            del fields[key]
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

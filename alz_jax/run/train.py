@@ -166,6 +166,13 @@ def check_classes(run: specs.RunSpec, data: dataset.AdniData) -> None:
             f"--config.model.num_classes={len(names)} (configs/stages_demo.py does for the "
             "dementia stages)."
         )
+    if len(names) == 2 and tuple(names) != ("NC", "AD"):
+        # The two-class path reports sensitivity for AD, P(AD), NC/AD calls: it would mislabel.
+        raise UserError(
+            f"The data set's two classes are {', '.join(names)}; the two-class path reads them "
+            "as NC and AD. Name the folders as control and disease (NC/CN/Normal, AD/Alzheimer/"
+            "Demented: docs/stages.md) so that the second is the positive class."
+        )
 
 
 def train_class_counts(data: dataset.AdniData) -> list[int]:

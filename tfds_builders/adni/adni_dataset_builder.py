@@ -254,6 +254,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
                     "off-size); see the warnings above and the audit's `unusable` entry."
                 )
+        lost = sorted(set(range(len(parsed.class_names))) - {r.label for r in usable})
+        if lost:
+            raise layout_lib.LayoutError(
+                f"No usable image of class {', '.join(parsed.class_names[k] for k in lost)} "
+                f"in {parsed.root}: all unreadable or empty (see the warnings above)."
+            )
         parsed = dataclasses.replace(parsed, records=usable)
         if config.group_near_duplicates:
             parsed = _grouped_by_near_duplicates(parsed, audit["near_duplicate_pairs"])

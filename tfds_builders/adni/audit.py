@@ -88,29 +88,23 @@ def common_size(checks: dict[str, ImageCheck]) -> tuple[int, int] | None:
     return max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))[0]
 
 
-def mark_off_size(checks: dict[str, ImageCheck], size: tuple[int, int]) -> dict[str, ImageCheck]:
-    """The checks with every usable image not of `size` marked off-size (naming both sizes)."""
-    out = {}
-    for name, check in checks.items():
-        if check.problem is None and check.size != size:
-            w, h = check.size
-            detail = f"{w}x{h}, expected the set's common size {size[0]}x{size[1]}"
-            out[name] = dataclasses.replace(check, problem="off_size", detail=detail)
-        else:
-            out[name] = check
-    return out
-
-
 def check_all(parsed: layout_lib.Layout) -> dict[str, ImageCheck]:
-    """Each image's check by file name: ADNI's fixed size and mode, or any gray-readable mode
-    at the set's most common size."""
+    """Each image's check by file name: ADNI's fixed size and mode; for other layouts any size
+    (the input pipeline pads and resizes every image; the audit reports the sizes found) in
+    any gray-readable mode."""
     if parsed.image_size is not None:
         return {r.file_name: check_bytes(r.read_bytes()) for r in parsed.records}
-    checks = {
+    return {
         r.file_name: check_bytes(r.read_bytes(), None, GRAY_READABLE_MODES) for r in parsed.records
     }
-    size = common_size(checks)
-    return checks if size is None else mark_off_size(checks, size)
+
+
+def image_sizes(checks: dict[str, ImageCheck], limit: int = 5) -> dict[str, int]:
+    """The most common image sizes ("WxH": count), most common first, then "other"."""
+    sizes = collections.Counter(c.size for c in checks.values() if c.size is not None)
+    out = {f"{w}x{h}": n for (w, h), n in sizes.most_common(limit)}
+    rest = sum(sizes.values()) - sum(out.values())
+    return {**out, "other": rest} if rest else out
 
 
 def shortcut_baseline(train: dict[str, tuple[float, int]], test: dict[str, tuple[float, int]]):
@@ -325,6 +319,7 @@ def run(parsed: layout_lib.Layout) -> tuple[dict, dict[str, ImageCheck]]:
         "folders": list(parsed.folder_splits),
         "image_size": list(common_size(checks) or ()) if parsed.image_size is None
         else list(parsed.image_size),
+        "image_sizes": image_sizes(checks),
         "subject_source": parsed.subject_source,
         "subject_coverage": parsed.subject_coverage,
         "counts": _counts(parsed),
@@ -419,11 +414,15 @@ def format_table(report: dict) -> str:
     """The audit as a readable text table."""
     lines = [f"Audit of {report['root']} (subjects from {report['subject_source']})"]
     if "layout" in report:  # absent from audits stored before layouts existed
-        size = "x".join(str(v) for v in report["image_size"]) or "-"
+        sizes = ", ".join(f"{s} ({n})" for s, n in report["image_sizes"].items()) or "-"
         lines.append(
             f"layout {report['layout']}, classes {', '.join(report['class_names'])}, "
-            f"folders {', '.join(report['folders']) or 'none'}, image size {size}"
+            f"folders {', '.join(report['folders']) or 'none'}, image sizes {sizes}"
         )
+        renamed = {k: v for k, v in report["class_mapping"].items() if k != v}
+        if renamed:
+            lines.append("class names mapped: " + ", ".join(f"{k} -> {v}" for k, v in
+                                                           renamed.items()))  # fmt: skip
     width = max([5] + [len(c) for classes in report["counts"].values() for c in classes])
     fw = max([8] + [len(f) + 2 for f in report["counts"]])
     lines += ["", f"{'folder':<{fw}}{'class':<{width}} {'images':>7} {'scans':>6} {'subjects':>8}"]

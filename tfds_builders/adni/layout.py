@@ -102,7 +102,7 @@ class Layout:
     unrecognised_labels: dict[str, str] = dataclasses.field(default_factory=dict)
     # Which layout this is ("adni", "folders", "oasis", "parquet"), its classes in label
     # order, the official split folders it has (() where none), the size (width, height) every
-    # image must have (None: the set's most common size) and how its class names were mapped.
+    # image must have (None: any size) and how its class names were mapped.
     kind: str = "adni"
     class_names: tuple[str, ...] = CLASS_NAMES
     folder_splits: tuple[str, ...] = SPLIT_FOLDERS
@@ -173,7 +173,8 @@ def scan_images(root: Path) -> tuple[list[ImageRecord], list[Path]]:
             raise LayoutError(
                 f"{split_dir} must hold exactly the class folders {list(CLASS_FOLDERS)}; "
                 f"missing {missing}, unknown [{brief_list([repr(u) for u in unknown])}]. Move "
-                f"images into {split}/AD or {split}/NC and remove other entries."
+                f"images into {split}/AD or {split}/NC and remove other entries (or, for "
+                "other classes, read it as class folders: --config.data.layout=folders)."
             )
         n_before = len(records)
         for cls in CLASS_FOLDERS:
@@ -205,6 +206,7 @@ def scan_images(root: Path) -> tuple[list[ImageRecord], list[Path]]:
             f"{len(problems)} entries don't match the ADNI naming, e.g.:\n  "
             + "\n  ".join(problems[:LIST_LIMIT])
             + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\n(Images named otherwise are read as class folders: --config.data.layout=folders.)"
         )
     _check_scans_consistent(records)
     return records, strays

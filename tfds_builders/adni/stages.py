@@ -109,12 +109,7 @@ def detect(manual_dir: str | Path) -> str:
     root = _descend(manual_dir)
     if _parquet_files(root):
         return "parquet"
-    try:
-        adni_root = layout_lib.find_root(manual_dir)
-    except LayoutError:
-        adni_root = None
-    # train/AD or train/NC: ADNI, whose own parser then names whatever else is wrong.
-    if adni_root and any((adni_root / "train" / c).is_dir() for c in layout_lib.CLASS_FOLDERS):
+    if _looks_like_adni(manual_dir):
         return "adni"
     class_dirs = _class_dirs(root)
     if any(OASIS_PATTERN.match(p.name) for d in class_dirs for p in d.iterdir()):
@@ -128,6 +123,18 @@ def detect(manual_dir: str | Path) -> str:
         "folders); [Data/]<class>/OAS1_xxxx_MRn_mpr-n_<slice>.jpg (OASIS-1); "
         f"{{train,test}}-*.parquet. Found [{brief_list([repr(f) for f in found])}]."
     )
+
+
+def _looks_like_adni(manual_dir: Path) -> bool:
+    """[AD_NC/]train/ holding AD/ or NC/ and no other class folder: ADNI, whose own parser then
+    names whatever else is wrong (a missing test/, a stray file). Other class sets (AD, CN,
+    MCI) are class folders."""
+    for candidate in (manual_dir / "AD_NC", manual_dir):
+        train = candidate / "train"
+        if train.is_dir():
+            classes = {d.name for d in _visible_dirs(train)}
+            return bool(classes) and classes <= set(layout_lib.CLASS_FOLDERS)
+    return False
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -177,13 +184,18 @@ def describe(
         rows, names_in_files = [], []
         for path in _parquet_files(root):
             _parquet_split(path)
-            schema = pq.read_schema(path)
-            if "label" not in schema.names:
-                raise LayoutError(f"{path}: no `label` column; found {schema.names}.")
+            try:
+                schema = pq.read_schema(path)
+                if "label" not in schema.names:
+                    raise LayoutError(f"{path}: no `label` column; found {schema.names}.")
+                labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
+            except (OSError, pa.ArrowException) as e:
+                raise LayoutError(
+                    f"{path}: not a readable parquet file ({type(e).__name__}: {e})."
+                ) from e
             hub_names = _hub_label_names(schema)
             if hub_names:
                 names_in_files.append(hub_names)
-            labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
             rows += [(path, i, "", label, b"") for i, label in enumerate(labels)]
         if not rows:
             raise LayoutError(f"{root}: no parquet rows.")
@@ -273,7 +285,8 @@ def _folder_record(root: Path, path: Path, split: str, label: int, kind: str):
         match = OASIS_PATTERN.match(path.name)
         if match is None:
             return None
-        scan = f"{match['subject']}_{match['session']}_mpr-{match['run']}"
+        # Upper case: a name's case (oas1_0001_mr1) must not make another subject or scan.
+        scan = f"{match['subject'].upper()}_{match['session'].upper()}_mpr-{match['run']}"
         slice_index = int(match["slice"])
     else:
         # Without subject IDs an image is its own scan (and subject), named by its path; a

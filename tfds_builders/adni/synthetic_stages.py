@@ -66,7 +66,7 @@ def tag(spec: StagesSpec, seed: int, layout: str) -> str:
 def _subjects(rng: np.random.Generator, spec: StagesSpec):
     """(stage, slices uint8 (n, 240, 256)) per subject, stages in proportion to the shares."""
     counts = np.floor(np.asarray(spec.stage_shares) / sum(spec.stage_shares) * spec.subjects)
-    counts = counts.astype(int)
+    counts = np.maximum(counts.astype(int), 1)  # every stage has a subject, however few
     counts[0] += spec.subjects - counts.sum()
     stages = np.repeat(np.arange(len(STAGES)), counts)
     rng.shuffle(stages)
