@@ -461,3 +461,18 @@ def test_two_classes_other_than_nc_and_ad_are_refused_by_the_two_class_path(prep
 
     with pytest.raises(UserError, match="reads them as NC and AD"):
         train.check_classes(run, TwoOther())
+
+
+def test_what_lies_outside_the_class_folders_is_reported_or_refused(stage_sets, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(stage_sets["folders"][0], root)
+    (root / "README.txt").write_text("about\n")
+    (root / "__MACOSX").mkdir()
+    (root / "train" / "list.csv").write_text("a,b\n")
+    parsed = stages.parse(root)
+    strays = sorted(p.relative_to(root).as_posix() for p in parsed.stray_files)
+    assert strays == ["README.txt", "__MACOSX", "train/list.csv"]
+    image = next((root / "test" / "NonDemented").iterdir())
+    (root / "test" / image.name).write_bytes(image.read_bytes())
+    with pytest.raises(layout.LayoutError, match="an image outside any class folder"):
+        stages.parse(root)

@@ -242,7 +242,7 @@ def _parse_folders(root: Path, kind: str) -> Layout:
     class_names, mapping = class_order({name for pairs in found.values() for name, _ in pairs})
     if len(class_names) < 2:
         raise LayoutError(f"{root}: found one class only ({class_names}); expected two or more.")
-    records, strays, problems = [], [], []
+    records, (strays, problems) = [], _outside_class_folders(root, splits)
     for split, pairs in found.items():
         for name, folder in pairs:
             label = class_names.index(mapping[name])
@@ -276,6 +276,27 @@ def _parse_folders(root: Path, kind: str) -> Layout:
         image_size=None,
         class_mapping=mapping,
     )
+
+
+def _outside_class_folders(root: Path, splits: dict[str, Path]) -> tuple[list[Path], list[str]]:
+    """What lies outside the class folders: other files and folders beside the split (or Data)
+    folders are strays (reported, never read, e.g. a README or an archive's __MACOSX); an image
+    directly in a split folder has no class, a problem."""
+    strays, problems = [], []
+    kept = set(splits.values())
+    if root not in kept:
+        strays += [
+            p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p not in kept
+        ]
+    for folder in kept:
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if _is_image(path):
+                problems.append(f"{path} (an image outside any class folder)")
+            else:
+                strays.append(path)
+    return strays, problems
 
 
 def _folder_record(root: Path, path: Path, split: str, label: int, kind: str):
