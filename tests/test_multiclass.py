@@ -134,7 +134,7 @@ def test_level_units_are_means_of_slices_then_scans():
     rng = np.random.default_rng(4)
     records, logits = _records(rng, 4, n_subjects=12)
     probs = mc.softmax(logits)
-    units = mc.level_units(records, probs, subjects_known=True)
+    units = metrics.level_units(records, probs, subjects_known=True)
     np.testing.assert_array_equal(units["slice"].probs, probs)
     scan_ids = records["scan_id"]
     scan_means = {}
@@ -153,7 +153,7 @@ def test_level_units_are_means_of_slices_then_scans():
         direct = np.mean(list(expected[key].values()), axis=0)
         np.testing.assert_allclose(units["subject"].probs[i], direct, rtol=0, atol=1e-12)
         assert units["subject"].labels[i] == key[1]
-    assert "subject" not in mc.level_units(records, probs, subjects_known=False)
+    assert "subject" not in metrics.level_units(records, probs, subjects_known=False)
     # The same units, in the same order, as the binary path's; class 1's column its scalar mean.
     binary = metrics.level_units(records, probs[:, 1], subjects_known=True)
     for level, u in units.items():
@@ -166,7 +166,7 @@ def test_level_units_are_means_of_slices_then_scans():
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_weighted_resample_equals_duplicated_rows():
     labels, probs, _ = _predictions("k4")
-    units = mc.level_units(
+    units = metrics.level_units(
         {"label": labels, "scan_id": np.arange(len(labels)), "subject_id": np.arange(len(labels))},
         probs, subjects_known=False,
     )  # fmt: skip
@@ -195,7 +195,7 @@ def test_bootstrap_intervals_contain_the_point_estimates():
     rng = np.random.default_rng(6)
     records, logits = _records(rng, 4, n_subjects=60)
     probs = mc.softmax(logits)
-    units = mc.level_units(records, probs, subjects_known=True)
+    units = metrics.level_units(records, probs, subjects_known=True)
     intervals = mc.bootstrap_intervals(units, n_samples=200, seed=1, chunk=64)
     point = mc.multilevel_metrics(records, probs, True, STAGES)
     for level in ("slice", "scan", "subject"):

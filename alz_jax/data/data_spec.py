@@ -83,3 +83,15 @@ class DataSpec:
             ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,
              ">= 8 (at least one subject per stage; ~50 put every stage in every split)"),
         ])  # fmt: skip
+
+
+def from_config(data_config) -> DataSpec:
+    """A DataSpec from a DataSpec or a `config.data` section (its other fields ignored; fields
+    it lacks take their defaults)."""
+    if isinstance(data_config, DataSpec):
+        return data_config
+    names = {f.name for f in dataclasses.fields(DataSpec)}
+    values = {k: v for k, v in data_config.items() if k in names}
+    if "resplit_fractions" in values:
+        values["resplit_fractions"] = tuple(values["resplit_fractions"])
+    return DataSpec(**values)

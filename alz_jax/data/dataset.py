@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alz_jax.data import protocols
+from alz_jax.data import data_spec, protocols
 from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
@@ -339,18 +339,6 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
         storage.write_text_atomic(build_dir / SOURCE_FILE, json.dumps(record))
 
 
-def as_data_spec(data_config) -> DataSpec:
-    """A DataSpec from a DataSpec or a `config.data` section (its other fields ignored; fields
-    it lacks take their defaults)."""
-    if isinstance(data_config, DataSpec):
-        return data_config
-    names = {f.name for f in dataclasses.fields(DataSpec)}
-    values = {k: v for k, v in data_config.items() if k in names}
-    if "resplit_fractions" in values:
-        values["resplit_fractions"] = tuple(values["resplit_fractions"])
-    return DataSpec(**values)
-
-
 _DESCRIPTION_BYTES = 4096  # room for the layout and class names process 0 broadcasts
 
 
@@ -384,7 +372,7 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
     stages.
     """
     timer = timer or (lambda name: contextlib.nullcontext())
-    data_config = as_data_spec(data_config)
+    data_config = data_spec.from_config(data_config)
     manual_dir, data_dir, synthetic_seed = _resolve_dirs(data_config)
 
     def make_builder(build_dir, described):

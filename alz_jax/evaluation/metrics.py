@@ -173,11 +173,12 @@ class Units:
 def group_mean(
     keys: Sequence, labels: np.ndarray, prob_ad: np.ndarray
 ) -> tuple[list, np.ndarray, np.ndarray]:
-    """Mean probability per (key, label) group; returns (group keys, labels, probabilities)."""
+    """Mean probability per (key, label) group; returns (group keys, labels, probabilities).
+    Probabilities are P(AD) per unit, or K-class probability vectors (then (groups, K))."""
     sums: dict[tuple, list] = {}
     for key, label, prob in zip(keys, labels, prob_ad, strict=True):
         entry = sums.setdefault((key, int(label)), [0.0, 0])
-        entry[0] += float(prob)
+        entry[0] = entry[0] + (float(prob) if np.ndim(prob) == 0 else np.asarray(prob, float))
         entry[1] += 1
     groups = sorted(sums)
     return (
@@ -190,7 +191,8 @@ def group_mean(
 def level_units(
     records: dict[str, np.ndarray], prob_ad: np.ndarray, subjects_known: bool
 ) -> dict[str, Units]:
-    """Slices, scans (mean of slices) and, when subjects are known, subjects (mean of scans)."""
+    """Slices, scans (mean of slices) and, when subjects are known, subjects (mean of scans);
+    `prob_ad` may also be K-class probabilities (n, K), averaged as vectors."""
     labels = np.asarray(records["label"]).astype(np.int64)
     subjects = np.asarray(records["subject_id"], object)
     prob_ad = np.asarray(prob_ad, np.float64)

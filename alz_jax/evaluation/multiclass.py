@@ -209,43 +209,7 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) ->
     }
 
 
-# ---- Aggregation to scans and subjects. ----
-
-
-def group_mean(
-    keys: Sequence, labels: np.ndarray, probs: np.ndarray
-) -> tuple[list, np.ndarray, np.ndarray]:
-    """Mean probability vector per (key, label) group, groups sorted as metrics.group_mean's;
-    returns (group keys, labels, probabilities (groups, K))."""
-    members: dict[tuple, list[int]] = {}
-    for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
-        members.setdefault((key, int(label)), []).append(i)
-    groups = sorted(members)
-    probs = np.asarray(probs, np.float64)
-    means = np.stack([probs[members[g]].mean(axis=0) for g in groups]) if groups else probs[:0]
-    return groups, np.array([label for _, label in groups], np.int64), means
-
-
-def level_units(
-    records: dict[str, np.ndarray], probs: np.ndarray, subjects_known: bool
-) -> dict[str, metrics.Units]:
-    """Slices, scans (mean of slices' probability vectors) and, when subjects are known,
-    subjects (mean of scans'); each Units.probs is (m, K)."""
-    labels = np.asarray(records["label"]).astype(np.int64)
-    subjects = np.asarray(records["subject_id"], object)
-    probs = np.asarray(probs, np.float64)
-    names = records.get("file_name", range(len(labels)))
-    out = {"slice": metrics.Units(list(names), labels, probs, subjects)}
-    scans, scan_labels, scan_probs = group_mean(records["scan_id"], labels, probs)
-    subject_of_scan = dict(zip(records["scan_id"], subjects, strict=True))
-    scan_subjects = np.array([subject_of_scan[scan] for scan, _ in scans], object)
-    out["scan"] = metrics.Units(scans, scan_labels, scan_probs, scan_subjects)
-    if subjects_known:
-        groups, subject_labels, subject_probs = group_mean(scan_subjects, scan_labels, scan_probs)
-        out["subject"] = metrics.Units(
-            groups, subject_labels, subject_probs, np.array([s for s, _ in groups], object)
-        )
-    return out
+# ---- Aggregation to scans and subjects: metrics.level_units, which averages vectors too. ----
 
 
 def multilevel_metrics(
@@ -257,7 +221,7 @@ def multilevel_metrics(
     """classification_metrics at slice, scan and (when subjects are known) subject level."""
     return {
         level: classification_metrics(u.labels, u.probs, class_names)
-        for level, u in level_units(records, probs, subjects_known).items()
+        for level, u in metrics.level_units(records, probs, subjects_known).items()
     }
 
 

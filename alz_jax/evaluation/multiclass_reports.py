@@ -128,7 +128,7 @@ def build_report(
     names = mc.class_names_or_indices(class_names, logits.shape[1])
     subjects_known = data_metadata.get("subject_source") != "scan_id"
     probs = probabilities({"plain": logits}, temperature)
-    units = mc.level_units(records, probs, subjects_known)
+    units = metrics.level_units(records, probs, subjects_known)
     per_class = np.bincount(np.asarray(records["label"], np.int64), minlength=len(names))
     report = {
         "split": split,
@@ -157,12 +157,13 @@ def build_report(
     # Calibration with and without the validation temperature, whichever the report used.
     fitted = plain["temperature_fit"]["temperature"]
     for key, t in (("ece_uncalibrated", 1.0), ("ece_temperature_scaled", fitted)):
-        for level, u in mc.level_units(records, mc.softmax(logits / t), subjects_known).items():
+        scaled = metrics.level_units(records, mc.softmax(logits / t), subjects_known)
+        for level, u in scaled.items():
             report[level]["calibration"][key] = mc.reliability_bins(
                 u.labels, u.probs, settings.calibration_bins
             )["ece"]
     if len(logits_by_view) > 1:
-        tta_units = mc.level_units(records, probabilities(logits_by_view, temperature),
+        tta_units = metrics.level_units(records, probabilities(logits_by_view, temperature),
                                    subjects_known)  # fmt: skip
         report["tta"] = {
             "views": list(logits_by_view),
@@ -187,22 +188,6 @@ def build_report(
 # ---- Text: console table and Markdown. ----
 
 
-def _protocol_text(protocol) -> str:
-    if not isinstance(protocol, dict):
-        return f"`{protocol}`"
-    details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
-    return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
-
-
-def _interval_text(bootstrap: dict) -> str:
-    if not bootstrap["samples"]:
-        return "No intervals (bootstrap_samples = 0)"
-    unit = bootstrap["resampled_unit"]
-    unknown = " (subjects unknown)" if unit == "scan" else ""
-    return (f"95% intervals: percentile bootstrap over {unit}s{unknown}, "
-            f"{bootstrap['samples']} resamples")  # fmt: skip
-
-
 def _value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -224,27 +209,7 @@ def _temperature_text(cal: dict) -> str:
 def _notes(report: dict) -> list[str]:
     """Notes on how far the numbers can be trusted (as reports._notes, without thresholds),
     the leakage warning first."""
-    notes = [w for w in [reports.leak_warning(report)] if w]
-    if report.get("test_subjects_also_in_train"):
-        notes.append(
-            f"Note: {report['test_subjects_also_in_train']} test subjects also have visits in "
-            "train or validation: test accuracy is optimistic."
-        )
-    coverage = report.get("subject_coverage")
-    if not report["subjects_known"]:
-        notes.append(
-            "Note: subjects unknown (no metadata): splits are by scan, and one subject's visits "
-            "may be in train and in validation or test."
-        )
-    elif coverage is not None and coverage < 1.0:
-        notes.append(f"Note: subjects known for {coverage:.1%} of scans; the rest stand alone.")
-    fit = report["calibration"]["temperature_fit"]
-    if fit["at_bound"]:
-        notes.append(
-            f"Note: the temperature fitted on validation ({fit['temperature']:.3g}) hit its "
-            f"bound {metrics.TEMPERATURE_BOUNDS}: validation is (nearly) separated, so the fit "
-            "says little about test."
-        )
+    notes = reports.data_notes(report)
     if report["split"] == "validation":
         notes.append("Note: the temperature was fitted on this same split (and checkpoints may "
                      "have been chosen on it): its results are optimistic.")  # fmt: skip
@@ -328,7 +293,7 @@ def format_report(report: dict) -> str:
            else ""),
         f"Classes (label order): {', '.join(_short(n) for n in names)}",
         f"Predicted class: the most probable; {_temperature_text(cal)}",
-        _interval_text(report["bootstrap"]),
+        reports.interval_text(report["bootstrap"]),
         *_level_lines(report),
         "Slice level, per class:",
         *_class_lines(report["slice"]),
@@ -337,9 +302,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(text: object) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|")
+_cell = reports.markdown_cell
 
 
 def _markdown_levels(report: dict, source: dict) -> list[str]:
@@ -386,45 +349,6 @@ def _markdown_classes(report: dict) -> list[str]:
     return md
 
 
-def _markdown_distribution(report: dict) -> list[str]:
-    """Images per class: this split's, and every split's when the data set states them."""
-    names = report["class_names"]
-    by_split = report.get("class_distribution_by_split") or {
-        report["split"]: report["class_distribution"]
-    }
-    md = ["", "## Class distribution (images)", "",
-          "| split | " + " | ".join(_cell(n) for n in names) + " | total |",
-          "|---" * (2 + len(names)) + "|"]  # fmt: skip
-    for split, counts in by_split.items():
-        values = [counts.get(n, 0) for n in names]
-        md.append(f"| {split} | " + " | ".join(str(v) for v in values) + f" | {sum(values)} |")
-    return md
-
-
-def _share(share: float | None) -> str:
-    return "-" if share is None else f"{share:.1%}"
-
-
-def _markdown_leakage(report: dict) -> list[str]:
-    """What is known of test subjects or images also seen in training."""
-    md = []
-    if report.get("test_subjects_also_in_train") is not None:
-        md.append(f"- Test subjects with visits in train or validation: "
-                  f"{report['test_subjects_also_in_train']}.")  # fmt: skip
-    dup = report.get("cross_split_near_duplicates")
-    if dup:
-        md.append(
-            f"- Test images with a near-duplicate in train: "
-            f"{dup.get('test_images_with_train_match')} of {dup.get('test_images')} "
-            f"({_share(dup.get('share'))}; method `{dup.get('method')}`, threshold "
-            f"{dup.get('threshold')})."
-        )
-    warning = reports.leak_warning(report)
-    if warning:
-        md.append(f"- **{warning}**")
-    return ["", "## Leakage between splits", "", *md] if md else []
-
-
 def format_markdown(report: dict, figures: dict[str, str]) -> str:
     """report_<split>.md: the same numbers as the JSON, as tables a reader can act on."""
     cal = report["calibration"]
@@ -432,18 +356,18 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         f"# Evaluation report: {report['split']} split, {report['num_classes']} classes",
         "",
         f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol {_protocol_text(report['protocol'])}; "
+        f"{report['num_images']} images; protocol {reports.protocol_text(report['protocol'])}; "
         f"subjects from `{report['subject_source']}`; classes (in label order) "
         + ", ".join(f"`{n}`" for n in report["class_names"]) + ".",
         "",
         f"Predicted class: the most probable (no threshold); {_temperature_text(cal)}. "
-        f"{_interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}). "
+        f"{reports.interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}). "
         "The quadratic kappa weighs a mistake by the square of its distance in stages.",
         "",
         *_markdown_levels(report, report),
     ]  # fmt: skip
     md += _markdown_classes(report)
-    md += _markdown_distribution(report)
+    md += reports.markdown_distribution(report)
     md += ["", "## Calibration (top label)", "",
            "| level | ECE | ECE, no temperature | ECE, temperature fitted on validation |",
            "|---|---|---|---|"]  # fmt: skip
@@ -457,7 +381,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
                "Probabilities averaged over the views. Flips are not anatomical symmetries of "
                "sagittal slices.", ""]  # fmt: skip
         md += _markdown_levels(report, report["tta"])
-    md += _markdown_leakage(report)
+    md += reports.markdown_leakage(report)
     notes = [n for n in _notes(report) if n.startswith("Note: ")]
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
@@ -566,25 +490,15 @@ def evaluate_weights(
     write_predictions(records, plain, logits[split]["plain"], data.class_names,
                       workdir / f"predictions_{split}.csv", tta)  # fmt: skip
     rendered = figures.multiclass_figures(report, units)
-    paths = {}
-    for name, figure in rendered.items():
-        paths[name] = f"{name}_{split}.png"
-        figures.save(figure, workdir / paths[name])
-    if writer is not None:
-        writer.write_images(step, {f"{split}/{name}": figures.to_tensorboard_image(f, width_px=880)
-                                   for name, f in rendered.items()})  # fmt: skip
-        writer.flush()
-    report["figures"] = paths
-    (workdir / f"report_{split}.md").write_text(format_markdown(report, paths))
-    reports.write_report(report, workdir)
-    return report
+    # K x K matrices with class names need a wider card than the binary figures.
+    return reports.write_outputs(report, rendered, workdir, writer, format_markdown, 880)
 
 
 def validation_images(
     records: dict, logits: np.ndarray, class_names: Sequence[str], title: str = ""
 ) -> dict:
     """TensorBoard images of a validation: the scan-level K x K confusion matrix (argmax)."""
-    units = mc.level_units(records, mc.softmax(logits), subjects_known=False)
+    units = metrics.level_units(records, mc.softmax(logits), subjects_known=False)
     scan = mc.classification_metrics(units["scan"].labels, units["scan"].probs, class_names)
     figure = figures.multiclass_confusion_figure({"scan": scan["confusion_matrix"]}, title)
     return {"validation/confusion_scan": figures.to_tensorboard_image(figure, width_px=660)}

@@ -255,14 +255,16 @@ def leak_warning(report: dict) -> str | None:
     )
 
 
-def _protocol_text(protocol) -> str:
+def protocol_text(protocol) -> str:
+    """The protocol as `name` (its settings), for a report's header."""
     if not isinstance(protocol, dict):
         return f"`{protocol}`"
     details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
     return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
 
 
-def _interval_text(bootstrap: dict) -> str:
+def interval_text(bootstrap: dict) -> str:
+    """What the intervals are: the bootstrap's unit and resamples."""
     if not bootstrap["samples"]:
         return "No intervals (bootstrap_samples = 0)"
     unit = bootstrap["resampled_unit"]
@@ -298,7 +300,7 @@ def format_report(report: dict) -> str:
             if cal["temperature_applied"]
             else f" (none applied; fitted: {cal['temperature_fit']['temperature']:.3f})"
         ),
-        _interval_text(report["bootstrap"]),
+        interval_text(report["bootstrap"]),
         f"{'level':<8} {'n':>5} {'thr':>5} {'acc':>6} {'bal_acc':>7} {'sens':>6} {'spec':>6} "
         f"{'F1 AD':>6} {'AUC':>6} {'PR AUC':>6} {'ECE':>6}  [[TN FP] [FN TP]]  acc 95% CI",
     ]
@@ -331,7 +333,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _notes(report: dict) -> list[str]:
+def data_notes(report: dict) -> list[str]:
+    """Notes every report shares (binary and K-class): the leakage warning, test subjects seen
+    in training, unknown or partly known subjects, a temperature fit at its bound."""
     notes = [w for w in [leak_warning(report)] if w]
     if report.get("test_subjects_also_in_train"):
         notes.append(
@@ -353,6 +357,11 @@ def _notes(report: dict) -> list[str]:
             f"bound {metrics.TEMPERATURE_BOUNDS}: validation is (nearly) separated, so the fit "
             "says little about test."
         )
+    return notes
+
+
+def _notes(report: dict) -> list[str]:
+    notes = data_notes(report)
     if report["split"] == "validation":
         notes.append("Note: the thresholds and temperature were chosen on this same split: "
                      "its results at them are optimistic.")  # fmt: skip
@@ -370,7 +379,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         f"# Evaluation report: {split} split",
         "",
         f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol {_protocol_text(report['protocol'])}; "
+        f"{report['num_images']} images; protocol {protocol_text(report['protocol'])}; "
         "subjects from "
         f"`{report['subject_source']}`.",
         "",
@@ -378,7 +387,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         "and applied unchanged here; results at 0.5 below each. Temperature "
         + (f"{cal['temperature']:.3f} applied." if cal["temperature_applied"] else
            f"not applied (fitted on validation: {cal['temperature_fit']['temperature']:.3f})."),
-        f"{_interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
+        f"{interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
         "intervals do not include the uncertainty of the threshold itself.",
         "",
     ]  # fmt: skip
@@ -423,7 +432,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
                 m = tta[level]
                 md.append(f"| {level} | {m['threshold']:.3f} | {_ci(m, 'accuracy')} | "
                           f"{_ci(m, 'balanced_accuracy')} | {_ci(m, 'roc_auc')} |")  # fmt: skip
-    md += _markdown_data(report)
+    md += markdown_distribution(report) + markdown_leakage(report)
     notes = _notes(report)
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
@@ -433,25 +442,51 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     return "\n".join(md) + "\n"
 
 
-def _markdown_data(report: dict) -> list[str]:
-    """Images per class of every split, and the test images with a near-identical train image."""
+def markdown_cell(text: object) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|")
+
+
+def markdown_distribution(report: dict) -> list[str]:
+    """Images per class: every split's when the data set states them, else this split's (a
+    K-class report's own), else nothing."""
+    by_split = report.get("class_distribution_by_split") or (
+        {report["split"]: report["class_distribution"]} if "class_distribution" in report else {}
+    )
+    if not by_split:
+        return []
+    names = report.get("class_names") or list(next(iter(by_split.values())))
+    md = ["", "## Class distribution (images)", "",
+          "| split | " + " | ".join(markdown_cell(n) for n in names) + " | total |",
+          "|---" * (2 + len(names)) + "|"]  # fmt: skip
+    for split, counts in by_split.items():
+        values = [counts.get(n, 0) for n in names]
+        md.append(f"| {split} | " + " | ".join(str(v) for v in values) + f" | {sum(values)} |")
+    return md
+
+
+def _share(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
+
+
+def markdown_leakage(report: dict) -> list[str]:
+    """What is known of test subjects or images also seen in training."""
     md = []
-    distribution = report.get("class_distribution_by_split")
-    if distribution:
-        names = list(next(iter(distribution.values())))
-        md += ["", "## Class distribution (images)", "", "| split | " + " | ".join(names) + " |",
-               "|---" * (len(names) + 1) + "|"]  # fmt: skip
-        md += [f"| {split} | " + " | ".join(str(c[n]) for n in names) + " |"
-               for split, c in distribution.items()]  # fmt: skip
+    if report.get("test_subjects_also_in_train") is not None:
+        md.append(f"- Test subjects with visits in train or validation: "
+                  f"{report['test_subjects_also_in_train']}.")  # fmt: skip
     dup = report.get("cross_split_near_duplicates")
     if dup:
-        md += [
-            "", "## Leakage between splits", "",
-            f"Test images with a near-identical image in train or validation: "
-            f"{dup['test_images_with_train_match']} of {dup['test_images']} ({dup['share']:.1%}; "
-            f"`{dup['method']}`, threshold {dup['threshold']:g}).",
-        ]  # fmt: skip
-    return md
+        md.append(
+            f"- Test images with a near-duplicate in train: "
+            f"{dup.get('test_images_with_train_match')} of {dup.get('test_images')} "
+            f"({_share(dup.get('share'))}; method `{dup.get('method')}`, threshold "
+            f"{dup.get('threshold')})."
+        )
+    warning = leak_warning(report)
+    if warning:
+        md.append(f"- **{warning}**")
+    return ["", "## Leakage between splits", "", *md] if md else []
 
 
 # ---- Files. ----
@@ -562,15 +597,27 @@ def evaluate_weights(
             pipeline.image_size, settings.gradcam_slices, report["scan"]["threshold"],
         )  # fmt: skip
         report["gradcam_scans"] = list(scans)
+    return write_outputs(report, rendered, workdir, writer, format_markdown)
+
+
+def write_outputs(
+    report: dict, rendered: dict, workdir, writer, markdown, card_width_px: int = 440
+) -> dict:
+    """Saves a report's figures as <name>_<split>.png (and, with a writer, TensorBoard images
+    about `card_width_px` wide), then report_<split>.md (`markdown(report, figure paths)`) and
+    report_<split>.json; returns the report, its figure paths added."""
+    split, step = report["split"], report["checkpoint_step"]
     paths = {}
     for name, figure in rendered.items():
         paths[name] = f"{name}_{split}.png"
         figures.save(figure, workdir / paths[name])
     if writer is not None:
-        writer.write_images(step, {f"{split}/{name}": figures.to_tensorboard_image(f)
-                                   for name, f in rendered.items()})  # fmt: skip
+        writer.write_images(step, {
+            f"{split}/{name}": figures.to_tensorboard_image(f, width_px=card_width_px)
+            for name, f in rendered.items()
+        })  # fmt: skip
         writer.flush()
     report["figures"] = paths
-    (workdir / f"report_{split}.md").write_text(format_markdown(report, paths))
+    (workdir / f"report_{split}.md").write_text(markdown(report, paths))
     write_report(report, workdir)
     return report

@@ -23,6 +23,7 @@ import numpy as np
 from alz_jax.core import averaging, optim, steps
 from alz_jax.core.checkpoint_spec import CheckpointSpec
 from alz_jax.data import augment, mixing
+from alz_jax.data import data_spec as data_spec_lib
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.evaluation.settings import EvalSettings
@@ -280,10 +281,7 @@ def model_spec(
 
 def data_spec(data_config: ml_collections.ConfigDict) -> DataSpec:
     """The DataSpec of a `config.data` section (the input pipeline's fields aside)."""
-    fields = {f.name for f in dataclasses.fields(DataSpec)}
-    values = {k: v for k, v in data_config.items() if k in fields}
-    values["resplit_fractions"] = tuple(values["resplit_fractions"])
-    return DataSpec(**values)
+    return data_spec_lib.from_config(data_config)
 
 
 def augment_spec(augment_config: ml_collections.ConfigDict) -> augment.AugmentSpec:

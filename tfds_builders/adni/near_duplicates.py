@@ -207,18 +207,6 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
 
 
-def _anatomy(rng: np.random.Generator) -> dict:
-    """One subject's anatomy, drawn as synthetic.generate draws it."""
-    return {
-        "scale": rng.normal(1.0, 0.06),
-        "ventricle": rng.normal(1.0, 0.12),
-        "hippocampus": rng.normal(1.0, 0.07),
-        "midline": rng.uniform(95, 115),
-        "phase": rng.uniform(0, 2 * np.pi),
-        "gyri": int(rng.integers(14, 22)),
-    }
-
-
 def phantom_set(
     seed: int,
     subjects: int = 40,
@@ -239,7 +227,7 @@ def phantom_set(
     rng = np.random.default_rng([seed, 1])
     images, subject, scan, index = [], [], [], []
     for s in range(subjects):
-        anatomy = _anatomy(rng)
+        anatomy = synthetic.random_anatomy(rng)
         if aligned:
             anatomy["scale"] = 1.0
         severity = float(rng.uniform(0.1, 0.9))

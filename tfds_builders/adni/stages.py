@@ -147,17 +147,24 @@ def _class_dirs(root: Path) -> list[Path]:
     ]  # fmt: skip
 
 
-def parse(manual_dir: str | Path, kind: str = "auto", label_names: Sequence[str] = ()) -> Layout:
-    """Parses a data folder of any layout (`kind`, or detected with 'auto') into a Layout."""
+def _resolve_kind(manual_dir: Path, kind: str) -> str:
+    """The layout named (checked) or, for 'auto', detected; an existing folder unless ADNI
+    (whose parser says what is missing)."""
     if kind not in LAYOUTS:
         raise LayoutError(f"data.layout = {kind!r}; expected one of {'|'.join(LAYOUTS)}.")
-    manual_dir = Path(manual_dir)
     if kind == "auto":
         kind = detect(manual_dir)
+    if kind != "adni" and not manual_dir.is_dir():
+        raise LayoutError(f"Data folder {manual_dir} does not exist.")
+    return kind
+
+
+def parse(manual_dir: str | Path, kind: str = "auto", label_names: Sequence[str] = ()) -> Layout:
+    """Parses a data folder of any layout (`kind`, or detected with 'auto') into a Layout."""
+    manual_dir = Path(manual_dir)
+    kind = _resolve_kind(manual_dir, kind)
     if kind == "adni":
         return layout_lib.parse(manual_dir)
-    if not manual_dir.is_dir():
-        raise LayoutError(f"Data folder {manual_dir} does not exist.")
     root = _descend(manual_dir)
     if kind == "parquet":
         return _parse_parquet(root, label_names)
@@ -169,16 +176,11 @@ def describe(
 ) -> tuple[str, tuple[str, ...]]:
     """(layout, class names in label order) of a data folder, without reading any image: what a
     build needs to know before it starts. LayoutError where `parse` would fail on the layout."""
-    if kind not in LAYOUTS:
-        raise LayoutError(f"data.layout = {kind!r}; expected one of {'|'.join(LAYOUTS)}.")
     manual_dir = Path(manual_dir)
-    if kind == "auto":
-        kind = detect(manual_dir)
+    kind = _resolve_kind(manual_dir, kind)
     if kind == "adni":
         layout_lib.find_root(manual_dir)
         return kind, layout_lib.CLASS_NAMES
-    if not manual_dir.is_dir():
-        raise LayoutError(f"Data folder {manual_dir} does not exist.")
     root = _descend(manual_dir)
     if kind == "parquet":
         rows, names_in_files = [], []

@@ -77,6 +77,19 @@ def _scan_id(rng: np.random.Generator, used: set[int]) -> int:
             return scan
 
 
+def random_anatomy(rng: np.random.Generator) -> dict:
+    """One subject's anatomy (head size, ventricles, hippocampus, midline, gyral pattern), the
+    random numbers drawn in this order by every generator."""
+    return {
+        "scale": rng.normal(1.0, 0.06),
+        "ventricle": rng.normal(1.0, 0.12),
+        "hippocampus": rng.normal(1.0, 0.07),
+        "midline": rng.uniform(95, 115),
+        "phase": rng.uniform(0, 2 * np.pi),
+        "gyri": int(rng.integers(14, 22)),
+    }
+
+
 def render_scan(
     rng: np.random.Generator, severity: float, anatomy: dict, slice_indices: np.ndarray
 ) -> np.ndarray:
@@ -164,14 +177,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, spec: SyntheticSpec | No
         for _ in range(n_subjects):
             label = "AD" if rng.random() < spec.ad_fraction else "NC"
             subject = _subject_id(rng, used_subjects)
-            anatomy = {
-                "scale": rng.normal(1.0, 0.06),
-                "ventricle": rng.normal(1.0, 0.12),
-                "hippocampus": rng.normal(1.0, 0.07),
-                "midline": rng.uniform(95, 115),
-                "phase": rng.uniform(0, 2 * np.pi),
-                "gyri": int(rng.integers(14, 22)),
-            }
+            anatomy = random_anatomy(rng)
             mean, sd = spec.ad_severity if label == "AD" else spec.nc_severity
             base_severity = rng.normal(mean, sd)
             n_scans = int(rng.integers(spec.min_scans_per_subject, spec.max_scans_per_subject + 1))

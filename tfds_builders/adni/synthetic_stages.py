@@ -71,14 +71,7 @@ def _subjects(rng: np.random.Generator, spec: StagesSpec):
     stages = np.repeat(np.arange(len(STAGES)), counts)
     rng.shuffle(stages)
     for stage in stages:
-        anatomy = {
-            "scale": rng.normal(1.0, 0.06),
-            "ventricle": rng.normal(1.0, 0.12),
-            "hippocampus": rng.normal(1.0, 0.07),
-            "midline": rng.uniform(95, 115),
-            "phase": rng.uniform(0, 2 * np.pi),
-            "gyri": int(rng.integers(14, 22)),
-        }
+        anatomy = synthetic.random_anatomy(rng)
         mean, sd = spec.severities[stage]
         severity = float(np.clip(rng.normal(mean, sd), 0.0, 1.0))
         start = int(rng.integers(67, 96))
