@@ -32,15 +32,12 @@ from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
+from alz_jax.models.conversion import ConversionError, check_finite
 
 LAYOUTS = ("torchvision", "timm", "fb")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
 # Keys under which training scripts nest the model's state dict (FB: "model"; others).
 _NESTING_KEYS = ("model", "state_dict", "model_state_dict")
-
-
-class ConversionError(UserError):
-    """A state dict that doesn't fit the requested model; the message names the keys."""
 
 
 # ---- Reading files. ----
@@ -97,37 +94,6 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         raise UserError(f"Weight file {path} holds no tensors.")
     check_finite(state, f"Weight file {path}")
     return state
-
-
-def _non_finite_count(value: np.ndarray) -> int:
-    """NaN and Inf entries of a floating array (0 for integer and boolean arrays)."""
-    if value.dtype.kind in "biu":
-        return 0
-    try:
-        finite = np.isfinite(value)
-    except TypeError:  # an extension float type (bfloat16) numpy's isfinite doesn't take
-        finite = np.isfinite(value.astype(np.float32))
-    return int(finite.size - np.count_nonzero(finite))
-
-
-def check_finite(state_dict: Mapping[str, np.ndarray], source: str) -> None:
-    """Refuses (ConversionError) a state dict with NaN or Inf in any floating tensor, naming
-    each such tensor and its count: imported, they would surface only later as a "diverged"
-    run blamed on the learning rate. `source` names where the tensors came from."""
-    bad = {}
-    for key in sorted(state_dict):
-        value = np.asarray(state_dict[key])
-        count = _non_finite_count(value)
-        if count:
-            bad[key] = f"{key} ({count} of {value.size} values)"
-    if bad:
-        names = list(bad.values())
-        listed = ", ".join(names[:10]) + (f" ... and {len(names) - 10} more" if len(names) > 10
-                                           else "")  # fmt: skip
-        raise ConversionError(
-            f"{source} holds NaN or Inf in {len(bad)} tensor(s): {listed}. The checkpoint is "
-            "damaged or was saved from a diverged run; use another file (or re-download it)."
-        )
 
 
 def _load_torch(data: bytes, path: str) -> dict:

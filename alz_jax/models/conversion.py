@@ -1,0 +1,211 @@
+"""What every PyTorch-weight import shares: the error type, the finite check, tensor layout
+moves, and a reader that fills a model's parameter tree from a state dict by key, refusing
+missing and unused tensors by name.
+
+Layouts: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g, O]; linears [out, in] -> [in, out];
+vectors as they are. A 3-channel stem becomes a 1-channel one by summing its kernel over the
+input channels (a grayscale image repeated over RGB gives the same activations); a classifier
+whose class count differs is re-initialised as a fresh model's would be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from alz_jax.host.errors import UserError
+
+
+class ConversionError(UserError):
+    """A state dict that doesn't fit the requested model; the message names the keys."""
+
+
+def _non_finite_count(value: np.ndarray) -> int:
+    """NaN and Inf entries of a floating array (0 for integer and boolean arrays)."""
+    if value.dtype.kind in "biu":
+        return 0
+    try:
+        finite = np.isfinite(value)
+    except TypeError:  # an extension float type (bfloat16) numpy's isfinite doesn't take
+        finite = np.isfinite(value.astype(np.float32))
+    return int(finite.size - np.count_nonzero(finite))
+
+
+def check_finite(state_dict: Mapping[str, np.ndarray], source: str) -> None:
+    """Refuses (ConversionError) a state dict with NaN or Inf in any floating tensor, naming
+    each such tensor and its count: imported, they would surface only later as a "diverged"
+    run blamed on the learning rate. `source` names where the tensors came from."""
+    bad = {}
+    for key in sorted(state_dict):
+        value = np.asarray(state_dict[key])
+        count = _non_finite_count(value)
+        if count:
+            bad[key] = f"{key} ({count} of {value.size} values)"
+    if bad:
+        raise ConversionError(
+            f"{source} holds NaN or Inf in {len(bad)} tensor(s): {listed(bad.values())}. The "
+            "checkpoint is damaged or was saved from a diverged run; use another file (or "
+            "re-download it)."
+        )
+
+
+def listed(names: Iterable[str], limit: int = 10) -> str:
+    """'a, b, c ... and N more'."""
+    names = list(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def to_project_layout(value: np.ndarray, leaf: str) -> np.ndarray:
+    """A PyTorch tensor in the project's layout, by the parameter's leaf name and rank."""
+    value = np.asarray(value, np.float32)
+    if leaf == "kernel" and value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def torch_leaf(leaf: str) -> str:
+    """The PyTorch attribute of a project leaf (kernel/scale: weight, mean: running_mean)."""
+    return {
+        "kernel": "weight",
+        "scale": "weight",
+        "bias": "bias",
+        "mean": "running_mean",
+        "var": "running_var",
+    }.get(leaf, leaf)
+
+
+def path_names(path) -> tuple:
+    """A jax key path as a tuple of plain names and indices."""
+    return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+
+
+class StateDictReader:
+    """Fills parameter trees from one state dict and, at the end, refuses what is missing or
+    left unused (other than keys matching `ignore`, e.g. BatchNorm's num_batches_tracked)."""
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray], source: str, ignore: Iterable = ()):
+        check_finite(state_dict, source)
+        self.state_dict = state_dict
+        self.source = source
+        self.ignore = [re.compile(p) for p in ignore]
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        """Records an adaptation once."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def take(self, key: str) -> np.ndarray | None:
+        """The tensor under `key` (marked used), or None, recorded as missing."""
+        if key not in self.state_dict:
+            self.missing.append(key)
+            return None
+        self.used.add(key)
+        return np.asarray(self.state_dict[key])
+
+    def tree(
+        self,
+        template,
+        key_for: Callable[[tuple], str],
+        *,
+        transform: Callable[[tuple, np.ndarray], np.ndarray] | None = None,
+        head: tuple | None = None,
+        stem: tuple | None = None,
+        num_classes: int | None = None,
+    ):
+        """`template` (a pure dict of arrays) with each leaf replaced by the tensor at
+        `key_for(path)`, moved to the project layout (or by `transform(path, tensor)` where it
+        returns an array); the leaves under `head` are kept from the template when the file
+        has no classifier or one for another class count; the kernel at `stem` is summed over
+        its input channels when the file's has 3 and the model's 1."""
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+        out = []
+        head_shapes_differ = head is not None and self._head_differs(template, key_for, head)
+        for path, init in leaves:
+            names = path_names(path)
+            expected = tuple(np.shape(init))
+            under_head = head is not None and names[: len(head)] == head
+            if under_head and head_shapes_differ:
+                out.append(np.asarray(init, np.float32))
+                continue
+            key = key_for(names)
+            if under_head and key not in self.state_dict:
+                self.note(f"head: initialised for {num_classes} classes (the file has none)")
+                out.append(np.asarray(init, np.float32))
+                continue
+            value = self.take(key)
+            if value is None:
+                out.append(np.asarray(init, np.float32))
+                continue
+            converted = transform(names, value) if transform else None
+            if converted is None:
+                converted = to_project_layout(value, names[-1])
+            if stem is not None and names == stem and converted.shape != expected:
+                converted = self._summed_stem(converted, expected, key)
+            if converted.shape != expected:
+                raise ConversionError(
+                    f"{key} has shape {tuple(value.shape)}, which becomes {converted.shape} in "
+                    f"the project's layout; the model expects {expected} for "
+                    f"{'.'.join(map(str, names))}."
+                )
+            out.append(np.asarray(converted, np.float32))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def _head_differs(self, template, key_for, head: tuple) -> bool:
+        for path, init in jax.tree_util.tree_flatten_with_path(template)[0]:
+            names = path_names(path)
+            key = key_for(names)
+            if names[: len(head)] == head and key in self.state_dict:
+                have = to_project_layout(self.state_dict[key], names[-1]).shape
+                if have != tuple(np.shape(init)):
+                    self.used.update(
+                        key_for(path_names(p))
+                        for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]
+                        if path_names(p)[: len(head)] == head
+                    )
+                    self.note(
+                        f"head: re-initialised for {np.shape(init)[-1]} classes (the "
+                        f"checkpoint's has {have[-1]})"
+                    )
+                    return True
+        return False
+
+    def _summed_stem(self, kernel: np.ndarray, expected: tuple, key: str) -> np.ndarray:
+        if expected[2] != 1 or kernel.shape[:2] + kernel.shape[3:] != expected[:2] + expected[3:]:
+            raise ConversionError(
+                f"{key}: a {kernel.shape[2]}-channel stem can only be adapted to in_chans=1 "
+                f"(summed over its input channels), not to the shape {expected}."
+            )
+        self.note(
+            f"stem: summed the {kernel.shape[2]}-channel kernel over its input channels for "
+            "1-channel input"
+        )
+        return kernel.sum(axis=2, keepdims=True)
+
+    def finish(self, what: str) -> list[str]:
+        """Raises ConversionError for missing or unused tensors (naming them); else the notes.
+        `what` names the model ('ResNet-50')."""
+        if self.missing:
+            raise ConversionError(
+                f"{self.source} lacks {len(self.missing)} tensor(s) this {what} needs: "
+                + listed(self.missing)
+            )
+        unused = sorted(
+            k
+            for k in set(self.state_dict) - self.used
+            if not any(p.fullmatch(k) for p in self.ignore)
+        )
+        if unused:
+            raise ConversionError(
+                f"{self.source} has {len(unused)} tensor(s) this {what} would not use (another "
+                f"architecture or layout?): " + listed(unused)
+            )
+        return list(self.notes)
