@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from alz_jax.host.errors import check_fields
+from alz_jax.models import convnext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,33 +64,7 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def layer_ids(params) -> tuple[dict, int]:
-    """(tree of each parameter's layer index, number of layers) of a ConvNeXt parameter tree,
-    numbered from the input as timm's `param_groups_layer_decay` does for ConvNeXt: the stem is
-    0, then each stage's downsample and each block in order; the head is the last layer."""
-    stages = params["stages"]
-    index, block_id, downsample_id = 1, {}, {}
-    for s in sorted(stages, key=int):
-        if int(s) > 0:
-            downsample_id[int(s) - 1], index = index, index + 1
-        for j in sorted(stages[s], key=int):
-            block_id[(int(s), int(j))], index = index, index + 1
-    head = index
-
-    def layer(path, _):
-        names = [getattr(k, "key", k) for k in path]
-        if names[0] == "stem":
-            return 0
-        if names[0] == "downsamples":
-            return downsample_id[int(names[1])]
-        if names[0] == "stages":
-            return block_id[(int(names[1]), int(names[2]))]
-        return head
-
-    return jax.tree_util.tree_map_with_path(layer, params), head + 1
-
-
-def layer_decay_scales(params, decay: float):
+def layer_decay_scales(params, decay: float, layer_ids=convnext.layer_ids):
     """Learning-rate multiplier per parameter: decay ** (head's index - the layer's index), so
     the head learns at the full rate and each layer closer to the input at `decay` times the
     rate of the one above it (BEiT, ConvNeXt fine-tuning)."""

@@ -253,6 +253,40 @@ class ConvNeXt(nnx.Module):
         return x
 
 
+def trainable_presets(spec: ConvNeXtSpec) -> dict[str, str]:
+    """optim.trainable presets as regexes over '/'-joined parameter paths: the head, or the last
+    stage (with the downsample into it) and the head."""
+    last = len(spec.depths) - 1
+    stage = rf"stages/{last}/" + (rf"|downsamples/{last - 1}/" if last else "")
+    return {"head": r"head/.*", "last_stage": rf"({stage}|head/).*"}
+
+
+def layer_ids(params: dict) -> tuple[dict, int]:
+    """(tree of each parameter's layer index, number of layers) of a ConvNeXt parameter tree,
+    numbered from the input as timm's `param_groups_layer_decay` does for ConvNeXt: the stem is
+    0, then each stage's downsample and each block in order; the head is the last layer."""
+    stages = params["stages"]
+    index, block_id, downsample_id = 1, {}, {}
+    for s in sorted(stages, key=int):
+        if int(s) > 0:
+            downsample_id[int(s) - 1], index = index, index + 1
+        for j in sorted(stages[s], key=int):
+            block_id[(int(s), int(j))], index = index, index + 1
+    head = index
+
+    def layer(path, _):
+        names = [getattr(k, "key", k) for k in path]
+        if names[0] == "stem":
+            return 0
+        if names[0] == "downsamples":
+            return downsample_id[int(names[1])]
+        if names[0] == "stages":
+            return block_id[(int(names[1]), int(names[2]))]
+        return head
+
+    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of scalar parameters of an NNX model."""
     params = nnx.state(model, nnx.Param)

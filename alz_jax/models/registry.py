@@ -1,0 +1,128 @@
+"""The model families, one interface: build, initialise, count, FLOPs, layer ids for layer-wise
+learning-rate decay, the presets of `optim.trainable`, and the names `model.name` accepts.
+
+Each family's module (convnext, vit, resnet, efficientnet) defines a frozen spec dataclass with
+the common fields (in_chans, num_classes, drop_path_rate, dtype, param_dtype) and its own; this
+module dispatches on the spec's type, so the training core never names a family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+from alz_jax.host.errors import UserError
+from alz_jax.models import convnext
+
+ModelSpec = Any  # one of the families' spec dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How the training core handles one model family."""
+
+    name: str
+    spec_type: type
+    module: Callable[..., nnx.Module]  # module(spec, rngs=...) -> the NNX model
+    layer_ids: Callable[[dict], tuple[dict, int]]
+    # spec -> {optim.trainable preset: regex over 'a/b/c' parameter paths} (head, last_stage)
+    presets: Callable[[Any], dict[str, str]]
+    forward_flops: Callable[[Any, int], float]  # (spec, resolution) -> FLOPs per image
+    title: Callable[[Any], str]  # 'ConvNeXt atto', 'ViT-B/16', ...
+
+
+def _convnext_title(spec: convnext.ConvNeXtSpec) -> str:
+    size = next((n for n, v in convnext.SIZES.items() if v == (spec.depths, spec.dims)), None)
+    return f"ConvNeXt {size}" if size else f"ConvNeXt depths {spec.depths}, dims {spec.dims}"
+
+
+FAMILIES: dict[str, Family] = {
+    "convnext": Family(
+        name="convnext",
+        spec_type=convnext.ConvNeXtSpec,
+        module=convnext.ConvNeXt,
+        layer_ids=convnext.layer_ids,
+        presets=convnext.trainable_presets,
+        forward_flops=convnext.forward_flops_per_image,
+        title=_convnext_title,
+    ),
+}
+
+
+def family(spec: ModelSpec) -> Family:
+    """The Family of a spec."""
+    for fam in FAMILIES.values():
+        if isinstance(spec, fam.spec_type):
+            return fam
+    raise TypeError(f"not a model spec: {type(spec).__name__}")
+
+
+def build(spec: ModelSpec, seed: int = 0) -> nnx.Module:
+    """The NNX model of `spec`, initialised with `seed`."""
+    return family(spec).module(spec, rngs=nnx.Rngs(seed))
+
+
+def abstract(spec: ModelSpec) -> nnx.Module:
+    """The model's structure with shapes only (no parameter memory)."""
+    return nnx.eval_shape(lambda: build(spec, 0))
+
+
+def init_variables(spec: ModelSpec, seed: int) -> tuple[dict, dict]:
+    """(params, batch_stats) of a fresh model as pure dicts; batch_stats is {} for a family
+    without BatchNorm."""
+    model = build(spec, seed)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return params, stats
+
+
+def has_batch_stats(spec: ModelSpec) -> bool:
+    """Whether the model keeps running statistics (BatchNorm)."""
+    return bool(jax.tree.leaves(nnx.state(abstract(spec), nnx.BatchStat)))
+
+
+def count_params(spec: ModelSpec) -> int:
+    """Trainable scalars of the model (running statistics not counted)."""
+    return sum(int(p.size) for p in jax.tree.leaves(nnx.state(abstract(spec), nnx.Param)))
+
+
+def forward_flops_per_image(spec: ModelSpec, resolution: int) -> float:
+    """FLOPs (2 per multiply-add) of one image's forward pass at `resolution`."""
+    return float(family(spec).forward_flops(spec, resolution))
+
+
+def title(spec: ModelSpec) -> str:
+    """A human name of the model ('ViT-B/16', 'ResNet-50', 'ConvNeXt atto')."""
+    return family(spec).title(spec)
+
+
+def layer_ids(spec: ModelSpec, params: dict) -> tuple[dict, int]:
+    """(tree of each parameter's layer index from the input, number of layers) for layer-wise
+    learning-rate decay; the head is the last layer."""
+    return family(spec).layer_ids(params)
+
+
+TRAINABLE_PRESETS = ("all", "head", "last_stage")
+
+
+def trainable_pattern(spec: ModelSpec, value: str) -> str:
+    """The regex of `optim.trainable` for this model: a preset (all, head, last_stage) or a
+    regex over '/'-joined parameter paths (e.g. 'stages/3/.*|head/.*')."""
+    presets = family(spec).presets(spec)
+    if value == "all":
+        return ".*"
+    if value in presets:
+        return presets[value]
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise UserError(
+            f"config.optim.trainable = {value!r} is neither a preset "
+            f"({', '.join(TRAINABLE_PRESETS)}) nor a valid regular expression: {e}"
+        ) from e
+    return value
