@@ -95,3 +95,29 @@ def update_running(running, observed, momentum):
     return jax.tree.map(
         lambda r, o: r + jnp.asarray(momentum, jnp.float32) * (o - r), running, observed
     )
+
+
+def observed(module: nnx.Module, images: jax.Array, axis_name: str | None = None, **kwargs):
+    """(logits, observed statistics) of one training-mode forward pass of `module` over
+    `images`: the batch mean and unbiased variance each BatchNorm saw, as a pure dict. The
+    module is left in evaluation mode with its BatchStats holding those observations."""
+    set_training(module, True, axis_name)
+    try:
+        logits = module(images, **kwargs)
+    finally:
+        set_training(module, False)
+    return logits, nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+
+
+def cumulative_statistics(module: nnx.Module, batches) -> dict:
+    """The running statistics of `torch.optim.swa_utils.update_bn` (momentum None): the mean,
+    over `batches`, of each BatchNorm's batch mean and unbiased variance in training mode (each
+    layer seeing the previous layers normalised by their batch statistics). Eager reference
+    form; the training loop runs the same arithmetic jitted (steps.make_statistics_pass)."""
+    running = None
+    for k, images in enumerate(batches):
+        _, seen = observed(module, images)
+        running = seen if running is None else update_running(running, seen, 1.0 / (k + 1))
+    if running is None:
+        raise ValueError("the statistics pass needs at least one batch")
+    return running
