@@ -109,6 +109,9 @@ def _mix(config: ml_collections.ConfigDict) -> None:
 def _model(config: ml_collections.ConfigDict) -> None:
     """The model, its compute dtype, the train step's form and microbatching."""
     config.model = ml_collections.ConfigDict()
+    # The family and variant: 'convnext' (of model.size, or depths and dims), 'convnext_tiny',
+    # 'vit_ti16' | 'vit_s16' | 'vit_b16', 'resnet50', 'efficientnet_b0' (docs/models.md).
+    config.model.name = "convnext"
     config.model.size = "tiny"  # atto .. large; empty to use depths and dims below
     config.model.depths = ()
     config.model.dims = ()
@@ -119,9 +122,10 @@ def _model(config: ml_collections.ConfigDict) -> None:
     # Depthwise 7x7 convolution: 'auto' (XLA's grouped conv on GPU/TPU, 'shift' on CPU, where
     # it is several times faster), 'xla' or 'shift'. Same parameters and result either way.
     config.model.depthwise = "auto"
-    # Start from PyTorch ImageNet weights: 'torchvision:PATH', 'timm:PATH' or 'fb:PATH' (a
-    # .safetensors file, or a .pth when torch is installed); the 3-channel stem is summed to one
-    # channel and the 1000-class head re-initialised. Empty: train from scratch.
+    # Start from PyTorch ImageNet weights: 'torchvision:PATH', 'timm:PATH', 'fb:PATH' or
+    # 'huggingface:PATH' (a .safetensors file, or a .pth when torch is installed); the
+    # 3-channel stem is summed to one channel and the 1000-class head re-initialised. Empty:
+    # train from scratch.
     config.model.init_from = ""
 
     # Compute dtype of activations, matmuls and convolutions: 'auto' is bfloat16 on GPU/TPU and
@@ -150,6 +154,9 @@ def _optimization(config: ml_collections.ConfigDict) -> None:
     # Layer-wise learning-rate decay for fine-tuning: layer k below the head learns at
     # layer_decay**k times the rate (e.g. 0.8 with init_from); 1.0 is off.
     config.optim.layer_decay = 1.0
+    # What trains: 'all', 'head', 'last_stage' (the last stage or blocks and the head) or a
+    # regex over '/'-joined parameter paths; the rest is frozen and has no optimizer state.
+    config.optim.trainable = "all"
 
     config.batch_size = 512  # global, over all devices and processes
     # Durations: *_steps, when set, wins over *_epochs; converted to steps in one place.
@@ -186,6 +193,9 @@ def _averages(config: ml_collections.ConfigDict) -> None:
     config.swa.every_epochs = 1  # or every_steps
     config.swa.every_steps = ml_collections.config_dict.placeholder(int)
     config.swa.dtype = "float32"
+    # Models with BatchNorm: SWA weights get their statistics recomputed over this many whole
+    # train batches before each validation (0: the whole train split), as torch's update_bn.
+    config.swa.bn_update_batches = 0
 
 
 def _evaluation(config: ml_collections.ConfigDict) -> None:

@@ -304,7 +304,7 @@ def test_weights_with_nan_or_inf_are_refused_at_import(tmp_path, bad):
     )
     spec = convnext.ConvNeXtSpec(DEPTHS, DIMS, in_chans=3, num_classes=10)
     with pytest.raises(UserError, match=f"{key} \\(3 of"):
-        convert.init_params_from(f"torchvision:{path}", spec, seed=0)
+        convert.init_variables_from(f"torchvision:{path}", spec, seed=0)
     with pytest.raises(UserError, match="torchvision state dict holds NaN or Inf"):
         convert.from_torchvision(poisoned, spec)  # a state dict in memory is checked too
 

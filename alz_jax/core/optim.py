@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from alz_jax.host.errors import check_fields
+from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import convnext
 
 
@@ -26,6 +28,9 @@ class OptimSpec:
     eps: float = 1e-8
     grad_clip_norm: float = 0.0  # 0: no clipping
     layer_decay: float = 1.0  # 1.0: off
+    # Parameters that train: 'all', a preset ('head', 'last_stage') or a regex over '/'-joined
+    # parameter paths; the rest are frozen and have no optimizer state.
+    trainable: str = "all"
 
     def __post_init__(self):
         lr, end = self.learning_rate, self.end_learning_rate
@@ -64,7 +69,7 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def layer_decay_scales(params, decay: float, layer_ids=convnext.layer_ids):
+def layer_decay_scales(params, decay: float, layer_ids: Callable = convnext.layer_ids):
     """Learning-rate multiplier per parameter: decay ** (head's index - the layer's index), so
     the head learns at the full rate and each layer closer to the input at `decay` times the
     rate of the one above it (BEiT, ConvNeXt fine-tuning)."""
@@ -72,21 +77,62 @@ def layer_decay_scales(params, decay: float, layer_ids=convnext.layer_ids):
     return jax.tree.map(lambda i: float(decay) ** (num_layers - 1 - i), ids)
 
 
-def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+def scale_by_layer_decay(
+    decay: float, layer_ids: Callable = convnext.layer_ids
+) -> optax.GradientTransformation:
     """Multiplies each parameter's update by its layer-decay scale. Placed after AdamW, it scales
     the whole step (learning rate times Adam direction plus weight decay): a per-layer learning
     rate."""
 
     def scale(updates, params):
-        scales = layer_decay_scales(updates, decay)
+        scales = layer_decay_scales(updates, decay, layer_ids)
         return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales)
 
     return optax.stateless(scale)
 
 
-def make_optimizer(optim: OptimSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
+def path_name(path) -> str:
+    """A parameter's '/'-joined path ('stages/3/0/pwconv1/kernel'), what optim.trainable
+    matches."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def trainable_mask(params, pattern: str):
+    """True for the parameters whose path fully matches `pattern` (a regex)."""
+    regex = re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(regex.fullmatch(path_name(path))), params
+    )
+
+
+def check_trainable(params, pattern: str, value: str) -> tuple[int, int]:
+    """(trainable, total) scalar counts under `pattern`; refuses a pattern that matches no
+    parameter, listing some paths."""
+    mask = trainable_mask(params, pattern)
+    sizes = [(m, int(p.size)) for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(params),
+                                                strict=True)]  # fmt: skip
+    trainable = sum(n for m, n in sizes if m)
+    if trainable == 0:
+        paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise UserError(
+            f"config.optim.trainable = {value!r} (regex {pattern!r}) matches no parameter; "
+            f"parameter paths look like: {', '.join(paths[:3])} ... {', '.join(paths[-3:])}"
+        )
+    return trainable, sum(n for _, n in sizes)
+
+
+def make_optimizer(
+    optim: OptimSpec,
+    schedule: optax.Schedule,
+    layer_ids: Callable = convnext.layer_ids,
+    trainable_pattern: str = ".*",
+) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW (betas, eps, decoupled weight decay from the config),
-    then layer-wise learning-rate decay if `layer_decay` < 1."""
+    then layer-wise learning-rate decay if `layer_decay` < 1 (layers numbered by the model
+    family's `layer_ids`). With a `trainable_pattern` other than '.*', only the parameters whose
+    paths match it are updated: the others get zero updates and no optimizer state (optax's
+    multi_transform keeps Adam's moments for the trainable ones only), and clipping measures
+    the trainable gradients only."""
     parts = []
     if optim.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
@@ -101,5 +147,14 @@ def make_optimizer(optim: OptimSpec, schedule: optax.Schedule) -> optax.Gradient
         )
     )
     if optim.layer_decay != 1.0:
-        parts.append(scale_by_layer_decay(optim.layer_decay))
-    return optax.chain(*parts)
+        parts.append(scale_by_layer_decay(optim.layer_decay, layer_ids))
+    tx = optax.chain(*parts)
+    if trainable_pattern == ".*":
+        return tx
+
+    def labels(params):
+        return jax.tree.map(
+            lambda m: "trainable" if m else "frozen", trainable_mask(params, trainable_pattern)
+        )
+
+    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)

@@ -24,53 +24,102 @@ from jax.sharding import PartitionSpec as P
 from alz_jax.core import averaging, sharding
 from alz_jax.data import preprocess
 from alz_jax.host.errors import check_fields
-from alz_jax.models import convnext
+from alz_jax.models import batchnorm, registry
 
 TrainState = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A ConvNeXt's structure (graphdef) and spec; parameters live in the train state."""
+    """A model's structure (graphdef) and spec; parameters (and running statistics) live in the
+    train state.
 
-    spec: convnext.ConvNeXtSpec
+    Evaluation takes *weights*: the parameter tree, or for a model with BatchNorm the dict
+    {"params", "batch_stats"} (running statistics travel with the weights they belong to, in the
+    EMA and SWA averages as in the raw state)."""
+
+    spec: Any  # a model family's spec (models/registry.py)
     graphdef: nnx.GraphDef
+    batch_stats: bool = False  # the model keeps BatchNorm running statistics
+    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
 
-    def apply(self, params, images: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Logits for normalised NHWC float images; stochastic depth when per-sample keys are
-        given."""
-        return nnx.merge(self.graphdef, params)(images, sample_keys=sample_keys)
+    def split(self, weights) -> tuple[Any, Any]:
+        """(params, batch_stats) of evaluation weights; batch_stats {} without BatchNorm."""
+        if self.batch_stats:
+            return weights["params"], weights["batch_stats"]
+        return weights, {}
+
+    def weights(self, params, batch_stats):
+        """Evaluation weights of (params, batch_stats): the inverse of `split`."""
+        return {"params": params, "batch_stats": batch_stats} if self.batch_stats else params
+
+    def module(self, weights) -> nnx.Module:
+        """The NNX model carrying `weights`, in evaluation mode (running statistics)."""
+        params, stats = self.split(weights)
+        if self.batch_stats:
+            return nnx.merge(self.graphdef, params, stats)
+        return nnx.merge(self.graphdef, params)
+
+    def apply(self, weights, images: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """Evaluation-mode logits for normalised NHWC float images; stochastic depth when
+        per-sample keys are given."""
+        return self.module(weights)(images, sample_keys=sample_keys)
+
+    def train_apply(
+        self, params, batch_stats, images: jax.Array, sample_keys: jax.Array | None,
+        axis_name: str | None = None,
+    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        """Training-mode logits and the running statistics after this batch: BatchNorm
+        normalises with the batch's statistics (the global batch's: under shard_map averaged
+        over `axis_name`) and the running ones move by `bn_momentum` towards them."""
+        if not self.batch_stats:
+            return self.apply(params, images, sample_keys), batch_stats
+        module = nnx.merge(self.graphdef, params, batch_stats)
+        logits, seen = batchnorm.observed(module, images, axis_name, sample_keys=sample_keys)
+        return logits, batchnorm.update_running(batch_stats, seen, self.bn_momentum)
 
 
-def make_model(spec: convnext.ConvNeXtSpec) -> Model:
-    """The Model (structure only, no parameter memory) for a spec."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: convnext.ConvNeXt(spec, rngs=nnx.Rngs(0))))
-    return Model(spec=spec, graphdef=graphdef)
+def make_model(spec) -> Model:
+    """The Model (structure only, no parameter memory) for a spec of any family."""
+    abstract = registry.abstract(spec)
+    has_stats = registry.has_batch_stats(spec)
+    if has_stats:
+        graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    else:
+        graphdef, _ = nnx.split(abstract)
+    return Model(spec=spec, graphdef=graphdef, batch_stats=has_stats)
 
 
 def _initial_state(
-    spec, tx, averages: averaging.AveragingSpec, seed: int, params=None
+    spec, tx, averages: averaging.AveragingSpec, seed: int, variables=None
 ) -> TrainState:
-    params = convnext.init_params(spec, seed) if params is None else params
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        **averaging.init_state(averages, params),
-    }
+    if variables is None:
+        params, stats = registry.init_variables(spec, seed)
+    else:
+        params, stats = variables if isinstance(variables, tuple) else (variables, {})
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if stats:
+        state["batch_stats"] = stats
+        state.update(averaging.init_state(averages, {"params": params, "batch_stats": stats}))
+        if averages.swa:  # the SWA update count its statistics were last recomputed at
+            state["swa_stats_count"] = jnp.zeros((), jnp.int32)
+    else:
+        state.update(averaging.init_state(averages, params))
+    return state
 
 
 def create_train_state(
-    spec: convnext.ConvNeXtSpec,
+    spec,
     tx: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
     seed: int,
     averages: averaging.AveragingSpec = averaging.NO_AVERAGES,
     params=None,
 ) -> TrainState:
-    """A fresh train state {step, params, opt_state[, ema][, swa, swa_count]} created directly
-    on device, replicated over the mesh; from `params` (e.g. imported ImageNet weights, whose
-    copies the averages start from) or a fresh initialisation with `seed`."""
+    """A fresh train state {step, params, opt_state[, ema][, swa, swa_count]} (with BatchNorm
+    also batch_stats, and swa_stats_count) created directly on device, replicated over the
+    mesh; from `params` (imported weights: a parameter tree or a (params, batch_stats) pair,
+    whose copies the averages start from) or a fresh initialisation with `seed`."""
     return jax.jit(
         lambda p: _initial_state(spec, tx, averages, seed, p),
         out_shardings=sharding.replicated(mesh),
@@ -78,7 +127,7 @@ def create_train_state(
 
 
 def abstract_train_state(
-    spec: convnext.ConvNeXtSpec,
+    spec,
     tx: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
     averages: averaging.AveragingSpec = averaging.NO_AVERAGES,
@@ -187,8 +236,9 @@ class _Update:
     std: float
     averages: averaging.AveragingSpec
 
-    def sums(self, params, batch: dict, sample_keys: jax.Array):
-        """Summed loss, gradient of the summed loss, and correct count over `batch`."""
+    def sums(self, params, stats, batch: dict, sample_keys: jax.Array, axis_name=None):
+        """Summed loss, gradient of the summed loss, correct count over `batch`, and the
+        running statistics after it ({} without BatchNorm)."""
         images = preprocess.normalize(batch["image"], self.mean, self.std)
         if self.spec.noise_prob > 0 and self.spec.noise_std > 0:
             images = add_gaussian_noise(
@@ -196,47 +246,53 @@ class _Update:
             )
 
         def loss_fn(params):
-            logits = self.model.apply(params, images, sample_keys)
+            logits, new_stats = self.model.train_apply(
+                params, stats, images, sample_keys, axis_name
+            )
             if "targets" in batch:  # mixed on host, label smoothing already applied there
                 loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
             else:
                 loss = cross_entropy(logits, batch["label"], self.spec.label_smoothing)
             if self.spec.class_weights:
                 loss = loss * example_weights(batch, self.spec.class_weights)
-            return loss.sum(), logits
+            return loss.sum(), (logits, new_stats)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return loss, grads, correct
+        return (loss, grads, correct), new_stats
 
-    def accumulated_sums(self, params, batch: dict, sample_keys: jax.Array, constrain):
-        """`sums` over the whole batch, as `grad_accum_steps` microbatches."""
+    def accumulated_sums(
+        self, params, stats, batch: dict, sample_keys: jax.Array, constrain, axis_name=None
+    ):
+        """`sums` over the whole batch, as `grad_accum_steps` microbatches (BatchNorm's
+        running statistics move once per microbatch, as in PyTorch's accumulation loops)."""
         accum = self.spec.grad_accum_steps
         if accum == 1:
-            return self.sums(params, batch, sample_keys)
+            return self.sums(params, stats, batch, sample_keys, axis_name)
         micro = constrain(_microbatches((batch, sample_keys), accum))
 
         def body(carry, mb):
-            total = jax.tree.map(jnp.add, carry, self.sums(params, *mb))
-            return total, None
+            total, stats = carry
+            sums, stats = self.sums(params, stats, *mb, axis_name)
+            return (jax.tree.map(jnp.add, total, sums), stats), None
 
         # XLA:CPU runs this model ~10x slower inside a while loop (measured: 4.9 s against
         # 0.41 s per step of the demo model), so on CPU the microbatches are a Python loop;
         # accelerators keep `scan`, which bounds activation memory to one microbatch.
-        total = self.sums(params, *jax.tree.map(lambda x: x[0], micro))
+        carry = self.sums(params, stats, *jax.tree.map(lambda x: x[0], micro), axis_name)
         if jax.default_backend() == "cpu":
             for a in range(1, accum):
-                total, _ = body(total, jax.tree.map(lambda x, a=a: x[a], micro))
+                carry, _ = body(carry, jax.tree.map(lambda x, a=a: x[a], micro))
         else:
-            total, _ = jax.lax.scan(body, total, jax.tree.map(lambda x: x[1:], micro))
-        return total
+            carry, _ = jax.lax.scan(body, carry, jax.tree.map(lambda x: x[1:], micro))
+        return carry
 
     def sample_keys(self, step: jax.Array, positions: jax.Array) -> jax.Array:
         """One key per sample from (seed, step, position in the global batch)."""
         step_key = jax.random.fold_in(jax.random.key(self.spec.seed), step)
         return jax.vmap(jax.random.fold_in, (None, 0))(step_key, positions)
 
-    def apply(self, state: TrainState, loss, grads, accuracy) -> tuple[TrainState, dict]:
+    def apply(self, state: TrainState, loss, grads, accuracy, stats) -> tuple[TrainState, dict]:
         """The optimizer update, the weight averages and the step's metrics."""
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -244,12 +300,21 @@ class _Update:
         base_key = jax.random.key(self.spec.seed)
         avg_key = jax.random.fold_in(jax.random.fold_in(base_key, _AVERAGES_STREAM), step)
         old_averages = {k: v for k, v in state.items() if k in ("ema", "swa", "swa_count")}
-        new_state = {
-            "step": step,
-            "params": params,
-            "opt_state": opt_state,
-            **averaging.update(self.averages, old_averages, params, step, avg_key),
-        }
+        new_state = {"step": step, "params": params, "opt_state": opt_state}
+        averages = averaging.update(
+            self.averages, old_averages, self.model.weights(params, stats), step, avg_key
+        )
+        if self.model.batch_stats:
+            new_state["batch_stats"] = stats
+            if "swa" in averages:
+                # SWA averages parameters only; its statistics are recomputed over the training
+                # data (make_statistics_pass), as torch's update_bn after AveragedModel.
+                averages["swa"] = {
+                    "params": averages["swa"]["params"],
+                    "batch_stats": state["swa"]["batch_stats"],
+                }
+                new_state["swa_stats_count"] = state["swa_stats_count"]
+        new_state.update(averages)
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
@@ -260,7 +325,8 @@ class _Update:
         return new_state, metrics
 
     def jit_step(self, mesh, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """The global-view step: XLA partitions the batch-sharded computation."""
+        """The global-view step: XLA partitions the batch-sharded computation (BatchNorm's
+        moments over the batch axis are the global batch's)."""
         size = batch["label"].shape[0]
         sample_keys = self.sample_keys(state["step"], jnp.arange(size))
 
@@ -268,22 +334,26 @@ class _Update:
             micro = NamedSharding(mesh, P(None, "data"))
             return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, micro), tree)
 
-        loss, grads, correct = self.accumulated_sums(state["params"], batch, sample_keys, constrain)
+        (loss, grads, correct), stats = self.accumulated_sums(
+            state["params"], state.get("batch_stats", {}), batch, sample_keys, constrain
+        )
         grads = jax.tree.map(lambda g: g / size, grads)
-        return self.apply(state, loss / size, grads, correct / size)
+        return self.apply(state, loss / size, grads, correct / size, stats)
 
     def per_device_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """The per-device step under shard_map, with an explicit gradient pmean."""
+        """The per-device step under shard_map, with an explicit gradient pmean (and
+        BatchNorm moments averaged over the devices)."""
         local = batch["label"].shape[0]
         first = jax.lax.axis_index("data") * local  # this shard's offset in the global batch
         sample_keys = self.sample_keys(state["step"], first + jnp.arange(local))
-        loss, grads, correct = self.accumulated_sums(
-            state["params"], batch, sample_keys, lambda tree: tree
-        )
+        (loss, grads, correct), stats = self.accumulated_sums(
+            state["params"], state.get("batch_stats", {}), batch, sample_keys,
+            lambda tree: tree, "data",
+        )  # fmt: skip
         # Means over the global batch: each device's mean, averaged over equal-sized shards.
         grads = jax.lax.pmean(jax.tree.map(lambda g: g / local, grads), "data")
         loss, accuracy = jax.lax.pmean((loss / local, correct / local), "data")
-        return self.apply(state, loss, grads, accuracy)
+        return self.apply(state, loss, grads, accuracy, stats)
 
 
 def _shard_map() -> Callable:
@@ -357,3 +427,22 @@ def make_predict_step(
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
+
+
+def make_statistics_pass(
+    model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh
+) -> Callable[[Any, Any, jax.Array, jax.Array], Any]:
+    """Jitted (weights, running, k, images uint8) -> running statistics after the k-th batch
+    (0-based) of a BatchNorm statistics pass: the cumulative mean over batches of each layer's
+    training-mode batch mean and unbiased variance, as `torch.optim.swa_utils.update_bn`
+    (batchnorm.cumulative_statistics is the eager reference). The weights' own statistics are
+    not read; batch moments are the global batch's."""
+    mean, std = pixel_stats["mean"], pixel_stats["std"]
+
+    def one_batch(weights, running, k, images):
+        module = model.module(weights)
+        _, seen = batchnorm.observed(module, preprocess.normalize(images, mean, std))
+        return batchnorm.update_running(running, seen, 1.0 / (k.astype(jnp.float32) + 1.0))
+
+    repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(one_batch, in_shardings=(repl, repl, repl, data), out_shardings=repl)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from matplotlib.figure import Figure
 
 from alz_jax.data import preprocess
@@ -28,7 +27,7 @@ def make_gradcam_fn(model, pixel_stats: dict[str, float]) -> Callable:
     mean, std = pixel_stats["mean"], pixel_stats["std"]
 
     def gradcam(params, images, target_sign):
-        net = nnx.merge(model.graphdef, params)
+        net = model.module(params)
         features = net.feature_map(preprocess.normalize(images, mean, std)).astype(jnp.float32)
 
         def score(f):

@@ -31,7 +31,7 @@ from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.models import convnext, registry
 from alz_jax.models.conversion import ConversionError, check_finite
 
 LAYOUTS = ("torchvision", "timm", "fb")
@@ -324,41 +324,85 @@ def params_from_state_dict(
     return params, notes
 
 
-def _model_with(params: dict, spec: convnext.ConvNeXtSpec) -> convnext.ConvNeXt:
-    model = convnext.ConvNeXt(spec, rngs=nnx.Rngs(0))
+# ---- Every family: dispatch by the model's family, one entry point per source layout. ----
+
+
+def _convnext_variables(state_dict, spec, layout, seed):
+    params, notes = params_from_state_dict(state_dict, spec, layout, seed)
+    return params, {}, notes
+
+
+# family -> (the layouts its weights come in, (state_dict, spec, layout, seed) -> (params,
+# batch_stats, notes)).
+IMPORTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "convnext": (LAYOUTS, _convnext_variables),
+}
+ALL_LAYOUTS = ("torchvision", "timm", "fb", "huggingface")
+
+
+def variables_from_state_dict(
+    state_dict: Mapping[str, np.ndarray], spec, layout: str | None = None, seed: int = 0
+) -> tuple[dict, dict, list[str]]:
+    """(params, batch_stats, notes) of a model of any family from a PyTorch state dict in
+    `layout` (detected when None); batch_stats is {} for families without BatchNorm."""
+    fam = registry.family(spec)
+    layouts, importer = IMPORTERS[fam.name]
+    if layout is not None and layout not in layouts:
+        raise ConversionError(
+            f"{fam.title(spec)} weights are read from the {'|'.join(layouts)} layouts, not "
+            f"{layout!r}."
+        )
+    return importer(state_dict, spec, layout, seed)
+
+
+def model_with(spec, params: dict, batch_stats: dict | None = None) -> nnx.Module:
+    """The NNX model of `spec` carrying `params` (and BatchNorm running statistics)."""
+    model = registry.build(spec, 0)
     nnx.update(model, nnx.State(params))
+    if batch_stats:
+        nnx.update(model, nnx.State(batch_stats))
     return model
 
 
-def _spec_for(size: str | convnext.ConvNeXtSpec, in_chans: int, num_classes: int):
-    if isinstance(size, convnext.ConvNeXtSpec):
-        return size
-    if size not in convnext.SIZES:
-        raise ConversionError(f"size {size!r}; expected one of {sorted(convnext.SIZES)}")
-    depths, dims = convnext.SIZES[size]
-    return convnext.ConvNeXtSpec(depths, dims, in_chans=in_chans, num_classes=num_classes)
+def spec_named(name, in_chans: int = 1, num_classes: int = 2, image_size: int | None = None):
+    """A spec from a name: a ConvNeXt size ('tiny'), a model name ('convnext_tiny',
+    'vit_small_patch16_224', 'resnet50', 'efficientnet_b0'), or a spec, returned as it is."""
+    if not isinstance(name, str):
+        return name
+    if name in convnext.SIZES:
+        name = f"convnext_{name}"
+    if name not in registry.NAMES:
+        raise ConversionError(
+            f"model {name!r}; expected a ConvNeXt size ({', '.join(convnext.SIZES)}) or one of "
+            f"{sorted(registry.NAMES)}"
+        )
+    fields = {"in_chans": in_chans, "num_classes": num_classes}
+    if image_size is not None:
+        fields["image_size"] = image_size
+    return registry.spec_from_name(name, **fields)
 
 
-def _from_layout(layout: str) -> Callable[..., convnext.ConvNeXt]:
+def _from_layout(layout: str) -> Callable[..., nnx.Module]:
     def convert_state_dict(
         state_dict: Mapping[str, np.ndarray],
-        size: str | convnext.ConvNeXtSpec,
+        name,
         *,
         in_chans: int = 1,
         num_classes: int = 2,
         seed: int = 0,
-    ) -> convnext.ConvNeXt:
-        spec = _spec_for(size, in_chans, num_classes)
-        params, notes = params_from_state_dict(state_dict, spec, layout, seed)
+    ) -> nnx.Module:
+        spec = spec_named(name, in_chans, num_classes)
+        params, stats, notes = variables_from_state_dict(state_dict, spec, layout, seed)
         for note in notes:
             logging.info("Weight import (%s): %s", layout, note)
-        return _model_with(params, spec)
+        return model_with(spec, params, stats)
 
     convert_state_dict.__name__ = f"from_{layout}"
     convert_state_dict.__doc__ = (
-        f"The project's NNX ConvNeXt carrying the weights of a {layout}-layout state dict; "
-        "`size` is a size name ('tiny') or a ConvNeXtSpec. The stem is summed to `in_chans=1` "
-        "and the head re-initialised (with `seed`) when `num_classes` differs."
+        f"The project's NNX model carrying the weights of a {layout}-layout state dict; `name` "
+        "is a model name ('convnext_tiny', 'vit_small_patch16_224', 'resnet50', "
+        "'efficientnet_b0'), a ConvNeXt size ('tiny') or a spec. The stem is summed to "
+        "`in_chans=1` and the head re-initialised (with `seed`) when `num_classes` differs."
     )
     return convert_state_dict
 
@@ -366,27 +410,28 @@ def _from_layout(layout: str) -> Callable[..., convnext.ConvNeXt]:
 from_torchvision = _from_layout("torchvision")
 from_timm = _from_layout("timm")
 from_fb = _from_layout("fb")
+from_huggingface = _from_layout("huggingface")
 
 
 def parse_init_from(value: str) -> tuple[str, str]:
-    """'torchvision:PATH' | 'timm:PATH' | 'fb:PATH' -> (layout, path)."""
+    """'torchvision:PATH' | 'timm:PATH' | 'fb:PATH' | 'huggingface:PATH' -> (layout, path)."""
     layout, sep, path = value.partition(":")
-    if not sep or layout not in LAYOUTS or not path:
+    if not sep or layout not in ALL_LAYOUTS or not path:
         raise UserError(
             f"config.model.init_from = {value!r}: expected 'LAYOUT:PATH' with LAYOUT one of "
-            f"{'|'.join(LAYOUTS)}, e.g. 'torchvision:/data/convnext_tiny-983f1562.pth'."
+            f"{'|'.join(ALL_LAYOUTS)}, e.g. 'torchvision:/data/convnext_tiny-983f1562.pth'."
         )
     return layout, path
 
 
-def init_params_from(value: str, spec: convnext.ConvNeXtSpec, seed: int) -> dict:
-    """The starting parameters named by `config.model.init_from` ('LAYOUT:PATH')."""
+def init_variables_from(value: str, spec, seed: int) -> tuple[dict, dict]:
+    """The starting (params, batch_stats) named by `config.model.init_from` ('LAYOUT:PATH')."""
     layout, path = parse_init_from(value)
     state_dict = load_state_dict(path)
     try:
-        params, notes = params_from_state_dict(state_dict, spec, layout, seed)
+        params, stats, notes = variables_from_state_dict(state_dict, spec, layout, seed)
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from e
     logging.info("Starting from %s weights in %s%s", layout, path,
                  "".join(f"; {n}" for n in notes))  # fmt: skip
-    return params
+    return params, stats

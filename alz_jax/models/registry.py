@@ -34,6 +34,7 @@ class Family:
     presets: Callable[[Any], dict[str, str]]
     forward_flops: Callable[[Any, int], float]  # (spec, resolution) -> FLOPs per image
     title: Callable[[Any], str]  # 'ConvNeXt atto', 'ViT-B/16', ...
+    spec_for: Callable[..., Any]  # (variant, **fields) -> spec
 
 
 def _convnext_title(spec: convnext.ConvNeXtSpec) -> str:
@@ -50,8 +51,29 @@ FAMILIES: dict[str, Family] = {
         presets=convnext.trainable_presets,
         forward_flops=convnext.forward_flops_per_image,
         title=_convnext_title,
+        spec_for=lambda variant, **fields: convnext.ConvNeXtSpec(
+            *convnext.SIZES[variant], **fields
+        ),
     ),
 }
+
+# model.name (and the conversion functions' names) -> (family, variant): the project's short
+# names and timm's.
+NAMES: dict[str, tuple[str, str]] = {
+    **{f"convnext_{size}": ("convnext", size) for size in convnext.SIZES},
+}
+
+
+def spec_from_name(name: str, **fields) -> ModelSpec:
+    """The spec of a named model; `fields` are the config's common fields (in_chans,
+    num_classes, drop_path_rate, dtype, param_dtype, depthwise, image_size), each passed to the
+    families whose spec has it."""
+    if name not in NAMES:
+        raise UserError(f"config.model.name = {name!r}: expected one of {sorted(NAMES)}.")
+    family_name, variant = NAMES[name]
+    fam = FAMILIES[family_name]
+    known = {f.name for f in dataclasses.fields(fam.spec_type)}
+    return fam.spec_for(variant, **{k: v for k, v in fields.items() if k in known})
 
 
 def family(spec: ModelSpec) -> Family:

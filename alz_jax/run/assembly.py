@@ -7,13 +7,15 @@ Training, the benchmarks and the tests all build through `assemble`, so they run
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import optax
 
 from alz_jax.core import averaging, optim, steps
-from alz_jax.run.specs import Plan, RunSpec
+from alz_jax.models import registry
+from alz_jax.run.specs import Plan, RunSpec, trainable_pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +30,11 @@ class Assembly:
     mesh: jax.sharding.Mesh
     train_step: Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]
     predict_step: Callable
+    statistics_pass: Callable | None = None  # BatchNorm models: SWA's statistics pass
 
     def fresh_state(self, seed: int, params=None) -> steps.TrainState:
-        """A new train state on the mesh, from `params` (imported weights) or a fresh init."""
+        """A new train state on the mesh, from `params` (imported weights: a parameter tree or
+        a (params, batch_stats) pair) or a fresh init."""
         return steps.create_train_state(
             self.model.spec, self.tx, self.mesh, seed, self.averages, params
         )
@@ -45,8 +49,13 @@ def assemble(
 ) -> Assembly:
     """The model, optimizer, averages and steps of `run` over `plan`'s steps on `mesh`."""
     schedule = optim.learning_rate_schedule(run.optim, plan.total_steps, plan.warmup_steps)
-    tx = optim.make_optimizer(run.optim, schedule)
     model = steps.make_model(run.model)
+    tx = optim.make_optimizer(
+        run.optim,
+        schedule,
+        layer_ids=functools.partial(registry.layer_ids, run.model),
+        trainable_pattern=trainable_pattern(run),
+    )
     return Assembly(
         model=model,
         tx=tx,
@@ -57,4 +66,7 @@ def assemble(
             model, tx, schedule, plan.step, pixel_stats, mesh, plan.averages
         ),
         predict_step=steps.make_predict_step(model, pixel_stats, mesh),
+        statistics_pass=steps.make_statistics_pass(model, pixel_stats, mesh)
+        if model.batch_stats and plan.averages.swa
+        else None,
     )

@@ -39,7 +39,7 @@ from alz_jax.data import preprocess
 from alz_jax.evaluation import metrics
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.models import registry
 from alz_jax.run import prediction, run_record
 
 FORMATS = ("safetensors", "npz", "orbax")
@@ -69,10 +69,16 @@ def flatten(params: dict) -> dict[str, np.ndarray]:
     return {_flat_name(path): leaf for path, leaf in leaves}
 
 
-def unflatten(flat: dict, spec: convnext.ConvNeXtSpec) -> dict:
-    """The parameter tree of `spec` from flat names; every name must be present, none extra."""
-    template = jax.eval_shape(lambda: convnext.init_params(spec, 0))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+def weights_template(spec) -> dict:
+    """Shapes of the evaluation weights of `spec`: the parameter tree, with BatchNorm
+    {"params", "batch_stats"} (steps.Model.split)."""
+    params, stats = jax.eval_shape(lambda: registry.init_variables(spec, 0))
+    return {"params": params, "batch_stats": stats} if stats else params
+
+
+def unflatten(flat: dict, spec) -> dict:
+    """The weights of `spec` from flat names; every name must be present, none extra."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(weights_template(spec))
     names = [_flat_name(path) for path, _ in paths]
     missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
     if missing or extra:
@@ -85,27 +91,49 @@ def unflatten(flat: dict, spec: convnext.ConvNeXtSpec) -> dict:
     return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
 
 
-def spec_from_metadata(metadata: dict, depthwise: str = "xla") -> convnext.ConvNeXtSpec:
+def model_metadata(spec, parameters: int) -> dict:
+    """The export metadata's description of the model: its family and spec fields (ConvNeXt's
+    also under the depths/dims keys of earlier exports)."""
+    fields = {k: v for k, v in dataclasses.asdict(spec).items()
+              if k not in ("dtype", "depthwise", "param_dtype")}  # fmt: skip
+    family = registry.family(spec).name
+    out = {"architecture": "ConvNeXt" if family == "convnext" else registry.title(spec),
+           "family": family, "spec": fields}  # fmt: skip
+    if family == "convnext":
+        out.update(depths=list(spec.depths), dims=list(spec.dims))
+    return {**out, "in_chans": spec.in_chans, "num_classes": spec.num_classes,
+            "parameters": parameters}  # fmt: skip
+
+
+def spec_from_metadata(metadata: dict, depthwise: str = "xla"):
     """The model described by an export's metadata (compute dtype included)."""
     m = metadata["model"]
-    return convnext.ConvNeXtSpec(
-        depths=tuple(m["depths"]), dims=tuple(m["dims"]), in_chans=m["in_chans"],
-        num_classes=m["num_classes"], dtype=metadata["compute_dtype"], depthwise=depthwise,
-    )  # fmt: skip
-
-
-def inference_function(spec: convnext.ConvNeXtSpec, mean: float, std: float) -> Callable:
-    """(flat weights, uint8 images (B, S, S, C)) -> float32 logits (B, classes). On CPU the
-    depthwise convolution is the shift-and-add form, elsewhere XLA's grouped convolution (the
-    results agree within 1e-5; models/depthwise.py), chosen when the function runs."""
-    models = {
-        impl: steps.make_model(dataclasses.replace(spec, depthwise=impl))
-        for impl in ("shift", "xla")
+    fam = registry.FAMILIES[m.get("family", "convnext")]
+    fields = m.get("spec") or {
+        "depths": m["depths"],
+        "dims": m["dims"],
+        "in_chans": m["in_chans"],
+        "num_classes": m["num_classes"],
     }
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    known = {f.name for f in dataclasses.fields(fam.spec_type)}
+    if "depthwise" in known:
+        fields["depthwise"] = depthwise
+    return fam.spec_type(**fields, dtype=metadata["compute_dtype"])  # fmt: skip
+
+
+def inference_function(spec, mean: float, std: float) -> Callable:
+    """(flat weights, uint8 images (B, S, S, C)) -> float32 logits (B, classes). On CPU a model's
+    depthwise convolutions are the shift-and-add form, elsewhere XLA's grouped convolution (the
+    results agree within 1e-5; models/depthwise.py), chosen when the function runs."""
+    has_depthwise = "depthwise" in {f.name for f in dataclasses.fields(spec)}
+    specs = {impl: dataclasses.replace(spec, depthwise=impl) if has_depthwise else spec
+             for impl in ("shift", "xla")}  # fmt: skip
+    models = {impl: steps.make_model(s) for impl, s in specs.items()}
 
     def logits_with(model, flat, images):
-        params = unflatten(jax.tree.map(lambda w: w.astype(jnp.float32), flat), spec)
-        return model.apply(params, preprocess.normalize(images, mean, std)).astype(jnp.float32)
+        weights = unflatten(jax.tree.map(lambda w: w.astype(jnp.float32), flat), spec)
+        return model.apply(weights, preprocess.normalize(images, mean, std)).astype(jnp.float32)
 
     def logits(flat, images):
         return jax.lax.platform_dependent(
@@ -206,20 +234,14 @@ def build_metadata(
             "data_fingerprint": record["identity"]["data"]["fingerprint"],
             "init_from": config.model.init_from,
         },
-        "model": {
-            "architecture": "ConvNeXt",
-            "depths": list(spec.depths),
-            "dims": list(spec.dims),
-            "in_chans": spec.in_chans,
-            "num_classes": spec.num_classes,
-            "parameters": int(sum(np.prod(v.shape) for v in jax.tree.leaves(loaded["params"]))),
-        },
+        "model": model_metadata(spec, registry.count_params(spec)),
         "weights": {
             "format": fmt,
             "file": WEIGHT_FILES[fmt],
             "dtype": dtype,
-            "layout": "flat names (stages.S.B.dwconv.kernel, ...) in NHWC: conv kernels "
-            "(kh, kw, in/groups, out), linear kernels (in, out); see alz_jax/models/convnext.py",
+            "layout": "flat names (stages.S.B.dwconv.kernel, ...; with BatchNorm params.* and "
+            "batch_stats.*) in NHWC: conv kernels (kh, kw, in/groups, out), linear kernels "
+            "(in, out); see alz_jax/models/",
         },
         "compute_dtype": dtype,
         "input": {

@@ -27,6 +27,7 @@ import ml_collections
 
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
+from alz_jax.models import registry
 from alz_jax.run import specs
 
 PACKAGES = (
@@ -71,7 +72,12 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     # The compute dtype is part of the recipe: 'auto' started on CPU (float32) must not resume
     # on a GPU in bfloat16.
     compute_dtype = model.pop("dtype")
-    del model["depthwise"]
+    model.pop("depthwise", None)
+    family = registry.family(run.model).name
+    if family != "convnext":  # ConvNeXt runs recorded before other families keep their identity
+        model = {"family": family, **model}
+    optim = dataclasses.asdict(run.optim)
+    _drop_defaults(optim, {"trainable": "all"})
     step = dataclasses.asdict(run.step)
     del step["impl"]  # jit and shard_map compute the same update
     _drop_defaults(step, {"class_weights": ()})
@@ -87,7 +93,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             "seed": run.seed,
             "batch_size": run.batch_size,
             "durations": {d.name: [d.steps, d.epochs] for d in (run.train, run.warmup)},
-            "optim": dataclasses.asdict(run.optim),
+            "optim": optim,
             "step": step,
             "augment": dataclasses.asdict(run.pipeline.augment),
             "mix": mix,
@@ -97,6 +103,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             "swa_every": dataclasses.asdict(run.swa_every) if run.swa_every else None,
             **({"class_weights": run.class_weights} if run.class_weights != "none" else {}),
             **({"balanced_sampling": True} if run.pipeline.balanced_sampling else {}),
+            **({"swa_bn_batches": run.swa_bn_batches} if run.swa_bn_batches else {}),
         },
         "data": {
             "fingerprint": data_fingerprint,

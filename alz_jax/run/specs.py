@@ -28,7 +28,7 @@ from alz_jax.data.data_spec import DataSpec
 from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convert, convnext, depthwise
+from alz_jax.models import convert, convnext, depthwise, registry
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Augmentation fields applied on device by the train step, not by the host pipeline.
@@ -86,7 +86,7 @@ class RunSpec:
 
     seed: int
     batch_size: int  # global, over all devices and processes
-    model: convnext.ConvNeXtSpec
+    model: registry.ModelSpec  # a model family's spec
     init_from: str  # 'LAYOUT:PATH' of starting weights, or ''
     data: DataSpec
     pipeline: PipelineSpec  # its mix schedule is completed by `plan`
@@ -104,6 +104,8 @@ class RunSpec:
     profile_start_step: int
     profile_num_steps: int
     class_weights: str = "none"  # optim.class_weights: 'none', 'balanced' or 'w0,w1,...'
+    # BatchNorm models: whole train batches of SWA's statistics pass (0: the whole split).
+    swa_bn_batches: int = 0
 
     def plan(self, steps_per_epoch: int, class_counts: Sequence[int] | None = None) -> Plan:
         """Steps of the run for `steps_per_epoch`, and the class weights for the train split's
@@ -197,13 +199,14 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     spec = RunSpec(
         seed=c.seed,
         batch_size=c.batch_size,
-        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend),
+        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend, c.data.image_size),
         init_from=c.model.init_from,
         data=data_spec(c.data),
         pipeline=pipeline_spec(c),
         optim=optim.OptimSpec(
             **{k: v for k, v in c.optim.items() if k not in ("label_smoothing", "class_weights")}
         ),
+        swa_bn_batches=swa_bn_batches(c.swa),
         step=steps.StepSpec(
             impl=c.step_impl,
             grad_accum_steps=c.grad_accum_steps,
@@ -236,8 +239,26 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     ])  # fmt: skip
     if spec.init_from:
         convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
+    trainable_pattern(spec)  # a preset or regex that matches some parameter
     check_batch(spec, jax.device_count(), jax.process_count())
     return spec
+
+
+def swa_bn_batches(swa_config: ml_collections.ConfigDict) -> int:
+    """swa.bn_update_batches: whole train batches of SWA's BatchNorm statistics pass (0: all)."""
+    value = swa_config.get("bn_update_batches", 0)
+    check_fields("swa", [("bn_update_batches", value, isinstance(value, int) and value >= 0,
+                          "an integer >= 0 (0: the whole train split)")])  # fmt: skip
+    return value
+
+
+def trainable_pattern(spec: RunSpec) -> str:
+    """The regex of optim.trainable for the run's model, checked to match some parameter."""
+    pattern = registry.trainable_pattern(spec.model, spec.optim.trainable)
+    if pattern != ".*":
+        params, _ = jax.eval_shape(lambda: registry.init_variables(spec.model, 0))
+        optim.check_trainable(params, pattern, spec.optim.trainable)
+    return pattern
 
 
 def compute_dtype(dtype: str, backend: str | None = None) -> str:
@@ -249,11 +270,30 @@ def compute_dtype(dtype: str, backend: str | None = None) -> str:
 
 
 def model_spec(
-    model_config: ml_collections.ConfigDict, dtype: str = "float32", backend: str | None = None
-) -> convnext.ConvNeXtSpec:
-    """The ConvNeXtSpec of a `config.model` section: a named size or explicit depths and dims,
-    computing in `dtype`, with `model.depthwise` resolved for `backend`."""
+    model_config: ml_collections.ConfigDict,
+    dtype: str = "float32",
+    backend: str | None = None,
+    image_size: int = 224,
+):
+    """The spec of a `config.model` section: `model.name` picks the family and variant
+    (models/registry.py NAMES; 'convnext' or empty: a ConvNeXt of model.size, or of explicit
+    depths and dims), computing in `dtype`, with `model.depthwise` resolved for `backend` and
+    `image_size` the input size (ViT's position embeddings)."""
     m = model_config
+    name = m.get("name", "convnext") or "convnext"
+    try:
+        impl = depthwise.resolve(m.depthwise, backend)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    common = dict(
+        in_chans=m.in_chans,
+        num_classes=m.num_classes,
+        drop_path_rate=m.drop_path_rate,
+        dtype=dtype,
+        param_dtype=m.param_dtype,
+    )
+    if name != "convnext":
+        return registry.spec_from_name(name, **common, depthwise=impl, image_size=image_size)
     if m.size:
         if m.size not in convnext.SIZES:
             raise UserError(
@@ -263,20 +303,7 @@ def model_spec(
         depths, dims = convnext.SIZES[m.size]
     else:
         depths, dims = tuple(m.depths), tuple(m.dims)
-    try:
-        impl = depthwise.resolve(m.depthwise, backend)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    return convnext.ConvNeXtSpec(
-        depths=tuple(depths),
-        dims=tuple(dims),
-        in_chans=m.in_chans,
-        num_classes=m.num_classes,
-        drop_path_rate=m.drop_path_rate,
-        dtype=dtype,
-        param_dtype=m.param_dtype,
-        depthwise=impl,
-    )
+    return convnext.ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **common, depthwise=impl)
 
 
 def data_spec(data_config: ml_collections.ConfigDict) -> DataSpec:

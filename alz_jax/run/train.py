@@ -22,13 +22,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from alz_jax.core import averaging, checkpointing, sharding, steps
+from alz_jax.core import averaging, checkpointing, optim, sharding, steps
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures, metrics, multiclass_reports, reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
-from alz_jax.models import convert, convnext
-from alz_jax.run import assembly, progress, run_record, specs
+from alz_jax.models import convert, registry
+from alz_jax.run import assembly, progress, run_record, specs, swa_statistics
 
 
 class StageTimer:
@@ -85,8 +85,13 @@ _as_float32 = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(np.float32), 
 
 
 def weights_of(state: steps.TrainState, name: str):
-    """The parameters to evaluate for `name` (raw, ema, swa), in float32."""
-    return _as_float32(state["params"] if name == "raw" else state[name])
+    """The weights to evaluate for `name` (raw, ema, swa), in float32: the parameters, with
+    BatchNorm {"params", "batch_stats"} (steps.Model.split)."""
+    if name != "raw":
+        return _as_float32(state[name])
+    if "batch_stats" in state:
+        return _as_float32({"params": state["params"], "batch_stats": state["batch_stats"]})
+    return _as_float32(state["params"])
 
 
 def select_weights(per_weights: dict[str, dict], metric: str, mode: str) -> dict:
@@ -250,14 +255,20 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
     if start_step:
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
-        imported = convert.init_params_from(run.init_from, run.model, run.seed) if run.init_from \
-            else None  # fmt: skip
+        imported = None
+        if run.init_from:
+            imported = convert.init_variables_from(run.init_from, run.model, run.seed)
         state = parts.fresh_state(run.seed, imported)
     logging.info(progress.parameter_overview(state["params"]))
+    if run.optim.trainable != "all":
+        pattern = specs.trainable_pattern(run)
+        trainable, total = optim.check_trainable(state["params"], pattern, run.optim.trainable)
+        logging.info("Training %d of %d parameters (optim.trainable = %r, regex %r); the rest "
+                     "are frozen.", trainable, total, run.optim.trainable, pattern)  # fmt: skip
     logging.info(
         "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
         "of %d process(es)",
-        run.model.dims, run.model.dtype, run.step.impl, run.step.grad_accum_steps,
+        registry.title(run.model), run.model.dtype, run.step.impl, run.step.grad_accum_steps,
         averaging.available(plan.averages, plan.total_steps), jax.device_count(),
         jax.process_count(),
     )  # fmt: skip
@@ -339,7 +350,8 @@ def _train(loop: _Loop, state: steps.TrainState, start_step: int) -> int | None:
             if loop.is_writer:
                 logging.info(progress.step_line(done, loop.plan, scalars, loop.run.batch_size))
         with meter.pause():
-            if _save_or_stop(loop, done, state, meter.history):
+            state, stop = _save_or_stop(loop, done, state, meter.history)
+            if stop:
                 return done
     return None
 
@@ -364,12 +376,18 @@ def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
     yield from loop.grain_iter
 
 
-def _save_or_stop(loop: _Loop, done: int, state, history) -> bool:
-    """Validates and saves when due; on a preemption notice saves (if not just done) and returns
-    True. Every process asks at every step, and all agree on where to stop."""
+def _save_or_stop(loop: _Loop, done: int, state, history) -> tuple[steps.TrainState, bool]:
+    """Validates and saves when due; on a preemption notice saves (if not just done). Returns
+    the state (with SWA's BatchNorm statistics recomputed before a validation) and whether to
+    stop. Every process asks at every step, and all agree on where to stop."""
     saved = False
     if done % loop.plan.eval_every_steps == 0 or done == loop.plan.total_steps:
         _check_finite(history, loop.manager)  # never save a diverged state
+        if loop.parts.statistics_pass is not None and swa_statistics.needs_refresh(state):
+            state = swa_statistics.refresh(
+                state, loop.data.source("train"), loop.parts.statistics_pass,
+                loop.run.pipeline, loop.run.batch_size, loop.parts.mesh, loop.run.swa_bn_batches,
+            )  # fmt: skip
         scalars, selection = _validate(loop, done, state)
         checkpointing.save(loop.manager, done, state, scalars, selection=selection)
         saved = True
@@ -379,8 +397,8 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> bool:
         if not saved:
             _check_finite(history, loop.manager)
             checkpointing.save(loop.manager, done, state)
-        return True
-    return False
+        return state, True
+    return state, False
 
 
 def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
@@ -465,12 +483,13 @@ def validation_images(records: dict, logit_ad: np.ndarray, title: str = "") -> d
 
 
 def restore_weights(
-    manager, which: str, spec: convnext.ConvNeXtSpec, averages: averaging.AveragingSpec,
+    manager, which: str, spec, averages: averaging.AveragingSpec,
     weights: str = "selected", mesh=None,
 ) -> tuple[int, str, dict, dict | None]:  # fmt: skip
     """Restores one weight set of checkpoint `which` ('best', 'latest', step), float32 and
     replicated: `weights` raw, ema, swa, or 'selected' (those that won that checkpoint's
-    validation; raw if it recorded none). Returns (step, weights name, params, selection)."""
+    validation; raw if it recorded none). Returns (step, weights name, weights, selection): the
+    weights are what the model evaluates (with BatchNorm {"params", "batch_stats"})."""
     step = checkpointing.resolve_step(manager, which)
     selection = checkpointing.restore_selection(manager, step)
     if weights == "selected":
@@ -482,21 +501,41 @@ def restore_weights(
         weights = selection["weights"] if selection else "raw"
     averaging.check_weights_name(weights, averages)
     repl = sharding.replicated(mesh or sharding.make_mesh())
-    shapes = jax.eval_shape(lambda: convnext.init_params(spec, 0))
-    dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}
-    key = "params" if weights == "raw" else weights
-    abstract = {
-        key: jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, dtype[weights], sharding=repl), shapes
-        )
-    }
+    params_shapes, stats_shapes = jax.eval_shape(lambda: registry.init_variables(spec, 0))
+    dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}[weights]
+
+    def abstract_of(shapes, dtype):
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype, sharding=repl), shapes)
+
+    scalar = jax.ShapeDtypeStruct((), np.int32, sharding=repl)
+    if not stats_shapes:
+        key = "params" if weights == "raw" else weights
+        abstract = {key: abstract_of(params_shapes, dtype)}
+    elif weights == "raw":
+        abstract = {"params": abstract_of(params_shapes, dtype),
+                    "batch_stats": abstract_of(stats_shapes, np.float32)}  # fmt: skip
+    else:
+        abstract = {weights: {"params": abstract_of(params_shapes, dtype),
+                              "batch_stats": abstract_of(stats_shapes, dtype)}}  # fmt: skip
+        if weights == "swa":
+            abstract["swa_stats_count"] = scalar
     if weights == "swa":
-        abstract["swa_count"] = jax.ShapeDtypeStruct((), np.int32, sharding=repl)
+        abstract["swa_count"] = scalar
     restored = checkpointing.restore_weights(manager, step, abstract)
     if weights == "swa" and int(restored["swa_count"]) == 0:
         raise UserError(f"Checkpoint {step} holds no SWA average yet (SWA starts at step "
                         f"{averages.swa_start_step}).")  # fmt: skip
-    params = _as_float32(restored[key])
+    if "swa_stats_count" in restored and int(restored["swa_stats_count"]) != int(
+        restored["swa_count"]
+    ):
+        raise UserError(
+            f"Checkpoint {step} was saved before the SWA weights' BatchNorm statistics were "
+            "recomputed (a preemption save): evaluate --checkpoint=best, or resume the run."
+        )
+    if stats_shapes and weights == "raw":
+        params = _as_float32({"params": restored["params"], "batch_stats": restored["batch_stats"]})
+    else:
+        params = _as_float32(restored["params" if weights == "raw" else weights])
     return step, weights, params, selection
 
 

@@ -1,0 +1,567 @@
+"""The library of `python -m alz_jax.compare`: load several runs' reports and predictions on one
+split, check that they were tested on the same images, measure each model's cost on this
+machine, evaluate each under graded perturbations, and write compare.md, compare.json and the
+figures.
+
+    result = comparison.compare(["runs/convnext", "runs/vit"], "runs/compare", CompareSettings())
+
+What each number means is in docs/compare.md; the statistics are in
+`alz_jax.evaluation.comparison`, the perturbations in `alz_jax.evaluation.robustness`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from alz_jax.core import sharding, steps
+from alz_jax.data import dataset
+from alz_jax.evaluation import comparison as stats
+from alz_jax.evaluation import figures, metrics, multiclass, multiclass_reports, reports, robustness
+from alz_jax.host import storage
+from alz_jax.host.errors import UserError, check_fields
+from alz_jax.models import registry
+from alz_jax.run import assembly, prediction, run_record, specs, train
+
+# The default throughput batch: the run's batch size, but no larger than this (a recipe's
+# accelerator batch of 512 would take minutes per step on a CPU).
+MAX_DEFAULT_BATCH = 128
+# Level-0 (clean) probabilities further than this from the predictions file get a note.
+CLEAN_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """What a comparison measures (the command's flags)."""
+
+    split: str = "test"
+    resamples: int = 1000
+    seed: int = 0  # of the subject resamples and of the perturbations
+    batch: int = 0  # throughput batch; 0: the run's batch size, capped at MAX_DEFAULT_BATCH
+    warmup_steps: int = 2
+    timed_steps: int = 5  # 0: no throughput or memory measurement
+    perturbations: tuple[str, ...] = tuple(robustness.PERTURBATIONS)
+    levels: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    evaluate_missing: bool = True  # evaluate the best checkpoint of a run without a report
+
+    def __post_init__(self):
+        check_fields(
+            "",
+            [
+                ("split", self.split, self.split in dataset.SPLITS, "|".join(dataset.SPLITS)),
+                ("resamples", self.resamples, self.resamples >= 1, ">= 1"),
+                ("seed", self.seed, self.seed >= 0, ">= 0"),
+                ("batch", self.batch, self.batch >= 0, ">= 0 (0: the run's batch size)"),
+                ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+                ("timed_steps", self.timed_steps, self.timed_steps >= 0, ">= 0 (0: not measured)"),
+            ],
+        )
+        unknown = [
+            p for p in (*self.perturbations, *self.levels) if p not in robustness.PERTURBATIONS
+        ]
+        if unknown:
+            raise UserError(
+                f"Unknown perturbations {unknown}; expected some of "
+                f"{', '.join(robustness.PERTURBATIONS)}."
+            )
+
+    def curve_levels(self, name: str) -> list[float | None]:
+        """The levels of perturbation `name`'s curve, the clean level included."""
+        levels = self.levels.get(name, robustness.PERTURBATIONS[name].default_levels)
+        return robustness.curve_levels(name, levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One compared run: its name, workdir, spec, record, report and predictions on the split."""
+
+    name: str
+    workdir: str
+    spec: specs.RunSpec
+    record: dict
+    report: dict
+    predictions: stats.Predictions
+
+    @property
+    def title(self) -> str:
+        """The model's human name from the registry."""
+        return registry.title(self.spec.model)
+
+
+# ---- Loading. ----
+
+
+def run_names(workdirs: Sequence[str]) -> list[str]:
+    """A name per workdir: its last folder, with parent folders added until names differ."""
+    parts = [os.path.normpath(os.fspath(w)).rstrip("/").split("/") for w in workdirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise UserError(f"--workdirs names one workdir twice: {', '.join(map(str, workdirs))}.")
+
+
+def _read_predictions(path, report: dict, subjects_known: bool) -> stats.Predictions:
+    """A run's predictions CSV with its report's thresholds and calibration bins."""
+    num_classes = report.get("num_classes", 2)
+    if num_classes == 2:
+        records, probs = reports.read_predictions(path)
+    else:
+        records, probs = multiclass_reports.read_predictions(path, report["class_names"])
+    levels = [lv for lv in metrics.LEVELS if lv in report]
+    return stats.Predictions(
+        records=records,
+        probs=probs,
+        subjects_known=subjects_known,
+        thresholds={lv: report[lv]["threshold"] for lv in levels} if num_classes == 2 else {},
+        n_bins=len(report["slice"]["calibration"]["edges"]) - 1,
+    )
+
+
+def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run:
+    """A run's spec, record, report and predictions on `split`; the best checkpoint is evaluated
+    first when the report or predictions file is missing (or a UserError, if not allowed)."""
+    config = run_record.load_config(workdir)
+    record = run_record.load(workdir)
+    folder = storage.path(workdir)
+    report_path = folder / f"report_{split}.json"
+    predictions_path = folder / f"predictions_{split}.csv"
+    if not (report_path.exists() and predictions_path.exists()):
+        if not evaluate_missing:
+            raise UserError(
+                f"{workdir} has no {report_path.name} and {predictions_path.name}: evaluate it "
+                f"first (python -m alz_jax.evaluate --workdir={workdir} --split={split}) or "
+                "drop --noevaluate_missing."
+            )
+        logging.info("%s has no %s report: evaluating its best checkpoint.", workdir, split)
+        train.evaluate_checkpoint(workdir, split, "best")
+    report = json.loads(report_path.read_text())
+    if report.get("split") != split:
+        raise UserError(
+            f"{report_path} is the report of split {report.get('split')!r}; expected {split!r}."
+        )
+    predictions = _read_predictions(predictions_path, report, report["subjects_known"])
+    if len(predictions.probs) != report["num_images"]:
+        raise UserError(
+            f"{predictions_path} holds {len(predictions.probs)} images, but {report_path.name} "
+            f"reports {report['num_images']}: the two files are from different evaluations. "
+            f"Evaluate again: python -m alz_jax.evaluate --workdir={workdir} --split={split}"
+        )
+    return Run(name, os.fspath(workdir), specs.resolve(config), record, report, predictions)
+
+
+def check_same_data(runs: Sequence[Run]) -> list[stats.Predictions]:
+    """The runs' predictions in one image order, after checking that every run was tested on
+    the same images (naming the differing subjects and images otherwise), has the same
+    classes, and was trained on the same data set (fingerprint of data and splits)."""
+    aligned = stats.align([r.predictions for r in runs], [r.name for r in runs])
+    first = runs[0]
+    classes = first.report.get("class_names", list(metrics.CLASS_NAMES))
+    for run in runs[1:]:
+        if run.report.get("class_names", list(metrics.CLASS_NAMES)) != classes:
+            raise UserError(
+                f"{first.name} has classes {classes}, {run.name} "
+                f"{run.report.get('class_names')}; expected the same."
+            )
+        a = first.record["identity"]["data"]["fingerprint"]
+        b = run.record["identity"]["data"]["fingerprint"]
+        if a != b:
+            raise UserError(
+                f"{first.name} and {run.name} were tested on the same images but trained on "
+                f"different data sets (data fingerprints {a} and {b}: the data folder, or the "
+                "train/validation split, differs); expected runs of one data set and protocol."
+            )
+    return aligned
+
+
+# ---- The machine and each model's cost. ----
+
+
+def machine() -> dict:
+    """What the measurements ran on: CPU model and cores, JAX backend and devices."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "device_kind": device.device_kind,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def throughput_batch(run: Run, requested: int, mesh) -> int:
+    """The batch the throughput is measured at: `requested`, or the run's batch size capped at
+    MAX_DEFAULT_BATCH, as a multiple of devices x microbatches."""
+    unit = mesh.devices.size * run.spec.step.grad_accum_steps
+    if requested:
+        if requested % unit:
+            raise UserError(
+                f"--batch={requested} must be a multiple of {unit} (the "
+                f"{mesh.devices.size} devices x {run.name}'s grad_accum_steps)."
+            )
+        return requested
+    return max(unit, min(run.spec.batch_size, MAX_DEFAULT_BATCH) // unit * unit)
+
+
+def _xla_memory(compiled) -> dict:
+    """The compiled step's buffers per device from XLA's memory analysis (bytes)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    out = {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "alias_bytes": int(m.alias_size_in_bytes),
+    }
+    out["xla_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+    peak = getattr(m, "peak_memory_in_bytes", 0)
+    out["xla_peak_bytes"] = int(peak) if peak else None
+    return out
+
+
+def _timed(step: Callable[[], object], warmup: int, timed: int) -> list[float]:
+    """Seconds of `timed` calls of `step` after `warmup` calls, each waited for."""
+    for _ in range(warmup):
+        jax.block_until_ready(step())
+    times = []
+    for _ in range(timed):
+        start = time.perf_counter()
+        jax.block_until_ready(step())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _measure_train(run: Run, pixel_stats: dict, images, labels, mesh, settings) -> dict:
+    """The run's train step (its optimizer, averages and step settings) on random batches."""
+    # The schedule's length only sets learning rates; any class counts do for timing.
+    bench = dataclasses.replace(
+        run.spec,
+        train=specs.Duration("num_train", steps=1000),
+        warmup=specs.Duration("warmup", steps=10),
+    )
+    plan = bench.plan(100, class_counts=[1] * run.spec.model.num_classes)
+    parts = assembly.assemble(bench, plan, mesh, pixel_stats)
+    holder = {"state": parts.fresh_state(run.spec.seed)}
+    batch = jax.device_put({"image": images, "label": labels}, sharding.batch_sharded(mesh))
+    compiled = parts.train_step.lower(holder["state"], batch).compile()
+
+    def step():
+        holder["state"], step_metrics = compiled(holder["state"], batch)
+        return step_metrics
+
+    times = _timed(step, settings.warmup_steps, settings.timed_steps)
+    del holder["state"]
+    return {
+        "step_s": statistics.median(times),
+        "images_per_s": len(labels) / statistics.median(times),
+        "step_s_all": times,
+        **_xla_memory(compiled),
+    }
+
+
+def _measure_inference(loaded: dict, images, mesh, settings) -> dict:
+    """The predict step (the run's weights) on random images."""
+    predict = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], mesh)
+    placed = jax.device_put(images, sharding.batch_sharded(mesh))
+    compiled = predict.lower(loaded["params"], placed).compile()
+    times = _timed(
+        lambda: compiled(loaded["params"], placed), settings.warmup_steps, settings.timed_steps
+    )
+    return {
+        "step_s": statistics.median(times),
+        "images_per_s": len(images) / statistics.median(times),
+        "step_s_all": times,
+        **_xla_memory(compiled),
+    }
+
+
+def measure_cost(run: Run, loaded: dict | None, settings: CompareSettings) -> dict:
+    """Parameters and forward FLOPs per image (the registry's), and, with timed steps, the
+    measured train and inference images/s and memory at the run's image size."""
+    size = run.spec.pipeline.image_size
+    cost = {
+        "params": registry.count_params(run.spec.model),
+        "flops_per_image": registry.forward_flops_per_image(run.spec.model, size),
+        "image_size": size,
+        "dtype": run.spec.model.dtype,
+    }
+    if not settings.timed_steps or loaded is None:
+        return cost
+    mesh = loaded["mesh"]
+    batch = throughput_batch(run, settings.batch, mesh)
+    rng = np.random.default_rng(settings.seed)
+    images = rng.integers(0, 256, (batch, size, size, run.spec.model.in_chans), np.uint8)
+    labels = rng.integers(0, run.spec.model.num_classes, (batch,)).astype(np.int32)
+    logging.info("%s: timing the train and predict steps at batch %d ...", run.name, batch)
+    cost["batch"] = batch
+    cost["train"] = _measure_train(run, loaded["pixel_stats"], images, labels, mesh, settings)
+    cost["inference"] = _measure_inference(loaded, images, mesh, settings)
+    stats_now = jax.devices()[0].memory_stats() or {}
+    cost["device_peak_bytes"] = stats_now.get("peak_bytes_in_use")
+    return cost
+
+
+def load_weights(run: Run) -> dict:
+    """The model and weights of the checkpoint the run's report evaluated."""
+    step, weights = str(run.report["checkpoint_step"]), run.report["weights"]
+    try:
+        return prediction.load_model(run.workdir, step, weights)
+    except UserError as e:
+        raise UserError(
+            f"{run.name}: its report_{run.report['split']}.json was made from checkpoint "
+            f"{step} ({weights} weights), which can't be loaded now: {e} Evaluate a saved "
+            f"checkpoint again: python -m alz_jax.evaluate --workdir={run.workdir} "
+            f"--split={run.report['split']}"
+        ) from e
+
+
+# ---- Robustness. ----
+
+
+def _probabilities(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """P(AD) from margins, or class probabilities from logits, at the report's temperature."""
+    if outputs.ndim == 1:
+        return metrics.sigmoid(outputs / temperature)
+    return multiclass.softmax(outputs / temperature)
+
+
+def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) -> dict:
+    """Each run's probabilities on `data` (clean or perturbed), runs of one image size per
+    pass over the images."""
+    out = {}
+    sizes = sorted({r.spec.pipeline.image_size for r in runs})
+    for size in sizes:
+        group = [r for r in runs if r.spec.pipeline.image_size == size]
+        outputs = reports.predict_split_multi(
+            data,
+            split,
+            {r.name: predictors[r.name] for r in group},
+            group[0].spec.pipeline,
+            group[0].spec.batch_size,
+            mesh,
+        )
+        for r in group:
+            out[r.name] = _probabilities(outputs[r.name], r.report["calibration"]["temperature"])
+    return out
+
+
+def _clean_mismatch(run: Run, records: dict, probs: np.ndarray) -> float | None:
+    """The largest difference between the clean probabilities computed here and the run's
+    predictions file (None when its file names repeat and can't be matched)."""
+    names = [str(n) for n in run.predictions.records["file_name"]]
+    if len(set(names)) != len(names):
+        return None
+    position = {n: i for i, n in enumerate(names)}
+    order = np.array([position[str(n)] for n in records["file_name"]])
+    return float(np.max(np.abs(run.predictions.probs[order] - probs)))
+
+
+def robustness_curves(
+    runs: Sequence[Run], loaded: dict[str, dict], settings: CompareSettings
+) -> dict:
+    """Every run's metrics on the split under each perturbation at each level (the clean level
+    from one unperturbed pass), per level of aggregation (slice and subject, or scan)."""
+    first = runs[0]
+    data = dataset.prepare(first.spec.data)
+    if data.fingerprint() != first.record["identity"]["data"]["fingerprint"]:
+        raise UserError(
+            f"The data set now at {data.data_dir} differs from the one the runs "
+            "were trained on (fingerprints differ); expected the same data."
+        )
+    records, split, mesh = data.records(settings.split), settings.split, loaded[first.name]["mesh"]
+    predictors = {
+        r.name: (
+            loaded[r.name]["params"],
+            steps.make_predict_step(loaded[r.name]["model"], loaded[r.name]["pixel_stats"], mesh),
+        )
+        for r in runs
+    }
+
+    def scores(probs_by_run: dict) -> dict:
+        return {
+            r.name: stats.point_metrics(
+                dataclasses.replace(r.predictions, records=records, probs=probs_by_run[r.name])
+            )
+            for r in runs
+        }
+
+    logging.info("Robustness: the clean %s split ...", split)
+    clean_probs = _predict_all(data, runs, predictors, split, mesh)
+    clean = scores(clean_probs)
+    levels = list(clean[first.name])
+    second = next((lv for lv in ("subject", "scan") if lv in levels), None)
+    out = {
+        "seed": settings.seed,
+        "levels_of_aggregation": levels,
+        "clean_max_abs_diff": {
+            r.name: _clean_mismatch(r, records, clean_probs[r.name]) for r in runs
+        },
+        "perturbations": {},
+    }
+    for name in settings.perturbations:
+        p = robustness.PERTURBATIONS[name]
+        curve_levels = settings.curve_levels(name)
+        per_level = []
+        for level in curve_levels:
+            if robustness.is_clean(name, level):
+                per_level.append(clean)
+                continue
+            logging.info("Robustness: %s at %s ...", name, robustness.level_text(level))
+            perturbed = robustness.PerturbedData(data, name, level, settings.seed)
+            per_level.append(scores(_predict_all(perturbed, runs, predictors, split, mesh)))
+        out["perturbations"][name] = {
+            "parameter": p.parameter,
+            "levels": curve_levels,
+            "level_names": [robustness.level_text(v) for v in curve_levels],
+            "clean_index": next(
+                i for i, v in enumerate(curve_levels) if robustness.is_clean(name, v)
+            ),
+            "subject_level": second,
+            "curves": {
+                r.name: {
+                    lv: {
+                        k: [s[r.name][lv][k] for s in per_level] for k in r.predictions.metric_names
+                    }
+                    for lv in levels
+                }
+                for r in runs
+            },
+        }
+    return out
+
+
+# ---- The comparison. ----
+
+
+def _notes(runs: Sequence[Run], result: dict) -> list[str]:
+    """What a reader of the tables should know: leakage, unknown subjects, clean predictions
+    that differ from the reports' (another backend or dtype here), mixed image sizes."""
+    notes = []
+    warning = reports.leak_warning(runs[0].report)
+    if warning:
+        notes.append(warning.removeprefix("Warning: "))
+    shared = runs[0].report.get("test_subjects_also_in_train")
+    if shared:
+        notes.append(
+            f"{shared} test subjects also have visits in train or validation: every "
+            "model's test metrics are optimistic."
+        )
+    if not runs[0].predictions.subjects_known:
+        notes.append(
+            "Subjects unknown (no metadata): scans are resampled, and one subject's "
+            "scans may count as independent."
+        )
+    for name, diff in (result.get("robustness") or {}).get("clean_max_abs_diff", {}).items():
+        if diff is not None and diff > CLEAN_TOLERANCE:
+            notes.append(
+                f"{name}: the clean probabilities computed here differ from its "
+                f"predictions file by up to {diff:.2g} (another backend or compute "
+                "dtype?): its robustness curves are on this machine's numbers."
+            )
+    if len({r.spec.pipeline.image_size for r in runs}) > 1:
+        notes.append(
+            "The models take different image sizes: FLOPs and throughput are each at "
+            "its own run's size."
+        )
+    return notes
+
+
+def _model_entry(run: Run, aligned: stats.Predictions, cost: dict, settings) -> dict:
+    return {
+        "name": run.name,
+        "title": run.title,
+        "workdir": run.workdir,
+        "checkpoint_step": run.report["checkpoint_step"],
+        "weights": run.report["weights"],
+        "num_images": run.report["num_images"],
+        "metrics": stats.model_metrics(aligned, settings.resamples, settings.seed),
+        "cost": cost,
+    }
+
+
+def compare(workdirs: Sequence[str], out: str, settings: CompareSettings) -> dict:
+    """Compares the runs in `workdirs` (the first is the reference) on `settings.split` and
+    writes compare.md, compare.json and the figures into `out`; returns the result."""
+    if len(workdirs) < 2:
+        raise UserError(f"--workdirs: expected two or more runs to compare, found {len(workdirs)}.")
+    names = run_names(workdirs)
+    runs = [
+        load_run(w, n, settings.split, settings.evaluate_missing)
+        for w, n in zip(workdirs, names, strict=True)
+    ]
+    aligned = check_same_data(runs)
+    need_weights = bool(settings.timed_steps or settings.perturbations)
+    loaded = {r.name: load_weights(r) for r in runs} if need_weights else {}
+    costs = {r.name: measure_cost(r, loaded.get(r.name), settings) for r in runs}
+    first = aligned[0]
+    result = {
+        "split": settings.split,
+        "machine": machine(),
+        "reference": runs[0].name,
+        "num_classes": first.num_classes,
+        "class_names": runs[0].report.get("class_names", list(metrics.CLASS_NAMES)),
+        "metric_names": list(first.metric_names),
+        "bootstrap": {
+            "samples": settings.resamples,
+            "seed": settings.seed,
+            "confidence": 0.95,
+            "unit": "subject" if first.subjects_known else "scan",
+        },
+        "models": [
+            _model_entry(r, a, costs[r.name], settings) for r, a in zip(runs, aligned, strict=True)
+        ],
+        "paired_differences": {
+            r.name: stats.paired_differences(first, a, settings.resamples, settings.seed)
+            for r, a in zip(runs[1:], aligned[1:], strict=True)
+        },
+        "robustness": robustness_curves(runs, loaded, settings) if settings.perturbations else None,
+    }
+    result["notes"] = _notes(runs, result)
+    return write_outputs(result, out)
+
+
+def default_out(workdirs: Sequence[str]) -> str:
+    """Where a comparison goes without --out: `compare` beside the first workdir."""
+    first = storage.path(os.path.normpath(os.fspath(workdirs[0])))
+    return os.fspath(first.parent / "compare")
+
+
+def write_outputs(result: dict, out: str) -> dict:
+    """Writes the figures, compare.md and compare.json into `out`; returns the result with the
+    figures' file names."""
+    folder = storage.path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    rendered = {}
+    last_level = [lv for lv in metrics.LEVELS if lv in result["models"][0]["metrics"]][-1]
+    if result["paired_differences"]:
+        rendered[f"differences_{last_level}"] = stats.differences_figure(result, last_level)
+    for name, entry in ((result.get("robustness") or {}).get("perturbations") or {}).items():
+        rendered[f"robustness_{name}"] = stats.robustness_figure(name, entry, result["num_classes"])
+    result["figures"] = {}
+    for name, figure in rendered.items():
+        result["figures"][name] = f"{name}.png"
+        figures.save(figure, folder / f"{name}.png")
+    (folder / "compare.md").write_text(stats.format_markdown(result))
+    (folder / "compare.json").write_text(json.dumps(result, indent=1))
+    result["out"] = os.fspath(folder)
+    return result
