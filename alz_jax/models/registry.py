@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from alz_jax.host.errors import UserError
-from alz_jax.models import convnext
+from alz_jax.models import convnext, efficientnet, resnet, vit
 
 ModelSpec = Any  # one of the families' spec dataclasses
 
@@ -55,25 +55,58 @@ FAMILIES: dict[str, Family] = {
             *convnext.SIZES[variant], **fields
         ),
     ),
+    **{
+        module.__name__.rsplit(".", 1)[-1]: Family(
+            name=module.__name__.rsplit(".", 1)[-1],
+            spec_type=spec_type,
+            module=model_type,
+            layer_ids=module.layer_ids,
+            presets=module.trainable_presets,
+            forward_flops=module.forward_flops_per_image,
+            title=module.title,
+            spec_for=module.spec_for,
+        )
+        for module, spec_type, model_type in (
+            (vit, vit.ViTSpec, vit.ViT),
+            (resnet, resnet.ResNetSpec, resnet.ResNet),
+            (efficientnet, efficientnet.EfficientNetSpec, efficientnet.EfficientNet),
+        )
+    },
 }
 
 # model.name (and the conversion functions' names) -> (family, variant): the project's short
 # names and timm's.
 NAMES: dict[str, tuple[str, str]] = {
     **{f"convnext_{size}": ("convnext", size) for size in convnext.SIZES},
+    "vit_ti16": ("vit", "vit_ti16"),
+    "vit_s16": ("vit", "vit_s16"),
+    "vit_b16": ("vit", "vit_b16"),
+    "vit_tiny_patch16_224": ("vit", "vit_ti16"),
+    "vit_small_patch16_224": ("vit", "vit_s16"),
+    "vit_base_patch16_224": ("vit", "vit_b16"),
+    "resnet50": ("resnet", "resnet50"),
+    "efficientnet_b0": ("efficientnet", "efficientnet_b0"),
 }
 
 
-def spec_from_name(name: str, **fields) -> ModelSpec:
+def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelSpec:
     """The spec of a named model; `fields` are the config's common fields (in_chans,
     num_classes, drop_path_rate, dtype, param_dtype, depthwise, image_size), each passed to the
-    families whose spec has it."""
+    families whose spec has it; `overrides` (config.model.arch) replace architecture fields of
+    the variant (e.g. a small ResNet's depths and widths), each of which must exist."""
     if name not in NAMES:
         raise UserError(f"config.model.name = {name!r}: expected one of {sorted(NAMES)}.")
     family_name, variant = NAMES[name]
     fam = FAMILIES[family_name]
     known = {f.name for f in dataclasses.fields(fam.spec_type)}
-    return fam.spec_for(variant, **{k: v for k, v in fields.items() if k in known})
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise UserError(
+            f"config.model.arch has {unknown}, which a {family_name} spec does not have; its "
+            f"fields are {sorted(known)}."
+        )
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
+    return fam.spec_for(variant, **{k: v for k, v in fields.items() if k in known}, **arch)
 
 
 def family(spec: ModelSpec) -> Family:

@@ -293,7 +293,10 @@ def model_spec(
         param_dtype=m.param_dtype,
     )
     if name != "convnext":
-        return registry.spec_from_name(name, **common, depthwise=impl, image_size=image_size)
+        arch = dict(m.get("arch", {}))
+        return registry.spec_from_name(
+            name, arch, **common, depthwise=impl, image_size=image_size
+        )
     if m.size:
         if m.size not in convnext.SIZES:
             raise UserError(

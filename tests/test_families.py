@@ -1,0 +1,217 @@
+"""Every model family through the training core: BatchNorm statistics of the global batch on 8
+devices as on 1, running statistics in the EMA, SWA's statistics pass against its eager
+reference, frozen parameters (unchanged, without optimizer state) and layer-wise decay."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alz_jax.core import averaging, optim, sharding, steps
+from alz_jax.data import preprocess
+from alz_jax.models import batchnorm, registry
+from alz_jax.run import assembly, specs
+from tests import tiny_config
+
+STATS = {"mean": 0.25, "std": 0.3}
+# Small variants of each family for 32-px images (config.model.arch overrides).
+TINY = {
+    "convnext": ("convnext", {}),
+    "resnet": ("resnet50", {"depths": (1, 1), "widths": (4, 8), "stem_width": 8}),
+    "vit": ("vit_s16", {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}),
+    "efficientnet": (
+        "efficientnet_b0",
+        {"width_mult": 0.25, "depth_mult": 0.25, "num_features": 32},
+    ),
+}
+
+
+def one_device_mesh():
+    return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
+
+
+def config_for(family: str, **overrides):
+    config = tiny_config.get_config()
+    name, arch = TINY[family]
+    config.model.name = name
+    config.model.arch = arch
+    config.mix.prob = 0.0
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def setup(family: str, mesh=None, **overrides):
+    run = specs.resolve(config_for(family, **overrides))
+    parts = assembly.assemble(run, run.plan(2), mesh or sharding.make_mesh(), STATS)
+    return run, parts
+
+
+def batch(seed: int = 0, size: int = 16) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (size, 32, 32, 1), dtype=np.uint8),
+        "label": rng.integers(0, 2, (size,), dtype=np.int32),
+    }
+
+
+def assert_trees_close(a, b, atol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(x, np.float64),
+            np.asarray(y, np.float64),
+            rtol=0,
+            atol=atol,
+            err_msg=jax.tree_util.keystr(path),
+        )
+
+
+@pytest.fixture(scope="module")
+def one_device_resnet_step():
+    """The reference: one step of the tiny ResNet on one device, and the statistics before."""
+    _, one = setup("resnet", one_device_mesh(), grad_accum_steps=1)
+    state = one.fresh_state(0)
+    before = jax.device_get(state["batch_stats"])
+    state, _ = one.train_step(state, batch())
+    return before, jax.device_get(state)
+
+
+@pytest.mark.parametrize("impl", ["jit", "shard_map"])
+def test_batchnorm_statistics_on_8_devices_are_the_global_batchs(impl, one_device_resnet_step):
+    """The 8-device step (XLA-partitioned, or per device with the moments' pmean) gives the
+    running statistics and update of the same global batch on one device."""
+    before, state1 = one_device_resnet_step
+    _, eight = setup("resnet", step_impl=impl, grad_accum_steps=1)
+    state8, _ = eight.train_step(eight.fresh_state(0), batch())
+    state8 = jax.device_get(state8)
+    assert_trees_close(state8["batch_stats"], state1["batch_stats"], atol=1e-6)
+    assert_trees_close(state8["params"], state1["params"], atol=1e-6)
+    # The statistics moved by 0.1 of the way to the batch's (PyTorch's momentum).
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state1["batch_stats"], before)
+    assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_ema_averages_running_statistics_with_the_weights():
+    run, parts = setup("resnet", **{"ema.dtype": "float32", "ema.warmup": False,
+                                    "ema.decay": 0.5})  # fmt: skip
+    state = parts.fresh_state(0)
+    state, _ = parts.train_step(state, batch(0))
+    first = jax.device_get(state["batch_stats"])
+    np.testing.assert_equal(jax.device_get(state["ema"]["batch_stats"]), first)  # copy
+    state, _ = parts.train_step(state, batch(1))
+    second = jax.device_get(state["batch_stats"])
+    expected = jax.tree.map(lambda e, s: 0.5 * e + 0.5 * s, first, second)
+    assert_trees_close(jax.device_get(state["ema"]["batch_stats"]), expected, atol=1e-6)
+    # SWA keeps parameters only: its statistics wait for the statistics pass.
+    assert int(state["swa_stats_count"]) == 0
+    assert run.averages.swa
+
+
+def test_statistics_pass_equals_the_eager_update_bn_reference():
+    """The jitted, batch-sharded pass = batchnorm.cumulative_statistics (torch's update_bn
+    arithmetic, checked against torch itself in tests/test_resnet.py)."""
+    run, parts = setup("resnet")
+    model = parts.model
+    params, stats = registry.init_variables(run.model, 3)
+    # Non-trivial BatchNorm parameters, so every layer's input depends on the ones before.
+    params = jax.tree.map(lambda p: p + 0.1 * np.sin(np.arange(p.size).reshape(p.shape)), params)
+    weights = model.weights(params, stats)
+    images = [batch(seed)["image"] for seed in range(3)]
+    step = steps.make_statistics_pass(model, STATS, parts.mesh)
+    running = jax.tree.map(jnp.zeros_like, stats)
+    for k, x in enumerate(images):
+        running = step(weights, running, np.int32(k), x)
+    reference = batchnorm.cumulative_statistics(
+        model.module(weights),
+        [preprocess.normalize(jnp.asarray(x), STATS["mean"], STATS["std"]) for x in images],
+    )
+    assert_trees_close(jax.device_get(running), reference, atol=1e-5)
+    # Not the statistics of any single batch: the mean over the three.
+    single = batchnorm.cumulative_statistics(
+        model.module(weights), [preprocess.normalize(jnp.asarray(images[0]), 0.25, 0.3)]
+    )
+    assert (
+        max(
+            np.abs(a - b).max()
+            for a, b in zip(jax.tree.leaves(running), jax.tree.leaves(single), strict=True)
+        )
+        > 1e-3
+    )
+
+
+def _leaf_size(tree) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(tree) if np.ndim(x) > 0)
+
+
+@pytest.mark.parametrize(
+    ("family", "trainable"),
+    [("convnext", "head"), ("resnet", "last_stage"), ("vit", "head"), ("efficientnet", "head")],
+)
+def test_frozen_parameters_do_not_change_and_have_no_optimizer_state(family, trainable):
+    # Layer decay on: the family's layer ids inside the frozen-aware optimizer.
+    run, parts = setup(family, **{"optim.trainable": trainable, "optim.layer_decay": 0.8,
+                                  "ema.enabled": False, "swa.enabled": False})  # fmt: skip
+    pattern = specs.trainable_pattern(run)
+    state = parts.fresh_state(0)
+    start = jax.device_get(state["params"])
+    mask = optim.trainable_mask(start, pattern)
+    for seed in range(2):
+        state, metrics = parts.train_step(state, batch(seed))
+    end = jax.device_get(state["params"])
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), start, end)
+    moves = list(zip(jax.tree.leaves(mask), jax.tree.leaves(changed), strict=True))
+    assert not any(moved for trains, moved in moves if not trains)  # frozen: bitwise unchanged
+    assert any(moved for trains, moved in moves if trains)
+    trainable_size = sum(
+        int(np.size(p))
+        for p, m in zip(jax.tree.leaves(start), jax.tree.leaves(mask), strict=True)
+        if m
+    )
+    assert 0 < trainable_size < _leaf_size(start)
+    # Adam's two moments for the trainable parameters only.
+    assert _leaf_size(state["opt_state"]) == 2 * trainable_size
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_trainable_refuses_a_pattern_matching_nothing():
+    with pytest.raises(Exception, match=r"matches no parameter; parameter paths look like"):
+        setup("resnet", **{"optim.trainable": "nothing/.*"})
+    with pytest.raises(Exception, match=r"neither a preset"):
+        setup("resnet", **{"optim.trainable": "head[("})
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_layer_decay_numbers_every_family_from_input_to_head(family):
+    run = specs.resolve(config_for(family))
+    params, _ = jax.eval_shape(lambda: registry.init_variables(run.model, 0))
+    ids, num_layers = registry.layer_ids(run.model, params)
+    flat = {optim.path_name(p): i for p, i in jax.tree_util.tree_flatten_with_path(ids)[0]}
+    head_pattern = registry.trainable_pattern(run.model, "head")
+    head = [i for name, i in flat.items() if re.fullmatch(head_pattern, name)]
+    assert head and set(head) == {num_layers - 1}
+    assert min(flat.values()) == 0 and num_layers >= 3
+    scales = optim.layer_decay_scales(params, 0.5, lambda p: registry.layer_ids(run.model, p))
+    values = jax.tree.leaves(scales)
+    assert max(values) == 1.0 and min(values) == pytest.approx(0.5 ** (num_layers - 1))
+
+
+def test_averaging_keeps_its_layout_for_convnext():
+    """ConvNeXt's state is what it was before other families: no batch_stats, averages of the
+    parameter tree itself."""
+    run, parts = setup("convnext")
+    state = parts.fresh_state(0)
+    assert "batch_stats" not in state and "swa_stats_count" not in state
+    assert jax.tree.structure(state["ema"]) == jax.tree.structure(state["params"])
+    model = parts.model
+    assert not model.batch_stats and isinstance(model.module(state["params"]), nnx.Module)
+    assert averaging.available(parts.averages, 0) == ("raw", "ema")
+    assert run.model.num_classes == 2
