@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from alz_jax.data import preprocess
 from alz_jax.evaluation import metrics
+from alz_jax.models import registry
 
 OUTCOMES = ("TP", "TN", "FN", "FP")  # the order scans are picked in, round-robin
 
@@ -25,13 +26,17 @@ def make_gradcam_fn(model, pixel_stats: dict[str, float]) -> Callable:
     (bilinear) to the image and divided by its maximum, is the map.
     """
     mean, std = pixel_stats["mean"], pixel_stats["std"]
+    logits_from_features = registry.family(model.spec).logits_from_features
+    if logits_from_features is None:
+        raise ValueError(f"Grad-CAM needs a pooled feature map; {registry.title(model.spec)} "
+                         "has none")  # fmt: skip
 
     def gradcam(params, images, target_sign):
         net = model.module(params)
         features = net.feature_map(preprocess.normalize(images, mean, std)).astype(jnp.float32)
 
         def score(f):
-            logits = net.head(f)
+            logits = logits_from_features(net, f)
             margin = logits[:, 1] - logits[:, 0]
             return jnp.sum(target_sign * margin), margin
 

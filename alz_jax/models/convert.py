@@ -19,6 +19,7 @@ archives (`.npz`, no pickle) or PyTorch files (`.pth`, `.pt`, `.bin`) through
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -31,7 +32,13 @@ from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from alz_jax.models import convnext, registry
+from alz_jax.models import (
+    convnext,
+    efficientnet_import,
+    registry,
+    resnet_import,
+    vit_import,
+)
 from alz_jax.models.conversion import ConversionError, check_finite
 
 LAYOUTS = ("torchvision", "timm", "fb")
@@ -336,6 +343,9 @@ def _convnext_variables(state_dict, spec, layout, seed):
 # batch_stats, notes)).
 IMPORTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "convnext": (LAYOUTS, _convnext_variables),
+    "vit": (vit_import.LAYOUTS, vit_import.variables_from_state_dict),
+    "resnet": (resnet_import.LAYOUTS, resnet_import.variables_from_state_dict),
+    "efficientnet": (efficientnet_import.LAYOUTS, efficientnet_import.variables_from_state_dict),
 }
 ALL_LAYOUTS = ("torchvision", "timm", "fb", "huggingface")
 
@@ -392,6 +402,9 @@ def _from_layout(layout: str) -> Callable[..., nnx.Module]:
         seed: int = 0,
     ) -> nnx.Module:
         spec = spec_named(name, in_chans, num_classes)
+        if layout == "huggingface" and isinstance(name, str):
+            # Hugging Face's ViT normalises with eps 1e-12 (timm's 1e-6).
+            spec = dataclasses.replace(spec, norm_eps=1e-12)
         params, stats, notes = variables_from_state_dict(state_dict, spec, layout, seed)
         for note in notes:
             logging.info("Weight import (%s): %s", layout, note)

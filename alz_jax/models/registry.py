@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError
@@ -35,6 +36,9 @@ class Family:
     forward_flops: Callable[[Any, int], float]  # (spec, resolution) -> FLOPs per image
     title: Callable[[Any], str]  # 'ConvNeXt atto', 'ViT-B/16', ...
     spec_for: Callable[..., Any]  # (variant, **fields) -> spec
+    # Grad-CAM: (model, feature_map output) -> logits; None where the logits don't come from a
+    # pooled spatial map (ViT reads its class token).
+    logits_from_features: Callable | None = None
 
 
 def _convnext_title(spec: convnext.ConvNeXtSpec) -> str:
@@ -54,6 +58,7 @@ FAMILIES: dict[str, Family] = {
         spec_for=lambda variant, **fields: convnext.ConvNeXtSpec(
             *convnext.SIZES[variant], **fields
         ),
+        logits_from_features=lambda net, features: net.head(features),
     ),
     **{
         module.__name__.rsplit(".", 1)[-1]: Family(
@@ -65,11 +70,17 @@ FAMILIES: dict[str, Family] = {
             forward_flops=module.forward_flops_per_image,
             title=module.title,
             spec_for=module.spec_for,
+            logits_from_features=from_features,
         )
-        for module, spec_type, model_type in (
-            (vit, vit.ViTSpec, vit.ViT),
-            (resnet, resnet.ResNetSpec, resnet.ResNet),
-            (efficientnet, efficientnet.EfficientNetSpec, efficientnet.EfficientNet),
+        for module, spec_type, model_type, from_features in (
+            (vit, vit.ViTSpec, vit.ViT, None),
+            (resnet, resnet.ResNetSpec, resnet.ResNet, lambda net, f: net.head(f)),
+            (
+                efficientnet,
+                efficientnet.EfficientNetSpec,
+                efficientnet.EfficientNet,
+                lambda net, f: net.classifier(jnp.mean(f.astype(jnp.float32), axis=(1, 2))),
+            ),
         )
     },
 }
@@ -154,6 +165,11 @@ def forward_flops_per_image(spec: ModelSpec, resolution: int) -> float:
 def title(spec: ModelSpec) -> str:
     """A human name of the model ('ViT-B/16', 'ResNet-50', 'ConvNeXt atto')."""
     return family(spec).title(spec)
+
+
+def supports_gradcam(spec: ModelSpec) -> bool:
+    """Whether Grad-CAM maps can be drawn for this model (a pooled spatial feature map)."""
+    return family(spec).logits_from_features is not None
 
 
 def layer_ids(spec: ModelSpec, params: dict) -> tuple[dict, int]:

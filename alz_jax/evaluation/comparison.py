@@ -1,0 +1,598 @@
+"""The statistics of `python -m alz_jax.compare`: per-model metrics with subject-bootstrap
+intervals, the paired subject bootstrap of each model against the first, and the report's
+Markdown, console table and figures.
+
+Every model's predictions are on the same test images (checked: `align`). A resample draws the
+test subjects with replacement, exactly as `metrics.bootstrap_intervals` draws them (subjects
+sorted as text; `numpy.random.default_rng(seed).integers(0, S, size=(n, S))`), and weights each
+unit (slice, scan, subject) by how often its subject was drawn; one draw serves every level and
+every model. So with the report's seed and resample count a model's intervals here are its
+report's, and the paired difference B - A of a resample is computed on the very same subjects
+for both models: the spread of those differences is the uncertainty due to which subjects
+happened to be tested, with the correlation between the models' errors taken into account
+(intervals of each model alone would overstate it).
+
+Metrics: for two classes accuracy, balanced accuracy (at the report's thresholds, chosen on
+validation) and ROC AUC; for K classes accuracy, balanced accuracy, macro F1, macro one-vs-rest
+AUC and quadratic kappa (argmax); for both the ECE (the report's bins; top-label for K).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from alz_jax.evaluation import metrics
+from alz_jax.evaluation import multiclass as mc
+from alz_jax.host.errors import UserError
+
+BINARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "ece")
+MULTICLASS_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "roc_auc_ovr_macro",
+    "quadratic_kappa",
+    "ece",
+)
+LOWER_IS_BETTER = frozenset({"ece"})
+LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced acc.",
+    "roc_auc": "ROC AUC",
+    "macro_f1": "macro F1",
+    "roc_auc_ovr_macro": "macro AUC (OvR)",
+    "quadratic_kappa": "quadratic kappa",
+    "ece": "ECE",
+}
+RECORD_FIELDS = ("file_name", "scan_id", "subject_id", "label")
+CHUNK = 100  # resamples scored at once: (CHUNK, units) weight matrices
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """One model's predictions on a split, as its predictions CSV holds them, with what its
+    report decided: per-level thresholds (two classes), the calibration bins, subjects known."""
+
+    records: dict[str, np.ndarray]
+    probs: np.ndarray  # P(AD) (n,), or class probabilities (n, K)
+    subjects_known: bool
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)  # two classes only
+    n_bins: int = 10
+
+    @property
+    def num_classes(self) -> int:
+        """2, or K for probability vectors."""
+        return 2 if self.probs.ndim == 1 else self.probs.shape[1]
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics compared for this number of classes."""
+        return BINARY_METRICS if self.num_classes == 2 else MULTICLASS_METRICS
+
+    def units(self) -> dict[str, metrics.Units]:
+        """Slices, scans and (subjects known) subjects, as the report aggregates them."""
+        return metrics.level_units(self.records, self.probs, self.subjects_known)
+
+    def reordered(self, order: np.ndarray) -> Predictions:
+        """The same predictions with the images in `order`."""
+        records = {k: np.asarray(v)[order] for k, v in self.records.items()}
+        return dataclasses.replace(self, records=records, probs=self.probs[order])
+
+
+# ---- The same test set. ----
+
+
+def _keys(p: Predictions) -> list[tuple]:
+    return list(zip(*(map(str, p.records[f]) for f in RECORD_FIELDS), strict=True))
+
+
+def _listed(items: set, limit: int = 10) -> str:
+    shown = sorted(items)[:limit]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(shown) + more
+
+
+def split_differences(a: Predictions, b: Predictions) -> list[str]:
+    """What differs between two models' test sets (subjects, images, their labels, scans and
+    subjects), in words; [] when they hold the same images with the same metadata."""
+    if sorted(_keys(a)) == sorted(_keys(b)):
+        return []
+    out = []
+    subjects_a, subjects_b = (
+        set(map(str, a.records["subject_id"])),
+        set(map(str, b.records["subject_id"])),
+    )
+    if subjects_a - subjects_b:
+        out.append(f"subjects only in the first: {_listed(subjects_a - subjects_b)}")
+    if subjects_b - subjects_a:
+        out.append(f"subjects only in the second: {_listed(subjects_b - subjects_a)}")
+    files_a = {k[0]: k for k in _keys(a)}
+    files_b = {k[0]: k for k in _keys(b)}
+    if set(files_a) - set(files_b):
+        out.append(
+            f"{len(set(files_a) - set(files_b))} images only in the first "
+            f"({_listed(set(files_a) - set(files_b), 5)})"
+        )
+    if set(files_b) - set(files_a):
+        out.append(
+            f"{len(set(files_b) - set(files_a))} images only in the second "
+            f"({_listed(set(files_b) - set(files_a), 5)})"
+        )
+    changed = {f for f in set(files_a) & set(files_b) if files_a[f] != files_b[f]}
+    if changed:
+        out.append(
+            f"{len(changed)} images with another scan, subject or label ({_listed(changed, 5)})"
+        )
+    if not out:
+        out.append("the same images, but some repeated a different number of times")
+    return out
+
+
+def align(predictions: Sequence[Predictions], names: Sequence[str]) -> list[Predictions]:
+    """The models' predictions in one image order (the first model's), after checking that
+    every model was evaluated on the same images (file, scan, subject, label); a UserError
+    naming the differing subjects and images otherwise."""
+    first = predictions[0]
+    keys_first = _keys(first)
+    duplicated = len(set(keys_first)) != len(keys_first)
+    out = [first]
+    for name, p in zip(names[1:], predictions[1:], strict=True):
+        differences = split_differences(first, p)
+        if differences:
+            raise UserError(
+                f"{names[0]} and {name} were not evaluated on the same test images, so they "
+                "cannot be compared subject by subject: "
+                + "; ".join(differences)
+                + ". Evaluate both on one data set and split (same data folder and protocol)."
+            )
+        if p.num_classes != first.num_classes or p.subjects_known != first.subjects_known:
+            raise UserError(
+                f"{names[0]} has {first.num_classes} classes (subjects known: "
+                f"{first.subjects_known}), {name} {p.num_classes} (subjects known: "
+                f"{p.subjects_known}); expected the same classification task."
+            )
+        keys = _keys(p)
+        if duplicated and keys != keys_first:
+            # Repeated keys can't be matched image to image except by the data set's order.
+            raise UserError(
+                f"{names[0]} and {name} list repeated test images in different "
+                "orders; expected both predictions files in the data set's order."
+            )
+        position = {k: i for i, k in enumerate(keys)}
+        out.append(p if duplicated else p.reordered(np.array([position[k] for k in keys_first])))
+    return out
+
+
+# ---- Scores under weights (one row per resample). ----
+
+
+def _weighted_ece(residual: np.ndarray, score: np.ndarray, weights: np.ndarray, n_bins: int):
+    """(1 / sum w) sum_bins |sum_{i in bin} w_i residual_i|, bins (lo, hi] of `score` as
+    metrics.reliability_bins: the ECE of each weighting."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_of = np.searchsorted(edges[1:-1], score)
+    cells = np.zeros((len(score), n_bins))
+    cells[np.arange(len(score)), bin_of] = residual
+    return np.abs(weights @ cells).sum(axis=1) / weights.sum(axis=1)
+
+
+def level_scores(
+    u: metrics.Units, weights: np.ndarray, threshold: float = 0.5, n_bins: int = 10
+) -> dict[str, np.ndarray]:
+    """The compared metrics of one level's units under each row of `weights` (B, m); NaN where
+    a metric is undefined under a weighting (a class not drawn)."""
+    if u.probs.ndim == 1:
+        predicted, positive = u.probs >= threshold, u.labels == 1
+        tp, fn = weights @ (positive & predicted), weights @ (positive & ~predicted)
+        fp, tn = weights @ (~positive & predicted), weights @ (~positive & ~predicted)
+        rates = metrics._confusion_rates(tn, fp, fn, tp)
+        out = {
+            "accuracy": rates["accuracy"],
+            "balanced_accuracy": np.where(
+                np.minimum(tp + fn, tn + fp) > 0, rates["balanced_accuracy"], np.nan
+            ),
+            "roc_auc": metrics._ranking_areas(u.labels, u.probs, weights)[0],
+        }
+        residual, score = u.labels - u.probs, u.probs
+    else:
+        scores = mc.resample_scores(u, weights)
+        out = {k: scores[k] for k in MULTICLASS_METRICS if k != "ece"}
+        score = u.probs.max(axis=1)
+        residual = (np.argmax(u.probs, axis=1) == u.labels) - score
+    out["ece"] = _weighted_ece(residual, score, weights, n_bins)
+    return out
+
+
+def _value(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def point_metrics(p: Predictions) -> dict[str, dict]:
+    """Per level: the compared metrics on the whole split (None where undefined), `n` units and
+    their subjects."""
+    out = {}
+    for level, u in p.units().items():
+        scores = level_scores(
+            u, np.ones((1, len(u.labels))), p.thresholds.get(level, 0.5), p.n_bins
+        )
+        out[level] = {
+            "n": len(u.labels),
+            "n_subjects": len(set(map(str, u.subjects))),
+            **{k: _value(v[0]) for k, v in scores.items()},
+        }
+    return out
+
+
+def subject_draws(units: dict[str, metrics.Units], n_samples: int, seed: int):
+    """(subjects, counts (n_samples, S)): how often each subject is drawn in each resample,
+    drawn as metrics.bootstrap_intervals draws them."""
+    subjects = np.unique(np.concatenate([u.subjects for u in units.values()]).astype(str))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(subjects), size=(n_samples, len(subjects)))
+    return subjects, np.stack([np.bincount(d, minlength=len(subjects)) for d in draws])
+
+
+def resampled_scores(p: Predictions, subjects: np.ndarray, counts: np.ndarray) -> dict:
+    """{level: {metric: (n_samples,) values}} of `p` under the resamples `counts` of
+    `subjects` (NaN where undefined)."""
+    position = {s: i for i, s in enumerate(subjects)}
+    out = {}
+    for level, u in p.units().items():
+        index = np.array([position[str(s)] for s in u.subjects])
+        chunks: dict[str, list] = {k: [] for k in p.metric_names}
+        for start in range(0, len(counts), CHUNK):
+            w = counts[start : start + CHUNK][:, index].astype(np.float64)
+            for k, v in level_scores(u, w, p.thresholds.get(level, 0.5), p.n_bins).items():
+                chunks[k].append(v)
+        out[level] = {k: np.concatenate(v) for k, v in chunks.items()}
+    return out
+
+
+def _interval(values: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = 100 * (1 - confidence) / 2
+    return [float(x) for x in np.percentile(values, [tail, 100 - tail])]
+
+
+def model_metrics(p: Predictions, n_samples: int, seed: int) -> dict[str, dict]:
+    """Per level and metric: {value, ci95} (the percentile interval over subject resamples),
+    with `n` and `n_subjects` per level."""
+    subjects, counts = subject_draws(p.units(), n_samples, seed)
+    resampled = resampled_scores(p, subjects, counts)
+    out = {}
+    for level, point in point_metrics(p).items():
+        out[level] = {"n": point["n"], "n_subjects": point["n_subjects"]}
+        for k in p.metric_names:
+            out[level][k] = {"value": point[k], "ci95": _interval(resampled[level][k])}
+    return out
+
+
+def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int) -> dict:
+    """Per level and metric, B - A on the same subject resamples: the observed difference, the
+    mean and 95% percentile interval of the resampled differences, the share of resamples in
+    which B is better (higher; lower for ECE), worse, or equal, and how many resamples defined
+    the metric for both. `a` and `b` must hold the same images (see `align`)."""
+    subjects, counts = subject_draws(a.units(), n_samples, seed)
+    sa, sb = resampled_scores(a, subjects, counts), resampled_scores(b, subjects, counts)
+    pa, pb = point_metrics(a), point_metrics(b)
+    out: dict[str, dict] = {}
+    for level in sa:
+        out[level] = {}
+        for k in a.metric_names:
+            diff = sb[level][k] - sa[level][k]
+            diff = diff[~np.isnan(diff)]
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0
+            observed = (
+                None
+                if pa[level][k] is None or pb[level][k] is None
+                else pb[level][k] - pa[level][k]
+            )
+            out[level][k] = {
+                "observed": observed,
+                "mean": float(diff.mean()) if len(diff) else None,
+                "ci95": _interval(diff),
+                "share_b_better": float(np.mean(sign * diff > 0)) if len(diff) else None,
+                "share_b_worse": float(np.mean(sign * diff < 0)) if len(diff) else None,
+                "share_equal": float(np.mean(diff == 0)) if len(diff) else None,
+                "resamples": len(diff),
+                "higher_is_better": k not in LOWER_IS_BETTER,
+            }
+    return out
+
+
+# ---- Text. ----
+
+
+def _num(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _with_ci(entry: dict, digits: int = 3) -> str:
+    ci = entry.get("ci95")
+    text = _num(entry.get("value"), digits)
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci and text != "-" else text
+
+
+def _difference_cell(d: dict) -> str:
+    if d["observed"] is None:
+        return "-"
+    ci = d["ci95"]
+    interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+    better = f", P(better) {d['share_b_better']:.2f}" if d["share_b_better"] is not None else ""
+    return f"{d['observed']:+.3f}{interval}{better}"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def markdown_metrics(result: dict) -> list[str]:
+    """One table per level: each model's metrics with their 95% intervals."""
+    names = result["metric_names"]
+    md = []
+    for level in metrics.LEVELS:
+        rows = [m for m in result["models"] if level in m["metrics"]]
+        if not rows:
+            continue
+        md += [
+            "",
+            f"### {level.capitalize()} level",
+            "",
+            "| model | n | subjects | " + " | ".join(LABELS[k] for k in names) + " |",
+            "|---" * (3 + len(names)) + "|",
+        ]
+        for m in rows:
+            lv = m["metrics"][level]
+            md.append(
+                f"| {_cell(m['name'])} | {lv['n']} | {lv['n_subjects']} | "
+                + " | ".join(_with_ci(lv[k], 4 if k == "ece" else 3) for k in names)
+                + " |"
+            )
+    return md
+
+
+def markdown_differences(result: dict) -> list[str]:
+    """One table per level: each model's paired difference to the reference."""
+    names = result["metric_names"]
+    md = []
+    for level in metrics.LEVELS:
+        rows = [(n, d[level]) for n, d in result["paired_differences"].items() if level in d]
+        if not rows:
+            continue
+        md += [
+            "",
+            f"### {level.capitalize()} level: B - {_cell(result['reference'])}",
+            "",
+            "| model B | " + " | ".join(LABELS[k] for k in names) + " |",
+            "|---" * (1 + len(names)) + "|",
+        ]
+        for name, d in rows:
+            md.append(
+                f"| {_cell(name)} | " + " | ".join(_difference_cell(d[k]) for k in names) + " |"
+            )
+    return md
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def markdown_costs(result: dict) -> list[str]:
+    """Parameters, FLOPs, measured throughput and memory per model."""
+    md = [
+        "| model | parameters | GFLOPs / image (forward) | image size | batch | "
+        "train images/s | inference images/s | train step, XLA MiB per device | "
+        "inference step, XLA MiB per device | device peak MiB (process, cumulative) |",
+        "|---" * 10 + "|",
+    ]
+    for m in result["models"]:
+        c = m["cost"]
+        train, infer = c.get("train") or {}, c.get("inference") or {}
+        md.append(
+            f"| {_cell(m['name'])} | {c['params']:,} | {c['flops_per_image'] / 1e9:.4g} | "
+            f"{c['image_size']} | {c.get('batch', '-')} | {_rate(train.get('images_per_s'))} | "
+            f"{_rate(infer.get('images_per_s'))} | {_mib(train.get('xla_bytes'))} | "
+            f"{_mib(infer.get('xla_bytes'))} | {_mib(c.get('device_peak_bytes'))} |"
+        )
+    return md
+
+
+def robustness_columns(num_classes: int) -> tuple[str, str]:
+    """The two slice-level metrics of the robustness tables and figures."""
+    return ("accuracy", "roc_auc") if num_classes == 2 else ("macro_f1", "roc_auc_ovr_macro")
+
+
+def markdown_robustness(result: dict) -> list[str]:
+    """One table per perturbation: rows models, columns levels, cells two slice metrics (and
+    the subject-level accuracy where subjects are known)."""
+    rob = result.get("robustness") or {}
+    first, second = robustness_columns(result["num_classes"])
+    md = []
+    for name, p in rob.get("perturbations", {}).items():
+        levels = p["level_names"]
+        md += [
+            "",
+            f"### {name}: {p['parameter']}",
+            "",
+            f"Slice {LABELS[first]} / {LABELS[second]}"
+            + (f"; subject {LABELS['accuracy']} in parentheses." if p["subject_level"] else "."),
+            "",
+            "| model | " + " | ".join(levels) + " |",
+            "|---" * (1 + len(levels)) + "|",
+        ]
+        for model, curve in p["curves"].items():
+            cells = []
+            for i in range(len(levels)):
+                text = f"{_num(curve['slice'][first][i])} / {_num(curve['slice'][second][i])}"
+                if p["subject_level"]:
+                    text += f" ({_num(curve[p['subject_level']]['accuracy'][i])})"
+                cells.append(text)
+            md.append(f"| {_cell(model)} | " + " | ".join(cells) + " |")
+    return md
+
+
+def format_markdown(result: dict) -> str:
+    """compare.md: the header, the tables and the figures of a comparison."""
+    machine = result["machine"]
+    boot = result["bootstrap"]
+    md = [
+        f"# Model comparison: {result['split']} split",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), JAX {machine['jax']} on "
+        f"{machine['backend']} ({machine['device_count']} x {machine['device_kind']}). "
+        f"Reference model (A): **{_cell(result['reference'])}**. Intervals: 95% percentile "
+        f"bootstrap over {boot['unit']}s, {boot['samples']} resamples, seed {boot['seed']}.",
+        "",
+        "The paired difference of a model B is B - A on the same resampled "
+        f"{boot['unit']}s: each resample draws the test {boot['unit']}s with replacement and "
+        "computes both models' metric on them, so the interval is the uncertainty due to which "
+        f"{boot['unit']}s were tested, with both models' errors on the same cases accounted "
+        "for. P(better) is the share of resamples in which B beat A (higher; lower for ECE). An "
+        "interval that excludes 0 says the difference is unlikely to be an accident of the "
+        "test sample; it says nothing about training noise (another seed of the same model may "
+        "differ by as much).",
+        "",
+        "## Models",
+        "",
+        "| model | architecture | workdir | checkpoint | weights | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in result["models"]:
+        md.append(
+            f"| {_cell(m['name'])} | {_cell(m['title'])} | `{_cell(m['workdir'])}` | "
+            f"{m['checkpoint_step']} | {m['weights']} | {m['num_images']} |"
+        )
+    md += ["", "## Test metrics", *markdown_metrics(result)]
+    md += [
+        "",
+        f"## Paired differences to {_cell(result['reference'])}",
+        *markdown_differences(result),
+    ]
+    md += [
+        "",
+        "## Cost",
+        "",
+        "Parameters and FLOPs from the model registry; throughput measured on the machine "
+        "above (random images at each run's image size, after warm-up steps), so it "
+        "compares models only on this machine. XLA MiB: the compiled step's argument + "
+        "output + temporary buffers per device (XLA's memory analysis). Device peak: the "
+        "process's peak bytes in use on device 0 after that model's steps, where the device "
+        "reports it, cumulative over the models measured before it.",
+        "",
+        *markdown_costs(result),
+    ]
+    if result.get("robustness"):
+        rob = result["robustness"]
+        md += [
+            "",
+            "## Robustness",
+            "",
+            "Each perturbation is applied to the stored test images before the evaluation "
+            f"preprocessing (seed {rob['seed']}; docs/compare.md lists them). Thresholds "
+            "and temperature as in each run's report.",
+            *markdown_robustness(result),
+        ]
+    if result.get("notes"):
+        md += ["", "## Notes", "", *[f"- {n}" for n in result["notes"]]]
+    if result.get("figures"):
+        md += ["", "## Figures", ""]
+        md += [f"![{name}]({path})" for name, path in result["figures"].items()]
+    return "\n".join(md) + "\n"
+
+
+def format_summary(result: dict) -> str:
+    """The console summary: each model's headline metrics at the last level and its paired
+    difference to the reference."""
+    level = [lv for lv in metrics.LEVELS if lv in result["models"][0]["metrics"]][-1]
+    names = [k for k in result["metric_names"] if k != "ece"]
+    lines = [
+        f"Comparison on the {result['split']} split, {level} level, reference "
+        f"{result['reference']}; 95% intervals over {result['bootstrap']['samples']} "
+        f"{result['bootstrap']['unit']} resamples"
+    ]
+    for m in result["models"]:
+        lv = m["metrics"][level]
+        lines.append(
+            f"{m['name']} ({m['title']}): "
+            + ", ".join(f"{LABELS[k]} {_with_ci(lv[k])}" for k in names)
+        )
+        diff = result["paired_differences"].get(m["name"])
+        if diff:
+            lines.append(
+                "  vs reference: "
+                + ", ".join(f"{LABELS[k]} {_difference_cell(diff[level][k])}" for k in names)
+            )
+    return "\n".join(lines)
+
+
+# ---- Figures. ----
+
+_STYLES = {"slice": "-", "scan": "--", "subject": ":"}
+
+
+def robustness_figure(name: str, entry: dict, num_classes: int) -> Figure:
+    """One perturbation's curves: a panel per slice metric, a line per model (solid: slice;
+    dotted: subject, where known), the levels along the axis, the clean level marked."""
+    columns = robustness_columns(num_classes)
+    fig = Figure(figsize=(4.6 * len(columns), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(columns)))
+    x = np.arange(len(entry["level_names"]))
+    levels = ["slice"] + ([entry["subject_level"]] if entry["subject_level"] else [])
+    for ax, metric in zip(axes, columns, strict=True):
+        for i, (model, curve) in enumerate(entry["curves"].items()):
+            for level in levels:
+                values = [np.nan if v is None else v for v in curve[level][metric]]
+                ax.plot(
+                    x, values, _STYLES[level], marker="o", color=f"C{i}", label=f"{model} ({level})"
+                )
+        ax.axvline(entry["clean_index"], color="gray", lw=0.8, ls=":")
+        ax.set(
+            xticks=x,
+            xticklabels=entry["level_names"],
+            xlabel=entry["parameter"],
+            ylabel=LABELS[metric],
+            title=f"{LABELS[metric]} under {name}",
+        )
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def differences_figure(result: dict, level: str) -> Figure:
+    """The paired differences B - A at one level: a panel per metric, a dot (observed) and bar
+    (95% interval) per model B."""
+    names = result["metric_names"]
+    models = list(result["paired_differences"])
+    fig = Figure(figsize=(2.6 * len(names), 0.6 * len(models) + 1.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+    y = np.arange(len(models))
+    for ax, metric in zip(axes, names, strict=True):
+        for i, model in enumerate(models):
+            d = result["paired_differences"][model][level][metric]
+            if d["observed"] is None:
+                continue
+            lo, hi = d["ci95"] or (d["observed"], d["observed"])
+            ax.errorbar(
+                d["observed"],
+                i,
+                xerr=[[d["observed"] - lo], [hi - d["observed"]]],
+                fmt="o",
+                color=f"C{i + 1}",
+                capsize=3,
+            )
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set(title=LABELS[metric], xlabel="B - A")
+    axes[0].set(yticks=y, yticklabels=models)
+    fig.suptitle(f"Paired differences to {result['reference']}, {level} level (95% intervals)")
+    return fig
