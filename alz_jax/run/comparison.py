@@ -28,7 +28,7 @@ from alz_jax.data import dataset
 from alz_jax.evaluation import comparison as stats
 from alz_jax.evaluation import figures, metrics, multiclass, multiclass_reports, reports, robustness
 from alz_jax.host import storage
-from alz_jax.host.errors import UserError, check_fields
+from alz_jax.host.errors import UserError
 from alz_jax.models import registry
 from alz_jax.run import assembly, prediction, run_record, specs, train
 
@@ -54,17 +54,17 @@ class CompareSettings:
     evaluate_missing: bool = True  # evaluate the best checkpoint of a run without a report
 
     def __post_init__(self):
-        check_fields(
-            "",
-            [
-                ("split", self.split, self.split in dataset.SPLITS, "|".join(dataset.SPLITS)),
-                ("resamples", self.resamples, self.resamples >= 1, ">= 1"),
-                ("seed", self.seed, self.seed >= 0, ">= 0"),
-                ("batch", self.batch, self.batch >= 0, ">= 0 (0: the run's batch size)"),
-                ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
-                ("timed_steps", self.timed_steps, self.timed_steps >= 0, ">= 0 (0: not measured)"),
-            ],
-        )
+        checks = [
+            ("split", self.split, self.split in dataset.SPLITS, "|".join(dataset.SPLITS)),
+            ("resamples", self.resamples, self.resamples >= 1, ">= 1"),
+            ("seed", self.seed, self.seed >= 0, ">= 0"),
+            ("batch", self.batch, self.batch >= 0, ">= 0 (0: the run's batch size)"),
+            ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            ("timed_steps", self.timed_steps, self.timed_steps >= 0, ">= 0 (0: not measured)"),
+        ]
+        for flag, value, ok, expected in checks:
+            if not ok:  # named as the command's flag, where the value came from
+                raise UserError(f"--{flag}={value}: expected {expected}.")
         unknown = [
             p for p in (*self.perturbations, *self.levels) if p not in robustness.PERTURBATIONS
         ]
@@ -376,6 +376,31 @@ def _clean_mismatch(run: Run, records: dict, probs: np.ndarray) -> float | None:
     return float(np.max(np.abs(run.predictions.probs[order] - probs)))
 
 
+def _curve_entry(
+    name: str, curve_levels: list, per_level: list[dict], runs: Sequence[Run], levels: list[str]
+) -> dict:
+    """One perturbation's curves: {model: {level of aggregation: {metric: [value per level]}}}
+    with the levels, their names, which one is clean, and the level shown beside slices."""
+    return {
+        "parameter": robustness.PERTURBATIONS[name].parameter,
+        "levels": curve_levels,
+        "level_names": [
+            robustness.level_text(v)
+            + (" (clean)" if v is not None and robustness.is_clean(name, v) else "")
+            for v in curve_levels
+        ],
+        "clean_index": next(i for i, v in enumerate(curve_levels) if robustness.is_clean(name, v)),
+        "subject_level": next((lv for lv in ("subject", "scan") if lv in levels), None),
+        "curves": {
+            r.name: {
+                lv: {k: [s[r.name][lv][k] for s in per_level] for k in r.predictions.metric_names}
+                for lv in levels
+            }
+            for r in runs
+        },
+    }
+
+
 def robustness_curves(
     runs: Sequence[Run], loaded: dict[str, dict], settings: CompareSettings
 ) -> dict:
@@ -409,7 +434,6 @@ def robustness_curves(
     clean_probs = _predict_all(data, runs, predictors, split, mesh)
     clean = scores(clean_probs)
     levels = list(clean[first.name])
-    second = next((lv for lv in ("subject", "scan") if lv in levels), None)
     out = {
         "seed": settings.seed,
         "levels_of_aggregation": levels,
@@ -419,7 +443,6 @@ def robustness_curves(
         "perturbations": {},
     }
     for name in settings.perturbations:
-        p = robustness.PERTURBATIONS[name]
         curve_levels = settings.curve_levels(name)
         per_level = []
         for level in curve_levels:
@@ -429,24 +452,7 @@ def robustness_curves(
             logging.info("Robustness: %s at %s ...", name, robustness.level_text(level))
             perturbed = robustness.PerturbedData(data, name, level, settings.seed)
             per_level.append(scores(_predict_all(perturbed, runs, predictors, split, mesh)))
-        out["perturbations"][name] = {
-            "parameter": p.parameter,
-            "levels": curve_levels,
-            "level_names": [robustness.level_text(v) for v in curve_levels],
-            "clean_index": next(
-                i for i, v in enumerate(curve_levels) if robustness.is_clean(name, v)
-            ),
-            "subject_level": second,
-            "curves": {
-                r.name: {
-                    lv: {
-                        k: [s[r.name][lv][k] for s in per_level] for k in r.predictions.metric_names
-                    }
-                    for lv in levels
-                }
-                for r in runs
-            },
-        }
+        out["perturbations"][name] = _curve_entry(name, curve_levels, per_level, runs, levels)
     return out
 
 
@@ -550,6 +556,9 @@ def write_outputs(result: dict, out: str) -> dict:
     """Writes the figures, compare.md and compare.json into `out`; returns the result with the
     figures' file names."""
     folder = storage.path(out)
+    result["out"] = os.fspath(folder)
+    if jax.process_index() != 0:  # one writer when several processes compare together
+        return result
     folder.mkdir(parents=True, exist_ok=True)
     rendered = {}
     last_level = [lv for lv in metrics.LEVELS if lv in result["models"][0]["metrics"]][-1]
@@ -563,5 +572,4 @@ def write_outputs(result: dict, out: str) -> dict:
         figures.save(figure, folder / f"{name}.png")
     (folder / "compare.md").write_text(stats.format_markdown(result))
     (folder / "compare.json").write_text(json.dumps(result, indent=1))
-    result["out"] = os.fspath(folder)
     return result

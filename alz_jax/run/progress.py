@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alz_jax.models import registry
 from alz_jax.run import specs
 
 # (run, tag) of the metrics the HParams tab shows per trial: final validation and test results.
@@ -26,12 +27,19 @@ HPARAM_METRICS = (
 SELECTED_CODE = {"raw": 0, "ema": 1, "swa": 2}
 
 
+def model_label(spec) -> str:
+    """The HParams tab's model column: ConvNeXt's 'dims / depths', other families' titles."""
+    if registry.family(spec).name == "convnext":
+        return "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
+    return registry.title(spec)
+
+
 def hparams(run: specs.RunSpec, plan: specs.Plan) -> dict:
     """The fields runs are compared on, in the HParams tab's column order."""
     averages = [n for n, on in (("ema", plan.averages.ema), ("swa", plan.averages.swa)) if on]
     mix = plan.pipeline.mix
     return {
-        "model": "x".join(map(str, run.model.dims)) + " / " + "-".join(map(str, run.model.depths)),
+        "model": model_label(run.model),
         "image_size": run.pipeline.image_size,
         "batch_size": run.batch_size,
         "learning_rate": run.optim.learning_rate,

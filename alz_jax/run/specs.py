@@ -294,9 +294,7 @@ def model_spec(
     )
     if name != "convnext":
         arch = dict(m.get("arch", {}))
-        return registry.spec_from_name(
-            name, arch, **common, depthwise=impl, image_size=image_size
-        )
+        return registry.spec_from_name(name, arch, **common, depthwise=impl, image_size=image_size)
     if m.size:
         if m.size not in convnext.SIZES:
             raise UserError(

@@ -69,5 +69,7 @@ def refresh(
             "params": weights["params"],
             "batch_stats": jax.tree.map(lambda r, s: r.astype(s.dtype), running, stored),
         },
-        "swa_stats_count": state["swa_count"],
+        # A new buffer: the train step donates its state, and two leaves sharing one buffer
+        # would be donated twice (XLA:CPU crashes).
+        "swa_stats_count": state["swa_count"] + 0,
     }
