@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo stages-demo demo-figures parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo demo-figures parity-torch parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -66,13 +66,15 @@ demo-figures: venv
 	for f in roc confusion reliability; do cp .demo/workdir/$${f}_test.png docs/demo/; done
 	$(PY) -c "import cv2; cv2.imwrite('docs/demo/gradcam_test.jpg', cv2.imread('.demo/workdir/gradcam_test.png'), [cv2.IMWRITE_JPEG_QUALITY, 80])"
 
-# Opt-in: full-size ConvNeXt-T against torchvision (random weights; nothing is downloaded), in
-# a separate virtualenv with PyTorch (several GB on x86_64, where pip brings a CUDA build).
+# Opt-in: full-size ConvNeXt-T, ViT-S/16, ResNet-50 and EfficientNet-B0 against torchvision and
+# timm (random weights; nothing is downloaded), in a separate virtualenv with PyTorch (several GB
+# on x86_64, where pip brings a CUDA build).
 TORCH_VENV ?= .venv-torch
-parity-torchvision:
+parity-torch:
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
-	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt torch==2.14.1 torchvision==0.29.1
-	ALZ_JAX_TORCH_PARITY=1 $(TORCH_VENV)/bin/python -m pytest tests/test_convert.py -k "full_convnext or pytorch_files" -v
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+	ALZ_JAX_TORCH_PARITY=1 $(TORCH_VENV)/bin/python -m pytest tests/test_convert.py tests/test_vit.py tests/test_resnet.py tests/test_efficientnet.py -k "full or pytorch_files" -v
+parity-torchvision: parity-torch
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache
