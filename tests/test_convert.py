@@ -14,7 +14,14 @@ from safetensors.numpy import save_file
 
 from alz_jax.core import optim
 from alz_jax.host.errors import UserError
-from alz_jax.models import convert, convnext
+from alz_jax.models import (
+    convert,
+    convnext,
+    efficientnet_import,
+    registry,
+    resnet_import,
+    vit_import,
+)
 from alz_jax.run import specs
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -267,3 +274,54 @@ def test_full_convnext_tiny_matches_torchvision(tmp_path):
               tmp_path / "convnext_tiny.safetensors")  # fmt: skip
     from_safetensors = convert.load_state_dict(str(tmp_path / "convnext_tiny.safetensors"))
     assert sorted(from_safetensors) == sorted(state)
+
+
+def _family_case(family: str, layout: str):
+    """(state dict, spec, NCHW float32 images, expected logits) of a family's fixture."""
+    fixture = dict(np.load(FIXTURES / f"{family}_tiny_fixture.npz", allow_pickle=False))
+    file = {"huggingface": "vit_tiny_hf"}.get(layout, f"{family}_tiny_timm")
+    state = convert.load_state_dict(str(FIXTURES / f"{file}.safetensors"))
+    importer = {"vit": vit_import, "resnet": resnet_import,
+                "efficientnet": efficientnet_import}[family]  # fmt: skip
+    extra = {"vit": {"num_heads": 2},
+             "efficientnet": {"strides": tuple(fixture.get("strides", ()))}}  # fmt: skip
+    target = importer.spec_from_state_dict(state, layout, in_chans=3, num_classes=5,
+                                           **extra.get(family, {}))  # fmt: skip
+    if family == "resnet":  # the fixture stores its images as uint8 codes
+        images = (fixture["images_u8"].astype(np.float32) - 127.5) / 64.0
+    else:
+        images = fixture["images"]
+    expected = fixture["hf_logits" if layout == "huggingface" else "logits"]
+    return state, target, images, expected
+
+
+@pytest.mark.parametrize(
+    ("family", "layout"),
+    [("vit", "timm"), ("vit", "huggingface"), ("resnet", "torchvision"), ("resnet", "timm"),
+     ("efficientnet", "timm")],
+)  # fmt: skip
+def test_every_family_imports_through_convert_with_the_source_logits(family, layout):
+    """convert.from_timm / from_torchvision / from_huggingface reproduce the source framework's
+    eval-mode logits (fixtures made by tests/fixtures/make_<family>_fixture.py) within 1e-5,
+    and init_from reads the same file into (params, batch_stats) for a run."""
+    state, target, images, expected = _family_case(family, layout)
+    from_layout = getattr(convert, f"from_{layout}")
+    model = from_layout(state, target, in_chans=3, num_classes=5)
+    np.testing.assert_allclose(np.asarray(model(nhwc(images))), expected, rtol=0, atol=1e-5)
+    params, stats, _ = convert.variables_from_state_dict(state, target, layout)
+    fresh = jax.eval_shape(lambda: registry.init_variables(target, 0))
+    assert jax.tree.structure((params, stats)) == jax.tree.structure(fresh)
+    assert bool(stats) == (family != "vit")
+    assert registry.family(target).name == family
+    with pytest.raises(convert.ConversionError, match=r"read from the .* layouts, not 'fb'"):
+        convert.variables_from_state_dict(state, target, "fb")
+
+
+def test_model_names_select_full_size_specs_and_huggingface_eps():
+    assert convert.spec_named("vit_base_patch16_224", 3, 1000) == registry.spec_from_name(
+        "vit_b16", in_chans=3, num_classes=1000
+    )
+    assert registry.title(convert.spec_named("resnet50")) == "ResNet-50"
+    assert registry.title(convert.spec_named("tiny")) == "ConvNeXt tiny"
+    with pytest.raises(convert.ConversionError, match="expected a ConvNeXt size"):
+        convert.spec_named("alexnet")

@@ -325,9 +325,12 @@ def _difference_cell(d: dict) -> str:
     if d["observed"] is None:
         return "-"
     ci = d["ci95"]
-    interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-    better = f", P(better) {d['share_b_better']:.2f}" if d["share_b_better"] is not None else ""
-    return f"{d['observed']:+.3f}{interval}{better}"
+    text = f"{d['observed']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    if d["share_b_better"] is not None:
+        text += f", P(better) {d['share_b_better']:.2f}"
+        if d["share_equal"]:
+            text += f" (ties {d['share_equal']:.2f})"
+    return text
 
 
 def _cell(text: object) -> str:
@@ -500,8 +503,8 @@ def format_markdown(result: dict) -> str:
             "## Robustness",
             "",
             "Each perturbation is applied to the stored test images before the evaluation "
-            f"preprocessing (seed {rob['seed']}; docs/compare.md lists them). Thresholds "
-            "and temperature as in each run's report.",
+            f"preprocessing (seed {rob['seed']}; docs/compare.md lists them). Decisions "
+            "(thresholds, or the most probable class) and temperature as in each run's report.",
             *markdown_robustness(result),
         ]
     if result.get("notes"):
