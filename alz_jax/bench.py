@@ -1,8 +1,9 @@
 """Command: benchmarks, each printing one JSON line (README, "Performance").
 
-    python -m alz_jax.bench step [--size=tiny --batch=16 --res=224 --in_chans=3
+    python -m alz_jax.bench step [--model=NAME | --size=tiny] [--batch=16 --res=224 --in_chans=3
                                   --dtype=float32 --depthwise=auto --profile]
-    python -m alz_jax.bench compare --torch_python=/tmp/torchref/bin/python [--rounds=3]
+    python -m alz_jax.bench compare --torch_python=/tmp/torchref/bin/python [--model=NAME
+                                    --rounds=3]
     python -m alz_jax.bench pipeline [--config=demo --workers=0,1,2]
     python -m alz_jax.bench e2e [--config=demo --steps=60]
     python -m alz_jax.bench matmul [--size=tiny --batch=16 --res=224]
@@ -19,12 +20,15 @@ benchmark does not use is ignored), with each benchmark's own defaults where the
 file with the benchmark's overrides; random uint8 images): time to the first step (compile),
 steady-state step time, peak host memory, model FLOPs per image, achieved FLOP/s and, where the
 device's peak is known, utilisation; `--profile` adds a per-op time breakdown of one step.
-`compare`: the PyTorch anchor alz_jax/reference/torch_reference.py (in a separate PyTorch
-virtualenv) and `step` alternately, A B A B, in fresh processes with identical settings; the
-ratio per round and its median. `pipeline`: training input throughput (decode, augment,
-Mixup/CutMix, batching) in the main process and with N Grain workers. `e2e`: the input pipeline
-feeding the train step, with the share of time spent waiting for input. `matmul`: XLA's matmuls
-against numpy's BLAS. `augment`: one core's decode + seed-report augmentation rate.
+`--model` picks any model family by its `config.model.name` (models/registry.py NAMES:
+convnext_tiny, vit_s16, vit_b16, resnet50, efficientnet_b0, ...); without it `--size` picks a
+ConvNeXt (tiny by default). `compare`: the PyTorch anchor alz_jax/reference/torch_reference.py
+(in a separate PyTorch virtualenv) and `step` alternately, A B A B, in fresh processes with
+identical settings (the same --model for both); the ratio per round and its median.
+`pipeline`: training input throughput (decode, augment, Mixup/CutMix, batching) in the main
+process and with N Grain workers. `e2e`: the input pipeline feeding the train step, with the
+share of time spent waiting for input. `matmul`: XLA's matmuls against numpy's BLAS (on a
+ConvNeXt's MLP shapes). `augment`: one core's decode + seed-report augmentation rate.
 `devices`: versions, backend, devices and what `auto` resolves to here (depthwise, dtype).
 `depthwise`: the two depthwise implementations against each other on this device (outputs and
 gradients on a ConvNeXt's 7x7 shapes, float32 and bfloat16) and the time of each.
@@ -66,7 +70,7 @@ from absl import app, flags
 from alz_jax.core import sharding
 from alz_jax.data import augment, preprocess
 from alz_jax.host import command, compilation_cache, profiling
-from alz_jax.models import convnext, depthwise
+from alz_jax.models import convnext, depthwise, registry
 from alz_jax.run import assembly, specs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +133,9 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 
 def step_config(args: Settings) -> ml_collections.ConfigDict:
     """The config a `step` benchmark trains with: the config file plus the benchmark's settings
-    (image size, batch, model size, input channels, dtype, depthwise implementation)."""
+    (image size, batch, model, input channels, dtype, depthwise implementation). A ConvNeXt
+    named by --model is set as --size sets it (model.name 'convnext', model.size): the same
+    config, and so the same hash, either way."""
     config = copy.deepcopy(args.base_config)
     with config.unlocked():
         config.batch_size = args.batch
@@ -138,13 +144,43 @@ def step_config(args: Settings) -> ml_collections.ConfigDict:
         # divide the batch) takes no part in it.
         config.mix.prob = 0.0
         config.dtype = args.dtype
-        if args.size:
+        if args.model:
+            family_name, variant = registry.NAMES[args.model]
+            if family_name != _family_name(config):  # the config's arch is for its own family
+                config.model.arch = ml_collections.ConfigDict()
+            config.model.name = "convnext" if family_name == "convnext" else args.model
+            if family_name == "convnext":
+                config.model.size = variant
+        elif args.size:
             config.model.size = args.size
         if args.depthwise:
             config.model.depthwise = args.depthwise
         if args.step_impl:
             config.step_impl = args.step_impl
     return config
+
+
+def _family_name(config: ml_collections.ConfigDict) -> str:
+    """The model family of a config ('convnext' where model.name is 'convnext' or empty)."""
+    name = config.model.get("name", "convnext") or "convnext"
+    return "convnext" if name == "convnext" else registry.NAMES[name][0]
+
+
+def model_name(config: ml_collections.ConfigDict) -> str:
+    """The registry name of a config's model ('convnext_tiny', 'vit_s16', ...); 'convnext' for
+    a ConvNeXt of explicit depths and dims (no size)."""
+    name = config.model.get("name", "convnext") or "convnext"
+    if name == "convnext" and config.model.size:
+        return f"convnext_{config.model.size}"
+    return name
+
+
+def _architecture(spec: registry.ModelSpec) -> dict:
+    """The spec's fields other than the ones every family shares (in_chans, num_classes,
+    drop_path_rate, dtype, param_dtype), as JSON values."""
+    common = ("in_chans", "num_classes", "drop_path_rate", "dtype", "param_dtype")
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if k not in common}
 
 
 def assemble(
@@ -191,7 +227,8 @@ def bench_step(args: Settings) -> dict:
         times.append(time.perf_counter() - start)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(args.steps, 1)
     step_s = statistics.median(times)
-    model_flops = convnext.train_flops_per_image(spec, args.res)
+    # Training: 3x the forward (the backward computes gradients for activations and weights).
+    model_flops = 3.0 * registry.forward_flops_per_image(spec, args.res)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     device = jax.devices()[0]
@@ -199,14 +236,18 @@ def bench_step(args: Settings) -> dict:
     achieved = model_flops * args.batch / step_s
     result = {
         "bench": "step",
-        "model": args.size or "config",
-        "depths": list(spec.depths),
-        "dims": list(spec.dims),
+        "model": model_name(config),
+        "family": registry.family(spec).name,
+        "title": registry.title(spec),
+        "params": registry.count_params(spec),
+        "architecture": _architecture(spec),
+        "depths": list(spec.depths) if hasattr(spec, "depths") else None,
+        "dims": list(spec.dims) if hasattr(spec, "dims") else None,
         "batch": args.batch,
         "res": args.res,
         "in_chans": args.in_chans,
         "dtype": dtype,
-        "depthwise": spec.depthwise,
+        "depthwise": getattr(spec, "depthwise", None),  # ConvNeXt, EfficientNet
         "step_impl": run.step.impl,
         "devices": jax.device_count(),
         "device_kind": device.device_kind,
@@ -221,7 +262,9 @@ def bench_step(args: Settings) -> dict:
         "peak_host_mib": _peak_rss_mib(),
         "page_faults_per_step": round(faults),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "model_flop_per_image": model_flops,
         "model_gflop_per_image": round(model_flops / 1e9, 2),
+        "achieved_gflop_per_s": round(achieved / 1e9, 2),
         "xla_gflop_per_image": round(float(cost.get("flops", 0.0)) / args.batch / 1e9, 2),
         "achieved_tflop_per_s": round(achieved / 1e12, 4),
         "peak_tflop_per_s": round(peak / 1e12, 1) if peak else None,
@@ -248,24 +291,12 @@ def bench_compare(args: Settings) -> dict:
     if not Path(args.torch_python).exists():
         raise SystemExit(
             f"--torch_python={args.torch_python} does not exist: make a virtualenv with "
-            "torch==2.14.1 torchvision==0.29.1 (see alz_jax/reference/torch_reference.py) and "
-            "pass its python."
+            "torch==2.14.1 torchvision==0.29.1 timm==1.0.31 (see "
+            "alz_jax/reference/torch_reference.py) and pass its python."
         )
     if not Path(args.reference).exists():
         raise SystemExit(f"--reference={args.reference}: no such file (the PyTorch anchor).")
-    torch_cmd = [
-        args.torch_python, os.fspath(args.reference), f"--variant={args.size}",
-        f"--batch={args.batch}", f"--res={args.res}", f"--in_chans={args.in_chans}",
-        f"--dtype={args.dtype}", f"--steps={args.steps}",
-    ]  # fmt: skip
-    jax_cmd = [
-        sys.executable, "-m", "alz_jax.bench", "step", f"--config={args.config}",
-        *_config_override_args(), f"--size={args.size}", f"--batch={args.batch}",
-        f"--res={args.res}", f"--in_chans={args.in_chans}", f"--dtype={args.dtype}",
-        f"--steps={args.steps}",
-    ]  # fmt: skip
-    if args.depthwise:
-        jax_cmd.append(f"--depthwise={args.depthwise}")
+    name, torch_cmd, jax_cmd = compare_commands(args)
     rounds = []
     for _ in range(args.rounds):
         anchor = _run_json(torch_cmd)
@@ -275,6 +306,7 @@ def bench_compare(args: Settings) -> dict:
                 "torch_img_per_s": anchor["img_per_s"],
                 "jax_img_per_s": ours["img_per_s"],
                 "ratio": round(ours["img_per_s"] / anchor["img_per_s"], 3),
+                "jax_achieved_gflop_per_s": ours["achieved_gflop_per_s"],
                 "jax_first_step_s": ours["first_step_s"],
                 "torch_first_step_s": anchor["first_step_s"],
             }
@@ -284,19 +316,45 @@ def bench_compare(args: Settings) -> dict:
         "bench": "compare",
         "anchor": os.fspath(args.reference),
         "settings": {
-            "model": args.size,
+            "model": name,
             "batch": args.batch,
             "res": args.res,
             "in_chans": args.in_chans,
             "dtype": args.dtype,
             "steps": args.steps,
         },
+        "anchor_model": anchor.get("builder"),
+        "jax_model": ours["title"],
+        "model_gflop_per_image": ours["model_gflop_per_image"],
         "jax_depthwise": ours["depthwise"],
         "config_hash": ours["config_hash"],
         "rounds": rounds,
         "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
         "glibc_tunables_both": os.environ.get("GLIBC_TUNABLES", ""),
     }
+
+
+def compare_commands(args: Settings) -> tuple[str, list[str], list[str]]:
+    """The model's registry name, and the anchor's and `step`'s command lines for it with the
+    same settings (batch, size, channels, dtype, steps; the config's classes and stochastic
+    depth for the anchor); `step` gets the config file and its --config overrides as well."""
+    config = step_config(args)
+    name = model_name(config)
+    if name not in registry.NAMES:
+        raise SystemExit(
+            f"compare: the config's model ({name}) is not a named model the PyTorch anchor "
+            f"builds; give --model (one of {', '.join(sorted(registry.NAMES))})."
+        )
+    common = [f"--batch={args.batch}", f"--res={args.res}", f"--in_chans={args.in_chans}",
+              f"--dtype={args.dtype}", f"--steps={args.steps}"]  # fmt: skip
+    torch_cmd = [args.torch_python, os.fspath(args.reference), f"--model={name}", *common,
+                 f"--classes={config.model.num_classes}",
+                 f"--drop_path_rate={config.model.drop_path_rate}"]  # fmt: skip
+    jax_cmd = [sys.executable, "-m", "alz_jax.bench", "step", f"--config={args.config}",
+               *_config_override_args(), f"--model={name}", *common]  # fmt: skip
+    if args.depthwise:
+        jax_cmd.append(f"--depthwise={args.depthwise}")
+    return name, torch_cmd, jax_cmd
 
 
 def _run_json(cmd: list[str]) -> dict:
@@ -695,12 +753,14 @@ def _summary_measurements(records: list[dict], derived: dict) -> list[str]:
                   "TFLOP/s", "MFU"]  # fmt: skip
         lines += ["", "## Train step (bench step)", "", *_table(header, rows)]
     if anchors := _anchors(records):
-        rows = [[r["check"], r["device"], r["batch"], r["dtype"], r["img_per_s"],
-                 r["first_step_s"], derived["jax_over_torch"].get(r["check"])]
-                for r in anchors]  # fmt: skip
-        header = ["anchor", "device", "batch", "dtype", "img/s", "first step s", "JAX / it"]
-        lines += ["", "## PyTorch anchor (torchvision ConvNeXt, channels-last)", "",
-                  *_table(header, rows)]  # fmt: skip
+        # Anchors from before --model built torchvision's ConvNeXt of --variant only.
+        rows = [[r["check"], r.get("model") or f"convnext_{r.get('variant')}", r["device"],
+                 r["batch"], r["dtype"], r["img_per_s"], r["first_step_s"],
+                 derived["jax_over_torch"].get(r["check"])] for r in anchors]  # fmt: skip
+        header = ["anchor", "model", "device", "batch", "dtype", "img/s", "first step s",
+                  "JAX / it"]  # fmt: skip
+        lines += ["", "## PyTorch anchor (alz_jax/reference/torch_reference.py, channels-last)",
+                  "", *_table(header, rows)]  # fmt: skip
     if derived["augment_cores_needed"]:
         lines += ["", "## Host augmentation", "",
                   f"One core decodes and augments {derived['augment_img_per_s_per_core']} img/s; "
@@ -753,6 +813,11 @@ _CONFIG = command.define_config(
     help_string="step, compare: default convnext_t; pipeline, e2e: default demo.", required=False
 )
 command.define_distributed()
+_MODEL = flags.DEFINE_enum(
+    "model", None, sorted(registry.NAMES),
+    "step, compare: the model (config.model.name: convnext_tiny, vit_s16, resnet50, ...); "
+    "default: a ConvNeXt of --size.",
+)  # fmt: skip
 _SIZE = flags.DEFINE_string("size", "tiny", "ConvNeXt size (atto .. large; empty: the config's).")
 _BATCH = flags.DEFINE_integer("batch", None, "Batch (default 16; pipeline, e2e: the config's).")
 _RES = flags.DEFINE_integer("res", None, "Image size (default 224; pipeline, e2e: the config's).")
@@ -786,6 +851,7 @@ class Settings:
 
     config: str  # the config file
     base_config: ml_collections.ConfigDict  # its get_config(), with --config.x=y overrides
+    model: str  # a registry name; "": a ConvNeXt of `size`
     size: str
     batch: int
     res: int
@@ -819,8 +885,11 @@ def settings(benchmark: str) -> Settings:
     else:
         config_file = command.resolve_config(defaults.get("config", "convnext_t"))
         base_config = command.load_config(config_file)
+    model = _MODEL.value or ""
+    if model and _SIZE.present and _SIZE.value and model != f"convnext_{_SIZE.value}":
+        raise app.UsageError(f"--model={model} and --size={_SIZE.value}: give one of them.")
     return Settings(
-        config=config_file, base_config=base_config, size=_SIZE.value,
+        config=config_file, base_config=base_config, model=model, size=_SIZE.value,
         batch=_value(_BATCH, defaults, 0), res=_value(_RES, defaults, 0),
         in_chans=_IN_CHANS.value, dtype=_DTYPE.value, depthwise=_DEPTHWISE.value or "",
         step_impl=_STEP_IMPL.value or "", steps=_value(_STEPS, defaults, 5),

@@ -128,3 +128,80 @@ def test_entry_point_reexecutes_once_with_huge_page_malloc():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ALZ_JAX_HUGE_PAGES")}
     out = _run_python(code, env)
     assert out == ["start", "start", "glibc.malloc.hugetlb=1"]  # ran twice, the second time set
+
+
+# A ViT small enough to compile in seconds (config.model.arch), as tests/test_families.py's.
+_TINY_VIT_CONFIG = """
+from configs import convnext_t
+
+
+def get_config():
+    config = convnext_t.get_config()
+    config.model.name = "vit_s16"
+    config.model.arch = {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}
+    return config
+"""
+
+
+def test_step_benchmark_builds_and_names_any_model_family(tmp_path):
+    from alz_jax.models import registry
+
+    config = tmp_path / "tiny_vit.py"
+    config.write_text(_TINY_VIT_CONFIG)
+    env = dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)
+    cmd = [sys.executable, "-m", "alz_jax.bench", "step", f"--config={config}", "--model=vit_s16",
+           "--res=32", "--batch=2", "--in_chans=1", "--steps=1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    arch = {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}
+    spec = registry.spec_from_name("vit_s16", arch, in_chans=1, num_classes=2, image_size=32)
+    assert (result["model"], result["family"]) == ("vit_s16", "vit")
+    assert result["architecture"]["depth"] == 2 and result["depthwise"] is None  # arch kept
+    assert result["params"] == registry.count_params(spec)
+    assert result["model_flop_per_image"] == 3 * registry.forward_flops_per_image(spec, 32)
+    achieved = result["model_flop_per_image"] * 2 / result["step_s"]
+    assert result["achieved_gflop_per_s"] == pytest.approx(achieved / 1e9, rel=0.01, abs=0.01)
+
+
+def _load_torch_reference():
+    import importlib.util
+
+    path = REPO / "alz_jax" / "reference" / "torch_reference.py"
+    spec = importlib.util.spec_from_file_location("torch_reference_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torch_reference_and_compare_take_every_model_name():
+    import dataclasses
+
+    from alz_jax import bench
+    from alz_jax.host import command
+    from alz_jax.models import registry
+
+    reference = _load_torch_reference()  # without PyTorch: it imports torch with the model
+    assert "torch" not in sys.modules
+    assert set(reference.MODELS) == set(registry.NAMES)
+    for name in registry.NAMES:
+        assert reference.parse_args([f"--model={name}", "--batch=2"]).model == name
+    assert reference.parse_args([]).model == "convnext_tiny"
+    assert reference.parse_args(["--variant=small"]).model == "convnext_small"
+    with pytest.raises(SystemExit):
+        reference.parse_args(["--model=vit_s16", "--variant=tiny"])
+    fields = {f.name: "" for f in dataclasses.fields(bench.Settings)}
+    args = bench.Settings(**fields | {
+        "config": "convnext_t.py", "base_config": command.load_config("convnext_t"),
+        "model": "resnet50", "size": "tiny", "batch": 4, "res": 64, "in_chans": 3,
+        "dtype": "float32", "steps": 2, "torch_python": "torch-python", "reference": "ref.py",
+    })  # fmt: skip
+    name, torch_cmd, jax_cmd = bench.compare_commands(args)
+    assert name == "resnet50" and "--model=resnet50" in torch_cmd and "--model=resnet50" in jax_cmd
+    same = ["--batch=4", "--res=64", "--in_chans=3", "--dtype=float32", "--steps=2"]
+    assert all(a in torch_cmd and a in jax_cmd for a in same)
+    assert "--classes=2" in torch_cmd and "--drop_path_rate=0.1" in torch_cmd
+    tiny = dataclasses.replace(args, model="")  # --size, as before: the same config as --model
+    assert bench.compare_commands(tiny)[0] == "convnext_tiny"
+    assert bench.config_hash(bench.step_config(tiny)) == bench.config_hash(
+        bench.step_config(dataclasses.replace(args, model="convnext_tiny"))
+    )
