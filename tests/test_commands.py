@@ -27,7 +27,7 @@ def run_command(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
 def test_config_is_found_by_path_or_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert command.available_configs() == [
-        "convnext_t", "convnext_t_resplit", "demo", "efficientnet_b0_finetune",
+        "convnext_t", "convnext_t_resplit", "demo", "demo_resnet", "efficientnet_b0_finetune",
         "resnet50_finetune", "stages_convnext_t", "stages_demo", "vit_b16_finetune",
     ]  # fmt: skip
     for value in ("demo", "demo.py", "configs/demo.py"):
