@@ -22,9 +22,14 @@ TINY = {
     "convnext": ("convnext", {}),
     "resnet": ("resnet50", {"depths": (1, 1), "widths": (4, 8), "stem_width": 8}),
     "vit": ("vit_s16", {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}),
+    # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
     "efficientnet": (
         "efficientnet_b0",
-        {"width_mult": 0.25, "depth_mult": 0.25, "num_features": 32},
+        {
+            "width_mult": 0.25,
+            "num_features": 32,
+            "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25"),
+        },
     ),
 }
 
