@@ -182,7 +182,8 @@ class StateDictReader:
         if expected[2] != 1 or kernel.shape[:2] + kernel.shape[3:] != expected[:2] + expected[3:]:
             raise ConversionError(
                 f"{key}: a {kernel.shape[2]}-channel stem can only be adapted to in_chans=1 "
-                f"(summed over its input channels), not to the shape {expected}."
+                f"(summed over its input channels), not in_chans={expected[2]} (shape "
+                f"{expected})."
             )
         self.note(
             f"stem: summed the {kernel.shape[2]}-channel kernel over its input channels for "

@@ -25,7 +25,6 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 
-import jax
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
@@ -39,7 +38,12 @@ from alz_jax.models import (
     resnet_import,
     vit_import,
 )
-from alz_jax.models.conversion import ConversionError, check_finite
+from alz_jax.models.conversion import (
+    ConversionError,
+    StateDictReader,
+    check_finite,
+    torch_leaf,
+)
 
 LAYOUTS = ("torchvision", "timm", "fb")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -220,28 +224,9 @@ def size_name(depths: tuple, dims: tuple) -> str | None:
 # ---- Conversion. ----
 
 
-def _to_nhwc(
-    path: tuple, leaf: str, value: np.ndarray, expected: tuple, key: str
-) -> tuple[np.ndarray, str | None]:
-    """A PyTorch tensor in the project's layout; (array, note of an adaptation or None)."""
-    value = np.asarray(value, np.float32)
-    if leaf == "kernel" and value.ndim == 4:
-        value = value.transpose(2, 3, 1, 0)
-        if path == ("stem", "conv") and value.shape[2] != expected[2]:
-            if expected[2] != 1:
-                raise ConversionError(
-                    f"{key}: a {value.shape[2]}-channel stem can only be adapted to in_chans=1 "
-                    f"(summed over its input channels), not in_chans={expected[2]}."
-                )
-            return value.sum(axis=2, keepdims=True), (
-                f"stem: summed the {value.shape[2]}-channel kernel over its input channels "
-                "for 1-channel input"
-            )
-    elif leaf == "kernel" and value.ndim == 2:
-        value = value.T
-    elif leaf == "gamma":
-        value = value.reshape(-1)
-    return value, None
+def _layer_scale(path: tuple, value: np.ndarray) -> np.ndarray | None:
+    """torchvision and FB keep a block's layer scale as [C, 1, 1] or [C]: the project's is [C]."""
+    return np.asarray(value, np.float32).reshape(-1) if path[-1] == "gamma" else None
 
 
 def params_from_state_dict(
@@ -267,68 +252,19 @@ def params_from_state_dict(
             f"The {layout} state dict holds a ConvNeXt {have}; the model is ConvNeXt {want}. "
             "Set config.model.size (or depths and dims) to the checkpoint's architecture."
         )
-    # A state dict passed in memory (not through load_state_dict) is checked here.
-    check_finite(state_dict, f"The {layout} state dict")
-    template = convnext.init_params(spec, seed)
     prefixes = _module_prefixes(layout, depths)
-    used: set[str] = set()
-    notes: list[str] = []
-    missing: list[str] = []
 
-    def convert(path: tuple, init: np.ndarray) -> np.ndarray:
-        leaf = path[-1]
-        if leaf == "gamma":  # the block's layer scale, a parameter of the block itself
-            key = prefixes[path]
-        else:
-            torch_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
-            key = f"{prefixes[path[:-1]]}.{torch_leaf}"
-        if key not in state_dict:
-            if path[:-1] == ("head", "fc"):  # saved without a classifier (num_classes=0)
-                note = f"head: initialised for {spec.num_classes} classes (the file has none)"
-                if note not in notes:
-                    notes.append(note)
-            else:
-                missing.append(key)
-            return np.asarray(init, np.float32)
-        used.add(key)
-        value, note = _to_nhwc(path[:-1], leaf, state_dict[key], tuple(init.shape), key)
-        if note and note not in notes:
-            notes.append(note)
-        if path[:-1] == ("head", "fc") and value.shape != tuple(init.shape):
-            note = (
-                f"head: re-initialised for {spec.num_classes} classes (the checkpoint's has "
-                f"{np.shape(state_dict[prefixes[('head', 'fc')] + '.bias'])[0]})"
-            )
-            if note not in notes:
-                notes.append(note)
-            return np.asarray(init, np.float32)
-        if value.shape != tuple(init.shape):
-            raise ConversionError(
-                f"{key} has shape {tuple(np.shape(state_dict[key]))}, which becomes "
-                f"{value.shape} in NHWC; the model expects {tuple(init.shape)} for "
-                f"{'.'.join(map(str, path))}."
-            )
-        return value
+    def key_for(path: tuple) -> str:
+        if path[-1] == "gamma":  # the block's layer scale, a parameter of the block itself
+            return prefixes[path]
+        return f"{prefixes[path[:-1]]}.{torch_leaf(path[-1])}"
 
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    params = jax.tree_util.tree_unflatten(
-        treedef, [convert(tuple(k.key for k in path), init) for path, init in leaves]
-    )
-    if missing:
-        raise ConversionError(
-            f"The {layout} state dict lacks {len(missing)} tensor(s) this ConvNeXt needs: "
-            + ", ".join(missing[:10])
-            + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-        )
-    unused = sorted(set(state_dict) - used)
-    if unused:
-        raise ConversionError(
-            f"The {layout} state dict has {len(unused)} tensor(s) this ConvNeXt would not use "
-            f"(another architecture or layout?): "
-            + ", ".join(unused[:10])
-            + (f" ... and {len(unused) - 10} more" if len(unused) > 10 else "")
-        )
-    return params, notes
+    reader = StateDictReader(state_dict, f"The {layout} state dict")
+    params = reader.tree(
+        convnext.init_params(spec, seed), key_for, transform=_layer_scale,
+        head=("head", "fc"), stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
+    )  # fmt: skip
+    return params, reader.finish("ConvNeXt")
 
 
 # ---- Every family: dispatch by the model's family, one entry point per source layout. ----
