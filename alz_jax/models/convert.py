@@ -1,9 +1,13 @@
-"""ImageNet ConvNeXt weights from PyTorch (torchvision, timm, the official FB release) into NNX.
+"""PyTorch ImageNet weights into the project's NNX models: ConvNeXt here (torchvision, timm and
+the official FB release), and through each family's importer (models/*_import.py) ViT (timm,
+Hugging Face), ResNet-50 (torchvision, timm) and EfficientNet-B0 (timm).
 
     model = convert.from_torchvision(convert.load_state_dict("convnext_tiny.pth"), "tiny")
+    model = convert.from_timm(state_dict, "vit_small_patch16_224", in_chans=1, num_classes=2)
     config.model.init_from = "torchvision:/path/convnext_tiny-983f1562.pth"   # fine-tune
 
-A state dict is a mapping of names to arrays in one of three key layouts (docs/reference.md).
+A ConvNeXt state dict is a mapping of names to arrays in one of three key layouts
+(docs/reference.md; the other families' in docs/models.md).
 Each tensor is moved to the project's NHWC layout: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g,
 O], linears [out, in] -> [in, out], LayerNorm weight -> scale, layer scale [C, 1, 1] -> [C]. A
 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
