@@ -59,17 +59,13 @@ class ConvNeXtSpec:
              "each >= 1 (blocks per stage)"),
             ("dims", self.dims, all(d >= 1 for d in self.dims),
              "each >= 1 (channels per stage)"),
-            ("in_chans", self.in_chans, self.in_chans >= 1, ">= 1"),
-            ("num_classes", self.num_classes, self.num_classes >= 1, ">= 1"),
-            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
             # `< math.inf` refuses NaN as well (comparisons with NaN are False).
             ("layer_scale_init", self.layer_scale_init, 0 < self.layer_scale_init < math.inf,
              "> 0 and finite"),
             ("head_init_scale", self.head_init_scale, 0 < self.head_init_scale < math.inf,
              "> 0 and finite"),
-            ("param_dtype", self.param_dtype, self.param_dtype == "float32",
-             "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
+            *common_field_checks(self),
         ])  # fmt: skip
 
 
@@ -115,6 +111,30 @@ def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.A
     mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
     mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def fold_keys(sample_keys: jax.Array | None, index: int) -> jax.Array | None:
+    """Each sample's key folded with `index` (a block's number), or None without keys: how every
+    family draws a block's stochastic depth."""
+    if sample_keys is None:
+        return None
+    return jax.vmap(jax.random.fold_in, (0, None))(sample_keys, index)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def common_field_checks(spec) -> list[tuple]:
+    """check_fields entries of the fields every family's spec has (in_chans, num_classes,
+    drop_path_rate, dtype, param_dtype)."""
+    return [
+        ("in_chans", spec.in_chans, spec.in_chans >= 1, ">= 1"),
+        ("num_classes", spec.num_classes, spec.num_classes >= 1, ">= 1"),
+        ("drop_path_rate", spec.drop_path_rate, 0.0 <= spec.drop_path_rate < 1.0, "in [0, 1)"),
+        ("dtype", spec.dtype, spec.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
+        ("param_dtype", spec.param_dtype, spec.param_dtype == "float32",
+         "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+    ]  # fmt: skip
 
 
 class Block(nnx.Module):
@@ -245,10 +265,7 @@ class ConvNeXt(nnx.Module):
             if i > 0:
                 x = self.downsamples[i - 1](x)
             for block in stage:
-                block_keys = None
-                if sample_keys is not None:
-                    block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
-                x = block(x, block_keys)
+                x = block(x, fold_keys(sample_keys, k))
                 k += 1
         return x
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import depthwise
+from alz_jax.models import convnext, depthwise
 from alz_jax.models.batchnorm import BatchNorm
 from alz_jax.models.convnext import drop_path
 
@@ -139,12 +139,7 @@ class EfficientNetSpec:
              f"a non-empty list of {_STAGE_HELP} (not {bad[:1] or 'empty'})"),
             ("stages", self.stages, downsamples <= 4,
              "at most 4 stride-2 stages (the stem's 2 times 16: output stride 32)"),
-            ("in_chans", self.in_chans, self.in_chans >= 1, ">= 1"),
-            ("num_classes", self.num_classes, self.num_classes >= 1, ">= 1"),
-            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
-            ("dtype", self.dtype, self.dtype in ("float32", "bfloat16"), "float32|bfloat16"),
-            ("param_dtype", self.param_dtype, self.param_dtype == "float32",
-             "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+            *convnext.common_field_checks(self),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
         ])  # fmt: skip
         # A list from a config becomes a tuple: the spec stays hashable and comparable.
@@ -413,10 +408,7 @@ class EfficientNet(nnx.Module):
         k = 0
         for stage in self.blocks:
             for block in stage:
-                block_keys = None
-                if sample_keys is not None:
-                    block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
-                x = block(x, block_keys)
+                x = block(x, convnext.fold_keys(sample_keys, k))
                 k += 1
         return jax.nn.silu(self.bn2(self.conv_head(x)))
 

@@ -31,7 +31,6 @@ VARIANTS: dict[str, dict] = {
     "resnet50": {"depths": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "stem_width": 64},
 }
 EXPANSION = 4  # a bottleneck's output channels over its inner width
-DTYPES = ("float32", "bfloat16")
 
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): std sqrt(2 / (out * kh * kw)).
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -75,12 +74,7 @@ class ResNetSpec:
             ("widths", self.widths, all(w >= 1 for w in self.widths),
              "each >= 1 (bottleneck widths per stage)"),
             ("stem_width", self.stem_width, self.stem_width >= 1, ">= 1"),
-            ("in_chans", self.in_chans, self.in_chans >= 1, ">= 1"),
-            ("num_classes", self.num_classes, self.num_classes >= 1, ">= 1"),
-            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
-            ("dtype", self.dtype, self.dtype in DTYPES, "|".join(DTYPES)),
-            ("param_dtype", self.param_dtype, self.param_dtype == "float32",
-             "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+            *convnext.common_field_checks(self),
         ])  # fmt: skip
 
 
@@ -242,10 +236,7 @@ class ResNet(nnx.Module):
         k = 0
         for stage in self.stages:
             for block in stage:
-                block_keys = None
-                if sample_keys is not None:
-                    block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
-                x = block(x, block_keys)
+                x = block(x, convnext.fold_keys(sample_keys, k))
                 k += 1
         return x
 

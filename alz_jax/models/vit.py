@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models.convnext import drop_path
+from alz_jax.models import convnext
+from alz_jax.models.convnext import drop_path, fold_keys
 
 # timm's vit_{tiny,small,base}_patch16_224 (head width 64 throughout).
 VARIANTS: dict[str, dict] = {
@@ -75,12 +76,7 @@ class ViTSpec:
             ("layer_scale_init", self.layer_scale_init, 0 <= self.layer_scale_init < math.inf,
              ">= 0 and finite (0: no layer scale)"),
             ("norm_eps", self.norm_eps, 0 < self.norm_eps < math.inf, "> 0 and finite"),
-            ("in_chans", self.in_chans, self.in_chans >= 1, ">= 1"),
-            ("num_classes", self.num_classes, self.num_classes >= 1, ">= 1"),
-            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
-            ("dtype", self.dtype, self.dtype in ("float32", "bfloat16"), "float32|bfloat16"),
-            ("param_dtype", self.param_dtype, self.param_dtype == "float32",
-             "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+            *convnext.common_field_checks(self),
         ])  # fmt: skip
 
     @property
@@ -189,10 +185,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
         # Two independent draws per block (timm's drop_path1 and drop_path2).
-        attn_keys = mlp_keys = None
-        if sample_keys is not None:
-            attn_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, 0)
-            mlp_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, 1)
+        attn_keys, mlp_keys = fold_keys(sample_keys, 0), fold_keys(sample_keys, 1)
         y = self.attn(self.norm1(x).astype(self.compute_dtype))
         x = x + drop_path(self._scaled(y, self.ls1), self.drop_path_rate, attn_keys)
         y = self.mlp(self.norm2(x).astype(self.compute_dtype))
@@ -247,10 +240,7 @@ class ViT(nnx.Module):
         x = jnp.concatenate([cls.astype(jnp.float32), patches], axis=1)
         x = (x + self.pos_embed.value).astype(self.spec.dtype)
         for k, block in enumerate(self.blocks):
-            block_keys = None
-            if sample_keys is not None:
-                block_keys = jax.vmap(jax.random.fold_in, (0, None))(sample_keys, k)
-            x = block(x, block_keys)
+            x = block(x, fold_keys(sample_keys, k))
         return self.norm(x).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
