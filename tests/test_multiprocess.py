@@ -32,7 +32,9 @@ from tests import multiprocess_step, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 REPO = Path(__file__).resolve().parents[1]
-TOTAL_STEPS, SAVE_EVERY = 12, 10
+# SIGTERM reaches JAX's preemption notifier within its 1 s poll, about 10 of these 0.1 s steps:
+# 24 steps leave room for that after the signal at step 2.
+TOTAL_STEPS, SAVE_EVERY = 24, 10
 
 
 def _overrides(manual_dir, data_dir, workers=2):
@@ -183,14 +185,16 @@ def test_two_processes_preempted_and_resumed_match_uninterrupted_runs(data, two,
     outputs = _wait(procs, log_paths)
     stopped = [int(out.split("Preempted: state saved at step ")[1].split(";")[0])
                for out in outputs]  # fmt: skip
+    # Both stop where JAX's coordination service agreed: the step after the notice reached it,
+    # which can be a scheduled save (then that save is the preemption save).
     assert stopped[0] == stopped[1]
-    assert 2 <= stopped[0] < TOTAL_STEPS and stopped[0] % SAVE_EVERY, stopped
+    assert 2 <= stopped[0] < TOTAL_STEPS, stopped
     manager = checkpointing.make_manager(workdir, specs.resolve(config).checkpoint)
     assert manager.latest_step() == stopped[0]
     _wait(*_launch(workdir, 2, 2, manual_dir, data_dir))
 
     resumed = _final_state(workdir, config)
-    assert int(resumed["swa_count"]) == int(two_state["swa_count"]) == 4  # steps 6, 8, 10, 12
+    assert int(resumed["swa_count"]) == int(two_state["swa_count"]) == 7  # steps 12, 14, ..., 24
     assert resumed["ema"]["head"]["fc"]["kernel"].dtype == np.dtype("bfloat16")
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(two_state), jax.tree.leaves(resumed), strict=True
@@ -223,7 +227,7 @@ def test_one_process_of_four_devices_matches_two_processes(data, one, two):
 def test_shard_map_step_gives_the_jit_update_on_two_processes(tmp_path):
     """Same state, same global batches, 3 updates each: parameters and optimizer state within
     1e-6. (Whole runs drift apart: Adam turns last-bit gradient differences into visible ones
-    over many steps, which is why this compares updates, not 12-step runs.) The jit updates are
+    over many steps, which is why this compares updates, not whole runs.) The jit updates are
     computed here, on 4 of this process's devices (within 3e-8 of the 2-process jit step's:
     tests/multiprocess_step.py); the 2 processes compute the shard_map ones."""
     reference = tmp_path / "jit_updates.npz"
