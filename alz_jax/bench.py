@@ -177,8 +177,8 @@ def model_name(config: ml_collections.ConfigDict) -> str:
 
 def _architecture(spec: registry.ModelSpec) -> dict:
     """The spec's fields other than the ones every family shares (in_chans, num_classes,
-    drop_path_rate, dtype, param_dtype), as JSON values."""
-    common = ("in_chans", "num_classes", "drop_path_rate", "dtype", "param_dtype")
+    drop_path_rate, head_dropout, dtype, param_dtype), as JSON values."""
+    common = ("in_chans", "num_classes", "drop_path_rate", "head_dropout", "dtype", "param_dtype")
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if k not in common}
 

@@ -121,6 +121,8 @@ def _model(config: ml_collections.ConfigDict) -> None:
     config.model.in_chans = 1
     config.model.num_classes = 2
     config.model.drop_path_rate = 0.1
+    # Dropout of the pooled features before the classifier, in training (timm's drop_rate).
+    config.model.head_dropout = 0.0
     config.model.param_dtype = "float32"
     # Depthwise 7x7 convolution: 'auto' (XLA's grouped conv on GPU/TPU, 'shift' on CPU, where
     # it is several times faster), 'xla' or 'shift'. Same parameters and result either way.

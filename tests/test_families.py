@@ -12,8 +12,9 @@ from flax import nnx
 
 from alz_jax.core import averaging, optim, sharding, steps
 from alz_jax.data import preprocess
-from alz_jax.models import batchnorm, registry
-from alz_jax.run import assembly, specs
+from alz_jax.host.errors import UserError
+from alz_jax.models import batchnorm, convnext, registry
+from alz_jax.run import assembly, run_record, specs
 from tests import tiny_config
 
 STATS = {"mean": 0.25, "std": 0.3}
@@ -220,3 +221,60 @@ def test_averaging_keeps_its_layout_for_convnext():
     assert not model.batch_stats and isinstance(model.module(state["params"]), nnx.Module)
     assert averaging.available(parts.averages, 0) == ("raw", "ema")
     assert run.model.num_classes == 2
+
+
+def test_head_dropout_drops_each_samples_features_from_its_own_key():
+    keys = jax.random.split(jax.random.key(0), 8)
+    x = jnp.asarray(np.random.default_rng(0).uniform(1.0, 2.0, (8, 4096)), jnp.float32)
+    out = np.asarray(convnext.head_dropout(x, 0.25, keys))
+    kept = out != 0
+    assert abs(kept.mean() - 0.75) < 0.01  # 32768 draws: standard error 0.0024
+    # Elements are dropped, not whole samples (as drop_path does).
+    assert kept.mean(axis=1).min() > 0.7 and kept.mean(axis=1).max() < 0.8
+    np.testing.assert_allclose(out[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+    # A sample's mask is its key's: the same in any batch it is part of.
+    np.testing.assert_array_equal(np.asarray(convnext.head_dropout(x[3:5], 0.25, keys[3:5])),
+                                  out[3:5])  # fmt: skip
+    # Not the draw of block 0's stochastic depth (another fold of the same key).
+    assert convnext.HEAD_KEY_INDEX > 10**6
+    for no_drop in (convnext.head_dropout(x, 0.25, None), convnext.head_dropout(x, 0.0, keys)):
+        np.testing.assert_array_equal(np.asarray(no_drop), np.asarray(x))
+
+
+def _pooled_then_classifier(family: str, net, x, keys, rate):
+    """Each family's head written out: pooled features, dropout, the final linear layer."""
+    drop = lambda f: convnext.head_dropout(f, rate, keys)  # noqa: E731
+    if family == "vit":
+        return net.head(drop(net.tokens(x)[:, 0]))
+    pooled = jnp.mean(net.feature_map(x).astype(jnp.float32), axis=(1, 2))
+    if family == "convnext":
+        return net.head.fc(drop(net.head.norm(pooled)))
+    if family == "resnet":
+        return net.head.fc(drop(pooled))
+    return net.classifier(drop(pooled))
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_head_dropout_acts_on_the_pooled_features_before_each_familys_classifier(family):
+    run = specs.resolve(config_for(family, **{"model.head_dropout": 0.5,
+                                              "model.drop_path_rate": 0.0}))  # fmt: skip
+    assert run.model.head_dropout == 0.5
+    net = registry.build(run.model, 0)
+    x = jnp.asarray(preprocess.normalize(batch(1, 4)["image"], 0.25, 0.3))
+    keys = jax.random.split(jax.random.key(3), 4)
+    trained = net(x, sample_keys=keys)
+    np.testing.assert_allclose(trained, _pooled_then_classifier(family, net, x, keys, 0.5),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    evaluated = net(x)  # no keys: no dropout, as the reference head without it
+    np.testing.assert_allclose(evaluated, _pooled_then_classifier(family, net, x, None, 0.5),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-4
+
+
+def test_head_dropout_is_checked_and_left_out_of_a_default_runs_identity():
+    with pytest.raises(UserError, match=r"config\.model\.head_dropout = 1\.0.*\[0, 1\)"):
+        specs.resolve(config_for("resnet", **{"model.head_dropout": 1.0}))
+    plain = run_record.identity(specs.resolve(config_for("convnext")), "fp")["model"]
+    assert "head_dropout" not in plain  # runs recorded before the field resume
+    dropped = specs.resolve(config_for("convnext", **{"model.head_dropout": 0.2}))
+    assert run_record.identity(dropped, "fp")["model"]["head_dropout"] == 0.2

@@ -42,6 +42,7 @@ class ConvNeXtSpec:
     in_chans: int = 1
     num_classes: int = 2
     drop_path_rate: float = 0.0
+    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
     layer_scale_init: float = 1e-6
     head_init_scale: float = 1.0
     dtype: str = "float32"
@@ -113,6 +114,23 @@ def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.A
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+# Block k draws its stochastic depth with fold_in(sample key, k); the classifier's dropout draws
+# with this index, which no block reaches.
+HEAD_KEY_INDEX = 2**31 - 1
+
+
+def head_dropout(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
+    """Dropout of pooled features (B, D) before the classifier (timm's drop_rate): each element
+    dropped with probability `rate`, the rest rescaled, each sample from its own key (so, as with
+    drop_path, independent of how the batch is split). Identity without keys (evaluation)."""
+    if sample_keys is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    keys = fold_keys(sample_keys, HEAD_KEY_INDEX)
+    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 def fold_keys(sample_keys: jax.Array | None, index: int) -> jax.Array | None:
     """Each sample's key folded with `index` (a block's number), or None without keys: how every
     family draws a block's stochastic depth."""
@@ -126,11 +144,12 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def common_field_checks(spec) -> list[tuple]:
     """check_fields entries of the fields every family's spec has (in_chans, num_classes,
-    drop_path_rate, dtype, param_dtype)."""
+    drop_path_rate, head_dropout, dtype, param_dtype)."""
     return [
         ("in_chans", spec.in_chans, spec.in_chans >= 1, ">= 1"),
         ("num_classes", spec.num_classes, spec.num_classes >= 1, ">= 1"),
         ("drop_path_rate", spec.drop_path_rate, 0.0 <= spec.drop_path_rate < 1.0, "in [0, 1)"),
+        ("head_dropout", spec.head_dropout, 0.0 <= spec.head_dropout < 1.0, "in [0, 1)"),
         ("dtype", spec.dtype, spec.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
         ("param_dtype", spec.param_dtype, spec.param_dtype == "float32",
          "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
@@ -202,10 +221,11 @@ class Stem(nnx.Module):
 
 
 class Head(nnx.Module):
-    """Global average pool, LayerNorm, Linear to class logits (float32)."""
+    """Global average pool, LayerNorm, dropout in training, Linear to class logits (float32)."""
 
     def __init__(self, spec: ConvNeXtSpec, rngs: nnx.Rngs):
         dim = spec.dims[-1]
+        self.dropout_rate = spec.head_dropout
         self.norm = _layer_norm(dim, spec, rngs)
         scale = spec.head_init_scale
 
@@ -226,8 +246,8 @@ class Head(nnx.Module):
         """Pooled, normalised features before the classifier."""
         return self.norm(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc(self.features(x))
+    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        return self.fc(head_dropout(self.features(x), self.dropout_rate, sample_keys))
 
 
 class ConvNeXt(nnx.Module):
@@ -254,7 +274,7 @@ class ConvNeXt(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys))
+        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, H/32, W/32, dims[-1]): what the head pools, and where

@@ -121,6 +121,7 @@ class EfficientNetSpec:
     in_chans: int = 1
     num_classes: int = 2
     drop_path_rate: float = 0.0
+    head_dropout: float = 0.0  # timm's drop_rate (0.2 in its B0 recipe): before the classifier
     dtype: str = "float32"
     param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
@@ -398,7 +399,8 @@ class EfficientNet(nnx.Module):
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k (counted over all stages) draws with fold_in(key, k)."""
         features = self.feature_map(x, sample_keys=sample_keys)
-        return self.classifier(jnp.mean(features.astype(jnp.float32), axis=(1, 2)))
+        pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+        return self.classifier(convnext.head_dropout(pooled, self.spec.head_dropout, sample_keys))
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The head convolution's activations (B, H/32, W/32, head width) after BN and SiLU:

@@ -2,8 +2,8 @@
 learning-rate decay, the presets of `optim.trainable`, and the names `model.name` accepts.
 
 Each family's module (convnext, vit, resnet, efficientnet) defines a frozen spec dataclass with
-the common fields (in_chans, num_classes, drop_path_rate, dtype, param_dtype) and its own; this
-module dispatches on the spec's type, so the training core never names a family.
+the common fields (in_chans, num_classes, drop_path_rate, head_dropout, dtype, param_dtype) and
+its own; this module dispatches on the spec's type, so the training core never names a family.
 """
 
 from __future__ import annotations
@@ -102,9 +102,10 @@ NAMES: dict[str, tuple[str, str]] = {
 
 def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelSpec:
     """The spec of a named model; `fields` are the config's common fields (in_chans,
-    num_classes, drop_path_rate, dtype, param_dtype, depthwise, image_size), each passed to the
-    families whose spec has it; `overrides` (config.model.arch) replace architecture fields of
-    the variant (e.g. a small ResNet's depths and widths), each of which must exist."""
+    num_classes, drop_path_rate, head_dropout, dtype, param_dtype, depthwise, image_size), each
+    passed to the families whose spec has it; `overrides` (config.model.arch) replace
+    architecture fields of the variant (e.g. a small ResNet's depths and widths), each of which
+    must exist."""
     if name not in NAMES:
         raise UserError(f"config.model.name = {name!r}: expected one of {sorted(NAMES)}.")
     family_name, variant = NAMES[name]

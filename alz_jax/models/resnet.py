@@ -59,6 +59,7 @@ class ResNetSpec:
     in_chans: int = 1
     num_classes: int = 2
     drop_path_rate: float = 0.0
+    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -182,10 +183,12 @@ class Bottleneck(nnx.Module):
 
 
 class Head(nnx.Module):
-    """Global average pool (float32) and the linear classifier (float32 logits)."""
+    """Global average pool (float32), dropout in training, and the linear classifier (float32
+    logits)."""
 
     def __init__(self, spec: ResNetSpec, rngs: nnx.Rngs):
         dim = EXPANSION * spec.widths[-1]
+        self.dropout_rate = spec.head_dropout
         self.fc = nnx.Linear(
             dim,
             spec.num_classes,
@@ -196,8 +199,9 @@ class Head(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return self.fc(convnext.head_dropout(pooled, self.dropout_rate, sample_keys))
 
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:
@@ -227,7 +231,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys))
+        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, ~H/32, ~W/32, 4 * widths[-1]): what the head pools, and

@@ -26,7 +26,7 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import convnext
-from alz_jax.models.convnext import drop_path, fold_keys
+from alz_jax.models.convnext import drop_path, fold_keys, head_dropout
 
 # timm's vit_{tiny,small,base}_patch16_224 (head width 64 throughout).
 VARIANTS: dict[str, dict] = {
@@ -55,6 +55,7 @@ class ViTSpec:
     in_chans: int = 1
     num_classes: int = 2
     drop_path_rate: float = 0.0
+    head_dropout: float = 0.0  # timm's drop_rate: dropout of the class token before the head
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -246,7 +247,8 @@ class ViT(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given."""
-        return self.head(self.tokens(x, sample_keys=sample_keys)[:, 0])
+        cls = self.tokens(x, sample_keys=sample_keys)[:, 0]
+        return self.head(head_dropout(cls, self.spec.head_dropout, sample_keys))
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The patch tokens after the final norm as a map (B, grid, grid, D). The head reads the

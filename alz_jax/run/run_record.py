@@ -73,6 +73,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     # on a GPU in bfloat16.
     compute_dtype = model.pop("dtype")
     model.pop("depthwise", None)
+    _drop_defaults(model, {"head_dropout": 0.0})  # added later: older runs keep their identity
     family = registry.family(run.model).name
     if family != "convnext":  # ConvNeXt runs recorded before other families keep their identity
         model = {"family": family, **model}

@@ -289,6 +289,7 @@ def model_spec(
         in_chans=m.in_chans,
         num_classes=m.num_classes,
         drop_path_rate=m.drop_path_rate,
+        head_dropout=m.get("head_dropout", 0.0),
         dtype=dtype,
         param_dtype=m.param_dtype,
     )
