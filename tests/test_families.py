@@ -12,6 +12,7 @@ from flax import nnx
 
 from alz_jax.core import averaging, optim, sharding, steps
 from alz_jax.data import preprocess
+from alz_jax.evaluation import saliency
 from alz_jax.host.errors import UserError
 from alz_jax.models import batchnorm, convnext, registry
 from alz_jax.run import assembly, run_record, specs
@@ -278,3 +279,48 @@ def test_head_dropout_is_checked_and_left_out_of_a_default_runs_identity():
     assert "head_dropout" not in plain  # runs recorded before the field resume
     dropped = specs.resolve(config_for("convnext", **{"model.head_dropout": 0.2}))
     assert run_record.identity(dropped, "fp")["model"]["head_dropout"] == 0.2
+
+
+def _model_and_weights(family: str, **overrides):
+    run = specs.resolve(config_for(family, **overrides))
+    model = steps.make_model(run.model)
+    params, stats = registry.init_variables(run.model, 0)
+    return model, model.weights(params, stats)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_gradcam_target_reproduces_each_familys_logits_and_carries_their_gradient(family):
+    model, weights = _model_and_weights(family)
+    net = model.module(weights)
+    x = jnp.asarray(preprocess.normalize(batch(2, 4)["image"], 0.25, 0.3))
+    features, to_logits = registry.gradcam_target(model.spec)(net, x)
+    assert features.ndim == 4 and features.dtype == jnp.float32
+    np.testing.assert_allclose(to_logits(features), net(x), rtol=1e-5, atol=1e-6)
+    # The margin depends on the map (a ViT's tokens after its final norm would give 0 here).
+    grads = jax.grad(lambda f: jnp.sum(to_logits(f)[:, 1] - to_logits(f)[:, 0]))(features)
+    assert np.all(np.abs(np.asarray(grads)).max(axis=(1, 2, 3)) > 0)
+    cams, margins = saliency.make_gradcam_fn(model, STATS)(
+        weights, batch(2, 4)["image"], np.ones(4, np.float32)
+    )
+    logits = net(x)
+    np.testing.assert_allclose(margins, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-6)
+    cams = np.asarray(cams)
+    assert cams.shape == (4, 32, 32) and cams.min() >= 0
+    assert np.all((cams.max(axis=(1, 2)) == 0) | np.isclose(cams.max(axis=(1, 2)), 1.0))
+
+
+def test_vit_gradcam_map_cells_are_the_image_patches_in_place():
+    """With one block, the map's cell (i, j) is patch (i, j) alone (a per-token LayerNorm of its
+    embedding): a change to the image's patch at row 0, column 1 moves that cell only."""
+    model, weights = _model_and_weights("vit", **{"model.arch.depth": 1})
+    net = model.module(weights)
+    x = np.asarray(preprocess.normalize(batch(3, 2)["image"], 0.25, 0.3))
+    moved = x.copy()
+    moved[:, 0:8, 8:16] += 1.0  # patch size 8
+    target = registry.gradcam_target(model.spec)
+    before, _ = target(net, jnp.asarray(x))
+    after, _ = target(net, jnp.asarray(moved))
+    changed = np.abs(np.asarray(after) - np.asarray(before)).max(axis=(0, 3)) > 1e-6
+    expected = np.zeros((4, 4), bool)
+    expected[0, 1] = True
+    np.testing.assert_array_equal(changed, expected)

@@ -115,9 +115,9 @@ def test_hugging_face_vitmodel_form_drops_its_pooler(fixture, hf_state, naming):
               "pooler.dense.bias": np.zeros(DIM, np.float32)}  # fmt: skip
     target = vit_import.spec_from_state_dict(state, in_chans=3, num_heads=HEADS)
     model, notes = imported(state, target)
-    features = model.feature_map(nhwc(fixture["images"]))
-    expected = fixture["hf_hidden"][:, 1:].reshape(2, IMAGE // PATCH, IMAGE // PATCH, DIM)
-    np.testing.assert_allclose(features, expected, atol=1e-5)
+    # ViTModel's last_hidden_state: every token after the final norm, the class token first.
+    np.testing.assert_allclose(model.tokens(nhwc(fixture["images"])), fixture["hf_hidden"],
+                               atol=1e-5)  # fmt: skip
     assert notes == [
         "pooler.dense: dropped (ViTModel's pooler; classification doesn't use it)",
         "head: initialised for 2 classes (the file has none)",

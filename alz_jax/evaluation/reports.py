@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import io
 import json
-import logging
 from pathlib import Path
 
 import jax
@@ -34,7 +33,6 @@ from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metrics, saliency
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import storage, tables
-from alz_jax.models import registry
 from tfds_builders.adni import audit
 
 REPORT_LEVELS = metrics.LEVELS
@@ -591,13 +589,7 @@ def evaluate_weights(
     write_predictions(records, plain_probs, logits[split]["plain"],
                       workdir / f"predictions_{split}.csv", tta_probs)  # fmt: skip
     rendered = figures.report_figures(report, units)
-    if settings.gradcam_scans and not registry.supports_gradcam(model.spec):
-        logging.warning(
-            "No Grad-CAM figure: %s classifies its class token, not a pooled "
-            "feature map (eval.gradcam_scans is ignored).",
-            registry.title(model.spec),
-        )
-    elif settings.gradcam_scans:
+    if settings.gradcam_scans:
         scans = saliency.choose_scans(units["scan"], report["scan"]["threshold"],
                                       settings.gradcam_scans)  # fmt: skip
         rendered["gradcam"] = saliency.gradcam_figure(

@@ -1,5 +1,6 @@
-"""Grad-CAM (Selvaraju et al., 2017) on ConvNeXt's last stage: which parts of a slice the
-decision rests on, for a few chosen scans, overlaid on the slices."""
+"""Grad-CAM (Selvaraju et al., 2017): which parts of a slice the decision rests on, for a few
+chosen scans, overlaid on the slices. It weighs a CNN's last feature map (what its head pools),
+and a ViT's patch tokens entering its last attention (models/registry.py gradcam_target)."""
 
 from __future__ import annotations
 
@@ -21,22 +22,19 @@ def make_gradcam_fn(model, pixel_stats: dict[str, float]) -> Callable:
     """Jitted (params, images uint8 (B, H, W, C), target_sign (B,)) -> (cams (B, H, W) in
     [0, 1], logit margins (B,)). A sign of +1 explains AD (the margin z_AD - z_NC), -1 NC.
 
-    The class score's gradient with respect to the last stage's output, averaged over space,
-    weights that output's channels; the positive part of the weighted sum, upsampled
-    (bilinear) to the image and divided by its maximum, is the map.
+    The class score's gradient with respect to the target map (registry.gradcam_target),
+    averaged over space, weights that map's channels; the positive part of the weighted sum,
+    upsampled (bilinear) to the image and divided by its maximum, is the map.
     """
     mean, std = pixel_stats["mean"], pixel_stats["std"]
-    logits_from_features = registry.family(model.spec).logits_from_features
-    if logits_from_features is None:
-        raise ValueError(f"Grad-CAM needs a pooled feature map; {registry.title(model.spec)} "
-                         "has none")  # fmt: skip
+    target = registry.gradcam_target(model.spec)
 
     def gradcam(params, images, target_sign):
         net = model.module(params)
-        features = net.feature_map(preprocess.normalize(images, mean, std)).astype(jnp.float32)
+        features, to_logits = target(net, preprocess.normalize(images, mean, std))
 
         def score(f):
-            logits = logits_from_features(net, f)
+            logits = to_logits(f)
             margin = logits[:, 1] - logits[:, 0]
             return jnp.sum(target_sign * margin), margin
 
@@ -117,5 +115,5 @@ def gradcam_figure(
             f"\nmap: {predicted}", transform=axes[row, 0].transAxes, ha="right", va="center",
             fontsize=8,
         )  # fmt: skip
-    fig.suptitle(f"Grad-CAM (last stage) of each scan's predicted class, threshold {threshold:.3f}")
+    fig.suptitle(f"Grad-CAM of each scan's predicted class, threshold {threshold:.3f}")
     return fig

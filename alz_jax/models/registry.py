@@ -36,9 +36,18 @@ class Family:
     forward_flops: Callable[[Any, int], float]  # (spec, resolution) -> FLOPs per image
     title: Callable[[Any], str]  # 'ConvNeXt atto', 'ViT-B/16', ...
     spec_for: Callable[..., Any]  # (variant, **fields) -> spec
-    # Grad-CAM: (model, feature_map output) -> logits; None where the logits don't come from a
-    # pooled spatial map (ViT reads its class token).
-    logits_from_features: Callable | None = None
+    # Grad-CAM: (model, normalised images) -> (the map it weighs (B, h, w, C), float32; the
+    # function from that map to the logits).
+    gradcam_target: Callable
+
+
+def _pooled_map_target(head: Callable) -> Callable:
+    """Grad-CAM's target of a CNN: the feature map its head pools, and `head(net, map)`."""
+
+    def target(net, x):
+        return net.feature_map(x).astype(jnp.float32), lambda f: head(net, f)
+
+    return target
 
 
 def _convnext_title(spec: convnext.ConvNeXtSpec) -> str:
@@ -58,7 +67,7 @@ FAMILIES: dict[str, Family] = {
         spec_for=lambda variant, **fields: convnext.ConvNeXtSpec(
             *convnext.SIZES[variant], **fields
         ),
-        logits_from_features=lambda net, features: net.head(features),
+        gradcam_target=_pooled_map_target(lambda net, f: net.head(f)),
     ),
     **{
         module.__name__.rsplit(".", 1)[-1]: Family(
@@ -70,16 +79,21 @@ FAMILIES: dict[str, Family] = {
             forward_flops=module.forward_flops_per_image,
             title=module.title,
             spec_for=module.spec_for,
-            logits_from_features=from_features,
+            gradcam_target=gradcam_target,
         )
-        for module, spec_type, model_type, from_features in (
-            (vit, vit.ViTSpec, vit.ViT, None),
-            (resnet, resnet.ResNetSpec, resnet.ResNet, lambda net, f: net.head(f)),
+        for module, spec_type, model_type, gradcam_target in (
+            (vit, vit.ViTSpec, vit.ViT, lambda net, x: net.gradcam_target(x)),
+            (
+                resnet,
+                resnet.ResNetSpec,
+                resnet.ResNet,
+                _pooled_map_target(lambda net, f: net.head(f)),
+            ),
             (
                 efficientnet,
                 efficientnet.EfficientNetSpec,
                 efficientnet.EfficientNet,
-                lambda net, f: net.classifier(jnp.mean(f.astype(jnp.float32), axis=(1, 2))),
+                _pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
             ),
         )
     },
@@ -168,9 +182,11 @@ def title(spec: ModelSpec) -> str:
     return family(spec).title(spec)
 
 
-def supports_gradcam(spec: ModelSpec) -> bool:
-    """Whether Grad-CAM maps can be drawn for this model (a pooled spatial feature map)."""
-    return family(spec).logits_from_features is not None
+def gradcam_target(spec: ModelSpec) -> Callable:
+    """Grad-CAM's split of a model: (net, normalised images) -> (the activation map it weighs
+    (B, h, w, C), float32; the function from that map to the logits). CNNs: the feature map their
+    head pools; ViT: its last block's first LayerNorm output on the patch tokens."""
+    return family(spec).gradcam_target
 
 
 def layer_ids(spec: ModelSpec, params: dict) -> tuple[dict, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -185,9 +186,16 @@ class Block(nnx.Module):
         return x if gamma is None else x * gamma.value.astype(x.dtype)
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
+        return self.from_norm1(x, self.norm1(x), sample_keys)
+
+    def from_norm1(
+        self, x: jax.Array, normed: jax.Array, sample_keys: jax.Array | None = None
+    ) -> jax.Array:
+        """The block given its input `x` and norm1(x) apart: Grad-CAM differentiates with
+        respect to the second."""
         # Two independent draws per block (timm's drop_path1 and drop_path2).
         attn_keys, mlp_keys = fold_keys(sample_keys, 0), fold_keys(sample_keys, 1)
-        y = self.attn(self.norm1(x).astype(self.compute_dtype))
+        y = self.attn(normed.astype(self.compute_dtype))
         x = x + drop_path(self._scaled(y, self.ls1), self.drop_path_rate, attn_keys)
         y = self.mlp(self.norm2(x).astype(self.compute_dtype))
         return x + drop_path(self._scaled(y, self.ls2), self.drop_path_rate, mlp_keys)
@@ -225,9 +233,9 @@ class ViT(nnx.Module):
         self.norm = _layer_norm(spec, rngs)
         self.head = _linear(dim, spec.num_classes, spec, rngs, dtype=jnp.float32)
 
-    def tokens(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """All tokens after the final norm, float32 (B, 1 + grid^2, D); the class token first.
-        Block k draws its drop-path masks from fold_in(sample key, k)."""
+    def embed(self, x: jax.Array) -> jax.Array:
+        """The tokens entering the first block (B, 1 + grid^2, D): the class token, then the
+        patches, plus position embeddings."""
         size = self.spec.image_size
         if x.shape[1:3] != (size, size):
             raise ValueError(
@@ -239,7 +247,12 @@ class ViT(nnx.Module):
         patches = patches.reshape(batch, -1, self.spec.embed_dim).astype(jnp.float32)
         cls = jnp.broadcast_to(self.cls_token.value, (batch, 1, self.spec.embed_dim))
         x = jnp.concatenate([cls.astype(jnp.float32), patches], axis=1)
-        x = (x + self.pos_embed.value).astype(self.spec.dtype)
+        return (x + self.pos_embed.value).astype(self.spec.dtype)
+
+    def tokens(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """All tokens after the final norm, float32 (B, 1 + grid^2, D); the class token first.
+        Block k draws its drop-path masks from fold_in(sample key, k)."""
+        x = self.embed(x)
         for k, block in enumerate(self.blocks):
             x = block(x, fold_keys(sample_keys, k))
         return self.norm(x).astype(jnp.float32)
@@ -250,12 +263,25 @@ class ViT(nnx.Module):
         cls = self.tokens(x, sample_keys=sample_keys)[:, 0]
         return self.head(head_dropout(cls, self.spec.head_dropout, sample_keys))
 
-    def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """The patch tokens after the final norm as a map (B, grid, grid, D). The head reads the
-        class token, not these; a per-token LayerNorm makes the logits independent of them, so
-        gradient-based saliency should differentiate through the last block instead."""
-        tokens = self.tokens(x, sample_keys=sample_keys)[:, 1:]
-        return tokens.reshape(tokens.shape[0], self.spec.grid, self.spec.grid, -1)
+    def gradcam_target(self, x: jax.Array) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+        """(the patch tokens of the last block's first LayerNorm as a map (B, grid, grid, D),
+        float32; the function from that map to the logits). The head reads the class token, which
+        only the last block's attention connects to the patches (after it a per-token norm
+        separates them), so Grad-CAM weighs the attention's input, as pytorch-grad-cam's ViT
+        recipe does (target layer blocks[-1].norm1, the class token dropped)."""
+        h = self.embed(x)
+        for block in self.blocks[:-1]:
+            h = block(h, None)
+        last = self.blocks[-1]
+        normed = last.norm1(h).astype(jnp.float32)
+        batch, grid = normed.shape[0], self.spec.grid
+
+        def to_logits(patch_map: jax.Array) -> jax.Array:
+            patches = patch_map.reshape(batch, grid * grid, -1)
+            out = last.from_norm1(h, jnp.concatenate([normed[:, :1], patches], axis=1))
+            return self.head(self.norm(out).astype(jnp.float32)[:, 0])
+
+        return normed[:, 1:].reshape(batch, grid, grid, -1), to_logits
 
 
 def resize_position_embedding(
