@@ -693,13 +693,19 @@ def _anchors(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("anchor") and r.get("status") == "ok"]
 
 
+def _anchor_model(anchor: dict) -> str:
+    """The model an anchor record timed (records from before --model name a ConvNeXt
+    variant only)."""
+    return anchor.get("model") or f"convnext_{anchor.get('variant')}"
+
+
 def derived_figures(records: list[dict]) -> dict:
-    """From gpu_check's records: JAX's step over PyTorch's (same batch and dtype), and how many
-    host cores of augmentation the fastest step needs."""
-    steps = {(r["batch"], r["dtype"]): r for r in _ok(records, "step")}
+    """From gpu_check's records: JAX's step over PyTorch's (same model, batch and dtype), and
+    how many host cores of augmentation the fastest step (of any model) needs."""
+    steps = {(r["model"], r["batch"], r["dtype"]): r for r in _ok(records, "step")}
     ratios = {}
     for anchor in _anchors(records):
-        ours = steps.get((anchor["batch"], anchor["dtype"]))
+        ours = steps.get((_anchor_model(anchor), anchor["batch"], anchor["dtype"]))
         if ours:
             ratios[anchor["check"]] = round(ours["img_per_s"] / anchor["img_per_s"], 3)
     fastest = max((r["img_per_s"] for r in steps.values()), default=None)
@@ -753,8 +759,7 @@ def _summary_measurements(records: list[dict], derived: dict) -> list[str]:
                   "TFLOP/s", "MFU"]  # fmt: skip
         lines += ["", "## Train step (bench step)", "", *_table(header, rows)]
     if anchors := _anchors(records):
-        # Anchors from before --model built torchvision's ConvNeXt of --variant only.
-        rows = [[r["check"], r.get("model") or f"convnext_{r.get('variant')}", r["device"],
+        rows = [[r["check"], _anchor_model(r), r["device"],
                  r["batch"], r["dtype"], r["img_per_s"], r["first_step_s"],
                  derived["jax_over_torch"].get(r["check"])] for r in anchors]  # fmt: skip
         header = ["anchor", "model", "device", "batch", "dtype", "img/s", "first step s",

@@ -9,6 +9,10 @@
 #   depthwise      'shift' against XLA's grouped conv (outputs, gradients) on ConvNeXt-T's shapes
 #   step_bB_DTYPE  `bench step`, ConvNeXt-T at 224 px, 3 channels: img/s, TFLOP/s, MFU
 #   augment        one host core's decode + augmentation rate at 224 px (`bench augment`)
+#   step_NAME, torch_NAME
+#                  the other families (FAMILIES: ViT-S/16, ResNet-50, EfficientNet-B0): `bench
+#                  step --model=NAME` at the first batch and dtype, and the same step in PyTorch
+#                  eager (timm's or torchvision's model; skipped without torch)
 #   torch_eager, torch_compile
 #                  the same train step in PyTorch (alz_jax/reference/torch_reference.py:
 #                  torchvision convnext_tiny, channels-last, bfloat16 autocast), eager and
@@ -25,7 +29,8 @@
 # --profile     adds `bench step --profile` (a per-op breakdown) to the first step check.
 # Environment: PYTHON (default .venv/bin/python, else python3), TORCH_PYTHON (default PYTHON),
 # BUDGET_S (checks are skipped once this many seconds have passed; default 450, tiny 300),
-# BATCHES (default "128 256"), DTYPES (default "bfloat16 float32"), STEPS (timed steps, 10).
+# BATCHES (default "128 256"), DTYPES (default "bfloat16 float32"), STEPS (timed steps, 10),
+# FAMILIES (default "vit_s16 resnet50 efficientnet_b0"; --tiny: none).
 # A check that fails or runs out of time is recorded and the next one runs; the exit status is
 # 1 if any check failed or timed out.
 set -euo pipefail
@@ -70,12 +75,13 @@ if [ "$tiny" = 1 ]; then
          "--config.model.dims=(8,16,32,64)" --depthwise=xla)
   res=32 batches=${BATCHES:-8} steps=${STEPS:-1} budget=${BUDGET_S:-300}
   depthwise_shapes=(--size=atto --res=32 --batch=2 --steps=1)
-  torch_model=(--variant=tiny --res=32) augment_seconds=0.5
+  torch_model=(--variant=tiny --res=32) augment_seconds=0.5 families=${FAMILIES-}
 else
   model=(--config=convnext_t --size=tiny)
   res=224 batches=${BATCHES:-128 256} steps=${STEPS:-10} budget=${BUDGET_S:-450}
   depthwise_shapes=(--size=tiny --res=224 --batch=8 --steps=5)
   torch_model=(--variant=tiny --res=224) augment_seconds=5
+  families=${FAMILIES-vit_s16 resnet50 efficientnet_b0}
 fi
 dtypes=${DTYPES:-bfloat16 float32}
 results=$out/results.jsonl
@@ -214,8 +220,25 @@ anchor() {
     --batch="$anchor_batch" --in_chans=3 --dtype=bfloat16 --steps="$steps"
 }
 
+# family NAME: `bench step --model=NAME` at the first batch and dtype, then its PyTorch anchor in
+# eager mode. torchvision's ResNet-50 has no drop path, so neither has ours here.
+family() {
+  local drop=0.1
+  [ "$1" != resnet50 ] || drop=0.0
+  check "step_$1" 240 "$python" -m alz_jax.bench step --config=convnext_t --model="$1" \
+    --config.model.drop_path_rate="$drop" --batch="$anchor_batch" --res="$res" --in_chans=3 \
+    --dtype="$first_dtype" --steps="$steps"
+  if [ -z "${torch_device:-}" ]; then
+    record "torch_$1" skipped 0 0 "$torch_python can't import torch and torchvision"
+  else
+    check "torch_$1" 150 "$torch_python" "$repo/alz_jax/reference/torch_reference.py" \
+      --model="$1" --device="$torch_device" --batch="$anchor_batch" --res="$res" --in_chans=3 \
+      --drop_path_rate="$drop" --dtype=bfloat16 --steps="$steps"
+  fi
+}
+
 # In order of what matters most should the budget run out: the set-up, parity, the first step
-# and its anchor, then the other batches, torch.compile, the other dtypes.
+# and its anchor, then the other batches, the other families, torch.compile, the other dtypes.
 check python_env 180 "$python" -c "$env_py" "$wheels"
 check devices 90 "$python" -m alz_jax.bench devices
 check depthwise 150 "$python" -m alz_jax.bench depthwise "${depthwise_shapes[@]}"
@@ -225,6 +248,9 @@ anchor eager 120
 check augment 60 "$python" -m alz_jax.bench augment --res=224 --seconds="$augment_seconds"
 for batch in $batches; do
   [ "$batch" = "$anchor_batch" ] || step "$batch" "$first_dtype"
+done
+for name in $families; do
+  family "$name"
 done
 anchor compile 240  # torch.compile compiles in its first step
 for dtype in $other_dtypes; do

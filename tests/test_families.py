@@ -242,17 +242,17 @@ def test_head_dropout_drops_each_samples_features_from_its_own_key():
         np.testing.assert_array_equal(np.asarray(no_drop), np.asarray(x))
 
 
-def _pooled_then_classifier(family: str, net, x, keys, rate):
-    """Each family's head written out: pooled features, dropout, the final linear layer."""
-    drop = lambda f: convnext.head_dropout(f, rate, keys)  # noqa: E731
+def _head_with_dropout(family: str, net, x):
+    """Each family's head written out: the pooled features (computed once), then a function of
+    per-sample keys applying dropout and the final linear layer."""
     if family == "vit":
-        return net.head(drop(net.tokens(x)[:, 0]))
-    pooled = jnp.mean(net.feature_map(x).astype(jnp.float32), axis=(1, 2))
-    if family == "convnext":
-        return net.head.fc(drop(net.head.norm(pooled)))
-    if family == "resnet":
-        return net.head.fc(drop(pooled))
-    return net.classifier(drop(pooled))
+        pooled, classifier = net.tokens(x)[:, 0], net.head
+    else:
+        pooled = jnp.mean(net.feature_map(x).astype(jnp.float32), axis=(1, 2))
+        classifier = net.classifier if family == "efficientnet" else net.head.fc
+        if family == "convnext":
+            pooled = net.head.norm(pooled)
+    return lambda keys: classifier(convnext.head_dropout(pooled, 0.5, keys))
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
@@ -263,13 +263,11 @@ def test_head_dropout_acts_on_the_pooled_features_before_each_familys_classifier
     net = registry.build(run.model, 0)
     x = jnp.asarray(preprocess.normalize(batch(1, 4)["image"], 0.25, 0.3))
     keys = jax.random.split(jax.random.key(3), 4)
+    head = _head_with_dropout(family, net, x)
     trained = net(x, sample_keys=keys)
-    np.testing.assert_allclose(trained, _pooled_then_classifier(family, net, x, keys, 0.5),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
-    evaluated = net(x)  # no keys: no dropout, as the reference head without it
-    np.testing.assert_allclose(evaluated, _pooled_then_classifier(family, net, x, None, 0.5),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
-    assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-4
+    np.testing.assert_allclose(trained, head(keys), rtol=1e-5, atol=1e-6)
+    # No keys (evaluation): no dropout, which changes the logits.
+    assert np.abs(np.asarray(trained) - np.asarray(head(None))).max() > 1e-4
 
 
 def test_head_dropout_is_checked_and_left_out_of_a_default_runs_identity():

@@ -7,11 +7,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+from alz_jax import bench
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +176,37 @@ def test_gpu_check_refuses_bad_arguments(args, tmp_path):
     done = subprocess.run(["bash", str(REPO / "launch/gpu_check.sh"), *args, str(tmp_path)],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 2 and "gpu_check.sh:" in done.stderr
+
+
+def test_gpu_check_summary_pairs_each_anchor_with_the_same_models_step(tmp_path):
+    """The JAX-over-PyTorch ratio of each anchor uses the step of its own model, batch and dtype;
+    an anchor of a model whose step is missing gets none."""
+
+    def step(model, batch, rate, dtype="bfloat16"):
+        return {"check": f"step_{model}_{batch}", "status": "ok", "bench": "step", "model": model,
+                "batch": batch, "res": 224, "dtype": dtype, "depthwise": "xla",
+                "img_per_s": rate, "step_s": batch / rate, "compile_s": 9.0,
+                "achieved_tflop_per_s": 1.0, "utilisation": 0.1, "seconds": 1, "rc": 0}  # fmt: skip
+
+    def anchor(check, model, batch, rate, **old):
+        fields = {"model": model} if model else old
+        return {"check": check, "status": "ok", "anchor": "x", **fields, "device": "cuda",
+                "batch": batch, "dtype": "bfloat16", "img_per_s": rate, "first_step_s": 2.0,
+                "seconds": 1, "rc": 0}  # fmt: skip
+
+    records = [
+        step("convnext_tiny", 128, 1000.0), step("convnext_tiny", 256, 1200.0),
+        step("resnet50", 128, 3000.0), step("vit_s16", 128, 2000.0, dtype="float32"),
+        anchor("torch_eager", None, 128, 800.0, variant="tiny"),  # a record from before --model
+        anchor("torch_resnet50", "resnet50", 128, 2000.0),
+        anchor("torch_vit_s16", "vit_s16", 128, 1000.0),  # bfloat16: no float32 step to pair
+        {"check": "augment", "status": "ok", "bench": "augment", "img_per_s": 500.0,
+         "size": 224, "seconds": 1, "rc": 0},
+    ]  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    derived = bench.bench_summary(types.SimpleNamespace(results=str(results)))
+    assert derived["jax_over_torch"] == {"torch_eager": 1.25, "torch_resnet50": 1.5}
+    assert derived["augment_cores_needed"] == 6.0  # the fastest step of any model: 3000 / 500
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| torch_resnet50 | resnet50 | cuda | 128 | bfloat16 | 2000.0 | 2.0 | 1.5 |" in summary
