@@ -162,6 +162,9 @@ def _optimization(config: ml_collections.ConfigDict) -> None:
     # What trains: 'all', 'head', 'last_stage' (the last stage or blocks and the head) or a
     # regex over '/'-joined parameter paths; the rest is frozen and has no optimizer state.
     config.optim.trainable = "all"
+    # BatchNorm of frozen layers (ResNet, EfficientNet): 'running' keeps their ImageNet running
+    # statistics and normalises with them (timm's freeze, Keras); 'batch' updates them.
+    config.optim.frozen_batchnorm = "running"
 
     config.batch_size = 512  # global, over all devices and processes
     # Durations: *_steps, when set, wins over *_epochs; converted to steps in one place.

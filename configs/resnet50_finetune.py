@@ -11,9 +11,10 @@ weights_only loader, or the same state dict saved as .safetensors) or timm's res
 initialised for 2 classes.
 
 Only the last stage (layer4) and the classifier train (optim.trainable = 'last_stage'; the rest
-is frozen and has no optimizer state; BatchNorm running statistics still follow the data, as in
-PyTorch with requires_grad=False). BatchNorm statistics are the global batch's on any number of
-devices; SWA weights get their statistics recomputed over the train split before validation.
+is frozen and has no optimizer state, and its BatchNorm layers keep their ImageNet running
+statistics and normalise with them: optim.frozen_batchnorm = 'running', as timm's freeze).
+The trained layers' BatchNorm statistics are the global batch's on any number of devices; SWA
+weights get their statistics recomputed over the train split before validation.
 AdamW peak lr 1e-3, weight decay 0.01, batch 128, 1 warmup epoch then cosine over 30 epochs,
 label smoothing 0.1, no Mixup/CutMix. Expected time per epoch on a GPU: not measured (no
 accelerator was available when the recipe was written); result: not measured.

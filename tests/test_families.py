@@ -187,6 +187,19 @@ def test_frozen_parameters_do_not_change_and_have_no_optimizer_state(family, tra
     # Adam's two moments for the trainable parameters only.
     assert _leaf_size(state["opt_state"]) == 2 * trainable_size
     assert np.isfinite(float(metrics["loss"]))
+    # optim.frozen_batchnorm 'running' (the default): frozen layers' statistics stay.
+    moved = _moved_norms(parts.fresh_state(0).get("batch_stats", {}), state.get("batch_stats", {}))
+    assert all(moved[path] == (path not in parts.model.frozen_norms) for path in moved), moved
+
+
+def _moved_norms(before, after) -> dict[str, bool]:
+    """Per BatchNorm path ('layer1/0/bn1'): whether any of its running statistics changed."""
+    moved: dict[str, bool] = {}
+    flat_before = jax.tree_util.tree_flatten_with_path(jax.device_get(before))[0]
+    for (path, a), b in zip(flat_before, jax.tree.leaves(jax.device_get(after)), strict=True):
+        norm = optim.path_name(path).rsplit("/", 1)[0]
+        moved[norm] = moved.get(norm, False) or not np.array_equal(a, b)
+    return moved
 
 
 def test_trainable_refuses_a_pattern_matching_nothing():
@@ -322,3 +335,39 @@ def test_vit_gradcam_map_cells_are_the_image_patches_in_place():
     expected = np.zeros((4, 4), bool)
     expected[0, 1] = True
     np.testing.assert_array_equal(changed, expected)
+
+
+@pytest.mark.parametrize("mode", ["running", "batch"])
+def test_frozen_batchnorm_keeps_and_uses_running_statistics_or_follows_the_batch(mode):
+    """optim.frozen_batchnorm: 'running' (timm's freeze, Keras) normalises the frozen layers with
+    their running statistics and keeps them, in the train step and SWA's statistics pass;
+    'batch' (PyTorch's requires_grad=False alone) treats them as any other layer."""
+    overrides = {"optim.frozen_batchnorm": mode, "model.drop_path_rate": 0.0}
+    run, parts = setup("resnet", **{"optim.trainable": "last_stage", **overrides})
+    model = parts.model
+    params, stats = registry.init_variables(run.model, 0)
+    stats = jax.tree.map(lambda v: v + 0.5, stats)  # running statistics unlike any batch's
+    x = jnp.asarray(preprocess.normalize(batch(4, 8)["image"], *STATS.values()))
+    _, after_step = model.train_apply(params, stats, x, None)
+    statistics_pass = steps.make_statistics_pass(model, STATS, one_device_mesh())
+    after_pass = statistics_pass(model.weights(params, stats), stats, jnp.asarray(0),
+                                 batch(4, 8)["image"])  # fmt: skip
+    all_norms = {path for path, _ in batchnorm.named_batch_norms(model.module(
+        model.weights(params, stats)))}  # fmt: skip
+    if mode == "batch":
+        assert model.frozen_norms == ()
+    else:
+        assert 0 < len(model.frozen_norms) < len(all_norms)
+        assert all(p.startswith(("stem/", "stages/0/")) for p in model.frozen_norms)
+    for after in (after_step, after_pass):
+        moved = _moved_norms(stats, after)
+        assert set(moved) == all_norms
+        assert {p for p, m in moved.items() if not m} == set(model.frozen_norms)
+    # With every layer frozen but the classifier, the training forward is the evaluation one.
+    _, head_only = setup("resnet", **{"optim.trainable": "head", **overrides})
+    trained, _ = head_only.model.train_apply(params, stats, x, None)
+    evaluated = head_only.model.apply(model.weights(params, stats), x)
+    if mode == "running":
+        np.testing.assert_array_equal(np.asarray(trained), np.asarray(evaluated))
+    else:
+        assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-3

@@ -352,7 +352,7 @@ def test_observed_statistics_are_the_first_batch_norms_input_moments(fixture, st
                                rtol=1e-5, atol=1e-6)  # fmt: skip
     np.testing.assert_allclose(seen["stem"]["bn"]["var"], conv.var(axis=(0, 2, 3), ddof=1),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
-    assert all(not n.training for n in batchnorm.batch_norms(model))  # back in evaluation
+    assert all(not n.training for _, n in batchnorm.named_batch_norms(model))  # evaluation again
 
 
 def test_swa_average_and_statistics_pass_match_torchs_update_bn(fixture, state):

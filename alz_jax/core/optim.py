@@ -31,6 +31,10 @@ class OptimSpec:
     # Parameters that train: 'all', a preset ('head', 'last_stage') or a regex over '/'-joined
     # parameter paths; the rest are frozen and have no optimizer state.
     trainable: str = "all"
+    # Frozen layers' BatchNorm in training: 'running' normalises with the running statistics
+    # and keeps them (timm's `freeze`, Keras); 'batch' uses batch statistics and updates the
+    # running ones (PyTorch's requires_grad=False alone).
+    frozen_batchnorm: str = "running"
 
     def __post_init__(self):
         lr, end = self.learning_rate, self.end_learning_rate
@@ -48,6 +52,8 @@ class OptimSpec:
              ">= 0 and finite (0: off)"),
             ("layer_decay", self.layer_decay, 0.0 < self.layer_decay <= 1.0,
              "in (0, 1] (1.0: off)"),
+            ("frozen_batchnorm", self.frozen_batchnorm,
+             self.frozen_batchnorm in ("running", "batch"), "running|batch"),
         ])  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,9 @@ class Model:
     graphdef: nnx.GraphDef
     batch_stats: bool = False  # the model keeps BatchNorm running statistics
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
+    # BatchNorms of frozen layers ('layer1/0/bn1'): in training they normalise with their
+    # running statistics and keep them (frozen_batch_norms).
+    frozen_norms: tuple[str, ...] = ()
 
     def split(self, weights) -> tuple[Any, Any]:
         """(params, batch_stats) of evaluation weights; batch_stats {} without BatchNorm."""
@@ -71,23 +75,36 @@ class Model:
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """Training-mode logits and the running statistics after this batch: BatchNorm
         normalises with the batch's statistics (the global batch's: under shard_map averaged
-        over `axis_name`) and the running ones move by `bn_momentum` towards them."""
+        over `axis_name`) and the running ones move by `bn_momentum` towards them; the
+        `frozen_norms` keep theirs and use them."""
         if not self.batch_stats:
             return self.apply(params, images, sample_keys), batch_stats
         module = nnx.merge(self.graphdef, params, batch_stats)
-        logits, seen = batchnorm.observed(module, images, axis_name, sample_keys=sample_keys)
+        logits, seen = batchnorm.observed(
+            module, images, axis_name, self.frozen_norms, sample_keys=sample_keys
+        )
         return logits, batchnorm.update_running(batch_stats, seen, self.bn_momentum)
 
 
-def make_model(spec) -> Model:
-    """The Model (structure only, no parameter memory) for a spec of any family."""
+def make_model(spec, frozen_norms: tuple[str, ...] = ()) -> Model:
+    """The Model (structure only, no parameter memory) for a spec of any family; `frozen_norms`
+    as `frozen_batch_norms` gives them."""
     abstract = registry.abstract(spec)
     has_stats = registry.has_batch_stats(spec)
     if has_stats:
         graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     else:
         graphdef, _ = nnx.split(abstract)
-    return Model(spec=spec, graphdef=graphdef, batch_stats=has_stats)
+    return Model(spec=spec, graphdef=graphdef, batch_stats=has_stats, frozen_norms=frozen_norms)
+
+
+def frozen_batch_norms(spec, trainable_pattern: str) -> tuple[str, ...]:
+    """The paths of the BatchNorms whose scale the regex `trainable_pattern` leaves frozen."""
+    if not registry.has_batch_stats(spec):
+        return ()
+    regex = re.compile(trainable_pattern)
+    return tuple(path for path, _ in batchnorm.named_batch_norms(registry.abstract(spec))
+                 if not regex.fullmatch(f"{path}/scale"))  # fmt: skip
 
 
 def _initial_state(
@@ -436,12 +453,13 @@ def make_statistics_pass(
     (0-based) of a BatchNorm statistics pass: the cumulative mean over batches of each layer's
     training-mode batch mean and unbiased variance, as `torch.optim.swa_utils.update_bn`
     (batchnorm.cumulative_statistics is the eager reference). The weights' own statistics are
-    not read; batch moments are the global batch's."""
+    not read, except the frozen norms', which stay; batch moments are the global batch's."""
     mean, std = pixel_stats["mean"], pixel_stats["std"]
 
     def one_batch(weights, running, k, images):
         module = model.module(weights)
-        _, seen = batchnorm.observed(module, preprocess.normalize(images, mean, std))
+        normalized = preprocess.normalize(images, mean, std)
+        _, seen = batchnorm.observed(module, normalized, frozen=model.frozen_norms)
         return batchnorm.update_running(running, seen, 1.0 / (k.astype(jnp.float32) + 1.0))
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -76,16 +76,22 @@ class BatchNorm(nnx.Module):
         return y.astype(self.compute_dtype)
 
 
-def batch_norms(module: nnx.Module) -> list[BatchNorm]:
-    """Every BatchNorm inside `module`, in graph order."""
-    return [m for _, m in nnx.iter_modules(module) if isinstance(m, BatchNorm)]
+def named_batch_norms(module: nnx.Module) -> list[tuple[str, BatchNorm]]:
+    """Every BatchNorm inside `module` with its '/'-joined path ('layer1/0/bn1'), in graph
+    order; its parameters' paths are that path and '/scale', '/bias'."""
+    return [("/".join(str(p) for p in path), m) for path, m in nnx.iter_modules(module)
+            if isinstance(m, BatchNorm)]  # fmt: skip
 
 
-def set_training(module: nnx.Module, training: bool, axis_name: str | None = None) -> None:
+def set_training(
+    module: nnx.Module, training: bool, axis_name: str | None = None, frozen: tuple[str, ...] = ()
+) -> None:
     """Switches every BatchNorm of `module` to batch statistics (training) or running ones, and
-    names the mesh axis to average batch moments over (under shard_map; None under jit)."""
-    for norm in batch_norms(module):
-        norm.training = training
+    names the mesh axis to average batch moments over (under shard_map; None under jit). The
+    norms named in `frozen` stay on their running statistics, which they then leave as they
+    are (a frozen layer's, as timm's `freeze` and Keras treat it)."""
+    for path, norm in named_batch_norms(module):
+        norm.training = training and path not in frozen
         norm.axis_name = axis_name
 
 
@@ -97,11 +103,18 @@ def update_running(running, observed, momentum):
     )
 
 
-def observed(module: nnx.Module, images: jax.Array, axis_name: str | None = None, **kwargs):
+def observed(
+    module: nnx.Module,
+    images: jax.Array,
+    axis_name: str | None = None,
+    frozen: tuple[str, ...] = (),
+    **kwargs,
+):
     """(logits, observed statistics) of one training-mode forward pass of `module` over
-    `images`: the batch mean and unbiased variance each BatchNorm saw, as a pure dict. The
+    `images`: the batch mean and unbiased variance each BatchNorm saw, as a pure dict (a
+    `frozen` norm's: its running statistics, so a running update leaves them exactly). The
     module is left in evaluation mode with its BatchStats holding those observations."""
-    set_training(module, True, axis_name)
+    set_training(module, True, axis_name, frozen)
     try:
         logits = module(images, **kwargs)
     finally:

@@ -49,12 +49,18 @@ def assemble(
 ) -> Assembly:
     """The model, optimizer, averages and steps of `run` over `plan`'s steps on `mesh`."""
     schedule = optim.learning_rate_schedule(run.optim, plan.total_steps, plan.warmup_steps)
-    model = steps.make_model(run.model)
+    pattern = trainable_pattern(run)
+    frozen_norms = (
+        steps.frozen_batch_norms(run.model, pattern)
+        if run.optim.frozen_batchnorm == "running"
+        else ()
+    )
+    model = steps.make_model(run.model, frozen_norms)
     tx = optim.make_optimizer(
         run.optim,
         schedule,
         layer_ids=functools.partial(registry.layer_ids, run.model),
-        trainable_pattern=trainable_pattern(run),
+        trainable_pattern=pattern,
     )
     return Assembly(
         model=model,

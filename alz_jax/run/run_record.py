@@ -78,7 +78,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     if family != "convnext":  # ConvNeXt runs recorded before other families keep their identity
         model = {"family": family, **model}
     optim = dataclasses.asdict(run.optim)
-    _drop_defaults(optim, {"trainable": "all"})
+    _drop_defaults(optim, {"trainable": "all", "frozen_batchnorm": "running"})
     step = dataclasses.asdict(run.step)
     del step["impl"]  # jit and shard_map compute the same update
     _drop_defaults(step, {"class_weights": ()})

@@ -265,6 +265,10 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
         trainable, total = optim.check_trainable(state["params"], pattern, run.optim.trainable)
         logging.info("Training %d of %d parameters (optim.trainable = %r, regex %r); the rest "
                      "are frozen.", trainable, total, run.optim.trainable, pattern)  # fmt: skip
+        if parts.model.frozen_norms:
+            logging.info("%d BatchNorm layers of the frozen part normalise with their running "
+                         "statistics and keep them (optim.frozen_batchnorm = 'running').",
+                         len(parts.model.frozen_norms))  # fmt: skip
     logging.info(
         "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
         "of %d process(es)",
