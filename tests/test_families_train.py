@@ -10,14 +10,11 @@ import pytest
 
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.run import assembly, exporting, prediction, specs, train
+from tests import interrupt
 from tests import tiny_config as tiny_config_file
 from tests.test_families import TINY
 
 pytestmark = pytest.mark.slow
-
-
-class _PreemptedError(Exception):
-    pass
 
 
 def resnet_config(manual_dir, data_dir):
@@ -47,22 +44,7 @@ def test_resnet_trains_resumes_bitwise_and_exports(tiny_synthetic, tmp_path, mon
     report = json.loads((tmp_path / "a" / "report_test.json").read_text())
     assert report["slice"]["n"] > 0
 
-    real_factory = steps.make_train_step
-
-    def interrupting_factory(*args, **kwargs):
-        step_fn = real_factory(*args, **kwargs)
-
-        def wrapped(state, batch):
-            if int(state["step"]) == 3:
-                raise _PreemptedError
-            return step_fn(state, batch)
-
-        return wrapped
-
-    monkeypatch.setattr(steps, "make_train_step", interrupting_factory)
-    with pytest.raises(_PreemptedError):
-        train.train_and_evaluate(config, str(tmp_path / "b"))
-    monkeypatch.setattr(steps, "make_train_step", real_factory)
+    interrupt.train_until(monkeypatch, config, str(tmp_path / "b"), 3)
     train.train_and_evaluate(config, str(tmp_path / "b"))
 
     a, b = final_state(tmp_path / "a", config), final_state(tmp_path / "b", config)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.host.errors import UserError
 from alz_jax.run import assembly, cross_validation, prediction, specs, train
+from tests import interrupt
 from tests import tiny_config as tiny_config_file
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
@@ -160,10 +161,6 @@ def train_config(workdir):
     return run_record.load_config(workdir)
 
 
-class _PreemptedError(Exception):
-    pass
-
-
 def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp_path, monkeypatch):
     manual_dir, _ = tiny_synthetic
     config = tiny_config(manual_dir, data_dir, **{"eval.tta": "hflip", "eval.gradcam_scans": 2})
@@ -195,22 +192,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
     assert {4, 6} <= set(manager.all_steps()) and manager.best_step() in manager.all_steps()
 
     # Run B: interrupted after the step-4 checkpoint, then restarted with the same command.
-    real_factory = steps.make_train_step
-
-    def interrupting_factory(*args, **kwargs):
-        step_fn = real_factory(*args, **kwargs)
-
-        def wrapped(state, batch):
-            if int(state["step"]) == 5:
-                raise _PreemptedError
-            return step_fn(state, batch)
-
-        return wrapped
-
-    monkeypatch.setattr(steps, "make_train_step", interrupting_factory)
-    with pytest.raises(_PreemptedError):
-        train.train_and_evaluate(config, str(tmp_path / "b"))
-    monkeypatch.setattr(steps, "make_train_step", real_factory)
+    interrupt.train_until(monkeypatch, config, str(tmp_path / "b"), 5)
     manager_b = checkpointing.make_manager(tmp_path / "b", specs.resolve(config).checkpoint)
     assert manager_b.latest_step() == 4
     # The restart finds step 4 damaged (a byte flipped on disk): it falls back to step 2, and
@@ -264,7 +246,7 @@ def test_a_start_that_saved_no_checkpoint_does_not_bind_the_workdir(
 
     def failing_factory(*args, **kwargs):
         def fail(state, batch):
-            raise _PreemptedError
+            raise interrupt.PreemptedError
 
         real_factory(*args, **kwargs)
         return fail
@@ -272,7 +254,7 @@ def test_a_start_that_saved_no_checkpoint_does_not_bind_the_workdir(
     monkeypatch.setattr(steps, "make_train_step", failing_factory)
     workdir = tmp_path / "w"
     for dims in ((8, 16), (8, 12)):
-        with pytest.raises(_PreemptedError):
+        with pytest.raises(interrupt.PreemptedError):
             train.train_and_evaluate(tiny_config(manual_dir, data_dir, **{"model.dims": dims}),
                                      str(workdir))  # fmt: skip
         record = json.loads((workdir / "run" / "record.json").read_text())
