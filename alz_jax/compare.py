@@ -9,17 +9,17 @@ The first workdir is the reference A. Writes into --out (default: `compare` besi
 workdir) compare.md, compare.json and the figures: each model's metrics with subject-bootstrap
 intervals, the paired bootstrap difference of each model to A on the same subjects, parameters,
 FLOPs, measured throughput and memory on this machine, and robustness curves under graded
-perturbations (alz_jax/run/comparison.py; docs/compare.md says what each number means). A run
+perturbations (alz_jax/run/compare_runs.py; docs/compare.md says what each number means). A run
 without a report on the split has its best checkpoint evaluated first (--noevaluate_missing
 refuses instead). Runs tested on different images are refused, naming the differences.
 """
 
 from absl import flags
 
-from alz_jax.evaluation import comparison as stats
+from alz_jax.evaluation import compare_stats as stats
 from alz_jax.evaluation import robustness
 from alz_jax.host import command
-from alz_jax.run import comparison
+from alz_jax.run import compare_runs
 
 _WORKDIRS = flags.DEFINE_list(
     "workdirs",
@@ -36,7 +36,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the resamples and of the pertur
 _BATCH = flags.DEFINE_integer(
     "batch",
     0,
-    f"Throughput batch (0: each run's batch size, at most {comparison.MAX_DEFAULT_BATCH}).",
+    f"Throughput batch (0: each run's batch size, at most {compare_runs.MAX_DEFAULT_BATCH}).",
 )
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed steps before timing.")
 _TIMED_STEPS = flags.DEFINE_integer("timed_steps", 5, "Timed steps (0: no throughput/memory).")
@@ -56,7 +56,7 @@ _EVALUATE_MISSING = flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     """Compares the runs and writes the report."""
     del argv
-    settings = comparison.CompareSettings(
+    settings = compare_runs.CompareSettings(
         split=_SPLIT.value,
         resamples=_RESAMPLES.value,
         seed=_SEED.value,
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> None:
         levels=robustness.parse_levels(_LEVELS.value),
         evaluate_missing=_EVALUATE_MISSING.value,
     )
-    out = _OUT.value or comparison.default_out(_WORKDIRS.value)
-    result = comparison.compare(_WORKDIRS.value, out, settings)
+    out = _OUT.value or compare_runs.default_out(_WORKDIRS.value)
+    result = compare_runs.compare(_WORKDIRS.value, out, settings)
     print(stats.format_summary(result))
     print(
         f"Written: {result['out']}/compare.md, compare.json and {len(result['figures'])} figures."

@@ -17,7 +17,7 @@ import pytest
 from sklearn import metrics as skm
 
 from alz_jax.data import preprocess
-from alz_jax.evaluation import comparison as stats
+from alz_jax.evaluation import compare_stats as stats
 from alz_jax.evaluation import robustness
 from alz_jax.host.errors import UserError
 
@@ -419,13 +419,13 @@ def read_run(workdir: Path) -> tuple[dict, np.ndarray, dict]:
 @pytest.mark.slow
 def test_compare_two_runs_end_to_end(two_runs):
     from alz_jax.models import registry
-    from alz_jax.run import comparison, run_record, specs
+    from alz_jax.run import compare_runs, run_record, specs
 
     root, (a, b) = two_runs
-    settings = comparison.CompareSettings(
+    settings = compare_runs.CompareSettings(
         resamples=RESAMPLES, seed=0, timed_steps=1, warmup_steps=1, levels=LEVELS
     )
-    result = comparison.compare([str(a), str(b)], str(root / "out"), settings)
+    result = compare_runs.compare([str(a), str(b)], str(root / "out"), settings)
     out = root / "out"
     saved = json.loads((out / "compare.json").read_text())
     markdown = (out / "compare.md").read_text()
@@ -519,29 +519,29 @@ def test_compare_refuses_runs_tested_on_other_subjects(two_runs, tmp_path):
     assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()
     # A run without a report on the split, with evaluation not allowed: refused, saying what
     # to run.
-    from alz_jax.run import comparison
+    from alz_jax.run import compare_runs
 
     (other / "report_test.json").unlink()
     with pytest.raises(UserError, match=r"has no report_test.json .*\(python -m alz_jax.evaluate"):
-        comparison.load_run(str(other), "other", "test", evaluate_missing=False)
+        compare_runs.load_run(str(other), "other", "test", evaluate_missing=False)
 
 
 def test_run_names_are_the_workdirs_last_folders_made_distinct():
-    from alz_jax.run import comparison
+    from alz_jax.run import compare_runs
 
-    assert comparison.run_names(["runs/vit", "runs/convnext/"]) == ["vit", "convnext"]
-    assert comparison.run_names(["x/fold_0", "y/fold_0"]) == ["x/fold_0", "y/fold_0"]
+    assert compare_runs.run_names(["runs/vit", "runs/convnext/"]) == ["vit", "convnext"]
+    assert compare_runs.run_names(["x/fold_0", "y/fold_0"]) == ["x/fold_0", "y/fold_0"]
     with pytest.raises(UserError, match="names one workdir twice"):
-        comparison.run_names(["runs/a", "runs/a"])
+        compare_runs.run_names(["runs/a", "runs/a"])
 
 
 def test_settings_name_the_flag_that_is_wrong():
-    from alz_jax.run import comparison
+    from alz_jax.run import compare_runs
 
     with pytest.raises(UserError, match=r"^--resamples=0: expected >= 1\.$"):
-        comparison.CompareSettings(resamples=0)
+        compare_runs.CompareSettings(resamples=0)
     with pytest.raises(UserError, match="Unknown perturbations"):
-        comparison.CompareSettings(perturbations=("fog",))
-    settings = comparison.CompareSettings(levels={"jpeg": (50.0,)})
+        compare_runs.CompareSettings(perturbations=("fog",))
+    settings = compare_runs.CompareSettings(levels={"jpeg": (50.0,)})
     assert settings.curve_levels("jpeg") == [None, 50.0]
     assert settings.curve_levels("noise") == [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]

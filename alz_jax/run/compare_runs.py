@@ -3,10 +3,10 @@ split, check that they were tested on the same images, measure each model's cost
 machine, evaluate each under graded perturbations, and write compare.md, compare.json and the
 figures.
 
-    result = comparison.compare(["runs/convnext", "runs/vit"], "runs/compare", CompareSettings())
+    result = compare_runs.compare(["runs/convnext", "runs/vit"], "runs/compare", CompareSettings())
 
 What each number means is in docs/compare.md; the statistics are in
-`alz_jax.evaluation.comparison`, the perturbations in `alz_jax.evaluation.robustness`.
+`alz_jax.evaluation.compare_stats`, the perturbations in `alz_jax.evaluation.robustness`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from alz_jax.core import sharding, steps
 from alz_jax.data import dataset
-from alz_jax.evaluation import comparison as stats
+from alz_jax.evaluation import compare_stats as stats
 from alz_jax.evaluation import figures, metrics, multiclass, multiclass_reports, reports, robustness
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
