@@ -10,9 +10,9 @@ figures roc_/confusion_/reliability_/gradcam_<split>.png, and prints a summary t
 
 from absl import flags
 
-from alz_jax.evaluation import multiclass_reports
+from alz_jax.evaluation import task_reports
 from alz_jax.host import command, storage
-from alz_jax.run import train
+from alz_jax.run.saved_run import SavedRun
 
 _WORKDIR = command.define_workdir("Workdir of a training run.")
 _CHECKPOINT = command.define_checkpoint()
@@ -41,10 +41,9 @@ def main(argv: list[str]) -> None:
         "bootstrap_samples": _BOOTSTRAP_SAMPLES.value,
         "gradcam_scans": _GRADCAM_SCANS.value,
     }
-    report = train.evaluate_checkpoint(
-        _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _WEIGHTS.value, overrides=overrides
-    )
-    print(multiclass_reports.format_any(report))
+    saved = SavedRun.open(_WORKDIR.value)
+    report = saved.evaluate(_SPLIT.value, _CHECKPOINT.value, _WEIGHTS.value, overrides=overrides)
+    print(task_reports.format_report(report))
     written = storage.path(_WORKDIR.value) / f"report_{_SPLIT.value}.md"
     print(f"Written: {written} and its figures.")
 

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     del argv
     # Imported here, not at the top: Grain's worker processes import this module again (Python's
     # spawn), and the training stack (TensorFlow through CLU's writers) would cost each ~6 s.
-    from alz_jax.evaluation import multiclass_reports  # noqa: PLC0415
+    from alz_jax.evaluation import task_reports  # noqa: PLC0415
     from alz_jax.run import train  # noqa: PLC0415
 
     workdir = _WORKDIR.value or command.default_workdir()
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         print(f"Preempted: state saved at step {report['preempted_at_step']}; "
               "run the same command to continue.")  # fmt: skip
         return
-    print(multiclass_reports.format_any(report))
+    print(task_reports.format_report(report))
     print("Stage times (s):", report["stage_seconds"])
 
 

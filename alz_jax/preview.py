@@ -13,7 +13,7 @@ from absl import flags
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures
 from alz_jax.host import command
-from alz_jax.run import specs, train
+from alz_jax.run import specs
 
 _CONFIG = command.define_config(help_string="Training config.")
 _OUT = flags.DEFINE_string("out", "grid.png", "Where to write the PNG.")
@@ -22,7 +22,7 @@ _NUM = flags.DEFINE_integer("num", 32, "How many images.")
 
 def _first_batch(run: specs.RunSpec, data: dataset.AdniData) -> dict:
     """The per-process batch that training step 0 uses."""
-    plan = run.plan(train.steps_per_epoch(data, run.batch_size), train.train_class_counts(data))
+    plan = run.plan_for(data)
     batches = input_pipeline.train_dataset(
         data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
         labels=data.records("train")["label"],

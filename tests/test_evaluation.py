@@ -10,7 +10,7 @@ import pytest
 
 from alz_jax.core import steps
 from alz_jax.data import input_pipeline
-from alz_jax.evaluation import metrics, reports, saliency
+from alz_jax.evaluation import metrics, reports, saliency, task_reports, tasks
 from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
 from alz_jax.run import specs
@@ -19,6 +19,8 @@ from tests.test_metrics import _clustered
 
 class FakeData:
     """Validation and test records with fixed logit margins, in place of a TFDS data set."""
+
+    class_names = ("NC", "AD")
 
     def __init__(self, seed: int = 0):
         self.splits = {}
@@ -46,8 +48,8 @@ def _evaluate(data, tmp_path, monkeypatch, **settings):
 
     monkeypatch.setattr(reports, "predict_split_multi", fake_predict)
     monkeypatch.setattr(steps, "make_predict_step", lambda *a, **k: None)
-    return reports.evaluate_weights(
-        data=data, model=None, params=None, pixel_stats={},
+    return task_reports.evaluate_weights(
+        tasks.BinaryTask(2), data=data, model=None, params=None, pixel_stats={},
         pipeline=input_pipeline.PipelineSpec(image_size=32), batch_size=16, mesh=None,
         split="test", step=7, weights="raw", selection=None, workdir=tmp_path,
         settings=reports.EvalSettings(gradcam_scans=0, bootstrap_samples=200, **settings),
@@ -98,7 +100,7 @@ def test_report_files_and_numbers(tmp_path, monkeypatch):
         assert lo <= saved[level]["balanced_accuracy"] <= hi
     scaled = saved["slice"]["calibration"]
     assert scaled["ece"] == scaled["ece_temperature_scaled"] != scaled["ece_uncalibrated"]
-    csv_records, csv_probs = reports.read_predictions(tmp_path / "predictions_test.csv")
+    csv_records, csv_probs = tasks.BinaryTask(2).read_predictions(tmp_path / "predictions_test.csv")
     np.testing.assert_allclose(csv_probs, probs, atol=1e-6)
     assert list(csv_records["file_name"]) == list(records["file_name"])
     for name in ("roc", "confusion", "reliability"):

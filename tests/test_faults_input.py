@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from alz_jax.evaluation import tasks
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from tfds_builders.adni import audit, layout
@@ -247,7 +248,6 @@ def test_safe_cell_quotes_formulas_and_round_trips():
 
 
 def test_predictions_csv_is_safe_and_reads_back_unchanged(tmp_path):
-    from alz_jax.evaluation import reports
 
     records = {
         "file_name": np.asarray(["=cmd|' /C calc'!A0", "test/AD/1_60.jpeg"], dtype=object),
@@ -256,11 +256,13 @@ def test_predictions_csv_is_safe_and_reads_back_unchanged(tmp_path):
         "label": np.asarray([1, 0]),
     }
     path = tmp_path / "predictions_test.csv"
-    reports.write_predictions(records, np.array([0.25, 0.75]), np.array([-1.5, 1.25]), path)
+    tasks.BinaryTask(2).write_predictions(
+        records, np.array([0.25, 0.75]), np.array([-1.5, 1.25]), (), path
+    )
     rows = list(csv.reader(io.StringIO(path.read_text())))
     assert rows[1][:3] == ["'=cmd|' /C calc'!A0", "'@1", "'-011_S_0002"]
     assert rows[1][5] == "-1.500000"  # a negative number is not quoted
-    read, prob = reports.read_predictions(path)
+    read, prob = tasks.BinaryTask(2).read_predictions(path)
     for key in ("file_name", "scan_id", "subject_id"):
         assert list(read[key]) == list(records[key])
     np.testing.assert_allclose(prob, [0.25, 0.75])

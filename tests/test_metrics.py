@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from alz_jax.evaluation import metrics
+from alz_jax.evaluation import metrics, tasks
+
+BINARY = tasks.BinaryTask(2)
 
 
 @pytest.fixture
@@ -83,7 +85,7 @@ def test_threshold_free_and_threshold_metrics_match_sklearn(predictions):
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, prob))
     # Weighted areas (what a bootstrap resample computes) against sklearn's sample_weight.
     weights = np.random.default_rng(1).integers(0, 4, len(labels)).astype(float)
-    auc, ap = metrics._ranking_areas(labels, prob, weights[None])
+    auc, ap = metrics.ranking_areas(labels, prob, weights[None])
     assert auc[0] == pytest.approx(skm.roc_auc_score(labels, prob, sample_weight=weights))
     assert ap[0] == pytest.approx(skm.average_precision_score(labels, prob, sample_weight=weights))
     curve = metrics.roc_curve(labels, prob)
@@ -170,17 +172,17 @@ def test_subject_bootstrap_is_unchanged_by_replicating_rows_and_a_slice_bootstra
     units_once = metrics.level_units(once, probs_once, subjects_known=True)
     units_thrice = metrics.level_units(thrice, probs_thrice, subjects_known=True)
     assert len(units_thrice["slice"].labels) == 3 * len(units_once["slice"].labels)
-    a = metrics.bootstrap_intervals(units_once, thresholds, n_samples=300, seed=7)
-    b = metrics.bootstrap_intervals(units_thrice, thresholds, n_samples=300, seed=7)
+    a = BINARY.bootstrap_intervals(units_once, n_samples=300, seed=7, thresholds=thresholds)
+    b = BINARY.bootstrap_intervals(units_thrice, n_samples=300, seed=7, thresholds=thresholds)
     for level in ("slice", "scan", "subject"):
-        for name in metrics.INTERVAL_METRICS:
+        for name in BINARY.metric_names("interval"):
             np.testing.assert_allclose(a[level][name], b[level][name], rtol=1e-12, atol=1e-12)
     assert a["slice"]["accuracy"][1] - a["slice"]["accuracy"][0] > 0.05
 
     def slice_bootstrap(units):  # every row its own resampling unit
         u = units["slice"]
         rows = metrics.Units(u.keys, u.labels, u.probs, np.asarray(u.keys, object))
-        interval = metrics.bootstrap_intervals({"slice": rows}, thresholds, 300, 7)
+        interval = BINARY.bootstrap_intervals({"slice": rows}, 300, 7, thresholds)
         return interval["slice"]["accuracy"][1] - interval["slice"]["accuracy"][0]
 
     assert slice_bootstrap(units_thrice) < 0.75 * slice_bootstrap(units_once)
@@ -192,8 +194,8 @@ def test_bootstrap_interval_holds_the_point_estimate_and_is_reproducible():
     records, probs = _clustered()
     units = metrics.level_units(records, probs, subjects_known=True)
     thresholds = {"slice": 0.5, "scan": 0.5, "subject": 0.5}
-    first = metrics.bootstrap_intervals(units, thresholds, 200, seed=1)
-    assert first == metrics.bootstrap_intervals(units, thresholds, 200, seed=1)
+    first = BINARY.bootstrap_intervals(units, 200, seed=1, thresholds=thresholds)
+    assert first == BINARY.bootstrap_intervals(units, 200, seed=1, thresholds=thresholds)
     for level, u in units.items():
         m = metrics.classification_metrics(u.labels, u.probs)
         for name in ("accuracy", "roc_auc", "sensitivity"):

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from alz_jax.evaluation import metrics
+from alz_jax.evaluation import metrics, tasks
 from alz_jax.evaluation import multiclass as mc
 from alz_jax.evaluation import multiclass_reports as mr
 from alz_jax.evaluation.settings import EvalSettings
+
+K4 = tasks.MulticlassTask(4)
 
 STAGES = ("NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented")
 EXACT = {"abs": 1e-9, "rel": 0}
@@ -171,20 +173,20 @@ def test_weighted_resample_equals_duplicated_rows():
         probs, subjects_known=False,
     )  # fmt: skip
     u = units["slice"]
-    ones = mc.resample_scores(u, np.ones((1, len(labels))))
+    ones = K4.weighted_scores(u, np.ones((1, len(labels))))
     point = mc.classification_metrics(labels, probs)
-    for name in mc.INTERVAL_METRICS:
+    for name in K4.metric_names("interval"):
         assert ones[name][0] == pytest.approx(point[name], **EXACT), name
     weights = np.random.default_rng(5).integers(0, 4, len(labels))
-    weighted = mc.resample_scores(u, weights[None].astype(float))
+    weighted = K4.weighted_scores(u, weights[None].astype(float))
     repeated = np.repeat(np.arange(len(labels)), weights)
     direct = mc.classification_metrics(labels[repeated], probs[repeated])
-    for name in mc.INTERVAL_METRICS:
+    for name in K4.metric_names("interval"):
         assert weighted[name][0] == pytest.approx(direct[name], **EXACT), name
     # A resample without class 3: no macro AUC (left out of the interval), balanced accuracy
     # over the classes drawn.
     without = (labels != 3).astype(float)
-    scores = mc.resample_scores(u, without[None])
+    scores = K4.weighted_scores(u, without[None])
     assert np.isnan(scores["roc_auc_ovr_macro"][0])
     kept = labels != 3
     expected = skm.balanced_accuracy_score(labels[kept], probs[kept].argmax(1))
@@ -196,16 +198,16 @@ def test_bootstrap_intervals_contain_the_point_estimates():
     records, logits = _records(rng, 4, n_subjects=60)
     probs = mc.softmax(logits)
     units = metrics.level_units(records, probs, subjects_known=True)
-    intervals = mc.bootstrap_intervals(units, n_samples=200, seed=1, chunk=64)
+    intervals = K4.bootstrap_intervals(units, n_samples=200, seed=1, chunk=64)
     point = mc.multilevel_metrics(records, probs, True, STAGES)
     for level in ("slice", "scan", "subject"):
-        for name in mc.INTERVAL_METRICS:
+        for name in K4.metric_names("interval"):
             lo, hi = intervals[level][name]
             assert lo < point[level][name] < hi, (level, name)
             assert hi - lo < 0.5, (level, name)
     # Same seed, same intervals; another seed, other resamples.
-    assert mc.bootstrap_intervals(units, n_samples=200, seed=1, chunk=50) == intervals
-    assert mc.bootstrap_intervals(units, n_samples=200, seed=2) != intervals
+    assert K4.bootstrap_intervals(units, n_samples=200, seed=1, chunk=50) == intervals
+    assert K4.bootstrap_intervals(units, n_samples=200, seed=2) != intervals
 
 
 def test_fit_temperature_recovers_a_known_temperature():
@@ -239,7 +241,7 @@ def test_fit_temperature_with_two_classes_is_the_binary_fit():
 def test_validation_metrics_keys_and_values():
     rng = np.random.default_rng(8)
     records, logits = _records(rng, 4, n_subjects=30)
-    out = mr.validation_metrics(records, logits)
+    out = K4.validation_metrics(records, logits)
     keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "roc_auc",
             "scan_accuracy", "scan_balanced_accuracy", "scan_macro_f1", "ece")  # fmt: skip
     for key in keys:
@@ -257,7 +259,7 @@ def _report(share: float | None, split: str = "test", tta: bool = False):
     records, logits = _records(rng, 4, n_subjects=24)
     val_records, val_logits = _records(np.random.default_rng(10), 4, n_subjects=24)
     settings = EvalSettings(bootstrap_samples=40, temperature_scaling=True)
-    calibration = mr.calibrate(val_records, val_logits, settings, subjects_known=True)
+    calibration = K4.calibrate(val_records, {"plain": val_logits}, settings, subjects_known=True)
     metadata = {"subject_source": "subject_id", "subject_coverage": 1.0, "protocol": "folders",
                 "test_subjects_also_in_train": 0,
                 "class_distribution": {"train": dict.fromkeys(STAGES, 7),
@@ -268,8 +270,8 @@ def _report(share: float | None, split: str = "test", tta: bool = False):
             "threshold": 0.95, "method": "dhash",
         }  # fmt: skip
     views = {"plain": logits, **({"hflip": logits + 0.1} if tta else {})}
-    report, units = mr.build_report(split, records, views, metadata, 100, calibration,
-                                    settings, STAGES)  # fmt: skip
+    report, units = mr.build_report(split, records, views, metadata, 100,
+                                    {"plain": calibration}, settings, STAGES)  # fmt: skip
     return report, units, records, logits, calibration
 
 
@@ -309,7 +311,7 @@ def test_report_levels_intervals_and_tta():
     assert report["calibration"] is calibration and calibration["temperature_applied"]
     for level in ("slice", "scan", "subject"):
         r = report[level]
-        assert set(r["ci95"]) == set(mc.INTERVAL_METRICS)
+        assert set(r["ci95"]) == set(K4.metric_names("interval"))
         assert r["n_subjects"] == len(set(units[level].subjects))
         assert {"ece", "ece_uncalibrated", "ece_temperature_scaled"} <= set(r["calibration"])
         assert report["tta"][level]["n"] == r["n"]
@@ -327,10 +329,10 @@ def test_predictions_round_trip(tmp_path):
     records["file_name"][0] = "=HYPERLINK(x).png"  # quoted on write, unquoted on read
     probs = mc.softmax(logits)
     path = tmp_path / "predictions_test.csv"
-    mr.write_predictions(records, probs, logits, STAGES, path, probs_tta=probs[::-1])
+    K4.write_predictions(records, probs, logits, STAGES, path, probs_tta=probs[::-1])
     header = path.read_text().splitlines()[0].split(",")
-    assert header == mr.prediction_columns(STAGES, tta=True)
-    back, back_probs = mr.read_predictions(path, STAGES)
+    assert header == K4.prediction_columns(STAGES, tta=True)
+    back, back_probs = K4.read_predictions(path, STAGES)
     np.testing.assert_allclose(back_probs, probs, rtol=0, atol=1e-6)
     for key in ("file_name", "scan_id", "subject_id", "label"):
         assert back[key].tolist() == records[key].tolist(), key

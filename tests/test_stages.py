@@ -18,9 +18,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from alz_jax.core import steps
 from alz_jax.data import dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
-from alz_jax.evaluation import multiclass, multiclass_reports, reports
+from alz_jax.evaluation import multiclass, reports, tasks
 from alz_jax.host.errors import UserError
-from alz_jax.run import cross_validation, run_record, specs, train
+from alz_jax.run import cross_validation, run_record, specs
 from configs import demo, stages_demo
 from tfds_builders.adni import audit, layout, stages, synthetic_stages
 
@@ -246,7 +246,7 @@ def test_a_model_head_that_does_not_fit_the_classes_is_a_user_error(prepared):
     config.model.num_classes = 2
     run = specs.resolve(config)
     with pytest.raises(UserError, match="num_classes=4"):
-        train.check_classes(run, prepared["oasis"])
+        run.check_classes(prepared["oasis"].class_names)
 
 
 def test_builder_metadata_records_layout_pairs_and_class_distribution(prepared):
@@ -302,8 +302,8 @@ def test_cross_validation_pools_k_class_folds(tmp_path):
         probs = multiclass.softmax(logits)
         fold_dir = tmp_path / f"fold_{fold}"
         fold_dir.mkdir()
-        multiclass_reports.write_predictions(records, probs, logits, STAGES,
-                                             fold_dir / "predictions_test.csv")  # fmt: skip
+        tasks.MulticlassTask(4).write_predictions(records, probs, logits, STAGES,
+                                                  fold_dir / "predictions_test.csv")  # fmt: skip
         levels = multiclass.multilevel_metrics(records, probs, True, STAGES)
         fold_reports.append({"num_classes": 4, "class_names": list(STAGES), **levels})
         dirs.append(fold_dir)
@@ -460,7 +460,7 @@ def test_two_classes_other_than_nc_and_ad_are_refused_by_the_two_class_path(prep
         class_names = ("CN", "MCI")
 
     with pytest.raises(UserError, match="reads them as NC and AD"):
-        train.check_classes(run, TwoOther())
+        run.check_classes(TwoOther().class_names)
 
 
 def test_what_lies_outside_the_class_folders_is_reported_or_refused(stage_sets, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
-from alz_jax.evaluation import multiclass_reports
+from alz_jax.evaluation import task_reports, tasks
 from alz_jax.run import exporting, prediction, train
 from tests import tiny_config as tiny_config_file
 from tfds_builders.adni import synthetic_stages
@@ -44,7 +44,9 @@ def test_oasis_stages_train_and_report_k_classes(tmp_path):
     assert report["num_classes"] == 4 and report["class_names"] == STAGES
     assert report["subjects_known"] and report["subject_source"] == "file_name"
     # The report's numbers from its own predictions file, by scikit-learn.
-    records, probs = multiclass_reports.read_predictions(workdir / "predictions_test.csv", STAGES)
+    records, probs = tasks.MulticlassTask(4).read_predictions(
+        workdir / "predictions_test.csv", STAGES
+    )
     labels, predicted = records["label"], np.argmax(probs, axis=1)
     m = report["slice"]
     assert m["n"] == len(labels) == report["num_images"]
@@ -65,7 +67,7 @@ def test_oasis_stages_train_and_report_k_classes(tmp_path):
     assert leak["share"] <= 0.1 and leak["agreement_with_subject_ids"]["shared_subject_images"] == 0
     text = (workdir / "report_test.md").read_text()
     assert "quadratic" in text.lower() and "| NonDemented |" in text
-    assert "Warning: the test folder shares brains" not in multiclass_reports.format_any(report)
+    assert "Warning: the test folder shares brains" not in task_reports.format_report(report)
     # predict: the same probabilities for the same images (temperature 1: none applied).
     files = [str(records["file_name"][i]) for i in range(3)]
     manual = next((tmp_path / "data").glob("synthetic_oasis_*/manual/Data"))
@@ -101,6 +103,6 @@ def test_an_image_split_collection_gets_the_leakage_warning(tmp_path):
     leak = report["cross_split_near_duplicates"]
     assert leak["share"] >= 0.9, leak
     warning = "the test folder shares brains with train; test accuracy is not an estimate"
-    assert warning in multiclass_reports.format_any(report)
+    assert warning in task_reports.format_report(report)
     assert warning in (workdir / "report_test.md").read_text()
     assert not report["subjects_known"] and "subject" not in report

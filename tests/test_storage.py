@@ -12,7 +12,7 @@ from etils import epath
 from etils.epath import testing as epath_testing
 from safetensors.numpy import save_file
 
-from alz_jax.evaluation import figures, reports
+from alz_jax.evaluation import figures, reports, tasks
 from alz_jax.host import storage, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert
@@ -111,8 +111,10 @@ def test_reports_predictions_and_figures_on_a_gs_workdir(gcs):
                "scan_id": np.array(["s1", "s2"], object),
                "subject_id": np.array(["p1", "p2"], object), "label": np.array([0, 1])}  # fmt: skip
     path = f"{BUCKET}/predictions_test.csv"
-    reports.write_predictions(records, np.array([0.2, 0.9]), np.array([-1.4, 2.2]), path)
-    read, prob = reports.read_predictions(path)
+    tasks.BinaryTask(2).write_predictions(
+        records, np.array([0.2, 0.9]), np.array([-1.4, 2.2]), (), path
+    )
+    read, prob = tasks.BinaryTask(2).read_predictions(path)
     assert list(read["scan_id"]) == ["s1", "s2"] and list(prob) == [0.2, 0.9]
     reports.write_report({"split": "test", "accuracy": 1.0}, BUCKET)
     assert json.loads((gcs / "bucket/runs/r1/report_test.json").read_text())["accuracy"] == 1.0

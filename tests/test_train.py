@@ -14,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from alz_jax.core import checkpointing, sharding, steps
+from alz_jax.evaluation import tasks
 from alz_jax.host.errors import UserError
 from alz_jax.run import assembly, cross_validation, prediction, specs, train
+from alz_jax.run.saved_run import SavedRun
 from tests import interrupt
 from tests import tiny_config as tiny_config_file
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
@@ -112,8 +114,6 @@ def check_tensorboard(workdir, config):
 def check_predict(workdir, manual_dir, report, folder):
     """`predict` on a folder of test images, a colour PNG of another size and a corrupt file:
     the same probabilities as the test report's, with the calibration stored at validation."""
-    from alz_jax.evaluation import reports
-
     folder.mkdir()
     test_images = sorted(Path(manual_dir).rglob("test/*/*.jpeg"))[:6]
     for path in test_images:
@@ -135,7 +135,7 @@ def check_predict(workdir, manual_dir, report, folder):
     assert result["calibration"]["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
     assert stored["thresholds"] == pytest.approx(report["calibration"]["thresholds"])
     assert stored["temperature"] == pytest.approx(report["calibration"]["temperature"])
-    records, prob = reports.read_predictions(workdir / "predictions_test.csv")
+    records, prob = tasks.BinaryTask(2).read_predictions(workdir / "predictions_test.csv")
     expected = {Path(f).name: p for f, p in zip(records["file_name"], prob, strict=True)}
     for row in result["images"]:
         if row["file"].endswith(".jpeg"):
@@ -215,7 +215,7 @@ def test_end_to_end_report_record_and_exact_resume(tiny_synthetic, data_dir, tmp
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     # Evaluating a saved checkpoint from the workdir uses the same path.
-    val = train.evaluate_checkpoint(str(workdir), "validation", "latest")
+    val = SavedRun.open(str(workdir)).evaluate("validation", "latest")
     assert val["checkpoint_step"] == 6 and (workdir / "report_validation.json").is_file()
 
     # A resume that changes the model, the split or the recipe is refused, naming what changed.
@@ -279,15 +279,14 @@ def test_adni_layout_folder_end_to_end_reports_subjects(adni_like, tmp_path):
 
 
 def test_cross_validation_runs_every_fold_once_and_aggregates(tiny_synthetic, tmp_path):
-    from alz_jax.evaluation import reports
-
     root, summary = tiny_synthetic
     config = tiny_config(root, tmp_path / "tfds", num_train_steps=2, **{"data.num_folds": 2})
     report = cross_validation.run_folds(config, tmp_path / "cv")
     images = sum(c["images"] for split in ("train", "test") for c in summary[split].values())
     pooled = report["pooled_out_of_fold"]
     assert pooled["num_images"] == pooled["slice"]["n"] == images  # every image tested once
-    folds = [reports.read_predictions(tmp_path / "cv" / f"fold_{i}" / "predictions_test.csv")
+    binary = tasks.BinaryTask(2)
+    folds = [binary.read_predictions(tmp_path / "cv" / f"fold_{i}" / "predictions_test.csv")
              for i in range(2)]  # fmt: skip
     subjects = [set(f[0]["subject_id"]) for f in folds]
     assert not subjects[0] & subjects[1]

@@ -46,6 +46,9 @@ class Model:
     # BatchNorms of frozen layers ('layer1/0/bn1'): in training they normalise with their
     # running statistics and keep them (frozen_batch_norms).
     frozen_norms: tuple[str, ...] = ()
+    # What the predict step returns from the logits (B, K): the task's outputs (the run's task,
+    # evaluation/tasks.py); None: the logits.
+    outputs: Callable[[jax.Array], jax.Array] | None = None
 
     def split(self, weights) -> tuple[Any, Any]:
         """(params, batch_stats) of evaluation weights; batch_stats {} without BatchNorm."""
@@ -86,16 +89,20 @@ class Model:
         return logits, batchnorm.update_running(batch_stats, seen, self.bn_momentum)
 
 
-def make_model(spec, frozen_norms: tuple[str, ...] = ()) -> Model:
+def make_model(
+    spec, frozen_norms: tuple[str, ...] = (),
+    outputs: Callable[[jax.Array], jax.Array] | None = None,
+) -> Model:  # fmt: skip
     """The Model (structure only, no parameter memory) for a spec of any family; `frozen_norms`
-    as `frozen_batch_norms` gives them."""
+    as `frozen_batch_norms` gives them; `outputs` what its predict step returns."""
     abstract = registry.abstract(spec)
     has_stats = registry.has_batch_stats(spec)
     if has_stats:
         graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     else:
         graphdef, _ = nnx.split(abstract)
-    return Model(spec=spec, graphdef=graphdef, batch_stats=has_stats, frozen_norms=frozen_norms)
+    return Model(spec=spec, graphdef=graphdef, batch_stats=has_stats, frozen_norms=frozen_norms,
+                 outputs=outputs)  # fmt: skip
 
 
 def frozen_batch_norms(spec, trainable_pattern: str) -> tuple[str, ...]:
@@ -430,17 +437,17 @@ def view_of(images: jax.Array, view: str) -> jax.Array:
 def make_predict_step(
     model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh, view: str = "plain"
 ) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jitted (params, images uint8) -> with two classes, the logit margin z_AD - z_NC per image
-    (float32; P(AD) is its sigmoid); with more, the logits (B, K) float32. Batch-sharded; `view`
-    flips the images first (test-time augmentation)."""
+    """Jitted (params, images uint8) -> the model's outputs per image in float32: its task's
+    (`Model.outputs`: for NC/AD the margin z_AD - z_NC, whose sigmoid is P(AD); for K classes
+    the logits (B, K)), or the logits. Batch-sharded; `view` flips the images first (test-time
+    augmentation)."""
     mean, std = pixel_stats["mean"], pixel_stats["std"]
     view_of(jnp.zeros((1, 1, 1, 1)), view)  # an unknown view fails here, not inside jit
-    binary = model.spec.num_classes == 2
+    outputs = model.outputs or (lambda logits: logits)
 
     def predict(params, images: jax.Array) -> jax.Array:
         logits = model.apply(params, preprocess.normalize(view_of(images, view), mean, std))
-        logits = logits.astype(jnp.float32)
-        return logits[:, 1] - logits[:, 0] if binary else logits
+        return outputs(logits.astype(jnp.float32))
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)

@@ -25,31 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from alz_jax.evaluation import metrics
-from alz_jax.evaluation import multiclass as mc
+from alz_jax.evaluation import bootstrap, metric_registry, metrics, tasks
 from alz_jax.host.errors import UserError
 
-BINARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "ece")
-MULTICLASS_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "roc_auc_ovr_macro",
-    "quadratic_kappa",
-    "ece",
-)
-LOWER_IS_BETTER = frozenset({"ece"})
-LABELS = {
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced acc.",
-    "roc_auc": "ROC AUC",
-    "macro_f1": "macro F1",
-    "roc_auc_ovr_macro": "macro AUC (OvR)",
-    "quadratic_kappa": "quadratic kappa",
-    "ece": "ECE",
-}
-RECORD_FIELDS = ("file_name", "scan_id", "subject_id", "label")
-CHUNK = 100  # resamples scored at once: (CHUNK, units) weight matrices
+RECORD_FIELDS = tasks.RECORD_COLUMNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +41,21 @@ class Predictions:
     subjects_known: bool
     thresholds: dict[str, float] = dataclasses.field(default_factory=dict)  # two classes only
     n_bins: int = 10
+    task: tasks.Task | None = None  # None: the task whose outputs look like `probs`
+
+    def __post_init__(self):
+        if self.task is None:
+            object.__setattr__(self, "task", tasks.of_outputs(self.probs))
 
     @property
     def num_classes(self) -> int:
-        """2, or K for probability vectors."""
-        return 2 if self.probs.ndim == 1 else self.probs.shape[1]
+        """The number of classes of the task."""
+        return self.task.num_classes
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """The metrics compared for this number of classes."""
-        return BINARY_METRICS if self.num_classes == 2 else MULTICLASS_METRICS
+        """The metrics compared for this task (the registry's "compare" role)."""
+        return self.task.metric_names("compare")
 
     def units(self) -> dict[str, metrics.Units]:
         """Slices, scans and (subjects known) subjects, as the report aggregates them."""
@@ -170,41 +154,14 @@ def align(predictions: Sequence[Predictions], names: Sequence[str]) -> list[Pred
 # ---- Scores under weights (one row per resample). ----
 
 
-def _weighted_ece(residual: np.ndarray, score: np.ndarray, weights: np.ndarray, n_bins: int):
-    """(1 / sum w) sum_bins |sum_{i in bin} w_i residual_i|, bins (lo, hi] of `score` as
-    metrics.reliability_bins: the ECE of each weighting."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bin_of = np.searchsorted(edges[1:-1], score)
-    cells = np.zeros((len(score), n_bins))
-    cells[np.arange(len(score)), bin_of] = residual
-    return np.abs(weights @ cells).sum(axis=1) / weights.sum(axis=1)
-
-
 def level_scores(
-    u: metrics.Units, weights: np.ndarray, threshold: float = 0.5, n_bins: int = 10
+    p: Predictions, u: metrics.Units, weights: np.ndarray, level: str
 ) -> dict[str, np.ndarray]:
-    """The compared metrics of one level's units under each row of `weights` (B, m); NaN where
-    a metric is undefined under a weighting (a class not drawn)."""
-    if u.probs.ndim == 1:
-        predicted, positive = u.probs >= threshold, u.labels == 1
-        tp, fn = weights @ (positive & predicted), weights @ (positive & ~predicted)
-        fp, tn = weights @ (~positive & predicted), weights @ (~positive & ~predicted)
-        rates = metrics._confusion_rates(tn, fp, fn, tp)
-        out = {
-            "accuracy": rates["accuracy"],
-            "balanced_accuracy": np.where(
-                np.minimum(tp + fn, tn + fp) > 0, rates["balanced_accuracy"], np.nan
-            ),
-            "roc_auc": metrics._ranking_areas(u.labels, u.probs, weights)[0],
-        }
-        residual, score = u.labels - u.probs, u.probs
-    else:
-        scores = mc.resample_scores(u, weights)
-        out = {k: scores[k] for k in MULTICLASS_METRICS if k != "ece"}
-        score = u.probs.max(axis=1)
-        residual = (np.argmax(u.probs, axis=1) == u.labels) - score
-    out["ece"] = _weighted_ece(residual, score, weights, n_bins)
-    return out
+    """The compared metrics of one level's units under each row of `weights` (B, m), at the
+    level's threshold from the report; NaN where a metric is undefined under a weighting (a
+    class not drawn)."""
+    threshold = p.thresholds.get(level, 0.5)
+    return p.task.weighted_scores(u, weights, "compare", threshold, p.n_bins)
 
 
 def _value(x: float) -> float | None:
@@ -216,9 +173,7 @@ def point_metrics(p: Predictions) -> dict[str, dict]:
     their subjects."""
     out = {}
     for level, u in p.units().items():
-        scores = level_scores(
-            u, np.ones((1, len(u.labels))), p.thresholds.get(level, 0.5), p.n_bins
-        )
+        scores = level_scores(p, u, np.ones((1, len(u.labels))), level)
         out[level] = {
             "n": len(u.labels),
             "n_subjects": len(set(map(str, u.subjects))),
@@ -227,49 +182,25 @@ def point_metrics(p: Predictions) -> dict[str, dict]:
     return out
 
 
-def subject_draws(units: dict[str, metrics.Units], n_samples: int, seed: int):
-    """(subjects, counts (n_samples, S)): how often each subject is drawn in each resample,
-    drawn as metrics.bootstrap_intervals draws them."""
-    subjects = np.unique(np.concatenate([u.subjects for u in units.values()]).astype(str))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(subjects), size=(n_samples, len(subjects)))
-    return subjects, np.stack([np.bincount(d, minlength=len(subjects)) for d in draws])
-
-
 def resampled_scores(p: Predictions, subjects: np.ndarray, counts: np.ndarray) -> dict:
     """{level: {metric: (n_samples,) values}} of `p` under the resamples `counts` of
     `subjects` (NaN where undefined)."""
-    position = {s: i for i, s in enumerate(subjects)}
-    out = {}
-    for level, u in p.units().items():
-        index = np.array([position[str(s)] for s in u.subjects])
-        chunks: dict[str, list] = {k: [] for k in p.metric_names}
-        for start in range(0, len(counts), CHUNK):
-            w = counts[start : start + CHUNK][:, index].astype(np.float64)
-            for k, v in level_scores(u, w, p.thresholds.get(level, 0.5), p.n_bins).items():
-                chunks[k].append(v)
-        out[level] = {k: np.concatenate(v) for k, v in chunks.items()}
-    return out
-
-
-def _interval(values: np.ndarray, confidence: float = 0.95) -> list[float] | None:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return None
-    tail = 100 * (1 - confidence) / 2
-    return [float(x) for x in np.percentile(values, [tail, 100 - tail])]
+    return bootstrap.resampled(
+        p.units(), subjects, counts, lambda level, u, w: level_scores(p, u, w, level)
+    )
 
 
 def model_metrics(p: Predictions, n_samples: int, seed: int) -> dict[str, dict]:
     """Per level and metric: {value, ci95} (the percentile interval over subject resamples),
     with `n` and `n_subjects` per level."""
-    subjects, counts = subject_draws(p.units(), n_samples, seed)
+    subjects, counts = bootstrap.subject_draws(p.units(), n_samples, seed)
     resampled = resampled_scores(p, subjects, counts)
     out = {}
     for level, point in point_metrics(p).items():
         out[level] = {"n": point["n"], "n_subjects": point["n_subjects"]}
         for k in p.metric_names:
-            out[level][k] = {"value": point[k], "ci95": _interval(resampled[level][k])}
+            interval = bootstrap.percentile_interval(resampled[level][k])
+            out[level][k] = {"value": point[k], "ci95": interval}
     return out
 
 
@@ -278,7 +209,7 @@ def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int
     mean and 95% percentile interval of the resampled differences, the share of resamples in
     which B is better (higher; lower for ECE), worse, or equal, and how many resamples defined
     the metric for both. `a` and `b` must hold the same images (see `align`)."""
-    subjects, counts = subject_draws(a.units(), n_samples, seed)
+    subjects, counts = bootstrap.subject_draws(a.units(), n_samples, seed)
     sa, sb = resampled_scores(a, subjects, counts), resampled_scores(b, subjects, counts)
     pa, pb = point_metrics(a), point_metrics(b)
     out: dict[str, dict] = {}
@@ -287,7 +218,8 @@ def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int
         for k in a.metric_names:
             diff = sb[level][k] - sa[level][k]
             diff = diff[~np.isnan(diff)]
-            sign = -1.0 if k in LOWER_IS_BETTER else 1.0
+            higher = metric_registry.higher_is_better(k)
+            sign = 1.0 if higher else -1.0
             observed = (
                 None
                 if pa[level][k] is None or pb[level][k] is None
@@ -296,12 +228,12 @@ def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int
             out[level][k] = {
                 "observed": observed,
                 "mean": float(diff.mean()) if len(diff) else None,
-                "ci95": _interval(diff),
+                "ci95": bootstrap.percentile_interval(diff),
                 "share_b_better": float(np.mean(sign * diff > 0)) if len(diff) else None,
                 "share_b_worse": float(np.mean(sign * diff < 0)) if len(diff) else None,
                 "share_equal": float(np.mean(diff == 0)) if len(diff) else None,
                 "resamples": len(diff),
-                "higher_is_better": k not in LOWER_IS_BETTER,
+                "higher_is_better": higher,
             }
     return out
 
@@ -349,7 +281,9 @@ def markdown_metrics(result: dict) -> list[str]:
             "",
             f"### {level.capitalize()} level",
             "",
-            "| model | n | subjects | " + " | ".join(LABELS[k] for k in names) + " |",
+            "| model | n | subjects | "
+            + " | ".join(metric_registry.label(k) for k in names)
+            + " |",
             "|---" * (3 + len(names)) + "|",
         ]
         for m in rows:
@@ -374,7 +308,7 @@ def markdown_differences(result: dict) -> list[str]:
             "",
             f"### {level.capitalize()} level: B - {_cell(result['reference'])}",
             "",
-            "| model B | " + " | ".join(LABELS[k] for k in names) + " |",
+            "| model B | " + " | ".join(metric_registry.label(k) for k in names) + " |",
             "|---" * (1 + len(names)) + "|",
         ]
         for name, d in rows:
@@ -412,16 +346,16 @@ def markdown_costs(result: dict) -> list[str]:
     return md
 
 
-def robustness_columns(num_classes: int) -> tuple[str, str]:
-    """The two slice-level metrics of the robustness tables and figures."""
-    return ("accuracy", "roc_auc") if num_classes == 2 else ("macro_f1", "roc_auc_ovr_macro")
+def robustness_columns(result: dict) -> tuple[str, str]:
+    """The two slice-level metrics of the robustness tables and figures (the task's)."""
+    return tasks.for_classes(result["num_classes"], result.get("task")).robustness_columns
 
 
 def markdown_robustness(result: dict) -> list[str]:
     """One table per perturbation: rows models, columns levels, cells two slice metrics (and
     the subject-level accuracy where subjects are known)."""
     rob = result.get("robustness") or {}
-    first, second = robustness_columns(result["num_classes"])
+    first, second = robustness_columns(result)
     md = []
     for name, p in rob.get("perturbations", {}).items():
         levels = p["level_names"]
@@ -429,8 +363,12 @@ def markdown_robustness(result: dict) -> list[str]:
             "",
             f"### {name}: {p['parameter']}",
             "",
-            f"Slice {LABELS[first]} / {LABELS[second]}"
-            + (f"; subject {LABELS['accuracy']} in parentheses." if p["subject_level"] else "."),
+            f"Slice {metric_registry.label(first)} / {metric_registry.label(second)}"
+            + (
+                f"; subject {metric_registry.label('accuracy')} in parentheses."
+                if p["subject_level"]
+                else "."
+            ),
             "",
             "| model | " + " | ".join(levels) + " |",
             "|---" * (1 + len(levels)) + "|",
@@ -529,13 +467,15 @@ def format_summary(result: dict) -> str:
         lv = m["metrics"][level]
         lines.append(
             f"{m['name']} ({m['title']}): "
-            + ", ".join(f"{LABELS[k]} {_with_ci(lv[k])}" for k in names)
+            + ", ".join(f"{metric_registry.label(k)} {_with_ci(lv[k])}" for k in names)
         )
         diff = result["paired_differences"].get(m["name"])
         if diff:
             lines.append(
                 "  vs reference: "
-                + ", ".join(f"{LABELS[k]} {_difference_cell(diff[level][k])}" for k in names)
+                + ", ".join(
+                    f"{metric_registry.label(k)} {_difference_cell(diff[level][k])}" for k in names
+                )
             )
     return "\n".join(lines)
 
@@ -545,10 +485,10 @@ def format_summary(result: dict) -> str:
 _STYLES = {"slice": "-", "scan": "--", "subject": ":"}
 
 
-def robustness_figure(name: str, entry: dict, num_classes: int) -> Figure:
+def robustness_figure(name: str, entry: dict, result: dict) -> Figure:
     """One perturbation's curves: a panel per slice metric, a line per model (solid: slice;
     dotted: subject, where known), the levels along the axis, the clean level marked."""
-    columns = robustness_columns(num_classes)
+    columns = robustness_columns(result)
     fig = Figure(figsize=(4.6 * len(columns), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(columns)))
     x = np.arange(len(entry["level_names"]))
@@ -565,8 +505,8 @@ def robustness_figure(name: str, entry: dict, num_classes: int) -> Figure:
             xticks=x,
             xticklabels=entry["level_names"],
             xlabel=entry["parameter"],
-            ylabel=LABELS[metric],
-            title=f"{LABELS[metric]} under {name}",
+            ylabel=metric_registry.label(metric),
+            title=f"{metric_registry.label(metric)} under {name}",
         )
     axes[0].legend(fontsize="small")
     return fig
@@ -595,7 +535,7 @@ def differences_figure(result: dict, level: str) -> Figure:
                 capsize=3,
             )
         ax.axvline(0, color="gray", lw=0.8)
-        ax.set(title=LABELS[metric], xlabel="B - A")
+        ax.set(title=metric_registry.label(metric), xlabel="B - A")
     axes[0].set(yticks=y, yticklabels=models)
     fig.suptitle(f"Paired differences to {result['reference']}, {level} level (95% intervals)")
     return fig

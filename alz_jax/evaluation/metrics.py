@@ -5,9 +5,9 @@ scans'. A subject whose diagnosis differs between visits is counted once per lab
 visits and its NC visits are separate units), so every unit has one true label.
 
 Also here: ROC and precision-recall areas, the decision threshold chosen on validation,
-calibration (reliability bins, expected calibration error, temperature scaling) and confidence
-intervals by bootstrap over subjects. Ranking and confusion counts take per-unit weights, so a
-bootstrap resample is a weight vector (how often each unit's subject was drawn).
+calibration (reliability bins, expected calibration error, temperature scaling). Ranking and
+confusion counts take per-unit weights, so a bootstrap resample (`bootstrap.py`) is a weight
+vector (how often each unit's subject was drawn).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import scipy.special
 
 CLASS_NAMES = ("NC", "AD")  # label 0, 1; AD is the positive class
 LEVELS = ("slice", "scan", "subject")
-# Scalars that get a bootstrap interval (threshold-free ones included).
-INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
-                    "f1_ad", "macro_f1", "roc_auc", "pr_auc")  # fmt: skip
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
@@ -52,7 +49,7 @@ def _cumulative_counts(labels, scores, weights):
     return sorted_scores[last], tp[:, last], fp[:, last]
 
 
-def _ranking_areas(labels, scores, weights) -> tuple[np.ndarray, np.ndarray]:
+def ranking_areas(labels, scores, weights) -> tuple[np.ndarray, np.ndarray]:
     """ROC AUC (trapezoid, ties counted half) and average precision (scikit-learn's step
     sum) per row of `weights`; NaN where a row has no positive or no negative weight."""
     _, tp, fp = _cumulative_counts(labels, scores, weights)
@@ -71,14 +68,14 @@ def _ranking_areas(labels, scores, weights) -> tuple[np.ndarray, np.ndarray]:
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve (ties counted half); None if one class is absent."""
-    auc, _ = _ranking_areas(labels, scores, np.ones((1, len(labels))))
+    auc, _ = ranking_areas(labels, scores, np.ones((1, len(labels))))
     return None if np.isnan(auc[0]) else float(auc[0])
 
 
 def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the precision-recall curve as average precision (AD positive); None without
     AD units."""
-    _, ap = _ranking_areas(labels, scores, np.ones((1, len(labels))))
+    _, ap = ranking_areas(labels, scores, np.ones((1, len(labels))))
     return None if np.isnan(ap[0]) else float(ap[0])
 
 
@@ -102,7 +99,7 @@ def pr_curve(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
 # ---- Metrics at a threshold. ----
 
 
-def _confusion_rates(tn, fp, fn, tp) -> dict[str, np.ndarray]:
+def confusion_rates(tn, fp, fn, tp) -> dict[str, np.ndarray]:
     """Threshold metrics from (weighted) confusion counts; arrays broadcast, 0 where undefined."""
 
     def div(a, b):
@@ -133,7 +130,7 @@ def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: f
     confusion = np.zeros((2, 2), np.int64)  # rows: true NC, AD; columns: predicted NC, AD
     np.add.at(confusion, (labels, predicted), 1)
     (tn, fp), (fn, tp) = confusion.astype(np.float64)
-    rates = {k: float(v) for k, v in _confusion_rates(tn, fp, fn, tp).items()}
+    rates = {k: float(v) for k, v in confusion_rates(tn, fp, fn, tp).items()}
     per_class = {
         "NC": {"precision": rates["npv"], "recall": rates["specificity"], "f1": rates["f1_nc"]},
         "AD": {"precision": rates["precision"], "recall": rates["sensitivity"],
@@ -348,58 +345,3 @@ def fit_temperature(labels: np.ndarray, logit_ad: np.ndarray) -> dict:
         "nll_after": loss(result.x),
         "at_bound": bool(min(result.x - lo, hi - result.x) < 1e-3),
     }
-
-
-# ---- Bootstrap over subjects. ----
-
-
-def bootstrap_intervals(
-    units: dict[str, Units],
-    thresholds: dict[str, float],
-    n_samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-    chunk: int = 100,
-) -> dict[str, dict[str, list[float] | None]]:
-    """Percentile intervals of INTERVAL_METRICS per level, resampling subjects with replacement.
-
-    One draw of subjects serves every level, so slice, scan and subject intervals come from the
-    same resamples. A resample weights each unit by how often its subject was drawn; a metric
-    undefined in a resample (no AD unit drawn, say) is left out of that metric's interval.
-    """
-    all_subjects = np.unique(np.concatenate([u.subjects for u in units.values()]).astype(str))
-    position = {s: i for i, s in enumerate(all_subjects)}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(all_subjects), size=(n_samples, len(all_subjects)))
-    counts = np.stack([np.bincount(d, minlength=len(all_subjects)) for d in draws])
-    tail = 100 * (1 - confidence) / 2
-    out = {}
-    for level, u in units.items():
-        subject_index = np.array([position[str(s)] for s in u.subjects])
-        predicted = u.probs >= thresholds.get(level, 0.5)
-        positive = u.labels == 1
-        values = {name: [] for name in INTERVAL_METRICS}
-        for start in range(0, n_samples, chunk):
-            w = counts[start : start + chunk][:, subject_index].astype(np.float64)
-            tp = w @ (positive & predicted)
-            fn = w @ (positive & ~predicted)
-            fp = w @ (~positive & predicted)
-            tn = w @ (~positive & ~predicted)
-            rates = _confusion_rates(tn, fp, fn, tp)
-            auc, ap = _ranking_areas(u.labels, u.probs, w)
-            rates.update(roc_auc=auc, pr_auc=ap)
-            # Rates whose denominator was empty in a resample are undefined there, not 0.
-            for name, denominator in (("sensitivity", tp + fn), ("specificity", tn + fp),
-                                      ("balanced_accuracy", np.minimum(tp + fn, tn + fp)),
-                                      ("precision", tp + fp)):  # fmt: skip
-                rates[name] = np.where(denominator > 0, rates[name], np.nan)
-            for name in INTERVAL_METRICS:
-                values[name].append(rates[name])
-        out[level] = {}
-        for name, chunks in values.items():
-            v = np.concatenate(chunks)
-            v = v[~np.isnan(v)]
-            out[level][name] = (
-                [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) else None
-            )
-    return out

@@ -8,7 +8,7 @@ of its slices'; a subject's is the mean of its scans'. As in `metrics.level_unit
 whose label differs between visits is counted once per label.
 
 Every confusion-based metric is computed from (weighted) confusion matrices stacked along a
-leading axis, and the one-vs-rest ROC areas from `metrics._ranking_areas`, which takes weights:
+leading axis, and the one-vs-rest ROC areas from `metrics.ranking_areas`, which takes weights:
 a bootstrap resample over subjects is then one weight vector, and the point estimate is the
 resample that weights every unit once.
 """
@@ -24,9 +24,6 @@ import scipy.special
 from alz_jax.evaluation import metrics
 
 LEVELS = metrics.LEVELS
-# Scalars from the confusion matrix alone, and those that get a bootstrap interval.
-CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "quadratic_kappa")
-INTERVAL_METRICS = (*CONFUSION_METRICS, "roc_auc_ovr_macro")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -77,7 +74,7 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
 
 
-def _confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
+def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics from confusion matrices (..., K, K), rows true, columns predicted; NaN where a
     metric is undefined (no unit; kappa with no expected disagreement).
 
@@ -116,12 +113,12 @@ def _confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
         }
 
 
-def _ovr_areas(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def ovr_areas(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """One-vs-rest ROC AUC per class (columns) for each row of `weights`: (B, K), NaN where a
     class has no positive or no negative weight."""
     return np.stack(
         [
-            metrics._ranking_areas(labels == c, probs[:, c], weights)[0]
+            metrics.ranking_areas(labels == c, probs[:, c], weights)[0]
             for c in range(probs.shape[1])
         ],
         axis=1,
@@ -156,8 +153,8 @@ def classification_metrics(
     names = class_names_or_indices(class_names, k)
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels, np.argmax(probs, axis=1)), 1)
-    scores = _confusion_scores(confusion)
-    aucs = _ovr_areas(labels, probs, np.ones((1, len(labels))))[0]
+    scores = confusion_scores(confusion)
+    aucs = ovr_areas(labels, probs, np.ones((1, len(labels))))[0]
     per_class = {
         name: {
             "precision": float(scores["precision"][c]),
@@ -170,7 +167,8 @@ def classification_metrics(
     }
     return {
         "n": len(labels),
-        **{name: _optional(scores[name]) for name in CONFUSION_METRICS},
+        # The scalars of the matrix (per-class arrays aside).
+        **{name: _optional(v) for name, v in scores.items() if np.ndim(v) == 0},
         # scikit-learn cannot compute it when a class is absent: neither do we.
         "roc_auc_ovr_macro": None if np.isnan(aucs).any() else float(np.mean(aucs)),
         "ece": reliability_bins(labels, probs, n_bins)["ece"],
@@ -223,59 +221,3 @@ def multilevel_metrics(
         level: classification_metrics(u.labels, u.probs, class_names)
         for level, u in metrics.level_units(records, probs, subjects_known).items()
     }
-
-
-# ---- Bootstrap over subjects. ----
-
-
-def resample_scores(u: metrics.Units, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """INTERVAL_METRICS of one level's units under each row of `weights` (B, m), NaN where a
-    metric is undefined under that weighting."""
-    k = u.probs.shape[1]
-    # Each unit's confusion cell (true, predicted) as a one-hot of K*K: a weighted confusion
-    # matrix is then one product, weights (B, m) by cells (m, K*K).
-    cells = np.zeros((len(u.labels), k * k))
-    cells[np.arange(len(u.labels)), u.labels * k + np.argmax(u.probs, axis=1)] = 1.0
-    confusion = np.einsum("bm,mc->bc", weights, cells).reshape(-1, k, k)
-    scores = _confusion_scores(confusion)
-    # The mean is NaN, as wanted, when any class's area is undefined in a resample.
-    scores["roc_auc_ovr_macro"] = _ovr_areas(u.labels, u.probs, weights).mean(axis=1)
-    return {name: scores[name] for name in INTERVAL_METRICS}
-
-
-def bootstrap_intervals(
-    units: dict[str, metrics.Units],
-    n_samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-    chunk: int = 100,
-) -> dict[str, dict[str, list[float] | None]]:
-    """Percentile intervals of INTERVAL_METRICS per level, resampling subjects with replacement.
-
-    One draw of subjects serves every level (drawn as metrics.bootstrap_intervals draws them,
-    so a seed resamples the same subjects in both); a resample weights each unit by how often its
-    subject was drawn. A metric undefined in a resample (a class not drawn, for the macro AUC)
-    is left out of that metric's interval; None when undefined in every resample.
-    """
-    all_subjects = np.unique(np.concatenate([u.subjects for u in units.values()]).astype(str))
-    position = {s: i for i, s in enumerate(all_subjects)}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(all_subjects), size=(n_samples, len(all_subjects)))
-    counts = np.stack([np.bincount(d, minlength=len(all_subjects)) for d in draws])
-    tail = 100 * (1 - confidence) / 2
-    out = {}
-    for level, u in units.items():
-        subject_index = np.array([position[str(s)] for s in u.subjects])
-        values = {name: [] for name in INTERVAL_METRICS}
-        for start in range(0, n_samples, chunk):
-            w = counts[start : start + chunk][:, subject_index].astype(np.float64)
-            for name, v in resample_scores(u, w).items():
-                values[name].append(v)
-        out[level] = {}
-        for name, chunks in values.items():
-            v = np.concatenate(chunks)
-            v = v[~np.isnan(v)]
-            out[level][name] = (
-                [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) else None
-            )
-    return out

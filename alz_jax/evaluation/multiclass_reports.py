@@ -1,87 +1,29 @@
-"""Evaluation reports for K >= 3 classes (dementia stages): the slice/scan/subject report, its
-console table and Markdown, and the predictions CSV.
+"""The K-class task's report (dementia stages): the slice/scan/subject report, its console table
+and Markdown, and its TensorBoard images.
 
-The K-class counterpart of `reports.py` (which stays the binary NC/AD path). The predicted
+The K-class counterpart of `reports.py` (the NC/AD task's report). The predicted
 class is the most probable one, so validation chooses no threshold; it only fits the
 temperature, applied when `EvalSettings.temperature_scaling` is on. Per level the report holds
 `multiclass.classification_metrics` with bootstrap-over-subjects intervals and top-label
 calibration; optionally test-time augmentation (probabilities averaged over views); and, when
 the data set measured them, the test images with a near-duplicate in train (a test folder that
-shares brains with train says little about accuracy on new people).
-
-`evaluate_weights` is the K-class counterpart of `reports.evaluate_weights` (it predicts with
-the same one-pass `reports.predict_split_multi`); everything else works on arrays of logits
-(n, K).
+shares brains with train says little about accuracy on new people). Everything here works on
+arrays of logits (n, K); `task_reports.evaluate_weights` predicts and writes the files.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
-from pathlib import Path
 
-import jax
 import numpy as np
 
-from alz_jax.core import steps
-from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, metrics, reports
+from alz_jax.evaluation import figures, metrics, reports, tasks
 from alz_jax.evaluation import multiclass as mc
 from alz_jax.evaluation.settings import EvalSettings
-from alz_jax.host import storage, tables
 
 REPORT_LEVELS = metrics.LEVELS
 LEAK_WARNING_SHARE = reports.LEAK_WARNING_SHARE
 LEAK_WARNING = reports.LEAK_WARNING
-
-
-def probabilities(logits_by_view: dict[str, np.ndarray], temperature: float) -> np.ndarray:
-    """Class probabilities (n, K): the mean over views of softmax(logits / temperature)."""
-    return np.mean([mc.softmax(z / temperature) for z in logits_by_view.values()], axis=0)
-
-
-def _views(logits: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return dict(logits) if isinstance(logits, dict) else {"plain": logits}
-
-
-# ---- Calibration, from the validation split only. ----
-
-
-def calibrate(
-    records: dict, logits: np.ndarray | dict[str, np.ndarray], settings: EvalSettings,
-    subjects_known: bool,
-) -> dict:  # fmt: skip
-    """The temperature fitted on validation logits (n, K) (or a dict of views, fitted on its
-    "plain" one), applied only with `settings.temperature_scaling`. No threshold: the argmax
-    decides. `subjects_known` is taken so that callers call this as reports.calibrate."""
-    del subjects_known  # argmax needs no per-level choice
-    views = _views(logits)
-    fit = mc.fit_temperature(records["label"], views["plain"])
-    return {
-        "temperature": fit["temperature"] if settings.temperature_scaling else 1.0,
-        "temperature_applied": settings.temperature_scaling,
-        "temperature_fit": fit,
-        "views": list(views),
-        "validation_images": len(views["plain"]),
-    }
-
-
-def validation_metrics(records: dict, logits: np.ndarray) -> dict:
-    """Flat scalars for TensorBoard and best-checkpoint selection: loss (NLL, no smoothing),
-    slice and scan accuracy, balanced accuracy, macro F1, quadratic kappa, macro one-vs-rest
-    AUC as `roc_auc` (omitted where undefined, as are other undefined ones), and top-label ECE."""
-    probs = mc.softmax(logits)
-    levels = mc.multilevel_metrics(records, probs, subjects_known=False)
-    out = {"loss": mc.nll(records["label"], probs)}
-    names = ("accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa")
-    for level, prefix in (("slice", ""), ("scan", "scan_")):
-        m = {**levels[level], "roc_auc": levels[level]["roc_auc_ovr_macro"]}
-        for name in (*names, "roc_auc"):
-            if m[name] is not None:
-                out[prefix + name] = m[name]
-    out["ece"] = levels["slice"]["ece"]
-    return out
 
 
 # ---- The report. ----
@@ -92,8 +34,9 @@ def level_results(
 ) -> dict:
     """Per level: the metrics with bootstrap-over-subjects intervals, the number of subjects,
     and top-label reliability bins."""
+    task = tasks.MulticlassTask(len(class_names))
     intervals = (
-        mc.bootstrap_intervals(units, settings.bootstrap_samples, settings.bootstrap_seed)
+        task.bootstrap_intervals(units, settings.bootstrap_samples, settings.bootstrap_seed)
         if settings.bootstrap_samples
         else {level: {} for level in units}
     )
@@ -121,13 +64,14 @@ def build_report(
 ) -> tuple[dict, dict[str, metrics.Units]]:
     """The report of one split and its units (for figures): the plain view's results at the
     validation temperature, test-time augmentation beside them when `logits_by_view` holds more
-    views than "plain". `calibration` is calibrate's result (or a dict with it as "plain")."""
-    plain = calibration.get("plain", calibration)
+    views than "plain". `calibration["plain"]` is the task's calibration of the plain view."""
+    plain = calibration["plain"]
     temperature = plain["temperature"]
     logits = np.asarray(logits_by_view["plain"], np.float64)
     names = mc.class_names_or_indices(class_names, logits.shape[1])
     subjects_known = data_metadata.get("subject_source") != "scan_id"
-    probs = probabilities({"plain": logits}, temperature)
+    task = tasks.MulticlassTask(len(names))
+    probs = task.probabilities({"plain": logits}, temperature)
     units = metrics.level_units(records, probs, subjects_known)
     per_class = np.bincount(np.asarray(records["label"], np.int64), minlength=len(names))
     report = {
@@ -163,8 +107,8 @@ def build_report(
                 u.labels, u.probs, settings.calibration_bins
             )["ece"]
     if len(logits_by_view) > 1:
-        tta_units = metrics.level_units(records, probabilities(logits_by_view, temperature),
-                                   subjects_known)  # fmt: skip
+        tta_probs = task.probabilities(logits_by_view, temperature)
+        tta_units = metrics.level_units(records, tta_probs, subjects_known)
         report["tta"] = {
             "views": list(logits_by_view),
             **{
@@ -273,13 +217,6 @@ def _class_lines(m: dict) -> list[str]:
     return lines
 
 
-def format_any(report: dict) -> str:
-    """The console table of a report from either path: this one's for K > 2 classes,
-    `reports.format_report` for two."""
-    return format_report(report) if report.get("num_classes", 2) > 2 else (
-        reports.format_report(report))  # fmt: skip
-
-
 def format_report(report: dict) -> str:
     """The summary table printed after a K-class evaluation: per level the headline metrics,
     then the slice level's per-class table and confusion matrix, then the notes."""
@@ -306,7 +243,7 @@ _cell = reports.markdown_cell
 
 
 def _markdown_levels(report: dict, source: dict) -> list[str]:
-    names = mc.INTERVAL_METRICS
+    names = tasks.MulticlassTask(len(report["class_names"])).metric_names("interval")
     md = [
         "| level | n | subjects | " + " | ".join(names) + " | ECE |",
         "|---" * (4 + len(names)) + "|",
@@ -389,109 +326,6 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         md += ["", "## Figures", ""]
         md += [f"![{name}]({path})" for name, path in figures.items()]
     return "\n".join(md) + "\n"
-
-
-# ---- Files. ----
-
-
-def prediction_columns(class_names: Sequence[str], tta: bool = False) -> list[str]:
-    """The predictions CSV's columns: file_name, scan_id, subject_id, label, predicted (class
-    indices), prob_<class> and logit_<class> per class [, prob_<class>_tta per class]."""
-    names = list(class_names)
-    return [
-        "file_name", "scan_id", "subject_id", "label", "predicted",
-        *(f"prob_{n}" for n in names), *(f"logit_{n}" for n in names),
-        *((f"prob_{n}_tta" for n in names) if tta else ()),
-    ]  # fmt: skip
-
-
-def write_predictions(
-    records: dict, probs: np.ndarray, logits: np.ndarray, class_names: Sequence[str],
-    path: str | Path, probs_tta: np.ndarray | None = None,
-) -> None:  # fmt: skip
-    """One CSV row per image: names, true and predicted class index (the argmax of the
-    probabilities the report used), the probabilities and logits per class [, the test-time
-    augmentation's probabilities]."""
-    names = list(class_names)
-    columns = prediction_columns(names, probs_tta is not None)
-    predicted = np.argmax(probs, axis=1)
-
-    def rows():
-        for i in range(len(probs)):
-            row = {
-                "file_name": records["file_name"][i],
-                "scan_id": records["scan_id"][i],
-                "subject_id": records["subject_id"][i],
-                "label": int(records["label"][i]),
-                "predicted": int(predicted[i]),
-            }
-            for c, name in enumerate(names):
-                row[f"prob_{name}"] = f"{probs[i, c]:.6f}"
-                row[f"logit_{name}"] = f"{logits[i, c]:.6f}"
-                if probs_tta is not None:
-                    row[f"prob_{name}_tta"] = f"{probs_tta[i, c]:.6f}"
-            yield row
-
-    # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.
-    storage.path(path).write_text(tables.to_text(columns, rows()))
-
-
-def read_predictions(path: str | Path, class_names: Sequence[str]) -> tuple[dict, np.ndarray]:
-    """Reads a predictions CSV back into (records, probs (n, K)), names unquoted as written."""
-    rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
-    records = {
-        k: np.asarray([tables.read_cell(r[k]) for r in rows], dtype=object)
-        for k in ("file_name", "scan_id", "subject_id")
-    }
-    records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)
-    probs = np.asarray(
-        [[float(r[f"prob_{n}"]) for n in class_names] for r in rows], np.float64
-    ).reshape(len(rows), len(class_names))
-    return records, probs
-
-
-# ---- The one K-class evaluation path (main's final report and the command line). ----
-
-
-def evaluate_weights(
-    *, data, model, params, pixel_stats: dict, pipeline: input_pipeline.PipelineSpec,
-    batch_size: int, mesh, split: str, step: int,
-    weights: str, selection: dict | None, workdir: str | Path, settings: EvalSettings,
-    writer=None,
-) -> dict:  # fmt: skip
-    """As `reports.evaluate_weights`, for K classes: predicts validation and `split`, fits the
-    temperature on validation, and writes report_<split>.json/.md, predictions_<split>.csv and
-    the confusion and reliability figures into `workdir` (process 0); returns the report.
-    Grad-CAM pictures are drawn for two classes only."""
-    views = ("plain", *settings.tta)
-    fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
-    splits = ["validation"] if split == "validation" else ["validation", split]
-    logits = {
-        s: reports.predict_split_multi(
-            data, s, {v: (params, fns[v]) for v in views}, pipeline, batch_size, mesh
-        )
-        for s in splits
-    }
-    metadata = data.report_metadata()
-    calibration = calibrate(data.records("validation"), logits["validation"], settings, True)
-    records = data.records(split)
-    report, units = build_report(
-        split, records, logits[split], metadata, step, calibration, settings, data.class_names
-    )
-    report["weights"] = weights
-    report["selection"] = selection
-    if jax.process_index() != 0:
-        return report
-    workdir = storage.path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    temperature = report["calibration"]["temperature"]
-    plain = probabilities({"plain": logits[split]["plain"]}, temperature)
-    tta = probabilities(logits[split], temperature) if settings.tta else None
-    write_predictions(records, plain, logits[split]["plain"], data.class_names,
-                      workdir / f"predictions_{split}.csv", tta)  # fmt: skip
-    rendered = figures.multiclass_figures(report, units)
-    # K x K matrices with class names need a wider card than the binary figures.
-    return reports.write_outputs(report, rendered, workdir, writer, format_markdown, 880)
 
 
 def validation_images(

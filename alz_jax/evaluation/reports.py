@@ -1,6 +1,8 @@
-"""Evaluation reports: predictions over a split, the slice/scan/subject report, its files.
+"""The two-class (NC/AD) task's report, and what every report shares: predictions over a split
+in one pass, the data notes and Markdown sections, and the report's files.
 
-One path serves validation during training, the test report at the end of `main`, and
+`task_reports.evaluate_weights` is the one evaluation path: validation during training, the
+test report at the end of `main`, and
 
     python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] \
         [--weights=selected|raw|ema|swa] [--threshold=youden|sensitivity:0.9] \
@@ -18,21 +20,19 @@ result; and Grad-CAM pictures of chosen scans.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from alz_jax.core import sharding, steps
+from alz_jax.core import sharding
 from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, metrics, saliency
+from alz_jax.evaluation import figures, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
-from alz_jax.host import storage, tables
+from alz_jax.host import storage
 from tfds_builders.adni import audit
 
 REPORT_LEVELS = metrics.LEVELS
@@ -40,6 +40,7 @@ REPORT_LEVELS = metrics.LEVELS
 # a report warns.
 LEAK_WARNING_SHARE = audit.LEAKAGE_WARN_SHARE
 LEAK_WARNING = f"Warning: {audit.LEAKAGE_WARNING}"
+TASK = tasks.BinaryTask(2)  # the task this module reports
 # ---- Predictions. ----
 
 
@@ -78,58 +79,6 @@ def predict_split_multi(
     return out
 
 
-def probabilities(logits_by_view: dict[str, np.ndarray], temperature: float) -> np.ndarray:
-    """P(AD): the mean over views of sigmoid(margin / temperature)."""
-    return np.mean([metrics.sigmoid(m / temperature) for m in logits_by_view.values()], axis=0)
-
-
-# ---- Calibration and threshold, from the validation split only. ----
-
-
-def calibrate(
-    records: dict, logits_by_view: dict[str, np.ndarray], settings: EvalSettings,
-    subjects_known: bool,
-) -> dict:  # fmt: skip
-    """The temperature and per-level thresholds chosen on validation predictions.
-
-    The temperature is fitted on the plain view's slices and applied only with
-    `settings.temperature_scaling`; thresholds are chosen on the probabilities the report uses
-    (after temperature, averaged over views)."""
-    fit = metrics.fit_temperature(records["label"], logits_by_view["plain"])
-    temperature = fit["temperature"] if settings.temperature_scaling else 1.0
-    probs = probabilities(logits_by_view, temperature)
-    method, target = metrics.parse_threshold_method(settings.threshold)
-    chosen = {
-        level: metrics.choose_threshold(u.labels, u.probs, method, target)
-        for level, u in metrics.level_units(records, probs, subjects_known).items()
-    }
-    return {
-        "temperature": temperature,
-        "temperature_applied": settings.temperature_scaling,
-        "temperature_fit": fit,
-        "threshold_method": settings.threshold,
-        "thresholds": {level: c["threshold"] for level, c in chosen.items()},
-        "threshold_details": chosen,
-        "views": list(logits_by_view),
-        "validation_images": len(probs),
-    }
-
-
-def validation_metrics(records: dict, logit_ad: np.ndarray) -> dict:
-    """Flat scalars for TensorBoard and best-checkpoint selection (at threshold 0.5): loss,
-    slice and scan accuracy, balanced accuracy, sensitivity, specificity, AUC, and ECE."""
-    prob_ad = metrics.sigmoid(logit_ad)
-    levels = metrics.multilevel_metrics(records, prob_ad, subjects_known=False)
-    out = {"loss": metrics.nll(records["label"], prob_ad)}
-    for level, prefix in (("slice", ""), ("scan", "scan_")):
-        m = levels[level]
-        for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"):
-            if m[name] is not None:
-                out[prefix + name] = m[name]
-    out["ece"] = metrics.reliability_bins(records["label"], prob_ad)["ece"]
-    return out
-
-
 # ---- The report. ----
 
 
@@ -142,8 +91,8 @@ def level_results(
     intervals = {}
     for name, t in (("chosen", thresholds), ("half", half)):
         intervals[name] = (
-            metrics.bootstrap_intervals(
-                units, t, settings.bootstrap_samples, settings.bootstrap_seed
+            TASK.bootstrap_intervals(
+                units, settings.bootstrap_samples, settings.bootstrap_seed, thresholds=t
             )
             if settings.bootstrap_samples
             else {level: {} for level in units}
@@ -177,7 +126,7 @@ def build_report(
     subjects_known = data_metadata.get("subject_source") != "scan_id"
     plain = calibration["plain"]
     temperature = plain["temperature"]
-    probs = probabilities({"plain": logits_by_view["plain"]}, temperature)
+    probs = TASK.probabilities({"plain": logits_by_view["plain"]}, temperature)
     units = metrics.level_units(records, probs, subjects_known)
     report = {
         "split": split,
@@ -213,7 +162,7 @@ def build_report(
             )["ece"]
     if "tta" in calibration:
         tta_cal = calibration["tta"]
-        tta_probs = probabilities(logits_by_view, temperature)
+        tta_probs = TASK.probabilities(logits_by_view, temperature)
         tta_units = metrics.level_units(records, tta_probs, subjects_known)
         report["tta"] = {
             "views": list(logits_by_view),
@@ -391,8 +340,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         "intervals do not include the uncertainty of the threshold itself.",
         "",
     ]  # fmt: skip
-    names = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
-             "f1_ad", "macro_f1", "roc_auc", "pr_auc")  # fmt: skip
+    names = TASK.metric_names("interval")
     md += [
         "| level | n | subjects | threshold | " + " | ".join(names) + " |",
         "|---" * (4 + len(names)) + "|",
@@ -491,45 +439,6 @@ def markdown_leakage(report: dict) -> list[str]:
 
 # ---- Files. ----
 
-PREDICTION_COLUMNS = ("file_name", "scan_id", "subject_id", "label", "prob_ad", "logit_ad")
-
-
-def write_predictions(
-    records: dict, prob_ad: np.ndarray, logit_ad: np.ndarray, path: str | Path,
-    prob_ad_tta: np.ndarray | None = None,
-) -> None:  # fmt: skip
-    """One CSV row per image: file_name, scan_id, subject_id, label, prob_ad (the probability
-    the report used), logit_ad (z_AD - z_NC) [, prob_ad_tta]."""
-    columns = PREDICTION_COLUMNS + (("prob_ad_tta",) if prob_ad_tta is not None else ())
-
-    def rows():
-        for i in range(len(prob_ad)):
-            row = {
-                "file_name": records["file_name"][i],
-                "scan_id": records["scan_id"][i],
-                "subject_id": records["subject_id"][i],
-                "label": int(records["label"][i]),
-                "prob_ad": f"{prob_ad[i]:.6f}",
-                "logit_ad": f"{logit_ad[i]:.6f}",
-            }
-            if prob_ad_tta is not None:
-                row["prob_ad_tta"] = f"{prob_ad_tta[i]:.6f}"
-            yield row
-
-    # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.
-    storage.path(path).write_text(tables.to_text(columns, rows()))
-
-
-def read_predictions(path: str | Path) -> tuple[dict, np.ndarray]:
-    """Reads a predictions CSV back into (records, prob_ad), names unquoted as written."""
-    rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
-    records = {
-        k: np.asarray([tables.read_cell(r[k]) for r in rows], dtype=object)
-        for k in ("file_name", "scan_id", "subject_id")
-    }
-    records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)
-    return records, np.asarray([float(r["prob_ad"]) for r in rows], np.float64)
-
 
 def write_report(report: dict, workdir: str | Path) -> Path:
     """Writes <workdir>/report_<split>.json (process 0 only); returns its path."""
@@ -537,67 +446,6 @@ def write_report(report: dict, workdir: str | Path) -> Path:
     if jax.process_index() == 0:
         path.write_text(json.dumps(report, indent=1))
     return path
-
-
-# ---- The one evaluation path (main's final report and the command line). ----
-
-
-def evaluate_weights(
-    *, data, model, params, pixel_stats: dict, pipeline: input_pipeline.PipelineSpec,
-    batch_size: int, mesh, split: str, step: int,
-    weights: str, selection: dict | None, workdir: str | Path, settings: EvalSettings,
-    writer=None,
-) -> dict:  # fmt: skip
-    """Predicts validation and `split` with `params`, calibrates on validation, and writes the
-    report (JSON, Markdown), predictions CSV and figures into `workdir` (process 0); returns the
-    report. `writer` (a CLU metric writer) also receives the figures as images."""
-    views = ("plain", *settings.tta)
-    fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
-    splits = ["validation"] if split == "validation" else ["validation", split]
-    logits = {
-        s: predict_split_multi(
-            data, s, {v: (params, fns[v]) for v in views}, pipeline, batch_size, mesh
-        )
-        for s in splits
-    }
-    metadata = data.report_metadata()
-    subjects_known = metadata.get("subject_source") != "scan_id"
-    val_records = data.records("validation")
-    plain_settings = dataclasses.replace(settings, tta=())
-    calibration = {
-        "plain": calibrate(val_records, {"plain": logits["validation"]["plain"]},
-                           plain_settings, subjects_known)
-    }  # fmt: skip
-    if settings.tta:
-        calibration["tta"] = calibrate(val_records, logits["validation"], settings, subjects_known)
-    records = data.records(split)
-    report, units = build_report(
-        split, records, logits[split], metadata, step, calibration, settings
-    )
-    report["weights"] = weights
-    report["selection"] = selection
-    if jax.process_index() != 0:
-        return report
-    workdir = storage.path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    plain_probs = probabilities({"plain": logits[split]["plain"]}, report["calibration"]
-                                ["temperature"])  # fmt: skip
-    tta_probs = (
-        probabilities(logits[split], report["calibration"]["temperature"]) if settings.tta
-        else None
-    )  # fmt: skip
-    write_predictions(records, plain_probs, logits[split]["plain"],
-                      workdir / f"predictions_{split}.csv", tta_probs)  # fmt: skip
-    rendered = figures.report_figures(report, units)
-    if settings.gradcam_scans:
-        scans = saliency.choose_scans(units["scan"], report["scan"]["threshold"],
-                                      settings.gradcam_scans)  # fmt: skip
-        rendered["gradcam"] = saliency.gradcam_figure(
-            data.source(split), records, plain_probs, scans, model, params, pixel_stats,
-            pipeline.image_size, settings.gradcam_slices, report["scan"]["threshold"],
-        )  # fmt: skip
-        report["gradcam_scans"] = list(scans)
-    return write_outputs(report, rendered, workdir, writer, format_markdown)
 
 
 def write_outputs(
@@ -621,3 +469,38 @@ def write_outputs(
     (workdir / f"report_{split}.md").write_text(markdown(report, paths))
     write_report(report, workdir)
     return report
+
+
+def saliency_figures(
+    report: dict, units: dict[str, metrics.Units], data, split: str, records: dict,
+    probs: np.ndarray, model, params, pixel_stats: dict, image_size: int, settings: EvalSettings,
+) -> dict:  # fmt: skip
+    """Grad-CAM pictures of the chosen scans of `split` (settings.gradcam_scans; none when 0),
+    noting them in the report."""
+    if not settings.gradcam_scans:
+        return {}
+    threshold = report["scan"]["threshold"]
+    scans = saliency.choose_scans(units["scan"], threshold, settings.gradcam_scans)
+    figure = saliency.gradcam_figure(
+        data.source(split), records, probs, scans, model, params, pixel_stats, image_size,
+        settings.gradcam_slices, threshold,
+    )  # fmt: skip
+    report["gradcam_scans"] = list(scans)
+    return {"gradcam": figure}
+
+
+def validation_images(
+    records: dict, logit_ad: np.ndarray, class_names: Sequence[str] = (), title: str = ""
+) -> dict:
+    """TensorBoard images of a validation, titled with the weights and step: ROC/PR curves
+    (slice, scan) and the scan-level confusion matrix at 0.5, rendered legible at card size."""
+    del class_names  # NC and AD
+    units = metrics.level_units(records, metrics.sigmoid(logit_ad), subjects_known=False)
+    scan = metrics.classification_metrics(units["scan"].labels, units["scan"].probs)
+    confusion = figures.confusion_figure(
+        {"scan": scan["confusion_matrix"]["counts"]}, {"scan": 0.5}, title
+    )
+    return {
+        "validation/roc": figures.to_tensorboard_image(figures.roc_figure(units, title=title)),
+        "validation/confusion_scan": figures.to_tensorboard_image(confusion),
+    }

@@ -55,7 +55,7 @@ def assemble(
         if run.optim.frozen_batchnorm == "running"
         else ()
     )
-    model = steps.make_model(run.model, frozen_norms)
+    model = steps.make_model(run.model, frozen_norms, outputs=run.task.device_outputs)
     tx = optim.make_optimizer(
         run.optim,
         schedule,

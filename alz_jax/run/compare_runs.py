@@ -26,11 +26,12 @@ import numpy as np
 from alz_jax.core import sharding, steps
 from alz_jax.data import dataset
 from alz_jax.evaluation import compare_stats as stats
-from alz_jax.evaluation import figures, metrics, multiclass, multiclass_reports, reports, robustness
+from alz_jax.evaluation import figures, metrics, reports, robustness, tasks
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
-from alz_jax.run import assembly, prediction, run_record, specs, train
+from alz_jax.run import assembly, specs
+from alz_jax.run.saved_run import SavedRun
 
 # The default throughput batch: the run's batch size, but no larger than this (a recipe's
 # accelerator batch of 512 would take minutes per step on a CPU).
@@ -82,14 +83,32 @@ class CompareSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One compared run: its name, workdir, spec, record, report and predictions on the split."""
+    """One compared run: its name, the saved run, its report and predictions on the split."""
 
     name: str
-    workdir: str
-    spec: specs.RunSpec
-    record: dict
+    saved: SavedRun
     report: dict
     predictions: stats.Predictions
+
+    @property
+    def workdir(self) -> str:
+        """The run's workdir."""
+        return self.saved.workdir
+
+    @property
+    def spec(self) -> specs.RunSpec:
+        """The run's resolved spec."""
+        return self.saved.spec
+
+    @property
+    def record(self) -> dict:
+        """The run's record (data fingerprint, pixel statistics)."""
+        return self.saved.record
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes its report names (its task's defaults for reports before the field)."""
+        return self.report.get("class_names") or self.spec.task.default_class_names()
 
     @property
     def title(self) -> str:
@@ -111,27 +130,23 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
 
 
 def _read_predictions(path, report: dict, subjects_known: bool) -> stats.Predictions:
-    """A run's predictions CSV with its report's thresholds and calibration bins."""
-    num_classes = report.get("num_classes", 2)
-    if num_classes == 2:
-        records, probs = reports.read_predictions(path)
-    else:
-        records, probs = multiclass_reports.read_predictions(path, report["class_names"])
-    levels = [lv for lv in metrics.LEVELS if lv in report]
+    """A run's predictions CSV with its report's task, thresholds and calibration bins."""
+    task = tasks.of_report(report)
+    records, probs = task.read_predictions(path, report.get("class_names") or ())
     return stats.Predictions(
         records=records,
         probs=probs,
         subjects_known=subjects_known,
-        thresholds={lv: report[lv]["threshold"] for lv in levels} if num_classes == 2 else {},
+        thresholds=task.thresholds_of(report),
         n_bins=len(report["slice"]["calibration"]["edges"]) - 1,
+        task=task,
     )
 
 
 def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run:
     """A run's spec, record, report and predictions on `split`; the best checkpoint is evaluated
     first when the report or predictions file is missing (or a UserError, if not allowed)."""
-    config = run_record.load_config(workdir)
-    record = run_record.load(workdir)
+    saved = SavedRun.open(os.fspath(workdir))
     folder = storage.path(workdir)
     report_path = folder / f"report_{split}.json"
     predictions_path = folder / f"predictions_{split}.csv"
@@ -143,7 +158,7 @@ def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run
                 "drop --noevaluate_missing."
             )
         logging.info("%s has no %s report: evaluating its best checkpoint.", workdir, split)
-        train.evaluate_checkpoint(workdir, split, "best")
+        saved.evaluate(split, "best")
     report = json.loads(report_path.read_text())
     if report.get("split") != split:
         raise UserError(
@@ -156,7 +171,7 @@ def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run
             f"reports {report['num_images']}: the two files are from different evaluations. "
             f"Evaluate again: python -m alz_jax.evaluate --workdir={workdir} --split={split}"
         )
-    return Run(name, os.fspath(workdir), specs.resolve(config), record, report, predictions)
+    return Run(name, saved, report, predictions)
 
 
 def check_same_data(runs: Sequence[Run]) -> list[stats.Predictions]:
@@ -165,9 +180,9 @@ def check_same_data(runs: Sequence[Run]) -> list[stats.Predictions]:
     classes, and was trained on the same data set (fingerprint of data and splits)."""
     aligned = stats.align([r.predictions for r in runs], [r.name for r in runs])
     first = runs[0]
-    classes = first.report.get("class_names", list(metrics.CLASS_NAMES))
+    classes = first.class_names
     for run in runs[1:]:
-        if run.report.get("class_names", list(metrics.CLASS_NAMES)) != classes:
+        if run.class_names != classes:
             raise UserError(
                 f"{first.name} has classes {classes}, {run.name} "
                 f"{run.report.get('class_names')}; expected the same."
@@ -325,7 +340,7 @@ def load_weights(run: Run) -> dict:
     """The model and weights of the checkpoint the run's report evaluated."""
     step, weights = str(run.report["checkpoint_step"]), run.report["weights"]
     try:
-        return prediction.load_model(run.workdir, step, weights)
+        return run.saved.load_model(step, weights)
     except UserError as e:
         raise UserError(
             f"{run.name}: its report_{run.report['split']}.json was made from checkpoint "
@@ -336,13 +351,6 @@ def load_weights(run: Run) -> dict:
 
 
 # ---- Robustness. ----
-
-
-def _probabilities(outputs: np.ndarray, temperature: float) -> np.ndarray:
-    """P(AD) from margins, or class probabilities from logits, at the report's temperature."""
-    if outputs.ndim == 1:
-        return metrics.sigmoid(outputs / temperature)
-    return multiclass.softmax(outputs / temperature)
 
 
 def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) -> dict:
@@ -361,7 +369,8 @@ def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) 
             mesh,
         )
         for r in group:
-            out[r.name] = _probabilities(outputs[r.name], r.report["calibration"]["temperature"])
+            temperature = r.report["calibration"]["temperature"]
+            out[r.name] = r.spec.task.probabilities({"plain": outputs[r.name]}, temperature)
     return out
 
 
@@ -525,7 +534,8 @@ def compare(workdirs: Sequence[str], out: str, settings: CompareSettings) -> dic
         "machine": machine(),
         "reference": runs[0].name,
         "num_classes": first.num_classes,
-        "class_names": runs[0].report.get("class_names", list(metrics.CLASS_NAMES)),
+        "task": first.task.kind,
+        "class_names": runs[0].class_names,
         "metric_names": list(first.metric_names),
         "bootstrap": {
             "samples": settings.resamples,
@@ -565,7 +575,7 @@ def write_outputs(result: dict, out: str) -> dict:
     if result["paired_differences"]:
         rendered[f"differences_{last_level}"] = stats.differences_figure(result, last_level)
     for name, entry in ((result.get("robustness") or {}).get("perturbations") or {}).items():
-        rendered[f"robustness_{name}"] = stats.robustness_figure(name, entry, result["num_classes"])
+        rendered[f"robustness_{name}"] = stats.robustness_figure(name, entry, result)
     result["figures"] = {}
     for name, figure in rendered.items():
         result["figures"][name] = f"{name}.png"

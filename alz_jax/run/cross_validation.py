@@ -18,15 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from alz_jax.evaluation import metrics, multiclass, multiclass_reports, reports
+from alz_jax.evaluation import metrics, tasks
 from alz_jax.host import storage
 from alz_jax.run import train
-
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1",
-                   "roc_auc", "pr_auc")  # fmt: skip
-# With K > 2 classes (dementia stages).
-CLASS_SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",
-                         "quadratic_kappa", "roc_auc_ovr_macro")  # fmt: skip
 
 
 def run_folds(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -59,13 +53,13 @@ def run_folds(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
 def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
     """Mean and std across folds per level and metric, plus pooled out-of-fold metrics."""
-    levels = [lv for lv in reports.REPORT_LEVELS if all(lv in r for r in fold_reports)]
-    class_names = fold_reports[0].get("class_names")
-    k_classes = fold_reports[0].get("num_classes", 2) > 2
+    levels = [lv for lv in metrics.LEVELS if all(lv in r for r in fold_reports)]
+    class_names = fold_reports[0].get("class_names") or ()
+    task = tasks.of_report(fold_reports[0])
     across = {}
     for level in levels:
         across[level] = {}
-        for name in CLASS_SUMMARY_METRICS if k_classes else SUMMARY_METRICS:
+        for name in task.metric_names("cv"):
             values = [r[level][name] for r in fold_reports]
             if any(v is None for v in values):
                 continue
@@ -74,26 +68,17 @@ def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "per_fold": values,
             }
-    parts = [
-        multiclass_reports.read_predictions(d / "predictions_test.csv", class_names) if k_classes
-        else reports.read_predictions(d / "predictions_test.csv")
-        for d in fold_dirs
-    ]  # fmt: skip
+    parts = [task.read_predictions(d / "predictions_test.csv", class_names) for d in fold_dirs]
     records = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
     probs = np.concatenate([p[1] for p in parts])
     if len(set(records["file_name"])) != len(probs):
         raise RuntimeError("An image was tested in more than one fold: folds are not disjoint.")
     subjects_known = all(r.get("subjects_known", True) for r in fold_reports)
-    pooled = (
-        multiclass.multilevel_metrics(records, probs, subjects_known, class_names) if k_classes
-        else metrics.multilevel_metrics(records, probs, subjects_known)
-    )  # fmt: skip
+    pooled = task.multilevel_metrics(records, probs, subjects_known, class_names or None)
     return {
         "num_folds": len(fold_reports),
         "across_folds": across,
-        "thresholds": "the most probable class (no threshold)" if k_classes else
-        "across_folds: each fold's own, chosen on its validation split; "
-        "pooled_out_of_fold: 0.5 (the folds' thresholds differ); AUCs need none",
+        "thresholds": task.pooled_decision_text(),
         "pooled_out_of_fold": {"num_images": len(probs), **pooled},
     }  # fmt: skip
 

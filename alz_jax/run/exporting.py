@@ -36,11 +36,11 @@ from safetensors.numpy import load_file, save
 
 from alz_jax.core import steps
 from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
-from alz_jax.run import prediction, run_record
+from alz_jax.run import run_record
+from alz_jax.run.saved_run import SavedRun
 
 FORMATS = ("safetensors", "npz", "orbax")
 DTYPES = ("float32", "bfloat16")
@@ -256,8 +256,8 @@ def build_metadata(
             "std": loaded["pixel_stats"]["std"],
             "formula": "(x / 255 - mean) / std, from the training split's pixels",
         },
-        "class_names": list(loaded.get("class_names", metrics.CLASS_NAMES)),
-        "output": _output_text(spec.num_classes),
+        "class_names": list(loaded["class_names"]),
+        "output": loaded["task"].export_output_text(),
         "calibration": {
             "temperature": cal["temperature"],
             "temperature_applied": cal.get("temperature_applied", False),
@@ -274,17 +274,6 @@ def build_metadata(
     }
 
 
-def _output_text(num_classes: int) -> str:
-    """How to read the exported logits."""
-    if num_classes == 2:
-        return ("logits (B, 2) float32 in class_names order; P(AD) = sigmoid((logit_AD - "
-                "logit_NC) / temperature); call AD when P(AD) >= the level's threshold (a scan's "
-                "P(AD) is the mean over its slices)")  # fmt: skip
-    return (f"logits (B, {num_classes}) float32 in class_names order; probabilities = "
-            "softmax(logits / temperature); call the most probable class (a scan's "
-            "probabilities are the mean over its slices)")  # fmt: skip
-
-
 def export(
     workdir: str, fmt: str, checkpoint: str = "best", weights: str = "selected",
     dtype: str = "float32", output: str | None = None,
@@ -296,13 +285,11 @@ def export(
         raise UserError(f"--format={fmt}: expected one of {'|'.join(FORMATS)}.")
     if dtype not in DTYPES:
         raise UserError(f"--dtype={dtype}: expected one of {'|'.join(DTYPES)}.")
-    config = run_record.load_config(workdir)
-    record = run_record.load(workdir)
-    loaded = prediction.load_model(workdir, checkpoint, weights)
-    loaded["workdir"] = workdir
+    saved = SavedRun.open(workdir)
+    loaded = saved.load_model(checkpoint, weights)
     store = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     flat = {k: np.asarray(v).astype(store) for k, v in flatten(loaded["params"]).items()}
-    metadata = build_metadata(loaded, config, record, fmt, dtype, platforms)
+    metadata = build_metadata(loaded, saved.config, saved.record, fmt, dtype, platforms)
     name = f"step{loaded['step']}_{loaded['weights']}_{dtype}_{fmt}"
     out = storage.path(output) if output else storage.path(workdir) / "export" / name
     if out.exists() and any(out.iterdir()):

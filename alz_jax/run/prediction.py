@@ -13,19 +13,18 @@ the scan threshold). An unreadable input is reported by name and the rest go on.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from alz_jax.core import checkpointing, sharding, steps
+from alz_jax.core import sharding, steps
 from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics, multiclass
+from alz_jax.evaluation import tasks
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
-from alz_jax.run import run_record, specs, train
+from alz_jax.run.saved_run import SavedRun
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SLICE_NAME = re.compile(r"^(?P<scan>[^_/]+)_(?P<slice>\d+)$")
@@ -51,41 +50,10 @@ def find_inputs(paths: list[str]) -> tuple[list[Path], list[dict]]:
 
 
 def load_model(workdir: str, which: str = "best", weights: str = "selected") -> dict:
-    """The run's model, weights, pixel statistics, image size and the calibration (temperature,
-    thresholds) stored with checkpoint `which`. Reads no data set."""
-    run_spec = specs.resolve(run_record.load_config(workdir))
-    record = run_record.load(workdir)
-    manager = checkpointing.make_manager(workdir, run_spec.checkpoint)
-    mesh = sharding.make_mesh()
-    # Only which averages exist and their dtypes matter here, not the run's length.
-    step, weights, params, selection = train.restore_weights(
-        manager, which, run_spec.model, run_spec.averages, weights, mesh
-    )
-    calibration = (selection or {}).get("calibration", {}).get(weights)
-    num_classes = run_spec.model.num_classes
-    class_names = (selection or {}).get("class_names") or (
-        list(metrics.CLASS_NAMES) if num_classes == 2 else [str(k) for k in range(num_classes)]
-    )
-    if calibration is None and num_classes > 2:
-        logging.warning("Checkpoint %d stores no validation calibration for %s weights: "
-                        "temperature 1.", step, weights)  # fmt: skip
-        calibration = {"temperature": 1.0}
-    elif calibration is None:
-        logging.warning("Checkpoint %d stores no validation calibration for %s weights: "
-                        "temperature 1, thresholds 0.5.", step, weights)  # fmt: skip
-        calibration = {"temperature": 1.0, "thresholds": {lv: 0.5 for lv in metrics.LEVELS},
-                       "threshold_method": "none stored: 0.5"}  # fmt: skip
-    return {
-        "model": steps.make_model(run_spec.model),
-        "params": params,
-        "mesh": mesh,
-        "pixel_stats": record["pixel_stats"],
-        "image_size": run_spec.pipeline.image_size,
-        "step": step,
-        "weights": weights,
-        "calibration": calibration,
-        "class_names": class_names,
-    }
+    """The run's model, weights, pixel statistics, image size, task, class names and the
+    calibration (temperature, thresholds) stored with checkpoint `which` (SavedRun.load_model).
+    Reads no data set."""
+    return SavedRun.open(workdir).load_model(which, weights)
 
 
 def predict_files(
@@ -94,7 +62,6 @@ def predict_files(
     """(rows, errors): one row per readable image {file, scan_id, slice, logit_ad, prob_ad,
     predicted}; one error {file, error} per unreadable one."""
     predict_fn = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], loaded["mesh"])
-    cal = loaded["calibration"]
     devices = loaded["mesh"].devices.size
     batch_sharding = sharding.batch_sharded(loaded["mesh"])
     rows, errors, pending = [], [], []
@@ -105,23 +72,9 @@ def predict_files(
         images = np.stack([image for _, image in pending])
         padded = -len(images) % devices
         images = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)])
-        margins = predict_fn(loaded["params"], jax.device_put(images, batch_sharding))
-        margins = np.asarray(margins)[: len(pending)]
-        if margins.ndim == 2:  # K > 2 classes: logits
-            rows.extend(_class_rows([p for p, _ in pending], margins, loaded))
-            pending.clear()
-            return
-        for (path, _), margin in zip(pending, margins, strict=True):
-            prob = float(metrics.sigmoid(float(margin) / cal["temperature"]))
-            match = SLICE_NAME.match(path.stem)
-            rows.append({
-                "file": str(path),
-                "scan_id": match["scan"] if match else "",
-                "slice": int(match["slice"]) if match else None,
-                "logit_ad": float(margin),
-                "prob_ad": prob,
-                "predicted": "AD" if prob >= cal["thresholds"]["slice"] else "NC",
-            })  # fmt: skip
+        outputs = predict_fn(loaded["params"], jax.device_put(images, batch_sharding))
+        outputs = np.asarray(outputs)[: len(pending)]
+        rows.extend(loaded["task"].image_rows([_base_row(p) for p, _ in pending], outputs, loaded))
         pending.clear()
 
     for path in files:
@@ -136,56 +89,14 @@ def predict_files(
     return rows, errors
 
 
-def _class_rows(paths: list[Path], logits: np.ndarray, loaded: dict) -> list[dict]:
-    """Rows of a K-class model: {file, scan_id, slice, predicted (the most probable class),
-    prob_<class> for each class}, probabilities at the validation temperature."""
-    temperature = loaded["calibration"]["temperature"]
-    probs = multiclass.softmax(np.asarray(logits, np.float64) / temperature)
-    names = loaded["class_names"]
-    rows = []
-    for path, p in zip(paths, probs, strict=True):
-        match = SLICE_NAME.match(path.stem)
-        rows.append({
-            "file": str(path),
-            "scan_id": match["scan"] if match else "",
-            "slice": int(match["slice"]) if match else None,
-            "predicted": names[int(np.argmax(p))],
-            **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)},
-        })  # fmt: skip
-    return rows
-
-
-def scan_rows(rows: list[dict], calibration: dict, num_classes: int = 2) -> list[dict]:
-    """Per scan (files named <scanID>_<slice>): slice count, mean P(AD), call at the scan
-    threshold; with K > 2 classes, the mean of each class's probability and the most probable."""
-    if num_classes > 2:
-        return _class_scan_rows(rows) if rows else []
-    by_scan: dict[str, list[float]] = {}
-    for row in rows:
-        if row["scan_id"]:
-            by_scan.setdefault(row["scan_id"], []).append(row["prob_ad"])
-    threshold = calibration["thresholds"]["scan"]
-    return [
-        {"scan_id": scan, "slices": len(p), "prob_ad": float(np.mean(p)),
-         "predicted": "AD" if np.mean(p) >= threshold else "NC"}
-        for scan, p in sorted(by_scan.items())
-    ]  # fmt: skip
-
-
-def _class_scan_rows(rows: list[dict]) -> list[dict]:
-    names = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_")]
-    by_scan: dict[str, list[list[float]]] = {}
-    for row in rows:
-        if row["scan_id"]:
-            by_scan.setdefault(row["scan_id"], []).append([row[f"prob_{n}"] for n in names])
-    out = []
-    for scan, probs in sorted(by_scan.items()):
-        mean = np.mean(probs, axis=0)
-        out.append({
-            "scan_id": scan, "slices": len(probs), "predicted": names[int(np.argmax(mean))],
-            **{f"prob_{n}": float(v) for n, v in zip(names, mean, strict=True)},
-        })  # fmt: skip
-    return out
+def _base_row(path: Path) -> dict:
+    """{file, scan_id, slice} of an input file (a scan when named <scanID>_<slice>)."""
+    match = SLICE_NAME.match(path.stem)
+    return {
+        "file": str(path),
+        "scan_id": match["scan"] if match else "",
+        "slice": int(match["slice"]) if match else None,
+    }
 
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -231,43 +142,12 @@ def write_output(path: Path, result: dict) -> list[Path]:
     return written
 
 
-def _format_classes(result: dict) -> list[str]:
-    """The K-class table: the called class and its probability per image and scan."""
-    lines = [f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
-             f"temperature {result['calibration']['temperature']:.3f}; the most probable class "
-             f"of {', '.join(result['class_names'])}", f"{'P':>7} {'call':<18} file"]  # fmt: skip
-    lines += [f"{r['prob_' + r['predicted']]:>7.3f} {r['predicted']:<18} {r['file']}"
-              for r in result["images"]]  # fmt: skip
-    if result["scans"]:
-        lines.append(f"{'P':>7} {'call':<18} scan (slices)")
-        lines += [f"{s['prob_' + s['predicted']]:>7.3f} {s['predicted']:<18} {s['scan_id']} "
-                  f"({s['slices']})" for s in result["scans"]]  # fmt: skip
-    return lines
-
-
 def format_result(result: dict) -> str:
-    """The table printed by the command."""
-    if len(result.get("class_names", ())) > 2:
-        lines = _format_classes(result)
-        lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
-        lines.append(
-            f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable."
-        )
-        return "\n".join(lines)
-    cal = result["calibration"]
-    lines = [
-        f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); temperature "
-        f"{cal['temperature']:.3f}; thresholds chosen on validation ({cal['threshold_method']}):"
-        f" slice {cal['thresholds']['slice']:.3f}, scan {cal['thresholds']['scan']:.3f}",
-        f"{'P(AD)':>7} {'call':>4}  file",
-    ]
-    lines += [f"{r['prob_ad']:>7.3f} {r['predicted']:>4}  {r['file']}" for r in result["images"]]
-    if result["scans"]:
-        lines.append(f"{'P(AD)':>7} {'call':>4}  scan (slices)")
-        lines += [f"{s['prob_ad']:>7.3f} {s['predicted']:>4}  {s['scan_id']} ({s['slices']})"
-                  for s in result["scans"]]  # fmt: skip
-    for e in result["errors"]:
-        lines.append(f"UNREADABLE  {e['file']}: {e['error']}")
+    """The table printed by the command: the task's rows of images and scans, then the
+    unreadable files."""
+    task = tasks.for_classes(len(result["class_names"]), result.get("task"))
+    lines = task.format_predictions(result)
+    lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
     lines.append(f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable.")
     return "\n".join(lines)
 
@@ -284,8 +164,9 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
         "weights": loaded["weights"],
         "calibration": {k: calibration[k] for k in ("temperature", "thresholds",
                                                     "threshold_method") if k in calibration},
+        "task": loaded["task"].kind,
         "class_names": loaded["class_names"],
         "images": rows,
-        "scans": scan_rows(rows, calibration, len(loaded["class_names"])),
+        "scans": loaded["task"].scan_rows(rows, calibration),
         "errors": errors + read_errors,
     }  # fmt: skip

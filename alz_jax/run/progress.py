@@ -14,16 +14,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from alz_jax.evaluation import metric_registry
 from alz_jax.models import registry
 from alz_jax.run import specs
 
 # (run, tag) of the metrics the HParams tab shows per trial: final validation and test results.
-HPARAM_METRICS = (
-    ("validation", "loss"), ("validation", "accuracy"), ("validation", "scan_accuracy"),
-    ("validation", "roc_auc"), ("test", "accuracy"), ("test", "balanced_accuracy"),
-    ("test", "scan_accuracy"), ("test", "subject_accuracy"), ("test", "roc_auc"),
-    ("test", "scan_roc_auc"),
-)  # fmt: skip
+HPARAM_METRICS = metric_registry.hparam_metrics()
 SELECTED_CODE = {"raw": 0, "ema": 1, "swa": 2}
 
 

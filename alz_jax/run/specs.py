@@ -26,6 +26,7 @@ from alz_jax.data import augment, mixing
 from alz_jax.data import data_spec as data_spec_lib
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.data.pipeline_spec import PipelineSpec
+from alz_jax.evaluation import metric_registry, tasks
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import convert, convnext, depthwise, registry
@@ -87,6 +88,7 @@ class RunSpec:
     seed: int
     batch_size: int  # global, over all devices and processes
     model: registry.ModelSpec  # a model family's spec
+    task: tasks.Task  # what the model's outputs mean: NC/AD, K classes (evaluation/tasks.py)
     init_from: str  # 'LAYOUT:PATH' of starting weights, or ''
     data: DataSpec
     pipeline: PipelineSpec  # its mix schedule is completed by `plan`
@@ -139,6 +141,38 @@ class RunSpec:
             pipeline=dataclasses.replace(self.pipeline, mix=mix),
             step=dataclasses.replace(self.step, class_weights=weights),
         )
+
+    def plan_for(self, data) -> Plan:
+        """The plan of a training on the prepared data set `data` (dataset.AdniData)."""
+        return self.plan(steps_per_epoch(data, self.batch_size), train_class_counts(data))
+
+    def check_classes(self, class_names: Sequence[str]) -> None:
+        """The model's head must have one output per class of the data set, in the order the
+        task reads them."""
+        if self.model.num_classes != len(class_names):
+            raise UserError(
+                f"The data set has {len(class_names)} classes ({', '.join(class_names)}), but "
+                f"config.model.num_classes = {self.model.num_classes}: set "
+                f"--config.model.num_classes={len(class_names)} (configs/stages_demo.py does "
+                "for the dementia stages)."
+            )
+        self.task.check_class_names(class_names)
+
+
+def train_class_counts(data) -> list[int]:
+    """Images per class of the train split of a prepared data set, in label order."""
+    labels = data.records("train")["label"]
+    return np.bincount(labels, minlength=len(data.class_names)).tolist()
+
+
+def steps_per_epoch(data, global_batch: int) -> int:
+    """Whole global batches in the train split; refuses a batch larger than the split."""
+    per_epoch = data.num_examples("train") // global_batch
+    if per_epoch == 0:
+        raise UserError(
+            f"batch_size {global_batch} exceeds the {data.num_examples('train')} training images."
+        )
+    return per_epoch
 
 
 def parse_class_weights(value: str, num_classes: int) -> str:
@@ -200,6 +234,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         seed=c.seed,
         batch_size=c.batch_size,
         model=model_spec(c.model, compute_dtype(c.dtype, backend), backend, c.data.image_size),
+        task=tasks.for_classes(c.model.num_classes),
         init_from=c.model.init_from,
         data=data_spec(c.data),
         pipeline=pipeline_spec(c),
@@ -217,7 +252,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         ),
         averages=averaging_spec(c),
         swa_start_fraction=float(c.swa.start_fraction) if c.swa.enabled else 0.0,
-        checkpoint=CheckpointSpec(**dict(c.checkpoint.items())),
+        checkpoint=checkpoint_spec(c.checkpoint),
         evaluation=eval_settings(c.eval),
         train=Duration("num_train", c.num_train_steps, c.num_epochs),
         warmup=Duration("warmup", c.warmup_steps, c.warmup_epochs),
@@ -241,6 +276,21 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
         convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
     trainable_pattern(spec)  # a preset or regex that matches some parameter
     check_batch(spec, jax.device_count(), jax.process_count())
+    return spec
+
+
+def checkpoint_spec(checkpoint_config: ml_collections.ConfigDict) -> CheckpointSpec:
+    """The CheckpointSpec of `config.checkpoint`: best_metric one of the registry's selection
+    metrics, best_mode its better direction."""
+    spec = CheckpointSpec(**dict(checkpoint_config.items()))
+    choices = metric_registry.best_metric_choices()
+    check_fields("checkpoint", [
+        ("best_metric", spec.best_metric, spec.best_metric in choices, "|".join(choices)),
+    ])  # fmt: skip
+    mode = metric_registry.best_mode(spec.best_metric)
+    check_fields("checkpoint", [
+        ("best_mode", spec.best_mode, spec.best_mode == mode, f"{mode} for {spec.best_metric}"),
+    ])  # fmt: skip
     return spec
 
 

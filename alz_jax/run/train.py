@@ -4,8 +4,8 @@ Reads top to bottom like the run it performs: take the workdir's lock, prepare t
 (generating and building it if needed), check the run record, build the model and optimizer on
 a ('data',) mesh, restore the newest whole checkpoint if there is one, write the run record,
 train with periodic logging, validation and checkpoints, then evaluate the best checkpoint on the
-test split through `reports.evaluate_weights` (the same path as `python -m alz_jax.evaluate`):
-report_test.json/.md, predictions and figures.
+test split through `saved_run` (the same path as `python -m alz_jax.evaluate`): report_test.json
+/.md, predictions and figures.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 
 from alz_jax.core import averaging, checkpointing, optim, sharding, steps
 from alz_jax.data import dataset, input_pipeline
-from alz_jax.evaluation import figures, metrics, multiclass_reports, reports
+from alz_jax.evaluation import figures, metric_registry, reports, task_reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, registry
-from alz_jax.run import assembly, progress, run_record, specs, swa_statistics
+from alz_jax.run import assembly, progress, run_record, saved_run, specs, swa_statistics
 
 
 class StageTimer:
@@ -79,21 +79,6 @@ def _check_finite(history: list[tuple[int, dict]], manager) -> list[dict]:
     )
 
 
-# One compiled conversion of a whole tree: converting leaf by leaf compiles a program per leaf
-# shape (about 200 for bfloat16 EMA and SWA weights) in every new process.
-_as_float32 = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(np.float32), tree))
-
-
-def weights_of(state: steps.TrainState, name: str):
-    """The weights to evaluate for `name` (raw, ema, swa), in float32: the parameters, with
-    BatchNorm {"params", "batch_stats"} (steps.Model.split)."""
-    if name != "raw":
-        return _as_float32(state[name])
-    if "batch_stats" in state:
-        return _as_float32({"params": state["params"], "batch_stats": state["batch_stats"]})
-    return _as_float32(state["params"])
-
-
 def select_weights(per_weights: dict[str, dict], metric: str, mode: str) -> dict:
     """The weights whose validation `metric` (e.g. 'validation/loss') is best: the selection
     record saved with the checkpoint ({weights, metric, value, values})."""
@@ -122,8 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS. ----
         data = dataset.prepare(run.data, timer=timer)
-        check_classes(run, data)
-        plan = run.plan(steps_per_epoch(data, run.batch_size), train_class_counts(data))
+        run.check_classes(data.class_names)
+        plan = run.plan_for(data)
         with timer("run record + pixel statistics"):
             record = run_record.prepare(
                 workdir, run, data.fingerprint(), has_checkpoint=resuming,
@@ -139,6 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, start_step = _initial_state(run, plan, parts, manager)
         run_record.write(workdir, config, record, data.manifest, jax.process_index() == 0)
         loop = _Loop.create(run, plan, data, parts, manager, config, workdir, start_step)
+        saved = saved_run.SavedRun(str(workdir), config, record, run, plan.averages)
 
         # ---- The training loop, then the test report from the best checkpoint. ----
         with timer("train"), contextlib.closing(loop.grain_iter), contextlib.closing(loop.trace):
@@ -155,45 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )  # fmt: skip
             return {"preempted_at_step": preempted_at}
         with timer("test evaluation"):
-            report = _test_report(loop, record["pixel_stats"])
+            report = _test_report(loop, saved)
         report["stage_seconds"] = {k: round(v, 1) for k, v in timer.seconds.items()}
         reports.write_report(report, workdir)
         return report
-
-
-def check_classes(run: specs.RunSpec, data: dataset.AdniData) -> None:
-    """The model's head must have one output per class of the data set."""
-    names = data.class_names
-    if run.model.num_classes != len(names):
-        raise UserError(
-            f"The data set has {len(names)} classes ({', '.join(names)}), but "
-            f"config.model.num_classes = {run.model.num_classes}: set "
-            f"--config.model.num_classes={len(names)} (configs/stages_demo.py does for the "
-            "dementia stages)."
-        )
-    if len(names) == 2 and tuple(names) != ("NC", "AD"):
-        # The two-class path reports sensitivity for AD, P(AD), NC/AD calls: it would mislabel.
-        raise UserError(
-            f"The data set's two classes are {', '.join(names)}; the two-class path reads them "
-            "as NC and AD. Name the folders as control and disease (NC/CN/Normal, AD/Alzheimer/"
-            "Demented: docs/stages.md) so that the second is the positive class."
-        )
-
-
-def train_class_counts(data: dataset.AdniData) -> list[int]:
-    """Images per class of the train split, in label order."""
-    labels = data.records("train")["label"]
-    return np.bincount(labels, minlength=len(data.class_names)).tolist()
-
-
-def steps_per_epoch(data: dataset.AdniData, global_batch: int) -> int:
-    """Whole global batches in the train split; refuses a batch larger than the split."""
-    per_epoch = data.num_examples("train") // global_batch
-    if per_epoch == 0:
-        raise UserError(
-            f"batch_size {global_batch} exceeds the {data.num_examples('train')} training images."
-        )
-    return per_epoch
 
 
 def _log_plan(data: dataset.AdniData, plan: specs.Plan, pixel_stats: dict) -> None:
@@ -410,19 +361,17 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
     selection also stores each weight set's temperature and thresholds (for `predict`)."""
     run, data = loop.run, loop.data
     names = averaging.available(loop.plan.averages, step)
-    predictors = {n: (weights_of(state, n), loop.parts.predict_step) for n in names}
+    predictors = {n: (saved_run.weights_of(state, n), loop.parts.predict_step) for n in names}
     logits = reports.predict_split_multi(
         data, "validation", predictors, run.pipeline, run.batch_size, loop.parts.mesh
     )
-    records = data.records("validation")
-    # Two classes: the binary path (margins, thresholds); more: logits, argmax decides.
-    evaluation = reports if run.model.num_classes == 2 else multiclass_reports
-    per_weights = {n: evaluation.validation_metrics(records, logits[n]) for n in names}
+    records, task = data.records("validation"), run.task
+    per_weights = {n: task.validation_metrics(records, logits[n]) for n in names}
     selection = select_weights(per_weights, run.checkpoint.best_metric, run.checkpoint.best_mode)
     plain = dataclasses.replace(run.evaluation, tta=())
     subjects_known = data.metadata.get("subject_source") != "scan_id"
     selection["calibration"] = {
-        n: evaluation.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
+        n: task.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
     }
     selection["class_names"] = list(data.class_names)  # what `predict` and `export` call them
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
@@ -438,142 +387,33 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
         )
         title = f"validation, step {step}, {selection['weights']} weights (selected)"
         chosen = logits[selection["weights"]]
-        loop.writer.write_images(
-            step,
-            validation_images(records, chosen, title)
-            if run.model.num_classes == 2
-            else multiclass_reports.validation_images(records, chosen, data.class_names, title),
+        images = task_reports.reporter(task).validation_images(
+            records, chosen, data.class_names, title
         )
+        loop.writer.write_images(step, images)
         logging.info(progress.validation_line(step, per_weights, selection))
     return scalars, selection
 
 
-def _test_report(loop: _Loop, pixel_stats: dict) -> dict:
+def _test_report(loop: _Loop, saved: saved_run.SavedRun) -> dict:
     """The test report of the best checkpoint, with the weights that won its validation."""
-    step, weights, params, selection = restore_weights(
-        loop.manager, "best", loop.run.model, loop.plan.averages
+    restored = saved.restore("best", mesh=loop.parts.mesh)
+    report = saved_run.evaluate_restored(
+        saved,
+        loop.data,
+        restored,
+        "test",
+        loop.run.evaluation,
+        loop.parts.mesh,
+        loop.writer,
+        model=loop.parts.model,
     )
-    evaluation = reports if loop.run.model.num_classes == 2 else multiclass_reports
-    report = evaluation.evaluate_weights(
-        data=loop.data, model=loop.parts.model, params=params, pixel_stats=pixel_stats,
-        pipeline=loop.run.pipeline, batch_size=loop.run.batch_size, mesh=loop.parts.mesh,
-        split="test", step=step, weights=weights, selection=selection,
-        workdir=loop.workdir, settings=loop.run.evaluation, writer=loop.writer,
-    )  # fmt: skip
-    levels = {lv: report[lv] for lv in ("slice", "scan", "subject") if lv in report}
     test = {"test/loss": report["loss"]}
-    for level, m in levels.items():
-        prefix = "test/" if level == "slice" else f"test/{level}_"
-        test.update({f"{prefix}{k}": m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc",
-                                                     "macro_f1", "quadratic_kappa")
+    for level in metric_registry.LEVELS:
+        m = report.get(level, {})
+        prefix = "test/" + metric_registry.level_prefix(level)
+        test.update({f"{prefix}{k}": m[k] for k in loop.run.task.metric_names("test")
                      if isinstance(m.get(k), int | float)})  # fmt: skip
-    loop.writer.write_scalars(step, test)  # the HParams tab's test columns
+    loop.writer.write_scalars(restored.step, test)  # the HParams tab's test columns
     loop.writer.flush()
-    return report
-
-
-def validation_images(records: dict, logit_ad: np.ndarray, title: str = "") -> dict:
-    """TensorBoard images of a validation, titled with the weights and step: ROC/PR curves
-    (slice, scan) and the scan-level confusion matrix at 0.5, rendered legible at card size."""
-    units = metrics.level_units(records, metrics.sigmoid(logit_ad), subjects_known=False)
-    scan = metrics.classification_metrics(units["scan"].labels, units["scan"].probs)
-    confusion = figures.confusion_figure(
-        {"scan": scan["confusion_matrix"]["counts"]}, {"scan": 0.5}, title
-    )
-    return {
-        "validation/roc": figures.to_tensorboard_image(figures.roc_figure(units, title=title)),
-        "validation/confusion_scan": figures.to_tensorboard_image(confusion),
-    }
-
-
-def restore_weights(
-    manager, which: str, spec, averages: averaging.AveragingSpec,
-    weights: str = "selected", mesh=None,
-) -> tuple[int, str, dict, dict | None]:  # fmt: skip
-    """Restores one weight set of checkpoint `which` ('best', 'latest', step), float32 and
-    replicated: `weights` raw, ema, swa, or 'selected' (those that won that checkpoint's
-    validation; raw if it recorded none). Returns (step, weights name, weights, selection): the
-    weights are what the model evaluates (with BatchNorm {"params", "batch_stats"})."""
-    step = checkpointing.resolve_step(manager, which)
-    selection = checkpointing.restore_selection(manager, step)
-    if weights == "selected":
-        if selection is None:
-            logging.warning(
-                "Checkpoint %d was saved without a validation (a preemption save): raw weights.",
-                step,
-            )
-        weights = selection["weights"] if selection else "raw"
-    averaging.check_weights_name(weights, averages)
-    repl = sharding.replicated(mesh or sharding.make_mesh())
-    params_shapes, stats_shapes = jax.eval_shape(lambda: registry.init_variables(spec, 0))
-    dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}[weights]
-
-    def abstract_of(shapes, dtype):
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype, sharding=repl), shapes)
-
-    scalar = jax.ShapeDtypeStruct((), np.int32, sharding=repl)
-    if not stats_shapes:
-        key = "params" if weights == "raw" else weights
-        abstract = {key: abstract_of(params_shapes, dtype)}
-    elif weights == "raw":
-        abstract = {"params": abstract_of(params_shapes, dtype),
-                    "batch_stats": abstract_of(stats_shapes, np.float32)}  # fmt: skip
-    else:
-        abstract = {weights: {"params": abstract_of(params_shapes, dtype),
-                              "batch_stats": abstract_of(stats_shapes, dtype)}}  # fmt: skip
-        if weights == "swa":
-            abstract["swa_stats_count"] = scalar
-    if weights == "swa":
-        abstract["swa_count"] = scalar
-    restored = checkpointing.restore_weights(manager, step, abstract)
-    if weights == "swa" and int(restored["swa_count"]) == 0:
-        raise UserError(f"Checkpoint {step} holds no SWA average yet (SWA starts at step "
-                        f"{averages.swa_start_step}).")  # fmt: skip
-    if "swa_stats_count" in restored and int(restored["swa_stats_count"]) != int(
-        restored["swa_count"]
-    ):
-        raise UserError(
-            f"Checkpoint {step} was saved before the SWA weights' BatchNorm statistics were "
-            "recomputed (a preemption save): evaluate --checkpoint=best, or resume the run."
-        )
-    if stats_shapes and weights == "raw":
-        params = _as_float32({"params": restored["params"], "batch_stats": restored["batch_stats"]})
-    else:
-        params = _as_float32(restored["params" if weights == "raw" else weights])
-    return step, weights, params, selection
-
-
-def evaluate_checkpoint(
-    workdir: str, split: str, which: str, weights: str = "selected", overrides: dict | None = None
-) -> dict:
-    """Evaluates checkpoint `which` of the run in `workdir` on `split` and writes its report,
-    predictions and figures; `overrides` replace config.eval fields."""
-    config = run_record.load_config(workdir)
-    record = run_record.load(workdir)
-    run = specs.resolve(config)
-    settings = specs.eval_settings(config.eval, **(overrides or {}))
-    data = dataset.prepare(run.data)
-    check_classes(run, data)
-    if data.fingerprint() != record["identity"]["data"]["fingerprint"]:
-        raise UserError(
-            f"The data set now at {data.data_dir} differs from the one the run in {workdir} "
-            "was trained on (fingerprints differ)."
-        )
-    mesh = sharding.make_mesh()
-    plan = run.plan(max(1, data.num_examples("train") // run.batch_size), train_class_counts(data))
-    manager = checkpointing.make_manager(workdir, run.checkpoint)
-    step, weights, params, selection = restore_weights(
-        manager, which, run.model, plan.averages, weights, mesh
-    )
-    # The evaluation's figures go to TensorBoard beside the run's, under <workdir>/evaluate.
-    (storage.path(workdir) / "evaluate").mkdir(exist_ok=True)
-    writer = writers.create_writer(storage.path(workdir) / "evaluate", jax.process_index() == 0)
-    evaluation = reports if run.model.num_classes == 2 else multiclass_reports
-    report = evaluation.evaluate_weights(
-        data=data, model=steps.make_model(run.model), params=params,
-        pixel_stats=record["pixel_stats"], pipeline=run.pipeline, batch_size=run.batch_size,
-        mesh=mesh, split=split, step=step, weights=weights, selection=selection,
-        workdir=workdir, settings=settings, writer=writer,
-    )  # fmt: skip
-    writer.close()
     return report

@@ -1,0 +1,568 @@
+"""The kinds of task a run can be, one class each: two classes (NC/AD) and K classes (stages).
+
+A task says what the predict step returns per image, how those outputs become probabilities,
+what validation calibrates (a temperature, and for two classes the per-level thresholds), the
+flat validation scalars that pick the best checkpoint, the predictions CSV's columns, how the
+`predict` command calls an image or a scan, what the export says about its logits, and which
+registered metrics it reports. The task is resolved once into the run spec (`for_classes`) or
+read from a saved report (`of_report`); nothing else in the code base branches on the number
+of classes. Rendering the report (tables, figures) is `task_reports`' job, keyed by `kind`.
+
+A new kind (an ordinal task, set-valued predictions) is a subclass registered with `register`;
+`for_classes` and `of_report` find it through `resolve_kind`.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+import numpy as np
+
+from alz_jax.evaluation import bootstrap, metric_registry, metrics
+from alz_jax.evaluation import multiclass as mc
+from alz_jax.evaluation.settings import EvalSettings
+from alz_jax.host import storage, tables
+from alz_jax.host.errors import UserError
+
+RECORD_COLUMNS = ("file_name", "scan_id", "subject_id", "label")
+
+
+class Task(abc.ABC):
+    """One kind of classification task over `num_classes` classes."""
+
+    kind: ClassVar[str]
+    # Columns of the robustness tables and figures of `compare` (slice level).
+    robustness_columns: ClassVar[tuple[str, str]]
+    # The width of a report's figures as TensorBoard images.
+    card_width_px: ClassVar[int] = 440
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.num_classes == self.num_classes
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.num_classes))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_classes={self.num_classes})"
+
+    # ---- Metric names, from the registry. ----
+
+    def metric_names(self, role: str) -> tuple[str, ...]:
+        """The registered metrics this task reports in `role` (metric_registry.ROLES)."""
+        return metric_registry.names(self.kind, role)
+
+    @abc.abstractmethod
+    def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """The class index called for each unit's probabilities (at `threshold` where the task
+        has one)."""
+
+    def counts(
+        self, units: metrics.Units, weights: np.ndarray, threshold: float = 0.5, n_bins: int = 10
+    ) -> metric_registry.Counts:
+        """What the registry's formulas read: `units` under each row of `weights` (B, m)."""
+        return metric_registry.Counts(
+            labels=np.asarray(units.labels, np.int64),
+            predicted=self.decide(units.probs, threshold),
+            probs=np.asarray(units.probs, np.float64),
+            weights=weights,
+            num_classes=self.num_classes,
+            n_bins=n_bins,
+        )
+
+    def weighted_scores(
+        self, units: metrics.Units, weights: np.ndarray, role: str = "interval",
+        threshold: float = 0.5, n_bins: int = 10,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """The metrics of `role` for `units` under each row of `weights`, NaN where undefined."""
+        counts = self.counts(units, weights, threshold, n_bins)
+        return metric_registry.scores(self.kind, self.metric_names(role), counts)
+
+    def bootstrap_intervals(
+        self, units: dict[str, metrics.Units], n_samples: int = 1000, seed: int = 0,
+        thresholds: dict[str, float] | None = None, confidence: float = 0.95,
+        chunk: int = bootstrap.CHUNK,
+    ) -> dict[str, dict[str, list[float] | None]]:  # fmt: skip
+        """Percentile intervals of the "interval" metrics per level (each level decided at its
+        threshold, 0.5 unless given), resampling subjects (bootstrap.py)."""
+        thresholds = thresholds or {}
+
+        def score(level: str, u: metrics.Units, w: np.ndarray) -> dict[str, np.ndarray]:
+            return self.weighted_scores(u, w, "interval", thresholds.get(level, 0.5))
+
+        return bootstrap.intervals(units, score, n_samples, seed, confidence, chunk)
+
+    # ---- Outputs and probabilities. ----
+
+    @abc.abstractmethod
+    def device_outputs(self, logits: jax.Array) -> jax.Array:
+        """What the predict step returns per image from the model's logits (B, K), traced."""
+
+    @abc.abstractmethod
+    def probabilities(self, outputs_by_view: dict[str, np.ndarray], temperature: float):
+        """Probabilities the report uses: the mean over views at `temperature`."""
+
+    @abc.abstractmethod
+    def default_class_names(self) -> list[str]:
+        """Class names when a checkpoint recorded none."""
+
+    def check_class_names(self, class_names: Sequence[str]) -> None:
+        """Refuses a data set whose classes this task would misread (UserError); any K
+        classes do for the base."""
+        del class_names
+
+    # ---- Validation. ----
+
+    @abc.abstractmethod
+    def calibrate(
+        self, records: dict, outputs_by_view: dict[str, np.ndarray], settings: EvalSettings,
+        subjects_known: bool,
+    ) -> dict:  # fmt: skip
+        """What is chosen on validation outputs and applied unchanged to every other split."""
+
+    @abc.abstractmethod
+    def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
+        """Flat scalars for TensorBoard and best-checkpoint selection."""
+
+    @abc.abstractmethod
+    def uncalibrated(self, stored: dict | None) -> dict:
+        """The calibration `predict` and `export` use when a checkpoint stored none."""
+
+    # ---- Files. ----
+
+    @abc.abstractmethod
+    def prediction_columns(self, class_names: Sequence[str], tta: bool = False) -> list[str]:
+        """The predictions CSV's columns."""
+
+    @abc.abstractmethod
+    def prediction_cells(
+        self, i: int, probs: np.ndarray, outputs: np.ndarray, class_names: Sequence[str],
+        probs_tta: np.ndarray | None,
+    ) -> dict:  # fmt: skip
+        """The task's cells of image `i`'s CSV row."""
+
+    @abc.abstractmethod
+    def read_probabilities(self, rows: list[dict], class_names: Sequence[str]) -> np.ndarray:
+        """The probabilities the report used, from the CSV rows."""
+
+    def write_predictions(
+        self, records: dict, probs: np.ndarray, outputs: np.ndarray,
+        class_names: Sequence[str], path: str | Path, probs_tta: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """One CSV row per image: file_name, scan_id, subject_id, label and the task's cells."""
+        columns = self.prediction_columns(class_names, probs_tta is not None)
+
+        def rows():
+            for i in range(len(probs)):
+                yield {
+                    "file_name": records["file_name"][i],
+                    "scan_id": records["scan_id"][i],
+                    "subject_id": records["subject_id"][i],
+                    "label": int(records["label"][i]),
+                    **self.prediction_cells(i, probs, outputs, class_names, probs_tta),
+                }
+
+        # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.
+        storage.path(path).write_text(tables.to_text(columns, rows()))
+
+    def read_predictions(
+        self, path: str | Path, class_names: Sequence[str] = ()
+    ) -> tuple[dict, np.ndarray]:
+        """A predictions CSV back as (records, probabilities), names unquoted as written."""
+        rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
+        records = {
+            k: np.asarray([tables.read_cell(r[k]) for r in rows], dtype=object)
+            for k in RECORD_COLUMNS[:3]
+        }
+        records["label"] = np.asarray([int(r["label"]) for r in rows], np.int64)
+        return records, self.read_probabilities(rows, class_names)
+
+    # ---- Pooled metrics (cross-validation) and `compare`. ----
+
+    @abc.abstractmethod
+    def multilevel_metrics(
+        self, records: dict, probs: np.ndarray, subjects_known: bool,
+        class_names: Sequence[str] | None = None,
+    ) -> dict:  # fmt: skip
+        """The metrics of every level at the task's default decision."""
+
+    @abc.abstractmethod
+    def thresholds_of(self, report: dict) -> dict[str, float]:
+        """The per-level decision thresholds a report applied ({} where none)."""
+
+    @abc.abstractmethod
+    def pooled_decision_text(self) -> str:
+        """How cross-validation's pooled and per-fold metrics decide."""
+
+    # ---- `predict` and `export`. ----
+
+    @abc.abstractmethod
+    def image_rows(self, base_rows: list[dict], outputs: np.ndarray, loaded: dict) -> list[dict]:
+        """`predict`'s row per image: `base_rows` ({file, scan_id, slice}) completed."""
+
+    @abc.abstractmethod
+    def scan_rows(self, rows: list[dict], calibration: dict) -> list[dict]:
+        """`predict`'s row per scan (files named <scanID>_<slice>)."""
+
+    @abc.abstractmethod
+    def format_predictions(self, result: dict) -> list[str]:
+        """`predict`'s table of images and scans."""
+
+    @abc.abstractmethod
+    def export_output_text(self) -> str:
+        """How to read the exported logits."""
+
+
+class BinaryTask(Task):
+    """NC against AD: the predict step returns the margin z_AD - z_NC, P(AD) = sigmoid(margin /
+    T), and validation chooses a decision threshold per level."""
+
+    kind = "binary"
+    robustness_columns = ("accuracy", "roc_auc")
+
+    def device_outputs(self, logits: jax.Array) -> jax.Array:
+        """The margin z_AD - z_NC per image."""
+        return logits[:, 1] - logits[:, 0]
+
+    def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """AD (1) where P(AD) >= threshold."""
+        return (np.asarray(probs) >= threshold).astype(np.int64)
+
+    def probabilities(self, outputs_by_view: dict[str, np.ndarray], temperature: float):
+        """P(AD): the mean over views of sigmoid(margin / temperature)."""
+        return np.mean([metrics.sigmoid(m / temperature) for m in outputs_by_view.values()], axis=0)
+
+    def default_class_names(self) -> list[str]:
+        """NC and AD."""
+        return list(metrics.CLASS_NAMES)
+
+    def check_class_names(self, class_names: Sequence[str]) -> None:
+        """The two classes must be NC then AD: the report reads the second as the positive
+        class (sensitivity for AD, P(AD), NC/AD calls) and would mislabel anything else."""
+        if tuple(class_names) != tuple(metrics.CLASS_NAMES):
+            raise UserError(
+                f"The data set's two classes are {', '.join(class_names)}; the two-class path "
+                "reads them as NC and AD. Name the folders as control and disease (NC/CN/Normal, "
+                "AD/Alzheimer/Demented: docs/stages.md) so that the second is the positive class."
+            )
+
+    def calibrate(
+        self, records: dict, outputs_by_view: dict[str, np.ndarray], settings: EvalSettings,
+        subjects_known: bool,
+    ) -> dict:  # fmt: skip
+        """The temperature and per-level thresholds chosen on validation predictions.
+
+        The temperature is fitted on the plain view's slices and applied only with
+        `settings.temperature_scaling`; thresholds are chosen on the probabilities the report
+        uses (after temperature, averaged over views)."""
+        fit = metrics.fit_temperature(records["label"], outputs_by_view["plain"])
+        temperature = fit["temperature"] if settings.temperature_scaling else 1.0
+        probs = self.probabilities(outputs_by_view, temperature)
+        method, target = metrics.parse_threshold_method(settings.threshold)
+        chosen = {
+            level: metrics.choose_threshold(u.labels, u.probs, method, target)
+            for level, u in metrics.level_units(records, probs, subjects_known).items()
+        }
+        return {
+            "temperature": temperature,
+            "temperature_applied": settings.temperature_scaling,
+            "temperature_fit": fit,
+            "threshold_method": settings.threshold,
+            "thresholds": {level: c["threshold"] for level, c in chosen.items()},
+            "threshold_details": chosen,
+            "views": list(outputs_by_view),
+            "validation_images": len(probs),
+        }
+
+    def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
+        """At threshold 0.5: loss, then the slice and scan (scan_ prefix) validation metrics
+        defined here, then the slice ECE."""
+        prob_ad = metrics.sigmoid(outputs)
+        levels = metrics.multilevel_metrics(records, prob_ad, subjects_known=False)
+        out = {"loss": metrics.nll(records["label"], prob_ad)}
+        for level, prefix in (("slice", ""), ("scan", "scan_")):
+            m = levels[level]
+            for name in self.metric_names("validation"):
+                if m[name] is not None:
+                    out[prefix + name] = m[name]
+        out["ece"] = metrics.reliability_bins(records["label"], prob_ad)["ece"]
+        return out
+
+    def uncalibrated(self, stored: dict | None) -> dict:
+        """Temperature 1 and thresholds 0.5."""
+        return {"temperature": 1.0, "thresholds": {lv: 0.5 for lv in metrics.LEVELS},
+                "threshold_method": "none stored: 0.5"}  # fmt: skip
+
+    def prediction_columns(self, class_names: Sequence[str], tta: bool = False) -> list[str]:
+        """file_name, scan_id, subject_id, label, prob_ad (the probability the report used),
+        logit_ad (z_AD - z_NC) [, prob_ad_tta]."""
+        return [*RECORD_COLUMNS, "prob_ad", "logit_ad", *(("prob_ad_tta",) if tta else ())]
+
+    def prediction_cells(self, i, probs, outputs, class_names, probs_tta) -> dict:
+        """prob_ad, logit_ad [, prob_ad_tta]."""
+        row = {"prob_ad": f"{probs[i]:.6f}", "logit_ad": f"{outputs[i]:.6f}"}
+        if probs_tta is not None:
+            row["prob_ad_tta"] = f"{probs_tta[i]:.6f}"
+        return row
+
+    def read_probabilities(self, rows: list[dict], class_names: Sequence[str]) -> np.ndarray:
+        """P(AD) per image."""
+        return np.asarray([float(r["prob_ad"]) for r in rows], np.float64)
+
+    def multilevel_metrics(self, records, probs, subjects_known, class_names=None) -> dict:
+        """metrics.multilevel_metrics at 0.5."""
+        return metrics.multilevel_metrics(records, probs, subjects_known)
+
+    def thresholds_of(self, report: dict) -> dict[str, float]:
+        """Each level's threshold chosen on validation."""
+        return {lv: report[lv]["threshold"] for lv in metrics.LEVELS if lv in report}
+
+    def pooled_decision_text(self) -> str:
+        """Thresholds: each fold's own; 0.5 when pooled."""
+        return (
+            "across_folds: each fold's own, chosen on its validation split; "
+            "pooled_out_of_fold: 0.5 (the folds' thresholds differ); AUCs need none"
+        )
+
+    def image_rows(self, base_rows: list[dict], outputs: np.ndarray, loaded: dict) -> list[dict]:
+        """{file, scan_id, slice, logit_ad, prob_ad, predicted (at the slice threshold)}."""
+        cal = loaded["calibration"]
+        rows = []
+        for row, margin in zip(base_rows, outputs, strict=True):
+            prob = float(metrics.sigmoid(float(margin) / cal["temperature"]))
+            call = "AD" if prob >= cal["thresholds"]["slice"] else "NC"
+            rows.append({**row, "logit_ad": float(margin), "prob_ad": prob, "predicted": call})
+        return rows
+
+    def scan_rows(self, rows: list[dict], calibration: dict) -> list[dict]:
+        """Per scan: slice count, mean P(AD), the call at the scan threshold."""
+        by_scan: dict[str, list[float]] = {}
+        for row in rows:
+            if row["scan_id"]:
+                by_scan.setdefault(row["scan_id"], []).append(row["prob_ad"])
+        threshold = calibration["thresholds"]["scan"]
+        return [
+            {"scan_id": scan, "slices": len(p), "prob_ad": float(np.mean(p)),
+             "predicted": "AD" if np.mean(p) >= threshold else "NC"}
+            for scan, p in sorted(by_scan.items())
+        ]  # fmt: skip
+
+    def format_predictions(self, result: dict) -> list[str]:
+        """The calibration line, then P(AD) and the call per image and per scan."""
+        cal = result["calibration"]
+        lines = [
+            f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
+            f"temperature {cal['temperature']:.3f}; thresholds chosen on validation "
+            f"({cal['threshold_method']}): slice {cal['thresholds']['slice']:.3f}, scan "
+            f"{cal['thresholds']['scan']:.3f}",
+            f"{'P(AD)':>7} {'call':>4}  file",
+        ]
+        lines += [f"{r['prob_ad']:>7.3f} {r['predicted']:>4}  {r['file']}"
+                  for r in result["images"]]  # fmt: skip
+        if result["scans"]:
+            lines.append(f"{'P(AD)':>7} {'call':>4}  scan (slices)")
+            lines += [f"{s['prob_ad']:>7.3f} {s['predicted']:>4}  {s['scan_id']} ({s['slices']})"
+                      for s in result["scans"]]  # fmt: skip
+        return lines
+
+    def export_output_text(self) -> str:
+        """P(AD) from the two logits, called at the level's threshold."""
+        return ("logits (B, 2) float32 in class_names order; P(AD) = sigmoid((logit_AD - "
+                "logit_NC) / temperature); call AD when P(AD) >= the level's threshold (a scan's "
+                "P(AD) is the mean over its slices)")  # fmt: skip
+
+
+class MulticlassTask(Task):
+    """K unordered (or name-ordered) classes: the predict step returns the logits (B, K), the
+    most probable class is the call, and validation fits only a temperature."""
+
+    kind = "multiclass"
+    robustness_columns = ("macro_f1", "roc_auc_ovr_macro")
+    card_width_px = 880  # K x K matrices with class names need a wider card
+
+    def device_outputs(self, logits: jax.Array) -> jax.Array:
+        """The logits (B, K)."""
+        return logits
+
+    def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """The most probable class (ties to the lowest index)."""
+        del threshold
+        return np.argmax(probs, axis=1).astype(np.int64)
+
+    def probabilities(self, outputs_by_view: dict[str, np.ndarray], temperature: float):
+        """Class probabilities (n, K): the mean over views of softmax(logits / temperature)."""
+        return np.mean([mc.softmax(z / temperature) for z in outputs_by_view.values()], axis=0)
+
+    def default_class_names(self) -> list[str]:
+        """ "0".."K-1"."""
+        return [str(k) for k in range(self.num_classes)]
+
+    def calibrate(
+        self, records: dict, outputs_by_view: dict[str, np.ndarray], settings: EvalSettings,
+        subjects_known: bool,
+    ) -> dict:  # fmt: skip
+        """The temperature fitted on the plain view's validation logits (n, K), applied only
+        with `settings.temperature_scaling`. No threshold: the argmax decides."""
+        del subjects_known  # argmax needs no per-level choice
+        fit = mc.fit_temperature(records["label"], outputs_by_view["plain"])
+        return {
+            "temperature": fit["temperature"] if settings.temperature_scaling else 1.0,
+            "temperature_applied": settings.temperature_scaling,
+            "temperature_fit": fit,
+            "views": list(outputs_by_view),
+            "validation_images": len(outputs_by_view["plain"]),
+        }
+
+    def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
+        """Loss (NLL, no smoothing), then the slice and scan (scan_ prefix) validation metrics
+        defined here (macro one-vs-rest AUC as `roc_auc`; undefined ones omitted), then the
+        slice top-label ECE."""
+        probs = mc.softmax(outputs)
+        levels = mc.multilevel_metrics(records, probs, subjects_known=False)
+        out = {"loss": mc.nll(records["label"], probs)}
+        for level, prefix in (("slice", ""), ("scan", "scan_")):
+            m = {**levels[level], "roc_auc": levels[level]["roc_auc_ovr_macro"]}
+            for name in self.metric_names("validation"):
+                if m[name] is not None:
+                    out[prefix + name] = m[name]
+        out["ece"] = levels["slice"]["ece"]
+        return out
+
+    def uncalibrated(self, stored: dict | None) -> dict:
+        """Temperature 1."""
+        return {"temperature": 1.0}
+
+    def prediction_columns(self, class_names: Sequence[str], tta: bool = False) -> list[str]:
+        """file_name, scan_id, subject_id, label, predicted (class indices), prob_<class> and
+        logit_<class> per class [, prob_<class>_tta per class]."""
+        names = list(class_names)
+        return [
+            *RECORD_COLUMNS, "predicted",
+            *(f"prob_{n}" for n in names), *(f"logit_{n}" for n in names),
+            *((f"prob_{n}_tta" for n in names) if tta else ()),
+        ]  # fmt: skip
+
+    def prediction_cells(self, i, probs, outputs, class_names, probs_tta) -> dict:
+        """The predicted index (argmax of the report's probabilities), then per class the
+        probability and logit [, the test-time augmentation's probability]."""
+        row = {"predicted": int(np.argmax(probs[i]))}
+        for c, name in enumerate(class_names):
+            row[f"prob_{name}"] = f"{probs[i, c]:.6f}"
+            row[f"logit_{name}"] = f"{outputs[i, c]:.6f}"
+            if probs_tta is not None:
+                row[f"prob_{name}_tta"] = f"{probs_tta[i, c]:.6f}"
+        return row
+
+    def read_probabilities(self, rows: list[dict], class_names: Sequence[str]) -> np.ndarray:
+        """Class probabilities (n, K) in `class_names` order."""
+        return np.asarray(
+            [[float(r[f"prob_{n}"]) for n in class_names] for r in rows], np.float64
+        ).reshape(len(rows), len(class_names))
+
+    def multilevel_metrics(self, records, probs, subjects_known, class_names=None) -> dict:
+        """multiclass.multilevel_metrics (argmax)."""
+        return mc.multilevel_metrics(records, probs, subjects_known, class_names)
+
+    def thresholds_of(self, report: dict) -> dict[str, float]:
+        """None: the argmax decides."""
+        return {}
+
+    def pooled_decision_text(self) -> str:
+        """The argmax."""
+        return "the most probable class (no threshold)"
+
+    def image_rows(self, base_rows: list[dict], outputs: np.ndarray, loaded: dict) -> list[dict]:
+        """{file, scan_id, slice, predicted (the most probable class), prob_<class> each},
+        probabilities at the validation temperature."""
+        temperature = loaded["calibration"]["temperature"]
+        probs = mc.softmax(np.asarray(outputs, np.float64) / temperature)
+        names = loaded["class_names"]
+        return [
+            {**row, "predicted": names[int(np.argmax(p))],
+             **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)}}
+            for row, p in zip(base_rows, probs, strict=True)
+        ]  # fmt: skip
+
+    def scan_rows(self, rows: list[dict], calibration: dict) -> list[dict]:
+        """Per scan: slice count, the mean of each class's probability and the most probable."""
+        if not rows:
+            return []
+        names = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_")]
+        by_scan: dict[str, list[list[float]]] = {}
+        for row in rows:
+            if row["scan_id"]:
+                by_scan.setdefault(row["scan_id"], []).append([row[f"prob_{n}"] for n in names])
+        out = []
+        for scan, probs in sorted(by_scan.items()):
+            mean = np.mean(probs, axis=0)
+            out.append({
+                "scan_id": scan, "slices": len(probs), "predicted": names[int(np.argmax(mean))],
+                **{f"prob_{n}": float(v) for n, v in zip(names, mean, strict=True)},
+            })  # fmt: skip
+        return out
+
+    def format_predictions(self, result: dict) -> list[str]:
+        """The most probable class and its probability per image and per scan."""
+        cal = result["calibration"]
+        lines = [
+            f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
+            f"temperature {cal['temperature']:.3f}; the most probable class of "
+            f"{', '.join(result['class_names'])}",
+            f"{'P':>7} {'call':<18} file",
+        ]
+        lines += [f"{r['prob_' + r['predicted']]:>7.3f} {r['predicted']:<18} {r['file']}"
+                  for r in result["images"]]  # fmt: skip
+        if result["scans"]:
+            lines.append(f"{'P':>7} {'call':<18} scan (slices)")
+            lines += [f"{s['prob_' + s['predicted']]:>7.3f} {s['predicted']:<18} {s['scan_id']} "
+                      f"({s['slices']})" for s in result["scans"]]  # fmt: skip
+        return lines
+
+    def export_output_text(self) -> str:
+        """Softmax of the K logits; the most probable class."""
+        return (f"logits (B, {self.num_classes}) float32 in class_names order; probabilities = "
+                "softmax(logits / temperature); call the most probable class (a scan's "
+                "probabilities are the mean over its slices)")  # fmt: skip
+
+
+KINDS: dict[str, type[Task]] = {}
+
+
+def register(task_type: type[Task]) -> type[Task]:
+    """Adds a task kind (usable as a class decorator)."""
+    KINDS[task_type.kind] = task_type
+    return task_type
+
+
+register(BinaryTask)
+register(MulticlassTask)
+
+
+def resolve_kind(num_classes: int) -> str:
+    """The kind of task of a classifier over `num_classes` classes: the only place the count
+    decides it (two classes are NC/AD, with thresholds; more are stages, argmax)."""
+    return BinaryTask.kind if num_classes == 2 else MulticlassTask.kind
+
+
+def for_classes(num_classes: int, kind: str | None = None) -> Task:
+    """The task of a run with `num_classes` outputs (of `kind`, when a config names one)."""
+    return KINDS[kind or resolve_kind(num_classes)](num_classes)
+
+
+def of_report(report: dict) -> Task:
+    """The task a saved report was made by (reports before the field: by their classes)."""
+    num_classes = int(report.get("num_classes", 2))
+    return for_classes(num_classes, report.get("task"))
+
+
+def of_outputs(outputs: np.ndarray) -> Task:
+    """The task whose predict step returns `outputs`: margins (n,) or logits (n, K)."""
+    return for_classes(2 if np.ndim(outputs) == 1 else np.shape(outputs)[1])

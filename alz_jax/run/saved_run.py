@@ -1,0 +1,237 @@
+"""One way to reopen a training run from its workdir: its config, record, run spec and task,
+its checkpoints and the weights of `raw`, `ema` or `swa`, and its data set.
+
+    saved = SavedRun.open("runs/convnext_t")
+    restored = saved.restore("best")            # the weights that won that validation
+    report = saved.evaluate("test", "best")     # what `evaluate` writes
+    loaded = saved.load_model("best", "ema")    # what `predict`, `export` and `compare` use
+
+`evaluate`, `predict`, `export`, `compare`, `cross_validate` and the end of training all reopen
+a run here, so they agree on which weights, which averages and which calibration they use.
+Reading the weights needs no data set; evaluating checks that the data set is the one the run
+was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+
+from alz_jax.core import averaging, checkpointing, sharding, steps
+from alz_jax.data import dataset
+from alz_jax.evaluation import task_reports
+from alz_jax.host import storage, writers
+from alz_jax.host.errors import UserError
+from alz_jax.models import registry
+from alz_jax.run import run_record, specs
+
+# One compiled conversion of a whole tree: converting leaf by leaf compiles a program per leaf
+# shape (about 200 for bfloat16 EMA and SWA weights) in every new process.
+_as_float32 = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(np.float32), tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """One weight set of one checkpoint, float32 and replicated."""
+
+    step: int
+    weights: str  # raw, ema or swa
+    params: dict  # what the model evaluates (with BatchNorm {"params", "batch_stats"})
+    selection: dict | None  # the checkpoint's validation record, if it saved one
+
+
+def weights_of(state: steps.TrainState, name: str):
+    """The weights to evaluate for `name` (raw, ema, swa) of a train state, in float32: the
+    parameters, with BatchNorm {"params", "batch_stats"} (steps.Model.split)."""
+    if name != "raw":
+        return _as_float32(state[name])
+    if "batch_stats" in state:
+        return _as_float32({"params": state["params"], "batch_stats": state["batch_stats"]})
+    return _as_float32(state["params"])
+
+
+def _abstract_weights(spec, averages: averaging.AveragingSpec, weights: str, mesh) -> dict:
+    """What a restore of weight set `weights` fills: shapes, dtypes, replicated shardings."""
+    repl = sharding.replicated(mesh)
+    params_shapes, stats_shapes = jax.eval_shape(lambda: registry.init_variables(spec, 0))
+    dtype = {"raw": spec.param_dtype, "ema": averages.ema_dtype, "swa": averages.swa_dtype}[weights]
+
+    def abstract_of(shapes, dtype):
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype, sharding=repl), shapes)
+
+    scalar = jax.ShapeDtypeStruct((), np.int32, sharding=repl)
+    if not stats_shapes:
+        key = "params" if weights == "raw" else weights
+        abstract = {key: abstract_of(params_shapes, dtype)}
+    elif weights == "raw":
+        abstract = {"params": abstract_of(params_shapes, dtype),
+                    "batch_stats": abstract_of(stats_shapes, np.float32)}  # fmt: skip
+    else:
+        abstract = {weights: {"params": abstract_of(params_shapes, dtype),
+                              "batch_stats": abstract_of(stats_shapes, dtype)}}  # fmt: skip
+        if weights == "swa":
+            abstract["swa_stats_count"] = scalar
+    if weights == "swa":
+        abstract["swa_count"] = scalar
+    return abstract
+
+
+def restore_weights(
+    manager, which: str, spec, averages: averaging.AveragingSpec,
+    weights: str = "selected", mesh=None,
+) -> Restored:  # fmt: skip
+    """Restores one weight set of checkpoint `which` ('best', 'latest', step), float32 and
+    replicated: `weights` raw, ema, swa, or 'selected' (those that won that checkpoint's
+    validation; raw if it recorded none)."""
+    step = checkpointing.resolve_step(manager, which)
+    selection = checkpointing.restore_selection(manager, step)
+    if weights == "selected":
+        if selection is None:
+            logging.warning(
+                "Checkpoint %d was saved without a validation (a preemption save): raw weights.",
+                step,
+            )
+        weights = selection["weights"] if selection else "raw"
+    averaging.check_weights_name(weights, averages)
+    abstract = _abstract_weights(spec, averages, weights, mesh or sharding.make_mesh())
+    restored = checkpointing.restore_weights(manager, step, abstract)
+    if weights == "swa" and int(restored["swa_count"]) == 0:
+        raise UserError(f"Checkpoint {step} holds no SWA average yet (SWA starts at step "
+                        f"{averages.swa_start_step}).")  # fmt: skip
+    if "swa_stats_count" in restored and int(restored["swa_stats_count"]) != int(
+        restored["swa_count"]
+    ):
+        raise UserError(
+            f"Checkpoint {step} was saved before the SWA weights' BatchNorm statistics were "
+            "recomputed (a preemption save): evaluate --checkpoint=best, or resume the run."
+        )
+    if "batch_stats" in restored:
+        params = _as_float32({"params": restored["params"], "batch_stats": restored["batch_stats"]})
+    else:
+        params = _as_float32(restored["params" if weights == "raw" else weights])
+    return Restored(step, weights, params, selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A training run as its workdir holds it."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    record: dict  # run/record.json: data fingerprint, pixel statistics, identity
+    spec: specs.RunSpec
+    # The weight averages, with SWA's start when the data set is known (plan_for).
+    averages: averaging.AveragingSpec
+
+    @classmethod
+    def open(cls, workdir: str) -> SavedRun:
+        """The run in `workdir` (a UserError names what is missing)."""
+        config = run_record.load_config(workdir)
+        record = run_record.load(workdir)
+        spec = specs.resolve(config)
+        return cls(str(workdir), config, record, spec, spec.averages)
+
+    @property
+    def pixel_stats(self) -> dict:
+        """The train split's pixel mean and std the model normalises with."""
+        return self.record["pixel_stats"]
+
+    @functools.cached_property
+    def manager(self):
+        """The Orbax manager of the run's checkpoints (read only)."""
+        return checkpointing.make_manager(self.workdir, self.spec.checkpoint)
+
+    def model(self) -> steps.Model:
+        """The run's model, its predict step returning the task's outputs."""
+        return steps.make_model(self.spec.model, outputs=self.spec.task.device_outputs)
+
+    def open_data(self) -> tuple[dataset.AdniData, SavedRun]:
+        """The run's data set, checked to be the one it was trained on, and this run with its
+        averages planned over that data (SWA's start in steps)."""
+        data = dataset.prepare(self.spec.data)
+        self.spec.check_classes(data.class_names)
+        if data.fingerprint() != self.record["identity"]["data"]["fingerprint"]:
+            raise UserError(
+                f"The data set now at {data.data_dir} differs from the one the run in "
+                f"{self.workdir} was trained on (fingerprints differ)."
+            )
+        steps_per_epoch = max(1, data.num_examples("train") // self.spec.batch_size)
+        plan = self.spec.plan(steps_per_epoch, specs.train_class_counts(data))
+        return data, dataclasses.replace(self, averages=plan.averages)
+
+    def restore(self, which: str = "best", weights: str = "selected", mesh=None) -> Restored:
+        """One weight set of checkpoint `which` (see restore_weights)."""
+        return restore_weights(self.manager, which, self.spec.model, self.averages, weights, mesh)
+
+    def calibration(self, restored: Restored) -> dict:
+        """The temperature (and thresholds) chosen on validation for the restored weights, as
+        stored with the checkpoint; the task's neutral one, with a warning, when none was."""
+        stored = (restored.selection or {}).get("calibration", {}).get(restored.weights)
+        if stored is not None:
+            return stored
+        neutral = self.spec.task.uncalibrated(None)
+        logging.warning("Checkpoint %d stores no validation calibration for %s weights: %s.",
+                        restored.step, restored.weights, neutral)  # fmt: skip
+        return neutral
+
+    def class_names(self, restored: Restored) -> list[str]:
+        """The class names stored with the checkpoint (the task's defaults for older ones)."""
+        stored = (restored.selection or {}).get("class_names")
+        return list(stored) if stored else self.spec.task.default_class_names()
+
+    def load_model(self, which: str = "best", weights: str = "selected") -> dict:
+        """The model, weights, pixel statistics, image size, calibration and class names of
+        checkpoint `which`, for predicting images; reads no data set."""
+        mesh = sharding.make_mesh()
+        restored = self.restore(which, weights, mesh)
+        return {
+            "model": self.model(),
+            "params": restored.params,
+            "mesh": mesh,
+            "pixel_stats": self.pixel_stats,
+            "image_size": self.spec.pipeline.image_size,
+            "step": restored.step,
+            "weights": restored.weights,
+            "calibration": self.calibration(restored),
+            "class_names": self.class_names(restored),
+            "task": self.spec.task,
+            "workdir": self.workdir,
+        }
+
+    def evaluate(
+        self, split: str, which: str = "best", weights: str = "selected",
+        overrides: dict | None = None,
+    ) -> dict:  # fmt: skip
+        """Evaluates checkpoint `which` on `split` and writes its report, predictions and
+        figures into the workdir (figures also to TensorBoard under <workdir>/evaluate);
+        `overrides` replace config.eval fields."""
+        settings = specs.eval_settings(self.config.eval, **(overrides or {}))
+        data, planned = self.open_data()
+        mesh = sharding.make_mesh()
+        restored = planned.restore(which, weights, mesh)
+        (storage.path(self.workdir) / "evaluate").mkdir(exist_ok=True)
+        writer = writers.create_writer(
+            storage.path(self.workdir) / "evaluate", jax.process_index() == 0
+        )
+        report = evaluate_restored(planned, data, restored, split, settings, mesh, writer)
+        writer.close()
+        return report
+
+
+def evaluate_restored(
+    saved: SavedRun, data, restored: Restored, split: str, settings, mesh, writer=None,
+    model: steps.Model | None = None,
+) -> dict:  # fmt: skip
+    """The report of `restored` weights on `split` (task_reports.evaluate_weights)."""
+    return task_reports.evaluate_weights(
+        saved.spec.task, data=data, model=model or saved.model(), params=restored.params,
+        pixel_stats=saved.pixel_stats, pipeline=saved.spec.pipeline,
+        batch_size=saved.spec.batch_size, mesh=mesh, split=split, step=restored.step,
+        weights=restored.weights, selection=restored.selection, workdir=saved.workdir,
+        settings=settings, writer=writer,
+    )  # fmt: skip
