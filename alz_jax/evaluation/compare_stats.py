@@ -348,7 +348,9 @@ def markdown_costs(result: dict) -> list[str]:
 
 def robustness_columns(result: dict) -> tuple[str, str]:
     """The two slice-level metrics of the robustness tables and figures (the task's)."""
-    return tasks.for_classes(result["num_classes"], result.get("task")).robustness_columns
+    task = tasks.for_classes(result["num_classes"], result.get("task"))
+    first, second = task.metric_names("robustness")
+    return first, second
 
 
 def markdown_robustness(result: dict) -> list[str]:

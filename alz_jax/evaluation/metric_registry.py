@@ -4,9 +4,9 @@ kinds and roles it serves, and its formula over weighted counts or probabilities
 Each list of metric names elsewhere derives from here (`names(kind, role)`): the bootstrap
 intervals and report tables ("interval"), validation scalars ("validation"), the choices of
 `checkpoint.best_metric` ("selection", `best_metric_choices`), `compare`'s columns
-("compare"), cross-validation's summary ("cv"), the test scalars ("test"), and TensorBoard's
-HParams columns (`hparam_metrics`). The order of the registry is the order of every table.
-`tests/test_metric_registry.py` fails when a list of metric names is written anywhere else.
+("compare") and its robustness curves ("robustness"), cross-validation's summary ("cv"), the
+test scalars ("test"), and TensorBoard's HParams columns (`hparam_metrics`). The order of the
+registry is the order of every table. `tests/test_metric_registry.py` fails when a list of metric names is written anywhere else.
 
 A formula maps one level's `Counts` (the units' weighted confusion matrices under B weightings,
 with their labels, probabilities and weights) to B values, NaN where the metric is undefined
@@ -26,7 +26,7 @@ from alz_jax.evaluation import metrics
 from alz_jax.evaluation import multiclass as mc
 
 LEVELS = metrics.LEVELS
-ROLES = ("interval", "validation", "selection", "compare", "cv", "test")
+ROLES = ("interval", "validation", "selection", "compare", "cv", "test", "robustness")
 BINARY, MULTICLASS = "binary", "multiclass"
 
 
@@ -135,12 +135,14 @@ class Metric:
         return self.formulas[kind]
 
 
-def _roles(binary: str = "", multiclass: str = "") -> dict[str, frozenset[str]]:
-    out = {}
-    for kind, text in ((BINARY, binary), (MULTICLASS, multiclass)):
-        if text:
-            out[kind] = frozenset(text.split())
-    return out
+def _roles(text: str) -> dict[str, frozenset[str]]:
+    """{kind: roles} of "binary roles | K-class roles" (a kind without roles left out)."""
+    binary, multiclass = text.split("|")
+    return {
+        k: frozenset(t.split())
+        for k, t in ((BINARY, binary), (MULTICLASS, multiclass))
+        if t.split()
+    }
 
 
 METRICS: dict[str, Metric] = {}
@@ -155,44 +157,49 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-ALL = "interval validation selection compare cv test"
+# Roles per task kind, as "binary roles | K-class roles".
 for _metric in (
-    Metric("loss", "loss", False, _roles("selection", "selection"),
+    Metric("loss", "loss", False, _roles("selection | selection"),
            hparam_columns=(("validation", "slice"),)),
-    Metric("accuracy", "accuracy", True, _roles(ALL, ALL),
+    Metric("accuracy", "accuracy", True,
+           _roles("interval validation selection compare cv test robustness"
+                  " | interval validation selection compare cv test"),
            {BINARY: _rate("accuracy"), MULTICLASS: _score("accuracy")},
            selection_levels=("slice", "scan"),
            hparam_columns=(("validation", "slice"), ("validation", "scan"), ("test", "slice"),
                            ("test", "scan"), ("test", "subject"))),
     Metric("balanced_accuracy", "balanced acc.", True,
-           _roles(ALL, ALL),
+           _roles("interval validation selection compare cv test"
+                  " | interval validation selection compare cv test"),
            {BINARY: _rate("balanced_accuracy", "tp+fn", "tn+fp"),
             MULTICLASS: _score("balanced_accuracy")},
            hparam_columns=(("test", "slice"),)),
-    Metric("sensitivity", "sensitivity", True, _roles("interval validation cv"),
+    Metric("sensitivity", "sensitivity", True, _roles("interval validation cv |"),
            {BINARY: _rate("sensitivity", "tp+fn")}),
-    Metric("specificity", "specificity", True, _roles("interval validation cv"),
+    Metric("specificity", "specificity", True, _roles("interval validation cv |"),
            {BINARY: _rate("specificity", "tn+fp")}),
-    Metric("precision", "precision", True, _roles("interval"),
+    Metric("precision", "precision", True, _roles("interval |"),
            {BINARY: _rate("precision", "tp+fp")}),
-    Metric("f1_ad", "F1 (AD)", True, _roles("interval"), {BINARY: _rate("f1_ad")}),
-    Metric("macro_f1", "macro F1", True, _roles("interval cv selection test",
-                                                 "interval validation selection compare cv test"),
+    Metric("f1_ad", "F1 (AD)", True, _roles("interval |"), {BINARY: _rate("f1_ad")}),
+    Metric("macro_f1", "macro F1", True,
+           _roles("interval selection cv test"
+                  " | interval validation selection compare cv test robustness"),
            {BINARY: _rate("macro_f1"), MULTICLASS: _score("macro_f1")}),
-    Metric("weighted_f1", "weighted F1", True, _roles("", "interval cv"),
+    Metric("weighted_f1", "weighted F1", True, _roles("| interval cv"),
            {MULTICLASS: _score("weighted_f1")}),
     Metric("quadratic_kappa", "quadratic kappa", True,
-           _roles("", "interval validation selection compare cv test"),
+           _roles("| interval validation selection compare cv test"),
            {MULTICLASS: _score("quadratic_kappa")}),
     # For K classes the validation scalar `roc_auc` is the macro one-vs-rest AUC.
-    Metric("roc_auc", "ROC AUC", True, _roles("interval validation selection compare cv test",
-                                              "validation selection"),
+    Metric("roc_auc", "ROC AUC", True,
+           _roles("interval validation selection compare cv test robustness"
+                  " | validation selection"),
            {BINARY: _roc_auc, MULTICLASS: _macro_ovr_auc},
            hparam_columns=(("validation", "slice"), ("test", "slice"), ("test", "scan"))),
-    Metric("roc_auc_ovr_macro", "macro AUC (OvR)", True, _roles("", "interval compare cv"),
-           {MULTICLASS: _macro_ovr_auc}),
-    Metric("pr_auc", "PR AUC", True, _roles("interval cv"), {BINARY: _pr_auc}),
-    Metric("ece", "ECE", False, _roles("compare", "compare"),
+    Metric("roc_auc_ovr_macro", "macro AUC (OvR)", True,
+           _roles("| interval compare cv robustness"), {MULTICLASS: _macro_ovr_auc}),
+    Metric("pr_auc", "PR AUC", True, _roles("interval cv |"), {BINARY: _pr_auc}),
+    Metric("ece", "ECE", False, _roles("compare | compare"),
            {BINARY: _binary_ece, MULTICLASS: _top_label_ece}),
 ):  # fmt: skip
     register(_metric)

@@ -141,8 +141,8 @@ def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: f
     return {
         "n": len(labels),
         "threshold": float(threshold),
-        **{k: rates[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                                 "precision", "f1_ad", "macro_f1")},
+        # The NC class's precision and F1 are in per_class.
+        **{k: v for k, v in rates.items() if k not in ("npv", "f1_nc")},
         "roc_auc": roc_auc(labels, prob_ad),
         "pr_auc": pr_auc(labels, prob_ad),
         "per_class": per_class,

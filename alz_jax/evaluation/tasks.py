@@ -37,8 +37,6 @@ class Task(abc.ABC):
     """One kind of classification task over `num_classes` classes."""
 
     kind: ClassVar[str]
-    # Columns of the robustness tables and figures of `compare` (slice level).
-    robustness_columns: ClassVar[tuple[str, str]]
     # The width of a report's figures as TensorBoard images.
     card_width_px: ClassVar[int] = 440
 
@@ -226,7 +224,6 @@ class BinaryTask(Task):
     T), and validation chooses a decision threshold per level."""
 
     kind = "binary"
-    robustness_columns = ("accuracy", "roc_auc")
 
     def device_outputs(self, logits: jax.Array) -> jax.Array:
         """The margin z_AD - z_NC per image."""
@@ -385,7 +382,6 @@ class MulticlassTask(Task):
     most probable class is the call, and validation fits only a temperature."""
 
     kind = "multiclass"
-    robustness_columns = ("macro_f1", "roc_auc_ovr_macro")
     card_width_px = 880  # K x K matrices with class names need a wider card
 
     def device_outputs(self, logits: jax.Array) -> jax.Array:
