@@ -6,7 +6,8 @@ intervals and report tables ("interval"), validation scalars ("validation"), the
 `checkpoint.best_metric` ("selection", `best_metric_choices`), `compare`'s columns
 ("compare") and its robustness curves ("robustness"), cross-validation's summary ("cv"), the
 test scalars ("test"), and TensorBoard's HParams columns (`hparam_metrics`). The order of the
-registry is the order of every table. `tests/test_metric_registry.py` fails when a list of metric names is written anywhere else.
+registry is the order of every table. `tests/test_metric_registry.py` fails when a list of
+metric names is written anywhere else.
 
 A formula maps one level's `Counts` (the units' weighted confusion matrices under B weightings,
 with their labels, probabilities and weights) to B values, NaN where the metric is undefined
