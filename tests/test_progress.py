@@ -3,15 +3,10 @@
 import jax
 import numpy as np
 
-from alz_jax.core import averaging
-from alz_jax.data import input_pipeline
 from alz_jax.models import convnext
 from alz_jax.run import progress, specs
 
-PLAN = specs.Plan(
-    steps_per_epoch=100, total_steps=505, warmup_steps=101, eval_every_steps=101,
-    averages=averaging.AveragingSpec(), pipeline=input_pipeline.PipelineSpec(),
-)  # fmt: skip
+PLAN = specs.Plan(steps_per_epoch=100, total_steps=505, warmup_steps=101, eval_every_steps=101)
 
 
 def test_step_line_reads_like_the_issue_asks_and_stays_short():

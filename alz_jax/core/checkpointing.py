@@ -47,26 +47,20 @@ def make_manager(
     def metric_of(metrics: dict) -> float:
         return float(metrics[metric])
 
+    best = policies.BestN(
+        get_metric_fn=metric_of,
+        reverse=mode == "min",
+        n=ckpt_config.keep_best,
+        keep_checkpoints_without_metrics=False,
+    )
+    keep = [policies.LatestN(n=ckpt_config.keep_latest), best]
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policies.AnyPreservationPolicy(
-            [
-                policies.LatestN(n=ckpt_config.keep_latest),
-                policies.BestN(
-                    get_metric_fn=metric_of,
-                    reverse=mode == "min",
-                    n=ckpt_config.keep_best,
-                    keep_checkpoints_without_metrics=False,
-                ),
-            ]
-        ),
-        best_fn=metric_of,
-        best_mode=mode,
-        enable_async_checkpointing=True,
-        create=True,
+        preservation_policy=policies.AnyPreservationPolicy(keep), best_fn=metric_of,
+        best_mode=mode, enable_async_checkpointing=True, create=True,
         # A save killed mid-write leaves <step>.orbax-checkpoint-tmp: never listed; the training
         # that resumes removes it.
         cleanup_tmp_directories=for_training,
-    )
+    )  # fmt: skip
     local = not storage.is_url(workdir)
     directory = storage.path(os.path.abspath(workdir) if local else workdir) / "checkpoints"
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "selection"))

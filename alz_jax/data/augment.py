@@ -28,12 +28,9 @@ BACKGROUND_VALUE = 0  # fill for pixels a warp brings in from outside the image
 
 
 def random_resized_crop_box(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
+    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
     ratio: tuple[float, float],
-) -> tuple[int, int, int, int]:
+) -> tuple[int, int, int, int]:  # fmt: skip
     """(top, left, h, w) of a crop with area fraction in `scale` and aspect ratio in `ratio`.
 
     torchvision's RandomResizedCrop.get_params: 10 tries with log-uniform aspect ratio, then a

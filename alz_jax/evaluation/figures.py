@@ -78,9 +78,12 @@ def confusion_figure(
     return fig
 
 
-def reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figure:
-    """Reliability diagrams: observed AD fraction against mean predicted P(AD) per bin, with
-    the bin counts below."""
+def _reliability_grid(
+    bins_by_level: dict[str, dict], title: str, x_key: str, y_key: str, labels: tuple[str, ...]
+) -> Figure:
+    """Reliability diagrams per level: `y_key` against `x_key` per bin, with the bin counts
+    below; `labels` name the bars, the curve, the y axis and the count axis's x."""
+    bar_label, curve_label, y_label, x_label = labels
     fig = Figure(figsize=(3.6 * len(bins_by_level), 4.4), layout="constrained")
     grid = fig.subplots(2, len(bins_by_level), height_ratios=(3, 1), squeeze=False)
     for k, (level, bins) in enumerate(bins_by_level.items()):
@@ -88,21 +91,28 @@ def reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figur
         edges = np.asarray(bins["edges"])
         centers = (edges[:-1] + edges[1:]) / 2
         filled = [i for i, c in enumerate(bins["count"]) if c]
-        predicted = [bins["mean_predicted"][i] for i in filled]
-        observed = [bins["observed_ad_fraction"][i] for i in filled]
-        ax.bar(centers[filled], observed, width=np.diff(edges)[filled], alpha=0.35,
-               color=_COLORS.get(level), edgecolor="black",
-               label="observed AD fraction")  # fmt: skip
-        ax.plot(predicted, observed, "o-", color=_COLORS.get(level), label="at mean P(AD)")
+        x = [bins[x_key][i] for i in filled]
+        y = [bins[y_key][i] for i in filled]
+        ax.bar(centers[filled], y, width=np.diff(edges)[filled], alpha=0.35,
+               color=_COLORS.get(level), edgecolor="black", label=bar_label)  # fmt: skip
+        ax.plot(x, y, "o-", color=_COLORS.get(level), label=curve_label)
         ax.plot([0, 1], [0, 1], ":", color="gray")
-        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed AD fraction",
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=y_label,
                title=f"{level}: ECE {bins['ece']:.3f}")  # fmt: skip
         ax.legend(loc="upper left", fontsize="small")
         count_ax.bar(centers, bins["count"], width=np.diff(edges), color="gray")
-        count_ax.set(xlim=(0, 1), xlabel="predicted P(AD)", ylabel="count")
+        count_ax.set(xlim=(0, 1), xlabel=x_label, ylabel="count")
     if title:
         fig.suptitle(title)
     return fig
+
+
+def reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figure:
+    """Reliability diagrams: observed AD fraction against mean predicted P(AD) per bin, with
+    the bin counts below."""
+    labels = ("observed AD fraction", "at mean P(AD)", "observed AD fraction", "predicted P(AD)")
+    return _reliability_grid(bins_by_level, title, "mean_predicted", "observed_ad_fraction",
+                             labels)  # fmt: skip
 
 
 def report_figures(report: dict, units: dict[str, metrics.Units]) -> dict[str, Figure]:
@@ -155,27 +165,8 @@ def multiclass_confusion_figure(
 def top_label_reliability_figure(bins_by_level: dict[str, dict], title: str = "") -> Figure:
     """Top-label reliability diagrams: accuracy against mean confidence (the largest class
     probability) per bin, with the bin counts below."""
-    fig = Figure(figsize=(3.6 * len(bins_by_level), 4.4), layout="constrained")
-    grid = fig.subplots(2, len(bins_by_level), height_ratios=(3, 1), squeeze=False)
-    for k, (level, bins) in enumerate(bins_by_level.items()):
-        ax, count_ax = grid[0, k], grid[1, k]
-        edges = np.asarray(bins["edges"])
-        centers = (edges[:-1] + edges[1:]) / 2
-        filled = [i for i, c in enumerate(bins["count"]) if c]
-        confidence = [bins["mean_confidence"][i] for i in filled]
-        accuracy = [bins["accuracy"][i] for i in filled]
-        ax.bar(centers[filled], accuracy, width=np.diff(edges)[filled], alpha=0.35,
-               color=_COLORS.get(level), edgecolor="black", label="accuracy")  # fmt: skip
-        ax.plot(confidence, accuracy, "o-", color=_COLORS.get(level), label="at mean confidence")
-        ax.plot([0, 1], [0, 1], ":", color="gray")
-        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
-               title=f"{level}: ECE {bins['ece']:.3f}")  # fmt: skip
-        ax.legend(loc="upper left", fontsize="small")
-        count_ax.bar(centers, bins["count"], width=np.diff(edges), color="gray")
-        count_ax.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="count")
-    if title:
-        fig.suptitle(title)
-    return fig
+    labels = ("accuracy", "at mean confidence", "accuracy", "confidence (top-class probability)")
+    return _reliability_grid(bins_by_level, title, "mean_confidence", "accuracy", labels)
 
 
 def multiclass_figures(report: dict, units: dict[str, metrics.Units]) -> dict[str, Figure]:

@@ -53,15 +53,9 @@ def level_results(
 
 
 def build_report(
-    split: str,
-    records: dict,
-    logits_by_view: dict[str, np.ndarray],
-    data_metadata: dict,
-    step: int,
-    calibration: dict,
-    settings: EvalSettings,
-    class_names: Sequence[str],
-) -> tuple[dict, dict[str, metrics.Units]]:
+    split: str, records: dict, logits_by_view: dict[str, np.ndarray], data_metadata: dict,
+    step: int, calibration: dict, settings: EvalSettings, class_names: Sequence[str],
+) -> tuple[dict, dict[str, metrics.Units]]:  # fmt: skip
     """The report of one split and its units (for figures): the plain view's results at the
     validation temperature, test-time augmentation beside them when `logits_by_view` holds more
     views than "plain". `calibration["plain"]` is the task's calibration of the plain view."""
@@ -75,37 +69,17 @@ def build_report(
     units = metrics.level_units(records, probs, subjects_known)
     per_class = np.bincount(np.asarray(records["label"], np.int64), minlength=len(names))
     report = {
-        "split": split,
-        "checkpoint_step": int(step),
-        "weights": "raw",
-        "subjects_known": subjects_known,
-        "subject_source": data_metadata.get("subject_source"),
-        "subject_coverage": data_metadata.get("subject_coverage"),
-        "protocol": data_metadata.get("protocol"),
-        "source_fingerprint": data_metadata.get("source_fingerprint"),
-        "num_images": len(probs),
+        **reports.report_head(split, step, data_metadata, len(probs)),
         "num_classes": len(names),
         "class_names": names,
         "class_distribution": {n: int(c) for n, c in zip(names, per_class, strict=True)},
         "loss": mc.nll(records["label"], probs),
         "calibration": plain,
-        "bootstrap": {
-            "samples": settings.bootstrap_samples,
-            "seed": settings.bootstrap_seed,
-            # Unknown subjects stand as one per scan: scans are then what is resampled.
-            "resampled_unit": "subject" if subjects_known else "scan",
-            "confidence": 0.95,
-        },
+        "bootstrap": reports.bootstrap_text(settings, subjects_known),
         **level_results(units, settings, names),
     }
-    # Calibration with and without the validation temperature, whichever the report used.
-    fitted = plain["temperature_fit"]["temperature"]
-    for key, t in (("ece_uncalibrated", 1.0), ("ece_temperature_scaled", fitted)):
-        scaled = metrics.level_units(records, mc.softmax(logits / t), subjects_known)
-        for level, u in scaled.items():
-            report[level]["calibration"][key] = mc.reliability_bins(
-                u.labels, u.probs, settings.calibration_bins
-            )["ece"]
+    reports.add_ece_variants(report, records, logits, task, mc.reliability_bins,
+                             settings.calibration_bins)  # fmt: skip
     if len(logits_by_view) > 1:
         tta_probs = task.probabilities(logits_by_view, temperature)
         tta_units = metrics.level_units(records, tta_probs, subjects_known)
@@ -116,16 +90,8 @@ def build_report(
                 for level, r in level_results(tta_units, settings, names).items()
             },
         }
-    if not subjects_known:
-        report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
-    if split == "test":
-        report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
-    if "cross_split_near_duplicates" in data_metadata:
-        report["cross_split_near_duplicates"] = data_metadata["cross_split_near_duplicates"]
+    reports.add_data_sections(report, data_metadata)
     report["classes_ordered"] = data_metadata.get("classes_ordered", True)
-    if "class_distribution" in data_metadata:
-        # Every split's (the report's own "class_distribution" is this split's).
-        report["class_distribution_by_split"] = data_metadata["class_distribution"]
     return report, units
 
 
@@ -134,13 +100,6 @@ def build_report(
 
 def _value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(m: dict, name: str) -> str:
-    value, interval = m.get(name), m.get("ci95", {}).get(name)
-    if value is None:
-        return "-"
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
 def _temperature_text(cal: dict) -> str:
@@ -254,7 +213,7 @@ def _markdown_levels(report: dict, source: dict) -> list[str]:
             ece = m.get("calibration", {}).get("ece")  # none under test-time augmentation
             md.append(
                 f"| **{level}** | {m['n']} | {m['n_subjects']} | "
-                + " | ".join(_ci(m, n) for n in names)
+                + " | ".join(reports.ci_text(m, n) for n in names)
                 + f" | {_value(ece, 4)} |"
             )
     return md
@@ -305,14 +264,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     ]  # fmt: skip
     md += _markdown_classes(report)
     md += reports.markdown_distribution(report)
-    md += ["", "## Calibration (top label)", "",
-           "| level | ECE | ECE, no temperature | ECE, temperature fitted on validation |",
-           "|---|---|---|---|"]  # fmt: skip
-    for level in REPORT_LEVELS:
-        if level in report:
-            c = report[level]["calibration"]
-            md.append(f"| {level} | {c['ece']:.4f} | {c['ece_uncalibrated']:.4f} | "
-                      f"{c['ece_temperature_scaled']:.4f} |")  # fmt: skip
+    md += reports.markdown_calibration(report, "Calibration (top label)")
     if "tta" in report:
         md += ["", f"## Test-time augmentation: {' + '.join(report['tta']['views'])}", "",
                "Probabilities averaged over the views. Flips are not anatomical symmetries of "
@@ -320,12 +272,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         md += _markdown_levels(report, report["tta"])
     md += reports.markdown_leakage(report)
     notes = [n for n in _notes(report) if n.startswith("Note: ")]
-    if notes:
-        md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
-    if figures:
-        md += ["", "## Figures", ""]
-        md += [f"![{name}]({path})" for name, path in figures.items()]
-    return "\n".join(md) + "\n"
+    return reports.markdown_end(md, notes, figures)
 
 
 def validation_images(

@@ -113,53 +113,27 @@ def level_results(
 
 
 def build_report(
-    split: str,
-    records: dict,
-    logits_by_view: dict[str, np.ndarray],
-    data_metadata: dict,
-    step: int,
-    calibration: dict,
-    settings: EvalSettings,
-) -> tuple[dict, dict[str, metrics.Units]]:
+    split: str, records: dict, logits_by_view: dict[str, np.ndarray], data_metadata: dict,
+    step: int, calibration: dict, settings: EvalSettings, class_names: Sequence[str] = (),
+) -> tuple[dict, dict[str, metrics.Units]]:  # fmt: skip
     """The report of one split, and the units (for figures): the plain view's results at the
-    validation-chosen thresholds and at 0.5, test-time augmentation beside them if asked."""
+    validation-chosen thresholds and at 0.5, test-time augmentation beside them if asked.
+    The classes are NC and AD (`class_names` is taken as every task's report takes it)."""
+    del class_names
     subjects_known = data_metadata.get("subject_source") != "scan_id"
     plain = calibration["plain"]
     temperature = plain["temperature"]
     probs = TASK.probabilities({"plain": logits_by_view["plain"]}, temperature)
     units = metrics.level_units(records, probs, subjects_known)
     report = {
-        "split": split,
-        "checkpoint_step": int(step),
-        "weights": "raw",
-        "subjects_known": subjects_known,
-        "subject_source": data_metadata.get("subject_source"),
-        "subject_coverage": data_metadata.get("subject_coverage"),
-        "protocol": data_metadata.get("protocol"),
-        # Of the data folder the evaluated data set was built from (audit prints the same).
-        "source_fingerprint": data_metadata.get("source_fingerprint"),
-        "num_images": len(probs),
+        **report_head(split, step, data_metadata, len(probs)),
         "loss": metrics.nll(records["label"], probs),
         "calibration": plain,
-        "bootstrap": {
-            "samples": settings.bootstrap_samples,
-            "seed": settings.bootstrap_seed,
-            # Unknown subjects stand as one per scan: scans are then what is resampled.
-            "resampled_unit": "subject" if subjects_known else "scan",
-            "confidence": 0.95,
-        },
+        "bootstrap": bootstrap_text(settings, subjects_known),
         **level_results(units, plain["thresholds"], settings),
     }
-    # Calibration with and without the validation temperature, whichever the report used.
-    fitted = plain["temperature_fit"]["temperature"]
-    for name, t in (("ece_uncalibrated", 1.0), ("ece_temperature_scaled", fitted)):
-        other = metrics.level_units(
-            records, metrics.sigmoid(logits_by_view["plain"] / t), subjects_known
-        )
-        for level, u in other.items():
-            report[level]["calibration"][name] = metrics.reliability_bins(
-                u.labels, u.probs, settings.calibration_bins
-            )["ece"]
+    add_ece_variants(report, records, logits_by_view["plain"], TASK, metrics.reliability_bins,
+                     settings.calibration_bins)  # fmt: skip
     if "tta" in calibration:
         tta_cal = calibration["tta"]
         tta_probs = TASK.probabilities(logits_by_view, temperature)
@@ -172,15 +146,64 @@ def build_report(
                 for level, r in level_results(tta_units, tta_cal["thresholds"], settings).items()
             },
         }
-    if not subjects_known:
+    add_data_sections(report, data_metadata)
+    return report, units
+
+
+def report_head(split: str, step: int, data_metadata: dict, num_images: int) -> dict:
+    """The fields every report starts with: what was evaluated and where its subjects and
+    protocol come from."""
+    return {
+        "split": split,
+        "checkpoint_step": int(step),
+        "weights": "raw",
+        "subjects_known": data_metadata.get("subject_source") != "scan_id",
+        "subject_source": data_metadata.get("subject_source"),
+        "subject_coverage": data_metadata.get("subject_coverage"),
+        "protocol": data_metadata.get("protocol"),
+        # Of the data folder the evaluated data set was built from (audit prints the same).
+        "source_fingerprint": data_metadata.get("source_fingerprint"),
+        "num_images": num_images,
+    }
+
+
+def bootstrap_text(settings: EvalSettings, subjects_known: bool) -> dict:
+    """How the report's intervals were resampled."""
+    return {
+        "samples": settings.bootstrap_samples,
+        "seed": settings.bootstrap_seed,
+        # Unknown subjects stand as one per scan: scans are then what is resampled.
+        "resampled_unit": "subject" if subjects_known else "scan",
+        "confidence": 0.95,
+    }
+
+
+def add_ece_variants(
+    report: dict, records: dict, outputs: np.ndarray, task: tasks.Task, reliability,
+    n_bins: int,
+) -> None:  # fmt: skip
+    """Each level's ECE with and without the validation temperature, whichever the report
+    used (`reliability(labels, probs, n_bins)` gives the task's bins)."""
+    fitted = report["calibration"]["temperature_fit"]["temperature"]
+    for name, t in (("ece_uncalibrated", 1.0), ("ece_temperature_scaled", fitted)):
+        probs = task.probabilities({"plain": outputs}, t)
+        other = metrics.level_units(records, probs, report["subjects_known"])
+        for level, u in other.items():
+            report[level]["calibration"][name] = reliability(u.labels, u.probs, n_bins)["ece"]
+
+
+def add_data_sections(report: dict, data_metadata: dict) -> None:
+    """What the data set says about the report's trust: unknown subjects, test subjects also
+    in train, near-duplicates across splits, the class distribution of every split."""
+    if not report["subjects_known"]:
         report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
-    if split == "test":
+    if report["split"] == "test":
         report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
     if data_metadata.get("cross_split_near_duplicates") is not None:
         report["cross_split_near_duplicates"] = data_metadata["cross_split_near_duplicates"]
     if "class_distribution" in data_metadata:
+        # Every split's (a K-class report's own "class_distribution" is this split's).
         report["class_distribution_by_split"] = data_metadata["class_distribution"]
-    return report, units
 
 
 def leak_warning(report: dict) -> str | None:
@@ -222,7 +245,8 @@ def interval_text(bootstrap: dict) -> str:
             f"{bootstrap['samples']} resamples")  # fmt: skip
 
 
-def _ci(m: dict, name: str) -> str:
+def ci_text(m: dict, name: str) -> str:
+    """A metric with its interval: '0.812 [0.700, 0.900]' ('-' when undefined)."""
     value, interval = m.get(name), m.get("ci95", {}).get(name)
     if value is None:
         return "-"
@@ -275,8 +299,8 @@ def format_report(report: dict) -> str:
             if level in tta:
                 m = tta[level]
                 lines.append(
-                    f"  {level:<6} acc {_ci(m, 'accuracy')}  bal_acc "
-                    f"{_ci(m, 'balanced_accuracy')}  AUC {_ci(m, 'roc_auc')}"
+                    f"  {level:<6} acc {ci_text(m, 'accuracy')}  bal_acc "
+                    f"{ci_text(m, 'balanced_accuracy')}  AUC {ci_text(m, 'roc_auc')}"
                 )
     lines += _notes(report)
     return "\n".join(lines)
@@ -352,7 +376,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         for label, m in ((f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])):
             md.append(
                 f"| {label} | {m['n']} | {r['n_subjects']} | {m['threshold']:.3f} | "
-                + " | ".join(_ci(m, n) for n in names)
+                + " | ".join(ci_text(m, n) for n in names)
                 + " |"
             )
     md += ["", "## Confusion matrices (rows: true NC, AD; columns: predicted NC, AD)", ""]
@@ -361,13 +385,7 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
             (tn, fp), (fn, tp) = report[level]["confusion_matrix"]["counts"]
             md.append(f"- {level} at {report[level]['threshold']:.3f}: TN {tn}, FP {fp}, "
                       f"FN {fn}, TP {tp}")  # fmt: skip
-    md += ["", "## Calibration", "", "| level | ECE | ECE, no temperature | ECE, temperature "
-           "fitted on validation |", "|---|---|---|---|"]  # fmt: skip
-    for level in REPORT_LEVELS:
-        if level in report:
-            c = report[level]["calibration"]
-            md.append(f"| {level} | {c['ece']:.4f} | {c['ece_uncalibrated']:.4f} | "
-                      f"{c['ece_temperature_scaled']:.4f} |")  # fmt: skip
+    md += markdown_calibration(report, "Calibration")
     if "tta" in report:
         tta = report["tta"]
         md += ["", f"## Test-time augmentation: {' + '.join(tta['views'])}", "",
@@ -378,16 +396,35 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         for level in REPORT_LEVELS:
             if level in tta:
                 m = tta[level]
-                md.append(f"| {level} | {m['threshold']:.3f} | {_ci(m, 'accuracy')} | "
-                          f"{_ci(m, 'balanced_accuracy')} | {_ci(m, 'roc_auc')} |")  # fmt: skip
+                md.append(f"| {level} | {m['threshold']:.3f} | {ci_text(m, 'accuracy')} | "
+                          f"{ci_text(m, 'balanced_accuracy')} | "
+                          f"{ci_text(m, 'roc_auc')} |")  # fmt: skip
     md += markdown_distribution(report) + markdown_leakage(report)
-    notes = _notes(report)
+    return markdown_end(md, _notes(report), figures)
+
+
+def markdown_end(md: list[str], notes: list[str], figures: dict[str, str]) -> str:
+    """A report's Markdown: `md`, then its notes and figures."""
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
     if figures:
         md += ["", "## Figures", ""]
         md += [f"![{name}]({path})" for name, path in figures.items()]
     return "\n".join(md) + "\n"
+
+
+def markdown_calibration(report: dict, heading: str) -> list[str]:
+    """Each level's ECE as reported, without temperature and with the one fitted on
+    validation."""
+    md = ["", f"## {heading}", "",
+          "| level | ECE | ECE, no temperature | ECE, temperature fitted on validation |",
+          "|---|---|---|---|"]  # fmt: skip
+    for level in REPORT_LEVELS:
+        if level in report:
+            c = report[level]["calibration"]
+            md.append(f"| {level} | {c['ece']:.4f} | {c['ece_uncalibrated']:.4f} | "
+                      f"{c['ece_temperature_scaled']:.4f} |")  # fmt: skip
+    return md
 
 
 def markdown_cell(text: object) -> str:

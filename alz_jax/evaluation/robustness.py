@@ -148,73 +148,24 @@ class Perturbation:
 
 PERTURBATIONS: dict[str, Perturbation] = {
     p.name: p
-    for p in (
-        Perturbation(
-            "noise",
-            "sigma (fraction of 255)",
-            0.0,
-            (0.01, 0.02, 0.05, 0.1, 0.2),
-            _noise,
-            lambda v: 0 <= v <= 1,
-            "a sigma in [0, 1]",
-        ),
-        Perturbation(
-            "scale",
-            "intensity factor",
-            1.0,
-            (0.5, 0.75, 1.25, 1.5),
-            _scale,
-            lambda v: 0 < v <= 10,
-            "a factor in (0, 10]",
-        ),
-        Perturbation(
-            "gamma",
-            "gamma",
-            1.0,
-            (0.5, 0.75, 1.5, 2.0),
-            _gamma,
-            lambda v: 0 < v <= 10,
-            "a gamma in (0, 10]",
-        ),
-        Perturbation(
-            "bias_field",
-            "amplitude (log of the largest gain)",
-            0.0,
-            (0.1, 0.2, 0.3, 0.5),
-            _bias,
-            lambda v: 0 <= v <= 3,
-            "an amplitude in [0, 3]",
-        ),
-        Perturbation(
-            "blur",
-            "sigma (pixels of the stored image)",
-            0.0,
-            (0.5, 1.0, 2.0, 3.0),
-            _blur,
-            lambda v: 0 <= v <= 50,
-            "a sigma in [0, 50] pixels",
-        ),
-        Perturbation(
-            "jpeg",
-            "JPEG quality",
-            None,
-            (90, 70, 50, 30, 10),
-            _jpeg,
-            lambda v: float(v).is_integer() and 1 <= v <= 100,
-            "an integer quality in [1, 100]",
-            descending=True,
-        ),
-        Perturbation(
-            "rotation",
-            "degrees (either direction)",
-            0.0,
-            (2.0, 5.0, 10.0, 15.0),
-            _rotate,
-            lambda v: 0 <= v <= 180,
-            "degrees in [0, 180]",
-        ),
+    for p in (  # name, what a level is, clean level, default levels, apply, valid, its range
+        Perturbation("noise", "sigma (fraction of 255)", 0.0, (0.01, 0.02, 0.05, 0.1, 0.2),
+                     _noise, lambda v: 0 <= v <= 1, "a sigma in [0, 1]"),
+        Perturbation("scale", "intensity factor", 1.0, (0.5, 0.75, 1.25, 1.5),
+                     _scale, lambda v: 0 < v <= 10, "a factor in (0, 10]"),
+        Perturbation("gamma", "gamma", 1.0, (0.5, 0.75, 1.5, 2.0),
+                     _gamma, lambda v: 0 < v <= 10, "a gamma in (0, 10]"),
+        Perturbation("bias_field", "amplitude (log of the largest gain)", 0.0, (0.1, 0.2, 0.3, 0.5),
+                     _bias, lambda v: 0 <= v <= 3, "an amplitude in [0, 3]"),
+        Perturbation("blur", "sigma (pixels of the stored image)", 0.0, (0.5, 1.0, 2.0, 3.0),
+                     _blur, lambda v: 0 <= v <= 50, "a sigma in [0, 50] pixels"),
+        Perturbation("jpeg", "JPEG quality", None, (90, 70, 50, 30, 10),
+                     _jpeg, lambda v: float(v).is_integer() and 1 <= v <= 100,
+                     "an integer quality in [1, 100]", descending=True),
+        Perturbation("rotation", "degrees (either direction)", 0.0, (2.0, 5.0, 10.0, 15.0),
+                     _rotate, lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     )
-}
+}  # fmt: skip
 
 
 def _stream(name: str) -> int:

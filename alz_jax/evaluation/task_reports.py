@@ -41,28 +41,18 @@ class Reporter:
     saliency: Callable[..., dict] | None = None
 
 
-def _binary_build(split, records, outputs, metadata, step, calibration, settings, class_names):
-    del class_names  # NC and AD
-    return reports.build_report(split, records, outputs, metadata, step, calibration, settings)
-
-
 REPORTERS: dict[str, Reporter] = {
+    # build, console table, Markdown, figures, validation images[, saliency]
     tasks.BinaryTask.kind: Reporter(
-        build=_binary_build,
-        text=reports.format_report,
-        markdown=reports.format_markdown,
-        figures=figures.report_figures,
-        validation_images=reports.validation_images,
-        saliency=reports.saliency_figures,
+        reports.build_report, reports.format_report, reports.format_markdown,
+        figures.report_figures, reports.validation_images, reports.saliency_figures,
     ),
     tasks.MulticlassTask.kind: Reporter(
-        build=multiclass_reports.build_report,
-        text=multiclass_reports.format_report,
-        markdown=multiclass_reports.format_markdown,
-        figures=figures.multiclass_figures,
-        validation_images=multiclass_reports.validation_images,
+        multiclass_reports.build_report, multiclass_reports.format_report,
+        multiclass_reports.format_markdown, figures.multiclass_figures,
+        multiclass_reports.validation_images,
     ),
-}
+}  # fmt: skip
 
 
 def register(kind: str, reporter: Reporter) -> None:

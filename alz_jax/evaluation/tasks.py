@@ -39,6 +39,7 @@ class Task(abc.ABC):
     kind: ClassVar[str]
     # The width of a report's figures as TensorBoard images.
     card_width_px: ClassVar[int] = 440
+    probability_label: ClassVar[str] = "P"  # the heading of `predict`'s probabilities
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
@@ -211,8 +212,40 @@ class Task(abc.ABC):
         """`predict`'s row per scan (files named <scanID>_<slice>)."""
 
     @abc.abstractmethod
+    def decision_text(self, result: dict) -> str:
+        """How `predict` called the images (the thresholds, or the argmax)."""
+
+    @abc.abstractmethod
+    def prediction_line(self, probability: str, call: str, name: str) -> str:
+        """One line of `predict`'s table."""
+
+    @abc.abstractmethod
+    def called_probability(self, row: dict) -> float:
+        """The probability shown beside a row's call."""
+
     def format_predictions(self, result: dict) -> list[str]:
-        """`predict`'s table of images and scans."""
+        """`predict`'s table: the checkpoint and its calibration, then per image and per scan
+        the probability and the call."""
+
+        def rows(items: list[dict], name: str) -> list[str]:
+            return [
+                self.prediction_line(
+                    f"{self.called_probability(r):.3f}", r["predicted"], name.format(**r)
+                )
+                for r in items
+            ]
+
+        lines = [
+            f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
+            f"temperature {result['calibration']['temperature']:.3f}; "
+            + self.decision_text(result),
+            self.prediction_line(self.probability_label, "call", "file"),
+            *rows(result["images"], "{file}"),
+        ]
+        if result["scans"]:
+            lines.append(self.prediction_line(self.probability_label, "call", "scan (slices)"))
+            lines += rows(result["scans"], "{scan_id} ({slices})")
+        return lines
 
     @abc.abstractmethod
     def export_output_text(self) -> str:
@@ -224,6 +257,7 @@ class BinaryTask(Task):
     T), and validation chooses a decision threshold per level."""
 
     kind = "binary"
+    probability_label = "P(AD)"
 
     def device_outputs(self, logits: jax.Array) -> jax.Array:
         """The margin z_AD - z_NC per image."""
@@ -352,23 +386,21 @@ class BinaryTask(Task):
             for scan, p in sorted(by_scan.items())
         ]  # fmt: skip
 
-    def format_predictions(self, result: dict) -> list[str]:
-        """The calibration line, then P(AD) and the call per image and per scan."""
+    def decision_text(self, result: dict) -> str:
+        """The thresholds chosen on validation."""
         cal = result["calibration"]
-        lines = [
-            f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
-            f"temperature {cal['temperature']:.3f}; thresholds chosen on validation "
-            f"({cal['threshold_method']}): slice {cal['thresholds']['slice']:.3f}, scan "
-            f"{cal['thresholds']['scan']:.3f}",
-            f"{'P(AD)':>7} {'call':>4}  file",
-        ]
-        lines += [f"{r['prob_ad']:>7.3f} {r['predicted']:>4}  {r['file']}"
-                  for r in result["images"]]  # fmt: skip
-        if result["scans"]:
-            lines.append(f"{'P(AD)':>7} {'call':>4}  scan (slices)")
-            lines += [f"{s['prob_ad']:>7.3f} {s['predicted']:>4}  {s['scan_id']} ({s['slices']})"
-                      for s in result["scans"]]  # fmt: skip
-        return lines
+        return (
+            f"thresholds chosen on validation ({cal['threshold_method']}): slice "
+            f"{cal['thresholds']['slice']:.3f}, scan {cal['thresholds']['scan']:.3f}"
+        )
+
+    def prediction_line(self, probability: str, call: str, name: str) -> str:
+        """P(AD), the call and the file or scan."""
+        return f"{probability:>7} {call:>4}  {name}"
+
+    def called_probability(self, row: dict) -> float:
+        """P(AD)."""
+        return row["prob_ad"]
 
     def export_output_text(self) -> str:
         """P(AD) from the two logits, called at the level's threshold."""
@@ -505,22 +537,17 @@ class MulticlassTask(Task):
             })  # fmt: skip
         return out
 
-    def format_predictions(self, result: dict) -> list[str]:
-        """The most probable class and its probability per image and per scan."""
-        cal = result["calibration"]
-        lines = [
-            f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
-            f"temperature {cal['temperature']:.3f}; the most probable class of "
-            f"{', '.join(result['class_names'])}",
-            f"{'P':>7} {'call':<18} file",
-        ]
-        lines += [f"{r['prob_' + r['predicted']]:>7.3f} {r['predicted']:<18} {r['file']}"
-                  for r in result["images"]]  # fmt: skip
-        if result["scans"]:
-            lines.append(f"{'P':>7} {'call':<18} scan (slices)")
-            lines += [f"{s['prob_' + s['predicted']]:>7.3f} {s['predicted']:<18} {s['scan_id']} "
-                      f"({s['slices']})" for s in result["scans"]]  # fmt: skip
-        return lines
+    def decision_text(self, result: dict) -> str:
+        """The most probable of the classes."""
+        return f"the most probable class of {', '.join(result['class_names'])}"
+
+    def prediction_line(self, probability: str, call: str, name: str) -> str:
+        """The called class's probability, the class and the file or scan."""
+        return f"{probability:>7} {call:<18} {name}"
+
+    def called_probability(self, row: dict) -> float:
+        """The probability of the called class."""
+        return row["prob_" + row["predicted"]]
 
     def export_output_text(self) -> str:
         """Softmax of the K logits; the most probable class."""

@@ -15,7 +15,7 @@ import optax
 
 from alz_jax.core import averaging, optim, steps
 from alz_jax.models import registry
-from alz_jax.run.specs import Plan, RunSpec, trainable_pattern
+from alz_jax.run.specs import Plan, RunSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ def assemble(
 ) -> Assembly:
     """The model, optimizer, averages and steps of `run` over `plan`'s steps on `mesh`."""
     schedule = optim.learning_rate_schedule(run.optim, plan.total_steps, plan.warmup_steps)
-    pattern = trainable_pattern(run)
+    pattern = run.trainable_regex
     frozen_norms = (
         steps.frozen_batch_norms(run.model, pattern)
         if run.optim.frozen_batchnorm == "running"

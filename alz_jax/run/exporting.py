@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
@@ -41,6 +40,7 @@ from alz_jax.host.errors import UserError
 from alz_jax.models import registry
 from alz_jax.run import run_record
 from alz_jax.run.saved_run import SavedRun
+from alz_jax.run.specs import RunSpec
 
 FORMATS = ("safetensors", "npz", "orbax")
 DTYPES = ("float32", "bfloat16")
@@ -216,13 +216,12 @@ def load_inference(directory: str | os.PathLike) -> Callable[[np.ndarray], np.nd
 
 
 def build_metadata(
-    loaded: dict, config: ml_collections.ConfigDict, record: dict, fmt: str, dtype: str,
-    platforms: Sequence[str],
-) -> dict:  # fmt: skip
+    loaded: dict, run: RunSpec, record: dict, fmt: str, dtype: str, platforms: Sequence[str]
+) -> dict:
     """Everything a user of the exported weights needs besides the weights."""
     spec = loaded["model"].spec
     cal = loaded["calibration"]
-    size = config.data.image_size
+    size = run.pipeline.image_size
     return {
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -232,7 +231,7 @@ def build_metadata(
             "checkpoint_step": loaded["step"],
             "weights": loaded["weights"],
             "data_fingerprint": record["identity"]["data"]["fingerprint"],
-            "init_from": config.model.init_from,
+            "init_from": run.init_from,
         },
         "model": model_metadata(spec, registry.count_params(spec)),
         "weights": {
@@ -289,7 +288,7 @@ def export(
     loaded = saved.load_model(checkpoint, weights)
     store = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     flat = {k: np.asarray(v).astype(store) for k, v in flatten(loaded["params"]).items()}
-    metadata = build_metadata(loaded, saved.config, saved.record, fmt, dtype, platforms)
+    metadata = build_metadata(loaded, saved.spec, saved.record, fmt, dtype, platforms)
     name = f"step{loaded['step']}_{loaded['weights']}_{dtype}_{fmt}"
     out = storage.path(output) if output else storage.path(workdir) / "export" / name
     if out.exists() and any(out.iterdir()):

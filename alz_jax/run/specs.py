@@ -5,8 +5,12 @@ pipeline with augmentation and Mixup/CutMix, optimizer, train step, weight avera
 evaluation, durations), each checking its own fields when built, so that a bad value fails before
 any data work or compile with a message naming the field, the value and what is allowed. What
 depends on the run's length (steps per epoch are known once the data set is) is resolved by
-`RunSpec.plan(steps_per_epoch)`: total, warmup and validation steps, the SWA start, and the
-Mixup/CutMix schedule. Nothing else reads the config.
+`RunSpec.plan(steps_per_epoch)` into a `Plan` that holds only those values: total, warmup and
+validation steps, SWA's start and period, the class weights; `Plan.averages`, `.pipeline` and
+`.step` are the RunSpec's specs completed with them, so each value has one owner.
+
+Everything that runs reads the RunSpec, not the config. The config itself is only recorded
+(run/run_record.py, TensorBoard's Text tab) and, by cross-validation, copied per fold.
 """
 
 from __future__ import annotations
@@ -69,16 +73,40 @@ class Duration:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The run's length in steps and what depends on it, known once the data set is."""
+    """What depends on the data set and the run's length, and only that: the steps, SWA's start
+    and period, and the class weights of the train split. The specs the run's parts take
+    (`averages`, `pipeline`, `step`) are the RunSpec's, completed with these values."""
 
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
     eval_every_steps: int
-    averages: averaging.AveragingSpec
-    pipeline: PipelineSpec  # with the Mixup/CutMix schedule over total_steps
-    # With the class weights resolved on the train split.
-    step: steps.StepSpec = dataclasses.field(default_factory=steps.StepSpec)
+    swa_start_step: int = 0
+    swa_every_steps: int = 1
+    class_weights: tuple[float, ...] = ()
+    run: RunSpec | None = None  # what the config decided; None: the numbers alone
+
+    @property
+    def averages(self) -> averaging.AveragingSpec:
+        """The run's weight averages, SWA starting and averaging at the planned steps."""
+        averages = self.run.averages
+        if not averages.swa:
+            return averages
+        return dataclasses.replace(
+            averages, swa_start_step=self.swa_start_step, swa_every_steps=self.swa_every_steps
+        )
+
+    @property
+    def pipeline(self) -> PipelineSpec:
+        """The run's input pipeline, its Mixup/CutMix schedule over the planned steps."""
+        pipeline = self.run.pipeline
+        mix = dataclasses.replace(pipeline.mix, total_steps=self.total_steps)
+        return dataclasses.replace(pipeline, mix=mix)
+
+    @property
+    def step(self) -> steps.StepSpec:
+        """The run's train step, with the class weights of the train split."""
+        return dataclasses.replace(self.run.step, class_weights=self.class_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +119,10 @@ class RunSpec:
     task: tasks.Task  # what the model's outputs mean: NC/AD, K classes (evaluation/tasks.py)
     init_from: str  # 'LAYOUT:PATH' of starting weights, or ''
     data: DataSpec
-    pipeline: PipelineSpec  # its mix schedule is completed by `plan`
+    pipeline: PipelineSpec  # the mix schedule's length is the plan's (Plan.pipeline)
     optim: optim.OptimSpec
-    step: steps.StepSpec
-    averages: averaging.AveragingSpec  # its SWA start and period are completed by `plan`
+    step: steps.StepSpec  # the class weights are the plan's (Plan.step)
+    averages: averaging.AveragingSpec  # SWA's start and period are the plan's (Plan.averages)
     swa_start_fraction: float
     checkpoint: CheckpointSpec
     evaluation: EvalSettings
@@ -106,6 +134,8 @@ class RunSpec:
     profile_start_step: int
     profile_num_steps: int
     class_weights: str = "none"  # optim.class_weights: 'none', 'balanced' or 'w0,w1,...'
+    # optim.trainable as a regex over '/'-joined parameter paths ('.*': everything trains).
+    trainable_regex: str = ".*"
     # BatchNorm models: whole train batches of SWA's statistics pass (0: the whole split).
     swa_bn_batches: int = 0
 
@@ -122,24 +152,23 @@ class RunSpec:
                 f"The warmup ({warmup} steps) is longer than training ({total} steps): "
                 "shorten config.warmup_epochs/warmup_steps or train longer."
             )
-        averages = self.averages
-        if averages.swa:
-            averages = dataclasses.replace(
-                averages,
+        swa = {}
+        if self.averages.swa:
+            swa = dict(
                 swa_start_step=max(1, math.ceil(self.swa_start_fraction * total)),
                 # every_epochs on an epoch of < 1 step still averages every step
                 swa_every_steps=max(1, self.swa_every.to_steps(steps_per_epoch)),
             )
-        mix = dataclasses.replace(self.pipeline.mix, total_steps=total)
-        weights = resolve_class_weights(self.class_weights, self.model.num_classes, class_counts)
         return Plan(
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
             warmup_steps=warmup,
             eval_every_steps=max(1, self.eval_every.to_steps(steps_per_epoch)),
-            averages=averages,
-            pipeline=dataclasses.replace(self.pipeline, mix=mix),
-            step=dataclasses.replace(self.step, class_weights=weights),
+            class_weights=resolve_class_weights(
+                self.class_weights, self.model.num_classes, class_counts
+            ),
+            run=self,
+            **swa,
         )
 
     def plan_for(self, data) -> Plan:
@@ -274,7 +303,8 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     ])  # fmt: skip
     if spec.init_from:
         convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
-    trainable_pattern(spec)  # a preset or regex that matches some parameter
+    # A preset or regex that matches some parameter, resolved once for the run's model.
+    spec = dataclasses.replace(spec, trainable_regex=trainable_pattern(spec))
     check_batch(spec, jax.device_count(), jax.process_count())
     return spec
 

@@ -212,7 +212,7 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
         state = parts.fresh_state(run.seed, imported)
     logging.info(progress.parameter_overview(state["params"]))
     if run.optim.trainable != "all":
-        pattern = specs.trainable_pattern(run)
+        pattern = run.trainable_regex
         trainable, total = optim.check_trainable(state["params"], pattern, run.optim.trainable)
         logging.info("Training %d of %d parameters (optim.trainable = %r, regex %r); the rest "
                      "are frozen.", trainable, total, run.optim.trainable, pattern)  # fmt: skip
