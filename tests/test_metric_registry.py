@@ -30,7 +30,7 @@ def _hand_lists(path: Path) -> list[str]:
         if len(strings) != len(node.elts) or not all(isinstance(s, str) for s in strings):
             continue
         named = [s for s in strings if s in SCALAR_NAMES]
-        if len(named) >= 2:
+        if len(set(named)) >= 2:
             found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {named}")
     return found
 
