@@ -15,7 +15,8 @@ _BUILDER_NAMES = frozenset({"Builder", "config_for", "make_config", "config_name
 
 
 def __getattr__(name: str):
-    """The builder's names, imported (with TFDS) when first asked for."""
-    if name in _BUILDER_NAMES:
-        return getattr(importlib.import_module("tfds_builders.mri_slices.builder"), name)
+    """The builder's names and module, imported (with TFDS) when first asked for."""
+    if name == "adni_dataset_builder" or name in _BUILDER_NAMES:
+        module = importlib.import_module("tfds_builders.mri_slices.builder")
+        return module if name == "adni_dataset_builder" else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
