@@ -134,42 +134,6 @@ def _warn_skipped(parsed: Layout, checks: dict) -> None:
             )  # fmt: skip
 
 
-def _grouped_by_near_duplicates(parsed: Layout, pairs: list[list[str]]) -> Layout:
-    """The layout with each connected group of near-identical images (the pairs' components:
-    a brain's adjacent slices) standing in for a subject, where the layout has no subject IDs;
-    groups are named `ndgroup_<n>` in the order of their first file name."""
-    if parsed.subject_source != "scan_id":
-        raise LayoutError(
-            f"data.group_near_duplicates: {parsed.root} has subject IDs (from "
-            f"{parsed.subject_source}); splits already follow them. Leave it false."
-        )
-    parent = {r.scan_id: r.scan_id for r in parsed.records}
-
-    def root(scan: str) -> str:
-        while parent[scan] != scan:
-            parent[scan] = parent[parent[scan]]
-            scan = parent[scan]
-        return scan
-
-    scan_of = {r.file_name: r.scan_id for r in parsed.records}
-    for a, b in pairs:
-        if a in scan_of and b in scan_of:
-            ra, rb = root(scan_of[a]), root(scan_of[b])
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    first = {}
-    for r in sorted(parsed.records, key=lambda r: r.file_name):
-        first.setdefault(root(r.scan_id), len(first))
-    subjects = {scan: f"ndgroup_{first[root(scan)]:05d}" for scan in parent}
-    logging.info(
-        "%d images in %d groups of near-identical images, standing in for subjects.",
-        len(parsed.records), len(first),
-    )  # fmt: skip
-    return dataclasses.replace(
-        parsed, subject_of_scan=subjects, subject_source="near_duplicate_groups"
-    )
-
-
 class _LocalDatasetInfo(tfds.core.DatasetInfo):
     """DatasetInfo that never looks for precomputed info in TFDS's public bucket: ADNI is never
     there, and each lookup leaves an empty temporary folder behind (one per unprepared build)."""
@@ -249,7 +213,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             )
         parsed = dataclasses.replace(parsed, records=usable)
         if config.group_near_duplicates:
-            parsed = _grouped_by_near_duplicates(parsed, audit["near_duplicate_pairs"])
+            parsed = splits_lib.grouped_by_near_duplicates(parsed, audit["near_duplicate_pairs"])
         hashes = {n: c.sha256 for n, c in checks.items()}
         splits = self._splits(parsed)
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)

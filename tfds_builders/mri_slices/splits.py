@@ -2,7 +2,9 @@
 
 At build time (`builder_splits`): the split folders as they are (`validation` carved from the
 train folder by subject, stratified by class, seeded, where there is no val folder), or, for a
-layout without usable split folders, a split by subject NO_FOLDER_FRACTIONS (70/15/15).
+layout without usable split folders, a split by subject NO_FOLDER_FRACTIONS (70/15/15). Where
+a layout has no subject IDs, `grouped_by_near_duplicates` (data.group_near_duplicates) lets
+groups of near-identical images stand in for subjects, so that the splits keep them together.
 
 At load time (`assign`), from the stored subject IDs:
 
@@ -23,6 +25,7 @@ the mitigation for the slice-window shortcut.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -129,6 +132,42 @@ def split_subjects(
 
 # The load-time protocols call it by this name.
 split_by_subject = split_subjects
+
+
+def grouped_by_near_duplicates(parsed: Layout, pairs: list[list[str]]) -> Layout:
+    """The layout with each connected group of near-identical images (the pairs' components:
+    a brain's adjacent slices) standing in for a subject, where the layout has no subject IDs;
+    groups are named `ndgroup_<n>` in the order of their first file name."""
+    if parsed.subject_source != "scan_id":
+        raise LayoutError(
+            f"data.group_near_duplicates: {parsed.root} has subject IDs (from "
+            f"{parsed.subject_source}); splits already follow them. Leave it false."
+        )
+    parent = {r.scan_id: r.scan_id for r in parsed.records}
+
+    def root(scan: str) -> str:
+        while parent[scan] != scan:
+            parent[scan] = parent[parent[scan]]
+            scan = parent[scan]
+        return scan
+
+    scan_of = {r.file_name: r.scan_id for r in parsed.records}
+    for a, b in pairs:
+        if a in scan_of and b in scan_of:
+            ra, rb = root(scan_of[a]), root(scan_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    first = {}
+    for r in sorted(parsed.records, key=lambda r: r.file_name):
+        first.setdefault(root(r.scan_id), len(first))
+    subjects = {scan: f"ndgroup_{first[root(scan)]:05d}" for scan in parent}
+    logging.info(
+        "%d images in %d groups of near-identical images, standing in for subjects.",
+        len(parsed.records), len(first),
+    )  # fmt: skip
+    return dataclasses.replace(
+        parsed, subject_of_scan=subjects, subject_source="near_duplicate_groups"
+    )
 
 
 def builder_splits(
