@@ -15,7 +15,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import audit, source, stages
+from tfds_builders.mri_slices import api as slices
 
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir",
@@ -23,7 +23,7 @@ _MANUAL_DIR = flags.DEFINE_string(
     "The data folder (AD_NC/, class folders, OASIS-1 export or parquet).",
     required=True,
 )
-_LAYOUT = flags.DEFINE_enum("layout", "auto", stages.LAYOUTS, "The folder's layout.")
+_LAYOUT = flags.DEFINE_enum("layout", "auto", slices.layout_names(), "The folder's layout.")
 _LABEL_NAMES = flags.DEFINE_list(
     "label_names", [], "Names of integer parquet labels, in order (if the files lack them)."
 )
@@ -33,10 +33,14 @@ _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
-    report, _ = audit.run(stages.parse(_MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value))
+    report, _ = slices.audit_folder(
+        slices.parse_layout(_MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value)
+    )
     # The same fingerprint names the data set built from this folder (and its reports).
-    report["source_fingerprint"] = source.fingerprint(source.listing(_MANUAL_DIR.value))
-    print(audit.format_table(report))
+    report["source_fingerprint"] = slices.folder_fingerprint(
+        slices.folder_listing(_MANUAL_DIR.value)
+    )
+    print(slices.format_audit(report))
     print(f"folder fingerprint: {report['source_fingerprint']}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:

@@ -2,12 +2,12 @@
 
     python -m alz_jax.leakage_calibration [--seed=0] [--subjects=60] [--splits=10]
 
-Renders brain-like phantom scans (tfds_builders/adni/synthetic.py; half of the slices resized to
-Kaggle's 176x208), splits them by image and by subject, and prints how alike each test image's
+Renders brain-like phantom scans (tfds_builders/mri_slices/synthetic.py; half of the slices resized
+to Kaggle's 176x208), splits them by image and by subject, and prints how alike each test image's
 best train image is in both cases, the threshold that separates them, the flag rates at
-DEFAULT_THRESHOLD (also after intensity changes, a small misregistration, for a second visit of
-each subject and for an aligned set), as a table and then as one JSON object. CPU only, about
-20 s. The method and the measured numbers: docs/leakage.md.
+DEFAULT_THRESHOLD (also after intensity changes, a small misregistration, for a second visit of each
+subject and for an aligned set), as a table and then as one JSON object. CPU only, about 20 s. The
+method and the measured numbers: docs/leakage.md.
 """
 
 import json
@@ -15,7 +15,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import near_duplicates
+from tfds_builders.mri_slices import near_duplicates
 
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the phantom set and the splits.")
 _SUBJECTS = flags.DEFINE_integer("subjects", 60, "Phantom subjects (one scan of 20 slices each).")

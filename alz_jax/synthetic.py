@@ -4,9 +4,9 @@
     python -m alz_jax.synthetic --out=DIR --layout=oasis|folders|parquet [--subjects=160]
 
 The first writes DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg and
-DIR/meta_data_with_label.json (tfds_builders/adni/synthetic.py: brain-like phantoms with AD-like
-atrophy); the second a four-stage set in a public collection's layout
-(tfds_builders/adni/synthetic_stages.py). Deterministic by seed; prints the counts per split
+DIR/meta_data_with_label.json (tfds_builders/mri_slices/synthetic.py: brain-like phantoms with
+AD-like atrophy); the second a four-stage set in a public collection's layout
+(tfds_builders/mri_slices/synthetic_stages.py). Deterministic by seed; prints the counts per split
 and class as one JSON line. Training generates them by itself when data.synthetic_seed is set
 (configs/demo.py, configs/stages_demo.py); this is for looking at them, or building elsewhere.
 """
@@ -16,7 +16,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.adni import synthetic, synthetic_stages
+from tfds_builders.mri_slices import synthetic, synthetic_stages
 
 _OUT = flags.DEFINE_string("out", None, "Folder to create (AD_NC/ goes inside).", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")

@@ -10,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
-from tfds_builders.adni import Builder, audit, layout, synthetic
+from tfds_builders.mri_slices import Builder, audit, synthetic
+from tfds_builders.mri_slices.layouts import adni
 
 REPO = Path(__file__).resolve().parents[1]
 TRAPS = {
@@ -35,7 +36,7 @@ def trap_folder(tmp_path_factory):
 
 def test_every_trap_reported_by_name_with_exact_counts(trap_folder):
     root, summary = trap_folder
-    report, _ = audit.run(layout.parse(root))
+    report, _ = audit.run(adni.parse(root))
     traps = summary["traps"]
     assert report["subjects_in_train_and_test"]["count"] == 3
     assert report["subjects_in_train_and_test"]["subjects"] == traps["shared_subjects"]
@@ -61,7 +62,7 @@ def test_every_trap_reported_by_name_with_exact_counts(trap_folder):
 def test_shortcut_baseline_is_chance_on_the_default_set(tmp_path):
     spec = synthetic.SyntheticSpec(train_subjects=40, test_subjects=40)
     synthetic.generate(tmp_path, seed=2, spec=spec)
-    report, _ = audit.run(layout.parse(tmp_path))
+    report, _ = audit.run(adni.parse(tmp_path))
     assert 0.35 <= report["shortcut_baseline"]["scan_accuracy"] <= 0.65
     assert report["duplicates"]["groups"] == 0 and report["stray_files"]["count"] == 0
     assert all(v["count"] == 0 for v in report["unusable"].values())
@@ -77,7 +78,7 @@ def test_label_change_is_reported(adni_like, tmp_path):
     scan = spec.scans_of_subject["011_S_0003"][0]
     for path in (copy / "train" / "AD").glob(f"{scan}_*.jpeg"):
         path.rename(copy / "train" / "NC" / path.name)
-    report, _ = audit.run(layout.parse(copy))
+    report, _ = audit.run(adni.parse(copy))
     assert report["subjects_with_label_change"]["subjects"] == ["011_S_0003"]
 
 

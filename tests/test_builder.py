@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_builders.adni import Builder, config_for, layout, synthetic
+from tfds_builders.mri_slices import Builder, config_for, splits, synthetic
+from tfds_builders.mri_slices.layouts import adni
+from tfds_builders.mri_slices.layouts.base import LayoutError
 
 
 def build(manual_dir, data_dir, validation_fraction=0.1, split_seed=0):
@@ -67,7 +69,7 @@ def test_images_are_the_original_jpeg_bytes(built_synthetic):
     for example in read_split(builder, "test")[:25]:
         name = example["file_name"].decode()
         assert (root / "AD_NC" / name).read_bytes() == example["image"]
-        scan, index = layout.parse_file_name(Path(name).name)
+        scan, index = adni.parse_file_name(Path(name).name)
         assert example["scan_id"].decode() == scan and example["slice_index"] == index
         assert example["label"] == (1 if "/AD/" in name else 0)
 
@@ -108,11 +110,11 @@ def test_adni_layout_without_ad_nc_level(adni_like, tmp_path):
 
 def test_validation_split_is_deterministic_and_seeded(adni_like):
     root, _ = adni_like
-    parsed = layout.parse(root)
+    parsed = adni.parse(root)
     train = parsed.records_in("train")
-    a = layout.validation_subjects(train, parsed.subject_of_scan, 0.25, seed=0)
-    b = layout.validation_subjects(list(reversed(train)), parsed.subject_of_scan, 0.25, seed=0)
-    seeds = {frozenset(layout.validation_subjects(train, parsed.subject_of_scan, 0.25, s))
+    a = splits.validation_subjects(train, parsed.subject_of_scan, 0.25, seed=0)
+    b = splits.validation_subjects(list(reversed(train)), parsed.subject_of_scan, 0.25, seed=0)
+    seeds = {frozenset(splits.validation_subjects(train, parsed.subject_of_scan, 0.25, s))
              for s in range(6)}  # fmt: skip
     assert a == b
     assert len(seeds) > 1
@@ -123,7 +125,7 @@ def test_subjects_csv_and_scan_id_fallback(adni_like, tmp_path, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     (copy / "meta_data_with_label.json").unlink()
-    parsed = layout.parse(copy)
+    parsed = adni.parse(copy)
     assert parsed.subject_source == "scan_id"
     assert all(k == v for k, v in parsed.subject_of_scan.items())
     assert "straddle" in caplog.text
@@ -131,7 +133,7 @@ def test_subjects_csv_and_scan_id_fallback(adni_like, tmp_path, caplog):
         f"{scan},{subject}" for subject, scans in spec.scans_of_subject.items() for scan in scans
     ]
     (copy / "subjects.csv").write_text("\n".join(rows) + "\n")
-    parsed = layout.parse(copy)
+    parsed = adni.parse(copy)
     assert parsed.subject_source == "subjects.csv"
     assert parsed.subject_of_scan[spec.scans_of_subject["011_S_0003"][1]] == "011_S_0003"
 
@@ -141,7 +143,7 @@ def test_metadata_naming_no_scan_falls_back_to_scan_ids(adni_like, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     (copy / "meta_data_with_label.json").write_text('{"I1": {"path": "ADNI/011_S_0002/x"}}')
-    parsed = layout.parse(copy)
+    parsed = adni.parse(copy)
     assert parsed.subject_source == "scan_id" and parsed.subject_coverage == 0.0
     meta = build(copy, tmp_path / "tfds").info.metadata
     assert meta["subject_source"] == "scan_id" and meta["test_subjects_also_in_train"] is None
@@ -160,31 +162,31 @@ def _minimal(root):
 
 
 def test_layout_errors_say_what_was_expected(tmp_path):
-    with pytest.raises(layout.LayoutError, match="does not exist"):
-        layout.parse(tmp_path / "nowhere")
+    with pytest.raises(LayoutError, match="does not exist"):
+        adni.parse(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(layout.LayoutError, match="expected AD_NC/train"):
-        layout.parse(tmp_path / "empty")
+    with pytest.raises(LayoutError, match="expected AD_NC/train"):
+        adni.parse(tmp_path / "empty")
 
     root = _minimal(tmp_path / "unknown_class")
     (root / "AD_NC" / "train" / "MCI").mkdir()
-    with pytest.raises(layout.LayoutError, match=r"unknown \['MCI'\]"):
-        layout.parse(root)
+    with pytest.raises(LayoutError, match=r"unknown \['MCI'\]"):
+        adni.parse(root)
 
     root = _minimal(tmp_path / "bad_name")
     (root / "AD_NC" / "test" / "NC" / "scan-7.jpeg").write_bytes(b"x")
-    with pytest.raises(layout.LayoutError, match=r"scan-7\.jpeg"):
-        layout.parse(root)
+    with pytest.raises(LayoutError, match=r"scan-7\.jpeg"):
+        adni.parse(root)
 
     root = _minimal(tmp_path / "missing_class")
     shutil.rmtree(root / "AD_NC" / "test" / "AD")
-    with pytest.raises(layout.LayoutError, match=r"missing \['AD'\]"):
-        layout.parse(root)
+    with pytest.raises(LayoutError, match=r"missing \['AD'\]"):
+        adni.parse(root)
 
 
 def test_unusable_images_are_skipped_and_an_all_bad_folder_stops(tmp_path):
     root = _minimal(tmp_path / "bad_images")
-    with pytest.raises(layout.LayoutError, match="validation split would be empty"):
+    with pytest.raises(LayoutError, match="validation split would be empty"):
         build(root, tmp_path / "tfds0")  # one subject per class: nothing to validate on
     _, buf = cv2.imencode(".jpeg", np.zeros((240, 256), np.uint8))
     for cls, scan in (("AD", 300), ("NC", 301)):
@@ -197,7 +199,7 @@ def test_unusable_images_are_skipped_and_an_all_bad_folder_stops(tmp_path):
     assert meta["images_per_split"]["train"] + meta["images_per_split"]["validation"] == 4
     for path in (root / "AD_NC" / "test").glob("*/*.jpeg"):
         path.write_bytes(b"")
-    with pytest.raises(layout.LayoutError, match="holds no usable image"):
+    with pytest.raises(LayoutError, match="holds no usable image"):
         build(root, tmp_path / "tfds2")
 
 
@@ -215,9 +217,9 @@ class AdniBuilderHarnessTest(tfds.testing.DatasetBuilderTestCase):
         spec = synthetic.SyntheticSpec(train_subjects=6, test_subjects=2, max_scans_per_subject=1)
         summary = synthetic.generate(cls._dummy, seed=11, spec=spec)
         cls.EXAMPLE_DIR = cls._dummy
-        parsed = layout.parse(cls._dummy)
+        parsed = adni.parse(cls._dummy)
         train_folder = parsed.records_in("train")
-        val = layout.validation_subjects(train_folder, parsed.subject_of_scan, 0.1, 0)
+        val = splits.validation_subjects(train_folder, parsed.subject_of_scan, 0.1, 0)
         n_val = sum(parsed.subject_of_scan[r.scan_id] in val for r in train_folder)
         train = sum(c["images"] for c in summary["train"].values())
         test = sum(c["images"] for c in summary["test"].values())

@@ -1,6 +1,6 @@
-"""Cross-split near-duplicate check (tfds_builders/adni/near_duplicates.py) on phantom slices of
-known subjects: an image split is flagged, a subject split is not, the flags agree with subject
-IDs, and the matrix searches equal brute force."""
+"""Cross-split near-duplicate check (tfds_builders/mri_slices/near_duplicates.py) on phantom
+slices of known subjects: an image split is flagged, a subject split is not, the flags agree with
+subject IDs, and the matrix searches equal brute force."""
 
 import json
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tfds_builders.adni import near_duplicates as nd
-from tfds_builders.adni import synthetic
+from tfds_builders.mri_slices import near_duplicates as nd
+from tfds_builders.mri_slices import synthetic
 
 # Independent of the calibration's sets (calibrate(seed) renders from seeds seed, seed + 1000 and
 # seed + 2000, with seed 0..2 in docs/leakage.md).

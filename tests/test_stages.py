@@ -22,7 +22,10 @@ from alz_jax.evaluation import multiclass, reports, tasks
 from alz_jax.host.errors import UserError
 from alz_jax.run import cross_validation, run_record, specs
 from configs import demo, stages_demo
-from tfds_builders.adni import audit, layout, stages, synthetic_stages
+from tfds_builders.mri_slices import audit, synthetic_stages
+from tfds_builders.mri_slices.layouts import registry
+from tfds_builders.mri_slices.layouts.base import LayoutError
+from tfds_builders.mri_slices.layouts.classes import class_order
 
 STAGES = synthetic_stages.STAGES
 SPEC = synthetic_stages.StagesSpec(subjects=24, slices_per_subject=8)
@@ -57,14 +60,14 @@ def _counts(parsed) -> dict:
 @pytest.mark.parametrize("kind", synthetic_stages.LAYOUTS)
 def test_each_layout_is_detected_with_exact_counts_and_canonical_stages(stage_sets, kind):
     root, summary = stage_sets[kind]
-    assert stages.detect(root) == kind
-    parsed = stages.parse(root)
+    assert registry.detect(root) == kind
+    parsed = registry.parse(root)
     assert parsed.kind == kind
     assert parsed.class_names == STAGES  # whatever the collection calls them
     expected = {(s, c): e["images"] for s, st in summary.items() for c, e in st.items()}
     assert _counts(parsed) == expected
     assert len(parsed.records) == SPEC.subjects * SPEC.slices_per_subject
-    assert stages.describe(root) == (kind, STAGES)
+    assert registry.describe(root) == (kind, STAGES)
     if kind == "oasis":
         assert parsed.subject_source == "file_name" and parsed.folder_splits == ()
         assert len(set(parsed.subject_of_scan.values())) == SPEC.subjects
@@ -78,27 +81,27 @@ def test_each_layout_is_detected_with_exact_counts_and_canonical_stages(stage_se
 def test_the_same_brains_get_the_same_stage_in_every_layout(stage_sets):
     """The parquet layout's integer labels (hub order: 0 Mild, 1 Moderate, 2 Non, 3 VeryMild)
     are mapped through their names: per split and stage, counts equal the folder layout's."""
-    folders = _counts(stages.parse(stage_sets["folders"][0]))
-    parquet = _counts(stages.parse(stage_sets["parquet"][0]))
+    folders = _counts(registry.parse(stage_sets["folders"][0]))
+    parquet = _counts(registry.parse(stage_sets["parquet"][0]))
     assert folders == parquet
 
 
 def test_stage_aliases_order_and_clashes():
-    names, mapping = stages.class_order(
+    names, mapping = class_order(
         ["Very_Mild_Demented", "Moderate Dementia", "Non_Demented", "Mild Demented"]
     )
     assert names == STAGES
     assert mapping["Very_Mild_Demented"] == "VeryMildDemented"
-    assert stages.class_order(["CDR 0.5", "CDR 0", "CDR 1"])[0] == STAGES[:3]
+    assert class_order(["CDR 0.5", "CDR 0", "CDR 1"])[0] == STAGES[:3]
     # Not all stages: kept as found, sorted.
-    assert stages.class_order(["tumour", "normal", "MildDemented"])[0] == (
+    assert class_order(["tumour", "normal", "MildDemented"])[0] == (
         "MildDemented", "normal", "tumour")  # fmt: skip
     # Two classes spelled as AD and NC: the binary order, AD positive.
-    assert stages.class_order(["Normal", "Alzheimer"]) == (
+    assert class_order(["Normal", "Alzheimer"]) == (
         ("NC", "AD"), {"Alzheimer": "AD", "Normal": "NC"})  # fmt: skip
-    assert stages.class_order(["NonDemented", "Demented"])[0] == ("NC", "AD")
-    with pytest.raises(layout.LayoutError, match="same stage twice"):
-        stages.class_order(["NonDemented", "Non_Demented", "MildDemented"])
+    assert class_order(["NonDemented", "Demented"])[0] == ("NC", "AD")
+    with pytest.raises(LayoutError, match="same stage twice"):
+        class_order(["NonDemented", "Non_Demented", "MildDemented"])
 
 
 def test_any_class_folders_with_a_val_folder_keep_their_names_and_splits(tmp_path, stage_sets):
@@ -109,7 +112,7 @@ def test_any_class_folders_with_a_val_folder_keep_their_names_and_splits(tmp_pat
             dest.mkdir(parents=True, exist_ok=True)
             for path in sorted((src / split / cls).iterdir())[:2]:
                 (dest / path.name).write_bytes(path.read_bytes())
-    parsed = stages.parse(tmp_path)
+    parsed = registry.parse(tmp_path)
     assert parsed.class_names == ("cats", "dogs")
     assert parsed.folder_splits == ("train", "validation", "test")
     assert _counts(parsed) == {(s, c): 2 for s in ("train", "validation", "test")
@@ -121,13 +124,13 @@ def test_parquet_labels_need_names_and_get_them_from_the_config(tmp_path):
     table = pa.table({"image": pa.array([ok] * 4, pa.binary()), "label": [0, 1, 0, 1]})
     pq.write_table(table, tmp_path / "train-0.parquet")
     pq.write_table(table, tmp_path / "test-0.parquet")
-    with pytest.raises(layout.LayoutError, match="label_names"):
-        stages.parse(tmp_path)
-    parsed = stages.parse(tmp_path, "parquet", ("Moderate_Demented", "Non_Demented"))
+    with pytest.raises(LayoutError, match="label_names"):
+        registry.parse(tmp_path)
+    parsed = registry.parse(tmp_path, "parquet", ("Moderate_Demented", "Non_Demented"))
     assert parsed.class_names == ("NonDemented", "ModerateDemented")
     assert [r.label for r in parsed.records_in("train")] == [1, 0, 1, 0]
-    with pytest.raises(layout.LayoutError, match="a label has no name"):
-        stages.parse(tmp_path, "parquet", ("Non_Demented",))
+    with pytest.raises(LayoutError, match="a label has no name"):
+        registry.parse(tmp_path, "parquet", ("Non_Demented",))
 
 
 def _png_bytes() -> bytes:
@@ -137,8 +140,8 @@ def _png_bytes() -> bytes:
 
 def test_an_unknown_layout_names_what_is_accepted(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(layout.LayoutError, match="no layout alz_jax reads"):
-        stages.detect(tmp_path)
+    with pytest.raises(LayoutError, match="no layout alz_jax reads"):
+        registry.detect(tmp_path)
     with pytest.raises(UserError, match="no layout alz_jax reads"):
         dataset.prepare(DataSpec(data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path)))
 
@@ -263,7 +266,7 @@ def test_near_duplicate_flags_agree_with_oasis_subject_ids(stage_sets, tmp_path)
     """Where subject IDs exist the check must agree with them: OASIS files put in train/ and
     test/ folders with half the test subjects' slices divided between both (an image split for
     them), the rest whole in one folder. Shared subjects' test images are flagged, others not."""
-    parsed = stages.parse(stage_sets["oasis"][0])
+    parsed = registry.parse(stage_sets["oasis"][0])
     by_subject = collections.defaultdict(list)
     for r in parsed.records:
         by_subject[parsed.subject_of_scan[r.scan_id]].append(r)
@@ -275,7 +278,7 @@ def test_near_duplicate_flags_agree_with_oasis_subject_ids(stage_sets, tmp_path)
             folder = tmp_path / split / r.path.parent.name
             folder.mkdir(parents=True, exist_ok=True)
             (folder / r.path.name).write_bytes(r.read_bytes())
-    relaid = stages.parse(tmp_path)
+    relaid = registry.parse(tmp_path)
     assert relaid.kind == "oasis" and relaid.folder_splits == ("train", "test")
     report, _ = audit.run(relaid)
     agreement = report["cross_split_near_duplicates"]["agreement_with_subject_ids"]
@@ -342,7 +345,7 @@ def test_near_duplicate_groups_stand_in_for_subjects_and_make_resplit_honest(sta
                                         group_near_duplicates=True))  # fmt: skip
     assert official.report_metadata()["cross_split_near_duplicates"]["share"] >= 0.9
     assert official.report_metadata()["test_subjects_also_in_train"] > 0
-    with pytest.raises(layout.LayoutError, match="has subject IDs"):
+    with pytest.raises(LayoutError, match="has subject IDs"):
         dataset.prepare(DataSpec(data_dir=str(tmp_path / "o"), group_near_duplicates=True,
                                  manual_dir=str(stage_sets["oasis"][0])))  # fmt: skip
 
@@ -376,7 +379,7 @@ def test_unusable_images_of_a_stage_collection_are_named_and_left_out(stage_sets
     images[1].write_bytes(b"")
     cv2.imwrite(str(images[2]), np.full((100, 100), 90, np.uint8))
     (root / "test" / "MildDemented" / "notes.txt").write_text("not an image\n")
-    report, _ = audit.run(stages.parse(root))
+    report, _ = audit.run(registry.parse(root))
     assert report["image_size"] == [176, 208]
     assert report["image_sizes"] == {"176x208": SPEC.subjects * SPEC.slices_per_subject - 3,
                                      "100x100": 1}  # fmt: skip
@@ -393,7 +396,7 @@ def test_unusable_images_of_a_stage_collection_are_named_and_left_out(stage_sets
 
 def test_an_adni_folder_forced_to_the_class_folder_layout_keeps_nc_and_ad(tiny_synthetic):
     root, summary = tiny_synthetic
-    parsed = stages.parse(root / "AD_NC", "folders")
+    parsed = registry.parse(root / "AD_NC", "folders")
     assert parsed.kind == "folders" and parsed.class_names == ("NC", "AD")
     assert parsed.subject_source == "scan_id"  # the generic layout reads no metadata
     for split in ("train", "test"):
@@ -424,17 +427,17 @@ def test_detection_keeps_adni_for_ad_nc_and_class_folders_for_other_classes(tmp_
                 (root / split / cls).mkdir(parents=True)
                 cv2.imwrite(str(root / split / cls / f"{cls}1_{split}.jpg"),
                             np.full((8, 8), 50, np.uint8))  # fmt: skip
-        assert stages.detect(root) == expected
-    with pytest.raises(layout.LayoutError, match=r"--config\.data\.layout=folders"):
-        stages.parse(tmp_path / "AD_NC")  # ADNI names: the ADNI parser says what is wrong
+        assert registry.detect(root) == expected
+    with pytest.raises(LayoutError, match=r"--config\.data\.layout=folders"):
+        registry.parse(tmp_path / "AD_NC")  # ADNI names: the ADNI parser says what is wrong
 
 
 def test_a_damaged_parquet_file_is_named(tmp_path):
     (tmp_path / "train-0.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(layout.LayoutError, match=r"train-0\.parquet: not a readable parquet"):
-        stages.describe(tmp_path)
-    with pytest.raises(layout.LayoutError, match=r"train-0\.parquet: not a readable parquet"):
-        stages.parse(tmp_path)
+    with pytest.raises(LayoutError, match=r"train-0\.parquet: not a readable parquet"):
+        registry.describe(tmp_path)
+    with pytest.raises(LayoutError, match=r"train-0\.parquet: not a readable parquet"):
+        registry.parse(tmp_path)
 
 
 def test_oasis_names_in_lower_case_keep_their_subject(stage_sets, tmp_path):
@@ -444,9 +447,9 @@ def test_oasis_names_in_lower_case_keep_their_subject(stage_sets, tmp_path):
         dest = tmp_path / "Data" / path.parent.name / path.name.lower()
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(path.read_bytes())
-    parsed = stages.parse(tmp_path)
+    parsed = registry.parse(tmp_path)
     assert all(s.startswith("OAS1_") for s in parsed.subject_of_scan.values())
-    upper = stages.parse(src)
+    upper = registry.parse(src)
     lower_subjects = set(parsed.subject_of_scan.values())
     assert lower_subjects <= set(upper.subject_of_scan.values())
 
@@ -469,10 +472,10 @@ def test_what_lies_outside_the_class_folders_is_reported_or_refused(stage_sets, 
     (root / "README.txt").write_text("about\n")
     (root / "__MACOSX").mkdir()
     (root / "train" / "list.csv").write_text("a,b\n")
-    parsed = stages.parse(root)
+    parsed = registry.parse(root)
     strays = sorted(p.relative_to(root).as_posix() for p in parsed.stray_files)
     assert strays == ["README.txt", "__MACOSX", "train/list.csv"]
     image = next((root / "test" / "NonDemented").iterdir())
     (root / "test" / image.name).write_bytes(image.read_bytes())
-    with pytest.raises(layout.LayoutError, match="an image outside any class folder"):
-        stages.parse(root)
+    with pytest.raises(LayoutError, match="an image outside any class folder"):
+        registry.parse(root)

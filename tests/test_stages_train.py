@@ -11,7 +11,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from alz_jax.evaluation import task_reports, tasks
 from alz_jax.run import exporting, prediction, train
 from tests import tiny_config as tiny_config_file
-from tfds_builders.adni import synthetic_stages
+from tfds_builders.mri_slices import synthetic_stages
 
 pytestmark = pytest.mark.slow
 STAGES = ["NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented"]

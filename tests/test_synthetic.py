@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tfds_builders.adni import layout, synthetic
+from tfds_builders.mri_slices import synthetic
+from tfds_builders.mri_slices.layouts import adni
 
 
 def test_layout_and_metadata(tiny_synthetic):
     root, summary = tiny_synthetic
-    parsed = layout.parse(root)  # the builder's own parser accepts it
+    parsed = adni.parse(root)  # the builder's own parser accepts it
     assert parsed.root == root / "AD_NC"
     assert parsed.subject_source == "meta_data_with_label.json"
     scans = collections.defaultdict(list)
@@ -40,7 +41,7 @@ def test_deterministic_by_seed(tmp_path):
     assert contents(tmp_path / "a") == contents(tmp_path / "b")
     assert contents(tmp_path / "a") != contents(tmp_path / "c")
     meta = json.loads((tmp_path / "a" / "meta_data_with_label.json").read_text())
-    assert all(layout.SUBJECT_PATTERN.search(e["source_path"]) for e in meta.values())
+    assert all(adni.SUBJECT_PATTERN.search(e["source_path"]) for e in meta.values())
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def scan_features(tmp_path_factory):
         feats = collections.defaultdict(list)
         labels, starts = {}, collections.defaultdict(lambda: 10**6)
         for path in (root / "AD_NC" / split).glob("*/*.jpeg"):
-            scan, index = layout.parse_file_name(path.name)
+            scan, index = adni.parse_file_name(path.name)
             image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
             feats[scan].append((image.mean(), (image > 20).mean()))
             labels[scan] = int(path.parent.name == "AD")

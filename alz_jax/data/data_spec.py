@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from alz_jax.data import protocols
 from alz_jax.host.errors import check_fields
+from tfds_builders.mri_slices import api as slices
 
-# As tfds_builders.adni.stages.LAYOUTS and synthetic_stages.LAYOUTS (this module stays light).
-LAYOUTS = ("auto", "adni", "folders", "oasis", "parquet")
-SYNTHETIC_LAYOUTS = ("adni", "folders", "oasis", "parquet")
+# What data.synthetic_layout accepts; data.layout accepts what the layout registry holds when
+# the spec is made (slices.layout_names()), so that a registered plug-in is a valid layout.
+SYNTHETIC_LAYOUTS = slices.SYNTHETIC_LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +75,10 @@ class DataSpec:
             ("num_folds", self.num_folds, self.num_folds >= 2, ">= 2"),
             ("fold", self.fold, 0 <= self.fold < max(self.num_folds, 1),
              f"in [0, data.num_folds = {self.num_folds})"),
-            ("protocol", self.protocol, self.protocol in protocols.PROTOCOLS,
-             "|".join(protocols.PROTOCOLS)),
-            ("layout", self.layout, self.layout in LAYOUTS, "|".join(LAYOUTS)),
+            ("protocol", self.protocol, self.protocol in slices.PROTOCOLS,
+             "|".join(slices.PROTOCOLS)),
+            ("layout", self.layout, self.layout in slices.layout_names(),
+             "|".join(slices.layout_names())),
             ("synthetic_layout", self.synthetic_layout,
              self.synthetic_layout in SYNTHETIC_LAYOUTS, "|".join(SYNTHETIC_LAYOUTS)),
             ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,

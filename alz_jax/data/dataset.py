@@ -25,12 +25,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alz_jax.data import data_spec, protocols
+from alz_jax.data import data_spec
 from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from tfds_builders import adni as adni_builder
-from tfds_builders.adni import audit, layout, source, stages, synthetic, synthetic_stages
+from tfds_builders.mri_slices import api as slices
 
 SPLITS = ("train", "validation", "test")
 
@@ -153,7 +152,7 @@ class AdniData:
             "layout": meta.get("layout", "adni"),
             "class_names": list(self.class_names),
             # Dementia stages are an ordinal scale; other class sets are in name order only.
-            "classes_ordered": set(self.class_names) <= set(stages.STAGES),
+            "classes_ordered": set(self.class_names) <= set(slices.STAGES),
             "class_distribution": self.class_distribution(),
             "cross_split_near_duplicates": self.cross_split_near_duplicates(),
         }
@@ -181,7 +180,7 @@ class AdniData:
             for name, subject in zip(r["file_name"], r["subject_id"], strict=True):
                 split_of[name], subject_of[name] = split, subject
         known = self.metadata.get("subject_source") != "scan_id"
-        return audit.cross_split_entry(split_of, subject_of if known else None, pairs)
+        return slices.cross_split_entry(split_of, subject_of if known else None, pairs)
 
 
 def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
@@ -196,32 +195,27 @@ def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
             )
         seed = int(data_config.synthetic_seed)
         data_dir = Path(data_dir)
-        if data_config.synthetic_layout == "adni":
-            name = synthetic.tag(_synthetic_spec(data_config), seed)
-        else:
-            name = synthetic_stages.tag(
-                _stages_spec(data_config), seed, data_config.synthetic_layout
-            )
+        name = slices.synthetic_tag(
+            data_config.synthetic_layout, seed, *_synthetic_sizes(data_config)
+        )
         root = data_dir / f"synthetic_{name}"
         return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(
         "No ADNI data given: set --config.data.manual_dir=DIR, where DIR holds "
         "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg.\n\n"
-        + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+        + slices.MANUAL_DOWNLOAD_INSTRUCTIONS
         + "\nTo try the project without ADNI: python -m alz_jax.main --config=configs/demo.py "
         "--workdir=DIR (or configs/stages_demo.py: four dementia stages)"
     )
 
 
-def _synthetic_spec(data_config) -> synthetic.SyntheticSpec:
-    return synthetic.SyntheticSpec(
-        train_subjects=data_config.synthetic_train_subjects,
-        test_subjects=data_config.synthetic_test_subjects,
+def _synthetic_sizes(data_config: DataSpec) -> tuple[int, int, int]:
+    """(train subjects, test subjects, subjects) of the synthetic stand-in."""
+    return (
+        data_config.synthetic_train_subjects,
+        data_config.synthetic_test_subjects,
+        data_config.synthetic_subjects,
     )
-
-
-def _stages_spec(data_config) -> synthetic_stages.StagesSpec:
-    return synthetic_stages.StagesSpec(subjects=data_config.synthetic_subjects)
 
 
 def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
@@ -229,14 +223,9 @@ def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     if marker.exists():
         return
     shutil.rmtree(manual_dir, ignore_errors=True)  # an interrupted earlier generation
-    kind = data_config.synthetic_layout
-    if kind == "adni":
-        logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, manual_dir)
-        summary = synthetic.generate(manual_dir, seed=seed, spec=_synthetic_spec(data_config))
-    else:
-        logging.info("Generating the synthetic four-stage set, %s layout (seed %d), in %s",
-                     kind, seed, manual_dir)  # fmt: skip
-        summary = synthetic_stages.generate(manual_dir, seed, _stages_spec(data_config), kind)
+    summary = slices.generate_synthetic(
+        manual_dir, data_config.synthetic_layout, seed, *_synthetic_sizes(data_config)
+    )
     marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
@@ -249,15 +238,15 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple
     elif not manual_dir.is_dir():
         raise UserError(
             f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
-            + adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+            + slices.MANUAL_DOWNLOAD_INSTRUCTIONS
         )
     try:
-        described = stages.describe(manual_dir, data_config.layout, data_config.label_name_list)
-    except layout.LayoutError as e:
-        raise UserError(
-            f"{e}\n\n{adni_builder.adni_dataset_builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        ) from e
-    return source.listing(manual_dir), described
+        described = slices.describe_layout(
+            manual_dir, data_config.layout, data_config.label_name_list
+        )
+    except slices.LayoutError as e:
+        raise UserError(f"{e}\n\n{slices.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+    return slices.folder_listing(manual_dir), described
 
 
 BUILD_PREFIX = "adni-"  # <data_dir>/adni-<fingerprint>/adni/<config>/<version>
@@ -323,7 +312,8 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
                 "The data folder %s changed since the data set built %s in %s: %s. Building a "
                 "new one in %s; the old one is kept (delete it to free space).",
                 manual_dir, previous.get("created"), previous["path"],
-                source.describe(source.changes(previous["listing"], listing)), build_dir,
+                slices.describe_changes(slices.folder_changes(previous["listing"], listing)),
+                build_dir,
             )  # fmt: skip
         logging.info("Building the adni TFDS data set from %s", manual_dir)
         logging.info("... into %s", build_dir)
@@ -332,7 +322,7 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
             )
         record = {
-            "fingerprint": source.fingerprint(listing),
+            "fingerprint": slices.folder_fingerprint(listing),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "listing": listing,
         }
@@ -377,11 +367,11 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
 
     def make_builder(build_dir, described):
         kind, class_names = described
-        config = adni_builder.config_for(
+        config = slices.config_for(
             data_config.validation_fraction, data_config.split_seed, kind, class_names,
             data_config.label_name_list, data_config.group_near_duplicates,
         )  # fmt: skip
-        return adni_builder.Builder(
+        return slices.Builder(
             data_dir=os.fspath(build_dir), config=config, file_format="array_record"
         )
 
@@ -391,11 +381,11 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
     if jax.process_index() == 0:
         try:
             listing, described = _check_source(manual_dir, synthetic_seed, data_config, timer)
-            found = source.fingerprint(listing), described
+            found = slices.folder_fingerprint(listing), described
             build_dir = data_dir / f"{BUILD_PREFIX}{found[0]}"
             _build(lambda: make_builder(build_dir, described), build_dir, listing, data_dir,
                    timer)  # fmt: skip
-        except (UserError, layout.LayoutError) as e:
+        except (UserError, slices.LayoutError) as e:
             error = e
     fingerprint, described = _agree(error, found)
     builder = make_builder(data_dir / f"{BUILD_PREFIX}{fingerprint}", described)
@@ -453,7 +443,7 @@ def _apply_protocol(builder, data_config):
         parts.append(part)
     pooled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     try:
-        positions = protocols.assign(pooled, data_config)
+        positions = slices.assign_protocol(pooled, data_config)
     except ValueError as e:
         raise UserError(str(e)) from e
     for split, pos in positions.items():
@@ -464,17 +454,12 @@ def _apply_protocol(builder, data_config):
         "slice_range": data_config.slice_range,
         "split_seed": data_config.split_seed,
     }
-    folders = builder.info.metadata.get("folder_splits", ["train", "test"])
-    if protocol["name"] == "official" and set(folders) not in (
-        {"train", "test"},
-        {"train", "validation", "test"},
-    ):
+    note = slices.official_split_note(builder.info.metadata.get("folder_splits", ["train", "test"]))
+    if protocol["name"] == "official" and note:
         # No usable split folders: the build split by subject, stratified by class.
-        protocol["official_split"] = "by subject {:g}/{:g}/{:g} at build".format(
-            *adni_builder.adni_dataset_builder.NO_FOLDER_FRACTIONS
-        )
+        protocol["official_split"] = note
     if protocol["slice_range"]:
-        window = protocols.parse_slice_range(
+        window = slices.parse_slice_range(
             protocol["slice_range"], pooled["slice_index"], pooled["label"]
         )
         protocol["slice_window"] = list(window)

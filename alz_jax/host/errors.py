@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 # Light: the `adni` package imports its TFDS builder only on first use, so the training core
 # (which imports this module) runs without TFDS and TensorFlow.
-from tfds_builders.adni.layout import LayoutError
+from tfds_builders.mri_slices.layouts.base import LayoutError
 
 
 class UserError(Exception):

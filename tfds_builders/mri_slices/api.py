@@ -1,0 +1,113 @@
+"""The public face of the builder package: everything alz_jax (the data layer and the commands)
+uses of it, under one module, so that the package's inside can move without its callers.
+
+Layouts (the plug-in registry), the audit, the folder listing that fingerprints a build, the
+split rules, the synthetic stand-ins and the TFDS builder. The builder's names (`Builder`,
+`config_for`) are imported on first use (PEP 562): the rest needs neither TFDS nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
+from tfds_builders.mri_slices.layouts import registry
+from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
+from tfds_builders.mri_slices.layouts.classes import STAGES
+
+# Also `Builder` and `config_for`, served by __getattr__.
+__all__ = [
+    "MANUAL_DOWNLOAD_INSTRUCTIONS",
+    "NO_FOLDER_FRACTIONS",
+    "PROTOCOLS",
+    "STAGES",
+    "SYNTHETIC_LAYOUTS",
+    "ImageRecord",
+    "Layout",
+    "LayoutError",
+    "LayoutPlugin",
+    "assign_protocol",
+    "audit_folder",
+    "cross_split_entry",
+    "describe_changes",
+    "describe_layout",
+    "detect_layout",
+    "folder_changes",
+    "folder_fingerprint",
+    "folder_listing",
+    "format_audit",
+    "generate_synthetic",
+    "layout_names",
+    "official_split_note",
+    "parse_layout",
+    "parse_slice_range",
+    "register_layout",
+    "synthetic_tag",
+    "unregister_layout",
+]
+
+# Layouts: the registry of plug-ins is the one list of them.
+register_layout = registry.register
+unregister_layout = registry.unregister
+layout_names = registry.names
+detect_layout = registry.detect
+describe_layout = registry.describe
+parse_layout = registry.parse
+MANUAL_DOWNLOAD_INSTRUCTIONS = registry.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+# The audit of a parsed folder, and its text.
+audit_folder = audit.run
+format_audit = audit.format_table
+cross_split_entry = audit.cross_split_entry
+
+# What a build was made from.
+folder_listing = source.listing
+folder_fingerprint = source.fingerprint
+folder_changes = source.changes
+describe_changes = source.describe
+
+# Splits: the builder's and the load-time protocols'.
+PROTOCOLS = splits.PROTOCOLS
+NO_FOLDER_FRACTIONS = splits.NO_FOLDER_FRACTIONS
+assign_protocol = splits.assign
+official_split_note = splits.official_split_note
+parse_slice_range = splits.parse_slice_range
+
+# The synthetic stand-ins: 'adni' (AD vs NC) or a four-stage collection in a layout.
+SYNTHETIC_LAYOUTS = ("adni", *synthetic_stages.LAYOUTS)
+
+_BUILDER_NAMES = frozenset({"Builder", "config_for"})
+
+
+def synthetic_tag(
+    layout: str, seed: int, train_subjects: int, test_subjects: int, subjects: int
+) -> str:
+    """The name of the synthetic set these settings produce (its folder is named after it)."""
+    if layout == "adni":
+        spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
+        return synthetic.tag(spec, seed)
+    return synthetic_stages.tag(synthetic_stages.StagesSpec(subjects=subjects), seed, layout)
+
+
+def generate_synthetic(
+    out_dir: str | os.PathLike, layout: str, seed: int, train_subjects: int,
+    test_subjects: int, subjects: int,
+) -> dict:  # fmt: skip
+    """Writes the synthetic set of `layout` under out_dir; returns what it wrote (counts)."""
+    if layout == "adni":
+        logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, out_dir)
+        spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
+        return synthetic.generate(out_dir, seed=seed, spec=spec)
+    logging.info("Generating the synthetic four-stage set, %s layout (seed %d), in %s",
+                 layout, seed, out_dir)  # fmt: skip
+    spec = synthetic_stages.StagesSpec(subjects=subjects)
+    return synthetic_stages.generate(out_dir, seed, spec, layout)
+
+
+def __getattr__(name: str):
+    """The TFDS builder's names, imported (with TFDS and TensorFlow) when first asked for."""
+    if name in _BUILDER_NAMES:
+        return getattr(importlib.import_module("tfds_builders.mri_slices.builder"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

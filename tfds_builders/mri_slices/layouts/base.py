@@ -1,0 +1,175 @@
+"""What every layout plug-in shares: the plug-in interface, the parsed folder and its records,
+the error every layout problem raises, and small helpers for walking a user's folder.
+
+A layout plug-in (`LayoutPlugin`) says how confident it is that a folder has its layout
+(`detect`), names the classes without reading any image (`describe`), parses the folder into
+records that carry scan identity, with the subject of each scan (`parse`), and gives the audit
+what it must check of this layout (`image_size`, `image_modes`, `label_conflicts`). Plug-ins
+import this module (and the shared helpers beside it), never each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# How many names an error message lists before "... and N more".
+LIST_LIMIT = 10
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+# Image modes read as grayscale where a layout doesn't prescribe "L" (ADNI does): slices saved
+# as colour images carry the same value in every channel.
+GRAY_READABLE_MODES = ("L", "LA", "RGB", "RGBA", "P")
+# Every split a record can come from, in order (a layout without split folders uses "").
+SPLIT_NAMES = ("train", "validation", "test")
+# Folder (or file-name prefix) spellings of each split.
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "validation", "valid": "validation", "validation": "validation",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+
+
+class LayoutError(ValueError):
+    """The folder does not have the layout asked for; the message says what was expected."""
+
+
+def brief_list(items: Sequence[object], limit: int = LIST_LIMIT, rest: str = "") -> str:
+    """The first `limit` items, comma-separated, then "... and N more" (+ `rest`, e.g. where
+    all of them are listed) when there are more: error messages stay readable for any count."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    if len(items) <= limit:
+        return shown
+    return f"{shown} ... and {len(items) - limit} more{rest}"
+
+
+def raise_problems(problems: Sequence[str], what: str, hint: str = "") -> None:
+    """A LayoutError listing the first LIST_LIMIT entries that don't fit (`what`: e.g. "the
+    folders layout"), and the rest's count, then `hint`; nothing when there are none."""
+    if not problems:
+        return
+    more = len(problems) - LIST_LIMIT
+    raise LayoutError(
+        f"{len(problems)} entries don't {what}, e.g.:\n  "
+        + "\n  ".join(problems[:LIST_LIMIT])
+        + (f"\n  ... and {more} more" if more > 0 else "")
+        + hint
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One slice image found in the folder."""
+
+    path: Path
+    file_name: str  # relative to the layout's root, e.g. "train/AD/388206_78.jpeg"
+    folder_split: str  # "train", "validation" or "test": the official folder; "" where none
+    label: int  # index into the layout's class_names (ADNI: 0 = NC, 1 = AD)
+    scan_id: str
+    slice_index: int  # -1 where the layout has no slice indices
+    # The image's bytes where they are not a file of their own (a parquet row); else None.
+    data: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def read_bytes(self) -> bytes:
+        """The image file's bytes, as stored."""
+        return self.data if self.data is not None else self.path.read_bytes()
+
+
+@dataclasses.dataclass
+class Layout:
+    """Everything parsed from a manual_dir: images, subjects and where subjects came from."""
+
+    root: Path
+    records: list[ImageRecord]
+    subject_of_scan: dict[str, str]
+    subject_source: str  # "meta_data_with_label.json", "subjects.csv", "file_name", "scan_id"
+    stray_files: list[Path] = dataclasses.field(default_factory=list)
+    # Scan ID -> class name from the metadata entry's "label", for the scans found that have one
+    # the layout recognises; scan ID -> the label as written, for those it doesn't.
+    metadata_label_of_scan: dict[str, str] = dataclasses.field(default_factory=dict)
+    unrecognised_labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Which layout this is (a registered plug-in's name), its classes in label order, the
+    # official split folders it has (() where none), the size (width, height) every image must
+    # have (None: any size) and how its class names were mapped.
+    kind: str = "adni"
+    class_names: tuple[str, ...] = ("NC", "AD")
+    folder_splits: tuple[str, ...] = ("train", "test")
+    image_size: tuple[int, int] | None = None
+    class_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_slice_index(self) -> bool:
+        """Whether the file names give each image's slice position."""
+        return any(r.slice_index >= 0 for r in self.records)
+
+    @property
+    def subject_coverage(self) -> float:
+        """Fraction of scans whose subject came from the source (0 when scans stand in)."""
+        if self.subject_source == "scan_id" or not self.subject_of_scan:
+            return 0.0
+        known = sum(subject != scan for scan, subject in self.subject_of_scan.items())
+        return known / len(self.subject_of_scan)
+
+    def subject_id(self, record: ImageRecord) -> str:
+        """The subject a record's scan belongs to."""
+        return self.subject_of_scan[record.scan_id]
+
+    def records_in(self, folder_split: str) -> list[ImageRecord]:
+        """Images of one official folder, in a stable order."""
+        return [r for r in self.records if r.folder_split == folder_split]
+
+
+def no_label_conflicts(parsed: Layout) -> list[dict]:
+    """The audit hook of a layout without metadata labels: nothing can contradict a folder."""
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutPlugin:
+    """One layout: how to recognise, describe and parse it, and what the audit checks of it.
+
+    `detect(manual_dir)` is the confidence in [0, 1] that the folder has this layout (0: not
+    it); "auto" takes the most confident plug-in, the first registered on a tie. `describe`
+    and `parse` take (manual_dir, label_names) and raise LayoutError naming what is wrong.
+    """
+
+    name: str
+    summary: str  # the folder shape, for messages: "[Data/]<class>/OAS1_..._<slice>.jpg"
+    detect: Callable[[Path], float]
+    describe: Callable[[Path, Sequence[str]], tuple[str, ...]]
+    parse: Callable[[Path, Sequence[str]], Layout]
+    # Audit hooks: the size (width, height) every image must have (None: any, the pipeline
+    # resizes), the image modes accepted, and the scans whose metadata contradicts a folder.
+    image_size: tuple[int, int] | None = None
+    image_modes: tuple[str, ...] = GRAY_READABLE_MODES
+    label_conflicts: Callable[[Layout], list[dict]] = no_label_conflicts
+
+
+def is_image(path: Path) -> bool:
+    """Whether a file's suffix is an image's (IMAGE_SUFFIXES, any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def visible_dirs(folder: Path) -> list[Path]:
+    """The folder's sub-folders, hidden ones left out, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def descend(root: Path) -> Path:
+    """Into a lone wrapping folder ("Alzheimer_s Dataset/"), as archives often unpack."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return descend(entries[0])
+    return root
+
+
+def existing_root(manual_dir: Path) -> Path:
+    """The folder's root (past lone wrapping folders); LayoutError if it doesn't exist."""
+    if not manual_dir.is_dir():
+        raise LayoutError(f"Data folder {manual_dir} does not exist.")
+    return descend(manual_dir)
+
+
+def data_tops(root: Path) -> list[Path]:
+    """Where a layout's content may lie: root itself and its `data`/`Data` folder."""
+    return [root] + [d for d in visible_dirs(root) if d.name.lower() == "data"]
