@@ -33,7 +33,7 @@ from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import storage
-from tfds_builders.adni import audit
+from tfds_builders.mri_slices import audit
 
 REPORT_LEVELS = metrics.LEVELS
 # Share of test images with a near-duplicate in train (cross_split_near_duplicates) from which
