@@ -125,6 +125,9 @@ class Metric:
     selection_levels: tuple[str, ...] = ("slice",)
     # (split, level) pairs of the HParams tab's columns.
     hparam_columns: tuple[tuple[str, str], ...] = ()
+    # Levels shown in the console line of each validation, and the metric's name there.
+    progress_levels: tuple[str, ...] = ()
+    short: str = ""
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -161,14 +164,15 @@ def register(metric: Metric) -> Metric:
 # Roles per task kind, as "binary roles | K-class roles".
 for _metric in (
     Metric("loss", "loss", False, _roles("selection | selection"),
-           hparam_columns=(("validation", "slice"),)),
+           hparam_columns=(("validation", "slice"),), progress_levels=("slice",), short="loss"),
     Metric("accuracy", "accuracy", True,
            _roles("interval validation selection compare cv test robustness"
                   " | interval validation selection compare cv test"),
            {BINARY: _rate("accuracy"), MULTICLASS: _score("accuracy")},
            selection_levels=("slice", "scan"),
            hparam_columns=(("validation", "slice"), ("validation", "scan"), ("test", "slice"),
-                           ("test", "scan"), ("test", "subject"))),
+                           ("test", "scan"), ("test", "subject")),
+           progress_levels=("slice", "scan"), short="acc"),
     Metric("balanced_accuracy", "balanced acc.", True,
            _roles("interval validation selection compare cv test"
                   " | interval validation selection compare cv test"),
@@ -196,7 +200,8 @@ for _metric in (
            _roles("interval validation selection compare cv test robustness"
                   " | validation selection"),
            {BINARY: _roc_auc, MULTICLASS: _macro_ovr_auc},
-           hparam_columns=(("validation", "slice"), ("test", "slice"), ("test", "scan"))),
+           hparam_columns=(("validation", "slice"), ("test", "slice"), ("test", "scan")),
+           progress_levels=("slice",), short="AUC"),
     Metric("roc_auc_ovr_macro", "macro AUC (OvR)", True,
            _roles("| interval compare cv robustness"), {MULTICLASS: _macro_ovr_auc}),
     Metric("pr_auc", "PR AUC", True, _roles("interval cv |"), {BINARY: _pr_auc}),
@@ -267,6 +272,15 @@ def hparam_metrics() -> tuple[tuple[str, str], ...]:
         for split, level in m.hparam_columns
     ]
     return tuple(sorted(columns, key=lambda c: c[0] == "test"))
+
+
+def progress_columns() -> tuple[tuple[str, str], ...]:
+    """(validation scalar, its short name) of the console line of each validation."""
+    return tuple(
+        (f"{level_prefix(level)}{m.name}", f"{level} {m.short}" if level != "slice" else m.short)
+        for m in METRICS.values()
+        for level in m.progress_levels
+    )
 
 
 def scores(kind: str, metric_names: tuple[str, ...], counts: Counts) -> dict[str, np.ndarray]:

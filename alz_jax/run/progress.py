@@ -120,17 +120,16 @@ def step_line(done: int, plan: specs.Plan, scalars: dict, batch_size: int) -> st
 
 
 def validation_line(step: int, per_weights: dict[str, dict], selection: dict) -> str:
-    """`validation 220 loss/acc/scan acc/AUC: raw 0.310 0.930 0.950 0.980 | ema ... -> ema`."""
+    """`validation 220 loss/acc/scan acc/AUC: raw 0.310 0.930 0.950 0.980 | ema ... -> ema`
+    (the registry's progress columns)."""
+    columns = metric_registry.progress_columns()
     parts = [
-        f"{w} {m['loss']:.3f} {m['accuracy']:.3f} {m['scan_accuracy']:.3f} "
-        f"{m.get('roc_auc', float('nan')):.3f}"
+        " ".join([w, *(f"{m.get(name, float('nan')):.3f}" for name, _ in columns)])
         for w, m in per_weights.items()
     ]
     metric = selection["metric"].removeprefix("validation/")
-    return (
-        f"validation {step} loss/acc/scan acc/AUC: {' | '.join(parts)} -> {selection['weights']} "
-        f"(by {metric})"
-    )
+    names = "/".join(short for _, short in columns)
+    return f"validation {step} {names}: {' | '.join(parts)} -> {selection['weights']} (by {metric})"
 
 
 def selection_text(step: int, selection: dict) -> str:
