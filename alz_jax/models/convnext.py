@@ -16,6 +16,14 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import depthwise
+from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.layers import (  # noqa: F401  (HEAD_KEY_INDEX: convnext's name of old)
+    HEAD_KEY_INDEX,
+    drop_path,
+    fold_keys,
+    head_dropout,
+    pooled_map_target,
+)
 
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -34,19 +42,14 @@ _zeros = nnx.initializers.zeros_init()
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvNeXtSpec:
-    """Everything that defines a ConvNeXt's parameters and computation."""
+class ConvNeXtSpec(ModelSpec):
+    """Everything that defines a ConvNeXt's parameters and computation (the common fields in
+    ModelSpec)."""
 
     depths: tuple[int, ...]
     dims: tuple[int, ...]
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
     layer_scale_init: float = 1e-6
     head_init_scale: float = 1.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
     def __post_init__(self):
@@ -66,7 +69,7 @@ class ConvNeXtSpec:
             ("head_init_scale", self.head_init_scale, 0 < self.head_init_scale < math.inf,
              "> 0 and finite"),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
-            *common_field_checks(self),
+            *self.common_checks(),
         ])  # fmt: skip
 
 
@@ -98,62 +101,6 @@ def _patchify_conv(
         param_dtype=spec.param_dtype,
         rngs=rngs,
     )
-
-
-def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
-    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest.
-
-    `sample_keys` holds one key per sample, so a sample's mask doesn't depend on how the batch
-    is split over devices or microbatches.
-    """
-    if sample_keys is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
-    mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-# Block k draws its stochastic depth with fold_in(sample key, k); the classifier's dropout draws
-# with this index, which no block reaches.
-HEAD_KEY_INDEX = 2**31 - 1
-
-
-def head_dropout(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
-    """Dropout of pooled features (B, D) before the classifier (timm's drop_rate): each element
-    dropped with probability `rate`, the rest rescaled, each sample from its own key (so, as with
-    drop_path, independent of how the batch is split). Identity without keys (evaluation)."""
-    if sample_keys is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    keys = fold_keys(sample_keys, HEAD_KEY_INDEX)
-    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-def fold_keys(sample_keys: jax.Array | None, index: int) -> jax.Array | None:
-    """Each sample's key folded with `index` (a block's number), or None without keys: how every
-    family draws a block's stochastic depth."""
-    if sample_keys is None:
-        return None
-    return jax.vmap(jax.random.fold_in, (0, None))(sample_keys, index)
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def common_field_checks(spec) -> list[tuple]:
-    """check_fields entries of the fields every family's spec has (in_chans, num_classes,
-    drop_path_rate, head_dropout, dtype, param_dtype)."""
-    return [
-        ("in_chans", spec.in_chans, spec.in_chans >= 1, ">= 1"),
-        ("num_classes", spec.num_classes, spec.num_classes >= 1, ">= 1"),
-        ("drop_path_rate", spec.drop_path_rate, 0.0 <= spec.drop_path_rate < 1.0, "in [0, 1)"),
-        ("head_dropout", spec.head_dropout, 0.0 <= spec.head_dropout < 1.0, "in [0, 1)"),
-        ("dtype", spec.dtype, spec.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
-        ("param_dtype", spec.param_dtype, spec.param_dtype == "float32",
-         "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
-    ]  # fmt: skip
 
 
 class Block(nnx.Module):
@@ -353,3 +300,68 @@ def train_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
 def init_params(spec: ConvNeXtSpec, seed: int) -> dict:
     """Initial parameters of a ConvNeXt as a pure dict of arrays (the checkpoint layout)."""
     return nnx.to_pure_dict(nnx.state(ConvNeXt(spec, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+def size_name(depths: tuple, dims: tuple) -> str | None:
+    """The timm size name (atto ... large) of (depths, dims), or None."""
+    return next((n for n, v in SIZES.items() if v == (tuple(depths), tuple(dims))), None)
+
+
+def title(spec: ConvNeXtSpec) -> str:
+    """'ConvNeXt tiny' for timm's sizes, else the depths and dims."""
+    size = size_name(spec.depths, spec.dims)
+    return f"ConvNeXt {size}" if size else f"ConvNeXt depths {spec.depths}, dims {spec.dims}"
+
+
+def spec_for(size: str, **fields) -> ConvNeXtSpec:
+    """The spec of a named size (atto ... large) with fields overridden."""
+    depths, dims = SIZES[size]
+    return ConvNeXtSpec(**{"depths": depths, "dims": dims, **fields})
+
+
+def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
+    """The ConvNeXt of `config.model` named 'convnext' (or nothing): of model.size, or of
+    explicit model.depths and model.dims."""
+    m = model_config
+    if m.size:
+        if m.size not in SIZES:
+            raise UserError(
+                f"config.model.size = {m.size!r} is not a ConvNeXt size; expected one of "
+                f"{sorted(SIZES)} (or set model.depths and model.dims)."
+            )
+        depths, dims = SIZES[m.size]
+    else:
+        depths, dims = tuple(m.depths), tuple(m.dims)
+    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **fields)
+
+
+def hparams_label(spec: ConvNeXtSpec) -> str:
+    """TensorBoard's HParams model column, as before other families: 'dims / depths'."""
+    return "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
+
+
+def export_fields(spec: ConvNeXtSpec) -> dict:
+    """The export metadata's keys of exports from before other families (readers of those)."""
+    return {"architecture": "ConvNeXt", "depths": list(spec.depths), "dims": list(spec.dims)}
+
+
+FAMILY = Family(
+    name="convnext",
+    spec_type=ConvNeXtSpec,
+    module=ConvNeXt,
+    names={f"convnext_{size}": size for size in SIZES},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
+    # The tiny test config's own model (tests/tiny_config.py).
+    test_config={"name": "convnext", "depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},
+    spec_from_config=spec_from_config,
+    default=True,
+    hparams_label=hparams_label,
+    export_fields=export_fields,
+    aliases={size: f"convnext_{size}" for size in SIZES},
+    aliases_are="a ConvNeXt size",
+)

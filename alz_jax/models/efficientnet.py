@@ -26,9 +26,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convnext, depthwise
+from alz_jax.models import depthwise
 from alz_jax.models.batchnorm import BatchNorm
-from alz_jax.models.convnext import drop_path
+from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.layers import (
+    drop_path,
+    fold_keys,
+    head_dropout,
+    pooled_map_target,
+    uniform_init,
+)
 
 B0_STAGES: tuple[str, ...] = (
     "ds_r1_k3_s1_e1_c16_se0.25",
@@ -110,20 +117,15 @@ def stage_string(stage: StageDef) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class EfficientNetSpec:
-    """Everything that defines an EfficientNet's parameters and computation."""
+class EfficientNetSpec(ModelSpec):
+    """Everything that defines an EfficientNet's parameters and computation (the common fields
+    in ModelSpec; head_dropout is timm's drop_rate, 0.2 in its B0 recipe)."""
 
     width_mult: float = 1.0  # timm's channel_multiplier (stem, stages and head)
     depth_mult: float = 1.0  # timm's depth_multiplier (repeats, rounded up)
     num_features: int = 1280  # head width before scaling
     stem_size: int = 32  # stem width before scaling
     stages: tuple[str, ...] = B0_STAGES
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate (0.2 in its B0 recipe): before the classifier
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
     def __post_init__(self):
@@ -140,7 +142,7 @@ class EfficientNetSpec:
              f"a non-empty list of {_STAGE_HELP} (not {bad[:1] or 'empty'})"),
             ("stages", self.stages, downsamples <= 4,
              "at most 4 stride-2 stages (the stem's 2 times 16: output stride 32)"),
-            *convnext.common_field_checks(self),
+            *self.common_checks(),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
         ])  # fmt: skip
         # A list from a config becomes a tuple: the spec stays hashable and comparable.
@@ -356,16 +358,6 @@ class InvertedResidual(nnx.Module):
         return x
 
 
-def _classifier_init(num_classes: int):
-    # timm's _init_weight_goog for nn.Linear: U(-r, r) with r = 1 / sqrt(fan_out).
-    bound = 1.0 / math.sqrt(num_classes)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 class EfficientNet(nnx.Module):
     """EfficientNet classifier over NHWC images; returns float32 logits (B, num_classes).
 
@@ -388,7 +380,8 @@ class EfficientNet(nnx.Module):
         self.classifier = nnx.Linear(
             head,
             spec.num_classes,
-            kernel_init=_classifier_init(spec.num_classes),
+            # timm's _init_weight_goog for nn.Linear: U(-r, r) with r = 1 / sqrt(fan_out).
+            kernel_init=uniform_init(spec.num_classes),
             bias_init=nnx.initializers.zeros_init(),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
@@ -400,7 +393,7 @@ class EfficientNet(nnx.Module):
         (shape (B,)) are given. Block k (counted over all stages) draws with fold_in(key, k)."""
         features = self.feature_map(x, sample_keys=sample_keys)
         pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-        return self.classifier(convnext.head_dropout(pooled, self.spec.head_dropout, sample_keys))
+        return self.classifier(head_dropout(pooled, self.spec.head_dropout, sample_keys))
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The head convolution's activations (B, H/32, W/32, head width) after BN and SiLU:
@@ -410,7 +403,7 @@ class EfficientNet(nnx.Module):
         k = 0
         for stage in self.blocks:
             for block in stage:
-                x = block(x, convnext.fold_keys(sample_keys, k))
+                x = block(x, fold_keys(sample_keys, k))
                 k += 1
         return jax.nn.silu(self.bn2(self.conv_head(x)))
 
@@ -496,3 +489,26 @@ def title(spec: EfficientNetSpec) -> str:
     widths = "-".join(str(stage[-1].out_chs) for stage in block_defs(spec))
     depths = "-".join(str(len(stage)) for stage in block_defs(spec))
     return f"EfficientNet depths {depths}, widths {widths}, head {head_width(spec)}"
+
+
+FAMILY = Family(
+    name="efficientnet",
+    spec_type=EfficientNetSpec,
+    module=EfficientNet,
+    names={name: name for name in VARIANTS},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
+    # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
+    test_config={
+        "name": "efficientnet_b0",
+        "arch": {
+            "width_mult": 0.25,
+            "num_features": 32,
+            "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25"),
+        },
+    },
+)

@@ -18,14 +18,21 @@ nn.Linear: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Stochastic dept
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import batchnorm, convnext
+from alz_jax.models import batchnorm
+from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.layers import (
+    drop_path,
+    fold_keys,
+    head_dropout,
+    pooled_map_target,
+    uniform_init,
+)
 
 VARIANTS: dict[str, dict] = {
     "resnet50": {"depths": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "stem_width": 64},
@@ -38,30 +45,16 @@ _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _fc_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _fc_bias_init(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 @dataclasses.dataclass(frozen=True)
-class ResNetSpec:
-    """Everything that defines a bottleneck ResNet's parameters and computation. `widths` are the
-    bottlenecks' inner widths per stage (each stage outputs 4x)."""
+class ResNetSpec(ModelSpec):
+    """Everything that defines a bottleneck ResNet's parameters and computation (the common
+    fields in ModelSpec). `widths` are the bottlenecks' inner widths per stage (each stage
+    outputs 4x)."""
 
     depths: tuple[int, ...]
     widths: tuple[int, ...]
     stem_width: int = 64
     zero_init_last: bool = True
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     def __post_init__(self):
         if len(self.depths) != len(self.widths) or not self.depths:
@@ -75,7 +68,7 @@ class ResNetSpec:
             ("widths", self.widths, all(w >= 1 for w in self.widths),
              "each >= 1 (bottleneck widths per stage)"),
             ("stem_width", self.stem_width, self.stem_width >= 1, ">= 1"),
-            *convnext.common_field_checks(self),
+            *self.common_checks(),
         ])  # fmt: skip
 
 
@@ -179,7 +172,7 @@ class Bottleneck(nnx.Module):
         y = jax.nn.relu(self.bn1(self.conv1(x)))
         y = jax.nn.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return jax.nn.relu(shortcut + convnext.drop_path(y, self.drop_path_rate, sample_keys))
+        return jax.nn.relu(shortcut + drop_path(y, self.drop_path_rate, sample_keys))
 
 
 class Head(nnx.Module):
@@ -193,7 +186,7 @@ class Head(nnx.Module):
             dim,
             spec.num_classes,
             kernel_init=_fc_kernel_init,
-            bias_init=_fc_bias_init(dim),
+            bias_init=uniform_init(dim),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
             rngs=rngs,
@@ -201,7 +194,7 @@ class Head(nnx.Module):
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        return self.fc(convnext.head_dropout(pooled, self.dropout_rate, sample_keys))
+        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
 
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:
@@ -240,7 +233,7 @@ class ResNet(nnx.Module):
         k = 0
         for stage in self.stages:
             for block in stage:
-                x = block(x, convnext.fold_keys(sample_keys, k))
+                x = block(x, fold_keys(sample_keys, k))
                 k += 1
         return x
 
@@ -311,3 +304,21 @@ def title(spec: ResNetSpec) -> str:
 def init_params(spec: ResNetSpec, seed: int) -> dict:
     """Initial parameters of a ResNet as a pure dict of arrays (the checkpoint layout)."""
     return nnx.to_pure_dict(nnx.state(ResNet(spec, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+FAMILY = Family(
+    name="resnet",
+    spec_type=ResNetSpec,
+    module=ResNet,
+    names={name: name for name in VARIANTS},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
+    test_config={
+        "name": "resnet50",
+        "arch": {"depths": (1, 1), "widths": (4, 8), "stem_width": 8},
+    },
+)

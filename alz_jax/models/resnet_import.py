@@ -5,7 +5,7 @@ layer{1..4}.{j}.conv1/bn1/conv2/bn2/conv3/bn3/downsample.0/downsample.1, fc. Bot
 accepted and read the same way; `detect_layout` cannot tell them apart and says 'torchvision'.
 BatchNorm weight, bias, running_mean and running_var become the project's scale, bias and the
 BatchStat mean and var; `num_batches_tracked` is ignored. Convolutions [O, I, kh, kw] become
-[kh, kw, I, O] and the classifier [out, in] becomes [in, out] (conversion.to_project_layout).
+[kh, kw, I, O] and the classifier [out, in] becomes [in, out] (import_helpers.to_project_layout).
 A 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
 input channels; a classifier for another class count (or none) is initialised as a fresh
 model's. Deep-stem variants (resnet50d: conv1.0, conv1.1, ...) and BasicBlock ResNets (ResNet-18,
@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from alz_jax.models import resnet
-from alz_jax.models.conversion import ConversionError, StateDictReader, torch_leaf
+from alz_jax.models.import_helpers import ConversionError, StateDictReader, torch_leaf
 
 LAYOUTS: tuple[str, ...] = ("torchvision", "timm")
 _IGNORED = (r".*num_batches_tracked",)

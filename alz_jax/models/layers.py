@@ -1,0 +1,72 @@
+"""Pieces every family's network uses: per-sample stochastic depth and head dropout (each
+sample drawing from its own key, so a mask doesn't depend on how the batch is split over
+devices or microbatches), PyTorch's uniform default initialiser, and Grad-CAM's target of a
+CNN whose head pools a feature map."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
+    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest.
+
+    `sample_keys` holds one key per sample, so a sample's mask doesn't depend on how the batch
+    is split over devices or microbatches.
+    """
+    if sample_keys is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
+    mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+# Block k draws its stochastic depth with fold_in(sample key, k); the classifier's dropout draws
+# with this index, which no block reaches.
+HEAD_KEY_INDEX = 2**31 - 1
+
+
+def head_dropout(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
+    """Dropout of pooled features (B, D) before the classifier (timm's drop_rate): each element
+    dropped with probability `rate`, the rest rescaled, each sample from its own key (so, as with
+    drop_path, independent of how the batch is split). Identity without keys (evaluation)."""
+    if sample_keys is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    keys = fold_keys(sample_keys, HEAD_KEY_INDEX)
+    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def fold_keys(sample_keys: jax.Array | None, index: int) -> jax.Array | None:
+    """Each sample's key folded with `index` (a block's number), or None without keys: how every
+    family draws a block's stochastic depth."""
+    if sample_keys is None:
+        return None
+    return jax.vmap(jax.random.fold_in, (0, None))(sample_keys, index)
+
+
+def uniform_init(fan: int) -> Callable:
+    """U(-1/sqrt(fan), 1/sqrt(fan)): PyTorch's default of a Linear's bias and of a Conv2d's
+    weight and bias with `fan` their fan-in (kaiming_uniform with a=sqrt(5) gives that bound for
+    the weight); timm's EfficientNet classifier with `fan` its fan-out."""
+    bound = 1.0 / math.sqrt(fan)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def pooled_map_target(head: Callable) -> Callable:
+    """Grad-CAM's target of a CNN: the feature map its head pools, and `head(net, map)`."""
+
+    def target(net, x):
+        return net.feature_map(x).astype(jnp.float32), lambda f: head(net, f)
+
+    return target
