@@ -16,12 +16,14 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import depthwise
-from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (  # noqa: F401  (HEAD_KEY_INDEX: convnext's name of old)
     HEAD_KEY_INDEX,
     drop_path,
     fold_keys,
     head_dropout,
+    linear_drop_rates,
+    patchify_conv,
     pooled_map_target,
 )
 
@@ -53,16 +55,10 @@ class ConvNeXtSpec(ModelSpec):
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
     def __post_init__(self):
-        if len(self.depths) != len(self.dims) or not self.depths:
-            raise UserError(
-                f"config.model.depths {self.depths} and config.model.dims {self.dims}: expected "
-                "non-empty and of the same length (or a model.size)."
-            )
         check_fields("model", [
-            ("depths", self.depths, all(d >= 1 for d in self.depths),
-             "each >= 1 (blocks per stage)"),
-            ("dims", self.dims, all(d >= 1 for d in self.dims),
-             "each >= 1 (channels per stage)"),
+            *stage_checks(self, "dims", "channels", (
+                f"config.model.depths {self.depths} and config.model.dims {self.dims}: expected "
+                "non-empty and of the same length (or a model.size).")),
             # `< math.inf` refuses NaN as well (comparisons with NaN are False).
             ("layer_scale_init", self.layer_scale_init, 0 < self.layer_scale_init < math.inf,
              "> 0 and finite"),
@@ -88,19 +84,9 @@ def _layer_norm(num_features: int, spec: ConvNeXtSpec, rngs: nnx.Rngs) -> nnx.La
 def _patchify_conv(
     in_dim: int, out_dim: int, size: int, spec: ConvNeXtSpec, rngs: nnx.Rngs
 ) -> nnx.Conv:
-    """A size x size, stride-size convolution with bias and VALID padding (stem, downsample)."""
-    return nnx.Conv(
-        in_dim,
-        out_dim,
-        (size, size),
-        strides=size,
-        padding="VALID",
-        kernel_init=_weight_init,
-        bias_init=_zeros,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
+    """The stem's and downsamples' patchify convolution, N(0, 0.02) with a zero bias."""
+    return patchify_conv(in_dim, out_dim, size, spec, rngs, kernel_init=_weight_init,
+                         bias_init=_zeros)  # fmt: skip
 
 
 class Block(nnx.Module):
@@ -209,8 +195,7 @@ class ConvNeXt(nnx.Module):
                 for i in range(1, len(spec.dims))
             ]
         )
-        total = sum(spec.depths)
-        rates = [spec.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        rates = linear_drop_rates(spec.drop_path_rate, sum(spec.depths))
         stages, k = [], 0
         for depth, dim in zip(spec.depths, spec.dims, strict=True):
             stages.append(nnx.List([Block(dim, rates[k + j], spec, rngs) for j in range(depth)]))

@@ -33,6 +33,7 @@ from alz_jax.models.layers import (
     drop_path,
     fold_keys,
     head_dropout,
+    padded_conv,
     pooled_map_target,
     uniform_init,
 )
@@ -247,21 +248,8 @@ def _conv(
     bias: bool = False,
 ) -> nnx.Conv:
     """A PyTorch-padded (k // 2 each side) convolution with timm's EfficientNet initialisation."""
-    pad = kernel // 2
-    return nnx.Conv(
-        in_chs,
-        out_chs,
-        (kernel, kernel),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=bias,
-        kernel_init=_conv_init(kernel, out_chs, groups),
-        bias_init=nnx.initializers.zeros_init(),
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
+    return padded_conv(in_chs, out_chs, kernel, spec, rngs, stride=stride, groups=groups,
+                       bias=bias, kernel_init=_conv_init(kernel, out_chs, groups))  # fmt: skip
 
 
 def _batch_norm(num_features: int, spec: EfficientNetSpec) -> BatchNorm:
@@ -303,6 +291,19 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.sigmoid(s)
 
 
+def _depthwise_to_output(block, x, shortcut, dw_norm, project, project_norm, sample_keys):
+    """The part both block kinds share: `block`'s depthwise conv, `dw_norm`, SiLU, SE, the 1x1
+    `project` and `project_norm`, and the residual with drop path when the shapes allow."""
+    x = depthwise_conv(x, block.conv_dw.kernel.value, block.block.stride, block.depthwise)
+    x = jax.nn.silu(dw_norm(x))
+    if block.se is not None:
+        x = block.se(x)
+    x = project_norm(project(x))
+    if block.block.has_skip:
+        x = shortcut + drop_path(x, block.block.drop_path_rate, sample_keys)
+    return x
+
+
 class DepthwiseSeparable(nnx.Module):
     """timm's DepthwiseSeparableConv: dw conv, BN, SiLU, SE, 1x1 conv, BN (no activation),
     residual with drop path when the shapes allow."""
@@ -318,15 +319,7 @@ class DepthwiseSeparable(nnx.Module):
         self.depthwise = spec.depthwise
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
-        shortcut = x
-        x = depthwise_conv(x, self.conv_dw.kernel.value, self.block.stride, self.depthwise)
-        x = jax.nn.silu(self.bn1(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.bn2(self.conv_pw(x))
-        if self.block.has_skip:
-            x = shortcut + drop_path(x, self.block.drop_path_rate, sample_keys)
-        return x
+        return _depthwise_to_output(self, x, x, self.bn1, self.conv_pw, self.bn2, sample_keys)
 
 
 class InvertedResidual(nnx.Module):
@@ -346,16 +339,10 @@ class InvertedResidual(nnx.Module):
         self.depthwise = spec.depthwise
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
-        shortcut = x
-        x = jax.nn.silu(self.bn1(self.conv_pw(x)))
-        x = depthwise_conv(x, self.conv_dw.kernel.value, self.block.stride, self.depthwise)
-        x = jax.nn.silu(self.bn2(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.bn3(self.conv_pwl(x))
-        if self.block.has_skip:
-            x = shortcut + drop_path(x, self.block.drop_path_rate, sample_keys)
-        return x
+        expanded = jax.nn.silu(self.bn1(self.conv_pw(x)))
+        return _depthwise_to_output(
+            self, expanded, x, self.bn2, self.conv_pwl, self.bn3, sample_keys
+        )
 
 
 class EfficientNet(nnx.Module):

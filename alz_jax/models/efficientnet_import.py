@@ -178,18 +178,11 @@ def variables_from_state_dict(
             f"is {efficientnet.title(spec)} with {_describe(*want)}. Set config.model to the "
             "checkpoint's architecture."
         )
-    model = efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     reader = import_helpers.StateDictReader(state_dict, f"The {layout} state dict", _IGNORE)
-    params = reader.tree(
-        params,
-        timm_key,
-        head=("classifier",),
-        stem=("conv_stem", "kernel"),
-        num_classes=spec.num_classes,
-    )
-    stats = reader.tree(stats, timm_key)
+    params, stats = reader.variables(
+        efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed)), timm_key, head=("classifier",),
+        stem=("conv_stem", "kernel"), num_classes=spec.num_classes,
+    )  # fmt: skip
     notes = reader.finish(efficientnet.title(spec))
     return params, stats, notes
 

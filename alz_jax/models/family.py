@@ -15,6 +15,8 @@ from typing import Any
 
 from flax import nnx
 
+from alz_jax.host.errors import UserError
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -42,6 +44,19 @@ class ModelSpec:
             ("param_dtype", self.param_dtype, self.param_dtype == "float32",
              "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
         ]  # fmt: skip
+
+
+def stage_checks(spec, widths: str, unit: str, mismatch: str) -> list[tuple]:
+    """check_fields entries of a staged spec's `depths` and its per-stage `widths` field (each
+    >= 1, `unit` saying what a width counts); a different number of stages, or none, is refused
+    first with `mismatch`."""
+    depths, values = spec.depths, getattr(spec, widths)
+    if len(depths) != len(values) or not depths:
+        raise UserError(mismatch)
+    return [
+        ("depths", depths, all(d >= 1 for d in depths), "each >= 1 (blocks per stage)"),
+        (widths, values, all(w >= 1 for w in values), f"each >= 1 ({unit} per stage)"),
+    ]
 
 
 # (state_dict, spec, layout or None, seed) -> (params, batch_stats, notes)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
 from alz_jax.host import storage
@@ -201,6 +202,21 @@ class StateDictReader:
             return None
         self.used.add(key)
         return np.asarray(self.state_dict[key])
+
+    def variables(
+        self,
+        model: nnx.Module,
+        key_for: Callable[[tuple], str],
+        *,
+        head: tuple,
+        stem: tuple,
+        num_classes: int,
+    ) -> tuple[dict, dict]:
+        """(params, batch_stats) of a freshly built `model` (a BatchNorm family's), each tree
+        filled as `tree` fills it (the stem and classifier adapted in the parameters)."""
+        params = self.tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), key_for, head=head,
+                           stem=stem, num_classes=num_classes)  # fmt: skip
+        return params, self.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), key_for)
 
     def tree(
         self,

@@ -1,7 +1,7 @@
-"""Pieces every family's network uses: per-sample stochastic depth and head dropout (each
+"""Pieces the families' networks share: per-sample stochastic depth and head dropout (each
 sample drawing from its own key, so a mask doesn't depend on how the batch is split over
-devices or microbatches), PyTorch's uniform default initialiser, and Grad-CAM's target of a
-CNN whose head pools a feature map."""
+devices or microbatches), PyTorch-style convolutions, PyTorch's uniform default initialiser,
+and Grad-CAM's target of a CNN whose head pools a feature map."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
@@ -24,6 +25,12 @@ def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.A
     mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
     mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def linear_drop_rates(rate: float, blocks: int) -> list[float]:
+    """Each block's drop-path rate in network order, rising linearly from 0 to `rate` over all
+    blocks (timm's rule, torch.linspace(0, rate, blocks))."""
+    return [rate * k / max(blocks - 1, 1) for k in range(blocks)]
 
 
 # Block k draws its stochastic depth with fold_in(sample key, k); the classifier's dropout draws
@@ -70,3 +77,27 @@ def pooled_map_target(head: Callable) -> Callable:
         return net.feature_map(x).astype(jnp.float32), lambda f: head(net, f)
 
     return target
+
+
+def padded_conv(
+    in_dim: int, out_dim: int, size: int, spec, rngs: nnx.Rngs, *, kernel_init: Callable,
+    stride: int = 1, groups: int = 1, bias: bool = False,
+) -> nnx.Conv:  # fmt: skip
+    """A size x size convolution padded by size // 2 on each side (PyTorch's), computing in
+    `spec.dtype`, with a zero-initialised bias when `bias`."""
+    pad = size // 2
+    return nnx.Conv(in_dim, out_dim, (size, size), strides=stride,
+                    padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
+                    kernel_init=kernel_init, bias_init=nnx.initializers.zeros_init(),
+                    dtype=spec.dtype, param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
+
+
+def patchify_conv(
+    in_dim: int, out_dim: int, size: int, spec, rngs: nnx.Rngs, *, kernel_init: Callable,
+    bias_init: Callable,
+) -> nnx.Conv:  # fmt: skip
+    """A size x size, stride-size convolution with bias and VALID padding (a ConvNeXt's stem
+    and downsamples, a ViT's patch embedding)."""
+    return nnx.Conv(in_dim, out_dim, (size, size), strides=size, padding="VALID",
+                    kernel_init=kernel_init, bias_init=bias_init, dtype=spec.dtype,
+                    param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip

@@ -25,11 +25,13 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import batchnorm
-from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (
     drop_path,
     fold_keys,
     head_dropout,
+    linear_drop_rates,
+    padded_conv,
     pooled_map_target,
     uniform_init,
 )
@@ -57,16 +59,10 @@ class ResNetSpec(ModelSpec):
     zero_init_last: bool = True
 
     def __post_init__(self):
-        if len(self.depths) != len(self.widths) or not self.depths:
-            raise UserError(
-                f"ResNet depths {self.depths} and widths {self.widths} (config.model.arch): "
-                "expected non-empty and of the same length."
-            )
         check_fields("model", [
-            ("depths", self.depths, all(d >= 1 for d in self.depths),
-             "each >= 1 (blocks per stage)"),
-            ("widths", self.widths, all(w >= 1 for w in self.widths),
-             "each >= 1 (bottleneck widths per stage)"),
+            *stage_checks(self, "widths", "bottleneck widths", (
+                f"ResNet depths {self.depths} and widths {self.widths} (config.model.arch): "
+                "expected non-empty and of the same length.")),
             ("stem_width", self.stem_width, self.stem_width >= 1, ">= 1"),
             *self.common_checks(),
         ])  # fmt: skip
@@ -85,19 +81,7 @@ def _conv(
     in_dim: int, out_dim: int, size: int, stride: int, spec: ResNetSpec, rngs: nnx.Rngs
 ) -> nnx.Conv:
     """A bias-free size x size convolution padded by size // 2 on each side (PyTorch's)."""
-    pad = size // 2
-    return nnx.Conv(
-        in_dim,
-        out_dim,
-        (size, size),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=_conv_init,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
+    return padded_conv(in_dim, out_dim, size, spec, rngs, kernel_init=_conv_init, stride=stride)
 
 
 def _norm(num_features: int, spec: ResNetSpec, scale_init: float = 1.0) -> batchnorm.BatchNorm:
@@ -199,8 +183,7 @@ class Head(nnx.Module):
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:
     """Each block's drop-path rate in network order: timm's linear rule over all blocks."""
-    total = sum(spec.depths)
-    return [spec.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
+    return linear_drop_rates(spec.drop_path_rate, sum(spec.depths))
 
 
 class ResNet(nnx.Module):

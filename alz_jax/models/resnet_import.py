@@ -130,16 +130,11 @@ def variables_from_state_dict(
             f"{resnet.title(spec)}. Set config.model.name (or config.model.arch's depths, widths "
             "and stem_width) to the checkpoint's architecture."
         )
-    model = resnet.ResNet(spec, rngs=nnx.Rngs(seed))
     reader = StateDictReader(state_dict, f"The {layout} state dict", ignore=_IGNORED)
-    params = reader.tree(
-        nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-        torch_key,
-        head=("head", "fc"),
-        stem=("stem", "conv", "kernel"),
-        num_classes=spec.num_classes,
-    )
-    stats = reader.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), torch_key)
+    params, stats = reader.variables(
+        resnet.ResNet(spec, rngs=nnx.Rngs(seed)), torch_key, head=("head", "fc"),
+        stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
+    )  # fmt: skip
     notes = reader.finish(resnet.title(spec))
     return params, stats, notes
 

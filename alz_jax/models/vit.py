@@ -27,7 +27,14 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models.family import Family, ModelSpec
-from alz_jax.models.layers import drop_path, fold_keys, head_dropout, uniform_init
+from alz_jax.models.layers import (
+    drop_path,
+    fold_keys,
+    head_dropout,
+    linear_drop_rates,
+    patchify_conv,
+    uniform_init,
+)
 
 # timm's vit_{tiny,small,base}_patch16_224 (head width 64 throughout).
 VARIANTS: dict[str, dict] = {
@@ -193,18 +200,8 @@ class ViT(nnx.Module):
         self.spec = spec
         dim, patch = spec.embed_dim, spec.patch_size
         conv_init = uniform_init(spec.in_chans * patch * patch)
-        self.patch_embed = nnx.Conv(
-            spec.in_chans,
-            dim,
-            (patch, patch),
-            strides=patch,
-            padding="VALID",
-            kernel_init=conv_init,
-            bias_init=conv_init,
-            dtype=spec.dtype,
-            param_dtype=spec.param_dtype,
-            rngs=rngs,
-        )
+        self.patch_embed = patchify_conv(spec.in_chans, dim, patch, spec, rngs,
+                                         kernel_init=conv_init, bias_init=conv_init)  # fmt: skip
         # Shapes as timm's (1, 1, D) and (1, 1 + grid^2, D): checkpoints load unchanged.
         self.cls_token = nnx.Param(
             nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, dim), spec.param_dtype)
@@ -213,7 +210,7 @@ class ViT(nnx.Module):
             _weight_init(rngs.params(), (1, 1 + spec.grid**2, dim), spec.param_dtype)
         )
         # timm: torch.linspace(0, drop_path_rate, depth).
-        rates = [spec.drop_path_rate * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
+        rates = linear_drop_rates(spec.drop_path_rate, spec.depth)
         self.blocks = nnx.List([Block(rate, spec, rngs) for rate in rates])
         self.norm = _layer_norm(spec, rngs)
         self.head = _linear(dim, spec.num_classes, spec, rngs, dtype=jnp.float32)
