@@ -99,16 +99,27 @@ def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelS
     return fam.spec_for(variant, **_known_fields(fam, fields), **arch)
 
 
+def config_family(model_config) -> Family:
+    """The family a `config.model` section picks: its model.name's, or the family named by it
+    (an empty name: the default family) when that family reads the section itself."""
+    name = model_config.get("name") or default_family().name
+    fam = FAMILIES.get(name)
+    if fam is not None and fam.spec_from_config is not None:
+        return fam
+    if name not in NAMES:
+        raise UserError(f"config.model.name = {name!r}: expected one of {sorted(NAMES)}.")
+    return FAMILIES[NAMES[name][0]]
+
+
 def spec_from_config(model_config, **fields) -> ModelSpec:
     """The spec of a `config.model` section: model.name is a registered name (with
     model.arch overrides), or a family's own name (or empty: the default family's) that the
     family resolves from the section itself (spec_from_config hook); `fields` as in
     `spec_from_name`."""
-    name = model_config.get("name", "") or default_family().name
-    fam = FAMILIES.get(name)
-    if fam is not None and fam.spec_from_config is not None:
+    fam = config_family(model_config)
+    if fam.spec_from_config is not None and (model_config.get("name") or fam.name) == fam.name:
         return fam.spec_from_config(model_config, **_known_fields(fam, fields))
-    return spec_from_name(name, dict(model_config.get("arch", {})), **fields)
+    return spec_from_name(model_config.name, dict(model_config.get("arch", {})), **fields)
 
 
 def family_named(name: str | None) -> Family:
