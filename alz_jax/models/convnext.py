@@ -19,12 +19,14 @@ from alz_jax.models import depthwise
 from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (  # noqa: F401  (HEAD_KEY_INDEX: convnext's name of old)
     HEAD_KEY_INDEX,
+    FeatureMapClassifier,
     drop_path,
     fold_keys,
     head_dropout,
     linear_drop_rates,
     patchify_conv,
     pooled_map_target,
+    staged_layer_ids,
 )
 
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -183,7 +185,7 @@ class Head(nnx.Module):
         return self.fc(head_dropout(self.features(x), self.dropout_rate, sample_keys))
 
 
-class ConvNeXt(nnx.Module):
+class ConvNeXt(FeatureMapClassifier):
     """ConvNeXt classifier over NHWC images; returns float32 logits of shape (B, num_classes)."""
 
     def __init__(self, spec: ConvNeXtSpec, *, rngs: nnx.Rngs):
@@ -202,11 +204,6 @@ class ConvNeXt(nnx.Module):
             k += depth
         self.stages = nnx.List(stages)
         self.head = Head(spec, rngs)
-
-    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
-        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, H/32, W/32, dims[-1]): what the head pools, and where
@@ -234,26 +231,7 @@ def layer_ids(params: dict) -> tuple[dict, int]:
     """(tree of each parameter's layer index, number of layers) of a ConvNeXt parameter tree,
     numbered from the input as timm's `param_groups_layer_decay` does for ConvNeXt: the stem is
     0, then each stage's downsample and each block in order; the head is the last layer."""
-    stages = params["stages"]
-    index, block_id, downsample_id = 1, {}, {}
-    for s in sorted(stages, key=int):
-        if int(s) > 0:
-            downsample_id[int(s) - 1], index = index, index + 1
-        for j in sorted(stages[s], key=int):
-            block_id[(int(s), int(j))], index = index, index + 1
-    head = index
-
-    def layer(path, _):
-        names = [getattr(k, "key", k) for k in path]
-        if names[0] == "stem":
-            return 0
-        if names[0] == "downsamples":
-            return downsample_id[int(names[1])]
-        if names[0] == "stages":
-            return block_id[(int(names[1]), int(names[2]))]
-        return head
-
-    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+    return staged_layer_ids(params, downsamples=True)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -101,3 +101,40 @@ def patchify_conv(
     return nnx.Conv(in_dim, out_dim, (size, size), strides=size, padding="VALID",
                     kernel_init=kernel_init, bias_init=bias_init, dtype=spec.dtype,
                     param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
+
+
+def staged_layer_ids(params: dict, downsamples: bool = False) -> tuple[dict, int]:
+    """(tree of each parameter's layer index, number of layers) of a staged CNN's parameters,
+    numbered from the input: 'stem' 0, then in order each stage's downsample
+    ('downsamples/<s - 1>', before stage s > 0, when `downsamples`) and each of its blocks
+    ('stages/<s>/<j>'); everything else (the head) is the last layer."""
+    stages = params["stages"]
+    index, block_id, downsample_id = 1, {}, {}
+    for s in sorted(stages, key=int):
+        if downsamples and int(s) > 0:
+            downsample_id[int(s) - 1], index = index, index + 1
+        for j in sorted(stages[s], key=int):
+            block_id[(int(s), int(j))], index = index, index + 1
+    head = index
+
+    def layer(path, _):
+        names = [getattr(k, "key", k) for k in path]
+        if names[0] == "stem":
+            return 0
+        if names[0] == "downsamples":
+            return downsample_id[int(names[1])]
+        if names[0] == "stages":
+            return block_id[(int(names[1]), int(names[2]))]
+        return head
+
+    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+
+
+class FeatureMapClassifier(nnx.Module):
+    """A network whose `head(map, sample_keys)` classifies its `feature_map` (the CNNs whose
+    head pools their last stage)."""
+
+    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
+        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
+        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)

@@ -27,12 +27,14 @@ from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import batchnorm
 from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (
+    FeatureMapClassifier,
     drop_path,
     fold_keys,
     head_dropout,
     linear_drop_rates,
     padded_conv,
     pooled_map_target,
+    staged_layer_ids,
     uniform_init,
 )
 
@@ -186,7 +188,7 @@ def block_drop_rates(spec: ResNetSpec) -> list[float]:
     return linear_drop_rates(spec.drop_path_rate, sum(spec.depths))
 
 
-class ResNet(nnx.Module):
+class ResNet(FeatureMapClassifier):
     """Bottleneck ResNet classifier over NHWC images; float32 logits of shape (B, num_classes)."""
 
     def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs):
@@ -203,11 +205,6 @@ class ResNet(nnx.Module):
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
         self.head = Head(spec, rngs)
-
-    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
-        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, ~H/32, ~W/32, 4 * widths[-1]): what the head pools, and
@@ -233,22 +230,7 @@ def layer_ids(params: dict) -> tuple[dict, int]:
     numbered from the input as timm's `param_groups_layer_decay` does with ResNet's
     `group_matcher` (stem `conv1|bn1|maxpool`, then one group per block `layer(i).(j)`, the
     downsample with its block; the classifier is the last layer)."""
-    stages = params["stages"]
-    block_id, index = {}, 1
-    for s in sorted(stages, key=int):
-        for j in sorted(stages[s], key=int):
-            block_id[(int(s), int(j))], index = index, index + 1
-    head = index
-
-    def layer(path, _):
-        names = [getattr(k, "key", k) for k in path]
-        if names[0] == "stem":
-            return 0
-        if names[0] == "stages":
-            return block_id[(int(names[1]), int(names[2]))]
-        return head
-
-    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+    return staged_layer_ids(params)
 
 
 def _out(side: int) -> int:
