@@ -94,6 +94,10 @@ def test_model_name_accepts_a_family_while_it_is_registered(toy):
     assert isinstance(specs.resolve(config).model, ToySpec)
     with pytest.raises(ValueError, match="already registered"):
         registry.register(toy)
+    # A spec type under another family's would make `registry.family(spec)` ambiguous.
+    subclass = type("ToySubSpec", (ToySpec,), {})
+    with pytest.raises(ValueError, match=r"already registered \(\['toy'\]\)"):
+        registry.register(dataclasses.replace(toy, name="toy2", names={}, spec_type=subclass))
     registry.unregister("toy")
     with pytest.raises(UserError, match=r"config\.model\.name = 'toy_cnn': expected one of"):
         specs.resolve(config)

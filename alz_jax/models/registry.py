@@ -42,6 +42,9 @@ def register(fam: Family) -> Family:
     """Makes a family known: its specs build, train, evaluate and export, and `model.name`
     accepts its names. A name or spec type already registered is an error."""
     taken = sorted(set(fam.names) & set(NAMES))
+    # `family(spec)` goes by isinstance: no spec type may be another family's.
+    taken += [f.name for f in FAMILIES.values() if issubclass(fam.spec_type, f.spec_type)
+              or issubclass(f.spec_type, fam.spec_type)]  # fmt: skip
     if fam.name in FAMILIES or taken:
         raise ValueError(f"family {fam.name!r}: already registered ({taken or fam.name})")
     if fam.default and any(f.default for f in FAMILIES.values()):
