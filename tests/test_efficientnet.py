@@ -17,10 +17,10 @@ import pytest
 from flax import nnx
 
 from alz_jax.host.errors import UserError
-from alz_jax.models import batchnorm, conversion, convert
+from alz_jax.models import batchnorm, convert, import_helpers
 from alz_jax.models import efficientnet as eff
 from alz_jax.models import efficientnet_import as eff_import
-from alz_jax.models.conversion import ConversionError
+from alz_jax.models.import_helpers import ConversionError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "efficientnet_tiny_timm.safetensors"
@@ -82,7 +82,7 @@ def nhwc(images) -> jax.Array:
 def flat_paths(tree) -> dict[str, object]:
     """'a/b/c' path -> leaf."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(map(str, conversion.path_names(p))): v for p, v in leaves}
+    return {"/".join(map(str, import_helpers.path_names(p))): v for p, v in leaves}
 
 
 def timm_state_dict(params: dict, stats: dict) -> dict[str, np.ndarray]:
@@ -95,7 +95,7 @@ def timm_state_dict(params: dict, stats: dict) -> dict[str, np.ndarray]:
                 value = value.transpose(3, 2, 0, 1)
             elif value.ndim == 2:
                 value = value.T
-            out[eff_import.timm_key(conversion.path_names(path))] = value
+            out[eff_import.timm_key(import_helpers.path_names(path))] = value
     return out
 
 

@@ -19,21 +19,12 @@ from alz_jax.run import assembly, run_record, specs
 from tests import tiny_config
 
 STATS = {"mean": 0.25, "std": 0.3}
-# Small variants of each family for 32-px images (config.model.arch overrides).
-TINY = {
-    "convnext": ("convnext", {}),
-    "resnet": ("resnet50", {"depths": (1, 1), "widths": (4, 8), "stem_width": 8}),
-    "vit": ("vit_s16", {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}),
-    # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
-    "efficientnet": (
-        "efficientnet_b0",
-        {
-            "width_mult": 0.25,
-            "num_features": 32,
-            "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25"),
-        },
-    ),
-}
+
+
+def families() -> list[str]:
+    """The registered families: each is tested through its `test_config` (a small variant for
+    32-px images), so a family is covered by being registered."""
+    return sorted(registry.FAMILIES)
 
 
 def one_device_mesh():
@@ -41,11 +32,18 @@ def one_device_mesh():
                          axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
 
 
+def with_test_model(config, family: str):
+    """`config` with the family's small variant: its `test_config` fields of config.model."""
+    config.model.arch = {}
+    for key, value in registry.FAMILIES[family].test_config.items():
+        config.model[key] = value
+    return config
+
+
 def config_for(family: str, **overrides):
-    config = tiny_config.get_config()
-    name, arch = TINY[family]
-    config.model.name = name
-    config.model.arch = arch
+    """The tiny test config with the family's small variant, without Mixup/CutMix, and
+    `overrides` ('a.b.c': value)."""
+    config = with_test_model(tiny_config.get_config(), family)
     config.mix.prob = 0.0
     for key, value in overrides.items():
         node = config
@@ -164,6 +162,11 @@ def _leaf_size(tree) -> int:
     [("convnext", "head"), ("resnet", "last_stage"), ("vit", "head"), ("efficientnet", "head")],
 )
 def test_frozen_parameters_do_not_change_and_have_no_optimizer_state(family, trainable):
+    check_frozen_parameters(family, trainable)
+
+
+def check_frozen_parameters(family: str, trainable: str) -> None:
+    """Parameters outside the `trainable` preset stay bitwise and have no optimizer state."""
     # Layer decay on: the family's layer ids inside the frozen-aware optimizer.
     run, parts = setup(family, **{"optim.trainable": trainable, "optim.layer_decay": 0.8,
                                   "ema.enabled": False, "swa.enabled": False})  # fmt: skip
@@ -202,6 +205,35 @@ def _moved_norms(before, after) -> dict[str, bool]:
     return moved
 
 
+@pytest.mark.parametrize("family", families())
+def test_every_family_keeps_the_contract(family):
+    check_contract(family)
+
+
+def check_contract(family: str) -> None:
+    """What the training core takes from a family: a spec on the shared base that its names
+    resolve to, a model giving float32 logits, counts, FLOPs, a title and the presets."""
+    fam = registry.FAMILIES[family]
+    assert issubclass(fam.spec_type, registry.ModelSpec) and fam.names
+    for name in fam.names:
+        assert registry.NAMES[name][0] == family
+        assert isinstance(registry.spec_from_name(name, in_chans=1), fam.spec_type)
+    run = specs.resolve(config_for(family))
+    spec = run.model
+    assert registry.family(spec) is fam and registry.title(spec)
+    params, stats = registry.init_variables(spec, 0)
+    count = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+    assert registry.count_params(spec) == count > 0
+    assert registry.has_batch_stats(spec) == bool(jax.tree.leaves(stats))
+    assert registry.forward_flops_per_image(spec, 32) > count  # at least a MAC per weight
+    logits = registry.build(spec, 0)(jnp.zeros((2, 32, 32, 1), jnp.float32))
+    assert logits.shape == (2, spec.num_classes) and logits.dtype == jnp.float32
+    names = [optim.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for preset in ("head", "last_stage"):
+        pattern = registry.trainable_pattern(spec, preset)
+        assert 0 < sum(bool(re.fullmatch(pattern, n)) for n in names) < len(names), preset
+
+
 def test_trainable_refuses_a_pattern_matching_nothing():
     with pytest.raises(Exception, match=r"matches no parameter; parameter paths look like"):
         setup("resnet", **{"optim.trainable": "nothing/.*"})
@@ -209,8 +241,13 @@ def test_trainable_refuses_a_pattern_matching_nothing():
         setup("resnet", **{"optim.trainable": "head[("})
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("family", families())
 def test_layer_decay_numbers_every_family_from_input_to_head(family):
+    check_layer_decay(family)
+
+
+def check_layer_decay(family: str) -> None:
+    """The family's layer ids number its parameters from 0 at the input to the head, last."""
     run = specs.resolve(config_for(family))
     params, _ = jax.eval_shape(lambda: registry.init_variables(run.model, 0))
     ids, num_layers = registry.layer_ids(run.model, params)
@@ -255,20 +292,28 @@ def test_head_dropout_drops_each_samples_features_from_its_own_key():
         np.testing.assert_array_equal(np.asarray(no_drop), np.asarray(x))
 
 
+def _pooled(net, x):
+    return jnp.mean(net.feature_map(x).astype(jnp.float32), axis=(1, 2))
+
+
+# Each built-in family's head written out: (net, images) -> (the pooled features, the final
+# linear layer).
+HEADS = {
+    "convnext": lambda net, x: (net.head.norm(_pooled(net, x)), net.head.fc),
+    "efficientnet": lambda net, x: (_pooled(net, x), net.classifier),
+    "resnet": lambda net, x: (_pooled(net, x), net.head.fc),
+    "vit": lambda net, x: (net.tokens(x)[:, 0], net.head),
+}
+
+
 def _head_with_dropout(family: str, net, x):
-    """Each family's head written out: the pooled features (computed once), then a function of
-    per-sample keys applying dropout and the final linear layer."""
-    if family == "vit":
-        pooled, classifier = net.tokens(x)[:, 0], net.head
-    else:
-        pooled = jnp.mean(net.feature_map(x).astype(jnp.float32), axis=(1, 2))
-        classifier = net.classifier if family == "efficientnet" else net.head.fc
-        if family == "convnext":
-            pooled = net.head.norm(pooled)
+    """The family's pooled features (computed once), then a function of per-sample keys
+    applying dropout and the final linear layer."""
+    pooled, classifier = HEADS[family](net, x)
     return lambda keys: classifier(convnext.head_dropout(pooled, 0.5, keys))
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("family", sorted(HEADS))
 def test_head_dropout_acts_on_the_pooled_features_before_each_familys_classifier(family):
     run = specs.resolve(config_for(family, **{"model.head_dropout": 0.5,
                                               "model.drop_path_rate": 0.0}))  # fmt: skip
@@ -299,8 +344,14 @@ def _model_and_weights(family: str, **overrides):
     return model, model.weights(params, stats)
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("family", families())
 def test_gradcam_target_reproduces_each_familys_logits_and_carries_their_gradient(family):
+    check_gradcam(family)
+
+
+def check_gradcam(family: str) -> None:
+    """The family's Grad-CAM target splits the model exactly, carries the margin's gradient,
+    and gives maps in [0, 1] at the image size."""
     model, weights = _model_and_weights(family)
     net = model.module(weights)
     x = jnp.asarray(preprocess.normalize(batch(2, 4)["image"], 0.25, 0.3))

@@ -12,7 +12,7 @@ from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.run import assembly, exporting, prediction, specs, train
 from tests import interrupt
 from tests import tiny_config as tiny_config_file
-from tests.test_families import TINY
+from tests.test_families import with_test_model
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,7 @@ def resnet_config(manual_dir, data_dir):
     config = tiny_config_file.get_config()
     config.data.manual_dir = str(manual_dir)
     config.data.data_dir = str(data_dir)
-    config.model.name, arch = TINY["resnet"]
-    config.model.arch = arch
+    with_test_model(config, "resnet")
     config.num_train_steps = 4
     config.swa.start_fraction = 0.25  # SWA from step 1: validated (with its statistics) at 2, 4
     config.swa.bn_update_batches = 2

@@ -17,7 +17,7 @@ from flax import nnx
 from alz_jax.core import averaging
 from alz_jax.host.errors import UserError
 from alz_jax.models import batchnorm, convert, resnet, resnet_import
-from alz_jax.models.conversion import ConversionError, path_names
+from alz_jax.models.import_helpers import ConversionError, path_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "resnet_tiny_timm.safetensors"

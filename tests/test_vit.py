@@ -15,7 +15,7 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError
 from alz_jax.models import convert, vit, vit_import
-from alz_jax.models.conversion import ConversionError, path_names
+from alz_jax.models.import_helpers import ConversionError, path_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TIMM = FIXTURES / "vit_tiny_timm.safetensors"

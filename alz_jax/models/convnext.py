@@ -16,6 +16,18 @@ from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
 from alz_jax.models import depthwise
+from alz_jax.models.family import Family, ModelSpec, stage_checks
+from alz_jax.models.layers import (  # noqa: F401  (HEAD_KEY_INDEX: convnext's name of old)
+    HEAD_KEY_INDEX,
+    FeatureMapClassifier,
+    drop_path,
+    fold_keys,
+    head_dropout,
+    linear_drop_rates,
+    patchify_conv,
+    pooled_map_target,
+    staged_layer_ids,
+)
 
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -34,39 +46,28 @@ _zeros = nnx.initializers.zeros_init()
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvNeXtSpec:
-    """Everything that defines a ConvNeXt's parameters and computation."""
+class ConvNeXtSpec(ModelSpec):
+    """Everything that defines a ConvNeXt's parameters and computation (the common fields in
+    ModelSpec)."""
 
     depths: tuple[int, ...]
     dims: tuple[int, ...]
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
     layer_scale_init: float = 1e-6
     head_init_scale: float = 1.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
     def __post_init__(self):
-        if len(self.depths) != len(self.dims) or not self.depths:
-            raise UserError(
-                f"config.model.depths {self.depths} and config.model.dims {self.dims}: expected "
-                "non-empty and of the same length (or a model.size)."
-            )
         check_fields("model", [
-            ("depths", self.depths, all(d >= 1 for d in self.depths),
-             "each >= 1 (blocks per stage)"),
-            ("dims", self.dims, all(d >= 1 for d in self.dims),
-             "each >= 1 (channels per stage)"),
+            *stage_checks(self, "dims", "channels", (
+                f"config.model.depths {self.depths} and config.model.dims {self.dims}: expected "
+                "non-empty and of the same length (or a model.size).")),
             # `< math.inf` refuses NaN as well (comparisons with NaN are False).
             ("layer_scale_init", self.layer_scale_init, 0 < self.layer_scale_init < math.inf,
              "> 0 and finite"),
             ("head_init_scale", self.head_init_scale, 0 < self.head_init_scale < math.inf,
              "> 0 and finite"),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
-            *common_field_checks(self),
+            *self.common_checks(),
         ])  # fmt: skip
 
 
@@ -85,75 +86,9 @@ def _layer_norm(num_features: int, spec: ConvNeXtSpec, rngs: nnx.Rngs) -> nnx.La
 def _patchify_conv(
     in_dim: int, out_dim: int, size: int, spec: ConvNeXtSpec, rngs: nnx.Rngs
 ) -> nnx.Conv:
-    """A size x size, stride-size convolution with bias and VALID padding (stem, downsample)."""
-    return nnx.Conv(
-        in_dim,
-        out_dim,
-        (size, size),
-        strides=size,
-        padding="VALID",
-        kernel_init=_weight_init,
-        bias_init=_zeros,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
-
-
-def drop_path(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
-    """Per-sample stochastic depth: zero whole samples with probability `rate`, rescale the rest.
-
-    `sample_keys` holds one key per sample, so a sample's mask doesn't depend on how the batch
-    is split over devices or microbatches.
-    """
-    if sample_keys is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep))(sample_keys)
-    mask = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-# Block k draws its stochastic depth with fold_in(sample key, k); the classifier's dropout draws
-# with this index, which no block reaches.
-HEAD_KEY_INDEX = 2**31 - 1
-
-
-def head_dropout(x: jax.Array, rate: float, sample_keys: jax.Array | None) -> jax.Array:
-    """Dropout of pooled features (B, D) before the classifier (timm's drop_rate): each element
-    dropped with probability `rate`, the rest rescaled, each sample from its own key (so, as with
-    drop_path, independent of how the batch is split). Identity without keys (evaluation)."""
-    if sample_keys is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    keys = fold_keys(sample_keys, HEAD_KEY_INDEX)
-    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-def fold_keys(sample_keys: jax.Array | None, index: int) -> jax.Array | None:
-    """Each sample's key folded with `index` (a block's number), or None without keys: how every
-    family draws a block's stochastic depth."""
-    if sample_keys is None:
-        return None
-    return jax.vmap(jax.random.fold_in, (0, None))(sample_keys, index)
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def common_field_checks(spec) -> list[tuple]:
-    """check_fields entries of the fields every family's spec has (in_chans, num_classes,
-    drop_path_rate, head_dropout, dtype, param_dtype)."""
-    return [
-        ("in_chans", spec.in_chans, spec.in_chans >= 1, ">= 1"),
-        ("num_classes", spec.num_classes, spec.num_classes >= 1, ">= 1"),
-        ("drop_path_rate", spec.drop_path_rate, 0.0 <= spec.drop_path_rate < 1.0, "in [0, 1)"),
-        ("head_dropout", spec.head_dropout, 0.0 <= spec.head_dropout < 1.0, "in [0, 1)"),
-        ("dtype", spec.dtype, spec.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
-        ("param_dtype", spec.param_dtype, spec.param_dtype == "float32",
-         "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
-    ]  # fmt: skip
+    """The stem's and downsamples' patchify convolution, N(0, 0.02) with a zero bias."""
+    return patchify_conv(in_dim, out_dim, size, spec, rngs, kernel_init=_weight_init,
+                         bias_init=_zeros)  # fmt: skip
 
 
 class Block(nnx.Module):
@@ -250,7 +185,7 @@ class Head(nnx.Module):
         return self.fc(head_dropout(self.features(x), self.dropout_rate, sample_keys))
 
 
-class ConvNeXt(nnx.Module):
+class ConvNeXt(FeatureMapClassifier):
     """ConvNeXt classifier over NHWC images; returns float32 logits of shape (B, num_classes)."""
 
     def __init__(self, spec: ConvNeXtSpec, *, rngs: nnx.Rngs):
@@ -262,19 +197,13 @@ class ConvNeXt(nnx.Module):
                 for i in range(1, len(spec.dims))
             ]
         )
-        total = sum(spec.depths)
-        rates = [spec.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        rates = linear_drop_rates(spec.drop_path_rate, sum(spec.depths))
         stages, k = [], 0
         for depth, dim in zip(spec.depths, spec.dims, strict=True):
             stages.append(nnx.List([Block(dim, rates[k + j], spec, rngs) for j in range(depth)]))
             k += depth
         self.stages = nnx.List(stages)
         self.head = Head(spec, rngs)
-
-    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
-        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, H/32, W/32, dims[-1]): what the head pools, and where
@@ -302,26 +231,7 @@ def layer_ids(params: dict) -> tuple[dict, int]:
     """(tree of each parameter's layer index, number of layers) of a ConvNeXt parameter tree,
     numbered from the input as timm's `param_groups_layer_decay` does for ConvNeXt: the stem is
     0, then each stage's downsample and each block in order; the head is the last layer."""
-    stages = params["stages"]
-    index, block_id, downsample_id = 1, {}, {}
-    for s in sorted(stages, key=int):
-        if int(s) > 0:
-            downsample_id[int(s) - 1], index = index, index + 1
-        for j in sorted(stages[s], key=int):
-            block_id[(int(s), int(j))], index = index, index + 1
-    head = index
-
-    def layer(path, _):
-        names = [getattr(k, "key", k) for k in path]
-        if names[0] == "stem":
-            return 0
-        if names[0] == "downsamples":
-            return downsample_id[int(names[1])]
-        if names[0] == "stages":
-            return block_id[(int(names[1]), int(names[2]))]
-        return head
-
-    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+    return staged_layer_ids(params, downsamples=True)
 
 
 def count_params(model: nnx.Module) -> int:
@@ -353,3 +263,68 @@ def train_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
 def init_params(spec: ConvNeXtSpec, seed: int) -> dict:
     """Initial parameters of a ConvNeXt as a pure dict of arrays (the checkpoint layout)."""
     return nnx.to_pure_dict(nnx.state(ConvNeXt(spec, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+def size_name(depths: tuple, dims: tuple) -> str | None:
+    """The timm size name (atto ... large) of (depths, dims), or None."""
+    return next((n for n, v in SIZES.items() if v == (tuple(depths), tuple(dims))), None)
+
+
+def title(spec: ConvNeXtSpec) -> str:
+    """'ConvNeXt tiny' for timm's sizes, else the depths and dims."""
+    size = size_name(spec.depths, spec.dims)
+    return f"ConvNeXt {size}" if size else f"ConvNeXt depths {spec.depths}, dims {spec.dims}"
+
+
+def spec_for(size: str, **fields) -> ConvNeXtSpec:
+    """The spec of a named size (atto ... large) with fields overridden."""
+    depths, dims = SIZES[size]
+    return ConvNeXtSpec(**{"depths": depths, "dims": dims, **fields})
+
+
+def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
+    """The ConvNeXt of `config.model` named 'convnext' (or nothing): of model.size, or of
+    explicit model.depths and model.dims."""
+    m = model_config
+    if m.size:
+        if m.size not in SIZES:
+            raise UserError(
+                f"config.model.size = {m.size!r} is not a ConvNeXt size; expected one of "
+                f"{sorted(SIZES)} (or set model.depths and model.dims)."
+            )
+        depths, dims = SIZES[m.size]
+    else:
+        depths, dims = tuple(m.depths), tuple(m.dims)
+    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **fields)
+
+
+def hparams_label(spec: ConvNeXtSpec) -> str:
+    """TensorBoard's HParams model column, as before other families: 'dims / depths'."""
+    return "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
+
+
+def export_fields(spec: ConvNeXtSpec) -> dict:
+    """The export metadata's keys of exports from before other families (readers of those)."""
+    return {"architecture": "ConvNeXt", "depths": list(spec.depths), "dims": list(spec.dims)}
+
+
+FAMILY = Family(
+    name="convnext",
+    spec_type=ConvNeXtSpec,
+    module=ConvNeXt,
+    names={f"convnext_{size}": size for size in SIZES},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
+    # The tiny test config's own model (tests/tiny_config.py).
+    test_config={"name": "convnext", "depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},
+    spec_from_config=spec_from_config,
+    default=True,
+    hparams_label=hparams_label,
+    export_fields=export_fields,
+    aliases={size: f"convnext_{size}" for size in SIZES},
+    aliases_are="a ConvNeXt size",
+)

@@ -26,9 +26,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convnext, depthwise
+from alz_jax.models import depthwise
 from alz_jax.models.batchnorm import BatchNorm
-from alz_jax.models.convnext import drop_path
+from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.layers import (
+    drop_path,
+    fold_keys,
+    head_dropout,
+    padded_conv,
+    pooled_map_target,
+    uniform_init,
+)
 
 B0_STAGES: tuple[str, ...] = (
     "ds_r1_k3_s1_e1_c16_se0.25",
@@ -110,20 +118,15 @@ def stage_string(stage: StageDef) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class EfficientNetSpec:
-    """Everything that defines an EfficientNet's parameters and computation."""
+class EfficientNetSpec(ModelSpec):
+    """Everything that defines an EfficientNet's parameters and computation (the common fields
+    in ModelSpec; head_dropout is timm's drop_rate, 0.2 in its B0 recipe)."""
 
     width_mult: float = 1.0  # timm's channel_multiplier (stem, stages and head)
     depth_mult: float = 1.0  # timm's depth_multiplier (repeats, rounded up)
     num_features: int = 1280  # head width before scaling
     stem_size: int = 32  # stem width before scaling
     stages: tuple[str, ...] = B0_STAGES
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate (0.2 in its B0 recipe): before the classifier
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     depthwise: str = "xla"  # 'xla' or 'shift' (models/depthwise.py); same parameters either way
 
     def __post_init__(self):
@@ -140,7 +143,7 @@ class EfficientNetSpec:
              f"a non-empty list of {_STAGE_HELP} (not {bad[:1] or 'empty'})"),
             ("stages", self.stages, downsamples <= 4,
              "at most 4 stride-2 stages (the stem's 2 times 16: output stride 32)"),
-            *convnext.common_field_checks(self),
+            *self.common_checks(),
             ("depthwise", self.depthwise, self.depthwise in ("xla", "shift"), "xla|shift"),
         ])  # fmt: skip
         # A list from a config becomes a tuple: the spec stays hashable and comparable.
@@ -245,21 +248,8 @@ def _conv(
     bias: bool = False,
 ) -> nnx.Conv:
     """A PyTorch-padded (k // 2 each side) convolution with timm's EfficientNet initialisation."""
-    pad = kernel // 2
-    return nnx.Conv(
-        in_chs,
-        out_chs,
-        (kernel, kernel),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=bias,
-        kernel_init=_conv_init(kernel, out_chs, groups),
-        bias_init=nnx.initializers.zeros_init(),
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
+    return padded_conv(in_chs, out_chs, kernel, spec, rngs, stride=stride, groups=groups,
+                       bias=bias, kernel_init=_conv_init(kernel, out_chs, groups))  # fmt: skip
 
 
 def _batch_norm(num_features: int, spec: EfficientNetSpec) -> BatchNorm:
@@ -301,6 +291,19 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.sigmoid(s)
 
 
+def _depthwise_to_output(block, x, shortcut, dw_norm, project, project_norm, sample_keys):
+    """The part both block kinds share: `block`'s depthwise conv, `dw_norm`, SiLU, SE, the 1x1
+    `project` and `project_norm`, and the residual with drop path when the shapes allow."""
+    x = depthwise_conv(x, block.conv_dw.kernel.value, block.block.stride, block.depthwise)
+    x = jax.nn.silu(dw_norm(x))
+    if block.se is not None:
+        x = block.se(x)
+    x = project_norm(project(x))
+    if block.block.has_skip:
+        x = shortcut + drop_path(x, block.block.drop_path_rate, sample_keys)
+    return x
+
+
 class DepthwiseSeparable(nnx.Module):
     """timm's DepthwiseSeparableConv: dw conv, BN, SiLU, SE, 1x1 conv, BN (no activation),
     residual with drop path when the shapes allow."""
@@ -316,15 +319,7 @@ class DepthwiseSeparable(nnx.Module):
         self.depthwise = spec.depthwise
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
-        shortcut = x
-        x = depthwise_conv(x, self.conv_dw.kernel.value, self.block.stride, self.depthwise)
-        x = jax.nn.silu(self.bn1(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.bn2(self.conv_pw(x))
-        if self.block.has_skip:
-            x = shortcut + drop_path(x, self.block.drop_path_rate, sample_keys)
-        return x
+        return _depthwise_to_output(self, x, x, self.bn1, self.conv_pw, self.bn2, sample_keys)
 
 
 class InvertedResidual(nnx.Module):
@@ -344,26 +339,10 @@ class InvertedResidual(nnx.Module):
         self.depthwise = spec.depthwise
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None) -> jax.Array:
-        shortcut = x
-        x = jax.nn.silu(self.bn1(self.conv_pw(x)))
-        x = depthwise_conv(x, self.conv_dw.kernel.value, self.block.stride, self.depthwise)
-        x = jax.nn.silu(self.bn2(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.bn3(self.conv_pwl(x))
-        if self.block.has_skip:
-            x = shortcut + drop_path(x, self.block.drop_path_rate, sample_keys)
-        return x
-
-
-def _classifier_init(num_classes: int):
-    # timm's _init_weight_goog for nn.Linear: U(-r, r) with r = 1 / sqrt(fan_out).
-    bound = 1.0 / math.sqrt(num_classes)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+        expanded = jax.nn.silu(self.bn1(self.conv_pw(x)))
+        return _depthwise_to_output(
+            self, expanded, x, self.bn2, self.conv_pwl, self.bn3, sample_keys
+        )
 
 
 class EfficientNet(nnx.Module):
@@ -388,7 +367,8 @@ class EfficientNet(nnx.Module):
         self.classifier = nnx.Linear(
             head,
             spec.num_classes,
-            kernel_init=_classifier_init(spec.num_classes),
+            # timm's _init_weight_goog for nn.Linear: U(-r, r) with r = 1 / sqrt(fan_out).
+            kernel_init=uniform_init(spec.num_classes),
             bias_init=nnx.initializers.zeros_init(),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
@@ -400,7 +380,7 @@ class EfficientNet(nnx.Module):
         (shape (B,)) are given. Block k (counted over all stages) draws with fold_in(key, k)."""
         features = self.feature_map(x, sample_keys=sample_keys)
         pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-        return self.classifier(convnext.head_dropout(pooled, self.spec.head_dropout, sample_keys))
+        return self.classifier(head_dropout(pooled, self.spec.head_dropout, sample_keys))
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The head convolution's activations (B, H/32, W/32, head width) after BN and SiLU:
@@ -410,7 +390,7 @@ class EfficientNet(nnx.Module):
         k = 0
         for stage in self.blocks:
             for block in stage:
-                x = block(x, convnext.fold_keys(sample_keys, k))
+                x = block(x, fold_keys(sample_keys, k))
                 k += 1
         return jax.nn.silu(self.bn2(self.conv_head(x)))
 
@@ -496,3 +476,26 @@ def title(spec: EfficientNetSpec) -> str:
     widths = "-".join(str(stage[-1].out_chs) for stage in block_defs(spec))
     depths = "-".join(str(len(stage)) for stage in block_defs(spec))
     return f"EfficientNet depths {depths}, widths {widths}, head {head_width(spec)}"
+
+
+FAMILY = Family(
+    name="efficientnet",
+    spec_type=EfficientNetSpec,
+    module=EfficientNet,
+    names={name: name for name in VARIANTS},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
+    # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
+    test_config={
+        "name": "efficientnet_b0",
+        "arch": {
+            "width_mult": 0.25,
+            "num_features": 32,
+            "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25"),
+        },
+    },
+)

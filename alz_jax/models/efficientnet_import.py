@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from alz_jax.models import conversion, efficientnet
-from alz_jax.models.conversion import ConversionError
+from alz_jax.models import efficientnet, import_helpers
 from alz_jax.models.efficientnet import EfficientNetSpec, StageDef
+from alz_jax.models.import_helpers import ConversionError
 
 LAYOUTS: tuple[str, ...] = ("timm",)
 _IGNORE = (r".*\.num_batches_tracked",)
@@ -33,7 +33,7 @@ def detect_layout(state_dict: Mapping[str, np.ndarray]) -> str:
         return "timm"
     raise ConversionError(
         "Not an EfficientNet state dict (no conv_stem.weight and blocks.* keys of timm's "
-        f"layout); its first keys: {conversion.listed(sorted(state_dict), 5)}"
+        f"layout); its first keys: {import_helpers.listed(sorted(state_dict), 5)}"
     )
 
 
@@ -151,7 +151,7 @@ def spec_from_state_dict(
 
 def timm_key(names: tuple) -> str:
     """timm's state-dict key of a project parameter path ('blocks', 1, 0, 'bn3', 'var')."""
-    return ".".join(str(n) for n in names[:-1]) + "." + conversion.torch_leaf(names[-1])
+    return ".".join(str(n) for n in names[:-1]) + "." + import_helpers.torch_leaf(names[-1])
 
 
 def variables_from_state_dict(
@@ -178,18 +178,11 @@ def variables_from_state_dict(
             f"is {efficientnet.title(spec)} with {_describe(*want)}. Set config.model to the "
             "checkpoint's architecture."
         )
-    model = efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    reader = conversion.StateDictReader(state_dict, f"The {layout} state dict", _IGNORE)
-    params = reader.tree(
-        params,
-        timm_key,
-        head=("classifier",),
-        stem=("conv_stem", "kernel"),
-        num_classes=spec.num_classes,
-    )
-    stats = reader.tree(stats, timm_key)
+    reader = import_helpers.StateDictReader(state_dict, f"The {layout} state dict", _IGNORE)
+    params, stats = reader.variables(
+        efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed)), timm_key, head=("classifier",),
+        stem=("conv_stem", "kernel"), num_classes=spec.num_classes,
+    )  # fmt: skip
     notes = reader.finish(efficientnet.title(spec))
     return params, stats, notes
 

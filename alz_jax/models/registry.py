@@ -1,9 +1,11 @@
-"""The model families, one interface: build, initialise, count, FLOPs, layer ids for layer-wise
-learning-rate decay, the presets of `optim.trainable`, and the names `model.name` accepts.
+"""The registered model families, one interface: build, initialise, count, FLOPs, layer ids for
+layer-wise learning-rate decay, the presets of `optim.trainable`, Grad-CAM's target, titles,
+and the names `model.name` accepts.
 
-Each family's module (convnext, vit, resnet, efficientnet) defines a frozen spec dataclass with
-the common fields (in_chans, num_classes, drop_path_rate, head_dropout, dtype, param_dtype) and
-its own; this module dispatches on the spec's type, so the training core never names a family.
+Each family describes itself in a `Family` record (models/family.py: its spec type, which
+extends `ModelSpec`, the shared fields; its hooks; its weight importer from models/*_import.py)
+and is made known by `register`; this module dispatches on the spec's type, so the training
+core never names a family.
 """
 
 from __future__ import annotations
@@ -11,107 +13,72 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError
-from alz_jax.models import convnext, efficientnet, resnet, vit
+from alz_jax.models import (
+    convnext,
+    convnext_import,
+    efficientnet,
+    efficientnet_import,
+    resnet,
+    resnet_import,
+    vit,
+    vit_import,
+)
+from alz_jax.models.family import Family, ModelSpec
 
-ModelSpec = Any  # one of the families' spec dataclasses
+__all__ = ["FAMILIES", "NAMES", "Family", "ModelSpec", "register", "unregister"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """How the training core handles one model family."""
-
-    name: str
-    spec_type: type
-    module: Callable[..., nnx.Module]  # module(spec, rngs=...) -> the NNX model
-    layer_ids: Callable[[dict], tuple[dict, int]]
-    # spec -> {optim.trainable preset: regex over 'a/b/c' parameter paths} (head, last_stage)
-    presets: Callable[[Any], dict[str, str]]
-    forward_flops: Callable[[Any, int], float]  # (spec, resolution) -> FLOPs per image
-    title: Callable[[Any], str]  # 'ConvNeXt atto', 'ViT-B/16', ...
-    spec_for: Callable[..., Any]  # (variant, **fields) -> spec
-    # Grad-CAM: (model, normalised images) -> (the map it weighs (B, h, w, C), float32; the
-    # function from that map to the logits).
-    gradcam_target: Callable
+FAMILIES: dict[str, Family] = {}
+# model.name (and the weight-import functions' names) -> (family, variant): the project's short
+# names and timm's, of every registered family.
+NAMES: dict[str, tuple[str, str]] = {}
 
 
-def _pooled_map_target(head: Callable) -> Callable:
-    """Grad-CAM's target of a CNN: the feature map its head pools, and `head(net, map)`."""
+def register(fam: Family) -> Family:
+    """Makes a family known: its specs build, train, evaluate and export, and `model.name`
+    accepts its names. A name or spec type already registered is an error."""
+    taken = sorted(set(fam.names) & set(NAMES))
+    # `family(spec)` goes by isinstance: no spec type may be another family's.
+    taken += [f.name for f in FAMILIES.values() if issubclass(fam.spec_type, f.spec_type)
+              or issubclass(f.spec_type, fam.spec_type)]  # fmt: skip
+    if fam.name in FAMILIES or taken:
+        raise ValueError(f"family {fam.name!r}: already registered ({taken or fam.name})")
+    if fam.default and any(f.default for f in FAMILIES.values()):
+        raise ValueError(f"family {fam.name!r}: there is a default family already")
+    FAMILIES[fam.name] = fam
+    NAMES.update({name: (fam.name, variant) for name, variant in fam.names.items()})
+    return fam
 
-    def target(net, x):
-        return net.feature_map(x).astype(jnp.float32), lambda f: head(net, f)
 
-    return target
-
-
-def _convnext_title(spec: convnext.ConvNeXtSpec) -> str:
-    size = next((n for n, v in convnext.SIZES.items() if v == (spec.depths, spec.dims)), None)
-    return f"ConvNeXt {size}" if size else f"ConvNeXt depths {spec.depths}, dims {spec.dims}"
+def unregister(name: str) -> None:
+    """Forgets a registered family (tests that register a toy one)."""
+    fam = FAMILIES.pop(name)
+    for key in fam.names:
+        del NAMES[key]
 
 
-FAMILIES: dict[str, Family] = {
-    "convnext": Family(
-        name="convnext",
-        spec_type=convnext.ConvNeXtSpec,
-        module=convnext.ConvNeXt,
-        layer_ids=convnext.layer_ids,
-        presets=convnext.trainable_presets,
-        forward_flops=convnext.forward_flops_per_image,
-        title=_convnext_title,
-        spec_for=lambda variant, **fields: convnext.ConvNeXtSpec(
-            *convnext.SIZES[variant], **fields
-        ),
-        gradcam_target=_pooled_map_target(lambda net, f: net.head(f)),
-    ),
-    **{
-        module.__name__.rsplit(".", 1)[-1]: Family(
-            name=module.__name__.rsplit(".", 1)[-1],
-            spec_type=spec_type,
-            module=model_type,
-            layer_ids=module.layer_ids,
-            presets=module.trainable_presets,
-            forward_flops=module.forward_flops_per_image,
-            title=module.title,
-            spec_for=module.spec_for,
-            gradcam_target=gradcam_target,
-        )
-        for module, spec_type, model_type, gradcam_target in (
-            (vit, vit.ViTSpec, vit.ViT, lambda net, x: net.gradcam_target(x)),
-            (
-                resnet,
-                resnet.ResNetSpec,
-                resnet.ResNet,
-                _pooled_map_target(lambda net, f: net.head(f)),
-            ),
-            (
-                efficientnet,
-                efficientnet.EfficientNetSpec,
-                efficientnet.EfficientNet,
-                _pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
-            ),
-        )
-    },
-}
+for _model, _weights in (
+    (convnext, convnext_import),
+    (vit, vit_import),
+    (resnet, resnet_import),
+    (efficientnet, efficientnet_import),
+):
+    register(dataclasses.replace(_model.FAMILY, layouts=_weights.LAYOUTS,
+                                 import_weights=_weights.variables_from_state_dict))  # fmt: skip
 
-# model.name (and the conversion functions' names) -> (family, variant): the project's short
-# names and timm's.
-NAMES: dict[str, tuple[str, str]] = {
-    **{f"convnext_{size}": ("convnext", size) for size in convnext.SIZES},
-    "vit_ti16": ("vit", "vit_ti16"),
-    "vit_s16": ("vit", "vit_s16"),
-    "vit_b16": ("vit", "vit_b16"),
-    "vit_tiny_patch16_224": ("vit", "vit_ti16"),
-    "vit_small_patch16_224": ("vit", "vit_s16"),
-    "vit_base_patch16_224": ("vit", "vit_b16"),
-    "resnet50": ("resnet", "resnet50"),
-    "efficientnet_b0": ("efficientnet", "efficientnet_b0"),
-}
+
+def default_family() -> Family:
+    """The family of an empty model.name, and of records and exports that name none."""
+    return next(fam for fam in FAMILIES.values() if fam.default)
+
+
+def _known_fields(fam: Family, fields: dict) -> dict:
+    known = {f.name for f in dataclasses.fields(fam.spec_type)}
+    return {k: v for k, v in fields.items() if k in known}
 
 
 def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelSpec:
@@ -132,7 +99,35 @@ def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelS
             f"fields are {sorted(known)}."
         )
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
-    return fam.spec_for(variant, **{k: v for k, v in fields.items() if k in known}, **arch)
+    return fam.spec_for(variant, **_known_fields(fam, fields), **arch)
+
+
+def config_family(model_config) -> Family:
+    """The family a `config.model` section picks: its model.name's, or the family named by it
+    (an empty name: the default family) when that family reads the section itself."""
+    name = model_config.get("name") or default_family().name
+    fam = FAMILIES.get(name)
+    if fam is not None and fam.spec_from_config is not None:
+        return fam
+    if name not in NAMES:
+        raise UserError(f"config.model.name = {name!r}: expected one of {sorted(NAMES)}.")
+    return FAMILIES[NAMES[name][0]]
+
+
+def spec_from_config(model_config, **fields) -> ModelSpec:
+    """The spec of a `config.model` section: model.name is a registered name (with
+    model.arch overrides), or a family's own name (or empty: the default family's) that the
+    family resolves from the section itself (spec_from_config hook); `fields` as in
+    `spec_from_name`."""
+    fam = config_family(model_config)
+    if fam.spec_from_config is not None and (model_config.get("name") or fam.name) == fam.name:
+        return fam.spec_from_config(model_config, **_known_fields(fam, fields))
+    return spec_from_name(model_config.name, dict(model_config.get("arch", {})), **fields)
+
+
+def family_named(name: str | None) -> Family:
+    """A registered family by name; None (records and exports that name none): the default."""
+    return FAMILIES[name] if name else default_family()
 
 
 def family(spec: ModelSpec) -> Family:
@@ -180,6 +175,26 @@ def forward_flops_per_image(spec: ModelSpec, resolution: int) -> float:
 def title(spec: ModelSpec) -> str:
     """A human name of the model ('ViT-B/16', 'ResNet-50', 'ConvNeXt atto')."""
     return family(spec).title(spec)
+
+
+def hparams_label(spec: ModelSpec) -> str:
+    """TensorBoard's HParams model column: the family's label, else its title."""
+    fam = family(spec)
+    return (fam.hparams_label or fam.title)(spec)
+
+
+def export_fields(spec: ModelSpec) -> dict:
+    """The family's own keys of the export metadata's model description (they update the
+    generic ones: architecture, family, spec)."""
+    fam = family(spec)
+    return fam.export_fields(spec) if fam.export_fields else {}
+
+
+def record_family(spec: ModelSpec) -> str | None:
+    """The family name a run's identity records: None for the default family, whose runs were
+    recorded before there were others (they keep their identity)."""
+    fam = family(spec)
+    return None if fam.default else fam.name
 
 
 def gradcam_target(spec: ModelSpec) -> Callable:

@@ -18,14 +18,25 @@ nn.Linear: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Stochastic dept
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import batchnorm, convnext
+from alz_jax.models import batchnorm
+from alz_jax.models.family import Family, ModelSpec, stage_checks
+from alz_jax.models.layers import (
+    FeatureMapClassifier,
+    drop_path,
+    fold_keys,
+    head_dropout,
+    linear_drop_rates,
+    padded_conv,
+    pooled_map_target,
+    staged_layer_ids,
+    uniform_init,
+)
 
 VARIANTS: dict[str, dict] = {
     "resnet50": {"depths": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "stem_width": 64},
@@ -38,44 +49,24 @@ _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _fc_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _fc_bias_init(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 @dataclasses.dataclass(frozen=True)
-class ResNetSpec:
-    """Everything that defines a bottleneck ResNet's parameters and computation. `widths` are the
-    bottlenecks' inner widths per stage (each stage outputs 4x)."""
+class ResNetSpec(ModelSpec):
+    """Everything that defines a bottleneck ResNet's parameters and computation (the common
+    fields in ModelSpec). `widths` are the bottlenecks' inner widths per stage (each stage
+    outputs 4x)."""
 
     depths: tuple[int, ...]
     widths: tuple[int, ...]
     stem_width: int = 64
     zero_init_last: bool = True
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     def __post_init__(self):
-        if len(self.depths) != len(self.widths) or not self.depths:
-            raise UserError(
-                f"ResNet depths {self.depths} and widths {self.widths} (config.model.arch): "
-                "expected non-empty and of the same length."
-            )
         check_fields("model", [
-            ("depths", self.depths, all(d >= 1 for d in self.depths),
-             "each >= 1 (blocks per stage)"),
-            ("widths", self.widths, all(w >= 1 for w in self.widths),
-             "each >= 1 (bottleneck widths per stage)"),
+            *stage_checks(self, "widths", "bottleneck widths", (
+                f"ResNet depths {self.depths} and widths {self.widths} (config.model.arch): "
+                "expected non-empty and of the same length.")),
             ("stem_width", self.stem_width, self.stem_width >= 1, ">= 1"),
-            *convnext.common_field_checks(self),
+            *self.common_checks(),
         ])  # fmt: skip
 
 
@@ -92,19 +83,7 @@ def _conv(
     in_dim: int, out_dim: int, size: int, stride: int, spec: ResNetSpec, rngs: nnx.Rngs
 ) -> nnx.Conv:
     """A bias-free size x size convolution padded by size // 2 on each side (PyTorch's)."""
-    pad = size // 2
-    return nnx.Conv(
-        in_dim,
-        out_dim,
-        (size, size),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=_conv_init,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        rngs=rngs,
-    )
+    return padded_conv(in_dim, out_dim, size, spec, rngs, kernel_init=_conv_init, stride=stride)
 
 
 def _norm(num_features: int, spec: ResNetSpec, scale_init: float = 1.0) -> batchnorm.BatchNorm:
@@ -179,7 +158,7 @@ class Bottleneck(nnx.Module):
         y = jax.nn.relu(self.bn1(self.conv1(x)))
         y = jax.nn.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return jax.nn.relu(shortcut + convnext.drop_path(y, self.drop_path_rate, sample_keys))
+        return jax.nn.relu(shortcut + drop_path(y, self.drop_path_rate, sample_keys))
 
 
 class Head(nnx.Module):
@@ -193,7 +172,7 @@ class Head(nnx.Module):
             dim,
             spec.num_classes,
             kernel_init=_fc_kernel_init,
-            bias_init=_fc_bias_init(dim),
+            bias_init=uniform_init(dim),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
             rngs=rngs,
@@ -201,16 +180,15 @@ class Head(nnx.Module):
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        return self.fc(convnext.head_dropout(pooled, self.dropout_rate, sample_keys))
+        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
 
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:
     """Each block's drop-path rate in network order: timm's linear rule over all blocks."""
-    total = sum(spec.depths)
-    return [spec.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
+    return linear_drop_rates(spec.drop_path_rate, sum(spec.depths))
 
 
-class ResNet(nnx.Module):
+class ResNet(FeatureMapClassifier):
     """Bottleneck ResNet classifier over NHWC images; float32 logits of shape (B, num_classes)."""
 
     def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs):
@@ -228,11 +206,6 @@ class ResNet(nnx.Module):
         self.stages = nnx.List(stages)
         self.head = Head(spec, rngs)
 
-    def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
-        (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
-
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The last stage's output (B, ~H/32, ~W/32, 4 * widths[-1]): what the head pools, and
         where Grad-CAM looks."""
@@ -240,7 +213,7 @@ class ResNet(nnx.Module):
         k = 0
         for stage in self.stages:
             for block in stage:
-                x = block(x, convnext.fold_keys(sample_keys, k))
+                x = block(x, fold_keys(sample_keys, k))
                 k += 1
         return x
 
@@ -257,22 +230,7 @@ def layer_ids(params: dict) -> tuple[dict, int]:
     numbered from the input as timm's `param_groups_layer_decay` does with ResNet's
     `group_matcher` (stem `conv1|bn1|maxpool`, then one group per block `layer(i).(j)`, the
     downsample with its block; the classifier is the last layer)."""
-    stages = params["stages"]
-    block_id, index = {}, 1
-    for s in sorted(stages, key=int):
-        for j in sorted(stages[s], key=int):
-            block_id[(int(s), int(j))], index = index, index + 1
-    head = index
-
-    def layer(path, _):
-        names = [getattr(k, "key", k) for k in path]
-        if names[0] == "stem":
-            return 0
-        if names[0] == "stages":
-            return block_id[(int(names[1]), int(names[2]))]
-        return head
-
-    return jax.tree_util.tree_map_with_path(layer, params), head + 1
+    return staged_layer_ids(params)
 
 
 def _out(side: int) -> int:
@@ -311,3 +269,21 @@ def title(spec: ResNetSpec) -> str:
 def init_params(spec: ResNetSpec, seed: int) -> dict:
     """Initial parameters of a ResNet as a pure dict of arrays (the checkpoint layout)."""
     return nnx.to_pure_dict(nnx.state(ResNet(spec, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+FAMILY = Family(
+    name="resnet",
+    spec_type=ResNetSpec,
+    module=ResNet,
+    names={name: name for name in VARIANTS},
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
+    test_config={
+        "name": "resnet50",
+        "arch": {"depths": (1, 1), "widths": (4, 8), "stem_width": 8},
+    },
+)

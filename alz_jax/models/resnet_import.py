@@ -5,7 +5,7 @@ layer{1..4}.{j}.conv1/bn1/conv2/bn2/conv3/bn3/downsample.0/downsample.1, fc. Bot
 accepted and read the same way; `detect_layout` cannot tell them apart and says 'torchvision'.
 BatchNorm weight, bias, running_mean and running_var become the project's scale, bias and the
 BatchStat mean and var; `num_batches_tracked` is ignored. Convolutions [O, I, kh, kw] become
-[kh, kw, I, O] and the classifier [out, in] becomes [in, out] (conversion.to_project_layout).
+[kh, kw, I, O] and the classifier [out, in] becomes [in, out] (import_helpers.to_project_layout).
 A 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
 input channels; a classifier for another class count (or none) is initialised as a fresh
 model's. Deep-stem variants (resnet50d: conv1.0, conv1.1, ...) and BasicBlock ResNets (ResNet-18,
@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from alz_jax.models import resnet
-from alz_jax.models.conversion import ConversionError, StateDictReader, torch_leaf
+from alz_jax.models.import_helpers import ConversionError, StateDictReader, torch_leaf
 
 LAYOUTS: tuple[str, ...] = ("torchvision", "timm")
 _IGNORED = (r".*num_batches_tracked",)
@@ -130,16 +130,11 @@ def variables_from_state_dict(
             f"{resnet.title(spec)}. Set config.model.name (or config.model.arch's depths, widths "
             "and stem_width) to the checkpoint's architecture."
         )
-    model = resnet.ResNet(spec, rngs=nnx.Rngs(seed))
     reader = StateDictReader(state_dict, f"The {layout} state dict", ignore=_IGNORED)
-    params = reader.tree(
-        nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-        torch_key,
-        head=("head", "fc"),
-        stem=("stem", "conv", "kernel"),
-        num_classes=spec.num_classes,
-    )
-    stats = reader.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), torch_key)
+    params, stats = reader.variables(
+        resnet.ResNet(spec, rngs=nnx.Rngs(seed)), torch_key, head=("head", "fc"),
+        stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
+    )  # fmt: skip
     notes = reader.finish(resnet.title(spec))
     return params, stats, notes
 

@@ -26,8 +26,15 @@ import numpy as np
 from flax import nnx
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convnext
-from alz_jax.models.convnext import drop_path, fold_keys, head_dropout
+from alz_jax.models.family import Family, ModelSpec
+from alz_jax.models.layers import (
+    drop_path,
+    fold_keys,
+    head_dropout,
+    linear_drop_rates,
+    patchify_conv,
+    uniform_init,
+)
 
 # timm's vit_{tiny,small,base}_patch16_224 (head width 64 throughout).
 VARIANTS: dict[str, dict] = {
@@ -42,8 +49,9 @@ _zeros = nnx.initializers.zeros_init()
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTSpec:
-    """Everything that defines a ViT's parameters and computation."""
+class ViTSpec(ModelSpec):
+    """Everything that defines a ViT's parameters and computation (the common fields in
+    ModelSpec)."""
 
     embed_dim: int
     depth: int
@@ -53,12 +61,7 @@ class ViTSpec:
     image_size: int = 224  # square input; the position grid is image_size // patch_size
     layer_scale_init: float = 0.0  # timm's init_values; 0 = no layer scale
     norm_eps: float = 1e-6  # timm's; Hugging Face ViT uses 1e-12
-    in_chans: int = 1
-    num_classes: int = 2
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0  # timm's drop_rate: dropout of the class token before the head
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    # head_dropout (ModelSpec) is timm's drop_rate: dropout of the class token before the head.
 
     def __post_init__(self):
         check_fields("model", [
@@ -78,7 +81,7 @@ class ViTSpec:
             ("layer_scale_init", self.layer_scale_init, 0 <= self.layer_scale_init < math.inf,
              ">= 0 and finite (0: no layer scale)"),
             ("norm_eps", self.norm_eps, 0 < self.norm_eps < math.inf, "> 0 and finite"),
-            *convnext.common_field_checks(self),
+            *self.common_checks(),
         ])  # fmt: skip
 
     @property
@@ -121,17 +124,6 @@ def _linear(in_dim: int, out_dim: int, spec: ViTSpec, rngs: nnx.Rngs, dtype=None
         param_dtype=spec.param_dtype,
         rngs=rngs,
     )
-
-
-def _torch_conv_default(fan_in: int):
-    """PyTorch's Conv2d default for weight and bias alike: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    (kaiming_uniform with a=sqrt(5) gives that bound for the weight)."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class Attention(nnx.Module):
@@ -207,19 +199,9 @@ class ViT(nnx.Module):
     def __init__(self, spec: ViTSpec, *, rngs: nnx.Rngs):
         self.spec = spec
         dim, patch = spec.embed_dim, spec.patch_size
-        conv_init = _torch_conv_default(spec.in_chans * patch * patch)
-        self.patch_embed = nnx.Conv(
-            spec.in_chans,
-            dim,
-            (patch, patch),
-            strides=patch,
-            padding="VALID",
-            kernel_init=conv_init,
-            bias_init=conv_init,
-            dtype=spec.dtype,
-            param_dtype=spec.param_dtype,
-            rngs=rngs,
-        )
+        conv_init = uniform_init(spec.in_chans * patch * patch)
+        self.patch_embed = patchify_conv(spec.in_chans, dim, patch, spec, rngs,
+                                         kernel_init=conv_init, bias_init=conv_init)  # fmt: skip
         # Shapes as timm's (1, 1, D) and (1, 1 + grid^2, D): checkpoints load unchanged.
         self.cls_token = nnx.Param(
             nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, dim), spec.param_dtype)
@@ -228,7 +210,7 @@ class ViT(nnx.Module):
             _weight_init(rngs.params(), (1, 1 + spec.grid**2, dim), spec.param_dtype)
         )
         # timm: torch.linspace(0, drop_path_rate, depth).
-        rates = [spec.drop_path_rate * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
+        rates = linear_drop_rates(spec.drop_path_rate, spec.depth)
         self.blocks = nnx.List([Block(rate, spec, rngs) for rate in rates])
         self.norm = _layer_norm(spec, rngs)
         self.head = _linear(dim, spec.num_classes, spec, rngs, dtype=jnp.float32)
@@ -370,6 +352,18 @@ def forward_flops_per_image(spec: ViTSpec, resolution: int) -> float:
     return 2.0 * macs
 
 
+def gradcam_target(net: ViT, x: jax.Array) -> tuple[jax.Array, Callable]:
+    """Grad-CAM's split of a ViT: its last block's first LayerNorm output on the patch tokens
+    (ViT.gradcam_target)."""
+    return net.gradcam_target(x)
+
+
+def spec_for_layout(spec: ViTSpec, layout: str) -> ViTSpec:
+    """The spec of a named ViT for weights in `layout`: Hugging Face's ViT normalises with eps
+    1e-12 (timm's 1e-6)."""
+    return dataclasses.replace(spec, norm_eps=1e-12) if layout == "huggingface" else spec
+
+
 def title(spec: ViTSpec) -> str:
     """'ViT-B/16' for timm's sizes (any patch size), else a description."""
     size = _SIZE_NAMES.get((spec.embed_dim, spec.depth, spec.num_heads))
@@ -384,3 +378,27 @@ def title(spec: ViTSpec) -> str:
 def init_params(spec: ViTSpec, seed: int) -> dict:
     """Initial parameters of a ViT as a pure dict of arrays (the checkpoint layout)."""
     return nnx.to_pure_dict(nnx.state(ViT(spec, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+FAMILY = Family(
+    name="vit",
+    spec_type=ViTSpec,
+    module=ViT,
+    names={
+        **{name: name for name in VARIANTS},
+        "vit_tiny_patch16_224": "vit_ti16",
+        "vit_small_patch16_224": "vit_s16",
+        "vit_base_patch16_224": "vit_b16",
+    },
+    spec_for=spec_for,
+    layer_ids=layer_ids,
+    presets=trainable_presets,
+    forward_flops=forward_flops_per_image,
+    title=title,
+    gradcam_target=gradcam_target,
+    test_config={
+        "name": "vit_s16",
+        "arch": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8},
+    },
+    spec_for_layout=spec_for_layout,
+)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from alz_jax.models import vit
-from alz_jax.models.conversion import ConversionError, StateDictReader, to_project_layout
+from alz_jax.models.import_helpers import ConversionError, StateDictReader, to_project_layout
 
 LAYOUTS: tuple[str, ...] = ("timm", "huggingface")
 _POOLER = (

@@ -92,31 +92,26 @@ def unflatten(flat: dict, spec) -> dict:
 
 
 def model_metadata(spec, parameters: int) -> dict:
-    """The export metadata's description of the model: its family and spec fields (ConvNeXt's
-    also under the depths/dims keys of earlier exports)."""
+    """The export metadata's description of the model: its family and spec fields (and the
+    family's own keys, e.g. those of exports written before other families)."""
     fields = {k: v for k, v in dataclasses.asdict(spec).items()
               if k not in ("dtype", "depthwise", "param_dtype")}  # fmt: skip
-    family = registry.family(spec).name
-    out = {"architecture": "ConvNeXt" if family == "convnext" else registry.title(spec),
-           "family": family, "spec": fields}  # fmt: skip
-    if family == "convnext":
-        out.update(depths=list(spec.depths), dims=list(spec.dims))
+    out = {"architecture": registry.title(spec), "family": registry.family(spec).name,
+           "spec": fields}  # fmt: skip
+    out.update(registry.export_fields(spec))
     return {**out, "in_chans": spec.in_chans, "num_classes": spec.num_classes,
             "parameters": parameters}  # fmt: skip
 
 
 def spec_from_metadata(metadata: dict, depthwise: str = "xla"):
-    """The model described by an export's metadata (compute dtype included)."""
+    """The model described by an export's metadata (compute dtype included); an export that
+    names no family is the default family's, and one without 'spec' keeps its spec's fields
+    at the top level of its model description (both written before other families)."""
     m = metadata["model"]
-    fam = registry.FAMILIES[m.get("family", "convnext")]
-    fields = m.get("spec") or {
-        "depths": m["depths"],
-        "dims": m["dims"],
-        "in_chans": m["in_chans"],
-        "num_classes": m["num_classes"],
-    }
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    fam = registry.family_named(m.get("family"))
     known = {f.name for f in dataclasses.fields(fam.spec_type)}
+    fields = m.get("spec") or {k: v for k, v in m.items() if k in known}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     if "depthwise" in known:
         fields["depthwise"] = depthwise
     return fam.spec_type(**fields, dtype=metadata["compute_dtype"])  # fmt: skip

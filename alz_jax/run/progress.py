@@ -24,10 +24,9 @@ SELECTED_CODE = {"raw": 0, "ema": 1, "swa": 2}
 
 
 def model_label(spec) -> str:
-    """The HParams tab's model column: ConvNeXt's 'dims / depths', other families' titles."""
-    if registry.family(spec).name == "convnext":
-        return "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
-    return registry.title(spec)
+    """The HParams tab's model column: the family's label (ConvNeXt's 'dims / depths'), else
+    its title."""
+    return registry.hparams_label(spec)
 
 
 def hparams(run: specs.RunSpec, plan: specs.Plan) -> dict:

@@ -74,8 +74,8 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     compute_dtype = model.pop("dtype")
     model.pop("depthwise", None)
     _drop_defaults(model, {"head_dropout": 0.0})  # added later: older runs keep their identity
-    family = registry.family(run.model).name
-    if family != "convnext":  # ConvNeXt runs recorded before other families keep their identity
+    family = registry.record_family(run.model)
+    if family is not None:  # the default family's runs, recorded before others, keep theirs
         model = {"family": family, **model}
     optim = dataclasses.asdict(run.optim)
     _drop_defaults(optim, {"trainable": "all", "frozen_batchnorm": "running"})

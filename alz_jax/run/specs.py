@@ -33,7 +33,7 @@ from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.evaluation import metric_registry, tasks
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convert, convnext, depthwise, registry
+from alz_jax.models import convert, depthwise, registry
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # Augmentation fields applied on device by the train step, not by the host pipeline.
@@ -356,36 +356,26 @@ def model_spec(
     image_size: int = 224,
 ):
     """The spec of a `config.model` section: `model.name` picks the family and variant
-    (models/registry.py NAMES; 'convnext' or empty: a ConvNeXt of model.size, or of explicit
-    depths and dims), computing in `dtype`, with `model.depthwise` resolved for `backend` and
-    `image_size` the input size (ViT's position embeddings)."""
+    (models/registry.py NAMES; a family's own name, or empty for the default family, lets the
+    family read the section: ConvNeXt's model.size, or explicit depths and dims), computing in
+    `dtype`, with `model.depthwise` resolved for `backend` and `image_size` the input size
+    (ViT's position embeddings)."""
     m = model_config
-    name = m.get("name", "convnext") or "convnext"
     try:
         impl = depthwise.resolve(m.depthwise, backend)
     except ValueError as e:
         raise UserError(str(e)) from e
-    common = dict(
+    return registry.spec_from_config(
+        m,
         in_chans=m.in_chans,
         num_classes=m.num_classes,
         drop_path_rate=m.drop_path_rate,
         head_dropout=m.get("head_dropout", 0.0),
         dtype=dtype,
         param_dtype=m.param_dtype,
+        depthwise=impl,
+        image_size=image_size,
     )
-    if name != "convnext":
-        arch = dict(m.get("arch", {}))
-        return registry.spec_from_name(name, arch, **common, depthwise=impl, image_size=image_size)
-    if m.size:
-        if m.size not in convnext.SIZES:
-            raise UserError(
-                f"config.model.size = {m.size!r} is not a ConvNeXt size; expected one of "
-                f"{sorted(convnext.SIZES)} (or set model.depths and model.dims)."
-            )
-        depths, dims = convnext.SIZES[m.size]
-    else:
-        depths, dims = tuple(m.depths), tuple(m.dims)
-    return convnext.ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **common, depthwise=impl)
 
 
 def data_spec(data_config: ml_collections.ConfigDict) -> DataSpec:

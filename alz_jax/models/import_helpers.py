@@ -1,6 +1,11 @@
-"""What every PyTorch-weight import shares: the error type, the finite check, tensor layout
-moves, and a reader that fills a model's parameter tree from a state dict by key, refusing
-missing and unused tensors by name.
+"""What every family's PyTorch-weight import shares: reading weight files, the error type, the
+finite check, tensor layout moves, and a reader that fills a model's parameter tree from a state
+dict by key, refusing missing and unused tensors by name. (The dispatch to each family's
+importer is weights_import.py.)
+
+Files are read without unpickling arbitrary objects: safetensors (`.safetensors`), NumPy
+archives (`.npz`, no pickle) or PyTorch files (`.pth`, `.pt`, `.bin`) through
+`torch.load(..., weights_only=True)` when torch is installed.
 
 Layouts: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g, O]; linears [out, in] -> [in, out];
 vectors as they are. A 3-channel stem becomes a 1-channel one by summing its kernel over the
@@ -10,17 +15,104 @@ whose class count differs is re-initialised as a fresh model's would be.
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file  # (its bytes reader has no bfloat16)
 
+from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 
 
 class ConversionError(UserError):
     """A state dict that doesn't fit the requested model; the message names the keys."""
+
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
+# Keys under which training scripts nest the model's state dict (FB: "model"; others).
+_NESTING_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def _torch_to_numpy(value) -> np.ndarray:
+    # bfloat16/float16 tensors go through float32: numpy has no bfloat16 of torch's.
+    if value.is_floating_point():
+        value = value.float()
+    return value.detach().cpu().numpy()
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Name -> array of a weight file (local or any etils path, e.g. gs://), without unpickling
+    arbitrary objects; a checkpoint that nests its state dict under 'model' or 'state_dict'
+    (FB's release, many training scripts) is unwrapped and a DDP 'module.' prefix removed."""
+    file = storage.path(path)
+    if not file.exists():
+        raise UserError(f"Weight file {path} does not exist.")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            with storage.local_file(file) as name:
+                state = load_file(name)
+        elif suffix == ".npz":
+            with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as archive:
+                state = {k: archive[k] for k in archive.files}
+        elif suffix in TORCH_SUFFIXES:
+            state = _load_torch(file.read_bytes(), path)
+        else:
+            raise UserError(
+                f"Weight file {path}: unknown type {suffix!r}; expected .safetensors, .npz or a "
+                f"PyTorch file ({', '.join(TORCH_SUFFIXES)})."
+            )
+    except UserError:
+        raise
+    except Exception as e:  # a truncated or corrupt file: name it, say what it was read as
+        raise UserError(f"Could not read weight file {path} as {suffix}: {e}") from e
+    for key in _NESTING_KEYS:
+        if key in state and isinstance(state[key], Mapping):
+            others = sorted(k for k in state if k != key)
+            logging.info("%s: using the state dict under %r%s", path, key,
+                         f" (not {others})" if others else "")  # fmt: skip
+            state = state[key]
+            break
+    ignored = sorted(k for k, v in state.items() if not isinstance(v, np.ndarray))
+    if ignored:
+        logging.info("%s: ignoring %d entries that are not tensors: %s%s", path, len(ignored),
+                     ignored[:10], " ..." if len(ignored) > 10 else "")  # fmt: skip
+    state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not state:
+        raise UserError(f"Weight file {path} holds no tensors.")
+    check_finite(state, f"Weight file {path}")
+    return state
+
+
+def _load_torch(data: bytes, path: str) -> dict:
+    try:
+        import torch  # noqa: PLC0415  (optional: only .pth files need PyTorch)
+    except ImportError as e:
+        raise UserError(
+            f"Reading the PyTorch file {path} needs torch (pip install torch), which alz_jax "
+            "does not install. Or convert it once where torch is, to a file read without torch "
+            "(for FB's release, take torch.load(...)['model']):\n"
+            '  python -c "import torch, safetensors.torch as s; s.save_file({k: v.contiguous() '
+            "for k, v in torch.load('IN.pth', weights_only=True).items()}, 'OUT.safetensors')\""
+        ) from e
+    # weights_only: tensors and plain containers only; a pickled object is refused.
+    loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
+
+    def convert(tree):
+        if isinstance(tree, Mapping):
+            return {k: convert(v) for k, v in tree.items()}
+        return _torch_to_numpy(tree) if isinstance(tree, torch.Tensor) else tree
+
+    return convert(loaded)
 
 
 def _non_finite_count(value: np.ndarray) -> int:
@@ -110,6 +202,21 @@ class StateDictReader:
             return None
         self.used.add(key)
         return np.asarray(self.state_dict[key])
+
+    def variables(
+        self,
+        model: nnx.Module,
+        key_for: Callable[[tuple], str],
+        *,
+        head: tuple,
+        stem: tuple,
+        num_classes: int,
+    ) -> tuple[dict, dict]:
+        """(params, batch_stats) of a freshly built `model` (a BatchNorm family's), each tree
+        filled as `tree` fills it (the stem and classifier adapted in the parameters)."""
+        params = self.tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), key_for, head=head,
+                           stem=stem, num_classes=num_classes)  # fmt: skip
+        return params, self.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), key_for)
 
     def tree(
         self,
