@@ -212,7 +212,7 @@ def test_init_from_config_is_checked_before_any_work(tmp_path):
 
 def test_layer_decay_scales_follow_depth_from_the_head():
     params = convnext.init_params(convnext.ConvNeXtSpec((2, 1, 1, 1), DIMS), 0)
-    scales = optim.layer_decay_scales(params, 0.5)
+    scales = optim.layer_decay_scales(params, 0.5, convnext.layer_ids)
     # Layers: stem 0, stage-0 blocks 1-2, downsample 3, block 4, downsample 5, block 6,
     # downsample 7, block 8, head 9.
     assert scales["head"]["fc"]["kernel"] == 1.0
@@ -231,10 +231,10 @@ def test_layer_decay_scales_the_whole_adamw_update():
     cfg = optim.OptimSpec(grad_clip_norm=0.0, weight_decay=0.05, layer_decay=1.0)
     plain = optim.make_optimizer(cfg, optax.constant_schedule(1e-2))
     cfg = dataclasses.replace(cfg, layer_decay=0.7)
-    decayed = optim.make_optimizer(cfg, optax.constant_schedule(1e-2))
+    decayed = optim.make_optimizer(cfg, optax.constant_schedule(1e-2), convnext.layer_ids)
     u_plain, _ = plain.update(grads, plain.init(params), params)
     u_decay, _ = decayed.update(grads, decayed.init(params), params)
-    scales = optim.layer_decay_scales(params, 0.7)
+    scales = optim.layer_decay_scales(params, 0.7, convnext.layer_ids)
     jax.tree.map(
         lambda a, b, s: np.testing.assert_allclose(b, a * s, rtol=1e-6, atol=1e-12),
         u_plain, u_decay, scales,

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import optax
 
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convnext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +74,16 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def layer_decay_scales(params, decay: float, layer_ids: Callable = convnext.layer_ids):
+def layer_decay_scales(params, decay: float, layer_ids: Callable):
     """Learning-rate multiplier per parameter: decay ** (head's index - the layer's index), so
     the head learns at the full rate and each layer closer to the input at `decay` times the
-    rate of the one above it (BEiT, ConvNeXt fine-tuning)."""
+    rate of the one above it (BEiT, ConvNeXt fine-tuning); `layer_ids` is the model family's
+    numbering (models/registry.py)."""
     ids, num_layers = layer_ids(params)
     return jax.tree.map(lambda i: float(decay) ** (num_layers - 1 - i), ids)
 
 
-def scale_by_layer_decay(
-    decay: float, layer_ids: Callable = convnext.layer_ids
-) -> optax.GradientTransformation:
+def scale_by_layer_decay(decay: float, layer_ids: Callable) -> optax.GradientTransformation:
     """Multiplies each parameter's update by its layer-decay scale. Placed after AdamW, it scales
     the whole step (learning rate times Adam direction plus weight decay): a per-layer learning
     rate."""
@@ -130,7 +128,7 @@ def check_trainable(params, pattern: str, value: str) -> tuple[int, int]:
 def make_optimizer(
     optim: OptimSpec,
     schedule: optax.Schedule,
-    layer_ids: Callable = convnext.layer_ids,
+    layer_ids: Callable | None = None,
     trainable_pattern: str = ".*",
 ) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW (betas, eps, decoupled weight decay from the config),
@@ -153,6 +151,8 @@ def make_optimizer(
         )
     )
     if optim.layer_decay != 1.0:
+        if layer_ids is None:
+            raise ValueError("layer_decay < 1 needs the model family's layer_ids")
         parts.append(scale_by_layer_decay(optim.layer_decay, layer_ids))
     tx = optax.chain(*parts)
     if trainable_pattern == ".*":
