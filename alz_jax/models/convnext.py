@@ -308,23 +308,13 @@ def export_fields(spec: ConvNeXtSpec) -> dict:
     return {"architecture": "ConvNeXt", "depths": list(spec.depths), "dims": list(spec.dims)}
 
 
-FAMILY = Family(
-    name="convnext",
-    spec_type=ConvNeXtSpec,
-    module=ConvNeXt,
+FAMILY = Family.of_module(
+    __name__, name="convnext", spec_type=ConvNeXtSpec, module=ConvNeXt,
     names={f"convnext_{size}": size for size in SIZES},
-    spec_for=spec_for,
-    layer_ids=layer_ids,
-    presets=trainable_presets,
-    forward_flops=forward_flops_per_image,
-    title=title,
     gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
     # The tiny test config's own model (tests/tiny_config.py).
     test_config={"name": "convnext", "depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},
-    spec_from_config=spec_from_config,
-    default=True,
-    hparams_label=hparams_label,
-    export_fields=export_fields,
-    aliases={size: f"convnext_{size}" for size in SIZES},
+    spec_from_config=spec_from_config, default=True, hparams_label=hparams_label,
+    export_fields=export_fields, aliases={size: f"convnext_{size}" for size in SIZES},
     aliases_are="a ConvNeXt size",
-)
+)  # fmt: skip

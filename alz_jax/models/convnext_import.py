@@ -155,11 +155,9 @@ def params_from_state_dict(
 
 
 def variables_from_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    spec: convnext.ConvNeXtSpec,
-    layout: str | None = None,
+    state_dict: Mapping[str, np.ndarray], spec: convnext.ConvNeXtSpec, layout: str | None = None,
     seed: int = 0,
-) -> tuple[dict, dict, list[str]]:
+) -> tuple[dict, dict, list[str]]:  # fmt: skip
     """(params, batch_stats = {}, notes) of a ConvNeXt: the family's weight importer."""
     params, notes = params_from_state_dict(state_dict, spec, layout, seed)
     return params, {}, notes

@@ -478,24 +478,12 @@ def title(spec: EfficientNetSpec) -> str:
     return f"EfficientNet depths {depths}, widths {widths}, head {head_width(spec)}"
 
 
-FAMILY = Family(
-    name="efficientnet",
-    spec_type=EfficientNetSpec,
-    module=EfficientNet,
+FAMILY = Family.of_module(
+    __name__, name="efficientnet", spec_type=EfficientNetSpec, module=EfficientNet,
     names={name: name for name in VARIANTS},
-    spec_for=spec_for,
-    layer_ids=layer_ids,
-    presets=trainable_presets,
-    forward_flops=forward_flops_per_image,
-    title=title,
     gradcam_target=pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
     # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
-    test_config={
-        "name": "efficientnet_b0",
-        "arch": {
-            "width_mult": 0.25,
-            "num_features": 32,
-            "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25"),
-        },
-    },
-)
+    test_config={"name": "efficientnet_b0", "arch": {
+        "width_mult": 0.25, "num_features": 32,
+        "stages": ("ds_r1_k3_s1_e1_c16_se0.25", "ir_r2_k5_s2_e6_c24_se0.25")}},
+)  # fmt: skip

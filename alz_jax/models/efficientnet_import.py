@@ -155,11 +155,9 @@ def timm_key(names: tuple) -> str:
 
 
 def variables_from_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    spec: EfficientNetSpec,
-    layout: str | None = None,
+    state_dict: Mapping[str, np.ndarray], spec: EfficientNetSpec, layout: str | None = None,
     seed: int = 0,
-) -> tuple[dict, dict, list[str]]:
+) -> tuple[dict, dict, list[str]]:  # fmt: skip
     """(params, batch_stats, notes) of the project's EfficientNet from a timm state dict, as
     pure dicts like `nnx.state(model, nnx.Param)` and `nnx.BatchStat`; notes list adaptations
     (stem summed for 1-channel input, classifier re-initialised with `seed`).

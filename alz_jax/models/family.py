@@ -10,6 +10,7 @@ its `Family` record. Nothing outside a family's own modules names it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +19,16 @@ from flax import nnx
 from alz_jax.host.errors import UserError
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+# Family field -> the function a family module defines for it (Family.of_module).
+MODULE_FUNCTIONS = {
+    "spec_for": "spec_for",
+    "layer_ids": "layer_ids",
+    "presets": "trainable_presets",
+    "forward_flops": "forward_flops_per_image",
+    "title": "title",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -99,3 +110,14 @@ class Family:
     aliases_are: str = ""
     # (spec, layout) -> the spec a named model takes for weights of that layout.
     spec_for_layout: Callable[[Any, str], Any] | None = None
+
+    @classmethod
+    def of_module(cls, module_name: str, **fields) -> Family:
+        """The Family of a family module that defines the contract's functions under their
+        names (MODULE_FUNCTIONS: spec_for, layer_ids, trainable_presets,
+        forward_flops_per_image, title); `fields` give the rest."""
+        module = sys.modules[module_name]
+        missing = [f for f in MODULE_FUNCTIONS.values() if not hasattr(module, f)]
+        if missing:
+            raise TypeError(f"family module {module_name} does not define {missing}")
+        return cls(**{k: getattr(module, f) for k, f in MODULE_FUNCTIONS.items()}, **fields)

@@ -271,19 +271,10 @@ def init_params(spec: ResNetSpec, seed: int) -> dict:
     return nnx.to_pure_dict(nnx.state(ResNet(spec, rngs=nnx.Rngs(seed)), nnx.Param))
 
 
-FAMILY = Family(
-    name="resnet",
-    spec_type=ResNetSpec,
-    module=ResNet,
+FAMILY = Family.of_module(
+    __name__, name="resnet", spec_type=ResNetSpec, module=ResNet,
     names={name: name for name in VARIANTS},
-    spec_for=spec_for,
-    layer_ids=layer_ids,
-    presets=trainable_presets,
-    forward_flops=forward_flops_per_image,
-    title=title,
     gradcam_target=pooled_map_target(lambda net, f: net.head(f)),
-    test_config={
-        "name": "resnet50",
-        "arch": {"depths": (1, 1), "widths": (4, 8), "stem_width": 8},
-    },
-)
+    test_config={"name": "resnet50",
+                 "arch": {"depths": (1, 1), "widths": (4, 8), "stem_width": 8}},
+)  # fmt: skip

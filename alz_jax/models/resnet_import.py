@@ -110,11 +110,9 @@ def torch_key(path: tuple) -> str:
 
 
 def variables_from_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    spec: resnet.ResNetSpec,
-    layout: str | None = None,
+    state_dict: Mapping[str, np.ndarray], spec: resnet.ResNetSpec, layout: str | None = None,
     seed: int = 0,
-) -> tuple[dict, dict, list[str]]:
+) -> tuple[dict, dict, list[str]]:  # fmt: skip
     """(params, batch_stats, notes) of the project's ResNet from a PyTorch state dict: pure
     dicts of float32 arrays shaped as the model's `nnx.Param` and `nnx.BatchStat` states, and
     the adaptations made (stem summed to one channel, classifier initialised with `seed`).

@@ -380,25 +380,11 @@ def init_params(spec: ViTSpec, seed: int) -> dict:
     return nnx.to_pure_dict(nnx.state(ViT(spec, rngs=nnx.Rngs(seed)), nnx.Param))
 
 
-FAMILY = Family(
-    name="vit",
-    spec_type=ViTSpec,
-    module=ViT,
-    names={
-        **{name: name for name in VARIANTS},
-        "vit_tiny_patch16_224": "vit_ti16",
-        "vit_small_patch16_224": "vit_s16",
-        "vit_base_patch16_224": "vit_b16",
-    },
-    spec_for=spec_for,
-    layer_ids=layer_ids,
-    presets=trainable_presets,
-    forward_flops=forward_flops_per_image,
-    title=title,
-    gradcam_target=gradcam_target,
-    test_config={
-        "name": "vit_s16",
-        "arch": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8},
-    },
-    spec_for_layout=spec_for_layout,
-)
+FAMILY = Family.of_module(
+    __name__, name="vit", spec_type=ViTSpec, module=ViT,
+    names={**{name: name for name in VARIANTS}, "vit_tiny_patch16_224": "vit_ti16",
+           "vit_small_patch16_224": "vit_s16", "vit_base_patch16_224": "vit_b16"},
+    gradcam_target=gradcam_target, spec_for_layout=spec_for_layout,
+    test_config={"name": "vit_s16",
+                 "arch": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}},
+)  # fmt: skip

@@ -236,11 +236,9 @@ def _transform(reader: StateDictReader, spec: vit.ViTSpec, naming: str, key_for:
 
 
 def variables_from_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    spec: vit.ViTSpec,
-    layout: str | None = None,
+    state_dict: Mapping[str, np.ndarray], spec: vit.ViTSpec, layout: str | None = None,
     seed: int = 0,
-) -> tuple[dict, dict, list[str]]:
+) -> tuple[dict, dict, list[str]]:  # fmt: skip
     """(params, batch_stats ({}: no BatchNorm), notes) of `spec`'s ViT from a timm or Hugging
     Face state dict. The patch embedding of a 3-channel file is summed for in_chans=1; a head
     for another class count (or none) is initialised with `seed`; a position table for another
