@@ -1,6 +1,8 @@
 """A new layout takes one registration: a toy plug-in, registered here and nowhere else, is then
 detected ("auto"), accepted by the config, audited, built into the TFDS data set with subject-
-aware splits and trained on, by the same machinery as the built-in layouts."""
+aware splits and trained on, by the same machinery as the built-in layouts. The training test
+also registers a toy model family (tests/test_family_plugins.py): both new pieces, one
+registration each, go through the audit and training together."""
 
 import collections
 import re
@@ -14,8 +16,11 @@ import pytest
 from alz_jax.data import dataset
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
-from alz_jax.run import train
+from alz_jax.models import registry as model_registry
+from alz_jax.run import run_record, train
+from tests import test_families
 from tests import tiny_config as tiny_config_file
+from tests.test_family_plugins import TOY as TOY_FAMILY
 from tfds_builders.mri_slices import api
 from tfds_builders.mri_slices.layouts import registry
 from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
@@ -136,8 +141,18 @@ def test_unregistering_takes_the_layout_out_of_the_config(toy_layout):
         DataSpec(layout=TOY)
 
 
+@pytest.fixture
+def toy_family():
+    """The toy model family, registered for the test."""
+    model_registry.register(TOY_FAMILY)
+    yield TOY_FAMILY
+    model_registry.unregister(TOY_FAMILY.name)
+
+
 @pytest.mark.slow
-def test_a_registered_toy_layout_is_detected_audited_built_and_trained(tmp_path, toy_layout):
+def test_a_registered_toy_layout_is_detected_audited_built_and_trained(
+    tmp_path, toy_layout, toy_family
+):
     folder = tmp_path / "toy"
     written = _write_toy(folder)
     # Detection and the config's choices come from the registry.
@@ -160,20 +175,16 @@ def test_a_registered_toy_layout_is_detected_audited_built_and_trained(tmp_path,
     assert {c: counts[c]["scans"] for c in counts} == {"NC": 8, "AD": 8}
     assert "toy" in api.format_audit(report)
 
-    # Training on it through the generic machinery ("auto" finds the toy layout).
-    config = tiny_config_file.get_config()
+    # Training the toy family on it through the generic machinery ("auto" finds the layout).
+    config = test_families.with_test_model(tiny_config_file.get_config(), toy_family.name)
     config.data.manual_dir = str(folder)
     config.data.data_dir = str(tmp_path / "tfds")
     config.data.layout = "auto"
-    for key, value in {**tiny_config_file.TWO_STAGES, "num_train_steps": 2}.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    config.eval_every_steps = 2
+    config.num_train_steps = config.eval_every_steps = 2
     result = train.train_and_evaluate(config, str(tmp_path / "work"))
     assert result["subject_source"] == "file_name" and result["subjects_known"]
+    record = run_record.load(str(tmp_path / "work"))
+    assert record["identity"]["model"]["family"] == toy_family.name
 
     # The build the run used: subject-aware splits of exactly the usable toy images.
     data = dataset.prepare(config.data)
