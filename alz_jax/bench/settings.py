@@ -105,7 +105,8 @@ def settings(benchmark: str) -> Settings:
         config_file = command.resolve_config(defaults.get("config", "convnext_t"))
         base_config = command.load_config(config_file)
     model = _MODEL.value or ""
-    if model and _SIZE.present and _SIZE.value and model != f"convnext_{_SIZE.value}":
+    # --size names a variant: the same as --model's, or a conflict.
+    if model and _SIZE.present and _SIZE.value and registry.NAMES[model][1] != _SIZE.value:
         raise app.UsageError(f"--model={model} and --size={_SIZE.value}: give one of them.")
     return Settings(
         config=config_file, base_config=base_config, model=model, size=_SIZE.value,
