@@ -20,9 +20,8 @@ from alz_jax.models import registry
 from alz_jax.run import assembly, specs
 
 REPO = Path(__file__).resolve().parents[2]
-# Run in their own PyTorch virtualenv, by path: not imported (alz_jax/reference/*.py).
+# Runs in its own PyTorch virtualenv, by path: not imported (alz_jax/reference/*.py).
 TORCH_REFERENCE = REPO / "alz_jax" / "reference" / "torch_reference.py"
-SEED_AUGMENT_REFERENCE = REPO / "alz_jax" / "reference" / "seed_augment.py"
 
 # Dense peak FLOP/s per chip for utilisation (vendor figures; bfloat16 and float32 where the
 # datasheet gives them, float32 on GPUs as the TF32 tensor-core rate). None: unknown (CPUs).
