@@ -90,7 +90,7 @@ def model_spec(
         section.name = name
         arch, section.arch = dict(section.get("arch") or {}), ml_collections.ConfigDict()
         named = specs.model_spec(section, dtype, backend, image_size)
-        if not arch or registry.family(named) is not registry.family(own):
+        if not arch or registry.family(named).name != registry.family(own).name:
             return named
         section.arch = ml_collections.ConfigDict(arch)
     return specs.model_spec(section, dtype, backend, image_size)

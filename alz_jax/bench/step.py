@@ -60,7 +60,7 @@ def model_name(model: registry.ModelSpec, args: Settings) -> str:
     fam, title = registry.family(model), registry.title(model)
     for candidate in registry.NAMES:
         spec = registry.spec_from_name(candidate)
-        if registry.family(spec) is fam and registry.title(spec) == title:
+        if registry.family(spec).name == fam.name and registry.title(spec) == title:
             return candidate
     return fam.name
 
