@@ -24,8 +24,8 @@
 #
 # --wheels DIR  installs what alz_jax.bench imports and the host lacks (ml_collections, OpenCV,
 #               ...) from DIR with `pip install --no-index --find-links DIR`: never the network.
-# --tiny        a tiny model, 32 px, one step per check: for CPU (JAX_PLATFORMS=cpu) and CI
-#               (tests/test_launch.py); it uses XLA's grouped conv, which compiles fastest on CPU.
+# --tiny        a tiny model (2 stages), 32 px, one step per check: for CPU (JAX_PLATFORMS=cpu)
+#               and CI (tests/test_launch.py); XLA's grouped conv, which compiles fastest on CPU.
 # --profile     adds `bench step --profile` (a per-op breakdown) to the first step check.
 # Environment: PYTHON (default .venv/bin/python, else python3), TORCH_PYTHON (default PYTHON),
 # BUDGET_S (checks are skipped once this many seconds have passed; default 450, tiny 300),
@@ -71,8 +71,8 @@ export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 
 if [ "$tiny" = 1 ]; then
-  model=(--config=convnext_t --size= --config.model.size= "--config.model.depths=(1,1,1,1)"
-         "--config.model.dims=(8,16,32,64)" --depthwise=xla)
+  model=(--config=convnext_t --size= --config.model.size= "--config.model.depths=(1,1)"
+         "--config.model.dims=(8,16)" --depthwise=xla)
   res=32 batches=${BATCHES:-8} steps=${STEPS:-1} budget=${BUDGET_S:-300}
   depthwise_shapes=(--size=atto --res=32 --batch=2 --steps=1)
   torch_model=(--variant=tiny --res=32) augment_seconds=0.5 families=${FAMILIES-}

@@ -4,6 +4,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections import Counter
 
 from tests.xla_flags import TEST_XLA_FLAGS  # (-O0; subprocess runs that set XLA_FLAGS keep it)
 
@@ -46,6 +47,21 @@ from tests import adni_folder  # noqa: E402
 def pytest_configure(config):
     """Fail early if the fake devices were not created."""
     assert jax.device_count() == 8, f"expected 8 fake CPU devices, found {jax.device_count()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """On pytest-xdist's workers (whose collection order `make test` has it follow, with
+    --no-loadscope-reorder): the files with the most `slow` tests first, then those with the
+    most tests (xdist's own order), each file's tests in their order. The longest files start
+    first and the short ones fill the end, where a long file started last would run alone."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow, count = Counter(), Counter()
+    for item in items:
+        count[item.path] += 1
+        slow[item.path] += item.get_closest_marker("slow") is not None
+    first = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path], first[item.path]))
 
 
 @pytest.fixture(scope="session")

@@ -205,3 +205,35 @@ def test_torch_reference_and_compare_take_every_model_name():
     assert bench.config_hash(bench.step_config(tiny)) == bench.config_hash(
         bench.step_config(dataclasses.replace(args, model="convnext_tiny"))
     )
+
+
+def test_step_spec_is_the_resolved_config_with_the_benchmarks_settings():
+    """`bench step` resolves the config as `main` does and replaces only what its flags set."""
+    import dataclasses
+
+    from alz_jax import bench
+    from alz_jax.host import command
+    from alz_jax.models import registry
+    from alz_jax.run import specs
+
+    config = command.load_config("convnext_t")
+    fields = {f.name: "" for f in dataclasses.fields(bench.Settings)}
+    args = bench.Settings(**fields | {
+        "config": "convnext_t.py", "base_config": config, "model": "resnet50", "size": "tiny",
+        "batch": 8, "res": 64, "in_chans": 3, "dtype": "bfloat16", "step_impl": "shard_map",
+        "depthwise": "xla", "steps": 1,
+    })  # fmt: skip
+    run, resolved = bench.step.step_spec(args), specs.resolve(config)
+    model = config.model
+    assert run.model == registry.spec_from_name(
+        "resnet50", in_chans=3, num_classes=model.num_classes, drop_path_rate=model.drop_path_rate,
+        head_dropout=model.head_dropout, dtype="bfloat16", param_dtype=model.param_dtype,
+    )  # fmt: skip
+    assert (run.batch_size, run.pipeline.image_size, run.pipeline.mix.prob) == (8, 64, 0.0)
+    assert run.step == dataclasses.replace(resolved.step, impl="shard_map")
+    kept = ("seed", "data", "optim", "averages", "checkpoint", "evaluation", "train", "warmup")
+    assert all(getattr(run, name) == getattr(resolved, name) for name in kept)
+    convnext = dataclasses.replace(args, model="", dtype="float32")  # the config's, at --size
+    assert bench.step.step_spec(convnext).model == dataclasses.replace(
+        resolved.model, in_chans=3, depthwise="xla"
+    )
