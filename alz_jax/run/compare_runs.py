@@ -30,7 +30,7 @@ from alz_jax.evaluation import figures, metrics, reports, robustness, tasks
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
-from alz_jax.run import assembly, specs
+from alz_jax.run import assembly, saved_run, specs
 from alz_jax.run.saved_run import SavedRun
 
 # The default throughput batch: the run's batch size, but no larger than this (a recipe's
@@ -129,14 +129,14 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
     raise UserError(f"--workdirs names one workdir twice: {', '.join(map(str, workdirs))}.")
 
 
-def _read_predictions(path, report: dict, subjects_known: bool) -> stats.Predictions:
-    """A run's predictions CSV with its report's task, thresholds and calibration bins."""
+def _read_predictions(workdir, split: str, report: dict) -> stats.Predictions:
+    """A run's predictions on `split` with its report's task, thresholds and calibration bins."""
     task = tasks.of_report(report)
-    records, probs = task.read_predictions(path, report.get("class_names") or ())
+    records, probs = saved_run.read_predictions(workdir, split, report)
     return stats.Predictions(
         records=records,
         probs=probs,
-        subjects_known=subjects_known,
+        subjects_known=report["subjects_known"],
         thresholds=task.thresholds_of(report),
         n_bins=len(report["slice"]["calibration"]["edges"]) - 1,
         task=task,
@@ -164,14 +164,7 @@ def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run
         raise UserError(
             f"{report_path} is the report of split {report.get('split')!r}; expected {split!r}."
         )
-    predictions = _read_predictions(predictions_path, report, report["subjects_known"])
-    if len(predictions.probs) != report["num_images"]:
-        raise UserError(
-            f"{predictions_path} holds {len(predictions.probs)} images, but {report_path.name} "
-            f"reports {report['num_images']}: the two files are from different evaluations. "
-            f"Evaluate again: python -m alz_jax.evaluate --workdir={workdir} --split={split}"
-        )
-    return Run(name, saved, report, predictions)
+    return Run(name, saved, report, _read_predictions(workdir, split, report))
 
 
 def check_same_data(runs: Sequence[Run]) -> list[stats.Predictions]:

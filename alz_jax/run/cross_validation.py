@@ -20,7 +20,7 @@ import numpy as np
 
 from alz_jax.evaluation import metrics, tasks
 from alz_jax.host import storage
-from alz_jax.run import train
+from alz_jax.run import saved_run, train
 
 
 def run_folds(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -68,7 +68,10 @@ def aggregate(fold_reports: list[dict], fold_dirs: list[Path]) -> dict:
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "per_fold": values,
             }
-    parts = [task.read_predictions(d / "predictions_test.csv", class_names) for d in fold_dirs]
+    parts = [
+        saved_run.read_predictions(d, "test", r)
+        for d, r in zip(fold_dirs, fold_reports, strict=True)
+    ]
     records = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
     probs = np.concatenate([p[1] for p in parts])
     if len(set(records["file_name"])) != len(probs):

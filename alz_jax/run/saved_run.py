@@ -24,7 +24,7 @@ import numpy as np
 
 from alz_jax.core import averaging, checkpointing, sharding, steps
 from alz_jax.data import dataset
-from alz_jax.evaluation import task_reports
+from alz_jax.evaluation import task_reports, tasks
 from alz_jax.host import storage, writers
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
@@ -221,6 +221,20 @@ class SavedRun:
         report = evaluate_restored(planned, data, restored, split, settings, mesh, writer)
         writer.close()
         return report
+
+
+def read_predictions(folder, split: str, report: dict) -> tuple[dict, np.ndarray]:
+    """(records, probabilities) of the predictions CSV of `split` in a run's folder, read by
+    the task its report names; refuses a file whose image count differs from the report's."""
+    path = storage.path(folder) / f"predictions_{split}.csv"
+    records, probs = tasks.of_report(report).read_predictions(path, report.get("class_names") or ())
+    if "num_images" in report and len(probs) != report["num_images"]:
+        raise UserError(
+            f"{path} holds {len(probs)} images, but report_{split}.json reports "
+            f"{report['num_images']}: the two files are from different evaluations. Evaluate "
+            f"again: python -m alz_jax.evaluate --workdir={folder} --split={split}"
+        )
+    return records, probs
 
 
 def evaluate_restored(
