@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     del argv
     # Imported here, not at the top: Grain's worker processes import this module again (Python's
     # spawn), and the training stack (TensorFlow through CLU's writers) would cost each ~6 s.
-    from alz_jax.evaluation import reports  # noqa: PLC0415
+    from alz_jax.evaluation import task_reports  # noqa: PLC0415
     from alz_jax.run import train  # noqa: PLC0415
 
     workdir = _WORKDIR.value
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     report = train.train_and_evaluate(_CONFIG.value, workdir)
     if "preempted_at_step" in report:
         sys.exit(f"Preempted at step {report['preempted_at_step']}: the demo starts afresh.")
-    print("\n" + reports.format_report(report))
+    print("\n" + task_reports.format_report(report))
     _print_stage_times(report, time.perf_counter() - start)
     scan_accuracy = report["scan"]["accuracy"]
     summary = {

@@ -56,6 +56,17 @@ def _evaluate(data, tmp_path, monkeypatch, **settings):
     )  # fmt: skip
 
 
+def test_the_console_table_shows_each_level_and_test_time_augmentation(tmp_path, monkeypatch):
+    report = _evaluate(FakeData(), tmp_path, monkeypatch, tta=("hflip",))
+    table = task_reports.format_report(report)
+    assert "Test-time augmentation (plain + hflip, own thresholds):" in table
+    for level in metrics.LEVELS:
+        m, tta = report[level], report["tta"][level]
+        lo, hi = m["ci95"]["accuracy"]
+        assert f"{m['confusion_matrix']['counts']}  [{lo:.3f}, {hi:.3f}]" in table
+        assert f"  {level:<6} acc {tta['accuracy']:.3f} [" in table
+
+
 @pytest.mark.parametrize("threshold", ["youden", "sensitivity:0.95"])
 def test_threshold_is_unchanged_when_test_labels_are_permuted(tmp_path, monkeypatch, threshold):
     data = FakeData()

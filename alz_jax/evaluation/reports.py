@@ -285,12 +285,12 @@ def format_report(report: dict) -> str:
             pr = f"{m['pr_auc']:.3f}" if m["pr_auc"] is not None else "-"
             ece = f"{report[level]['calibration']['ece']:.3f}" if label == level else ""
             ci = m["ci95"].get("accuracy")
-            ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             lines.append(
                 f"{label:<8} {m['n']:>5} {m['threshold']:>5.3f} {m['accuracy']:>6.3f} "
                 f"{m['balanced_accuracy']:>7.3f} {m['sensitivity']:>6.3f} "
                 f"{m['specificity']:>6.3f} {m['f1_ad']:>6.3f} {auc:>6} {pr:>6} {ece:>6}  "
-                f"{m['confusion_matrix']['counts']}  {ci_text}"
+                f"{m['confusion_matrix']['counts']}  {interval}"
             )
     if "tta" in report:
         tta = report["tta"]
