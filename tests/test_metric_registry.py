@@ -134,3 +134,34 @@ def test_a_registered_metric_is_compared_and_bootstrapped_without_other_changes(
         assert "error_rate" in intervals["subject"]
     finally:
         del metric_registry.METRICS["error_rate"]
+
+
+def test_each_role_keeps_the_order_its_tables_had():
+    """The registry's order is the tables' order: these are the lists written by hand before
+    the registry (reports, comparison, cross-validation, TensorBoard), pinned."""
+    binary, k_class = tasks.BinaryTask(2), tasks.MulticlassTask(4)
+    assert binary.metric_names("interval") == (
+        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1_ad",
+        "macro_f1", "roc_auc", "pr_auc",
+    )  # fmt: skip
+    assert k_class.metric_names("interval") == (
+        "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "quadratic_kappa",
+        "roc_auc_ovr_macro",
+    )  # fmt: skip
+    assert binary.metric_names("compare") == ("accuracy", "balanced_accuracy", "roc_auc", "ece")
+    assert k_class.metric_names("compare") == (
+        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "quadratic_kappa", "ece",
+    )  # fmt: skip
+    assert binary.metric_names("cv") == (
+        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1", "roc_auc",
+        "pr_auc",
+    )  # fmt: skip
+    assert metric_registry.hparam_metrics() == (
+        ("validation", "loss"), ("validation", "accuracy"), ("validation", "scan_accuracy"),
+        ("validation", "roc_auc"), ("test", "accuracy"), ("test", "balanced_accuracy"),
+        ("test", "scan_accuracy"), ("test", "subject_accuracy"), ("test", "roc_auc"),
+        ("test", "scan_roc_auc"),
+    )  # fmt: skip
+    assert metric_registry.progress_columns() == (
+        ("loss", "loss"), ("accuracy", "acc"), ("scan_accuracy", "scan acc"), ("roc_auc", "AUC"),
+    )  # fmt: skip

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from alz_jax.evaluation import metrics, tasks
+from alz_jax.evaluation import metrics, task_reports, tasks
 from alz_jax.evaluation import multiclass as mc
 from alz_jax.evaluation import multiclass_reports as mr
 from alz_jax.evaluation.settings import EvalSettings
@@ -353,3 +353,13 @@ def test_multiclass_figures_show_every_level_and_cell():
     assert sorted(int(c.split("\n")[0]) for c in cells) == sorted(np.ravel(counts).tolist())
     shortened = [n if len(n) <= 12 else n[:11] + "~" for n in STAGES]
     assert [t.get_text() for t in axes[0].get_xticklabels()] == shortened
+
+
+def test_k_class_calibration_fits_the_plain_view_and_lists_every_view():
+    records, logits = _records(np.random.default_rng(12), 4, n_subjects=12)
+    settings = EvalSettings(tta=("hflip",))
+    views = {"plain": logits, "hflip": logits + 1.0}
+    calibration = task_reports.calibrate(K4, records, views, settings, subjects_known=True)
+    assert set(calibration) == {"plain"} and calibration["plain"]["views"] == ["plain", "hflip"]
+    plain_only = K4.calibrate(records, {"plain": logits}, settings, subjects_known=True)
+    assert calibration["plain"]["temperature_fit"] == plain_only["temperature_fit"]

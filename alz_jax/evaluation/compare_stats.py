@@ -3,14 +3,14 @@ intervals, the paired subject bootstrap of each model against the first, and the
 Markdown, console table and figures.
 
 Every model's predictions are on the same test images (checked: `align`). A resample draws the
-test subjects with replacement, exactly as `metrics.bootstrap_intervals` draws them (subjects
-sorted as text; `numpy.random.default_rng(seed).integers(0, S, size=(n, S))`), and weights each
-unit (slice, scan, subject) by how often its subject was drawn; one draw serves every level and
-every model. So with the report's seed and resample count a model's intervals here are its
-report's, and the paired difference B - A of a resample is computed on the very same subjects
-for both models: the spread of those differences is the uncertainty due to which subjects
-happened to be tested, with the correlation between the models' errors taken into account
-(intervals of each model alone would overstate it).
+test subjects with replacement, exactly as the reports draw them (`bootstrap.subject_draws`:
+subjects sorted as text; `numpy.random.default_rng(seed).integers(0, S, size=(n, S))`), and
+weights each unit (slice, scan, subject) by how often its subject was drawn; one draw serves
+every level and every model. So with the report's seed and resample count a model's intervals
+here are its report's, and the paired difference B - A of a resample is computed on the very
+same subjects for both models: the spread of those differences is the uncertainty due to which
+subjects happened to be tested, with the correlation between the models' errors taken into
+account (intervals of each model alone would overstate it).
 
 Metrics: for two classes accuracy, balanced accuracy (at the report's thresholds, chosen on
 validation) and ROC AUC; for K classes accuracy, balanced accuracy, macro F1, macro one-vs-rest

@@ -123,8 +123,10 @@ class Metric:
     levels: tuple[str, ...] = LEVELS
     # Levels whose validation scalar a best checkpoint may be chosen on (slice: no prefix).
     selection_levels: tuple[str, ...] = ("slice",)
-    # (split, level) pairs of the HParams tab's columns.
-    hparam_columns: tuple[tuple[str, str], ...] = ()
+    # (split, level, column position) of the HParams tab's columns.
+    hparam_columns: tuple[tuple[str, str, int], ...] = ()
+    # Role -> the metric this one follows in that role's tables (else registry order).
+    after: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Levels shown in the console line of each validation, and the metric's name there.
     progress_levels: tuple[str, ...] = ()
     short: str = ""
@@ -164,21 +166,21 @@ def register(metric: Metric) -> Metric:
 # Roles per task kind, as "binary roles | K-class roles".
 for _metric in (
     Metric("loss", "loss", False, _roles("selection | selection"),
-           hparam_columns=(("validation", "slice"),), progress_levels=("slice",), short="loss"),
+           hparam_columns=(("validation", "slice", 0),), progress_levels=("slice",), short="loss"),
     Metric("accuracy", "accuracy", True,
            _roles("interval validation selection compare cv test robustness"
                   " | interval validation selection compare cv test"),
            {BINARY: _rate("accuracy"), MULTICLASS: _score("accuracy")},
            selection_levels=("slice", "scan"),
-           hparam_columns=(("validation", "slice"), ("validation", "scan"), ("test", "slice"),
-                           ("test", "scan"), ("test", "subject")),
+           hparam_columns=(("validation", "slice", 1), ("validation", "scan", 2),
+                           ("test", "slice", 10), ("test", "scan", 12), ("test", "subject", 13)),
            progress_levels=("slice", "scan"), short="acc"),
     Metric("balanced_accuracy", "balanced acc.", True,
            _roles("interval validation selection compare cv test"
                   " | interval validation selection compare cv test"),
            {BINARY: _rate("balanced_accuracy", "tp+fn", "tn+fp"),
             MULTICLASS: _score("balanced_accuracy")},
-           hparam_columns=(("test", "slice"),)),
+           hparam_columns=(("test", "slice", 11),)),
     Metric("sensitivity", "sensitivity", True, _roles("interval validation cv |"),
            {BINARY: _rate("sensitivity", "tp+fn")}),
     Metric("specificity", "specificity", True, _roles("interval validation cv |"),
@@ -194,13 +196,14 @@ for _metric in (
            {MULTICLASS: _score("weighted_f1")}),
     Metric("quadratic_kappa", "quadratic kappa", True,
            _roles("| interval validation selection compare cv test"),
-           {MULTICLASS: _score("quadratic_kappa")}),
+           {MULTICLASS: _score("quadratic_kappa")}, after={"compare": "roc_auc_ovr_macro"}),
     # For K classes the validation scalar `roc_auc` is the macro one-vs-rest AUC.
     Metric("roc_auc", "ROC AUC", True,
            _roles("interval validation selection compare cv test robustness"
                   " | validation selection"),
            {BINARY: _roc_auc, MULTICLASS: _macro_ovr_auc},
-           hparam_columns=(("validation", "slice"), ("test", "slice"), ("test", "scan")),
+           hparam_columns=(("validation", "slice", 3), ("test", "slice", 14),
+                           ("test", "scan", 15)),
            progress_levels=("slice",), short="AUC"),
     Metric("roc_auc_ovr_macro", "macro AUC (OvR)", True,
            _roles("| interval compare cv robustness"), {MULTICLASS: _macro_ovr_auc}),
@@ -222,7 +225,13 @@ def names(kind: str, role: str) -> tuple[str, ...]:
     """The metrics of task `kind` in `role`, in registry order."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}; expected one of {ROLES}")
-    return tuple(m.name for m in METRICS.values() if role in m.roles.get(kind, ()))
+    chosen = [m for m in METRICS.values() if role in m.roles.get(kind, ())]
+    for metric in [m for m in chosen if role in m.after]:
+        target = METRICS.get(metric.after[role])
+        if target in chosen:
+            chosen.remove(metric)
+            chosen.insert(chosen.index(target) + 1, metric)
+    return tuple(m.name for m in chosen)
 
 
 def label(name: str) -> str:
@@ -267,11 +276,11 @@ def best_mode(best_metric: str) -> str:
 def hparam_metrics() -> tuple[tuple[str, str], ...]:
     """(run, tag) of the HParams tab's metric columns: validation ones first, then test."""
     columns = [
-        (split, f"{level_prefix(level)}{m.name}")
+        (position, split, f"{level_prefix(level)}{m.name}")
         for m in METRICS.values()
-        for split, level in m.hparam_columns
+        for split, level, position in m.hparam_columns
     ]
-    return tuple(sorted(columns, key=lambda c: c[0] == "test"))
+    return tuple((split, tag) for _, split, tag in sorted(columns))
 
 
 def progress_columns() -> tuple[tuple[str, str], ...]:

@@ -90,8 +90,10 @@ def build_report(
                 for level, r in level_results(tta_units, settings, names).items()
             },
         }
-    reports.add_data_sections(report, data_metadata)
-    report["classes_ordered"] = data_metadata.get("classes_ordered", True)
+    reports.add_data_sections(
+        report, data_metadata, unmeasured_duplicates=True,
+        classes_ordered=data_metadata.get("classes_ordered", True),
+    )  # fmt: skip
     return report, units
 
 

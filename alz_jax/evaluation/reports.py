@@ -192,15 +192,22 @@ def add_ece_variants(
             report[level]["calibration"][name] = reliability(u.labels, u.probs, n_bins)["ece"]
 
 
-def add_data_sections(report: dict, data_metadata: dict) -> None:
+def add_data_sections(
+    report: dict, data_metadata: dict, unmeasured_duplicates: bool = False, **before_split_counts
+) -> None:
     """What the data set says about the report's trust: unknown subjects, test subjects also
-    in train, near-duplicates across splits, the class distribution of every split."""
+    in train, near-duplicates across splits (also when not measured, as None, with
+    `unmeasured_duplicates`), then `before_split_counts` fields, then the class distribution of
+    every split."""
     if not report["subjects_known"]:
         report["subject_note"] = "subjects unknown (no metadata): subject level not reported"
     if report["split"] == "test":
         report["test_subjects_also_in_train"] = data_metadata.get("test_subjects_also_in_train")
-    if data_metadata.get("cross_split_near_duplicates") is not None:
-        report["cross_split_near_duplicates"] = data_metadata["cross_split_near_duplicates"]
+    duplicates = data_metadata.get("cross_split_near_duplicates")
+    if duplicates is not None or (unmeasured_duplicates and "cross_split_near_duplicates"
+                                  in data_metadata):  # fmt: skip
+        report["cross_split_near_duplicates"] = duplicates
+    report.update(before_split_counts)
     if "class_distribution" in data_metadata:
         # Every split's (a K-class report's own "class_distribution" is this split's).
         report["class_distribution_by_split"] = data_metadata["class_distribution"]

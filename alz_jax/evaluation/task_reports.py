@@ -75,7 +75,10 @@ def calibrate(
     settings: EvalSettings, subjects_known: bool,
 ) -> dict:  # fmt: skip
     """The task's calibration on validation: of the plain view ("plain", without test-time
-    augmentation), and with test-time views of all of them ("tta")."""
+    augmentation), and with test-time views of all of them ("tta") for a task that calibrates
+    them apart; for another the plain view's calibration lists every view."""
+    if not task.calibrates_views:
+        return {"plain": task.calibrate(records, outputs_by_view, settings, subjects_known)}
     plain = dataclasses.replace(settings, tta=())
     out = {"plain": task.calibrate(records, {"plain": outputs_by_view["plain"]}, plain,
                                    subjects_known)}  # fmt: skip

@@ -40,6 +40,11 @@ class Task(abc.ABC):
     # The width of a report's figures as TensorBoard images.
     card_width_px: ClassVar[int] = 440
     probability_label: ClassVar[str] = "P"  # the heading of `predict`'s probabilities
+    # Whether test-time views get their own calibration (binary: thresholds chosen under the
+    # views); otherwise the plain view's calibration serves them and lists them.
+    calibrates_views: ClassVar[bool] = False
+    # What `uncalibrated` amounts to, for the warning when a checkpoint stored no calibration.
+    uncalibrated_text: ClassVar[str] = "temperature 1"
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
@@ -258,6 +263,8 @@ class BinaryTask(Task):
 
     kind = "binary"
     probability_label = "P(AD)"
+    calibrates_views = True
+    uncalibrated_text = "temperature 1, thresholds 0.5"
 
     def device_outputs(self, logits: jax.Array) -> jax.Array:
         """The margin z_AD - z_NC per image."""

@@ -145,7 +145,8 @@ def write_output(path: Path, result: dict) -> list[Path]:
 def format_result(result: dict) -> str:
     """The table printed by the command: the task's rows of images and scans, then the
     unreadable files."""
-    task = tasks.for_classes(len(result["class_names"]), result.get("task"))
+    # Results without class names (before K classes) are NC/AD.
+    task = tasks.for_classes(len(result.get("class_names") or ()) or 2, result.get("task"))
     lines = task.format_predictions(result)
     lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
     lines.append(f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable.")

@@ -127,6 +127,8 @@ class SavedRun:
     spec: specs.RunSpec
     # The weight averages, with SWA's start when the data set is known (plan_for).
     averages: averaging.AveragingSpec
+    # The training's own checkpoint manager, when a training evaluates at its end.
+    checkpoint_manager: object | None = None
 
     @classmethod
     def open(cls, workdir: str) -> SavedRun:
@@ -143,7 +145,9 @@ class SavedRun:
 
     @functools.cached_property
     def manager(self):
-        """The Orbax manager of the run's checkpoints (read only)."""
+        """The Orbax manager of the run's checkpoints: the training's, or one that reads."""
+        if self.checkpoint_manager is not None:
+            return self.checkpoint_manager
         return checkpointing.make_manager(self.workdir, self.spec.checkpoint)
 
     def model(self) -> steps.Model:
@@ -174,10 +178,10 @@ class SavedRun:
         stored = (restored.selection or {}).get("calibration", {}).get(restored.weights)
         if stored is not None:
             return stored
-        neutral = self.spec.task.uncalibrated(None)
         logging.warning("Checkpoint %d stores no validation calibration for %s weights: %s.",
-                        restored.step, restored.weights, neutral)  # fmt: skip
-        return neutral
+                        restored.step, restored.weights,
+                        self.spec.task.uncalibrated_text)  # fmt: skip
+        return self.spec.task.uncalibrated(None)
 
     def class_names(self, restored: Restored) -> list[str]:
         """The class names stored with the checkpoint (the task's defaults for older ones)."""

@@ -86,10 +86,15 @@ class Plan:
     class_weights: tuple[float, ...] = ()
     run: RunSpec | None = None  # what the config decided; None: the numbers alone
 
+    def _run(self) -> RunSpec:
+        if self.run is None:
+            raise ValueError("this Plan holds the step counts only (run=None): no specs")
+        return self.run
+
     @property
     def averages(self) -> averaging.AveragingSpec:
         """The run's weight averages, SWA starting and averaging at the planned steps."""
-        averages = self.run.averages
+        averages = self._run().averages
         if not averages.swa:
             return averages
         return dataclasses.replace(
@@ -99,14 +104,14 @@ class Plan:
     @property
     def pipeline(self) -> PipelineSpec:
         """The run's input pipeline, its Mixup/CutMix schedule over the planned steps."""
-        pipeline = self.run.pipeline
+        pipeline = self._run().pipeline
         mix = dataclasses.replace(pipeline.mix, total_steps=self.total_steps)
         return dataclasses.replace(pipeline, mix=mix)
 
     @property
     def step(self) -> steps.StepSpec:
         """The run's train step, with the class weights of the train split."""
-        return dataclasses.replace(self.run.step, class_weights=self.class_weights)
+        return dataclasses.replace(self._run().step, class_weights=self.class_weights)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, start_step = _initial_state(run, plan, parts, manager)
         run_record.write(workdir, config, record, data.manifest, jax.process_index() == 0)
         loop = _Loop.create(run, plan, data, parts, manager, config, workdir, start_step)
-        saved = saved_run.SavedRun(str(workdir), config, record, run, plan.averages)
+        saved = saved_run.SavedRun(str(workdir), config, record, run, plan.averages, manager)
 
         # ---- The training loop, then the test report from the best checkpoint. ----
         with timer("train"), contextlib.closing(loop.grain_iter), contextlib.closing(loop.trace):
