@@ -202,3 +202,18 @@ def test_a_registered_toy_layout_is_detected_audited_built_and_trained(
     assert result["subject"]["n"] == len(subjects["test"])
     assert data.protocol["official_split"] == "by subject 0.7/0.15/0.15 at build"
     assert sum(data.num_examples(s) for s in dataset.SPLITS) == 2 * SUBJECTS_PER_CLASS * SLICES
+
+
+def test_the_old_package_name_serves_the_same_modules_and_names():
+    """Users' imports of tfds_builders.adni keep working (docs/data.md): the same module
+    objects, so a monkeypatch of one is a patch of the other, and the old names."""
+    from tfds_builders.adni import audit as old_audit
+    from tfds_builders.adni import layout as old_layout
+    from tfds_builders.adni import stages as old_stages
+    from tfds_builders.mri_slices import audit
+    from tfds_builders.mri_slices.layouts import adni
+
+    assert old_audit is audit
+    assert old_layout.parse is adni.parse and old_layout.LayoutError is LayoutError
+    assert old_stages.class_order is class_order
+    assert api.layout_names() == old_stages.LAYOUTS

@@ -21,7 +21,6 @@ import numpy as np
 
 from alz_jax.bench import common
 from alz_jax.bench.settings import Settings
-from alz_jax.evaluation import tasks
 from alz_jax.host import compilation_cache, profiling
 from alz_jax.models import depthwise, registry
 from alz_jax.run import specs
@@ -75,14 +74,8 @@ def step_spec(args: Settings) -> specs.RunSpec:
         run.pipeline, image_size=args.res, mix=dataclasses.replace(run.pipeline.mix, prob=0.0)
     )
     step = dataclasses.replace(run.step, impl=args.step_impl) if args.step_impl else run.step
-    run = dataclasses.replace(
-        run, batch_size=args.batch, model=chosen_model(args), pipeline=pipeline, step=step
-    )
-    # What the config resolved for its own model is resolved again for the benchmarked one.
-    return dataclasses.replace(
-        run, task=tasks.for_classes(run.model.num_classes),
-        trainable_regex=specs.trainable_pattern(run),
-    )  # fmt: skip
+    run = dataclasses.replace(run, batch_size=args.batch, pipeline=pipeline, step=step)
+    return run.with_model(chosen_model(args))
 
 
 def _architecture(spec: registry.ModelSpec) -> dict:

@@ -137,7 +137,7 @@ class Task(abc.ABC):
         """Flat scalars for TensorBoard and best-checkpoint selection."""
 
     @abc.abstractmethod
-    def uncalibrated(self, stored: dict | None) -> dict:
+    def uncalibrated(self) -> dict:
         """The calibration `predict` and `export` use when a checkpoint stored none."""
 
     # ---- Files. ----
@@ -334,7 +334,7 @@ class BinaryTask(Task):
         out["ece"] = metrics.reliability_bins(records["label"], prob_ad)["ece"]
         return out
 
-    def uncalibrated(self, stored: dict | None) -> dict:
+    def uncalibrated(self) -> dict:
         """Temperature 1 and thresholds 0.5."""
         return {"temperature": 1.0, "thresholds": {lv: 0.5 for lv in metrics.LEVELS},
                 "threshold_method": "none stored: 0.5"}  # fmt: skip
@@ -471,7 +471,7 @@ class MulticlassTask(Task):
         out["ece"] = levels["slice"]["ece"]
         return out
 
-    def uncalibrated(self, stored: dict | None) -> dict:
+    def uncalibrated(self) -> dict:
         """Temperature 1."""
         return {"temperature": 1.0}
 

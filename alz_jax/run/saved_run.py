@@ -181,7 +181,7 @@ class SavedRun:
         logging.warning("Checkpoint %d stores no validation calibration for %s weights: %s.",
                         restored.step, restored.weights,
                         self.spec.task.uncalibrated_text)  # fmt: skip
-        return self.spec.task.uncalibrated(None)
+        return self.spec.task.uncalibrated()
 
     def class_names(self, restored: Restored) -> list[str]:
         """The class names stored with the checkpoint (the task's defaults for older ones)."""

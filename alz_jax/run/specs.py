@@ -176,6 +176,12 @@ class RunSpec:
             **swa,
         )
 
+    def with_model(self, model: registry.ModelSpec) -> RunSpec:
+        """This run with another model (a benchmark's), and what the model decides resolved
+        again for it: the task and the `optim.trainable` regex."""
+        run = dataclasses.replace(self, model=model, task=tasks.for_classes(model.num_classes))
+        return dataclasses.replace(run, trainable_regex=trainable_pattern(run))
+
     def plan_for(self, data) -> Plan:
         """The plan of a training on the prepared data set `data` (dataset.AdniData)."""
         return self.plan(steps_per_epoch(data, self.batch_size), train_class_counts(data))
@@ -309,7 +315,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     if spec.init_from:
         convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
     # A preset or regex that matches some parameter, resolved once for the run's model.
-    spec = dataclasses.replace(spec, trainable_regex=trainable_pattern(spec))
+    spec = spec.with_model(spec.model)
     check_batch(spec, jax.device_count(), jax.process_count())
     return spec
 
