@@ -1,7 +1,8 @@
 """Command: write a synthetic stand-in data set (no ADNI, no download needed).
 
     python -m alz_jax.synthetic --out=DIR [--seed=0] [--train_subjects=150] [--test_subjects=60]
-    python -m alz_jax.synthetic --out=DIR --layout=oasis|folders|parquet [--subjects=160]
+    python -m alz_jax.synthetic --out=DIR --layout=oasis|folders|parquet [--subjects=160] \
+        [--difficulty=standard|hard]
 
 The first writes DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg and
 DIR/meta_data_with_label.json (tfds_builders/mri_slices/synthetic.py: brain-like phantoms with
@@ -35,13 +36,19 @@ _LAYOUT = flags.DEFINE_enum(
 _SUBJECTS = flags.DEFINE_integer(
     "subjects", synthetic_stages.StagesSpec.subjects, "Subjects of a four-stage set."
 )
+_DIFFICULTY = flags.DEFINE_enum(
+    "difficulty",
+    "standard",
+    tuple(synthetic_stages.DIFFICULTIES),
+    "A four-stage set's difficulty: hard has closer stages and more anatomy between subjects.",
+)
 
 
 def main(argv: list[str]) -> None:
     """Generates the set and prints its summary."""
     del argv
     if _LAYOUT.value != "adni":
-        spec = synthetic_stages.StagesSpec(subjects=_SUBJECTS.value)
+        spec = synthetic_stages.spec_for(_DIFFICULTY.value, _SUBJECTS.value)
         print(json.dumps(synthetic_stages.generate(_OUT.value, _SEED.value, spec, _LAYOUT.value)))
         return
     spec = synthetic.SyntheticSpec(

@@ -54,6 +54,9 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # 'oasis' or 'parquet' layout, with synthetic_subjects subjects.
     config.data.synthetic_layout = "adni"
     config.data.synthetic_subjects = 160
+    # The four-stage stand-in's difficulty: 'standard' or 'hard' (closer stages, more anatomy
+    # between subjects).
+    config.data.synthetic_difficulty = "standard"
     # Draw training images class-balanced (with replacement) instead of shuffled passes.
     config.data.balanced_sampling = False
     config.data.image_size = 224

@@ -44,6 +44,9 @@ class DataSpec:
     label_names: str = ""
     synthetic_layout: str = "adni"
     synthetic_subjects: int = 160
+    # The four-stage stand-in's difficulty: 'standard', or 'hard' (closer stages, more
+    # between-subject anatomy: what the small-data recipes are tuned on).
+    synthetic_difficulty: str = "standard"
     # Where a layout has no subject IDs: let each group of near-identical images (a brain's
     # adjacent slices, found by the build's near-duplicate check) stand in for a subject, so
     # that validation, `resplit` and `kfold` keep a brain's slices together.
@@ -81,6 +84,9 @@ class DataSpec:
              "|".join(slices.layout_names())),
             ("synthetic_layout", self.synthetic_layout,
              self.synthetic_layout in SYNTHETIC_LAYOUTS, "|".join(SYNTHETIC_LAYOUTS)),
+            ("synthetic_difficulty", self.synthetic_difficulty,
+             self.synthetic_difficulty in slices.SYNTHETIC_DIFFICULTIES,
+             "|".join(slices.SYNTHETIC_DIFFICULTIES)),
             ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,
              ">= 8 (at least one subject per stage; ~50 put every stage in every split)"),
         ])  # fmt: skip

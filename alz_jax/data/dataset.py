@@ -209,12 +209,13 @@ def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
     )
 
 
-def _synthetic_sizes(data_config: DataSpec) -> tuple[int, int, int]:
-    """(train subjects, test subjects, subjects) of the synthetic stand-in."""
+def _synthetic_sizes(data_config: DataSpec) -> tuple[int, int, int, str]:
+    """(train subjects, test subjects, subjects, difficulty) of the synthetic stand-in."""
     return (
         data_config.synthetic_train_subjects,
         data_config.synthetic_test_subjects,
         data_config.synthetic_subjects,
+        data_config.synthetic_difficulty,
     )
 
 

@@ -117,7 +117,8 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
 # Fields added after runs were first recorded (the dementia stages), left out of the identity
 # at these defaults, so that a run recorded before they existed still resumes.
 ADDED_DATA_DEFAULTS = {"layout": "auto", "label_names": "", "synthetic_layout": "adni",
-                       "synthetic_subjects": 160, "group_near_duplicates": False}  # fmt: skip
+                       "synthetic_subjects": 160, "group_near_duplicates": False,
+                       "synthetic_difficulty": "standard"}  # fmt: skip
 
 
 def _drop_defaults(fields: dict, defaults: dict) -> None:

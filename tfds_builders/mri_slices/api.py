@@ -23,6 +23,7 @@ __all__ = [
     "NO_FOLDER_FRACTIONS",
     "PROTOCOLS",
     "STAGES",
+    "SYNTHETIC_DIFFICULTIES",
     "SYNTHETIC_LAYOUTS",
     "ImageRecord",
     "Layout",
@@ -81,28 +82,33 @@ SYNTHETIC_LAYOUTS = ("adni", *synthetic_stages.LAYOUTS)
 _BUILDER_NAMES = frozenset({"Builder", "config_for"})
 
 
+SYNTHETIC_DIFFICULTIES = tuple(synthetic_stages.DIFFICULTIES)
+
+
 def synthetic_tag(
-    layout: str, seed: int, train_subjects: int, test_subjects: int, subjects: int
-) -> str:
+    layout: str, seed: int, train_subjects: int, test_subjects: int, subjects: int,
+    difficulty: str = "standard",
+) -> str:  # fmt: skip
     """The name of the synthetic set these settings produce (its folder is named after it)."""
     if layout == "adni":
         spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
         return synthetic.tag(spec, seed)
-    return synthetic_stages.tag(synthetic_stages.StagesSpec(subjects=subjects), seed, layout)
+    return synthetic_stages.tag(synthetic_stages.spec_for(difficulty, subjects), seed, layout)
 
 
 def generate_synthetic(
     out_dir: str | os.PathLike, layout: str, seed: int, train_subjects: int,
-    test_subjects: int, subjects: int,
+    test_subjects: int, subjects: int, difficulty: str = "standard",
 ) -> dict:  # fmt: skip
-    """Writes the synthetic set of `layout` under out_dir; returns what it wrote (counts)."""
+    """Writes the synthetic set of `layout` under out_dir (a four-stage set of `difficulty`);
+    returns what it wrote (counts)."""
     if layout == "adni":
         logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, out_dir)
         spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
         return synthetic.generate(out_dir, seed=seed, spec=spec)
     logging.info("Generating the synthetic four-stage set, %s layout (seed %d), in %s",
                  layout, seed, out_dir)  # fmt: skip
-    spec = synthetic_stages.StagesSpec(subjects=subjects)
+    spec = synthetic_stages.spec_for(difficulty, subjects)
     return synthetic_stages.generate(out_dir, seed, spec, layout)
 
 

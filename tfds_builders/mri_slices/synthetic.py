@@ -77,13 +77,14 @@ def _scan_id(rng: np.random.Generator, used: set[int]) -> int:
             return scan
 
 
-def random_anatomy(rng: np.random.Generator) -> dict:
+def random_anatomy(rng: np.random.Generator, spread: float = 1.0) -> dict:
     """One subject's anatomy (head size, ventricles, hippocampus, midline, gyral pattern), the
-    random numbers drawn in this order by every generator."""
+    random numbers drawn in this order by every generator; `spread` scales how much head size,
+    ventricles and hippocampus vary between subjects (the draws are the same for any spread)."""
     return {
-        "scale": rng.normal(1.0, 0.06),
-        "ventricle": rng.normal(1.0, 0.12),
-        "hippocampus": rng.normal(1.0, 0.07),
+        "scale": rng.normal(1.0, 0.06 * spread),
+        "ventricle": rng.normal(1.0, 0.12 * spread),
+        "hippocampus": rng.normal(1.0, 0.07 * spread),
         "midline": rng.uniform(95, 115),
         "phase": rng.uniform(0, 2 * np.pi),
         "gyri": int(rng.integers(14, 22)),

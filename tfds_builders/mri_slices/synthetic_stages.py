@@ -56,11 +56,37 @@ class StagesSpec:
                                                    (0.88, 0.06))  # fmt: skip
     test_share: float = 0.2  # of images (folders, parquet): the collections divide by image
     jpeg_quality: int = 92
+    # How much head size, ventricles and hippocampus vary between subjects (1: the standard
+    # phantoms; atrophy shows in the same structures, so more spread hides the stage more).
+    anatomy_spread: float = 1.0
+
+
+# `data.synthetic_difficulty`: the standard set, and a harder one for tuning recipes on small
+# collections: neighbouring stages closer and overlapping more, and twice the between-subject
+# anatomy, so that a subject's own ventricles and hippocampus vary about as much as a stage's
+# atrophy changes them (as in real brains, where age and head size blur the stages).
+DIFFICULTIES = {
+    "standard": StagesSpec(),
+    "hard": StagesSpec(
+        severities=((0.15, 0.09), (0.33, 0.09), (0.51, 0.09), (0.69, 0.09)),
+        anatomy_spread=2.0,
+    ),
+}
+
+
+def spec_for(difficulty: str, subjects: int) -> StagesSpec:
+    """The spec of a difficulty (DIFFICULTIES) with `subjects` subjects."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty {difficulty!r}; expected one of {tuple(DIFFICULTIES)}")
+    return dataclasses.replace(DIFFICULTIES[difficulty], subjects=subjects)
 
 
 def tag(spec: StagesSpec, seed: int, layout: str) -> str:
     """A short name for the set a (spec, seed, layout, generator version) produces."""
-    payload = json.dumps([GENERATOR_VERSION, seed, layout, dataclasses.asdict(spec)])
+    fields = dataclasses.asdict(spec)
+    if fields["anatomy_spread"] == 1.0:  # added later: the standard set keeps its name
+        del fields["anatomy_spread"]
+    payload = json.dumps([GENERATOR_VERSION, seed, layout, fields])
     return f"{layout}_seed{seed}_{hashlib.sha256(payload.encode()).hexdigest()[:8]}"
 
 
@@ -72,7 +98,7 @@ def _subjects(rng: np.random.Generator, spec: StagesSpec):
     stages = np.repeat(np.arange(len(STAGES)), counts)
     rng.shuffle(stages)
     for stage in stages:
-        anatomy = synthetic.random_anatomy(rng)
+        anatomy = synthetic.random_anatomy(rng, spec.anatomy_spread)
         mean, sd = spec.severities[stage]
         severity = float(np.clip(rng.normal(mean, sd), 0.0, 1.0))
         start = int(rng.integers(67, 96))
