@@ -18,7 +18,9 @@ from tfds_builders.mri_slices import api, synthetic_stages
 def _dark_share_by_stage(difficulty: str, subjects: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Each subject's stage and share of dark (CSF-like) pixels inside the head on one slice:
     the atrophy a model has to see."""
-    spec = dataclasses.replace(synthetic_stages.spec_for(difficulty, subjects), slices_per_subject=1)
+    spec = dataclasses.replace(
+        synthetic_stages.spec_for(difficulty, subjects), slices_per_subject=1
+    )
     stages, shares = [], []
     for stage, _, images in synthetic_stages._subjects(np.random.default_rng(3), spec):
         image = images[0].astype(np.float32)
