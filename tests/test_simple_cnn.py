@@ -145,7 +145,9 @@ def test_refusals_name_the_setting(overrides, message):
 
 def test_stages_config_is_the_stages_demo_with_the_plain_cnn_and_recipe():
     run = specs.resolve(stages_simple_cnn.get_config())
-    assert run.model == simple_cnn.SimpleCNNSpec(num_classes=4)
+    assert run.model == simple_cnn.SimpleCNNSpec(num_classes=4, depths=(1, 1, 1, 1))
+    assert registry.count_params(run.model) == 389_348  # the figure its docstring gives
+    assert registry.forward_flops_per_image(run.model, 64) == 115_607_552
     config = stages_simple_cnn.get_config()
     assert (config.optim.learning_rate, config.optim.weight_decay) == (1e-3, 1e-4)
     assert config.optim.class_weights == "balanced" and config.mix.prob == 0.0
