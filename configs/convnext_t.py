@@ -113,7 +113,7 @@ def _model(config: ml_collections.ConfigDict) -> None:
     """The model, its compute dtype, the train step's form and microbatching."""
     config.model = ml_collections.ConfigDict()
     # The family and variant: 'convnext' (of model.size, or depths and dims), 'convnext_tiny',
-    # 'vit_ti16' | 'vit_s16' | 'vit_b16', 'resnet50', 'efficientnet_b0' (docs/models.md).
+    # 'vit_ti16' | 'vit_s16' | 'vit_b16', 'resnet50', 'efficientnet_b0', 'simple_cnn' (models.md).
     config.model.name = "convnext"
     # Other families: overrides of the named variant's architecture fields, e.g.
     # {"depths": (1, 1), "widths": (8, 16)} for a small ResNet (alz_jax/models/<family>.py).

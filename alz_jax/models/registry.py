@@ -25,6 +25,7 @@ from alz_jax.models import (
     efficientnet_import,
     resnet,
     resnet_import,
+    simple_cnn,
     vit,
     vit_import,
 )
@@ -69,6 +70,7 @@ for _model, _weights in (
 ):
     register(dataclasses.replace(_model.FAMILY, layouts=_weights.LAYOUTS,
                                  import_weights=_weights.variables_from_state_dict))  # fmt: skip
+register(simple_cnn.FAMILY)  # trains from scratch: no weight layouts, no importer
 
 
 def default_family() -> Family:

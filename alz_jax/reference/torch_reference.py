@@ -14,7 +14,9 @@ Prints one JSON line with img_per_s.
 - vit_ti16, vit_s16, vit_b16 (or timm's names vit_tiny_patch16_224, ...): timm's ViT with
   img_size=--res;
 - resnet50: torchvision's ResNet-50 (which has no stochastic depth; alz_jax's has);
-- efficientnet_b0: timm's EfficientNet-B0.
+- efficientnet_b0: timm's EfficientNet-B0;
+- simple_cnn: the plain CNN of alz_jax/models/simple_cnn.py at its default sizes, written here in
+  torch.nn (no stochastic depth: it has no residual branches).
 
 --variant (tiny, small, base, large) is the older spelling of --model=convnext_VARIANT, and
 convnext_tiny the default. The other settings are those of `bench step`: --batch, --res,
@@ -60,6 +62,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "vit_base_patch16_224": ("timm", "vit_base_patch16_224"),
     "resnet50": ("torchvision", "resnet50"),
     "efficientnet_b0": ("timm", "efficientnet_b0"),
+    "simple_cnn": ("torch", "simple_cnn"),
 }
 
 
@@ -111,6 +114,22 @@ def _torchvision_model(builder: str, in_chans: int, classes: int, drop_path_rate
     return model
 
 
+def _simple_cnn(in_chans: int, classes: int, dims=(32, 64, 128, 256), depths=(2, 2, 2, 2)):
+    """alz_jax's simple_cnn: blocks of (3x3 conv without bias, BatchNorm, ReLU) x depth, each
+    closed by a 2x2 max pool; global average pool; linear classifier."""
+    from torch import nn  # noqa: PLC0415  (imported with the model: see the module's docstring)
+
+    layers, in_dim = [], in_chans
+    for depth, dim in zip(depths, dims, strict=True):
+        for _ in range(depth):
+            layers += [nn.Conv2d(in_dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim),
+                       nn.ReLU(inplace=True)]  # fmt: skip
+            in_dim = dim
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_dim, classes)]
+    return nn.Sequential(*layers)
+
+
 def build_model(
     name: str, in_chans: int, classes: int, res: int = 224, drop_path_rate: float = 0.1
 ) -> torch.nn.Module:
@@ -119,6 +138,8 @@ def build_model(
     library, builder = MODELS[name]
     if library == "torchvision":
         return _torchvision_model(builder, in_chans, classes, drop_path_rate)
+    if library == "torch":
+        return _simple_cnn(in_chans, classes)
     import timm  # noqa: PLC0415  (only for the models that come from it)
 
     extra = {"img_size": res} if builder.startswith("vit_") else {}
@@ -192,7 +213,7 @@ def main() -> None:
         "batch": args.batch,
         "res": args.res,
         "in_chans": args.in_chans,
-        "drop_path_rate": 0.0 if builder == "resnet50" else args.drop_path_rate,
+        "drop_path_rate": 0.0 if builder in ("resnet50", "simple_cnn") else args.drop_path_rate,
         "dtype": args.dtype,
         "device": args.device,
         "threads": torch.get_num_threads(),
