@@ -284,7 +284,8 @@ def spec_for(size: str, **fields) -> ConvNeXtSpec:
 
 def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
     """The ConvNeXt of `config.model` named 'convnext' (or nothing): of model.size, or of
-    explicit model.depths and model.dims."""
+    explicit model.depths and model.dims, with model.arch's overrides of the other
+    architecture fields (e.g. layer_scale_init)."""
     m = model_config
     if m.size:
         if m.size not in SIZES:
@@ -295,7 +296,15 @@ def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
         depths, dims = SIZES[m.size]
     else:
         depths, dims = tuple(m.depths), tuple(m.dims)
-    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **fields)
+    arch = dict(m.get("arch", {}))
+    unknown = sorted(set(arch) - {f.name for f in dataclasses.fields(ConvNeXtSpec)})
+    if unknown or {"depths", "dims"} & set(arch):
+        raise UserError(
+            f"config.model.arch has {unknown or sorted({'depths', 'dims'} & set(arch))}: a "
+            "ConvNeXt takes its depths and dims from model.size or model.depths and "
+            "model.dims, and other fields (layer_scale_init, head_init_scale) from model.arch."
+        )
+    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **{**fields, **arch})
 
 
 def hparams_label(spec: ConvNeXtSpec) -> str:
