@@ -244,6 +244,8 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple
         described = slices.describe_layout(
             manual_dir, data_config.layout, data_config.label_name_list
         )
+    except slices.SplitFolderError as e:
+        raise UserError(str(e)) from e  # one line naming the folder to give: no instructions
     except slices.LayoutError as e:
         raise UserError(f"{e}\n\n{slices.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
     return slices.folder_listing(manual_dir), described

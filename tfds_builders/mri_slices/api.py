@@ -14,7 +14,13 @@ import os
 
 from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
 from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
+from tfds_builders.mri_slices.layouts.base import (
+    ImageRecord,
+    Layout,
+    LayoutError,
+    LayoutPlugin,
+    SplitFolderError,
+)
 from tfds_builders.mri_slices.layouts.classes import STAGES
 
 # Also `Builder` and `config_for`, served by __getattr__.
@@ -24,6 +30,7 @@ __all__ = [
     "PROTOCOLS",
     "STAGES",
     "SYNTHETIC_LAYOUTS",
+    "SplitFolderError",
     "ImageRecord",
     "Layout",
     "LayoutError",
