@@ -264,8 +264,9 @@ def test_builder_metadata_records_layout_pairs_and_class_distribution(prepared):
 
 def test_near_duplicate_flags_agree_with_oasis_subject_ids(stage_sets, tmp_path):
     """Where subject IDs exist the check must agree with them: OASIS files put in train/ and
-    test/ folders with half the test subjects' slices divided between both (an image split for
-    them), the rest whole in one folder. Shared subjects' test images are flagged, others not."""
+    test/ folders with half the test subjects' slices divided between both (the test half as a
+    second session, MR2: a scan lives in one folder), the rest whole in one folder. Shared
+    subjects' test images are flagged, others not."""
     parsed = registry.parse(stage_sets["oasis"][0])
     by_subject = collections.defaultdict(list)
     for r in parsed.records:
@@ -277,7 +278,9 @@ def test_near_duplicate_flags_agree_with_oasis_subject_ids(stage_sets, tmp_path)
             split = "test" if subject in test_only or (subject in shared and i % 2) else "train"
             folder = tmp_path / split / r.path.parent.name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / r.path.name).write_bytes(r.read_bytes())
+            # A scan lives in one folder (else refused): a shared subject's test half is MR2.
+            name = r.path.name.replace("_MR1_", "_MR2_") if split == "test" else r.path.name
+            (folder / name).write_bytes(r.read_bytes())
     relaid = registry.parse(tmp_path)
     assert relaid.kind == "oasis" and relaid.folder_splits == ("train", "test")
     report, _ = audit.run(relaid)
