@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -196,14 +197,15 @@ def check_whole_set(manual_dir: Path) -> None:
     place of the set, whose images would be split again by image, leaking scans."""
     if not manual_dir.is_dir():
         return
-    root = descend(manual_dir)
+    # Absolute (not resolved: a symlinked folder keeps its name), so that "." has a name.
+    root = descend(Path(os.path.abspath(manual_dir)))
     split = SPLIT_ALIASES.get(root.name.lower())
     if split is None:
         return
     classes = [d.name for d in visible_dirs(root) if any(is_image(p) for p in d.iterdir())]
     if not classes:
         return
-    parent = root.absolute().parent
+    parent = root.parent
     found = [d.name for d in visible_dirs(parent) if d.name.lower() in SPLIT_ALIASES]
     found.sort(key=lambda name: SPLIT_NAMES.index(SPLIT_ALIASES[name.lower()]))
     splits = [f"{name}/" for name in found]
