@@ -15,6 +15,7 @@ import os
 from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
 from tfds_builders.mri_slices.layouts import registry
 from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
+from tfds_builders.mri_slices.layouts import classes
 from tfds_builders.mri_slices.layouts.classes import STAGES
 
 # Also `Builder` and `config_for`, served by __getattr__.
@@ -38,12 +39,15 @@ __all__ = [
     "folder_fingerprint",
     "folder_listing",
     "format_audit",
+    "format_missing_classes",
     "generate_synthetic",
     "layout_names",
+    "missing_classes_entry",
     "official_split_note",
     "parse_layout",
     "parse_slice_range",
     "register_layout",
+    "similar_class_names",
     "synthetic_tag",
     "unregister_layout",
 ]
@@ -61,6 +65,9 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = registry.MANUAL_DOWNLOAD_INSTRUCTIONS
 audit_folder = audit.run
 format_audit = audit.format_table
 cross_split_entry = audit.cross_split_entry
+missing_classes_entry = audit.missing_classes_entry
+format_missing_classes = audit.format_missing_classes
+similar_class_names = classes.similar_class_names
 
 # What a build was made from.
 folder_listing = source.listing
