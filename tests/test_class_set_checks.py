@@ -91,8 +91,10 @@ def test_the_audit_reports_missing_classes_in_an_entry_and_a_table_line(tmp_path
         "folders": ["train"], "notes": ["there is no train/ModerateDemented folder"],
         "built_splits": []}}}  # fmt: skip
     table = audit.format_table(report)
-    assert "classes without images in a folder or split: 1\n  class ModerateDemented has no " \
-           "images in the train folder (there is no train/ModerateDemented folder)\n" in table
+    assert (
+        "classes without images in a folder or split: 1\n  class ModerateDemented has no "
+        "images in the train folder (there is no train/ModerateDemented folder)\n" in table
+    )
     # A layout without split folders: the whole set is the one folder.
     flat = tmp_path / "flat"
     for i, cls in enumerate(STAGES):
@@ -120,8 +122,10 @@ def test_a_class_folder_one_letter_from_a_stage_is_refused_before_the_build(tmp_
     assert not list((tmp_path / "tfds").glob("adni-*"))  # nothing was built
     report, _ = audit.run(registry.parse(root))
     assert report["similar_class_names"]["count"] == 1
-    assert "class names that look like typos: 1\n  class 'VeryMildDemnted' is one letter " \
-           "from the stage VeryMildDemented" in audit.format_table(report)
+    assert (
+        "class names that look like typos: 1\n  class 'VeryMildDemnted' is one letter "
+        "from the stage VeryMildDemented" in audit.format_table(report)
+    )
     # Meant as found: five classes, each then missing from a folder.
     caplog.set_level(logging.WARNING)
     with pytest.raises(UserError) as missing:

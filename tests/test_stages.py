@@ -48,11 +48,13 @@ def prepared(stage_sets, tmp_path_factory):
     (70/15/15) leaves one out of validation or test, accepted here (data.allow_missing_classes;
     the check itself: test_class_set_checks.py)."""
     data_dir = tmp_path_factory.mktemp("tfds")
-    return {
-        kind: dataset.prepare(DataSpec(data_dir=str(data_dir / kind), manual_dir=str(root),
-                                       allow_missing_classes=kind == "oasis"))  # fmt: skip
-        for kind, (root, _) in stage_sets.items()
-    }
+    out = {}
+    for kind, (root, _) in stage_sets.items():
+        oasis = kind == "oasis"
+        spec = DataSpec(data_dir=str(data_dir / kind), manual_dir=str(root),
+                        allow_missing_classes=oasis)  # fmt: skip
+        out[kind] = dataset.prepare(spec)
+    return out
 
 
 def _counts(parsed) -> dict:

@@ -475,8 +475,11 @@ def _check_missing_classes(metadata, class_names: tuple[str, ...], data_config: 
     raise UserError(
         f"{text}. A model would never learn, or never be tested on, "
         f"{'that class' if entry['count'] == 1 else 'those classes'}. Put images of every "
-        "class in every split folder (and enough subjects of each for validation), or remove "
-        "the class's folders; or accept it with --config.data.allow_missing_classes=true."
+        "class in every split folder, of enough subjects that every built split gets some "
+        "(validation is carved from train by subject; a set without split folders is split "
+        f"{'/'.join(str(round(x * 100)) for x in slices.NO_FOLDER_FRACTIONS)} by subject), "
+        "or remove the class's folders; or accept it with "
+        "--config.data.allow_missing_classes=true."
     )
 
 

@@ -15,8 +15,7 @@ import os
 from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
 from tfds_builders.mri_slices.layouts import registry
 from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
-from tfds_builders.mri_slices.layouts import classes
-from tfds_builders.mri_slices.layouts.classes import STAGES
+from tfds_builders.mri_slices.layouts.classes import STAGES, similar_class_names
 
 # Also `Builder` and `config_for`, served by __getattr__.
 __all__ = [
@@ -67,7 +66,6 @@ format_audit = audit.format_table
 cross_split_entry = audit.cross_split_entry
 missing_classes_entry = audit.missing_classes_entry
 format_missing_classes = audit.format_missing_classes
-similar_class_names = classes.similar_class_names
 
 # What a build was made from.
 folder_listing = source.listing

@@ -25,13 +25,14 @@ import numpy as np
 from PIL import Image
 
 from tfds_builders.mri_slices import near_duplicates
-from tfds_builders.mri_slices.layouts import adni, classes, registry
+from tfds_builders.mri_slices.layouts import adni, registry
 from tfds_builders.mri_slices.layouts.base import (
     LIST_LIMIT,
     ImageRecord,
     Layout,
     brief_list,
 )
+from tfds_builders.mri_slices.layouts.classes import similar_class_names
 
 # A slice this dark on average (of 255) carries no anatomy (ADNI has a few such scans).
 NEAR_BLACK_MEAN = 3.0
@@ -441,7 +442,7 @@ def format_missing_classes(entry: dict) -> list[str]:
 def similar_names_entry(class_names: Sequence[str]) -> dict:
     """The report's similar_class_names: the class names that are probably typos of a known
     stage or label spelling, or of each other (`classes.similar_class_names`)."""
-    problems = classes.similar_class_names(class_names)
+    problems = similar_class_names(class_names)
     return {"count": len(problems), "names": problems}
 
 

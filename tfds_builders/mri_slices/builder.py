@@ -148,10 +148,11 @@ def _with_built_splits(entry: dict, parsed: Layout, splits: dict[str, list[Image
     built = audit_lib.missing_classes_entry(
         parsed.class_names, {}, _class_distribution(parsed, splits)
     )
-    classes = {cls: dict(where) for cls, where in entry["classes"].items()}
+    missing = {cls: dict(where) for cls, where in entry["classes"].items()}
     for cls, where in built["classes"].items():
-        classes.setdefault(cls, {"folders": [], "notes": []})["built_splits"] = where["built_splits"]
-    ordered = {cls: classes[cls] for cls in parsed.class_names if cls in classes}
+        missing.setdefault(cls, {"folders": [], "notes": []})
+        missing[cls]["built_splits"] = where["built_splits"]
+    ordered = {cls: missing[cls] for cls in parsed.class_names if cls in missing}
     merged = {"count": len(ordered), "classes": ordered}
     for line in audit_lib.format_missing_classes(merged):
         logging.warning("%s.", line)

@@ -40,6 +40,10 @@ STAGE_ALIASES = {
     "ModerateDemented": ("moderatedemented", "moderatedementia", "moderate", "cdr2"),
 }
 _STAGE_OF_ALIAS = {a: stage for stage, aliases in STAGE_ALIASES.items() for a in aliases}
+# Every known spelling (normalised) and what it names, for the typo check.
+_KNOWN_SPELLINGS = [(a, f"the stage {stage}") for stage, aliases in STAGE_ALIASES.items()
+                    for a in aliases] + [(a, f"the label {cls}") for cls, aliases in
+                                         LABEL_ALIASES.items() for a in aliases]  # fmt: skip
 
 
 def canonical_label(value: object) -> str | None:
@@ -135,8 +139,7 @@ def similar_class_names(class_names: Sequence[str]) -> list[str]:
     names = list(class_names)
     if set(names) <= set(STAGES) or set(names) == set(BINARY_CLASS_NAMES):
         return []
-    known = [(alias, f"the stage {s}") for s, aliases in STAGE_ALIASES.items() for alias in aliases]
-    known += [(alias, f"the label {c}") for c, aliases in LABEL_ALIASES.items() for alias in aliases]
+    known = _KNOWN_SPELLINGS
     spelled = {name: _normalised(name) for name in names}
     problems, meant = [], {}
     for name in names:
