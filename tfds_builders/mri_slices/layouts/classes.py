@@ -5,6 +5,8 @@ Class names are mapped to one ordered list when every one is a known dementia st
 (STAGE_ALIASES: NonDemented < VeryMildDemented < MildDemented < ModerateDemented), or to NC, AD
 when there are two spelled as those (LABEL_ALIASES); any other set of class names is kept as
 found, in sorted order.
+A set kept as found is checked for probable typos (`similar_class_names`): a name a letter
+from a known spelling or from another class of the set.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ _STAGE_OF_ALIAS = {a: stage for stage, aliases in STAGE_ALIASES.items() for a in
 _KNOWN_SPELLINGS = [(a, f"the stage {stage}") for stage, aliases in STAGE_ALIASES.items()
                     for a in aliases] + [(a, f"the label {cls}") for cls, aliases in
                                          LABEL_ALIASES.items() for a in aliases]  # fmt: skip
+_KNOWN = {alias for alias, _ in _KNOWN_SPELLINGS}
 
 
 def canonical_label(value: object) -> str | None:
@@ -131,37 +134,50 @@ def _apart(distance: int) -> str:
     return "one letter" if distance == 1 else f"{distance} letters"
 
 
-def similar_class_names(class_names: Sequence[str]) -> list[str]:
-    """Each class name (as `class_order` keeps it) that is probably a typo: within a slip
-    (`_slip`) of a known stage or AD/NC spelling (STAGE_ALIASES, LABEL_ALIASES), or of another
-    class of the set; or another class's spelling in other case or punctuation. Nothing for a
-    set `class_order` recognised (all stages, or AD and NC). One line per name or pair."""
-    names = list(class_names)
-    if set(names) <= set(STAGES) or set(names) == set(BINARY_CLASS_NAMES):
-        return []
-    known = _KNOWN_SPELLINGS
-    spelled = {name: _normalised(name) for name in names}
+def _near_known(names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The names within a slip of a known stage or AD/NC spelling (not one themselves): a line
+    for each, and the stage or label each probably means."""
     problems, meant = [], {}
     for name in names:
-        if spelled[name] in dict(known):
-            continue  # a known spelling itself
-        for alias, what in known:
-            distance = _slip(spelled[name], alias)
+        spelled = _normalised(name)
+        if spelled in _KNOWN:
+            continue
+        for alias, what in _KNOWN_SPELLINGS:
+            distance = _slip(spelled, alias)
             if distance:
                 problems.append(f"class {name!r} is {_apart(distance)} from {what} "
                                 f"(alias {alias!r})")  # fmt: skip
                 meant[name] = stage_of(alias) or canonical_label(alias)
                 break
+    return problems, meant
+
+
+def _near_each_other(names: Sequence[str], meant: dict[str, str]) -> list[str]:
+    """A line for each pair of names that spell one name, stage or label, or are within a slip
+    of each other, unless one is already said to be a slip of what the other spells."""
+    problems = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             if _spells(b, meant.get(a)) or _spells(a, meant.get(b)):
-                continue  # said above: one is a slip of the stage or label the other spells
+                continue
             same = stage_of(a) or canonical_label(a)
-            if spelled[a] == spelled[b] or (same and _spells(b, same)):
+            if _normalised(a) == _normalised(b) or (same and _spells(b, same)):
                 what = f"the {'stage' if stage_of(a) else 'label'} {same}" if same else "one name"
                 problems.append(f"classes {a!r} and {b!r} both spell {what}")
                 continue
-            distance = _slip(spelled[a], spelled[b])
+            distance = _slip(_normalised(a), _normalised(b))
             if distance and not _enumerated(a, b):
                 problems.append(f"classes {a!r} and {b!r} are {_apart(distance)} apart")
     return problems
+
+
+def similar_class_names(class_names: Sequence[str]) -> list[str]:
+    """A line for each class name (as `class_order` keeps it) that is probably a typo: within a
+    slip (`_slip`) of a known stage or AD/NC spelling (STAGE_ALIASES, LABEL_ALIASES), or of
+    another class of the set; or the same name, stage or label as another class. Nothing for a
+    set `class_order` recognised (all stages, or AD and NC)."""
+    names = list(class_names)
+    if set(names) <= set(STAGES) or set(names) == set(BINARY_CLASS_NAMES):
+        return []
+    problems, meant = _near_known(names)
+    return problems + _near_each_other(names, meant)
