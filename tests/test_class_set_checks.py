@@ -183,3 +183,16 @@ def test_the_settings_are_validated_and_off_by_default():
         DataSpec(allow_missing_classes="yes")
     with pytest.raises(UserError, match="allow_similar_class_names = 1: expected true or false"):
         DataSpec(allow_similar_class_names=1)
+
+
+def test_a_build_stored_before_the_entry_is_checked_from_its_counts():
+    counts = {"train": {"NC": {"images": 4}, "AD": {"images": 3}},
+              "test": {"NC": {"images": 2}, "AD": {"images": 0}}}  # fmt: skip
+    built = {"train": {"NC": 3, "AD": 2}, "validation": {"NC": 1, "AD": 1},
+             "test": {"NC": 2, "AD": 0}}  # fmt: skip
+    metadata = {"audit": {"counts": counts}, "class_distribution": built}
+    with pytest.raises(UserError) as refused:
+        dataset._check_missing_classes(metadata, ("NC", "AD"), DataSpec())
+    assert str(refused.value).startswith(
+        "class AD has no images in the test folder, nor in the built test split. "
+    )
