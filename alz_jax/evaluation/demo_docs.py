@@ -160,9 +160,9 @@ def expectation_failure(summary: str, expected_path: str) -> str | None:
         f"FAILED: this run's summary differs from {expected_path}, the report that README.md "
         "quotes:\n" + "".join(diff) + "The figures repeat exactly on one machine with the same "
         "versions; another processor, core count or JAX/XLA version can change them: see "
-        'docs/evaluation.md, "Reading the demo\'s report". If this run is the new reference '
-        "(the code or the recipe changed), run `make demo-figures` and commit docs/demo/, "
-        "README.md and docs/evaluation.md."
+        'docs/evaluation.md, "The same figures on another machine". If this run is the new '
+        "reference (the code or the recipe changed), run `make demo-figures` and commit "
+        "docs/demo/, README.md and docs/evaluation.md."
     )
 
 
