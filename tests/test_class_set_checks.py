@@ -23,7 +23,7 @@ def _write_images(folder, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for i in range(n):
         pixels = rng.integers(0, 255, (16, 16), dtype=np.uint8)
-        cv2.imwrite(str(folder / f"img{seed}_{i}.jpg"), pixels)
+        cv2.imwrite(str(folder / f"img{seed}-{i}.jpg"), pixels)  # free-form: each its own scan
 
 
 def _four_classes(root, train=STAGES, test=STAGES, empty=()):
