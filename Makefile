@@ -53,23 +53,31 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-# Install (timed), then generate + build the synthetic set, train, evaluate, report, gate.
+# Install (timed), then generate + build the synthetic set, train, evaluate, report, gate. Without
+# DEMO_ARGS, the printed summary must also equal docs/demo/summary.txt, the report README.md
+# quotes (a diff otherwise); DEMO_EXPECT= turns that off, DEMO_EXPECT=FILE compares with FILE.
+DEMO_EXPECT ?= $(if $(DEMO_ARGS),,docs/demo/summary.txt)
 demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv || exit 1; \
 	echo "install: $$(( $$(date +%s) - start )) s"; \
-	$(PY) -m alz_jax.demo $(DEMO_ARGS)
+	$(PY) -m alz_jax.demo $(if $(DEMO_EXPECT),--expect=$(DEMO_EXPECT)) $(DEMO_ARGS)
 
 # The four-stage demo (configs/stages_demo.py) from scratch on its synthetic set, in .demo/stages.
 stages-demo: venv
 	rm -rf .demo/stages
 	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages $(DEMO_ARGS)
 
-# Copies the last demo's report figures into docs/demo/ for the README (Grad-CAM as JPEG).
+# After `make demo`: copies its summary, quoted figures, report and figures (Grad-CAM as JPEG) into
+# docs/demo/, then rewrites the demo blocks of README.md and docs/evaluation.md from them.
+DEMO_WORKDIR ?= .demo/workdir
 demo-figures: venv
 	mkdir -p docs/demo
-	sed 's/gradcam_test.png/gradcam_test.jpg/' .demo/workdir/report_test.md > docs/demo/report_test.md
-	for f in roc confusion reliability; do cp .demo/workdir/$${f}_test.png docs/demo/; done
-	$(PY) -c "import cv2; cv2.imwrite('docs/demo/gradcam_test.jpg', cv2.imread('.demo/workdir/gradcam_test.png'), [cv2.IMWRITE_JPEG_QUALITY, 80])"
+	cp $(DEMO_WORKDIR)/demo_summary.txt docs/demo/summary.txt
+	cp $(DEMO_WORKDIR)/demo_figures.json docs/demo/figures.json
+	sed 's/gradcam_test.png/gradcam_test.jpg/' $(DEMO_WORKDIR)/report_test.md > docs/demo/report_test.md
+	for f in roc confusion reliability; do cp $(DEMO_WORKDIR)/$${f}_test.png docs/demo/; done
+	$(PY) -c "import cv2; cv2.imwrite('docs/demo/gradcam_test.jpg', cv2.imread('$(DEMO_WORKDIR)/gradcam_test.png'), [cv2.IMWRITE_JPEG_QUALITY, 80])"
+	$(PY) -m alz_jax.demo --update_docs
 
 # Opt-in: full-size ConvNeXt-T, ViT-S/16, ResNet-50 and EfficientNet-B0 against torchvision and
 # timm (random weights; nothing is downloaded), in a separate virtualenv with PyTorch (several GB

@@ -50,6 +50,11 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # Without subject IDs (four-class folders, parquet): let groups of near-identical images (a
     # brain's adjacent slices) stand in for subjects, for splits that keep a brain together.
     config.data.group_near_duplicates = False
+    # A class without images in a split (train/MildDemented empty, a class only under test/) or
+    # a class name a letter from a stage or another class (VeryMildDemnted) stops the run;
+    # accept them as meant with these.
+    config.data.allow_missing_classes = False
+    config.data.allow_similar_class_names = False
     # The synthetic stand-in's layout: 'adni' (AD vs NC) or a four-stage set in the 'folders',
     # 'oasis' or 'parquet' layout, with synthetic_subjects subjects.
     config.data.synthetic_layout = "adni"

@@ -51,6 +51,11 @@ class DataSpec:
     # adjacent slices, found by the build's near-duplicate check) stand in for a subject, so
     # that validation, `resplit` and `kfold` keep a brain's slices together.
     group_near_duplicates: bool = False
+    # Gates on the class set (checked before training): accept a class without images in an
+    # official folder or built split, and class names a letter or two from a known stage or
+    # label or from each other (probable typos), with a warning instead of refusing.
+    allow_missing_classes: bool = False
+    allow_similar_class_names: bool = False
 
     @property
     def label_name_list(self) -> tuple[str, ...]:
@@ -65,6 +70,10 @@ class DataSpec:
             ("max_label_conflicts", self.max_label_conflicts,
              0.0 <= self.max_label_conflicts <= 1.0, "a share in [0, 1]"),
             ("split_seed", self.split_seed, self.split_seed >= 0, ">= 0"),
+            ("allow_missing_classes", self.allow_missing_classes,
+             isinstance(self.allow_missing_classes, bool), "true or false"),
+            ("allow_similar_class_names", self.allow_similar_class_names,
+             isinstance(self.allow_similar_class_names, bool), "true or false"),
             ("synthetic_seed", self.synthetic_seed,
              self.synthetic_seed is None or self.synthetic_seed >= 0, ">= 0 (or unset)"),
             ("synthetic_train_subjects", self.synthetic_train_subjects,

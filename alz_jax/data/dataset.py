@@ -245,9 +245,30 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple
         described = slices.describe_layout(
             manual_dir, data_config.layout, data_config.label_name_list
         )
+    except slices.SplitFolderError as e:
+        raise UserError(str(e)) from e  # one line naming the folder to give: no instructions
     except slices.LayoutError as e:
         raise UserError(f"{e}\n\n{slices.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+    _check_class_names(described[1], data_config)
     return slices.folder_listing(manual_dir), described
+
+
+def _check_class_names(class_names: tuple[str, ...], data_config: DataSpec) -> None:
+    """Refuses class names that look like typos (a letter from a known stage or label, or from
+    another class: `classes.similar_class_names`) before anything is built, unless
+    `data.allow_similar_class_names`; then warns."""
+    problems = slices.similar_class_names(class_names)
+    if not problems:
+        return
+    if data_config.allow_similar_class_names:
+        logging.warning("Class names %s kept as found, as configured, although %s.",
+                        list(class_names), "; ".join(problems))  # fmt: skip
+        return
+    raise UserError(
+        f"{'; '.join(problems)}: a typo? Rename the folder (or label), or set "
+        "--config.data.allow_similar_class_names=true if the classes "
+        f"{', '.join(class_names)} are meant as found."
+    )
 
 
 BUILD_PREFIX = "adni-"  # <data_dir>/adni-<fingerprint>/adni/<config>/<version>
@@ -396,6 +417,8 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
             "data.data_dir must be on storage that every host sees."
         )
     _check_label_conflicts(builder.info.metadata, data_config)
+    _check_missing_classes(builder.info.metadata, tuple(builder.info.features["label"].names),
+                           data_config)  # fmt: skip
     pooled, positions, protocol = _apply_protocol(builder, data_config)
     return AdniData(
         builder=builder,
@@ -430,6 +453,36 @@ def _check_label_conflicts(metadata, data_config: DataSpec) -> None:
         f"{text}. All of them are in the audit (python -m alz_jax.audit). Fix the folders or "
         "the metadata, or train on the folder labels with --config.data.trust_folder_labels=true "
         f"(or allow a share with data.max_label_conflicts, now {data_config.max_label_conflicts})."
+    )
+
+
+def _check_missing_classes(metadata, class_names: tuple[str, ...], data_config: DataSpec) -> None:
+    """Refuses a data set with a class that has no images in an official folder or a built
+    split (a model that never sees a class, or is never tested on one), naming each class and
+    split, unless `data.allow_missing_classes`; then warns."""
+    entry = metadata.get("audit", {}).get("missing_classes")
+    if entry is None:  # a build stored before the entry existed: from its counts
+        folders = {
+            folder: {cls: c["images"] for cls, c in per_class.items()}
+            for folder, per_class in metadata.get("audit", {}).get("counts", {}).items()
+        }
+        entry = slices.missing_classes_entry(
+            class_names, folders, metadata.get("class_distribution")
+        )
+    if not entry["count"]:
+        return
+    text = "; ".join(slices.format_missing_classes(entry))
+    if data_config.allow_missing_classes:
+        logging.warning("%s. Training on it, as configured (data.allow_missing_classes).", text)
+        return
+    raise UserError(
+        f"{text}. A model would never learn, or never be tested on, "
+        f"{'that class' if entry['count'] == 1 else 'those classes'}. Put images of every "
+        "class in every split folder, of enough subjects that every built split gets some "
+        "(validation is carved from train by subject; a set without split folders is split "
+        f"{'/'.join(str(round(x * 100)) for x in slices.NO_FOLDER_FRACTIONS)} by subject), "
+        "or remove the class's folders; or accept it with "
+        "--config.data.allow_missing_classes=true."
     )
 
 

@@ -85,7 +85,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     mix = dataclasses.asdict(run.pipeline.mix)
     del mix["total_steps"]  # follows from the durations
     data = dataclasses.asdict(run.data)
-    for key in ("trust_folder_labels", "max_label_conflicts"):  # a gate, not the data
+    for key in DATA_GATES:
         del data[key]
     _drop_defaults(data, ADDED_DATA_DEFAULTS)
     return {
@@ -113,6 +113,10 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
         },
     }
 
+
+# config.data fields that gate the data's use rather than name it: no part of a run's identity.
+DATA_GATES = ("trust_folder_labels", "max_label_conflicts", "allow_missing_classes",
+              "allow_similar_class_names")  # fmt: skip
 
 # Fields added after runs were first recorded (the dementia stages), left out of the identity
 # at these defaults, so that a run recorded before they existed still resumes.

@@ -14,8 +14,14 @@ import os
 
 from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
 from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
-from tfds_builders.mri_slices.layouts.classes import STAGES
+from tfds_builders.mri_slices.layouts.base import (
+    ImageRecord,
+    Layout,
+    LayoutError,
+    LayoutPlugin,
+    SplitFolderError,
+)
+from tfds_builders.mri_slices.layouts.classes import STAGES, similar_class_names
 
 # Also `Builder` and `config_for`, served by __getattr__.
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "Layout",
     "LayoutError",
     "LayoutPlugin",
+    "SplitFolderError",
     "assign_protocol",
     "audit_folder",
     "cross_split_entry",
@@ -39,12 +46,15 @@ __all__ = [
     "folder_fingerprint",
     "folder_listing",
     "format_audit",
+    "format_missing_classes",
     "generate_synthetic",
     "layout_names",
+    "missing_classes_entry",
     "official_split_note",
     "parse_layout",
     "parse_slice_range",
     "register_layout",
+    "similar_class_names",
     "synthetic_tag",
     "unregister_layout",
 ]
@@ -62,6 +72,8 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = registry.MANUAL_DOWNLOAD_INSTRUCTIONS
 audit_folder = audit.run
 format_audit = audit.format_table
 cross_split_entry = audit.cross_split_entry
+missing_classes_entry = audit.missing_classes_entry
+format_missing_classes = audit.format_missing_classes
 
 # What a build was made from.
 folder_listing = source.listing

@@ -6,8 +6,10 @@ images, scans and subjects per folder and class; subjects with visits in both th
 folders; subjects whose label differs between visits; the slice-window distribution per class
 and the scan accuracy of a classifier that sees only the slice indices (the shortcut baseline);
 duplicate images by content hash, within and across folders; every unreadable, empty,
-off-size and near-black image, and stray non-image file, by name; and every scan whose metadata
-label (meta_data_with_label.json) contradicts its class folder.
+off-size and near-black image, and stray non-image file, by name; every scan whose metadata
+label (meta_data_with_label.json) contradicts its class folder; every class without images in
+an official folder (the builder adds its built splits); and class names that look like typos of
+a known stage or label, or of each other.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import collections
 import dataclasses
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from tfds_builders.mri_slices.layouts.base import (
     Layout,
     brief_list,
 )
+from tfds_builders.mri_slices.layouts.classes import similar_class_names
 
 # A slice this dark on average (of 255) carries no anatomy (ADNI has a few such scans).
 NEAR_BLACK_MEAN = 3.0
@@ -349,8 +352,98 @@ def run(parsed: Layout) -> tuple[dict, dict[str, ImageCheck]]:
             "files": _names(parsed.stray_files, parsed.root),
         },
         "label_conflicts": label_conflicts_entry(parsed),
+        "missing_classes": missing_classes_entry(
+            parsed.class_names, _folder_images(parsed), notes=_empty_folder_notes(parsed)
+        ),
+        "similar_class_names": similar_names_entry(parsed.class_names),
     }  # fmt: skip
     return report, checks
+
+
+def _folder_images(parsed: Layout) -> dict[str, dict[str, int]]:
+    """Images per class of every official folder the layout has ("all" where it has none)."""
+    counts = collections.Counter((folder_of(r), r.label) for r in parsed.records)
+    return {
+        folder: {cls: counts[folder, k] for k, cls in enumerate(parsed.class_names)}
+        for folder in parsed.folder_splits or ("all",)
+    }
+
+
+def _empty_folder_notes(parsed: Layout) -> dict[str, dict[str, str]]:
+    """Folder -> class -> what its class folder there is ("train/MildDemented is empty", "there
+    is no train/MildDemented folder"), for the classes without images in a folder, where the
+    layout keeps each class in a folder of its own (not parquet files)."""
+    found_names = set(parsed.class_mapping) | set(parsed.class_names)
+    notes: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    for folder, images in _folder_images(parsed).items():
+        homes = {Path(r.file_name).parent for r in parsed.records if folder_of(r) == folder}
+        parents = {home.parent for home in homes}
+        if len(parents) != 1 or not all(home.name in found_names for home in homes):
+            continue
+        parent = parents.pop()
+        for cls in (c for c, n in images.items() if not n):
+            names = [f for f, c in parsed.class_mapping.items() if c == cls] or [cls]
+            shown = [(parent / name).as_posix() for name in names]
+            if any((parsed.root / p).is_dir() for p in shown):
+                verb = "is" if len(shown) == 1 else "are"
+                notes[folder][cls] = f"{' and '.join(shown)} {verb} empty"
+            else:
+                notes[folder][cls] = f"there is no {shown[0]} folder"
+    return dict(notes)
+
+
+def missing_classes_entry(
+    class_names: Sequence[str], folders: dict[str, dict[str, int]],
+    built: dict[str, dict[str, int]] | None = None, notes: dict | None = None,
+) -> dict:  # fmt: skip
+    """The report's missing_classes: per class without images in some official folder
+    (`folders`: folder -> class -> images; "all" for a layout without split folders) or, once
+    built, in some built split (`built`: split -> class -> images), which ones, with what its
+    class folder there is (`notes`: folder -> class -> text)."""
+    notes = notes or {}
+    missing: dict[str, dict] = {}
+    for cls in class_names:
+        empty = [f for f, images in folders.items() if not images.get(cls, 0)]
+        unbuilt = [s for s, images in (built or {}).items() if not images.get(cls, 0)]
+        if empty or unbuilt:
+            missing[cls] = {
+                "folders": empty,
+                "notes": [notes[f][cls] for f in empty if cls in notes.get(f, {})],
+                "built_splits": unbuilt,
+            }
+    return {"count": len(missing), "classes": missing}
+
+
+def _and(items: Sequence[str]) -> str:
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def format_missing_classes(entry: dict) -> list[str]:
+    """One line per class without images in a split: "class MildDemented has no images in the
+    train folder (train/MildDemented is empty), nor in the built train and validation splits"."""
+    lines = []
+    for cls, where in entry["classes"].items():
+        parts = []
+        folders = [f for f in where["folders"] if f != "all"]
+        if folders:
+            parts.append(f"in the {_and(folders)} folder{'s' if len(folders) > 1 else ''}")
+        elif where["folders"]:
+            parts.append("in any folder")
+        if where["notes"]:
+            parts[-1] += f" ({'; '.join(where['notes'])})"
+        splits = where["built_splits"]
+        if splits:
+            built = f"in the built {_and(splits)} split{'s' if len(splits) > 1 else ''}"
+            parts.append(f"nor {built}" if parts else built)
+        lines.append(f"class {cls} has no images {', '.join(parts)}")
+    return lines
+
+
+def similar_names_entry(class_names: Sequence[str]) -> dict:
+    """The report's similar_class_names: the class names that are probably typos of a known
+    stage or label spelling, or of each other (`classes.similar_class_names`)."""
+    problems = similar_class_names(class_names)
+    return {"count": len(problems), "names": problems}
 
 
 def label_conflicts_entry(parsed: Layout) -> dict:
@@ -463,6 +556,14 @@ def format_table(report: dict) -> str:
     lines.append(f"stray non-image files: {strays['count']}")
     lines.extend(f"  {f}" for f in strays["files"][:20])
     lines.extend(_more(strays["files"], 20))
+    missing = report.get("missing_classes")  # absent from audits stored before it existed
+    if missing is not None:
+        lines.append(f"classes without images in a folder or split: {missing['count']}")
+        lines.extend(f"  {line}" for line in format_missing_classes(missing))
+    similar = report.get("similar_class_names")
+    if similar is not None:
+        lines.append(f"class names that look like typos: {similar['count']}")
+        lines.extend(f"  {line}" for line in similar["names"])
     conflicts = report.get("label_conflicts")  # absent from audits stored before it existed
     if conflicts is not None:
         lines.append(

@@ -134,6 +134,31 @@ def _warn_skipped(parsed: Layout, checks: dict) -> None:
             )  # fmt: skip
 
 
+def _class_distribution(parsed: Layout, splits: dict[str, list[ImageRecord]]) -> dict:
+    """Images per class of every built split (usable images only)."""
+    return {
+        name: {cls: sum(r.label == k for r in records) for k, cls in enumerate(parsed.class_names)}
+        for name, records in splits.items()
+    }
+
+
+def _with_built_splits(entry: dict, parsed: Layout, splits: dict[str, list[ImageRecord]]) -> dict:
+    """The audit's missing_classes with the built splits added, warned about once per class:
+    whether a run refuses them is the trainer's policy (alz_jax: data.allow_missing_classes)."""
+    built = audit_lib.missing_classes_entry(
+        parsed.class_names, {}, _class_distribution(parsed, splits)
+    )
+    missing = {cls: dict(where) for cls, where in entry["classes"].items()}
+    for cls, where in built["classes"].items():
+        missing.setdefault(cls, {"folders": [], "notes": []})
+        missing[cls]["built_splits"] = where["built_splits"]
+    ordered = {cls: missing[cls] for cls in parsed.class_names if cls in missing}
+    merged = {"count": len(ordered), "classes": ordered}
+    for line in audit_lib.format_missing_classes(merged):
+        logging.warning("%s.", line)
+    return merged
+
+
 class _LocalDatasetInfo(tfds.core.DatasetInfo):
     """DatasetInfo that never looks for precomputed info in TFDS's public bucket: ADNI is never
     there, and each lookup leaves an empty temporary folder behind (one per unprepared build)."""
@@ -205,17 +230,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
                     "off-size); see the warnings above and the audit's `unusable` entry."
                 )
-        lost = sorted(set(range(len(parsed.class_names))) - {r.label for r in usable})
-        if lost:
-            raise LayoutError(
-                f"No usable image of class {', '.join(parsed.class_names[k] for k in lost)} "
-                f"in {parsed.root}: all unreadable or empty (see the warnings above)."
-            )
         parsed = dataclasses.replace(parsed, records=usable)
         if config.group_near_duplicates:
             parsed = splits_lib.grouped_by_near_duplicates(parsed, audit["near_duplicate_pairs"])
         hashes = {n: c.sha256 for n, c in checks.items()}
         splits = self._splits(parsed)
+        audit["missing_classes"] = _with_built_splits(audit["missing_classes"], parsed, splits)
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)
         return {
             name: self._generate_examples(records, parsed.subject_of_scan)
@@ -263,13 +283,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "class_names": list(parsed.class_names),
                 "folder_splits": list(parsed.folder_splits),
                 "near_duplicate_pairs": pairs,
-                "class_distribution": {
-                    name: {
-                        cls: sum(r.label == k for r in records)
-                        for k, cls in enumerate(parsed.class_names)
-                    }
-                    for name, records in splits.items()
-                },
+                "class_distribution": _class_distribution(parsed, splits),
                 "manual_dir": str(manual_dir.resolve()),
                 "subject_source": parsed.subject_source,
                 "subject_coverage": parsed.subject_coverage,

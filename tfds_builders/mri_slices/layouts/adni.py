@@ -19,19 +19,24 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tfds_builders.mri_slices.layouts import classes
 from tfds_builders.mri_slices.layouts.base import (
+    SCAN_SLICE_PATTERN,
     ImageRecord,
     Layout,
     LayoutError,
     LayoutPlugin,
     brief_list,
+    check_one_folder_per_scan,
+    descend,
     is_image,
     raise_problems,
+    scan_and_slice,
     visible_dirs,
+    wrapping_chain,
 )
 
 NAME = "adni"
@@ -40,7 +45,9 @@ CLASS_FOLDERS = ("AD", "NC")
 # ClassLabel order: NC=0, AD=1 (AD is the positive class).
 CLASS_NAMES = classes.BINARY_CLASS_NAMES
 IMAGE_WIDTH, IMAGE_HEIGHT = 256, 240
-FILE_PATTERN = re.compile(r"^(?P<scan>[A-Za-z0-9]+)_(?P<slice>\d+)\.(jpeg|jpg|JPEG|JPG)$")
+# The shared `<scanID>_<slice>` name; ADNI's images are JPEG (IMAGE_SUFFIXES below).
+FILE_PATTERN = SCAN_SLICE_PATTERN
+JPEG_SUFFIXES = (".jpeg", ".jpg")
 SUBJECT_PATTERN = re.compile(r"\d{3}_S_\d{4,5}")
 METADATA_JSON = "meta_data_with_label.json"
 SUBJECTS_CSV = "subjects.csv"
@@ -51,29 +58,30 @@ _FIX_METADATA = f"Fix the file, or remove it (or give {SUBJECTS_CSV} with scan_i
 
 
 def find_root(manual_dir: str | Path) -> Path:
-    """The folder holding train/ and test/: `<manual_dir>/AD_NC` or `<manual_dir>` itself."""
+    """The folder holding train/ and test/: `<top>/AD_NC` or `<top>` itself, where top is
+    manual_dir past lone wrapping folders (`descend`)."""
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise LayoutError(
             f"ADNI folder {manual_dir} does not exist. Expected {manual_dir}/AD_NC/"
             "{train,test}/{AD,NC}/<scanID>_<slice>.jpeg (or the same without AD_NC)."
         )
-    for candidate in (manual_dir / "AD_NC", manual_dir):
+    top = descend(manual_dir)
+    for candidate in (top / "AD_NC", top):
         if all((candidate / s).is_dir() for s in SPLIT_FOLDERS):
             return candidate
-    found = sorted(p.name for p in manual_dir.iterdir())
+    found = sorted(p.name for p in top.iterdir())
     raise LayoutError(
-        f"{manual_dir} has no ADNI layout: expected AD_NC/train and AD_NC/test (or train/ and "
+        f"{top} has no ADNI layout: expected AD_NC/train and AD_NC/test (or train/ and "
         f"test/) folders, found [{brief_list([repr(f) for f in found])}]."
     )
 
 
 def parse_file_name(name: str) -> tuple[str, int] | None:
     """(scan_id, slice_index) of a `<scanID>_<slice>.jpeg` name, or None if it doesn't match."""
-    match = FILE_PATTERN.match(name)
-    if not match:
+    if not name.lower().endswith(JPEG_SUFFIXES):
         return None
-    return match["scan"], int(match["slice"])
+    return scan_and_slice(name)
 
 
 def scan_images(root: Path) -> tuple[list[ImageRecord], list[Path]]:
@@ -127,21 +135,8 @@ def scan_images(root: Path) -> tuple[list[ImageRecord], list[Path]]:
         problems, "match the ADNI naming",
         "\n(Images named otherwise are read as class folders: --config.data.layout=folders.)",
     )  # fmt: skip
-    _check_scans_consistent(records)
+    check_one_folder_per_scan(root, records)
     return records, strays
-
-
-def _check_scans_consistent(records: Sequence[ImageRecord]) -> None:
-    where: dict[str, set[tuple[str, int]]] = collections.defaultdict(set)
-    for r in records:
-        where[r.scan_id].add((r.folder_split, r.label))
-    bad = {s: sorted(w) for s, w in where.items() if len(w) > 1}
-    if bad:
-        examples = brief_list([f"{s}: {w}" for s, w in sorted(bad.items())])
-        raise LayoutError(
-            f"{len(bad)} scan IDs appear in more than one split or class folder (a scan must "
-            f"live in exactly one): {examples}. Keep each scan's images in one folder."
-        )
 
 
 @dataclasses.dataclass
@@ -195,6 +190,60 @@ def _entry_label(entry: object) -> object:
     return None
 
 
+def _object_noting_duplicates(found: list[dict[str, list]]) -> Callable[[list], dict]:
+    """A json.loads object_pairs_hook building each object as usual (the last value of a key
+    wins) and appending to `found`, per object in parsing order, key -> every value it had, for
+    the keys it had more than once."""
+
+    def hook(pairs: list) -> dict:
+        values: dict[str, list] = collections.defaultdict(list)
+        for key, value in pairs:
+            values[key].append(value)
+        found.append({k: v for k, v in values.items() if len(v) > 1})
+        return dict(pairs)
+
+    return hook
+
+
+def _entry_subject(entry: object) -> str | None:
+    """The subject ID (NNN_S_NNNN) anywhere in a metadata entry, or None."""
+    match = SUBJECT_PATTERN.search(json.dumps(entry))
+    return match.group(0) if match else None
+
+
+def _entry_difference(first: object, other: object) -> str:
+    """How two entries of one scan differ: their subjects, else the fields that differ."""
+    subjects = _entry_subject(first), _entry_subject(other)
+    if subjects[0] != subjects[1]:
+        return f"subjects {subjects[0]} and {subjects[1]}"
+    if isinstance(first, dict) and isinstance(other, dict):
+        keys = [k for k in dict.fromkeys([*first, *other]) if first.get(k) != other.get(k)]
+        return "; ".join(
+            f"{k}: {_excerpt(first.get(k), 60)} vs {_excerpt(other.get(k), 60)}" for k in keys
+        )
+    return f"{_excerpt(first, 60)} vs {_excerpt(other, 60)}"
+
+
+def _check_duplicate_entries(path: Path, duplicates: dict[str, list]) -> None:
+    """LayoutError naming each scan ID listed more than once with entries that differ (JSON
+    would keep the last silently); a warning for those listed again with identical entries."""
+    conflicts = []
+    for scan, values in sorted(duplicates.items()):
+        differences = [_entry_difference(values[0], v) for v in values[1:] if v != values[0]]
+        if differences:
+            conflicts.append(f"{scan} ({differences[0]})")
+    if conflicts:
+        raise LayoutError(
+            f"{path}: {len(conflicts)} scan IDs are listed more than once with different entries "
+            f"({brief_list(conflicts)}); a scan has one entry. Keep the right entry of each."
+        )
+    if duplicates:
+        logging.warning(
+            "%s lists %d scan IDs more than once, with identical entries (e.g. %s); each is "
+            "read once.", path, len(duplicates), brief_list(sorted(duplicates), 3),
+        )  # fmt: skip
+
+
 def _subjects_from_metadata_json(path: Path) -> SubjectFile:
     """Subject (`NNN_S_NNNN` anywhere in the entry) and label of each entry of the metadata JSON.
 
@@ -202,8 +251,9 @@ def _subjects_from_metadata_json(path: Path) -> SubjectFile:
     whose entries carry no subject ID at all (a schema the reader doesn't know: silently
     falling back to scan IDs would hide it)."""
     text = _decode_utf8(path, "JSON")
+    duplicates: list[dict[str, list]] = []
     try:
-        entries = json.loads(text)
+        entries = json.loads(text, object_pairs_hook=_object_noting_duplicates(duplicates))
     except json.JSONDecodeError as e:
         raise LayoutError(
             f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}). "
@@ -215,6 +265,8 @@ def _subjects_from_metadata_json(path: Path) -> SubjectFile:
             f'{path}: expected a JSON object keyed by scan ID ({{"<scanID>": {{..., "source": '
             f'"/.../NNN_S_NNNN/..."}}, ...}}), found {found}. ' + _FIX_METADATA
         )
+    # The hook saw the top-level object (keyed by scan ID) last.
+    _check_duplicate_entries(path, duplicates[-1])
     result = SubjectFile({})
     without: list[str] = []
     for scan_id, entry in entries.items():
@@ -252,19 +304,29 @@ def _subjects_from_csv(path: Path) -> SubjectFile:
                 f"{path} must have the columns scan_id,subject_id; found {reader.fieldnames}. "
                 "Put that header line first."
             )
-        subjects, bad = {}, []
+        subjects, line_of, bad, conflicts = {}, {}, [], []
         for row in reader:
-            scan, subject = (row.get(k) or "" for k in ("scan_id", "subject_id"))
-            if not scan.strip() or not subject.strip():
+            scan, subject = ((row.get(k) or "").strip() for k in ("scan_id", "subject_id"))
+            if not scan or not subject:
                 bad.append(f"line {reader.line_num}")
                 continue
-            subjects[scan.strip()] = subject.strip()
+            if subjects.setdefault(scan, subject) != subject:
+                conflicts.append(
+                    f"{scan}: {subjects[scan]} (line {line_of[scan]}) and {subject} "
+                    f"(line {reader.line_num})"
+                )
+            line_of.setdefault(scan, reader.line_num)
     except csv.Error as e:
         raise LayoutError(f"{path}, line {reader.line_num}: not readable as CSV ({e}).") from None
     if bad:
         raise LayoutError(
             f"{path}: {len(bad)} rows lack a scan_id or a subject_id ({brief_list(bad)}); "
             "expected both on every row. Fill them in or delete those rows."
+        )
+    if conflicts:
+        raise LayoutError(
+            f"{path}: {len(conflicts)} scans are mapped to two subjects ({brief_list(conflicts)})"
+            "; a scan belongs to one subject. Keep the right row of each and delete the other."
         )
     return SubjectFile(subjects)
 
@@ -276,10 +338,11 @@ def load_subjects(
     label of the scans whose entry has one (empty unless the source is the metadata JSON).
 
     Sources, in order: meta_data_with_label.json (subject `NNN_S_NNNN` in each entry),
-    subjects.csv (scan_id,subject_id), else each scan stands in for its own subject.
+    subjects.csv (scan_id,subject_id), else each scan stands in for its own subject; each
+    looked for in manual_dir, each lone wrapping folder below it, then root.
     """
     scan_ids = sorted(set(scan_ids))
-    for folder in dict.fromkeys((manual_dir, root)):
+    for folder in dict.fromkeys((*wrapping_chain(manual_dir), root)):
         for name, reader in (
             (METADATA_JSON, _subjects_from_metadata_json),
             (SUBJECTS_CSV, _subjects_from_csv),
@@ -361,10 +424,12 @@ def label_conflicts(parsed: Layout) -> list[dict]:
 
 
 def detect(manual_dir: Path) -> float:
-    """0.9 for [AD_NC/]train/ holding AD/ or NC/ and no other class folder (parquet files
+    """0.9 for [AD_NC/]train/ (past lone wrapping folders) holding AD/ or NC/ and no other
+    class folder (parquet files
     outrank it), whose parser then names whatever else is wrong (a missing test/, a stray
     file). Other class sets (AD, CN, MCI) are class folders."""
-    for candidate in (manual_dir / "AD_NC", manual_dir):
+    top = descend(manual_dir)
+    for candidate in (top / "AD_NC", top):
         train = candidate / "train"
         if train.is_dir():
             found = {d.name for d in visible_dirs(train)}

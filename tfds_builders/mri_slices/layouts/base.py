@@ -10,7 +10,10 @@ import this module (and the shared helpers beside it), never each other.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,10 +31,25 @@ SPLIT_ALIASES = {
     "val": "validation", "valid": "validation", "validation": "validation",
     "test": "test", "testing": "test",
 }  # fmt: skip
+# ADNI's image names, `<scanID>_<slice>.jpeg` (388206_78.jpeg): a scan ID, then a slice index.
+SCAN_SLICE_PATTERN = re.compile(
+    r"^(?P<scan>[A-Za-z0-9]+)_(?P<slice>\d+)\.(?P<ext>jpe?g|png)$", re.IGNORECASE
+)
 
 
 class LayoutError(ValueError):
     """The folder does not have the layout asked for; the message says what was expected."""
+
+
+class SplitFolderError(LayoutError):
+    """The folder given is one split of a data set (its train/ or test/), not the whole set:
+    a one-line message naming the parent folder to give instead."""
+
+
+def scan_and_slice(name: str) -> tuple[str, int] | None:
+    """(scan ID, slice index) of a `<scanID>_<slice>.<jpeg|jpg|png>` file name, else None."""
+    match = SCAN_SLICE_PATTERN.match(name)
+    return (match["scan"], int(match["slice"])) if match else None
 
 
 def brief_list(items: Sequence[object], limit: int = LIST_LIMIT, rest: str = "") -> str:
@@ -155,12 +173,65 @@ def visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def wrapping_chain(root: Path) -> list[Path]:
+    """root, then each lone wrapping folder ("Alzheimer_s Dataset/") stepped into, as archives
+    often unpack. A lone split folder (train/) is not stepped into: it is the set's one split."""
+    chain = [root]
+    while True:
+        entries = [p for p in chain[-1].iterdir() if not p.name.startswith(".")]
+        if len(entries) != 1 or not entries[0].is_dir():
+            return chain
+        if entries[0].name.lower() in SPLIT_ALIASES:
+            return chain
+        chain.append(entries[0])
+
+
 def descend(root: Path) -> Path:
-    """Into a lone wrapping folder ("Alzheimer_s Dataset/"), as archives often unpack."""
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir():
-        return descend(entries[0])
-    return root
+    """Past lone wrapping folders (`wrapping_chain`): where the set's content starts."""
+    return wrapping_chain(root)[-1]
+
+
+def check_whole_set(manual_dir: Path) -> None:
+    """SplitFolderError where the folder (past lone wrapping folders) is named as a split
+    (train/, test/, ...) and directly holds class folders of images: one split of a set given in
+    place of the set, whose images would be split again by image, leaking scans."""
+    if not manual_dir.is_dir():
+        return
+    # Absolute (not resolved: a symlinked folder keeps its name), so that "." has a name.
+    root = descend(Path(os.path.abspath(manual_dir)))
+    split = SPLIT_ALIASES.get(root.name.lower())
+    if split is None:
+        return
+    classes = [d.name for d in visible_dirs(root) if any(is_image(p) for p in d.iterdir())]
+    if not classes:
+        return
+    parent = root.parent
+    found = [d.name for d in visible_dirs(parent) if d.name.lower() in SPLIT_ALIASES]
+    found.sort(key=lambda name: SPLIT_NAMES.index(SPLIT_ALIASES[name.lower()]))
+    splits = [f"{name}/" for name in found]
+    holding = " and ".join([", ".join(splits[:-1]), splits[-1]] if len(splits) > 1 else splits)
+    raise SplitFolderError(
+        f"{root} looks like the {split} split of a data set (class folders "
+        f"{brief_list(classes)}), not the whole set: set --config.data.manual_dir={parent} "
+        f"(the folder holding {holding}), or rename {root.name}/ if it holds the whole set."
+    )
+
+
+def check_one_folder_per_scan(root: Path, records: Sequence[ImageRecord], hint: str = "") -> None:
+    """LayoutError naming every scan whose images lie in more than one split or class folder
+    (two labels, or both sides of a split), with its folders: a scan must live in one."""
+    where: dict[str, set[tuple[str, int]]] = collections.defaultdict(set)
+    folders: dict[str, set[str]] = collections.defaultdict(set)
+    for r in records:
+        where[r.scan_id].add((r.folder_split, r.label))
+        folders[r.scan_id].add(r.file_name.rsplit("/", 1)[0] if "/" in r.file_name else ".")
+    bad = sorted(s for s, w in where.items() if len(w) > 1)
+    if bad:
+        examples = brief_list([f"{s} in {' and '.join(sorted(folders[s]))}" for s in bad])
+        raise LayoutError(
+            f"{root}: {len(bad)} scan IDs appear in more than one split or class folder (a scan "
+            f"must live in exactly one): {examples}. Keep each scan's images in one folder.{hint}"
+        )
 
 
 def existing_root(manual_dir: Path) -> Path:

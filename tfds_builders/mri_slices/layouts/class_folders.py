@@ -17,6 +17,7 @@ from tfds_builders.mri_slices.layouts.base import (
     ImageRecord,
     Layout,
     LayoutError,
+    check_one_folder_per_scan,
     data_tops,
     is_image,
     raise_problems,
@@ -111,6 +112,7 @@ def parse(
     raise_problems(problems, f"fit the {kind} layout")
     if not records:
         raise LayoutError(f"{root} holds no images in its class folders.")
+    check_one_folder_per_scan(root, records)
     return Layout(
         root=root,
         records=records,

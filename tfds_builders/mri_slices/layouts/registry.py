@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfds_builders.mri_slices.layouts import adni, folders, oasis, parquet
-from tfds_builders.mri_slices.layouts.base import Layout, LayoutError, LayoutPlugin, brief_list
+from tfds_builders.mri_slices.layouts.base import (
+    Layout,
+    LayoutError,
+    LayoutPlugin,
+    brief_list,
+    check_whole_set,
+)
 
 AUTO = "auto"
 _PLUGINS: dict[str, LayoutPlugin] = {}
@@ -88,7 +94,9 @@ def detect(manual_dir: str | Path) -> str:
 
 
 def resolve(manual_dir: str | Path, kind: str = AUTO) -> LayoutPlugin:
-    """The plug-in named (checked) or, for "auto", detected."""
+    """The plug-in named (checked) or, for "auto", detected; SplitFolderError first, whatever
+    the layout, for a folder that is one split of a set (`check_whole_set`)."""
+    check_whole_set(Path(manual_dir))
     if kind == AUTO:
         return get(detect(manual_dir))
     return get(kind)
