@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo stages-demo demo-figures parity-torch parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures demo-figures parity-torch parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -66,6 +66,21 @@ demo:
 stages-demo: venv
 	rm -rf .demo/stages
 	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages $(DEMO_ARGS)
+
+# The stages demo and its plain-CNN baseline (configs/stages_simple_cnn.py) from scratch on the
+# same hard synthetic set, compared on the same test subjects, and the comparison checked
+# against the one docs/stages.md quotes (STAGES_EXPECT= to skip the check; CI runs it).
+STAGES_EXPECT ?= docs/demo/stages/compare.md
+stages-compare: venv
+	rm -rf .demo/stages .demo/stages_cnn .demo/stages_compare
+	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages
+	$(PY) -m alz_jax.main --config=configs/stages_simple_cnn.py --workdir=.demo/stages_cnn
+	$(PY) -m alz_jax.compare --workdirs=.demo/stages,.demo/stages_cnn --out=.demo/stages_compare --perturbations=none
+	$(if $(STAGES_EXPECT),$(PY) -m alz_jax.stages_figures --expect=$(STAGES_EXPECT))
+
+# Publishes the last `make stages-compare` in docs/demo/stages/ and docs/stages.md's block.
+stages-figures: venv
+	$(PY) -m alz_jax.stages_figures --update_docs
 
 # After `make demo`: copies its summary, quoted figures, report and figures (Grad-CAM as JPEG) into
 # docs/demo/, then rewrites the demo blocks of README.md and docs/evaluation.md from them.

@@ -1,0 +1,134 @@
+"""The stages demo's published comparison: the figures docs/stages.md quotes of the stages demo
+beside its plain-CNN baseline, and the check that a fresh pair of runs reproduces them.
+
+`make stages-compare` trains configs/stages_demo.py and configs/stages_simple_cnn.py and compares
+them (`python -m alz_jax.compare`); `python -m alz_jax.stages_figures` then either checks the
+fresh comparison against docs/demo/stages/ (--expect, in CI) or copies it there and rewrites the
+block of docs/stages.md between `<!-- stages-figures:start -->` and `<!-- stages-figures:end -->`
+(--update_docs). What is checked is the comparison's metrics and paired differences, to the
+printed precision; measured times and throughput vary from run to run and are only recorded.
+"""
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+from alz_jax.evaluation import demo_docs
+from alz_jax.host.errors import UserError
+
+DOCS_STAGES = Path("docs/demo/stages")
+DOCS_COMPARE = DOCS_STAGES / "compare.md"
+DOCS_RUNS = DOCS_STAGES / "runs.json"
+DOC = Path("docs/stages.md")
+# The sections of compare.md whose figures repeat on one machine (the rest measures time).
+CHECKED_SECTIONS = ("Models", "Test metrics", "Paired differences")
+# The tables of those sections that docs/stages.md shows.
+SHOWN_LEVELS = ("Slice level", "Subject level")
+_MARKER = re.compile(r"<!-- stages-([a-z]+):start -->\n(.*?)<!-- stages-\1:end -->\n", re.S)
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """compare.md's `## ` sections by the start of their heading (text up to the next one)."""
+    parts = re.split(r"^## ", markdown, flags=re.M)[1:]
+    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+
+
+def checked_text(markdown: str) -> str:
+    """The part of a comparison that a fresh pair of runs must reproduce: the models (without
+    their workdirs' paths), the test metrics and the paired differences."""
+    out = []
+    for heading, body in sections(markdown).items():
+        if heading.startswith(CHECKED_SECTIONS):
+            # The workdir column names where the run lay, which differs from clone to clone.
+            out.append(f"## {heading}\n" + re.sub(r"`[^`]*`", "`...`", body))
+    return "".join(out)
+
+
+def expectation_failure(markdown: str, expected_path: Path) -> str | None:
+    """None if the fresh comparison's checked part equals the published one's, else a message
+    with a unified diff."""
+    try:
+        expected = checked_text(Path(expected_path).read_text())
+    except OSError as e:
+        return f"{expected_path}: cannot read it ({e}); `make stages-figures` writes it."
+    fresh = checked_text(markdown)
+    if fresh == expected:
+        return None
+    diff = difflib.unified_diff(
+        expected.splitlines(keepends=True), fresh.splitlines(keepends=True),
+        fromfile=str(expected_path), tofile="this comparison",
+    )  # fmt: skip
+    return (
+        f"FAILED: this comparison differs from {expected_path}, which docs/stages.md quotes:\n"
+        + "".join(diff)
+        + "If the code or a recipe changed, run `make stages-figures` and commit docs/demo/stages/"
+        ' and docs/stages.md (docs/evaluation.md, "The same figures on another machine", says '
+        "what else changes the figures)."
+    )
+
+
+def runs_record(reports: dict[str, dict]) -> dict:
+    """What docs/demo/stages/runs.json records of the two runs: each one's checkpoint, weights
+    and stage times (as measured, with the machine), by name."""
+    return {
+        "measured": demo_docs.machine(),
+        "runs": {
+            name: {
+                "checkpoint_step": report["checkpoint_step"],
+                "weights": report["weights"],
+                "stage_seconds": report.get("stage_seconds", {}),
+            }
+            for name, report in reports.items()
+        },
+    }
+
+
+def block_text(markdown: str, runs: dict) -> str:
+    """docs/stages.md's generated block: the slice- and subject-level tables of the metrics and
+    of the paired differences, and a line of each run's times."""
+    found = sections(markdown)
+    lines = []
+    for heading, body in found.items():
+        if not heading.startswith(("Test metrics", "Paired differences")):
+            continue
+        for sub in re.split(r"^### ", body, flags=re.M)[1:]:
+            title, table = sub.split("\n", 1)
+            if title.startswith(SHOWN_LEVELS):
+                lines += [f"**{heading}: {title}**", "", table.strip(), ""]
+    machine = runs["measured"]
+    times = "; ".join(
+        f"{name}: train {run['stage_seconds'].get('train', float('nan')):.1f} s, "
+        f"{sum(run['stage_seconds'].values()):.1f} s in all"
+        for name, run in runs["runs"].items()
+    )
+    lines.append(
+        f"Times ({machine['date']}, {machine['cpu']}, {machine['usable_cores']} usable cores, "
+        f"load average {machine['load_average_at_start']} at the start): {times}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_block(text: str, block: str, where: str) -> str:
+    """`text` with its one `figures` block replaced; a UserError naming `where` without it."""
+    found = {m.group(1) for m in _MARKER.finditer(text)}
+    if found != {"figures"}:
+        raise UserError(
+            f"{where}: expected one block between `<!-- stages-figures:start -->` and "
+            f"`<!-- stages-figures:end -->`; found {sorted(found) or 'none'}."
+        )
+    return _MARKER.sub(
+        lambda m: f"<!-- stages-figures:start -->\n{block}<!-- stages-figures:end -->\n", text
+    )
+
+
+def update_docs(compare_dir: Path, reports: dict[str, dict], root: Path = Path()) -> None:
+    """Copies the comparison to docs/demo/stages/, records the runs' times beside it and
+    rewrites docs/stages.md's block from them."""
+    markdown = (compare_dir / "compare.md").read_text()
+    runs = runs_record(reports)
+    (root / DOCS_STAGES).mkdir(parents=True, exist_ok=True)
+    (root / DOCS_COMPARE).write_text(markdown)
+    (root / DOCS_RUNS).write_text(json.dumps(runs, indent=1) + "\n")
+    doc = root / DOC
+    doc.write_text(rewrite_block(doc.read_text(), block_text(markdown, runs), str(DOC)))

@@ -1,0 +1,99 @@
+"""The stages demo's published comparison with its plain-CNN baseline (no training).
+
+`make stages-compare` trains configs/stages_demo.py and configs/stages_simple_cnn.py and checks
+their comparison against docs/demo/stages/compare.md; `make stages-figures` publishes it there
+and in docs/stages.md's block. These tests check docs/stages.md against docs/demo/stages/, the
+check itself, and that the two configs differ only in the recipe docs/stages.md describes.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from alz_jax.evaluation import stages_docs
+from alz_jax.host.errors import UserError
+from configs import stages_demo, stages_simple_cnn
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARE = (ROOT / stages_docs.DOCS_COMPARE).read_text()
+RUNS = json.loads((ROOT / stages_docs.DOCS_RUNS).read_text())
+# A decimal number, not part of a version such as 3.11.7 or of a longer number.
+DECIMAL = re.compile(r"(?<![\d.])[+-]?\d+\.\d+(?![\d.])(?!\.\d)")
+
+
+def _stages_section() -> str:
+    text = (ROOT / stages_docs.DOC).read_text()
+    start = text.index("## The stages demo\n")
+    return text[start : text.index("### What the image split does to the numbers", start)]
+
+
+def test_the_docs_block_is_the_one_make_stages_figures_writes():
+    text = (ROOT / stages_docs.DOC).read_text()
+    block = stages_docs.block_text(COMPARE, RUNS)
+    assert f"<!-- stages-figures:start -->\n{block}<!-- stages-figures:end -->\n" in text
+
+
+def test_every_figure_in_the_prose_is_a_published_one():
+    prose = re.sub(r"<!-- stages-figures:start -->.*?<!-- stages-figures:end -->", "",
+                   _stages_section(), flags=re.S)  # fmt: skip
+    published = set(DECIMAL.findall(COMPARE)) | set(DECIMAL.findall(json.dumps(RUNS)))
+    quoted = DECIMAL.findall(prose)
+    assert [d for d in quoted if d not in published] == []
+    assert len(quoted) >= 2  # the prose quotes the two macro F1s: the check is not vacuous
+
+
+def test_the_demo_beats_the_plain_cnn_on_slice_macro_f1_in_the_published_comparison():
+    slice_table = stages_docs.sections(COMPARE)["Test metrics"].split("### Slice level")[1]
+    rows = [line.split("|") for line in slice_table.splitlines() if line.startswith("| stages")]
+    header = next(line for line in slice_table.splitlines() if line.startswith("| model"))
+    column = [c.strip() for c in header.split("|")].index("macro F1")
+    demo, baseline = (float(row[column].split()[0]) for row in rows)
+    assert [row[1].strip() for row in rows] == ["stages", "stages_cnn"]
+    assert demo >= baseline
+
+
+def test_the_check_ignores_paths_and_times_and_catches_a_changed_figure(tmp_path):
+    published = tmp_path / "compare.md"
+    published.write_text(COMPARE)
+    moved = COMPARE.replace("`.demo/stages`", "`/elsewhere/stages`")
+    moved = re.sub(r"(## Cost\n)", r"\1\nimages/s 123.4\n", moved)
+    assert stages_docs.expectation_failure(moved, published) is None
+    first = DECIMAL.search(stages_docs.sections(COMPARE)["Test metrics"]).group(0)
+    changed = COMPARE.replace(first, "0.001", 1)
+    failure = stages_docs.expectation_failure(changed, published)
+    assert failure.startswith(f"FAILED: this comparison differs from {published}")
+    assert "+" in failure and "0.001" in failure
+
+
+def test_the_block_needs_its_markers():
+    with pytest.raises(UserError, match="stages-figures:start"):
+        stages_docs.rewrite_block("no block here\n", "x\n", "docs/stages.md")
+    text = "a\n<!-- stages-figures:start -->\nold\n<!-- stages-figures:end -->\nb\n"
+    new = stages_docs.rewrite_block(text, "new\n", "docs/stages.md")
+    assert new == "a\n<!-- stages-figures:start -->\nnew\n<!-- stages-figures:end -->\nb\n"
+
+
+def _flat(config, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_demo_and_its_baseline_differ_only_in_the_recipe_the_docs_describe():
+    demo, baseline = _flat(stages_demo.get_config()), _flat(stages_simple_cnn.get_config())
+    assert set(demo) == set(baseline)
+    differ = {k: (demo[k], baseline[k]) for k in demo if demo[k] != baseline[k]}
+    assert differ == {
+        "optim.label_smoothing": (0.1, 0.0),
+        "augment.rotate_prob": (1.0, 0.0),
+        "ema.enabled": (True, False),
+        "swa.enabled": (True, False),
+        "eval_every_epochs": (3, 1),
+    }
+    assert demo["model.name"] == "simple_cnn" and demo["data.synthetic_difficulty"] == "hard"
