@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures demo-figures parity-torch parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures stages-image-split demo-figures parity-torch parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -81,6 +81,23 @@ stages-compare: venv
 # Publishes the last `make stages-compare` in docs/demo/stages/ and docs/stages.md's block.
 stages-figures: venv
 	$(PY) -m alz_jax.stages_figures --update_docs
+
+# What an image split does to the numbers: the standard synthetic stages written as the
+# four-class folders (divided by image), trained as given (A) and with near-duplicate groups as
+# subjects, re-split (B); the table checked against docs/demo/stages/image_split.md
+# (SPLIT_EXPECT= to skip; CI runs it), or published with SPLIT_UPDATE=--update_docs.
+SPLIT_EXPECT ?= docs/demo/stages/image_split.md
+SPLIT_UPDATE ?=
+SPLIT_DATA = --config.data.synthetic_layout=folders --config.data.synthetic_subjects=200 \
+	--config.data.synthetic_difficulty=standard
+stages-image-split: venv
+	rm -rf .demo/split_a .demo/split_b
+	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/split_a $(SPLIT_DATA)
+	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/split_b $(SPLIT_DATA) \
+		--config.data.group_near_duplicates=true --config.data.protocol=resplit \
+		--config.data.resplit_fractions=0.7,0.15,0.15
+	$(PY) -m alz_jax.stages_figures --what=image_split --workdirs=.demo/split_a,.demo/split_b \
+		$(if $(SPLIT_EXPECT),--expect=$(SPLIT_EXPECT)) $(SPLIT_UPDATE)
 
 # After `make demo`: copies its summary, quoted figures, report and figures (Grad-CAM as JPEG) into
 # docs/demo/, then rewrites the demo blocks of README.md and docs/evaluation.md from them.

@@ -3,12 +3,16 @@
     make stages-compare     # trains both, compares them, then checks (this command, --expect)
     python -m alz_jax.stages_figures --expect=docs/demo/stages/compare.md
     python -m alz_jax.stages_figures --update_docs   # `make stages-figures`
+    make stages-image-split  # the folders split by image, then by near-duplicate groups
+    python -m alz_jax.stages_figures --what=image_split --workdirs=.demo/split_a,.demo/split_b \
+        [--expect=docs/demo/stages/image_split.md | --update_docs]
 
 Reads the comparison `python -m alz_jax.compare` wrote (--compare_dir) and the two runs' test
 reports (--workdirs). --expect exits with status 1 and a diff unless the comparison's models,
 metrics and paired differences equal those of the published file; --update_docs copies the
 comparison to docs/demo/stages/, records the runs' times beside it and rewrites the block of
-docs/stages.md (alz_jax/evaluation/stages_docs.py).
+docs/stages.md (alz_jax/evaluation/stages_docs.py). --what=image_split does the same for the
+table of what an image split does to the numbers, made from the two runs' test reports.
 """
 
 import json
@@ -28,6 +32,12 @@ _WORKDIRS = flags.DEFINE_list(
     "workdirs", [".demo/stages", ".demo/stages_cnn"], "The stages demo's and the baseline's runs."
 )
 _EXPECT = flags.DEFINE_string("expect", None, "Fail unless the comparison equals this file's.")
+_WHAT = flags.DEFINE_enum(
+    "what",
+    "compare",
+    ["compare", "image_split"],
+    "The stages demo beside its baseline, or the image-split table.",
+)
 _UPDATE_DOCS = flags.DEFINE_bool(
     "update_docs", False, "Copy the comparison to docs/demo/stages/ and rewrite docs/stages.md."
 )
@@ -43,9 +53,24 @@ def _reports() -> dict[str, dict]:
     return reports
 
 
+def _image_split() -> None:
+    text = stages_docs.image_split_text(_reports())
+    if _EXPECT.value:
+        failure = stages_docs.image_split_failure(text, Path(_EXPECT.value))
+        if failure:
+            sys.exit(failure)
+        print(f"The table equals {_EXPECT.value}.")
+    if _UPDATE_DOCS.value:
+        stages_docs.update_image_split(_reports())
+        print(f"Wrote {stages_docs.DOCS_IMAGE_SPLIT} and rewrote {stages_docs.DOC}.")
+
+
 def main(argv: list[str]) -> None:
-    """Checks the fresh comparison, or publishes it."""
+    """Checks the fresh comparison (or table), or publishes it."""
     del argv
+    if _WHAT.value == "image_split":
+        _image_split()
+        return
     compare_md = Path(_COMPARE_DIR.value) / "compare.md"
     if not compare_md.is_file():
         raise UserError(f"{compare_md} does not exist: run `make stages-compare` first.")

@@ -19,6 +19,7 @@ from configs import stages_demo, stages_simple_cnn
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = (ROOT / stages_docs.DOCS_COMPARE).read_text()
 RUNS = json.loads((ROOT / stages_docs.DOCS_RUNS).read_text())
+IMAGE_SPLIT = (ROOT / stages_docs.DOCS_IMAGE_SPLIT).read_text()
 # A decimal number, not part of a version such as 3.11.7 or of a longer number.
 DECIMAL = re.compile(r"(?<![\d.])[+-]?\d+\.\d+(?![\d.])(?!\.\d)")
 
@@ -29,10 +30,40 @@ def _stages_section() -> str:
     return text[start : text.index("### What the image split does to the numbers", start)]
 
 
-def test_the_docs_block_is_the_one_make_stages_figures_writes():
+def test_the_docs_blocks_are_the_ones_make_stages_figures_and_image_split_write():
     text = (ROOT / stages_docs.DOC).read_text()
     block = stages_docs.block_text(COMPARE, RUNS)
     assert f"<!-- stages-figures:start -->\n{block}<!-- stages-figures:end -->\n" in text
+    assert (
+        f"<!-- stages-image-split:start -->\n{IMAGE_SPLIT}<!-- stages-image-split:end -->\n" in text
+    )
+
+
+def test_the_image_split_table_is_written_from_the_reports(tmp_path):
+    def report(matched: int, accuracy: float) -> dict:
+        ci = {"accuracy": [accuracy - 0.1, accuracy + 0.01], "quadratic_kappa": [0.5, 0.9],
+              "macro_f1": [0.4, 0.8]}  # fmt: skip
+        return {
+            "cross_split_near_duplicates": {
+                "test_images_with_train_match": matched, "test_images": 200,
+                "share": matched / 200,
+            },
+            "slice": {"accuracy": accuracy, "quadratic_kappa": 0.75, "macro_f1": 0.6, "ci95": ci},
+        }  # fmt: skip
+
+    text = stages_docs.image_split_text({"split_a": report(199, 0.95), "split_b": report(0, 0.8)})
+    rows = text.splitlines()[2:]
+    assert rows == [
+        "| A: the folders (by image), intervals over images | 199 of 200 (100%) | "
+        "0.950 [0.850, 0.960] | 0.750 [0.500, 0.900] | 0.600 [0.400, 0.800] |",
+        "| B: near-duplicate groups, re-split 70/15/15 | 0 of 200 (0%) | "
+        "0.800 [0.700, 0.810] | 0.750 [0.500, 0.900] | 0.600 [0.400, 0.800] |",
+    ]
+    published = tmp_path / "image_split.md"
+    published.write_text(text)
+    assert stages_docs.image_split_failure(text, published) is None
+    failure = stages_docs.image_split_failure(text.replace("0.950", "0.951"), published)
+    assert failure.startswith("FAILED: these runs' table differs") and "+| A:" in failure
 
 
 def test_every_figure_in_the_prose_is_a_published_one():
@@ -67,12 +98,17 @@ def test_the_check_ignores_paths_and_times_and_catches_a_changed_figure(tmp_path
     assert "+" in failure and "0.001" in failure
 
 
-def test_the_block_needs_its_markers():
-    with pytest.raises(UserError, match="stages-figures:start"):
-        stages_docs.rewrite_block("no block here\n", "x\n", "docs/stages.md")
-    text = "a\n<!-- stages-figures:start -->\nold\n<!-- stages-figures:end -->\nb\n"
-    new = stages_docs.rewrite_block(text, "new\n", "docs/stages.md")
-    assert new == "a\n<!-- stages-figures:start -->\nnew\n<!-- stages-figures:end -->\nb\n"
+def test_the_blocks_need_their_markers_and_only_the_named_one_is_rewritten():
+    with pytest.raises(UserError, match="stages-NAME:start"):
+        stages_docs.rewrite_block("no block here\n", "figures", "x\n", "docs/stages.md")
+    text = (
+        "a\n<!-- stages-figures:start -->\nold\n<!-- stages-figures:end -->\nb\n"
+        "<!-- stages-image-split:start -->\nkept\n<!-- stages-image-split:end -->\n"
+    )
+    new = stages_docs.rewrite_block(text, "figures", "new\n", "docs/stages.md")
+    assert new == text.replace("\nold\n", "\nnew\n")
+    with pytest.raises(UserError, match="found \\['figures'\\]"):
+        stages_docs.rewrite_block(text.partition("<!-- stages-image")[0], "figures", "", "d")
 
 
 def _flat(config, prefix: str = "") -> dict:

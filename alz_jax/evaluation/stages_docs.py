@@ -7,6 +7,8 @@ fresh comparison against docs/demo/stages/ (--expect, in CI) or copies it there 
 block of docs/stages.md between `<!-- stages-figures:start -->` and `<!-- stages-figures:end -->`
 (--update_docs). What is checked is the comparison's metrics and paired differences, to the
 printed precision; measured times and throughput vary from run to run and are only recorded.
+`make stages-image-split` does the same for the table of what an image split does to the
+numbers (`image_split_text`, block `stages-image-split`).
 """
 
 import difflib
@@ -20,12 +22,19 @@ from alz_jax.host.errors import UserError
 DOCS_STAGES = Path("docs/demo/stages")
 DOCS_COMPARE = DOCS_STAGES / "compare.md"
 DOCS_RUNS = DOCS_STAGES / "runs.json"
+DOCS_IMAGE_SPLIT = DOCS_STAGES / "image_split.md"
 DOC = Path("docs/stages.md")
 # The sections of compare.md whose figures repeat on one machine (the rest measures time).
 CHECKED_SECTIONS = ("Models", "Test metrics", "Paired differences")
 # The tables of those sections that docs/stages.md shows.
 SHOWN_LEVELS = ("Slice level", "Subject level")
-_MARKER = re.compile(r"<!-- stages-([a-z]+):start -->\n(.*?)<!-- stages-\1:end -->\n", re.S)
+_MARKER = re.compile(r"<!-- stages-([a-z-]+):start -->\n(.*?)<!-- stages-\1:end -->\n", re.S)
+BLOCKS = ("figures", "image-split")
+# The image-split table's rows: the folders as given, and near-duplicate groups re-split.
+IMAGE_SPLIT_ROWS = {
+    "split_a": "A: the folders (by image), intervals over images",
+    "split_b": "B: near-duplicate groups, re-split 70/15/15",
+}
 
 
 def sections(markdown: str) -> dict[str, str]:
@@ -109,17 +118,74 @@ def block_text(markdown: str, runs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewrite_block(text: str, block: str, where: str) -> str:
-    """`text` with its one `figures` block replaced; a UserError naming `where` without it."""
-    found = {m.group(1) for m in _MARKER.finditer(text)}
-    if found != {"figures"}:
+def rewrite_block(text: str, name: str, block: str, where: str) -> str:
+    """`text` with its block `name` replaced; a UserError naming `where` when the document's
+    blocks are not exactly BLOCKS, once each."""
+    found = [m.group(1) for m in _MARKER.finditer(text)]
+    if sorted(found) != sorted(BLOCKS):
         raise UserError(
-            f"{where}: expected one block between `<!-- stages-figures:start -->` and "
-            f"`<!-- stages-figures:end -->`; found {sorted(found) or 'none'}."
+            f"{where}: expected one block of each of {', '.join(BLOCKS)} between "
+            f"`<!-- stages-NAME:start -->` and `<!-- stages-NAME:end -->`; found "
+            f"{sorted(found) or 'none'}."
         )
     return _MARKER.sub(
-        lambda m: f"<!-- stages-figures:start -->\n{block}<!-- stages-figures:end -->\n", text
+        lambda m: (
+            f"<!-- stages-{name}:start -->\n{block}<!-- stages-{name}:end -->\n"
+            if m.group(1) == name
+            else m.group(0)
+        ),
+        text,
     )
+
+
+def _interval(level: dict, metric: str) -> str:
+    low, high = level["ci95"][metric]
+    return f"{level[metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def image_split_text(reports: dict[str, dict]) -> str:
+    """The table of what an image split does to the numbers, from the reports of the runs named
+    in IMAGE_SPLIT_ROWS: near-identical train images, then slice accuracy, kappa and macro F1
+    with their intervals."""
+    lines = [
+        "| split | test images with a near-identical train image | slice accuracy [95%] | "
+        "quadratic kappa [95%] | macro F1 [95%] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, label in IMAGE_SPLIT_ROWS.items():
+        report = reports[name]
+        near = report["cross_split_near_duplicates"]
+        level = report["slice"]
+        lines.append(
+            f"| {label} | {near['test_images_with_train_match']} of {near['test_images']} "
+            f"({near['share']:.0%}) | {_interval(level, 'accuracy')} | "
+            f"{_interval(level, 'quadratic_kappa')} | {_interval(level, 'macro_f1')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def image_split_failure(text: str, expected_path: Path) -> str | None:
+    """None if the fresh table equals the published one, else a message with a unified diff."""
+    try:
+        expected = Path(expected_path).read_text()
+    except OSError as e:
+        return f"{expected_path}: cannot read it ({e}); `make stages-image-split` writes it."
+    if text == expected:
+        return None
+    diff = difflib.unified_diff(
+        expected.splitlines(keepends=True), text.splitlines(keepends=True),
+        fromfile=str(expected_path), tofile="these runs",
+    )  # fmt: skip
+    return f"FAILED: these runs' table differs from {expected_path}:\n" + "".join(diff)
+
+
+def update_image_split(reports: dict[str, dict], root: Path = Path()) -> None:
+    """Writes the image-split table to docs/demo/stages/ and docs/stages.md's block."""
+    text = image_split_text(reports)
+    (root / DOCS_STAGES).mkdir(parents=True, exist_ok=True)
+    (root / DOCS_IMAGE_SPLIT).write_text(text)
+    doc = root / DOC
+    doc.write_text(rewrite_block(doc.read_text(), "image-split", text, str(DOC)))
 
 
 def update_docs(compare_dir: Path, reports: dict[str, dict], root: Path = Path()) -> None:
@@ -131,4 +197,4 @@ def update_docs(compare_dir: Path, reports: dict[str, dict], root: Path = Path()
     (root / DOCS_COMPARE).write_text(markdown)
     (root / DOCS_RUNS).write_text(json.dumps(runs, indent=1) + "\n")
     doc = root / DOC
-    doc.write_text(rewrite_block(doc.read_text(), block_text(markdown, runs), str(DOC)))
+    doc.write_text(rewrite_block(doc.read_text(), "figures", block_text(markdown, runs), str(DOC)))
