@@ -112,8 +112,8 @@ def block_text(markdown: str, runs: dict) -> str:
         for name, run in runs["runs"].items()
     )
     lines.append(
-        f"Times ({machine['date']}, {machine['cpu']}, {machine['usable_cores']} usable cores, "
-        f"load average {machine['load_average_at_start']} at the start): {times}."
+        f"Times as measured ({machine['date']}, {machine['cpu']}, {machine['usable_cores']} "
+        f"usable cores, jax {machine['jax']}): {times}."
     )
     return "\n".join(lines) + "\n"
 
