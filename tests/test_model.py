@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -144,3 +145,18 @@ def test_unknown_size_is_a_clear_error():
     cfg.size = "huge"
     with pytest.raises(UserError, match="atto"):
         specs.model_spec(cfg)
+
+
+def test_model_arch_sets_other_convnext_fields_and_refuses_depths_and_unknown_names():
+    cfg = convnext_t.get_config().model
+    cfg.size = "atto"
+    cfg.arch = ml_collections.ConfigDict({"layer_scale_init": 1.0})
+    spec = specs.model_spec(cfg)
+    assert spec.layer_scale_init == 1.0 and (spec.depths, spec.dims) == convnext.SIZES["atto"]
+    gamma = convnext.ConvNeXt(spec, rngs=nnx.Rngs(0)).stages[0][0].gamma.value
+    assert np.all(np.asarray(gamma) == 1.0)
+    bad_arch = (({"depths": (1, 1, 1, 1)}, "depths"), ({"num_classes": 3}, "num_classes"))
+    for bad, named in bad_arch:
+        cfg.arch = ml_collections.ConfigDict(bad)
+        with pytest.raises(UserError, match=f"model.arch has \\['{named}'\\]"):
+            specs.model_spec(cfg)

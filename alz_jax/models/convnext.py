@@ -297,14 +297,20 @@ def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
     else:
         depths, dims = tuple(m.depths), tuple(m.dims)
     arch = dict(m.get("arch", {}))
-    unknown = sorted(set(arch) - {f.name for f in dataclasses.fields(ConvNeXtSpec)})
-    if unknown or {"depths", "dims"} & set(arch):
+    # Only ConvNeXt's own fields: the shared ones (num_classes, ...) have their config fields.
+    own = (
+        {f.name for f in dataclasses.fields(ConvNeXtSpec)}
+        - {f.name for f in dataclasses.fields(ModelSpec)}
+        - {"depths", "dims"}
+    )
+    unknown = sorted(set(arch) - own)
+    if unknown:
         raise UserError(
-            f"config.model.arch has {unknown or sorted({'depths', 'dims'} & set(arch))}: a "
-            "ConvNeXt takes its depths and dims from model.size or model.depths and "
-            "model.dims, and other fields (layer_scale_init, head_init_scale) from model.arch."
+            f"config.model.arch has {unknown}: a ConvNeXt takes its depths and dims from "
+            "model.size or model.depths and model.dims, and only "
+            f"{', '.join(sorted(own))} from model.arch."
         )
-    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **{**fields, **arch})
+    return ConvNeXtSpec(depths=tuple(depths), dims=tuple(dims), **fields, **arch)
 
 
 def hparams_label(spec: ConvNeXtSpec) -> str:
