@@ -155,7 +155,11 @@ def test_model_arch_sets_other_convnext_fields_and_refuses_depths_and_unknown_na
     assert spec.layer_scale_init == 1.0 and (spec.depths, spec.dims) == convnext.SIZES["atto"]
     gamma = convnext.ConvNeXt(spec, rngs=nnx.Rngs(0)).stages[0][0].gamma.value
     assert np.all(np.asarray(gamma) == 1.0)
-    bad_arch = (({"depths": (1, 1, 1, 1)}, "depths"), ({"num_classes": 3}, "num_classes"))
+    bad_arch = (
+        ({"depths": (1, 1, 1, 1)}, "depths"),
+        ({"num_classes": 3}, "num_classes"),
+        ({"depthwise": "xla"}, "depthwise"),  # model.depthwise sets it
+    )
     for bad, named in bad_arch:
         cfg.arch = ml_collections.ConfigDict(bad)
         with pytest.raises(UserError, match=f"model.arch has \\['{named}'\\]"):

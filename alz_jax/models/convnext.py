@@ -297,11 +297,11 @@ def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
     else:
         depths, dims = tuple(m.depths), tuple(m.dims)
     arch = dict(m.get("arch", {}))
-    # Only ConvNeXt's own fields: the shared ones (num_classes, ...) have their config fields.
+    # Only ConvNeXt's own fields that no other config field sets (num_classes, depthwise, ...).
     own = (
         {f.name for f in dataclasses.fields(ConvNeXtSpec)}
         - {f.name for f in dataclasses.fields(ModelSpec)}
-        - {"depths", "dims"}
+        - {"depths", "dims", *fields}
     )
     unknown = sorted(set(arch) - own)
     if unknown:
