@@ -18,6 +18,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+from alz_jax.evaluation import metric_registry
 from alz_jax.host.errors import UserError
 
 # What the demo writes to its workdir and `make demo-figures` copies to docs/demo/.
@@ -79,8 +80,8 @@ def _level_figures(m: dict) -> dict:
     out = {
         "n": m["n"],
         "threshold": _rounded(m["threshold"]),
-        **{k: _rounded(m[k]) for k in ("accuracy", "balanced_accuracy", "sensitivity",
-                                        "specificity", "roc_auc")},
+        # The binary validation metrics: those the demo's validation table shows.
+        **{k: _rounded(m[k]) for k in metric_registry.names(metric_registry.BINARY, "validation")},
         "accuracy_ci95": [_rounded(v) for v in m["ci95"]["accuracy"]],
         "confusion": m["confusion_matrix"]["counts"],
     }  # fmt: skip
