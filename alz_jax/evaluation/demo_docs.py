@@ -145,6 +145,16 @@ def figures(report: dict, rows: list[dict], run: dict) -> dict:
     }  # fmt: skip
 
 
+def unified_diff(expected: str, actual: str, expected_name: str, actual_name: str) -> str:
+    """The unified diff of two texts, line by line, as a failed check prints it."""
+    return "".join(
+        difflib.unified_diff(
+            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
+            fromfile=expected_name, tofile=actual_name,
+        )
+    )  # fmt: skip
+
+
 def expectation_failure(summary: str, expected_path: str) -> str | None:
     """None if `summary` equals the file's text, else a message with a unified diff."""
     try:
@@ -153,13 +163,11 @@ def expectation_failure(summary: str, expected_path: str) -> str | None:
         return f"--expect={expected_path}: cannot read it ({e}); `make demo-figures` writes it."
     if summary == expected:
         return None
-    diff = difflib.unified_diff(
-        expected.splitlines(keepends=True), summary.splitlines(keepends=True),
-        fromfile=expected_path, tofile="this run",
-    )  # fmt: skip
     return (
         f"FAILED: this run's summary differs from {expected_path}, the report that README.md "
-        "quotes:\n" + "".join(diff) + "The figures repeat exactly on one machine with the same "
+        "quotes:\n"
+        + unified_diff(expected, summary, expected_path, "this run")
+        + "The figures repeat exactly on one machine with the same "
         "versions; another processor, core count or JAX/XLA version can change them: see "
         'docs/evaluation.md, "The same figures on another machine". If this run is the new '
         "reference (the code or the recipe changed), run `make demo-figures` and commit "

@@ -11,7 +11,6 @@ printed precision; measured times and throughput vary from run to run and are on
 numbers (`image_split_text`, block `stages-image-split`).
 """
 
-import difflib
 import json
 import re
 from pathlib import Path
@@ -64,13 +63,9 @@ def expectation_failure(markdown: str, expected_path: Path) -> str | None:
     fresh = checked_text(markdown)
     if fresh == expected:
         return None
-    diff = difflib.unified_diff(
-        expected.splitlines(keepends=True), fresh.splitlines(keepends=True),
-        fromfile=str(expected_path), tofile="this comparison",
-    )  # fmt: skip
     return (
         f"FAILED: this comparison differs from {expected_path}, which docs/stages.md quotes:\n"
-        + "".join(diff)
+        + demo_docs.unified_diff(expected, fresh, str(expected_path), "this comparison")
         + "If the code or a recipe changed, run `make stages-figures` and commit docs/demo/stages/"
         ' and docs/stages.md (docs/evaluation.md, "The same figures on another machine", says '
         "what else changes the figures)."
@@ -172,11 +167,8 @@ def image_split_failure(text: str, expected_path: Path) -> str | None:
         return f"{expected_path}: cannot read it ({e}); `make stages-image-split` writes it."
     if text == expected:
         return None
-    diff = difflib.unified_diff(
-        expected.splitlines(keepends=True), text.splitlines(keepends=True),
-        fromfile=str(expected_path), tofile="these runs",
-    )  # fmt: skip
-    return f"FAILED: these runs' table differs from {expected_path}:\n" + "".join(diff)
+    diff = demo_docs.unified_diff(expected, text, str(expected_path), "these runs")
+    return f"FAILED: these runs' table differs from {expected_path}:\n" + diff
 
 
 def update_image_split(reports: dict[str, dict], root: Path = Path()) -> None:
