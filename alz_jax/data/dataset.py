@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -201,11 +202,11 @@ def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
         root = data_dir / f"synthetic_{name}"
         return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(
-        "No ADNI data given: set --config.data.manual_dir=DIR, where DIR holds "
-        "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg.\n\n"
-        + slices.MANUAL_DOWNLOAD_INSTRUCTIONS
-        + "\nTo try the project without ADNI: python -m alz_jax.main --config=configs/demo.py "
-        "--workdir=DIR (or configs/stages_demo.py: four dementia stages)"
+        "No data folder given: set --config.data.manual_dir=DIR (ADNI's "
+        "DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg, or a dementia-stage collection)."
+        f"\n{slices.data_error_hint(None, data_config.layout)}\nTo try the project without "
+        "data: python -m alz_jax.main --config=configs/demo.py --workdir=DIR (or "
+        "configs/stages_demo.py: four dementia stages)"
     )
 
 
@@ -219,15 +220,31 @@ def _synthetic_sizes(data_config: DataSpec) -> tuple[int, int, int, str]:
     )
 
 
+@contextlib.contextmanager
+def _writing_in(data_dir) -> Iterator[None]:
+    """An OSError while writing under data.data_dir (read-only, not a folder, no permission,
+    full) as a one-line UserError naming the folder and the setting."""
+    try:
+        yield
+    except OSError as e:
+        what = e.strerror or type(e).__name__
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(data_dir) else ""
+        raise UserError(
+            f"data.data_dir {data_dir} cannot be written: {what}{where}. Give a folder this run "
+            "can write to: --config.data.data_dir=DIR."
+        ) from e
+
+
 def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
     marker = manual_dir / ".complete"
     if marker.exists():
         return
     shutil.rmtree(manual_dir, ignore_errors=True)  # an interrupted earlier generation
-    summary = slices.generate_synthetic(
-        manual_dir, data_config.synthetic_layout, seed, *_synthetic_sizes(data_config)
-    )
-    marker.write_text(json.dumps({"seed": seed, "summary": summary}))
+    with _writing_in(storage.path(data_config.data_dir)):
+        summary = slices.generate_synthetic(
+            manual_dir, data_config.synthetic_layout, seed, *_synthetic_sizes(data_config)
+        )
+        marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
 def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple[dict, tuple]:
@@ -236,19 +253,15 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple
     if synthetic_seed is not None:
         with timer("generate synthetic data"):
             _ensure_synthetic(manual_dir, synthetic_seed, data_config)
-    elif not manual_dir.is_dir():
-        raise UserError(
-            f"ADNI folder {manual_dir} (data.manual_dir) does not exist.\n\n"
-            + slices.MANUAL_DOWNLOAD_INSTRUCTIONS
-        )
     try:
         described = slices.describe_layout(
             manual_dir, data_config.layout, data_config.label_name_list
         )
-    except slices.SplitFolderError as e:
-        raise UserError(str(e)) from e  # one line naming the folder to give: no instructions
+    except slices.DataFolderError as e:
+        raise UserError(str(e)) from e  # one line saying what to give instead: no hint
     except slices.LayoutError as e:
-        raise UserError(f"{e}\n\n{slices.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+        hint = slices.data_error_hint(manual_dir, data_config.layout)
+        raise UserError(f"{e}\n{hint}") from e
     _check_class_names(described[1], data_config)
     return slices.folder_listing(manual_dir), described
 
@@ -300,13 +313,15 @@ def _remove_leftovers(build_dir) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(build_dir):
+def _build_lock(build_dir, data_dir):
     """Holds <build_dir>/build.lock (flock) while building: a second run that needs the same
     build waits for it, then finds it done. Object storage has no locks: nothing is held."""
     if storage.is_url(build_dir):
         yield
         return
-    build_dir.mkdir(parents=True, exist_ok=True)
+    with _writing_in(data_dir):
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / "build.lock").touch()  # fails as opening it for writing would
     with open(build_dir / "build.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -317,8 +332,11 @@ def _build_lock(build_dir):
 
 def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
     """Builds the TFDS data set from the listed folder into `build_dir` unless it is there,
-    saying how the folder changed since the last build of it."""
-    with _build_lock(build_dir):
+    saying how the folder changed since the last build of it. A finished build is only read:
+    no lock is taken, so a data_dir on a read-only file system serves it."""
+    if make_builder().is_prepared():
+        return
+    with _build_lock(build_dir, data_dir):
         builder = make_builder()
         if builder.is_prepared():  # another run built it while this one waited
             return

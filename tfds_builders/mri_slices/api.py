@@ -15,6 +15,7 @@ import os
 from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
 from tfds_builders.mri_slices.layouts import registry
 from tfds_builders.mri_slices.layouts.base import (
+    DataFolderError,
     ImageRecord,
     Layout,
     LayoutError,
@@ -31,6 +32,7 @@ __all__ = [
     "STAGES",
     "SYNTHETIC_DIFFICULTIES",
     "SYNTHETIC_LAYOUTS",
+    "DataFolderError",
     "ImageRecord",
     "Layout",
     "LayoutError",
@@ -39,6 +41,7 @@ __all__ = [
     "assign_protocol",
     "audit_folder",
     "cross_split_entry",
+    "data_error_hint",
     "describe_changes",
     "describe_layout",
     "detect_layout",
@@ -67,6 +70,8 @@ detect_layout = registry.detect
 describe_layout = registry.describe
 parse_layout = registry.parse
 MANUAL_DOWNLOAD_INSTRUCTIONS = registry.MANUAL_DOWNLOAD_INSTRUCTIONS
+# The one line under a data error: ADNI's origin and layout where ADNI is meant, else the docs.
+data_error_hint = registry.hint
 
 # The audit of a parsed folder, and its text.
 audit_folder = audit.run

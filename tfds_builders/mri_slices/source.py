@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from tfds_builders.mri_slices.layouts import adni
+from tfds_builders.mri_slices.layouts.base import check_names_utf8
 
 METADATA_FILES = (adni.METADATA_JSON, adni.SUBJECTS_CSV)
 
@@ -27,7 +28,8 @@ def _sha256(path: Path) -> str:
 
 def listing(manual_dir: str | Path) -> dict:
     """{"manual_dir", "files": {relative path: [size, mtime_ns]}, "metadata_sha256": {relative
-    path: hash}} of every non-hidden file under `manual_dir`."""
+    path: hash}} of every non-hidden file under `manual_dir`. LayoutError for a file name that
+    is not UTF-8, before anything is built from the folder (the build could not store it)."""
     manual_dir = Path(manual_dir).resolve()
     files, metadata = {}, {}
     for folder, dirs, names in os.walk(manual_dir):
@@ -41,6 +43,7 @@ def listing(manual_dir: str | Path) -> dict:
             files[relative] = [stat.st_size, stat.st_mtime_ns]
             if name in METADATA_FILES:
                 metadata[relative] = _sha256(path)
+    check_names_utf8(manual_dir, list(files))
     return {"manual_dir": os.fspath(manual_dir), "files": files, "metadata_sha256": metadata}
 
 

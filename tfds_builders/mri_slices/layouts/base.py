@@ -35,13 +35,24 @@ SPLIT_ALIASES = {
 SCAN_SLICE_PATTERN = re.compile(
     r"^(?P<scan>[A-Za-z0-9]+)_(?P<slice>\d+)\.(?P<ext>jpe?g|png)$", re.IGNORECASE
 )
+# The setting that names the data folder, in messages; a command with a flag of its own (the
+# audit's --manual_dir) passes that instead.
+MANUAL_DIR_SETTING = "--config.data.manual_dir"
+# A file given as the data folder with one of these suffixes is an archive still to unpack.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar")
 
 
 class LayoutError(ValueError):
     """The folder does not have the layout asked for; the message says what was expected."""
 
 
-class SplitFolderError(LayoutError):
+class DataFolderError(LayoutError):
+    """A path problem, not a layout one: the path given is not the data set's folder (nothing
+    there, a file, one split of the set) or a file name is not UTF-8. A one-line message saying
+    what to do, complete without a hint."""
+
+
+class SplitFolderError(DataFolderError):
     """The folder given is one split of a data set (its train/ or test/), not the whole set:
     a one-line message naming the parent folder to give instead."""
 
@@ -191,10 +202,56 @@ def descend(root: Path) -> Path:
     return wrapping_chain(root)[-1]
 
 
-def check_whole_set(manual_dir: Path) -> None:
+def check_folder(manual_dir: Path, setting: str = MANUAL_DIR_SETTING) -> None:
+    """DataFolderError, in one line naming the path and `setting`, unless manual_dir is a folder:
+    a file (an archive still to unpack, most often) or nothing at all."""
+    if manual_dir.is_dir():
+        return
+    if not manual_dir.exists():
+        raise DataFolderError(
+            f"Data folder {manual_dir} does not exist; give the folder holding the data set "
+            f"({setting}=DIR)."
+        )
+    if manual_dir.name.lower().endswith(ARCHIVE_SUFFIXES):
+        todo = "unzip it" if manual_dir.suffix.lower() == ".zip" else "unpack it"
+        todo += " and give the folder it unpacks to"
+    else:
+        todo = "give the folder holding the data set (unpack it first if it is an archive)"
+    raise DataFolderError(f"{manual_dir} is a file, not a folder; {todo} ({setting}=DIR).")
+
+
+def escaped_name(name: str) -> str:
+    """A file name as it can be shown and stored: bytes that are not UTF-8 (which Python keeps
+    as surrogates) written as \\xNN."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte became
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def check_names_utf8(root: Path, names: Sequence[str]) -> None:
+    """DataFolderError naming (escaped) every file name, relative to root, that is not valid UTF-8:
+    the data set stores names as UTF-8 text, and reports and CSVs name files by them."""
+    bad = sorted(escaped_name(n) for n in names if escaped_name(n) != n)
+    rename = "in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r DIR)"
+    if len(bad) == 1:
+        raise DataFolderError(
+            f"{escaped_name(os.fspath(root))}/{bad[0]}: the file name is not valid UTF-8 (bad "
+            f"bytes shown as \\xNN); rename it {rename}."
+        )
+    if bad:
+        raise DataFolderError(
+            f"{escaped_name(os.fspath(root))}: {len(bad)} file names are not valid UTF-8 (bad "
+            f"bytes shown as \\xNN): {brief_list(bad)}; rename them {rename}."
+        )
+
+
+def check_whole_set(manual_dir: Path, setting: str = MANUAL_DIR_SETTING) -> None:
     """SplitFolderError where the folder (past lone wrapping folders) is named as a split
     (train/, test/, ...) and directly holds class folders of images: one split of a set given in
-    place of the set, whose images would be split again by image, leaking scans."""
+    place of the set, whose images would be split again by image, leaking scans. The message
+    names the parent to give with `setting` (the flag of the command that runs)."""
     if not manual_dir.is_dir():
         return
     # Absolute (not resolved: a symlinked folder keeps its name), so that "." has a name.
@@ -212,7 +269,7 @@ def check_whole_set(manual_dir: Path) -> None:
     holding = " and ".join([", ".join(splits[:-1]), splits[-1]] if len(splits) > 1 else splits)
     raise SplitFolderError(
         f"{root} looks like the {split} split of a data set (class folders "
-        f"{brief_list(classes)}), not the whole set: set --config.data.manual_dir={parent} "
+        f"{brief_list(classes)}), not the whole set: set {setting}={parent} "
         f"(the folder holding {holding}), or rename {root.name}/ if it holds the whole set."
     )
 
@@ -235,9 +292,8 @@ def check_one_folder_per_scan(root: Path, records: Sequence[ImageRecord], hint: 
 
 
 def existing_root(manual_dir: Path) -> Path:
-    """The folder's root (past lone wrapping folders); LayoutError if it doesn't exist."""
-    if not manual_dir.is_dir():
-        raise LayoutError(f"Data folder {manual_dir} does not exist.")
+    """The folder's root (past lone wrapping folders); LayoutError if it is not a folder."""
+    check_folder(manual_dir)
     return descend(manual_dir)
 
 

@@ -73,6 +73,21 @@ def _image_bytes(value, path: Path, row: int) -> bytes:
     return bytes(value)
 
 
+def _check_label_type(path: Path, label_type: pa.DataType) -> None:
+    """LayoutError for a label column of any type but integers or strings (float64 labels,
+    written by pandas where a value was missing, would name their classes "2.0")."""
+    if pa.types.is_dictionary(label_type):
+        label_type = label_type.value_type
+    if not (pa.types.is_integer(label_type) or pa.types.is_string(label_type)
+            or pa.types.is_large_string(label_type)):  # fmt: skip
+        # numpy's name ("float64"), as pandas users know it; arrow's ("double") for the rest.
+        name = f"float{label_type.bit_width}" if pa.types.is_floating(label_type) else label_type
+        raise LayoutError(
+            f"{path}: label column is {name}; expected integers or strings. Store the labels as "
+            "class indices (int) or class names in every parquet file."
+        )
+
+
 def _read_parquet(path: Path) -> pa.Table:
     try:
         table = pq.read_table(path)
@@ -84,6 +99,7 @@ def _read_parquet(path: Path) -> pa.Table:
             f"{path}: missing column(s) {missing}; found {table.column_names}. Expected `image` "
             "(bytes, or a struct with `bytes`) and `label`."
         )
+    _check_label_type(path, table.schema.field("label").type)
     return table
 
 
@@ -93,6 +109,7 @@ def _read_labels(path: Path) -> tuple[list, list[str] | None]:
         schema = pq.read_schema(path)
         if "label" not in schema.names:
             raise LayoutError(f"{path}: no `label` column; found {schema.names}.")
+        _check_label_type(path, schema.field("label").type)
         labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
     except (OSError, pa.ArrowException) as e:
         raise LayoutError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}).") from e

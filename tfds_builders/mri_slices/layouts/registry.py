@@ -8,21 +8,30 @@ confident it is (`detect`) and takes the most confident, the first registered on
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from tfds_builders.mri_slices.layouts import adni, folders, oasis, parquet
 from tfds_builders.mri_slices.layouts.base import (
+    MANUAL_DIR_SETTING,
+    SPLIT_ALIASES,
     Layout,
     LayoutError,
     LayoutPlugin,
     brief_list,
+    check_folder,
+    check_names_utf8,
     check_whole_set,
+    visible_dirs,
+    wrapping_chain,
 )
 
 AUTO = "auto"
 _PLUGINS: dict[str, LayoutPlugin] = {}
 
+# The TFDS builder's instructions (TFDS shows them where a manual_dir is missing); alz_jax's
+# errors carry the one-line `hint` instead.
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 ADNI data cannot be downloaded automatically: it is available only after registering with the
 Alzheimer's Disease Neuroimaging Initiative (https://adni.loni.usc.edu) and accepting its data-use
@@ -40,6 +49,17 @@ Dementia-stage collections (downloaded from their own pages; docs/stages.md) are
 unpack: DIR/[train|val|test/]<class>/<image> (e.g. the four-class folders), DIR/[Data/]<class>/
 OAS1_xxxx_MRn_mpr-n_<slice>.jpg (OASIS-1 exports) or DIR/[data/]{train,test}-*.parquet.
 """
+# The hint under a data error: ADNI's where the ADNI layout is meant (`adni_meant`), else the docs.
+ADNI_HINT = (
+    "hint: ADNI is obtained after registering at https://adni.loni.usc.edu and read as "
+    "DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg; see docs/data.md."
+)
+LAYOUTS_HINT = (
+    "hint: the layouts alz_jax reads (ADNI AD_NC, class folders, OASIS-1, parquet) are in "
+    "docs/data.md and docs/stages.md."
+)
+# Folder names that say ADNI is meant: the set's own folder, or its class folders.
+_ADNI_NAMES = frozenset({"adni", "ad_nc"})
 
 
 def register(plugin: LayoutPlugin, replace: bool = False) -> LayoutPlugin:
@@ -93,27 +113,67 @@ def detect(manual_dir: str | Path) -> str:
     )
 
 
-def resolve(manual_dir: str | Path, kind: str = AUTO) -> LayoutPlugin:
-    """The plug-in named (checked) or, for "auto", detected; SplitFolderError first, whatever
-    the layout, for a folder that is one split of a set (`check_whole_set`)."""
-    check_whole_set(Path(manual_dir))
+def resolve(
+    manual_dir: str | Path, kind: str = AUTO, setting: str = MANUAL_DIR_SETTING
+) -> LayoutPlugin:
+    """The plug-in named (checked) or, for "auto", detected; first, whatever the layout, a
+    LayoutError for a path that is no folder (`check_folder`) and a SplitFolderError for a
+    folder that is one split of a set (`check_whole_set`), naming `setting` (the flag of the
+    command that runs)."""
+    check_folder(Path(manual_dir), setting)
+    check_whole_set(Path(manual_dir), setting)
     if kind == AUTO:
         return get(detect(manual_dir))
     return get(kind)
 
 
-def parse(manual_dir: str | Path, kind: str = AUTO, label_names: Sequence[str] = ()) -> Layout:
-    """Parses a data folder of any layout (`kind`, or detected with "auto") into a Layout."""
-    return resolve(manual_dir, kind).parse(Path(manual_dir), tuple(label_names))
+def parse(
+    manual_dir: str | Path, kind: str = AUTO, label_names: Sequence[str] = (),
+    setting: str = MANUAL_DIR_SETTING,
+) -> Layout:  # fmt: skip
+    """Parses a data folder of any layout (`kind`, or detected with "auto") into a Layout;
+    LayoutError for a file name that is not UTF-8 (the data set stores names as text)."""
+    parsed = resolve(manual_dir, kind, setting).parse(Path(manual_dir), tuple(label_names))
+    strays = [os.path.relpath(p, parsed.root) for p in parsed.stray_files]
+    check_names_utf8(parsed.root, [r.file_name for r in parsed.records] + strays)
+    return parsed
 
 
 def describe(
-    manual_dir: str | Path, kind: str = AUTO, label_names: Sequence[str] = ()
-) -> tuple[str, tuple[str, ...]]:
+    manual_dir: str | Path, kind: str = AUTO, label_names: Sequence[str] = (),
+    setting: str = MANUAL_DIR_SETTING,
+) -> tuple[str, tuple[str, ...]]:  # fmt: skip
     """(layout, class names in label order) of a data folder, without reading any image: what a
     build needs to know before it starts. LayoutError where `parse` would fail on the layout."""
-    plugin = resolve(manual_dir, kind)
+    plugin = resolve(manual_dir, kind, setting)
     return plugin.name, plugin.describe(Path(manual_dir), tuple(label_names))
+
+
+def adni_meant(manual_dir: str | Path, kind: str = AUTO) -> bool:
+    """Whether a data error is about ADNI: `data.layout=adni`, or (detected) a folder that looks
+    like ADNI's: named ADNI or AD_NC, or holding such a folder or AD/NC class folders."""
+    if kind != AUTO:
+        return kind == adni.NAME
+    manual_dir = Path(manual_dir)
+    names = {manual_dir.name.lower()}
+    try:
+        if manual_dir.is_dir():
+            for folder in wrapping_chain(manual_dir):
+                found = visible_dirs(folder)
+                names |= {folder.name.lower()} | {d.name.lower() for d in found}
+                for split in (d for d in found if d.name.lower() in SPLIT_ALIASES):
+                    names |= {d.name.lower() for d in visible_dirs(split)}
+    except OSError:  # an unreadable folder: its name alone decides
+        pass
+    return bool(names & _ADNI_NAMES) or {"ad", "nc"} <= names
+
+
+def hint(manual_dir: str | Path | None, kind: str = AUTO) -> str:
+    """The one line shown under a data error: where ADNI comes from and how it is laid out when
+    ADNI is meant (`adni_meant`; with no folder, `data.layout=adni`), else where the layouts
+    are described."""
+    meant = kind == adni.NAME if manual_dir is None else adni_meant(manual_dir, kind)
+    return ADNI_HINT if meant else LAYOUTS_HINT
 
 
 for _plugin in (adni.PLUGIN, folders.PLUGIN, oasis.PLUGIN, parquet.PLUGIN):
