@@ -15,6 +15,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
+from alz_jax.host.errors import UserError
 from tfds_builders.mri_slices import api as slices
 
 _MANUAL_DIR = flags.DEFINE_string(
@@ -33,9 +34,16 @@ _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
-    report, _ = slices.audit_folder(
-        slices.parse_layout(_MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value)
-    )
+    try:
+        parsed = slices.parse_layout(
+            _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir"
+        )
+    except slices.DataFolderError:
+        raise  # one line saying what to give instead: no hint
+    except slices.LayoutError as e:
+        hint = slices.data_error_hint(_MANUAL_DIR.value, _LAYOUT.value)
+        raise UserError(f"{e}\n{hint}") from e
+    report, _ = slices.audit_folder(parsed)
     # The same fingerprint names the data set built from this folder (and its reports).
     report["source_fingerprint"] = slices.folder_fingerprint(
         slices.folder_listing(_MANUAL_DIR.value)

@@ -88,8 +88,11 @@ def test_check_source_gives_the_split_folder_error_alone_and_others_with_instruc
     assert len(str(error.value).splitlines()) == 1
     assert f"--config.data.manual_dir={tmp_path / 'AD_NC'}" in str(error.value)
     (tmp_path / "other").mkdir()
-    with pytest.raises(UserError, match="cannot be downloaded automatically"):
+    with pytest.raises(UserError, match="has no layout alz_jax reads") as error:
         dataset._check_source(tmp_path / "other", None, DataSpec(), None)
+    # Other errors: their line and a one-line hint (not ADNI's: the folder is not ADNI's).
+    assert str(error.value).splitlines()[1] == registry.LAYOUTS_HINT
+    assert len(str(error.value).splitlines()) == 2
 
 
 # ---- 1c. An ADNI set inside a wrapping folder. ----

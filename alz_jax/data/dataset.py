@@ -202,8 +202,8 @@ def _resolve_dirs(data_config: DataSpec) -> tuple[Path, epath.Path, int | None]:
         root = data_dir / f"synthetic_{name}"
         return (root / "manual").resolve(), root / "tfds", seed
     raise UserError(
-        "No data folder given: set --config.data.manual_dir=DIR (ADNI's "
-        "DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg, or a dementia-stage collection)."
+        "No data folder given: set --config.data.manual_dir=DIR, DIR holding ADNI's "
+        "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg or a dementia-stage collection."
         f"\n{slices.data_error_hint(None, data_config.layout)}\nTo try the project without "
         "data: python -m alz_jax.main --config=configs/demo.py --workdir=DIR (or "
         "configs/stages_demo.py: four dementia stages)"

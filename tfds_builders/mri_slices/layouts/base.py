@@ -216,7 +216,7 @@ def check_folder(manual_dir: Path, setting: str = MANUAL_DIR_SETTING) -> None:
         todo = "unzip it" if manual_dir.suffix.lower() == ".zip" else "unpack it"
         todo += " and give the folder it unpacks to"
     else:
-        todo = "give the folder holding the data set (unpack it first if it is an archive)"
+        todo = "give the folder holding the data set, unpacked if it is an archive"
     raise DataFolderError(f"{manual_dir} is a file, not a folder; {todo} ({setting}=DIR).")
 
 

@@ -58,6 +58,10 @@ LAYOUTS_HINT = (
     "hint: the layouts alz_jax reads (ADNI AD_NC, class folders, OASIS-1, parquet) are in "
     "docs/data.md and docs/stages.md."
 )
+NO_FOLDER_HINT = (
+    "hint: ADNI comes from https://adni.loni.usc.edu after registering; the layouts alz_jax reads "
+    "are in docs/data.md and docs/stages.md."
+)
 # Folder names that say ADNI is meant: the set's own folder, or its class folders.
 _ADNI_NAMES = frozenset({"adni", "ad_nc"})
 
@@ -170,8 +174,10 @@ def adni_meant(manual_dir: str | Path, kind: str = AUTO) -> bool:
 
 def hint(manual_dir: str | Path | None, kind: str = AUTO) -> str:
     """The one line shown under a data error: where ADNI comes from and how it is laid out when
-    ADNI is meant (`adni_meant`; with no folder, `data.layout=adni`), else where the layouts
-    are described."""
+    ADNI is meant (`adni_meant`), else where the layouts are described; with no folder given
+    and the layout left to detection, both."""
+    if manual_dir is None and kind == AUTO:
+        return NO_FOLDER_HINT
     meant = kind == adni.NAME if manual_dir is None else adni_meant(manual_dir, kind)
     return ADNI_HINT if meant else LAYOUTS_HINT
 
