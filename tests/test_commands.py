@@ -72,7 +72,7 @@ def test_mission_command_defaults_the_workdir_and_says_where_adni_goes(tmp_path)
     assert "AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg" in result.stderr
     assert "adni.loni.usc.edu" in result.stderr and "--config=configs/demo.py" in result.stderr
     # Its line, a one-line hint and the demo: not the ~20 lines of ADNI instructions.
-    error = result.stderr[result.stderr.index("error: "):].strip().splitlines()
+    error = result.stderr[result.stderr.index("error: ") :].strip().splitlines()
     assert len(error) == 3 and "cannot be downloaded automatically" not in result.stderr
     assert "Traceback" not in result.stderr
     assert "Compiling" not in result.stderr  # JAX_LOG_COMPILES logs every compile

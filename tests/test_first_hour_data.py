@@ -68,9 +68,7 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def _prepare(manual_dir: Path, data_dir: Path, **fields) -> dataset.AdniData:
-    return dataset.prepare(
-        DataSpec(manual_dir=str(manual_dir), data_dir=str(data_dir), **fields)
-    )
+    return dataset.prepare(DataSpec(manual_dir=str(manual_dir), data_dir=str(data_dir), **fields))
 
 
 # ---- 1. Float parquet labels. ----
@@ -88,8 +86,8 @@ def test_float_parquet_labels_are_refused_naming_the_file(tmp_path):
         assert str(error.value).startswith(expected)
     with pytest.raises(UserError) as error:  # main's build: the line and the hint, nothing built
         _prepare(root, tmp_path / "tfds", label_names=LABEL_NAMES)
-    assert str(error.value).splitlines() == [str(error.value).splitlines()[0], registry.LAYOUTS_HINT]
-    assert str(error.value).startswith(expected)
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith(expected) and lines[1:] == [registry.LAYOUTS_HINT]
     assert not list((tmp_path / "tfds").glob("adni-*"))
     lines = _error_lines(_audit(f"--manual_dir={root}", f"--label_names={LABEL_NAMES}"))
     assert lines[0].startswith(f"error: {expected}") and lines[1:] == [registry.LAYOUTS_HINT]
@@ -115,7 +113,7 @@ def test_a_file_name_that_is_not_utf8_is_refused_by_audit_and_build_alike(tmp_pa
     with pytest.raises(LayoutError, match=r"scan\\xff_01\.png: the file name is not valid"):
         _prepare(root, tmp_path / "tfds")
     assert not list((tmp_path / "tfds").glob("adni-*"))
-    assert _error_lines(_audit(f"--manual_dir={root}")) == [f"error: {str(error.value)}"]
+    assert _error_lines(_audit(f"--manual_dir={root}")) == [f"error: {error.value}"]
     # Two such names: counted and listed, escaped, in one line.
     with open(os.fsencode(root / "test" / "MildDemented") + b"/x\xe9.png", "wb") as f:
         f.write(_png(201))
@@ -231,8 +229,12 @@ def test_adni_text_comes_only_where_adni_is_meant(tmp_path):
     (stages / "train" / "notes.txt").write_text("")
     adni_like = tmp_path / "download"
     (adni_like / "AD_NC" / "train" / "AD").mkdir(parents=True)  # no test/: ADNI's layout, broken
-    cases = [(stages, "auto", registry.LAYOUTS_HINT), (adni_like, "auto", registry.ADNI_HINT),
-             (stages, "adni", registry.ADNI_HINT), (stages, "folders", registry.LAYOUTS_HINT)]
+    cases = [
+        (stages, "auto", registry.LAYOUTS_HINT),
+        (adni_like, "auto", registry.ADNI_HINT),
+        (stages, "adni", registry.ADNI_HINT),
+        (stages, "folders", registry.LAYOUTS_HINT),
+    ]
     for folder, layout, hint in cases:
         with pytest.raises(UserError) as error:
             _prepare(folder, tmp_path / "tfds", layout=layout)
