@@ -110,7 +110,7 @@ def test_a_file_name_that_is_not_utf8_is_refused_by_audit_and_build_alike(tmp_pa
             call(root)
         assert str(error.value).startswith(expected) and "\n" not in str(error.value)
     # The build refuses it before building anything (it used to fail inside TFDS).
-    with pytest.raises(LayoutError, match=r"scan\\xff_01\.png: the file name is not valid"):
+    with pytest.raises(UserError, match=r"scan\\xff_01\.png: the file name is not valid"):
         _prepare(root, tmp_path / "tfds")
     assert not list((tmp_path / "tfds").glob("adni-*"))
     assert _error_lines(_audit(f"--manual_dir={root}")) == [f"error: {error.value}"]

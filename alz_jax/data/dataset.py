@@ -257,13 +257,18 @@ def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple
         described = slices.describe_layout(
             manual_dir, data_config.layout, data_config.label_name_list
         )
-    except slices.DataFolderError as e:
-        raise UserError(str(e)) from e  # one line saying what to give instead: no hint
     except slices.LayoutError as e:
-        hint = slices.data_error_hint(manual_dir, data_config.layout)
-        raise UserError(f"{e}\n{hint}") from e
+        raise _data_error(e, manual_dir, data_config) from e
     _check_class_names(described[1], data_config)
     return slices.folder_listing(manual_dir), described
+
+
+def _data_error(error: slices.LayoutError, manual_dir: Path, data_config: DataSpec) -> UserError:
+    """A layout error as the user sees it: its line, then the one-line hint (ADNI's where ADNI
+    is meant); a path error (no folder, a file, one split of a set) alone, complete as it is."""
+    if isinstance(error, slices.DataFolderError):
+        return UserError(str(error))
+    return UserError(f"{error}\n{slices.data_error_hint(manual_dir, data_config.layout)}")
 
 
 def _check_class_names(class_names: tuple[str, ...], data_config: DataSpec) -> None:
@@ -425,8 +430,10 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
             build_dir = data_dir / f"{BUILD_PREFIX}{found[0]}"
             _build(lambda: make_builder(build_dir, described), build_dir, listing, data_dir,
                    timer)  # fmt: skip
-        except (UserError, slices.LayoutError) as e:
+        except UserError as e:
             error = e
+        except slices.LayoutError as e:  # found by the build's parse: with the same hint
+            error = _data_error(e, manual_dir, data_config)
     fingerprint, described = _agree(error, found)
     builder = make_builder(data_dir / f"{BUILD_PREFIX}{fingerprint}", described)
     if not builder.is_prepared():
