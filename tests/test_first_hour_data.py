@@ -78,7 +78,7 @@ def test_float_parquet_labels_are_refused_naming_the_file(tmp_path):
     root = _parquet(tmp_path / "pq", {"train": pa.float64(), "test": pa.int64()})
     expected = (
         f"{root / 'train-00000-of-00001.parquet'}: label column is float64; expected integers or "
-        "strings."
+        "strings"
     )
     for call in (registry.parse, registry.describe):  # the audit's and the build's first step
         with pytest.raises(LayoutError) as error:
@@ -174,7 +174,7 @@ def test_a_read_only_data_dir_is_one_line_and_a_finished_build_there_is_read(tmp
         with pytest.raises(UserError) as error:
             _prepare(root, tmp_path / "tfds")
     assert str(error.value).startswith(
-        f"data.data_dir {tmp_path / 'tfds'} cannot be written: Read-only file system ("
+        f"data.data_dir {tmp_path / 'tfds'} cannot be written: Read-only file system. "
     )
     assert "--config.data.data_dir=DIR" in str(error.value) and "\n" not in str(error.value)
     built = _prepare(root, tmp_path / "tfds")

@@ -228,7 +228,9 @@ def _writing_in(data_dir) -> Iterator[None]:
         yield
     except OSError as e:
         what = e.strerror or type(e).__name__
-        where = f" ({e.filename})" if e.filename and str(e.filename) != str(data_dir) else ""
+        # The path at fault where it lies outside data_dir (e.g. a parent that is a file).
+        inside = not e.filename or os.fspath(e.filename).startswith(os.fspath(data_dir))
+        where = "" if inside else f" ({e.filename})"
         raise UserError(
             f"data.data_dir {data_dir} cannot be written: {what}{where}. Give a folder this run "
             "can write to: --config.data.data_dir=DIR."

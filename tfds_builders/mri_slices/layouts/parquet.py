@@ -83,8 +83,8 @@ def _check_label_type(path: Path, label_type: pa.DataType) -> None:
         # numpy's name ("float64"), as pandas users know it; arrow's ("double") for the rest.
         name = f"float{label_type.bit_width}" if pa.types.is_floating(label_type) else label_type
         raise LayoutError(
-            f"{path}: label column is {name}; expected integers or strings. Store the labels as "
-            "class indices (int) or class names in every parquet file."
+            f"{path}: label column is {name}; expected integers or strings (class indices or "
+            "names), in every parquet file."
         )
 
 
