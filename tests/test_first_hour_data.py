@@ -147,24 +147,16 @@ def test_a_data_dir_under_a_file_is_one_line_naming_the_setting(tmp_path):
 
 
 def _read_only(monkeypatch, data_dir: Path) -> None:
-    """Writes under data_dir fail as on a read-only file system (tests run as root: chmod
-    would not stop them): creating a folder or a file there, or opening one for writing."""
-    makedirs, touch = os.makedirs, Path.touch
-
-    def refuse(path) -> None:
-        if os.fspath(path).startswith(os.fspath(data_dir)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+    """Creating a folder under data_dir fails as on a read-only file system (tests run as root:
+    chmod would not stop it). Every write of a build starts with creating its folder."""
+    makedirs = os.makedirs
 
     def fake_makedirs(path, *args, **kwargs):
-        refuse(path)
+        if os.fspath(path).startswith(os.fspath(data_dir)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
         return makedirs(path, *args, **kwargs)
 
-    def fake_touch(self, *args, **kwargs):
-        refuse(self)
-        return touch(self, *args, **kwargs)
-
     monkeypatch.setattr(os, "makedirs", fake_makedirs)
-    monkeypatch.setattr(Path, "touch", fake_touch)
 
 
 def test_a_read_only_data_dir_is_one_line_and_a_finished_build_there_is_read(tmp_path, monkeypatch):

@@ -341,7 +341,9 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
     """Builds the TFDS data set from the listed folder into `build_dir` unless it is there,
     saying how the folder changed since the last build of it. A finished build is only read:
     no lock is taken, so a data_dir on a read-only file system serves it."""
-    if make_builder().is_prepared():
+    # source.json is written last: without it there is nothing finished to read (and no
+    # builder is made here, each of which logs its config).
+    if (build_dir / SOURCE_FILE).exists() and make_builder().is_prepared():
         return
     with _build_lock(build_dir, data_dir):
         builder = make_builder()
