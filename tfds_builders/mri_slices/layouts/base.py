@@ -233,7 +233,7 @@ def escaped_name(name: str) -> str:
 def check_names_utf8(root: Path, names: Sequence[str]) -> None:
     """DataFolderError naming (escaped) every file name, relative to root, that is not valid UTF-8:
     the data set stores names as UTF-8 text, and reports and CSVs name files by them."""
-    bad = sorted(escaped_name(n) for n in names if escaped_name(n) != n)
+    bad = sorted(e for n in names if not n.isascii() and (e := escaped_name(n)) != n)
     rename = "in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r DIR)"
     if len(bad) == 1:
         raise DataFolderError(
