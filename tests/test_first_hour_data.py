@@ -98,6 +98,8 @@ def test_float_parquet_labels_are_refused_naming_the_file(tmp_path):
 
 def test_a_file_name_that_is_not_utf8_is_refused_by_audit_and_build_alike(tmp_path):
     root = _four_classes(tmp_path / "set")
+    (root / "train" / "NonDemented" / "café_ü.png").write_bytes(_png(199))  # UTF-8: read
+    assert "train/NonDemented/café_ü.png" in {r.file_name for r in registry.parse(root).records}
     bad = os.fsencode(root / "train" / "NonDemented") + b"/scan\xff_01.png"
     with open(bad, "wb") as f:
         f.write(_png(200))
