@@ -199,12 +199,15 @@ def test_a_file_given_as_the_data_folder_says_so_in_one_line(tmp_path, name, tod
     assert str(error.value) == expected.replace("--config.data.manual_dir", "--manual_dir")
 
 
-def test_the_audit_names_its_own_flag_for_a_zip_and_for_a_split_folder(tmp_path):
+def test_the_audit_names_its_own_flag_for_a_zip(tmp_path):
     (tmp_path / "ADNI.zip").write_bytes(b"PK\x03\x04")
     assert _error_lines(_audit(f"--manual_dir={tmp_path / 'ADNI.zip'}")) == [
         f"error: {tmp_path / 'ADNI.zip'} is a file, not a folder; unzip it and give the folder it "
         "unpacks to (--manual_dir=DIR)."
     ]
+
+
+def test_the_audit_names_its_own_flag_for_a_split_folder(tmp_path):
     root = _four_classes(tmp_path / "set")
     lines = _error_lines(_audit(f"--manual_dir={root / 'train'}"))
     assert len(lines) == 1 and f"not the whole set: set --manual_dir={root} (" in lines[0]
