@@ -144,6 +144,9 @@ def _hold_local(workdir, path) -> Iterator[dict]:
         except FileNotFoundError:
             folder.mkdir(parents=True, exist_ok=True)
             continue
+        except UserError:
+            _remove_failed_start(None, created_folders)
+            raise
         f = os.fdopen(fd, "r+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,9 +188,11 @@ def _hold_local(workdir, path) -> Iterator[dict]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _remove_failed_start(path: Path, created_folders: list[Path]) -> None:
-    """Deletes the lock file (still held) and the empty folders a failed start created."""
-    path.unlink(missing_ok=True)
+def _remove_failed_start(path: Path | None, created_folders: list[Path]) -> None:
+    """Deletes the lock file (still held; None: none was made) and the empty folders a failed
+    start created."""
+    if path is not None:
+        path.unlink(missing_ok=True)
     for folder in reversed(created_folders):
         with contextlib.suppress(OSError):  # not empty (another run's files): it stays
             folder.rmdir()
