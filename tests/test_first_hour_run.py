@@ -220,18 +220,20 @@ def test_a_deleted_lock_file_is_not_held(tmp_path):
         os.close(fd)
 
 
-@pytest.mark.parametrize("fault", ["missing data folder", "all-zero class weights"])
+@pytest.mark.parametrize("fault", ["missing data folder", "missing init_from file"])
 def test_a_run_that_fails_to_start_leaves_no_runs_folder(fault, tmp_path, monkeypatch):
+    """Faults met after the workdir lock was taken (a config value's file, the data folder)."""
     here = tmp_path / "here"  # the folder the user runs `main` from
     here.mkdir()
     monkeypatch.chdir(here)
     config = tiny_config.get_config()
     config.data.manual_dir = str(tmp_path / "no_such_folder")
     config.data.data_dir = str(tmp_path / "tfds")
-    if fault == "all-zero class weights":
-        config.optim.class_weights = "0,0"
-    with pytest.raises((UserError, LayoutError)):
+    if fault == "missing init_from file":
+        config.model.init_from = f"torchvision:{tmp_path / 'none.safetensors'}"
+    with pytest.raises((UserError, LayoutError)) as error:
         train.train_and_evaluate(config, "runs/tiny")
+    assert ("init_from" in str(error.value)) == (fault == "missing init_from file")
     assert list(here.iterdir()) == []
 
 
