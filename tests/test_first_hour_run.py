@@ -175,6 +175,16 @@ def test_a_read_only_workdir_is_one_line_and_leaves_nothing(tmp_path, monkeypatc
         "folder you can write to with --workdir."
     )
     assert list(tmp_path.iterdir()) == []  # the folders it made are gone again
+    monkeypatch.undo()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(workdir_lock.os, "fsync", disk_full)
+    full = r"lock file run.lock \(No space left on device\)"
+    with pytest.raises(UserError, match=full), workdir_lock.hold(workdir):
+        pass
+    assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(Path, "mkdir", read_only)
     unwritable = r"can't create the folder \(Read-only file system\)"
     with pytest.raises(UserError, match=unwritable), workdir_lock.hold(workdir):

@@ -99,10 +99,12 @@ def _unwritable(workdir, what: str, error: OSError) -> UserError:
 
 def _make_folders(workdir: Path) -> list[Path]:
     """Creates `workdir` and any missing parent; returns the folders created, outermost first."""
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"workdir {workdir} is a file, not a folder. Give a folder with --workdir.")
-    missing = [p for p in (workdir, *workdir.parents) if not p.exists()][::-1]
     try:
+        if workdir.exists() and not workdir.is_dir():
+            raise UserError(
+                f"workdir {workdir} is a file, not a folder. Give a folder with --workdir."
+            )
+        missing = [p for p in (workdir, *workdir.parents) if not p.exists()][::-1]
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _unwritable(workdir, "create the folder", e) from None
@@ -173,6 +175,8 @@ def _hold_local(workdir, path) -> Iterator[dict]:
             f.flush()
             os.fsync(f.fileno())
         except OSError as e:
+            if created:
+                _remove_failed_start(path, created_folders)
             raise _unwritable(workdir, f"write its lock file {path.name}", e) from None
         failed = True
         try:
