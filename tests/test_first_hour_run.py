@@ -292,8 +292,9 @@ def test_predict_refuses_huge_and_blank_images_by_name(tmp_path, monkeypatch):
         "blank: mean intensity 2.0 of 255, under the data audit's near-black limit 3; no "
         "anatomy to diagnose."
     )
-    assert reasons["huge.png"].startswith(
-        "too large to decode: Image size (400000000 pixels) exceeds limit of 178956970 pixels"
+    assert reasons["huge.png"] == (
+        "too large to decode: 400,000,000 pixels, over its limit of 178,956,970 (the data "
+        "audit's, Pillow's decompression limit)."
     )
     assert reasons["white.jpg"] == "blank: every pixel is 255; no anatomy to diagnose."
     # The limit is the audit's: lowered, the audit and predict refuse the same ordinary image.

@@ -76,7 +76,10 @@ def check_pixel_count(path: Path) -> None:
         with Image.open(path):
             pass
     except Image.DecompressionBombError as e:
-        message = f"too large to decode: {e} The data audit refuses it too."
+        # Pillow: "Image size (N pixels) exceeds limit of M pixels, could be decompression ..."
+        sizes = [int(n) for n in re.findall(r"\d+", str(e))]
+        found = f"{sizes[0]:,} pixels, over its limit of {sizes[1]:,}" if len(sizes) == 2 else e
+        message = f"too large to decode: {found} (the data audit's, Pillow's decompression limit)."
         raise RefusedImageError(message) from None
     except Exception:  # not for Pillow to judge: decode_image reports what it can't read
         return
