@@ -1,4 +1,4 @@
-"""Command: train and evaluate.
+r"""Command: train and evaluate.
 
     python -m alz_jax.main --config=configs/convnext_t.py [--workdir=runs/convnext_t] \
         [--config.data.manual_dir=/path/to/adni] [--config.x.y=value ...]

@@ -1,4 +1,4 @@
-"""Command: P(AD) for image files or folders, with a trained run's weights, threshold and
+r"""Command: P(AD) for image files or folders, with a trained run's weights, threshold and
 temperature.
 
     python -m alz_jax.predict --workdir=DIR [--checkpoint=best] [--weights=selected] \
@@ -6,7 +6,9 @@ temperature.
 
 Takes JPEG or PNG files of any size, grayscale or colour, and folders (searched recursively);
 files named `<scanID>_<slice>.<ext>` are also grouped into scans (alz_jax/run/prediction.py).
-An unreadable input is reported by name and the rest go on; the exit status is then 1.
+An unreadable input is reported by name and the rest go on; the exit status is then 1. So is
+an image the data audit would refuse: over its pixel limit (refused from the header, never
+decoded) or blank (near-black or a single grey level).
 """
 
 import sys
@@ -25,7 +27,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the result to this .cs
 
 def main(argv: list[str]) -> None:
     """Prints (and optionally writes) P(AD) per image and per scan; exit status 1 if any input
-    was unreadable."""
+    was unreadable or refused."""
     paths = argv[1:]
     # Before the model is loaded or any image read: a bad --output would waste all of it.
     output = prediction.check_output(_OUTPUT.value) if _OUTPUT.value else None
@@ -38,7 +40,7 @@ def main(argv: list[str]) -> None:
     print(prediction.format_result(result))
     for path in written:
         print(f"Written: {path}")
-    if result["errors"]:
+    if result["errors"] or result["refused"]:
         sys.exit(1)
 
 

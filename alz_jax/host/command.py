@@ -13,6 +13,11 @@ here, its own with absl) and ends with `command.run(main)`, which
   and runs the command, where a UserError (or a data-layout error) prints `error: ...` and exits
   with status 2. Commands that run no JAX computation pass `jax_runtime=False`: logging and the
   user-error exit only (`bench` starts the runtime itself, for the benchmarks that need it).
+
+A flag error (a required flag missing, an unknown flag, a bad value) is a user error too: one
+`error: ...` line with a pointer to --help (and to `make demo` for a newcomer), exit status 2.
+--help and --helpfull print every flag, --helpshort only the command's own; all three exit 0
+(absl's exit 1, and its --help is its --helpshort).
 """
 
 from __future__ import annotations
@@ -206,17 +211,69 @@ def config_override_error(error: BaseException, argv: list[str]) -> str:
     )
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a --config.x.y override that names no field turned into one
-    `error: ...` line and exit status 2 (ml_collections raises it deep in absl's parser, where
-    it would end a long traceback)."""
+# After a flag error: where the flags are described, and where a newcomer starts.
+FLAGS_POINTER = "--help lists this command's flags; new here? Try `make demo` first, see README.md."
+
+
+def flag_error(error: flags.Error) -> str:
+    """One line for absl's flag error: the required flags missing, or absl's message."""
+    # absl's required-flag validator says "Flag --NAME must have a value other than None.", one
+    # line per missing flag.
+    missing = re.findall(r"Flag --(\S+) must have a value other than None", str(error))
+    if missing:
+        names = " and ".join(f"--{name}" for name in dict.fromkeys(missing))
+        verb = "is" if len(set(missing)) == 1 else "are"
+        return f"{names} {verb} required. {FLAGS_POINTER}"
+    text = " ".join(str(error).split()).replace(" ?", "?")  # absl: "Did you mean: config ?"
+    return f"{text}{'' if text.endswith(('.', '?')) else '.'} {FLAGS_POINTER}"
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl's flag parsing, with any flag error, and a --config.x.y override that names no
+    field (ml_collections raises it deep in absl's parser, where it would end a long traceback),
+    turned into one `error: ...` line and exit status 2."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flag_values(argv)
+    except flags.Error as e:
+        print(f"error: {flag_error(e)}", file=sys.stderr)
+        sys.exit(2)
     except (KeyError, AttributeError, IndexError) as e:
         if not _raised_walking_an_override(e):
             raise
         print(f"error: {config_override_error(e, argv)}", file=sys.stderr)
         sys.exit(2)
+
+
+class _HelpFlag(flags.BooleanFlag):
+    """--help, --helpshort or --helpfull: the command's usage on stdout, then exit status 0."""
+
+    def __init__(self, name: str, short_name: str | None, help_string: str, full: bool):
+        super().__init__(
+            name, False, help_string, short_name=short_name, allow_override=True,
+            allow_hide_cpp=True,
+        )  # fmt: skip
+        self.full = full
+
+    def parse(self, argument: str) -> None:
+        """Prints the usage and exits 0 when the flag is given."""
+        if self._parse(argument):
+            app.usage(shorthelp=not self.full, writeto_stdout=True)
+            other = "--helpshort: this command's flags only" if self.full else (
+                "--help: every flag, absl's and logging's too")  # fmt: skip
+            print(other + ".")
+            sys.exit(0)
+
+
+def define_help_flags() -> None:
+    """Replaces absl's help flags (which exit 1, and whose --help is --helpshort) with ones that
+    exit 0: --help (-?) and --helpfull print every flag, --helpshort the command's own."""
+    app.define_help_flags()  # absl's first, so that app.run defines none after these
+    for name, short_name, help_string, full in (
+        ("help", "?", "show every flag", True),
+        ("helpfull", None, "show every flag", True),
+        ("helpshort", None, "show only this command's flags", False),
+    ):
+        flags.DEFINE_flag(_HelpFlag(name, short_name, help_string, full), module_name=app.__name__)
 
 
 def start_jax_runtime() -> None:
@@ -235,6 +292,7 @@ def run(
     set-up)."""
     if jax_runtime:
         define_distributed()
+    define_help_flags()
     with exit_on_user_error():
         sys.argv[:] = resolve_config_argv(sys.argv)  # config_flags reads overrides there
 
@@ -247,4 +305,4 @@ def run(
                 start_jax_runtime()
             main(argv)
 
-    app.run(start, flags_parser=_parse_flags)
+    app.run(start, flags_parser=parse_flags)

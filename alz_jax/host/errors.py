@@ -4,6 +4,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from absl import app
+
 # Light: the `adni` package imports its TFDS builder only on first use, so the training core
 # (which imports this module) runs without TFDS and TensorFlow.
 from tfds_builders.mri_slices.layouts.base import LayoutError
@@ -15,10 +17,11 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """In a command's main: a UserError or LayoutError prints `error: ...` and exits with 2."""
+    """In a command's main: a UserError or LayoutError (or absl's UsageError, which absl would
+    answer with the whole usage text and status 1) prints `error: ...` and exits with 2."""
     try:
         yield
-    except (UserError, LayoutError) as e:
+    except (UserError, LayoutError, app.UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -8,16 +8,23 @@ Takes JPEG or PNG files of any size, grayscale or colour (converted to grayscale
 thresholds are those chosen on the validation split, stored with the checkpoint. Files named
 `<scanID>_<slice>.<ext>` are also grouped into scans (the mean of their slices' P(AD), called at
 the scan threshold). An unreadable input is reported by name and the rest go on.
+
+An image the data audit would not let into training is refused by name, not given a diagnosis:
+one over Pillow's decompression-bomb limit (the audit's pixel limit, read from the header, so
+it is never decoded), and a blank one (near-black by the audit's NEAR_BLACK_MEAN, or a single
+grey level: no anatomy to judge).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
 
 from alz_jax.core import sharding, steps
 from alz_jax.data import preprocess
@@ -25,6 +32,7 @@ from alz_jax.evaluation import tasks
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from alz_jax.run.saved_run import SavedRun
+from tfds_builders.mri_slices.audit import NEAR_BLACK_MEAN
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SLICE_NAME = re.compile(r"^(?P<scan>[^_/]+)_(?P<slice>\d+)$")
@@ -56,15 +64,69 @@ def load_model(workdir: str, which: str = "best", weights: str = "selected") -> 
     return SavedRun.open(workdir).load_model(which, weights)
 
 
+class RefusedImageError(ValueError):
+    """An image `predict` won't diagnose (too large to decode, or blank); the message says why."""
+
+
+def check_pixel_count(path: Path) -> None:
+    """Refuses (RefusedImageError) an image whose header gives more pixels than the data audit
+    decodes: Pillow's decompression-bomb limit, which the audit's Image.open applies. Only the
+    header is read, so a 20000x20000 PNG costs nothing."""
+    try:
+        with Image.open(path):
+            pass
+    except Image.DecompressionBombError as e:
+        # Pillow: "Image size (N pixels) exceeds limit of M pixels, could be decompression ..."
+        sizes = [int(n) for n in re.findall(r"\d+", str(e))]
+        found = f"{sizes[0]:,} pixels, over its limit of {sizes[1]:,}" if len(sizes) == 2 else e
+        message = f"too large to decode: {found} (the data audit's, Pillow's decompression limit)."
+        raise RefusedImageError(message) from None
+    except Exception:  # not for Pillow to judge: decode_image reports what it can't read
+        return
+
+
+def check_not_blank(image: np.ndarray) -> None:
+    """Refuses (RefusedImageError) a blank image: near-black as the data audit counts it (mean
+    intensity under NEAR_BLACK_MEAN of 255) or a single grey level."""
+    mean = float(image.mean())
+    if mean < NEAR_BLACK_MEAN:
+        raise RefusedImageError(
+            f"blank: mean intensity {mean:.1f} of 255, under the data audit's near-black limit "
+            f"{NEAR_BLACK_MEAN:g}; no anatomy to diagnose."
+        )
+    if image.min() == image.max():
+        level = int(image.min())
+        raise RefusedImageError(f"blank: every pixel is {level}; no anatomy to diagnose.")
+
+
+def read_inputs(
+    files: list[Path], image_size: int, errors: list[dict], refused: list[dict]
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """(file, model input) for each image that reads and passes the audit's checks; each other
+    file is appended, {file, error}, to `errors` (unreadable) or `refused` (too large, blank)."""
+    for path in files:
+        try:
+            check_pixel_count(path)
+            image = preprocess.decode_image(path.read_bytes(), str(path))
+            check_not_blank(image)
+        except (OSError, preprocess.DecodeError) as e:
+            errors.append({"file": str(path), "error": str(e).removeprefix(f"{path}: ")})
+            continue
+        except RefusedImageError as e:
+            refused.append({"file": str(path), "error": str(e)})
+            continue
+        yield path, preprocess.to_model_input(image, image_size)
+
+
 def predict_files(
     files: list[Path], loaded: dict, batch_size: int = 64
-) -> tuple[list[dict], list[dict]]:
-    """(rows, errors): one row per readable image {file, scan_id, slice, logit_ad, prob_ad,
-    predicted}; one error {file, error} per unreadable one."""
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rows, errors, refused): one row per readable image {file, scan_id, slice, logit_ad,
+    prob_ad, predicted}; one {file, error} per unreadable one, and per refused one."""
     predict_fn = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], loaded["mesh"])
     devices = loaded["mesh"].devices.size
     batch_sharding = sharding.batch_sharded(loaded["mesh"])
-    rows, errors, pending = [], [], []
+    rows, errors, refused, pending = [], [], [], []
 
     def flush():
         if not pending:
@@ -77,16 +139,12 @@ def predict_files(
         rows.extend(loaded["task"].image_rows([_base_row(p) for p, _ in pending], outputs, loaded))
         pending.clear()
 
-    for path in files:
-        try:
-            image = preprocess.decode_image(path.read_bytes(), str(path))
-            pending.append((path, preprocess.to_model_input(image, loaded["image_size"])))
-        except (OSError, preprocess.DecodeError) as e:
-            errors.append({"file": str(path), "error": str(e).removeprefix(f"{path}: ")})
+    for item in read_inputs(files, loaded["image_size"], errors, refused):
+        pending.append(item)
         if len(pending) == batch_size:
             flush()
     flush()
-    return rows, errors
+    return rows, errors, refused
 
 
 def _base_row(path: Path) -> dict:
@@ -125,16 +183,17 @@ def check_output(path: str | Path) -> Path:
 
 def write_output(path: Path, result: dict) -> list[Path]:
     """JSON (everything) or CSV (images; scans in <stem>_scans.csv; errors in
-    <stem>_errors.csv, text cells made spreadsheet-safe: host/tables.py); returns the files
-    written."""
+    <stem>_errors.csv, refused images in <stem>_refused.csv; text cells made spreadsheet-safe:
+    host/tables.py); returns the files written."""
     path = check_output(path)
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(result, indent=1))
         return [path]
     written = []
     for name, target in (("images", path), ("scans", path.with_name(path.stem + "_scans.csv")),
-                         ("errors", path.with_name(path.stem + "_errors.csv"))):  # fmt: skip
-        if name != "images" and not result[name]:
+                         ("errors", path.with_name(path.stem + "_errors.csv")),
+                         ("refused", path.with_name(path.stem + "_refused.csv"))):  # fmt: skip
+        if name != "images" and not result.get(name):
             continue
         fields = list(result[name][0]) if result[name] else ["file", "prob_ad"]
         tables.write_csv(target, fields, result[name])
@@ -149,15 +208,21 @@ def format_result(result: dict) -> str:
     task = tasks.for_classes(len(result.get("class_names") or ()) or 2, result.get("task"))
     lines = task.format_predictions(result)
     lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
-    lines.append(f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable.")
+    refused = result.get("refused", [])
+    lines += [f"REFUSED  {e['file']}: {e['error']}" for e in refused]
+    lines.append(
+        f"{len(result['images'])} images predicted, {len(result['errors'])} unreadable"
+        + (f", {len(refused)} refused (too large or blank)." if refused else ".")
+    )
     return "\n".join(lines)
 
 
 def run(workdir: str, paths: list[str], which: str = "best", weights: str = "selected") -> dict:
-    """Predicts every readable image under `paths`; the result holds images, scans, errors."""
+    """Predicts every readable image under `paths`; the result holds images, scans, errors and
+    the refused images (too large, blank)."""
     files, errors = find_inputs(paths)
     loaded = load_model(workdir, which, weights)
-    rows, read_errors = predict_files(files, loaded)
+    rows, read_errors, refused = predict_files(files, loaded)
     calibration = loaded["calibration"]
     return {
         "workdir": str(workdir),
@@ -170,4 +235,5 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
         "images": rows,
         "scans": loaded["task"].scan_rows(rows, calibration),
         "errors": errors + read_errors,
+        "refused": refused,
     }  # fmt: skip

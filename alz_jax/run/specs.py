@@ -224,14 +224,16 @@ def parse_class_weights(value: str, num_classes: int) -> str:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
         weights = []
-    if (
-        len(weights) != num_classes
-        or not all(0 <= w < math.inf for w in weights)
-        or not any(weights)
-    ):
+    if len(weights) != num_classes or not all(0 <= w < math.inf for w in weights):
         raise UserError(
             f"config.optim.class_weights = {value!r}; expected 'none', 'balanced' or "
-            f"{num_classes} comma-separated weights >= 0 (one per class, in label order)."
+            f"{num_classes} comma-separated weights >= 0 (one per class, in label order), at "
+            "least one of them positive."
+        )
+    if not any(weights):  # every example's loss would be 0: nothing would train
+        raise UserError(
+            f"config.optim.class_weights = {value!r}: every weight is 0; at least one must be "
+            "positive (a class of weight 0 adds nothing to the loss)."
         )
     return ",".join(f"{w:g}" for w in weights)
 
