@@ -20,6 +20,7 @@ result; and Grad-CAM pictures of chosen scans.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from jax.experimental import multihost_utils
 
 from alz_jax.core import sharding
 from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, metrics, saliency, tasks
+from alz_jax.evaluation import figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import storage
 from tfds_builders.mri_slices import audit
@@ -41,6 +42,22 @@ REPORT_LEVELS = metrics.LEVELS
 LEAK_WARNING_SHARE = audit.LEAKAGE_WARN_SHARE
 LEAK_WARNING = f"Warning: {audit.LEAKAGE_WARNING}"
 TASK = tasks.BinaryTask(2)  # the task this module reports
+# A threshold further than this from 0.5 gets a note naming the validation units it was set on.
+FAR_THRESHOLD = 0.2
+# Metrics per Markdown table beside its level (and threshold) column: at most ~7 columns.
+TABLE_METRICS = 5
+# The heading of the metrics of a decision, by whether the task has a threshold.
+DECIDED_HEADINGS = {True: "At the threshold chosen on validation, and at 0.5",
+                    False: "At the decision (the most probable class)"}  # fmt: skip
+# Who a binary rate counts (metric_registry.Metric.counted), for the rule-of-three caveat.
+COUNTED_UNITS = {"tp+fn": "AD {}", "tn+fp": "NC {}", "tp+fp": "{} called AD",
+                 "tn+fn": "{} called NC"}  # fmt: skip
+GRADCAM_TEXT = (
+    "Grad-CAM: where the last stage's features pushed the model towards its call on each slice "
+    "(the positive part of the gradient-weighted feature map, upsampled from the last stage's "
+    "coarse grid and scaled to 1 per slice), in the jet colour scale from blue (0, no "
+    "contribution) to red (1, the slice's strongest); it is not a lesion map."
+)
 # ---- Predictions. ----
 
 
@@ -127,11 +144,13 @@ def build_report(
     units = metrics.level_units(records, probs, subjects_known)
     report = {
         **report_head(split, step, data_metadata, len(probs)),
+        "counts": metrics.split_counts(records, subjects_known, metrics.CLASS_NAMES),
         "loss": metrics.nll(records["label"], probs),
         "calibration": plain,
         "bootstrap": bootstrap_text(settings, subjects_known),
         **level_results(units, plain["thresholds"], settings),
     }
+    report["degenerate_intervals"] = degenerate_intervals(report)
     add_ece_variants(report, records, logits_by_view["plain"], TASK, metrics.reliability_bins,
                      settings.calibration_bins)  # fmt: skip
     if "tta" in calibration:
@@ -161,6 +180,7 @@ def report_head(split: str, step: int, data_metadata: dict, num_images: int) -> 
         "subject_source": data_metadata.get("subject_source"),
         "subject_coverage": data_metadata.get("subject_coverage"),
         "protocol": data_metadata.get("protocol"),
+        "layout": data_metadata.get("layout"),
         # Of the data folder the evaluated data set was built from (audit prints the same).
         "source_fingerprint": data_metadata.get("source_fingerprint"),
         "num_images": num_images,
@@ -237,9 +257,9 @@ def leak_warning(report: dict) -> str | None:
 def protocol_text(protocol) -> str:
     """The protocol as `name` (its settings), for a report's header."""
     if not isinstance(protocol, dict):
-        return f"`{protocol}`"
+        return markdown_text(protocol)
     details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
-    return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
+    return markdown_text(protocol.get("name")) + (f" ({markdown_text(details)})" if details else "")
 
 
 def interval_text(bootstrap: dict) -> str:
@@ -348,6 +368,30 @@ def _notes(report: dict) -> list[str]:
     for level, c in report["calibration"]["threshold_details"].items():
         if not c["defined"]:
             notes.append(f"Note: validation has one class only at {level} level: threshold 0.5.")
+    return notes + threshold_notes(report)
+
+
+def validation_units(report: dict, level: str) -> str:
+    """How many validation units of `level` chose the calibration ('12 validation subjects')."""
+    cal = report["calibration"]
+    noun = metrics.UNIT_NOUNS[level]
+    count = cal.get("validation_counts", {}).get(noun)
+    if count is None and level == "slice":
+        count = cal.get("validation_images")
+    return f"{count} validation {noun}" if count is not None else f"validation {noun}"
+
+
+def threshold_notes(report: dict) -> list[str]:
+    """A note per level whose validation-chosen threshold lies more than FAR_THRESHOLD from
+    0.5, with the number of validation units it was set on."""
+    notes = []
+    for level, t in report["calibration"].get("thresholds", {}).items():
+        if abs(t - 0.5) > FAR_THRESHOLD:
+            notes.append(
+                f"Note: the {level} threshold is {t:.3f}, set on {validation_units(report, level)}"
+                f"; so far from 0.5 it says as much about that split as about the model: "
+                f"compare the {level} rows at 0.5."
+            )
     return notes
 
 
@@ -358,34 +402,16 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     md = [
         f"# Evaluation report: {split} split",
         "",
-        f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol {protocol_text(report['protocol'])}; "
-        "subjects from "
-        f"`{report['subject_source']}`.",
-        "",
+        *markdown_about(report, "chose the thresholds"),
         f"Decision threshold chosen on the **validation** split by `{cal['threshold_method']}` "
         "and applied unchanged here; results at 0.5 below each. Temperature "
         + (f"{cal['temperature']:.3f} applied." if cal["temperature_applied"] else
            f"not applied (fitted on validation: {cal['temperature_fit']['temperature']:.3f})."),
         f"{interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
         "intervals do not include the uncertainty of the threshold itself.",
-        "",
     ]  # fmt: skip
-    names = TASK.metric_names("interval")
-    md += [
-        "| level | n | subjects | threshold | " + " | ".join(names) + " |",
-        "|---" * (4 + len(names)) + "|",
-    ]
-    for level in REPORT_LEVELS:
-        if level not in report:
-            continue
-        r = report[level]
-        for label, m in ((f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])):
-            md.append(
-                f"| {label} | {m['n']} | {r['n_subjects']} | {m['threshold']:.3f} | "
-                + " | ".join(ci_text(m, n) for n in names)
-                + " |"
-            )
+    md += markdown_levels(report, report, TASK.metric_names("interval"), threshold_rows)
+    md += markdown_degenerate(report)
     md += ["", "## Confusion matrices (rows: true NC, AD; columns: predicted NC, AD)", ""]
     for level in REPORT_LEVELS:
         if level in report:
@@ -410,13 +436,214 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     return markdown_end(md, _notes(report), figures)
 
 
+def threshold_rows(level: str, r: dict) -> list[tuple[str, dict]]:
+    """A binary level's rows: at the validation-chosen threshold, then at 0.5."""
+    return [(f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])]
+
+
+# ---- Markdown pieces every report shares. ----
+
+
+def markdown_text(text: object) -> str:
+    """A user-supplied string (class name, path, config name) safe in Markdown, in a table cell
+    or not: HTML escaped, table pipes escaped. Not for code spans (they show escapes as typed)."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def _count_text(counts: dict, noun: str, class_names: Sequence[str] = ()) -> str:
+    by_class = counts.get("by_class", {})
+    per_class = ", ".join(f"{markdown_text(n)} {by_class[n][noun]}" for n in class_names)
+    return f"{counts[noun]} {noun}" + (f" ({per_class})" if per_class else "")
+
+
+def split_text(counts: dict, class_names: Sequence[str] = ()) -> str:
+    """'60 subjects (NC 29, AD 31), 151 scans (...), 3020 images (...)': subjects first, the
+    unit that is independent; per class where `class_names` are given."""
+    nouns = [n for n in ("subjects", "scans", "images") if n in counts]
+    return ", ".join(_count_text(counts, noun, class_names) for noun in nouns)
+
+
+def model_text(model: dict) -> str:
+    """'ConvNeXt atto (depths (2, 2, 6, 2), dims (40, 80, 160, 320)), 3.37 M parameters'."""
+    title = str(model.get("title", "?"))
+    shape = ", ".join(f"{k} {tuple(v)}" for k, v in model.get("shape", {}).items()
+                      if str(tuple(v)) not in title)  # fmt: skip
+    n = model.get("parameters")
+    size = "" if n is None else (f", {n / 1e6:.2f} M parameters" if n >= 1e5 else
+                                 f", {n:,} parameters")  # fmt: skip
+    family = f" (family {model['family']})" if model.get("family") else ""
+    return markdown_text(title + (f" ({shape})" if shape else "") + size + family)
+
+
+def data_text(report: dict) -> str:
+    """The data folder, its layout and whether it is the synthetic stand-in."""
+    data = (report.get("about") or {}).get("data") or {}
+    folder = markdown_text(data["folder"]) if data.get("folder") else "folder not recorded"
+    layout = f"layout {markdown_text(report['layout'])}" if report.get("layout") else ""
+    text = folder + (f" ({layout})" if layout else "")
+    if data.get("synthetic") is None:
+        return text + "; whether it is the synthetic stand-in was not recorded"
+    if data["synthetic"]:
+        return (text + "; **the synthetic stand-in** (" + markdown_text(data.get("synthetic_text")
+                or "generated phantoms") + "), not MRI of people: its figures say nothing "
+                "about real patients")  # fmt: skip
+    return text + "; not the synthetic stand-in"
+
+
+def markdown_about(report: dict, calibrated: str) -> list[str]:
+    """The "About this run" block heading a report: the model, config, data folder and layout,
+    the synthetic flag, what was evaluated, the split's size per class, and the size of the
+    validation split that `calibrated` ('chose the thresholds')."""
+    about = report.get("about") or {}
+    names = report.get("class_names") or metrics.CLASS_NAMES
+    md = ["## About this run", ""]
+    if about.get("model"):
+        md.append(f"- Model: {model_text(about['model'])}.")
+    config = about.get("config")
+    md.append(f"- Config: {markdown_text(config) if config else 'not recorded'}.")
+    md.append(f"- Data: {data_text(report)}.")
+    md.append(
+        f"- Evaluated: checkpoint step {report['checkpoint_step']}, **{report['weights']}** "
+        f"weights; {report['num_images']} images; protocol {protocol_text(report['protocol'])}; "
+        f"subjects from {markdown_text(report['subject_source'])}."
+    )
+    if report.get("counts"):
+        md.append(f"- {report['split'].capitalize()} split: "
+                  f"{split_text(report['counts'], names)}.")  # fmt: skip
+    counts = report["calibration"].get("validation_counts")
+    if counts:
+        md.append(f"- Validation split (it {calibrated}): {split_text(counts)}.")
+    return [*md, ""]
+
+
+def markdown_table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
+    """A Markdown table (cells as given: escape user strings first)."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]  # fmt: skip
+
+
+def _chunks(names: Sequence[str], width: int = TABLE_METRICS) -> list[Sequence[str]]:
+    """`names` in near-equal runs of at most `width`."""
+    if not names:
+        return []
+    size = -(-len(names) // -(-len(names) // width))
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def markdown_levels(report: dict, source: dict, names: Sequence[str], rows,
+                    extra: dict | None = None) -> list[str]:  # fmt: skip
+    """The metric tables of `source`'s levels, each at most ~7 columns: the threshold-free
+    metrics (with n, subjects and `extra` {header: fn(level result)}) once per level, then
+    the decision's metrics in runs, a row per `rows(level, result)` (with its threshold where
+    the task has one)."""
+    ranked = [n for n in names if metric_registry.get(n).threshold_free]
+    decided = [n for n in names if n not in ranked]
+    levels = [level for level in REPORT_LEVELS if level in source]
+    extra = extra or {}
+    md = ["", "### Ranking and calibration (no threshold)" if extra else "### Ranking (no "
+          "threshold)", ""]  # fmt: skip
+    md += markdown_table(
+        ["level", "n", "subjects", *(metric_registry.label(n) for n in ranked), *extra],
+        [[f"**{lv}**", source[lv]["n"], source[lv]["n_subjects"],
+          *(ci_text(source[lv], n) for n in ranked), *(f(source[lv]) for f in extra.values())]
+         for lv in levels],
+    )  # fmt: skip
+    with_threshold = "threshold" in source[levels[0]] if levels else False
+    parts = _chunks(decided)
+    for i, part in enumerate(parts):
+        heading = DECIDED_HEADINGS[with_threshold]
+        count = f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""
+        md += ["", f"### {heading}{count}", ""]
+        md += markdown_table(
+            ["level", *(["threshold"] if with_threshold else []),
+             *(metric_registry.label(n) for n in part)],
+            [[label, *([f"{m['threshold']:.3f}"] if with_threshold else []),
+              *(ci_text(m, n) for n in part)]
+             for lv in levels for label, m in rows(lv, source[lv])],
+        )  # fmt: skip
+    return md
+
+
+def _is_extreme(value: float | None, interval: list[float] | None) -> bool:
+    if value is None or not interval or not np.isclose(value, round(value), atol=1e-12):
+        return False
+    return round(value) in (0, 1) and all(np.isclose(x, value, atol=1e-12) for x in interval)
+
+
+def _counted(name: str, m: dict, level: str) -> tuple[int, str]:
+    """(n, what they are) of the units a metric is a rate over, at one report row."""
+    counted = metric_registry.get(name).counted
+    noun = metrics.UNIT_NOUNS[level]
+    if not counted:
+        return m["n"], noun
+    (tn, fp), (fn, tp) = m["confusion_matrix"]["counts"]
+    cells = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    return sum(cells[c] for c in counted.split("+")), COUNTED_UNITS[counted].format(noun)
+
+
+def degenerate_intervals(report: dict) -> list[dict]:
+    """Intervals of zero width at 0 or 1 (no resample of subjects changes the value), one entry
+    per level and metric (with the thresholds of the rows showing it): n, the units counted,
+    and the rule-of-three 95% upper bound 3/n on the error rate (1 - value, or the value at 0);
+    None for threshold-free metrics (no count of units to bound)."""
+    found: dict[tuple, dict] = {}
+    for level in REPORT_LEVELS:
+        if level not in report:
+            continue
+        r = report[level]
+        rows = [r, r["at_0.5"]] if "at_0.5" in r else [r]
+        for i, m in enumerate(rows):
+            for name, interval in m.get("ci95", {}).items():
+                free = metric_registry.get(name).threshold_free
+                if (free and i) or not _is_extreme(m.get(name), interval):
+                    continue
+                n, units = _counted(name, m, level)
+                entry = found.setdefault((level, name, m[name], n), {
+                    "level": level, "metric": name, "value": m[name], "n": n, "units": units,
+                    "subjects": r["n_subjects"], "thresholds": [],
+                    "rule_of_three_bound": None if free or not n else min(1.0, 3 / n),
+                })  # fmt: skip
+                if "threshold" in m and not free:
+                    entry["thresholds"].append(m["threshold"])
+    return list(found.values())
+
+
+def caveat_text(entry: dict) -> str:
+    """The sentence a report gives a zero-width interval (degenerate_intervals' entry)."""
+    name, value, n = metric_registry.label(entry["metric"]), entry["value"], entry["n"]
+    at = " and ".join(f"{t:.3f}" for t in entry["thresholds"])
+    where = f"{entry['level']} level" + (f" at {at}" if at else "")
+    head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {where}"
+    if entry["rule_of_three_bound"] is None:
+        return (f"{head}: every resample of the {entry['subjects']} subjects gives "
+                f"{value:.3f}, so the interval shows no uncertainty; it is not certainty "
+                f"({n} {entry['units']}).")  # fmt: skip
+    bounded = f"the error rate (1 - {name})" if value == 1 else name
+    outcome = "no error" if value == 1 else "no success"
+    return (f"{head}: {outcome} among the {n} {entry['units']}; with {n} {entry['units']} the "
+            f"95% upper bound on {bounded} is 3/{n} = {entry['rule_of_three_bound']:.3f} "
+            "(rule of three).")  # fmt: skip
+
+
+def markdown_degenerate(report: dict) -> list[str]:
+    """The caveats of the report's zero-width intervals, under its tables."""
+    entries = report.get("degenerate_intervals") or []
+    if not entries:
+        return []
+    return ["", "Intervals of zero width (a percentile bootstrap cannot show the uncertainty of "
+            "zero errors):", "", *(f"- {caveat_text(e)}" for e in entries)]  # fmt: skip
+
+
 def markdown_end(md: list[str], notes: list[str], figures: dict[str, str]) -> str:
     """A report's Markdown: `md`, then its notes and figures."""
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
     if figures:
         md += ["", "## Figures", ""]
-        md += [f"![{name}]({path})" for name, path in figures.items()]
+        for name, path in figures.items():
+            md.append(f"![{name}]({path})")
+            if name == "gradcam":
+                md += ["", GRADCAM_TEXT, ""]
     return "\n".join(md) + "\n"
 
 
@@ -435,8 +662,8 @@ def markdown_calibration(report: dict, heading: str) -> list[str]:
 
 
 def markdown_cell(text: object) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|")
+    """Text safe inside a Markdown table cell (markdown_text)."""
+    return markdown_text(text)
 
 
 def markdown_distribution(report: dict) -> list[str]:
