@@ -246,6 +246,8 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         f"# Evaluation report: {report['split']} split, {report['num_classes']} classes",
         "",
         *reports.markdown_about(report, "fitted the temperature"),
+        "## Metrics",
+        "",
         "Classes (in label order): "
         + ", ".join(_cell(n) for n in report["class_names"]) + ".",
         "",

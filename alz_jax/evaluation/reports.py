@@ -403,6 +403,8 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
         f"# Evaluation report: {split} split",
         "",
         *markdown_about(report, "chose the thresholds"),
+        "## Metrics",
+        "",
         f"Decision threshold chosen on the **validation** split by `{cal['threshold_method']}` "
         "and applied unchanged here; results at 0.5 below each. Temperature "
         + (f"{cal['temperature']:.3f} applied." if cal["temperature_applied"] else
@@ -612,7 +614,7 @@ def caveat_text(entry: dict) -> str:
     """The sentence a report gives a zero-width interval (degenerate_intervals' entry)."""
     name, value, n = metric_registry.label(entry["metric"]), entry["value"], entry["n"]
     at = " and ".join(f"{t:.3f}" for t in entry["thresholds"])
-    where = f"{entry['level']} level" + (f" at {at}" if at else "")
+    where = f"{entry['level']} level" + (f", threshold {at}" if at else "")
     head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {where}"
     if entry["rule_of_three_bound"] is None:
         return (f"{head}: every resample of the {entry['subjects']} subjects gives "
@@ -620,9 +622,10 @@ def caveat_text(entry: dict) -> str:
                 f"({n} {entry['units']}).")  # fmt: skip
     bounded = f"the error rate (1 - {name})" if value == 1 else name
     outcome = "no error" if value == 1 else "no success"
-    return (f"{head}: {outcome} among the {n} {entry['units']}; with {n} {entry['units']} the "
-            f"95% upper bound on {bounded} is 3/{n} = {entry['rule_of_three_bound']:.3f} "
-            "(rule of three).")  # fmt: skip
+    return (
+        f"{head}: {outcome} among its {n} {entry['units']}; with n = {n}, the 95% upper "
+        f"bound on {bounded} is 3/{n} = {entry['rule_of_three_bound']:.3f} (rule of three)."
+    )
 
 
 def markdown_degenerate(report: dict) -> list[str]:
