@@ -44,7 +44,7 @@ def _evaluate(data, workdir, monkeypatch, about=None, **settings) -> dict:
         pipeline=input_pipeline.PipelineSpec(image_size=32), batch_size=16, mesh=None,
         split="test", step=7, weights="raw", selection=None, workdir=workdir,
         settings=reports.EvalSettings(gradcam_scans=0, bootstrap_samples=200, **settings),
-        about=about,
+        **({"about": about} if about else {}),
     )  # fmt: skip
 
 
