@@ -232,8 +232,9 @@ def test_a_zero_width_interval_gets_the_rule_of_three_with_its_n():
         f"{subject['threshold']:.3f} and 0.500: no error among its 8 AD subjects; with n = 8, "
         "the 95% upper bound on the error rate (1 - sensitivity) is 3/8 = 0.375 (rule of three)."
     ) in text
-    # At the slice level the same detections count 24 AD images.
-    assert "no error among its 24 AD images; with n = 24" in text
+    # At the slice level the same detections count 24 AD images, of 8 subjects: n is 8.
+    assert ("no error among its 24 AD images, from 8 subjects; with n = 8 subjects (the "
+            "independent unit), the 95% upper bound") in text  # fmt: skip
     # A metric with a real interval gets no caveat.
     assert subject["ci95"]["specificity"][0] < subject["ci95"]["specificity"][1]
     assert not any(e["metric"] == "specificity" for e in report["degenerate_intervals"])
@@ -291,3 +292,26 @@ def test_the_gradcam_figure_is_explained_with_its_colour_scale():
     after = lines[lines.index("![gradcam](g_test.jpg)") + 1]
     assert after.startswith("Grad-CAM: ") and after == reports.GRADCAM_TEXT
     assert "blue (0" in after and "red (1" in after and "scaled to 1 per slice" in after
+
+
+def test_few_subjects_get_no_bound_and_an_npv_without_nc_calls_is_undefined():
+    val, val_margins = _one_scan_subjects((0.2, 0.3), 0.4, seed=2)
+    records, margins = _one_scan_subjects((0.5, 0.6), 0.9, seed=1, n=2)  # all called AD
+    settings = reports.EvalSettings(bootstrap_samples=50, gradcam_scans=0)
+    calibration = task_reports.calibrate(BINARY, val, {"plain": val_margins}, settings, True)
+    metadata = {"subject_source": "meta.json", "protocol": "official"}
+    report, _ = reports.build_report(
+        "test", records, {"plain": margins}, metadata, 3, calibration, settings
+    )
+    subject = report["subject"]
+    assert subject["confusion_matrix"]["counts"] == [[0, 2], [0, 2]]
+    assert subject["npv"] is None and subject["ci95"]["npv"] is None
+    text = reports.format_markdown(report, {})
+    assert (
+        f"- sensitivity 1.000 [1.000, 1.000] at subject level, threshold "
+        f"{subject['threshold']:.3f} and 0.500: no error among its 2 AD subjects; with n = 2, no "
+        "95% bound "
+        "below 1 follows (rule of three: 3/n)."
+    ) in text
+    assert "specificity 0.000 [0.000, 0.000] at subject level" in text
+    assert "none right among its 2 NC subjects" in text

@@ -143,6 +143,8 @@ def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: f
         "threshold": float(threshold),
         # The NC class's F1 is in per_class (its precision, the NPV, also here).
         **{k: v for k, v in rates.items() if k != "f1_nc"},
+        # Nothing called NC: no NPV (not 0, which would read as every NC call wrong).
+        "npv": rates["npv"] if tn + fn else None,
         "roc_auc": roc_auc(labels, prob_ad),
         "pr_auc": pr_auc(labels, prob_ad),
         "per_class": per_class,

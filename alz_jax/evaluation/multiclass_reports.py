@@ -81,7 +81,7 @@ def build_report(
     }
     reports.add_ece_variants(report, records, logits, task, mc.reliability_bins,
                              settings.calibration_bins)  # fmt: skip
-    report["degenerate_intervals"] = reports.degenerate_intervals(report)
+    report["degenerate_intervals"] = reports.degenerate_intervals(report, units)
     if len(logits_by_view) > 1:
         tta_probs = task.probabilities(logits_by_view, temperature)
         tta_units = metrics.level_units(records, tta_probs, subjects_known)

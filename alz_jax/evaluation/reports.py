@@ -49,9 +49,14 @@ TABLE_METRICS = 5
 # The heading of the metrics of a decision, by whether the task has a threshold.
 DECIDED_HEADINGS = {True: "At the threshold chosen on validation, and at 0.5",
                     False: "At the decision (the most probable class)"}  # fmt: skip
-# Who a binary rate counts (metric_registry.Metric.counted), for the rule-of-three caveat.
-COUNTED_UNITS = {"tp+fn": "AD {}", "tn+fp": "NC {}", "tp+fp": "{} called AD",
-                 "tn+fn": "{} called NC"}  # fmt: skip
+# Who a binary rate counts (metric_registry.Metric.counted), for the rule-of-three caveat: the
+# units' name, and which they are of (labels, called AD).
+COUNTED = {
+    "tp+fn": ("AD {}", lambda labels, called: labels == 1),
+    "tn+fp": ("NC {}", lambda labels, called: labels == 0),
+    "tp+fp": ("{} called AD", lambda labels, called: called),
+    "tn+fn": ("{} called NC", lambda labels, called: ~called),
+}
 GRADCAM_TEXT = (
     "Grad-CAM: where the last stage's features pushed the model towards its call on each slice "
     "(the positive part of the gradient-weighted feature map, upsampled from the last stage's "
@@ -150,7 +155,7 @@ def build_report(
         "bootstrap": bootstrap_text(settings, subjects_known),
         **level_results(units, plain["thresholds"], settings),
     }
-    report["degenerate_intervals"] = degenerate_intervals(report)
+    report["degenerate_intervals"] = degenerate_intervals(report, units)
     add_ece_variants(report, records, logits_by_view["plain"], TASK, metrics.reliability_bins,
                      settings.calibration_bins)  # fmt: skip
     if "tta" in calibration:
@@ -572,22 +577,29 @@ def _is_extreme(value: float | None, interval: list[float] | None) -> bool:
     return round(value) in (0, 1) and all(np.isclose(x, value, atol=1e-12) for x in interval)
 
 
-def _counted(name: str, m: dict, level: str) -> tuple[int, str]:
-    """(n, what they are) of the units a metric is a rate over, at one report row."""
+def _counted(name: str, m: dict, level: str, u: metrics.Units) -> dict:
+    """The units a metric is a rate over at one report row (all of them, or those of
+    metric_registry.Metric.counted: true AD, true NC, called AD, called NC), as {n_units,
+    units (what they are), n (their subjects: the independent, resampled unit)}."""
     counted = metric_registry.get(name).counted
+    labels = np.asarray(u.labels)
+    if counted:
+        called = np.asarray(u.probs) >= m["threshold"]
+        label, chosen = COUNTED[counted][0], COUNTED[counted][1](labels, called)
+    else:
+        label, chosen = "{}", np.ones(len(labels), bool)
+    n_units = int(chosen.sum())
     noun = metrics.UNIT_NOUNS[level]
-    if not counted:
-        return m["n"], noun
-    (tn, fp), (fn, tp) = m["confusion_matrix"]["counts"]
-    cells = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
-    return sum(cells[c] for c in counted.split("+")), COUNTED_UNITS[counted].format(noun)
+    return {"n_units": n_units, "units": label.format(noun[:-1] if n_units == 1 else noun),
+            "n": len(set(np.asarray(u.subjects)[chosen].tolist()))}  # fmt: skip
 
 
-def degenerate_intervals(report: dict) -> list[dict]:
+def degenerate_intervals(report: dict, units: dict[str, metrics.Units]) -> list[dict]:
     """Intervals of zero width at 0 or 1 (no resample of subjects changes the value), one entry
-    per level and metric (with the thresholds of the rows showing it): n, the units counted,
-    and the rule-of-three 95% upper bound 3/n on the error rate (1 - value, or the value at 0);
-    None for threshold-free metrics (no count of units to bound)."""
+    per level and metric (with the thresholds of the rows showing it): the units counted, n of
+    their subjects (scans where subjects are unknown), and the rule-of-three 95% upper bound
+    3/n on the error rate (1 - value; the value itself at 0), None where n <= 3 or the metric
+    ranks (no count of units to bound)."""
     found: dict[tuple, dict] = {}
     for level in REPORT_LEVELS:
         if level not in report:
@@ -599,11 +611,12 @@ def degenerate_intervals(report: dict) -> list[dict]:
                 free = metric_registry.get(name).threshold_free
                 if (free and i) or not _is_extreme(m.get(name), interval):
                     continue
-                n, units = _counted(name, m, level)
-                entry = found.setdefault((level, name, m[name], n), {
-                    "level": level, "metric": name, "value": m[name], "n": n, "units": units,
-                    "subjects": r["n_subjects"], "thresholds": [],
-                    "rule_of_three_bound": None if free or not n else min(1.0, 3 / n),
+                counted = _counted(name, m, level, units[level])
+                n = counted["n"]
+                entry = found.setdefault((level, name, m[name], n, counted["n_units"]), {
+                    "level": level, "metric": name, "value": m[name], "thresholds": [],
+                    **counted, "resampled": f"{report['bootstrap']['resampled_unit']}s",
+                    "rule_of_three_bound": None if free or n <= 3 else 3 / n,
                 })  # fmt: skip
                 if "threshold" in m and not free:
                     entry["thresholds"].append(m["threshold"])
@@ -614,18 +627,25 @@ def caveat_text(entry: dict) -> str:
     """The sentence a report gives a zero-width interval (degenerate_intervals' entry)."""
     name, value, n = metric_registry.label(entry["metric"]), entry["value"], entry["n"]
     at = " and ".join(f"{t:.3f}" for t in entry["thresholds"])
-    where = f"{entry['level']} level" + (f", threshold {at}" if at else "")
-    head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {where}"
-    if entry["rule_of_three_bound"] is None:
-        return (f"{head}: every resample of the {entry['subjects']} subjects gives "
-                f"{value:.3f}, so the interval shows no uncertainty; it is not certainty "
-                f"({n} {entry['units']}).")  # fmt: skip
+    head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {entry['level']} level" + (
+        f", threshold {at}" if at else "")  # fmt: skip
+    resampled = entry["resampled"]
+    if metric_registry.get(entry["metric"]).threshold_free:
+        return (f"{head}: every resample of the {n} {resampled} gives {value:.3f}; the interval "
+                "shows no uncertainty, which is not certainty.")  # fmt: skip
+    outcome = "no error" if value == 1 else "none right"
+    counted = f"{entry['n_units']} {entry['units']}"
+    independent = f"n = {n}"
+    if metrics.UNIT_NOUNS[entry["level"]] != resampled:  # slices (or scans) of n subjects
+        counted += f", from {n} {resampled}"
+        independent += f" {resampled} (the independent unit)"
+    bound = entry["rule_of_three_bound"]
+    if bound is None:
+        return (f"{head}: {outcome} among its {counted}; with {independent}, no 95% bound "
+                "below 1 follows (rule of three: 3/n).")  # fmt: skip
     bounded = f"the error rate (1 - {name})" if value == 1 else name
-    outcome = "no error" if value == 1 else "no success"
-    return (
-        f"{head}: {outcome} among its {n} {entry['units']}; with n = {n}, the 95% upper "
-        f"bound on {bounded} is 3/{n} = {entry['rule_of_three_bound']:.3f} (rule of three)."
-    )
+    return (f"{head}: {outcome} among its {counted}; with {independent}, the 95% upper bound "
+            f"on {bounded} is 3/{n} = {bound:.3f} (rule of three).")  # fmt: skip
 
 
 def markdown_degenerate(report: dict) -> list[str]:
