@@ -315,3 +315,26 @@ def test_few_subjects_get_no_bound_and_an_npv_without_nc_calls_is_undefined():
     ) in text
     assert "specificity 0.000 [0.000, 0.000] at subject level" in text
     assert "none right among its 2 NC subjects" in text
+
+
+def test_an_f1_of_zero_gets_no_bound_and_one_subject_is_singular():
+    # Two NC and two AD subjects; only one is called AD, and it is NC: TP 0, so F1 (AD) and
+    # precision are 0.
+    labels, probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.9, 0.2, 0.3])
+    units = {"subject": metrics.Units(list("abcd"), labels, probs, np.array(list("abcd")))}
+    m = metrics.classification_metrics(labels, probs)
+    assert m["f1_ad"] == m["precision"] == 0.0
+    zero = {"f1_ad": [0.0, 0.0], "precision": [0.0, 0.0]}
+    report = {"bootstrap": {"resampled_unit": "subject"},
+              "subject": {**m, "n_subjects": 4, "ci95": zero}}  # fmt: skip
+    entries = {e["metric"]: e for e in reports.degenerate_intervals(report, units)}
+    assert set(entries) == {"f1_ad", "precision"}
+    assert not entries["f1_ad"]["bounded"] and entries["f1_ad"]["rule_of_three_bound"] is None
+    assert reports.caveat_text(entries["f1_ad"]) == (
+        "F1 (AD) 0.000 [0.000, 0.000] at subject level, threshold 0.500: every resample of the 4 "
+        "subjects gives 0.000; the interval shows no uncertainty, which is not certainty."
+    )
+    assert entries["precision"]["n"] == 1
+    assert "none right among its 1 subject called AD; with n = 1, no 95% bound below 1" in (
+        reports.caveat_text(entries["precision"])
+    )

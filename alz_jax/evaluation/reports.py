@@ -590,7 +590,7 @@ def _counted(name: str, m: dict, level: str, u: metrics.Units) -> dict:
         label, chosen = "{}", np.ones(len(labels), bool)
     n_units = int(chosen.sum())
     noun = metrics.UNIT_NOUNS[level]
-    return {"n_units": n_units, "units": label.format(noun[:-1] if n_units == 1 else noun),
+    return {"n_units": n_units, "units": label.format(_counting(n_units, noun)),
             "n": len(set(np.asarray(u.subjects)[chosen].tolist()))}  # fmt: skip
 
 
@@ -598,8 +598,8 @@ def degenerate_intervals(report: dict, units: dict[str, metrics.Units]) -> list[
     """Intervals of zero width at 0 or 1 (no resample of subjects changes the value), one entry
     per level and metric (with the thresholds of the rows showing it): the units counted, n of
     their subjects (scans where subjects are unknown), and the rule-of-three 95% upper bound
-    3/n on the error rate (1 - value; the value itself at 0), None where n <= 3 or the metric
-    ranks (no count of units to bound)."""
+    3/n on the error rate (1 - value; the value itself at 0), None where n <= 3 or where no
+    count bounds it (`bounded` false: an area, or F1 at 0)."""
     found: dict[tuple, dict] = {}
     for level in REPORT_LEVELS:
         if level not in report:
@@ -613,14 +613,23 @@ def degenerate_intervals(report: dict, units: dict[str, metrics.Units]) -> list[
                     continue
                 counted = _counted(name, m, level, units[level])
                 n = counted["n"]
+                # A count of errors (or successes) to bound: a rate at 0 or 1, or any metric at
+                # 1 (every unit right); not an area, nor F1 or kappa at 0.
+                bounded = not free and (m[name] == 1 or bool(metric_registry.get(name).counted))
                 entry = found.setdefault((level, name, m[name], n, counted["n_units"]), {
                     "level": level, "metric": name, "value": m[name], "thresholds": [],
                     **counted, "resampled": f"{report['bootstrap']['resampled_unit']}s",
-                    "rule_of_three_bound": None if free or n <= 3 else 3 / n,
+                    "bounded": bounded,
+                    "rule_of_three_bound": 3 / n if bounded and n > 3 else None,
                 })  # fmt: skip
                 if "threshold" in m and not free:
                     entry["thresholds"].append(m["threshold"])
     return list(found.values())
+
+
+def _counting(n: int, noun: str) -> str:
+    """`noun` ('subjects') for n of them: singular for one."""
+    return noun[:-1] if n == 1 else noun
 
 
 def caveat_text(entry: dict) -> str:
@@ -629,14 +638,14 @@ def caveat_text(entry: dict) -> str:
     at = " and ".join(f"{t:.3f}" for t in entry["thresholds"])
     head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {entry['level']} level" + (
         f", threshold {at}" if at else "")  # fmt: skip
-    resampled = entry["resampled"]
-    if metric_registry.get(entry["metric"]).threshold_free:
+    resampled = _counting(n, entry["resampled"])
+    if not entry.get("bounded", True):
         return (f"{head}: every resample of the {n} {resampled} gives {value:.3f}; the interval "
                 "shows no uncertainty, which is not certainty.")  # fmt: skip
     outcome = "no error" if value == 1 else "none right"
     counted = f"{entry['n_units']} {entry['units']}"
     independent = f"n = {n}"
-    if metrics.UNIT_NOUNS[entry["level"]] != resampled:  # slices (or scans) of n subjects
+    if metrics.UNIT_NOUNS[entry["level"]] != entry["resampled"]:  # slices (or scans) of subjects
         counted += f", from {n} {resampled}"
         independent += f" {resampled} (the independent unit)"
     bound = entry["rule_of_three_bound"]
