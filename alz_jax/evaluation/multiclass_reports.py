@@ -245,11 +245,10 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     md = [
         f"# Evaluation report: {report['split']} split, {report['num_classes']} classes",
         "",
-        *reports.markdown_about(report, "fitted the temperature"),
+        *reports.markdown_about(report, "fitted the temperature", [
+            "- Classes (in label order): " + ", ".join(_cell(n) for n in report["class_names"])
+            + "."]),
         "## Metrics",
-        "",
-        "Classes (in label order): "
-        + ", ".join(_cell(n) for n in report["class_names"]) + ".",
         "",
         f"Predicted class: the most probable (no threshold); {_temperature_text(cal)}. "
         f"{reports.interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}). "

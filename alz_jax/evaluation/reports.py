@@ -15,7 +15,10 @@ What a report holds, per level (slice; scan = mean of its slices' P(AD); subject
 scans'): the metrics at the threshold chosen on the validation split (never on test) and at 0.5,
 each with a 95% interval from resampling subjects; ROC and PR AUC; calibration (reliability bins,
 ECE, and a temperature fitted on validation); optionally test-time augmentation beside the plain
-result; and Grad-CAM pictures of chosen scans.
+result; and Grad-CAM pictures of chosen scans. The Markdown opens with what the report is about
+(model, config, data folder and layout, synthetic or not, split sizes per class, the validation
+size behind the thresholds), keeps each table to about seven columns, and gives a rule-of-three
+caveat for each interval of zero width; every user-supplied string in it is escaped.
 """
 
 from __future__ import annotations
@@ -497,10 +500,10 @@ def data_text(report: dict) -> str:
     return text + "; not the synthetic stand-in"
 
 
-def markdown_about(report: dict, calibrated: str) -> list[str]:
+def markdown_about(report: dict, calibrated: str, extra: Sequence[str] = ()) -> list[str]:
     """The "About this run" block heading a report: the model, config, data folder and layout,
-    the synthetic flag, what was evaluated, the split's size per class, and the size of the
-    validation split that `calibrated` ('chose the thresholds')."""
+    the synthetic flag, what was evaluated, the split's size per class, the size of the
+    validation split that `calibrated` ('chose the thresholds'), then the `extra` lines."""
     about = report.get("about") or {}
     names = report.get("class_names") or metrics.CLASS_NAMES
     md = ["## About this run", ""]
@@ -520,7 +523,7 @@ def markdown_about(report: dict, calibrated: str) -> list[str]:
     counts = report["calibration"].get("validation_counts")
     if counts:
         md.append(f"- Validation split (it {calibrated}): {split_text(counts)}.")
-    return [*md, ""]
+    return [*md, *extra, ""]
 
 
 def markdown_table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
