@@ -48,11 +48,13 @@ def _evaluate(data, workdir, monkeypatch, about=None, **settings) -> dict:
     )  # fmt: skip
 
 
-def _saved_run(workdir, argv: list[str], manual_dir: str | None = None) -> saved_run.SavedRun:
+def _saved_run(
+    workdir, argv: list[str], manual_dir: str | None = None, **start
+) -> saved_run.SavedRun:
     config = demo.get_config()
     config.data.manual_dir = manual_dir
     (workdir / "run").mkdir(parents=True)
-    (workdir / "run" / "starts.jsonl").write_text(json.dumps({"argv": argv}) + "\n")
+    (workdir / "run" / "starts.jsonl").write_text(json.dumps({"argv": argv, **start}) + "\n")
     spec = specs.resolve(config)
     return saved_run.SavedRun(str(workdir), config, {}, spec, spec.averages)
 
@@ -102,6 +104,10 @@ def test_the_about_block_names_model_config_data_and_the_synthetic_stand_in(tmp_
     text = (tmp_path / "run_b" / "report_test.md").read_text()
     assert "- Data: /data/adni (layout adni); not the synthetic stand-in." in text
     assert "- Config: my_run.py." in text
+    # `make demo` names no --config: the start records the default it used.
+    demo_run = _saved_run(tmp_path / "run_c", ["demo.py"], config_file="demo.py")
+    assert saved_run.config_name(demo_run.workdir) == "demo.py"
+    assert saved_run.config_name(tmp_path / "nothing") is None
 
 
 def test_the_split_sizes_per_class_and_the_validation_size_are_stated(tmp_path, monkeypatch):

@@ -249,11 +249,15 @@ class SavedRun:
 
 
 def config_name(workdir) -> str | None:
-    """The file name of the config the run in `workdir` was first started with (its --config,
-    from run/starts.jsonl), or None where that start named none (a run started from Python)."""
+    """The file name of the config the run in `workdir` was first started with, from
+    run/starts.jsonl (its `config_file`, or for older runs the --config of its command line),
+    or None where that start named none (a run started from Python)."""
     path = storage.path(workdir) / "run" / "starts.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    argv = json.loads(lines[0]).get("argv", []) if lines else []
+    start = json.loads(lines[0]) if lines else {}
+    if start.get("config_file"):
+        return start["config_file"]
+    argv = start.get("argv", [])
     for i, arg in enumerate(argv):
         value = arg.removeprefix("--config=") if arg.startswith("--config=") else (
             argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)  # fmt: skip
