@@ -166,6 +166,7 @@ def test_a_threshold_far_from_one_half_is_noted_with_its_validation_size(tmp_pat
         assert abs(t - 0.5) > reports.FAR_THRESHOLD
         note = f"the {level} threshold is {t:.3f}, set on {noun}; so far from 0.5"
         assert note in markdown and f"Note: {note}" in table
+    assert max(len(line) for line in table.splitlines()) < 200
     # Thresholds near 0.5 get no note.
     near = _evaluate(FakeData(), tmp_path, monkeypatch)
     assert all(abs(t - 0.5) <= 0.2 for t in near["calibration"]["thresholds"].values())
