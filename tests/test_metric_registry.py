@@ -140,9 +140,10 @@ def test_each_role_keeps_the_order_its_tables_had():
     """The registry's order is the tables' order: these are the lists written by hand before
     the registry (reports, comparison, cross-validation, TensorBoard), pinned."""
     binary, k_class = tasks.BinaryTask(2), tasks.MulticlassTask(4)
+    # NPV (issue 25) is the one addition: beside PPV, in the report's tables only.
     assert binary.metric_names("interval") == (
-        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1_ad",
-        "macro_f1", "roc_auc", "pr_auc",
+        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv",
+        "f1_ad", "macro_f1", "roc_auc", "pr_auc",
     )  # fmt: skip
     assert k_class.metric_names("interval") == (
         "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "quadratic_kappa",

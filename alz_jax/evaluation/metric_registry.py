@@ -130,6 +130,11 @@ class Metric:
     # Levels shown in the console line of each validation, and the metric's name there.
     progress_levels: tuple[str, ...] = ()
     short: str = ""
+    # Binary: the confusion counts the rate is taken over ("tp+fn": the AD units); empty: every
+    # unit. A report's rule-of-three caveat counts them.
+    counted: str = ""
+    # Whether the metric ranks probabilities (no threshold): reports show it once per level.
+    threshold_free: bool = False
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -182,11 +187,14 @@ for _metric in (
             MULTICLASS: _score("balanced_accuracy")},
            hparam_columns=(("test", "slice", 11),)),
     Metric("sensitivity", "sensitivity", True, _roles("interval validation cv |"),
-           {BINARY: _rate("sensitivity", "tp+fn")}),
+           {BINARY: _rate("sensitivity", "tp+fn")}, counted="tp+fn"),
     Metric("specificity", "specificity", True, _roles("interval validation cv |"),
-           {BINARY: _rate("specificity", "tn+fp")}),
-    Metric("precision", "precision", True, _roles("interval |"),
-           {BINARY: _rate("precision", "tp+fp")}),
+           {BINARY: _rate("specificity", "tn+fp")}, counted="tn+fp"),
+    Metric("precision", "PPV (precision)", True, _roles("interval |"),
+           {BINARY: _rate("precision", "tp+fp")}, counted="tp+fp"),
+    # Reported beside PPV only: no validation scalar, so no HParams column or selection.
+    Metric("npv", "NPV", True, _roles("interval |"), {BINARY: _rate("npv", "tn+fn")},
+           counted="tn+fn"),
     Metric("f1_ad", "F1 (AD)", True, _roles("interval |"), {BINARY: _rate("f1_ad")}),
     Metric("macro_f1", "macro F1", True,
            _roles("interval selection cv test"
@@ -201,13 +209,15 @@ for _metric in (
     Metric("roc_auc", "ROC AUC", True,
            _roles("interval validation selection compare cv test robustness"
                   " | validation selection"),
-           {BINARY: _roc_auc, MULTICLASS: _macro_ovr_auc},
+           {BINARY: _roc_auc, MULTICLASS: _macro_ovr_auc}, threshold_free=True,
            hparam_columns=(("validation", "slice", 3), ("test", "slice", 14),
                            ("test", "scan", 15)),
            progress_levels=("slice",), short="AUC"),
     Metric("roc_auc_ovr_macro", "macro AUC (OvR)", True,
-           _roles("| interval compare cv robustness"), {MULTICLASS: _macro_ovr_auc}),
-    Metric("pr_auc", "PR AUC", True, _roles("interval cv |"), {BINARY: _pr_auc}),
+           _roles("| interval compare cv robustness"), {MULTICLASS: _macro_ovr_auc},
+           threshold_free=True),
+    Metric("pr_auc", "PR AUC", True, _roles("interval cv |"), {BINARY: _pr_auc},
+           threshold_free=True),
     Metric("ece", "ECE", False, _roles("compare | compare"),
            {BINARY: _binary_ece, MULTICLASS: _top_label_ece}),
 ):  # fmt: skip

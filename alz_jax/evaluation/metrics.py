@@ -141,8 +141,10 @@ def classification_metrics(labels: np.ndarray, prob_ad: np.ndarray, threshold: f
     return {
         "n": len(labels),
         "threshold": float(threshold),
-        # The NC class's precision and F1 are in per_class.
-        **{k: v for k, v in rates.items() if k not in ("npv", "f1_nc")},
+        # The NC class's F1 is in per_class (its precision, the NPV, also here).
+        **{k: v for k, v in rates.items() if k != "f1_nc"},
+        # Nothing called NC: no NPV (not 0, which would read as every NC call wrong).
+        "npv": rates["npv"] if tn + fn else None,
         "roc_auc": roc_auc(labels, prob_ad),
         "pr_auc": pr_auc(labels, prob_ad),
         "per_class": per_class,
@@ -220,6 +222,29 @@ def multilevel_metrics(
         level: classification_metrics(u.labels, u.probs, thresholds.get(level, 0.5))
         for level, u in level_units(records, prob_ad, subjects_known).items()
     }
+
+
+# What a report calls the units of each level.
+UNIT_NOUNS = {"slice": "images", "scan": "scans", "subject": "subjects"}
+
+
+def split_counts(
+    records: dict[str, np.ndarray], subjects_known: bool, class_names: Sequence[str] = ()
+) -> dict:
+    """How many images, scans and (when subjects are known) subjects a split holds, and, given
+    `class_names` in label order, how many of each per class ("by_class"; a subject with visits
+    of two classes counts in both, so the classes may add up to more than the total)."""
+    labels = np.asarray(records["label"]).astype(np.int64)
+    keys = {"images": np.arange(len(labels)), "scans": np.asarray(records["scan_id"], object)}
+    if subjects_known:
+        keys["subjects"] = np.asarray(records["subject_id"], object)
+    out: dict = {unit: len(set(k.tolist())) for unit, k in keys.items()}
+    if len(class_names):
+        out["by_class"] = {
+            name: {unit: len(set(k[labels == c].tolist())) for unit, k in keys.items()}
+            for c, name in enumerate(class_names)
+        }
+    return out
 
 
 def nll(labels: np.ndarray, prob_ad: np.ndarray) -> float:

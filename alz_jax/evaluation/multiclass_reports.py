@@ -73,6 +73,7 @@ def build_report(
         "num_classes": len(names),
         "class_names": names,
         "class_distribution": {n: int(c) for n, c in zip(names, per_class, strict=True)},
+        "counts": metrics.split_counts(records, subjects_known, names),
         "loss": mc.nll(records["label"], probs),
         "calibration": plain,
         "bootstrap": reports.bootstrap_text(settings, subjects_known),
@@ -80,6 +81,7 @@ def build_report(
     }
     reports.add_ece_variants(report, records, logits, task, mc.reliability_bins,
                              settings.calibration_bins)  # fmt: skip
+    report["degenerate_intervals"] = reports.degenerate_intervals(report, units)
     if len(logits_by_view) > 1:
         tta_probs = task.probabilities(logits_by_view, temperature)
         tta_units = metrics.level_units(records, tta_probs, subjects_known)
@@ -205,20 +207,10 @@ _cell = reports.markdown_cell
 
 def _markdown_levels(report: dict, source: dict) -> list[str]:
     names = tasks.MulticlassTask(len(report["class_names"])).metric_names("interval")
-    md = [
-        "| level | n | subjects | " + " | ".join(names) + " | ECE |",
-        "|---" * (4 + len(names)) + "|",
-    ]
-    for level in REPORT_LEVELS:
-        if level in source:
-            m = source[level]
-            ece = m.get("calibration", {}).get("ece")  # none under test-time augmentation
-            md.append(
-                f"| **{level}** | {m['n']} | {m['n_subjects']} | "
-                + " | ".join(reports.ci_text(m, n) for n in names)
-                + f" | {_value(ece, 4)} |"
-            )
-    return md
+    # No ECE under test-time augmentation: its levels hold no calibration.
+    extra = {"ECE": lambda m: _value(m["calibration"]["ece"], 4)} if source is report else {}
+    return reports.markdown_levels(report, source, names, lambda level, m: [(f"**{level}**", m)],
+                                   extra)  # fmt: skip
 
 
 def _markdown_classes(report: dict) -> list[str]:
@@ -253,16 +245,16 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     md = [
         f"# Evaluation report: {report['split']} split, {report['num_classes']} classes",
         "",
-        f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol {reports.protocol_text(report['protocol'])}; "
-        f"subjects from `{report['subject_source']}`; classes (in label order) "
-        + ", ".join(f"`{n}`" for n in report["class_names"]) + ".",
+        *reports.markdown_about(report, "fitted the temperature", [
+            "- Classes (in label order): " + ", ".join(_cell(n) for n in report["class_names"])
+            + "."]),
+        "## Metrics",
         "",
         f"Predicted class: the most probable (no threshold); {_temperature_text(cal)}. "
         f"{reports.interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}). "
         "The quadratic kappa weighs a mistake by the square of its distance in stages.",
-        "",
         *_markdown_levels(report, report),
+        *reports.markdown_degenerate(report),
     ]  # fmt: skip
     md += _markdown_classes(report)
     md += reports.markdown_distribution(report)

@@ -15,11 +15,15 @@ What a report holds, per level (slice; scan = mean of its slices' P(AD); subject
 scans'): the metrics at the threshold chosen on the validation split (never on test) and at 0.5,
 each with a 95% interval from resampling subjects; ROC and PR AUC; calibration (reliability bins,
 ECE, and a temperature fitted on validation); optionally test-time augmentation beside the plain
-result; and Grad-CAM pictures of chosen scans.
+result; and Grad-CAM pictures of chosen scans. The Markdown opens with what the report is about
+(model, config, data folder and layout, synthetic or not, split sizes per class, the validation
+size behind the thresholds), keeps each table to about seven columns, and gives a rule-of-three
+caveat for each interval of zero width; every user-supplied string in it is escaped.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from alz_jax.core import sharding
 from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, metrics, saliency, tasks
+from alz_jax.evaluation import figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import storage
 from tfds_builders.mri_slices import audit
@@ -41,6 +45,27 @@ REPORT_LEVELS = metrics.LEVELS
 LEAK_WARNING_SHARE = audit.LEAKAGE_WARN_SHARE
 LEAK_WARNING = f"Warning: {audit.LEAKAGE_WARNING}"
 TASK = tasks.BinaryTask(2)  # the task this module reports
+# A threshold further than this from 0.5 gets a note naming the validation units it was set on.
+FAR_THRESHOLD = 0.2
+# Metrics per Markdown table beside its level (and threshold) column: at most ~7 columns.
+TABLE_METRICS = 5
+# The heading of the metrics of a decision, by whether the task has a threshold.
+DECIDED_HEADINGS = {True: "At the threshold chosen on validation, and at 0.5",
+                    False: "At the decision (the most probable class)"}  # fmt: skip
+# Who a binary rate counts (metric_registry.Metric.counted), for the rule-of-three caveat: the
+# units' name, and which they are of (labels, called AD).
+COUNTED = {
+    "tp+fn": ("AD {}", lambda labels, called: labels == 1),
+    "tn+fp": ("NC {}", lambda labels, called: labels == 0),
+    "tp+fp": ("{} called AD", lambda labels, called: called),
+    "tn+fn": ("{} called NC", lambda labels, called: ~called),
+}
+GRADCAM_TEXT = (
+    "Grad-CAM: where the last stage's features pushed the model towards its call on each slice "
+    "(the positive part of the gradient-weighted feature map, upsampled from the last stage's "
+    "coarse grid and scaled to 1 per slice), in the jet colour scale from blue (0, no "
+    "contribution) to red (1, the slice's strongest); it is not a lesion map."
+)
 # ---- Predictions. ----
 
 
@@ -127,11 +152,13 @@ def build_report(
     units = metrics.level_units(records, probs, subjects_known)
     report = {
         **report_head(split, step, data_metadata, len(probs)),
+        "counts": metrics.split_counts(records, subjects_known, metrics.CLASS_NAMES),
         "loss": metrics.nll(records["label"], probs),
         "calibration": plain,
         "bootstrap": bootstrap_text(settings, subjects_known),
         **level_results(units, plain["thresholds"], settings),
     }
+    report["degenerate_intervals"] = degenerate_intervals(report, units)
     add_ece_variants(report, records, logits_by_view["plain"], TASK, metrics.reliability_bins,
                      settings.calibration_bins)  # fmt: skip
     if "tta" in calibration:
@@ -161,6 +188,7 @@ def report_head(split: str, step: int, data_metadata: dict, num_images: int) -> 
         "subject_source": data_metadata.get("subject_source"),
         "subject_coverage": data_metadata.get("subject_coverage"),
         "protocol": data_metadata.get("protocol"),
+        "layout": data_metadata.get("layout"),
         # Of the data folder the evaluated data set was built from (audit prints the same).
         "source_fingerprint": data_metadata.get("source_fingerprint"),
         "num_images": num_images,
@@ -237,9 +265,9 @@ def leak_warning(report: dict) -> str | None:
 def protocol_text(protocol) -> str:
     """The protocol as `name` (its settings), for a report's header."""
     if not isinstance(protocol, dict):
-        return f"`{protocol}`"
+        return markdown_text(protocol)
     details = ", ".join(f"{k} {v!r}" for k, v in protocol.items() if k != "name" and v != "")
-    return f"`{protocol.get('name')}`" + (f" ({details})" if details else "")
+    return markdown_text(protocol.get("name")) + (f" ({markdown_text(details)})" if details else "")
 
 
 def interval_text(bootstrap: dict) -> str:
@@ -348,6 +376,30 @@ def _notes(report: dict) -> list[str]:
     for level, c in report["calibration"]["threshold_details"].items():
         if not c["defined"]:
             notes.append(f"Note: validation has one class only at {level} level: threshold 0.5.")
+    return notes + threshold_notes(report)
+
+
+def validation_units(report: dict, level: str) -> str:
+    """How many validation units of `level` chose the calibration ('12 validation subjects')."""
+    cal = report["calibration"]
+    noun = metrics.UNIT_NOUNS[level]
+    count = cal.get("validation_counts", {}).get(noun)
+    if count is None and level == "slice":
+        count = cal.get("validation_images")
+    return f"{count} validation {noun}" if count is not None else f"validation {noun}"
+
+
+def threshold_notes(report: dict) -> list[str]:
+    """A note per level whose validation-chosen threshold lies more than FAR_THRESHOLD from
+    0.5, with the number of validation units it was set on."""
+    notes = []
+    for level, t in report["calibration"].get("thresholds", {}).items():
+        if abs(t - 0.5) > FAR_THRESHOLD:
+            notes.append(
+                f"Note: the {level} threshold is {t:.3f}, set on {validation_units(report, level)}"
+                f"; so far from 0.5 it says as much about that split as about the model: "
+                f"compare the {level} rows at 0.5."
+            )
     return notes
 
 
@@ -358,10 +410,8 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     md = [
         f"# Evaluation report: {split} split",
         "",
-        f"Checkpoint step {report['checkpoint_step']}, **{report['weights']}** weights; "
-        f"{report['num_images']} images; protocol {protocol_text(report['protocol'])}; "
-        "subjects from "
-        f"`{report['subject_source']}`.",
+        *markdown_about(report, "chose the thresholds"),
+        "## Metrics",
         "",
         f"Decision threshold chosen on the **validation** split by `{cal['threshold_method']}` "
         "and applied unchanged here; results at 0.5 below each. Temperature "
@@ -369,23 +419,9 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
            f"not applied (fitted on validation: {cal['temperature_fit']['temperature']:.3f})."),
         f"{interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}); "
         "intervals do not include the uncertainty of the threshold itself.",
-        "",
     ]  # fmt: skip
-    names = TASK.metric_names("interval")
-    md += [
-        "| level | n | subjects | threshold | " + " | ".join(names) + " |",
-        "|---" * (4 + len(names)) + "|",
-    ]
-    for level in REPORT_LEVELS:
-        if level not in report:
-            continue
-        r = report[level]
-        for label, m in ((f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])):
-            md.append(
-                f"| {label} | {m['n']} | {r['n_subjects']} | {m['threshold']:.3f} | "
-                + " | ".join(ci_text(m, n) for n in names)
-                + " |"
-            )
+    md += markdown_levels(report, report, TASK.metric_names("interval"), threshold_rows)
+    md += markdown_degenerate(report)
     md += ["", "## Confusion matrices (rows: true NC, AD; columns: predicted NC, AD)", ""]
     for level in REPORT_LEVELS:
         if level in report:
@@ -410,13 +446,239 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
     return markdown_end(md, _notes(report), figures)
 
 
+def threshold_rows(level: str, r: dict) -> list[tuple[str, dict]]:
+    """A binary level's rows: at the validation-chosen threshold, then at 0.5."""
+    return [(f"**{level}**", r), (f"{level} @ 0.5", r["at_0.5"])]
+
+
+# ---- Markdown pieces every report shares. ----
+
+
+def markdown_text(text: object) -> str:
+    """A user-supplied string (class name, path, config name) safe in Markdown, in a table cell
+    or not: HTML escaped, table pipes escaped. Not for code spans (they show escapes as typed)."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def _count_text(counts: dict, noun: str, class_names: Sequence[str] = ()) -> str:
+    by_class = counts.get("by_class", {})
+    per_class = ", ".join(f"{markdown_text(n)} {by_class[n][noun]}" for n in class_names)
+    return f"{counts[noun]} {noun}" + (f" ({per_class})" if per_class else "")
+
+
+def split_text(counts: dict, class_names: Sequence[str] = ()) -> str:
+    """'60 subjects (NC 29, AD 31), 151 scans (...), 3020 images (...)': subjects first, the
+    unit that is independent; per class where `class_names` are given."""
+    nouns = [n for n in ("subjects", "scans", "images") if n in counts]
+    return ", ".join(_count_text(counts, noun, class_names) for noun in nouns)
+
+
+def model_text(model: dict) -> str:
+    """'ConvNeXt atto (depths (2, 2, 6, 2), dims (40, 80, 160, 320)), 3.37 M parameters'."""
+    title = str(model.get("title", "?"))
+    shape = ", ".join(f"{k} {tuple(v)}" for k, v in model.get("shape", {}).items()
+                      if str(tuple(v)) not in title)  # fmt: skip
+    n = model.get("parameters")
+    size = "" if n is None else (f", {n / 1e6:.2f} M parameters" if n >= 1e5 else
+                                 f", {n:,} parameters")  # fmt: skip
+    family = f" (family {model['family']})" if model.get("family") else ""
+    return markdown_text(title + (f" ({shape})" if shape else "") + size + family)
+
+
+def data_text(report: dict) -> str:
+    """The data folder, its layout and whether it is the synthetic stand-in."""
+    data = (report.get("about") or {}).get("data") or {}
+    folder = markdown_text(data["folder"]) if data.get("folder") else "folder not recorded"
+    layout = f"layout {markdown_text(report['layout'])}" if report.get("layout") else ""
+    text = folder + (f" ({layout})" if layout else "")
+    if data.get("synthetic") is None:
+        return text + "; whether it is the synthetic stand-in was not recorded"
+    if data["synthetic"]:
+        return (text + "; **the synthetic stand-in** (" + markdown_text(data.get("synthetic_text")
+                or "generated phantoms") + "), not MRI of people: its figures say nothing "
+                "about real patients")  # fmt: skip
+    return text + "; not the synthetic stand-in"
+
+
+def markdown_about(report: dict, calibrated: str, extra: Sequence[str] = ()) -> list[str]:
+    """The "About this run" block heading a report: the model, config, data folder and layout,
+    the synthetic flag, what was evaluated, the split's size per class, the size of the
+    validation split that `calibrated` ('chose the thresholds'), then the `extra` lines."""
+    about = report.get("about") or {}
+    names = report.get("class_names") or metrics.CLASS_NAMES
+    md = ["## About this run", ""]
+    if about.get("model"):
+        md.append(f"- Model: {model_text(about['model'])}.")
+    config = about.get("config")
+    md.append(f"- Config: {markdown_text(config) if config else 'not recorded'}.")
+    md.append(f"- Data: {data_text(report)}.")
+    md.append(
+        f"- Evaluated: checkpoint step {report['checkpoint_step']}, **{report['weights']}** "
+        f"weights; {report['num_images']} images; protocol {protocol_text(report['protocol'])}; "
+        f"subjects from {markdown_text(report['subject_source'])}."
+    )
+    if report.get("counts"):
+        md.append(f"- {report['split'].capitalize()} split: "
+                  f"{split_text(report['counts'], names)}.")  # fmt: skip
+    counts = report["calibration"].get("validation_counts")
+    if counts:
+        md.append(f"- Validation split (it {calibrated}): {split_text(counts)}.")
+    return [*md, *extra, ""]
+
+
+def markdown_table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
+    """A Markdown table (cells as given: escape user strings first)."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]  # fmt: skip
+
+
+def _chunks(names: Sequence[str], width: int = TABLE_METRICS) -> list[Sequence[str]]:
+    """`names` in near-equal runs of at most `width`."""
+    if not names:
+        return []
+    size = -(-len(names) // -(-len(names) // width))
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def markdown_levels(report: dict, source: dict, names: Sequence[str], rows,
+                    extra: dict | None = None) -> list[str]:  # fmt: skip
+    """The metric tables of `source`'s levels, each at most ~7 columns: the threshold-free
+    metrics (with n, subjects and `extra` {header: fn(level result)}) once per level, then
+    the decision's metrics in runs, a row per `rows(level, result)` (with its threshold where
+    the task has one)."""
+    ranked = [n for n in names if metric_registry.get(n).threshold_free]
+    decided = [n for n in names if n not in ranked]
+    levels = [level for level in REPORT_LEVELS if level in source]
+    extra = extra or {}
+    md = ["", "### Ranking and calibration (no threshold)" if extra else "### Ranking (no "
+          "threshold)", ""]  # fmt: skip
+    md += markdown_table(
+        ["level", "n", "subjects", *(metric_registry.label(n) for n in ranked), *extra],
+        [[f"**{lv}**", source[lv]["n"], source[lv]["n_subjects"],
+          *(ci_text(source[lv], n) for n in ranked), *(f(source[lv]) for f in extra.values())]
+         for lv in levels],
+    )  # fmt: skip
+    with_threshold = "threshold" in source[levels[0]] if levels else False
+    parts = _chunks(decided)
+    for i, part in enumerate(parts):
+        heading = DECIDED_HEADINGS[with_threshold]
+        count = f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""
+        md += ["", f"### {heading}{count}", ""]
+        md += markdown_table(
+            ["level", *(["threshold"] if with_threshold else []),
+             *(metric_registry.label(n) for n in part)],
+            [[label, *([f"{m['threshold']:.3f}"] if with_threshold else []),
+              *(ci_text(m, n) for n in part)]
+             for lv in levels for label, m in rows(lv, source[lv])],
+        )  # fmt: skip
+    return md
+
+
+def _is_extreme(value: float | None, interval: list[float] | None) -> bool:
+    if value is None or not interval or not np.isclose(value, round(value), atol=1e-12):
+        return False
+    return round(value) in (0, 1) and all(np.isclose(x, value, atol=1e-12) for x in interval)
+
+
+def _counted(name: str, m: dict, level: str, u: metrics.Units) -> dict:
+    """The units a metric is a rate over at one report row (all of them, or those of
+    metric_registry.Metric.counted: true AD, true NC, called AD, called NC), as {n_units,
+    units (what they are), n (their subjects: the independent, resampled unit)}."""
+    counted = metric_registry.get(name).counted
+    labels = np.asarray(u.labels)
+    if counted:
+        called = np.asarray(u.probs) >= m["threshold"]
+        label, chosen = COUNTED[counted][0], COUNTED[counted][1](labels, called)
+    else:
+        label, chosen = "{}", np.ones(len(labels), bool)
+    n_units = int(chosen.sum())
+    noun = metrics.UNIT_NOUNS[level]
+    return {"n_units": n_units, "units": label.format(_counting(n_units, noun)),
+            "n": len(set(np.asarray(u.subjects)[chosen].tolist()))}  # fmt: skip
+
+
+def degenerate_intervals(report: dict, units: dict[str, metrics.Units]) -> list[dict]:
+    """Intervals of zero width at 0 or 1 (no resample of subjects changes the value), one entry
+    per level and metric (with the thresholds of the rows showing it): the units counted, n of
+    their subjects (scans where subjects are unknown), and the rule-of-three 95% upper bound
+    3/n on the error rate (1 - value; the value itself at 0), None where n <= 3 or where no
+    count bounds it (`bounded` false: an area, or F1 at 0)."""
+    found: dict[tuple, dict] = {}
+    for level in REPORT_LEVELS:
+        if level not in report:
+            continue
+        r = report[level]
+        rows = [r, r["at_0.5"]] if "at_0.5" in r else [r]
+        for i, m in enumerate(rows):
+            for name, interval in m.get("ci95", {}).items():
+                free = metric_registry.get(name).threshold_free
+                if (free and i) or not _is_extreme(m.get(name), interval):
+                    continue
+                counted = _counted(name, m, level, units[level])
+                n = counted["n"]
+                # A count of errors (or successes) to bound: a rate at 0 or 1, or any metric at
+                # 1 (every unit right); not an area, nor F1 or kappa at 0.
+                bounded = not free and (m[name] == 1 or bool(metric_registry.get(name).counted))
+                entry = found.setdefault((level, name, m[name], n, counted["n_units"]), {
+                    "level": level, "metric": name, "value": m[name], "thresholds": [],
+                    **counted, "resampled": f"{report['bootstrap']['resampled_unit']}s",
+                    "bounded": bounded,
+                    "rule_of_three_bound": 3 / n if bounded and n > 3 else None,
+                })  # fmt: skip
+                if "threshold" in m and not free:
+                    entry["thresholds"].append(m["threshold"])
+    return list(found.values())
+
+
+def _counting(n: int, noun: str) -> str:
+    """`noun` ('subjects') for n of them: singular for one."""
+    return noun[:-1] if n == 1 else noun
+
+
+def caveat_text(entry: dict) -> str:
+    """The sentence a report gives a zero-width interval (degenerate_intervals' entry)."""
+    name, value, n = metric_registry.label(entry["metric"]), entry["value"], entry["n"]
+    at = " and ".join(f"{t:.3f}" for t in entry["thresholds"])
+    head = f"{name} {value:.3f} [{value:.3f}, {value:.3f}] at {entry['level']} level" + (
+        f", threshold {at}" if at else "")  # fmt: skip
+    resampled = _counting(n, entry["resampled"])
+    if not entry.get("bounded", True):
+        return (f"{head}: every resample of the {n} {resampled} gives {value:.3f}; the interval "
+                "shows no uncertainty, which is not certainty.")  # fmt: skip
+    outcome = "no error" if value == 1 else "none right"
+    counted = f"{entry['n_units']} {entry['units']}"
+    independent = f"n = {n}"
+    if metrics.UNIT_NOUNS[entry["level"]] != entry["resampled"]:  # slices (or scans) of subjects
+        counted += f", from {n} {resampled}"
+        independent += f" {resampled} (the independent unit)"
+    bound = entry["rule_of_three_bound"]
+    if bound is None:
+        return (f"{head}: {outcome} among its {counted}; with {independent}, no 95% bound "
+                "below 1 follows (rule of three: 3/n).")  # fmt: skip
+    bounded = f"the error rate (1 - {name})" if value == 1 else name
+    return (f"{head}: {outcome} among its {counted}; with {independent}, the 95% upper bound "
+            f"on {bounded} is 3/{n} = {bound:.3f} (rule of three).")  # fmt: skip
+
+
+def markdown_degenerate(report: dict) -> list[str]:
+    """The caveats of the report's zero-width intervals, under its tables."""
+    entries = report.get("degenerate_intervals") or []
+    if not entries:
+        return []
+    return ["", "Intervals of zero width (a percentile bootstrap cannot show the uncertainty of "
+            "zero errors):", "", *(f"- {caveat_text(e)}" for e in entries)]  # fmt: skip
+
+
 def markdown_end(md: list[str], notes: list[str], figures: dict[str, str]) -> str:
     """A report's Markdown: `md`, then its notes and figures."""
     if notes:
         md += ["", "## Notes", ""] + [f"- {n.removeprefix('Note: ')}" for n in notes]
     if figures:
         md += ["", "## Figures", ""]
-        md += [f"![{name}]({path})" for name, path in figures.items()]
+        for name, path in figures.items():
+            md.append(f"![{name}]({path})")
+            if name == "gradcam":
+                md += ["", GRADCAM_TEXT, ""]
     return "\n".join(md) + "\n"
 
 
@@ -435,8 +697,8 @@ def markdown_calibration(report: dict, heading: str) -> list[str]:
 
 
 def markdown_cell(text: object) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|")
+    """Text safe inside a Markdown table cell (markdown_text)."""
+    return markdown_text(text)
 
 
 def markdown_distribution(report: dict) -> list[str]:

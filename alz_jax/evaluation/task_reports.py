@@ -91,11 +91,12 @@ def evaluate_weights(
     task: tasks.Task, *, data, model, params, pixel_stats: dict,
     pipeline: input_pipeline.PipelineSpec, batch_size: int, mesh, split: str, step: int,
     weights: str, selection: dict | None, workdir: str | Path, settings: EvalSettings,
-    writer=None,
+    writer=None, about: dict | None = None,
 ) -> dict:  # fmt: skip
     """Predicts validation and `split` with `params`, calibrates on validation, and writes the
     report (JSON, Markdown), predictions CSV and figures into `workdir` (process 0); returns the
-    report. `writer` (a CLU metric writer) also receives the figures as images."""
+    report. `writer` (a CLU metric writer) also receives the figures as images; `about` (the
+    run's model, config and data folder: SavedRun.about) heads the report."""
     views = ("plain", *settings.tta)
     fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
     splits = ["validation"] if split == "validation" else ["validation", split]
@@ -116,6 +117,7 @@ def evaluate_weights(
     report["task"] = task.kind
     report["weights"] = weights
     report["selection"] = selection
+    report["about"] = about or {}
     if jax.process_index() != 0:
         return report
     workdir = storage.path(workdir)

@@ -318,6 +318,8 @@ class BinaryTask(Task):
             "threshold_details": chosen,
             "views": list(outputs_by_view),
             "validation_images": len(probs),
+            # What the thresholds were chosen on, for the report to say.
+            "validation_counts": metrics.split_counts(records, subjects_known),
         }
 
     def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
@@ -446,7 +448,6 @@ class MulticlassTask(Task):
     ) -> dict:  # fmt: skip
         """The temperature fitted on the plain view's validation logits (n, K), applied only
         with `settings.temperature_scaling`. No threshold: the argmax decides."""
-        del subjects_known  # argmax needs no per-level choice
         fit = mc.fit_temperature(records["label"], outputs_by_view["plain"])
         return {
             "temperature": fit["temperature"] if settings.temperature_scaling else 1.0,
@@ -454,6 +455,7 @@ class MulticlassTask(Task):
             "temperature_fit": fit,
             "views": list(outputs_by_view),
             "validation_images": len(outputs_by_view["plain"]),
+            "validation_counts": metrics.split_counts(records, subjects_known),
         }
 
     def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:

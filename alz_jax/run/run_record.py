@@ -24,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ml_collections
+from absl import flags
 
-from alz_jax.host import storage
+from alz_jax.host import command, storage
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
 from alz_jax.run import specs
@@ -207,9 +208,18 @@ def write(
         "git_commit": git_commit(),
         "versions": package_versions(),
         "argv": sys.argv,
+        "config_file": config_file(),
         "config": json.loads(config.to_json_best_effort()),
     }
     storage.append_text(run_dir / "starts.jsonl", json.dumps(entry, default=str) + "\n")
+
+
+def config_file() -> str | None:
+    """The file name of the --config this process was started with (`make demo`'s default
+    included), for the reports to name; None in a process without one (a run from Python)."""
+    if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed():
+        return None
+    return command.config_file().name
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:

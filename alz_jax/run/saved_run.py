@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -207,6 +209,25 @@ class SavedRun:
             "workdir": self.workdir,
         }
 
+    def about(self, data) -> dict:
+        """What a report says it is about: the model (family, title, shape, parameters), the
+        config file the run was started with, and the data folder the data set was built from,
+        and whether it is the synthetic stand-in."""
+        model, spec = self.spec.model, self.spec.data
+        shape = {k: v for k, v in registry.export_fields(model).items() if isinstance(v, list)}
+        synthetic = not spec.manual_dir and spec.synthetic_seed is not None
+        return {
+            "model": {"family": registry.family(model).name, "title": registry.title(model),
+                      "shape": shape, "parameters": registry.count_params(model)},
+            "config": config_name(self.workdir),
+            "data": {
+                "folder": str(data.manual_dir), "synthetic": synthetic,
+                "synthetic_text": f"data.synthetic_seed {spec.synthetic_seed}, layout "
+                f"{spec.synthetic_layout}, difficulty {spec.synthetic_difficulty}"
+                if synthetic else None,
+            },
+        }  # fmt: skip
+
     def evaluate(
         self, split: str, which: str = "best", weights: str = "selected",
         overrides: dict | None = None,
@@ -225,6 +246,24 @@ class SavedRun:
         report = evaluate_restored(planned, data, restored, split, settings, mesh, writer)
         writer.close()
         return report
+
+
+def config_name(workdir) -> str | None:
+    """The file name of the config the run in `workdir` was first started with, from
+    run/starts.jsonl (its `config_file`, or for older runs the --config of its command line),
+    or None where that start named none (a run started from Python)."""
+    path = storage.path(workdir) / "run" / "starts.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    start = json.loads(lines[0]) if lines else {}
+    if start.get("config_file"):
+        return start["config_file"]
+    argv = start.get("argv", [])
+    for i, arg in enumerate(argv):
+        value = arg.removeprefix("--config=") if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)  # fmt: skip
+        if value:
+            return Path(value.partition(":")[0]).name
+    return None
 
 
 def read_predictions(folder, split: str, report: dict) -> tuple[dict, np.ndarray]:
@@ -251,5 +290,5 @@ def evaluate_restored(
         pixel_stats=saved.pixel_stats, pipeline=saved.spec.pipeline,
         batch_size=saved.spec.batch_size, mesh=mesh, split=split, step=restored.step,
         weights=restored.weights, selection=restored.selection, workdir=saved.workdir,
-        settings=settings, writer=writer,
+        settings=settings, writer=writer, about=saved.about(data),
     )  # fmt: skip
