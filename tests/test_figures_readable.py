@@ -75,10 +75,10 @@ def _gradcam_figure(long_names: bool):
     rng = np.random.default_rng(2)
     stem = ("ADNI_002_S_0295_MR_MPR__GradWarp__B1_Correction__N3__Scaled_Br_20070319113623975"
             if long_names else "148646")  # fmt: skip
+    slices = list(range(84, 104, 4))
     rows = [
-        saliency.ScanRow(f"{scan}", label, prob,
-                         [f"test/{'AD' if label else 'NC'}/{stem}_{s}.png" for s in range(84, 104, 4)],
-                         list(range(84, 104, 4)))
+        saliency.ScanRow(scan, label, prob,
+                         [f"test/{'AD' if label else 'NC'}/{stem}_{s}.png" for s in slices], slices)
         for scan, label, prob in (("148646", 1, 0.96), ("750548", 0, 0.04), ("792970", 1, 0.06),
                                   ("189843", 0, 0.94))
     ]  # fmt: skip
@@ -88,9 +88,10 @@ def _gradcam_figure(long_names: bool):
     return saliency.draw_gradcam(rows, images, cams, 0.493)
 
 
+BINARY, STAGED = ("roc", "confusion", "reliability"), ("confusion", "reliability")
 FIGURES = {
-    **{f"binary_{k}": (lambda k=k: _binary_figures()[k]) for k in ("roc", "confusion", "reliability")},
-    **{f"stages_{k}": (lambda k=k: _multiclass_figures()[k]) for k in ("confusion", "reliability")},
+    **{f"binary_{k}": (lambda k=k: _binary_figures()[k]) for k in BINARY},
+    **{f"stages_{k}": (lambda k=k: _multiclass_figures()[k]) for k in STAGED},
     "gradcam": lambda: _gradcam_figure(long_names=False),
     "gradcam_adni_names": lambda: _gradcam_figure(long_names=True),
 }  # fmt: skip
@@ -174,8 +175,9 @@ def test_gradcam_has_a_colour_scale_and_says_what_red_means():
         FigureCanvasAgg(shown).draw()
         labels = [ax.get_ylabel() for ax in shown.axes]
         assert "Grad-CAM (1: the slice's highest)" in labels
-        assert "raised the" in shown._supxlabel.get_text()
-        assert "predicted class" in shown._supxlabel.get_text().replace("class the scan is predicted", "predicted class")
+        explanation = shown._supxlabel.get_text()
+        assert explanation in (saliency.EXPLANATION, saliency.CARD_EXPLANATION)
+        assert explanation.startswith("Red: ") and "raised the" in explanation
 
 
 def test_confusion_counts_shrink_into_small_cells():

@@ -429,12 +429,14 @@ def image_grid(
     batch: dict, num: int = 32, columns: int = 8, class_names: Sequence[str] = ("NC", "AD")
 ) -> np.ndarray:
     """Tiles the first `num` images of a batch into one uint8 (H, W, 1) image, each under its
-    caption (grid_captions): a cell is as wide as its image, or as its longest caption word."""
+    caption (grid_captions): a cell is as wide as its image, or as its longest caption word,
+    and 4 px more."""
     images = np.asarray(batch["image"])[:num]
     n, size = len(images), images.shape[1]
     rows = math.ceil(n / columns)
-    captions = grid_captions(batch, num, class_names, size - 4)
-    cell = max([size] + [caption_width(line) + 4 for lines in captions for line in lines])
+    captions = grid_captions(batch, num, class_names, size - 2)
+    # A gap between columns keeps neighbouring captions apart.
+    cell = max([size] + [caption_width(line) + 4 for lines in captions for line in lines]) + 4
     caption = _GRID_LINE_PX * max(len(lines) for lines in captions)
     grid = np.full((rows * (size + caption), columns * cell, 1), 40, np.uint8)
     for i, image in enumerate(images):

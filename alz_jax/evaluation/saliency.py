@@ -118,13 +118,16 @@ class ScanRow(NamedTuple):
 
 EXPLANATION = ("Red: regions that raised the score of the class the scan is predicted as; "
                "blue: little or none.")  # fmt: skip
-_CARD_EXPLANATION = "Red: raised the predicted class's score; blue: little or none."
+CARD_EXPLANATION = "Red: raised the predicted class's score; blue: little or none."
 
 
 def _scan_text(row: ScanRow, threshold: float) -> str:
+    """What a scan's row says: its id, truth, P(AD) and the class its maps explain."""
     predicted = "AD" if row.prob >= threshold else "NC"
-    return f"scan {row.scan_id}: true {metrics.CLASS_NAMES[row.label]}, P(AD) {row.prob:.2f}, " \
+    return (
+        f"scan {row.scan_id}: true {metrics.CLASS_NAMES[row.label]}, P(AD) {row.prob:.2f}, "
         f"map of {predicted}"
+    )
 
 
 def _overlay(ax, image: np.ndarray, cam: np.ndarray, title: str):
@@ -137,6 +140,7 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray, title: str):
 
 
 def _colorbar(fig: Figure, shown, axes) -> None:
+    """The maps' colour scale beside `axes`."""
     bar = fig.colorbar(shown, ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
     bar.set_label("Grad-CAM (1: the slice's highest)")
 
@@ -171,7 +175,9 @@ def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
             axes[r, col].set_axis_off()
             if col < len(row.file_names):
                 k = offsets[r] + col
-                shown = _overlay(axes[r, col], images[k], cams[k], row.file_names[col].split("/")[-1])
+                shown = _overlay(
+                    axes[r, col], images[k], cams[k], row.file_names[col].split("/")[-1]
+                )
                 axes[r, col].title.set_fontsize(7)
         axes[r, 0].text(
             -0.08, 0.5, _scan_text(row, threshold).replace(": ", "\n").replace(", ", "\n"),
@@ -194,7 +200,7 @@ def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
                     k = offsets[r] + col
                     last = _overlay(ax, images[k], cams[k], f"slice {row.slice_indices[col]}")
             _colorbar(card_fig, last, card_axes)
-            card_fig.supxlabel(_CARD_EXPLANATION)
+            card_fig.supxlabel(CARD_EXPLANATION)
             return card_fig
 
         return build

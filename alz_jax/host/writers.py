@@ -130,9 +130,9 @@ class Writer:
             return
         for name, batch in images.items():
             run, tag = split_name(name)
-            batch = np.asarray(batch)
+            panels = np.asarray(batch)
             with self._writer(run).as_default():
-                tf.summary.image(tag, batch, step=int(step), max_outputs=len(batch))
+                tf.summary.image(tag, panels, step=int(step), max_outputs=len(panels))
 
     def write_texts(self, step: int, texts: dict) -> None:
         """Markdown texts by full name ('config' alone goes to the session folder)."""
