@@ -326,7 +326,9 @@ def test_preview_writes_the_first_batch_grid(tiny_synthetic, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
-    assert grid.shape == (2 * (32 + 12), 8 * 32)
+    # Each cell as wide as its caption ('AD 0.73', 44 px, wider than the 32 px image), 2 px
+    # either side, and a 4 px gap.
+    assert grid.shape == (2 * (32 + 12), 8 * (44 + 4 + 4))
     assert "16 images" in result.stdout
 
 
