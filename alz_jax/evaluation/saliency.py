@@ -151,13 +151,11 @@ def _fit_titles(fig: Figure, axes) -> None:
     FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
     for ax in axes:
-        title, text = ax.title, ax.get_title()
-        width = ax.get_window_extent(renderer).width
-        while len(text) > 5 and title.get_window_extent(renderer).width > width:
-            cut = len(text) // 2
-            text = text[: cut - 2] + "..." + text[cut + 2 :]
-            text = text.replace("......", "...")
-            title.set_text(text)
+        name, width = ax.get_title(), 0.95 * ax.get_window_extent(renderer).width
+        for keep in range(len(name) - 1, 3, -1):
+            if ax.title.get_window_extent(renderer).width <= width:
+                break
+            ax.title.set_text(name[: keep // 2] + "..." + name[len(name) - (keep - keep // 2) :])
 
 
 def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
