@@ -3,8 +3,9 @@
     python -m alz_jax.preview --config=configs/convnext_t.py --out=grid.png [--config.x=y]
 
 Writes the first training batch of the config (the batch step 0 trains on), up to --num images,
-as one PNG, each tile captioned with its label or, when mixed, its AD target weight. Training
-writes the same grid to TensorBoard (`train/augmented`) when it starts.
+as one PNG, each tile captioned with its whole class name or, when mixed, its AD target weight
+(with more classes, the two largest shares and their classes). Training writes the same grid to
+TensorBoard (`train/augmented`) when it starts.
 """
 
 import cv2

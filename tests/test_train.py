@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.evaluation import tasks
+from alz_jax.host import writers
 from alz_jax.host.errors import UserError
 from alz_jax.run import assembly, cross_validation, prediction, specs, train
 from alz_jax.run.saved_run import SavedRun
@@ -54,10 +55,10 @@ def final_state(workdir, config):
 
 
 def read_events(workdir) -> dict:
-    """{(run, tag): [summary values]} of every event file under <workdir>/tensorboard (run ''
-    is the session folder itself)."""
+    """{(run, tag): [summary values]} of every event file under the session folder in
+    <workdir>/tensorboard (run '' is the session folder itself)."""
     found = {}
-    root = workdir / "tensorboard"
+    root = workdir / "tensorboard" / writers.session_name(workdir)
     for events in root.rglob("events.out.tfevents*"):
         run = events.parent.relative_to(root).as_posix().replace(".", "")
         for event in tf.compat.v1.train.summary_iterator(str(events)):
@@ -103,7 +104,7 @@ def check_tensorboard(workdir, config):
                 values[0][1].metadata.plugin_data.content
             )
     session = plugin["_hparams_/session_start_info"].session_start_info
-    assert session.group_name == workdir.name
+    assert session.group_name == writers.session_name(workdir) == workdir.name
     experiment = plugin["_hparams_/experiment"].experiment
     names = [h.name for h in experiment.hparam_infos]
     assert sorted(names)[:6] == ["01_model", "02_image_size", "03_batch_size",
@@ -328,7 +329,9 @@ def test_preview_writes_the_first_batch_grid(tiny_synthetic, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
-    assert grid.shape == (2 * (32 + 12), 8 * 32)
+    # Each cell as wide as its caption ('AD 0.73', 44 px, wider than the 32 px image), 2 px
+    # either side, and a 4 px gap.
+    assert grid.shape == (2 * (32 + 12), 8 * (44 + 4 + 4))
     assert "16 images" in result.stdout
 
 

@@ -4,15 +4,18 @@ and a ViT's patch tokens entering its last attention (models/registry.py gradcam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from alz_jax.data import preprocess
-from alz_jax.evaluation import metrics
+from alz_jax.evaluation import figures, metrics
 from alz_jax.models import registry
 
 OUTCOMES = ("TP", "TN", "FN", "FP")  # the order scans are picked in, round-robin
@@ -77,13 +80,14 @@ def gradcam_figure(
     pixel_stats: dict, image_size: int, slices_per_scan: int, threshold: float,
 ) -> Figure:  # fmt: skip
     """Rows: the chosen scans; columns: evenly spaced slices of each, with the Grad-CAM of the
-    class the scan is predicted (at the scan-level `threshold`) over each slice."""
+    class the scan is predicted (at the scan-level `threshold`) over each slice (draw_gradcam)."""
     scan_ids = np.asarray(records["scan_id"]).astype(str)
     labels = np.asarray(records["label"])
+    slice_index = np.asarray(records["slice_index"])
     rows = []
     for scan_id, label in scans:
         members = np.flatnonzero((scan_ids == scan_id) & (labels == label))
-        members = members[np.argsort(np.asarray(records["slice_index"])[members], kind="stable")]
+        members = members[np.argsort(slice_index[members], kind="stable")]
         picks = np.unique(np.round(np.linspace(0, len(members) - 1, slices_per_scan)).astype(int))
         rows.append((scan_id, label, float(prob_ad[members].mean()), members[picks]))
     indices = np.concatenate([r[3] for r in rows])
@@ -93,27 +97,110 @@ def gradcam_figure(
     ])  # fmt: skip
     signs = np.concatenate([np.full(len(r[3]), 1.0 if r[2] >= threshold else -1.0) for r in rows])
     cams, _ = make_gradcam_fn(model, pixel_stats)(_local(params), images, signs.astype(np.float32))
-    cams = np.asarray(cams)
-    columns = max(len(r[3]) for r in rows)
-    fig = Figure(figsize=(1.9 * columns, 2.1 * len(rows)), layout="constrained")
+    scan_rows = [
+        ScanRow(scan_id, label, prob, [str(records["file_name"][m]) for m in members],
+                [int(slice_index[m]) for m in members])
+        for scan_id, label, prob, members in rows
+    ]  # fmt: skip
+    return draw_gradcam(scan_rows, images[..., 0], np.asarray(cams), threshold)
+
+
+class ScanRow(NamedTuple):
+    """One scan of a Grad-CAM figure: its id, true label, mean P(AD) and its shown slices'
+    file names and slice indices."""
+
+    scan_id: str
+    label: int
+    prob: float
+    file_names: list[str]
+    slice_indices: list[int]
+
+
+EXPLANATION = ("Red: regions that raised the score of the class the scan is predicted as; "
+               "blue: little or none.")  # fmt: skip
+CARD_EXPLANATION = "Red: raised the predicted class's score; blue: little or none."
+
+
+def _scan_text(row: ScanRow, threshold: float) -> str:
+    """What a scan's row says: its id, truth, P(AD) and the class its maps explain."""
+    predicted = "AD" if row.prob >= threshold else "NC"
+    return (
+        f"scan {row.scan_id}: true {metrics.CLASS_NAMES[row.label]}, P(AD) {row.prob:.2f}, "
+        f"map of {predicted}"
+    )
+
+
+def _overlay(ax, image: np.ndarray, cam: np.ndarray, title: str):
+    """A slice (H, W) with its map over it, titled; returns the map's image (for a colour bar)."""
+    ax.set_axis_off()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    shown = ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.set_title(title)
+    return shown
+
+
+def _colorbar(fig: Figure, shown, axes) -> None:
+    """The maps' colour scale beside `axes`."""
+    bar = fig.colorbar(shown, ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
+    bar.set_label("Grad-CAM (1: the slice's highest)")
+
+
+def _fit_titles(fig: Figure, axes) -> None:
+    """Shortens each axes title in the middle ('...') until it is no wider than its axes, so
+    neighbouring file names never overlap."""
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        name, width = ax.get_title(), 0.95 * ax.get_window_extent(renderer).width
+        for keep in range(len(name) - 1, 3, -1):
+            if ax.title.get_window_extent(renderer).width <= width:
+                break
+            ax.title.set_text(name[: keep // 2] + "..." + name[len(name) - (keep - keep // 2) :])
+
+
+def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
+                 threshold: float) -> Figure:  # fmt: skip
+    """The Grad-CAM figure: a row per scan (ScanRow), its slices (`images` (N, H, W) uint8, in
+    row order) under their maps (`cams` (N, H, W) in [0, 1]), titled with their file names, a
+    colour scale and what red means. Cards: one scan each, slices titled by index."""
+    columns = max(len(r.file_names) for r in rows)
+    fig = Figure(figsize=(1.9 * columns + 1.2, 2.1 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
-    k = 0
-    for row, (scan_id, label, prob, members) in enumerate(rows):
-        predicted = "AD" if prob >= threshold else "NC"
+    offsets = np.cumsum([0] + [len(r.file_names) for r in rows])
+    shown = None
+    for r, row in enumerate(rows):
         for col in range(columns):
-            ax = axes[row, col]
-            ax.set_axis_off()
-            if col >= len(members):
-                continue
-            ax.imshow(images[k, :, :, 0], cmap="gray", vmin=0, vmax=255)
-            ax.imshow(cams[k], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            name = str(records["file_name"][members[col]])
-            ax.set_title(name, fontsize=7)
-            k += 1
-        axes[row, 0].text(
-            -0.08, 0.5, f"scan {scan_id}\ntrue {metrics.CLASS_NAMES[label]}\nP(AD) {prob:.2f}"
-            f"\nmap: {predicted}", transform=axes[row, 0].transAxes, ha="right", va="center",
-            fontsize=8,
+            axes[r, col].set_axis_off()
+            if col < len(row.file_names):
+                k = offsets[r] + col
+                shown = _overlay(
+                    axes[r, col], images[k], cams[k], row.file_names[col].split("/")[-1]
+                )
+                axes[r, col].title.set_fontsize(7)
+        axes[r, 0].text(
+            -0.08, 0.5, _scan_text(row, threshold).replace(": ", "\n").replace(", ", "\n"),
+            transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8,
         )  # fmt: skip
+    _colorbar(fig, shown, axes)
     fig.suptitle(f"Grad-CAM of each scan's predicted class, threshold {threshold:.3f}")
-    return fig
+    fig.supxlabel(EXPLANATION)
+    _fit_titles(fig, axes.ravel())
+
+    def card(r: int) -> Callable[[], Figure]:
+        def build() -> Figure:
+            row, n = rows[r], len(rows[r].file_names)
+            card_fig, card_axes = figures.card_figure(
+                math.ceil(n / 3), min(n, 3), _scan_text(row, threshold)
+            )  # fmt: skip
+            for col, ax in enumerate(card_axes.ravel()):
+                ax.set_axis_off()
+                if col < n:
+                    k = offsets[r] + col
+                    last = _overlay(ax, images[k], cams[k], f"slice {row.slice_indices[col]}")
+            _colorbar(card_fig, last, card_axes)
+            card_fig.supxlabel(CARD_EXPLANATION)
+            return card_fig
+
+        return build
+
+    return figures.with_cards(fig, [card(r) for r in range(len(rows))])

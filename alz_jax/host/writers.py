@@ -1,13 +1,17 @@
 """Metric writers: TensorBoard laid out to compare, and <workdir>/metrics.jsonl.
 
-TensorBoard: one run folder per series under <workdir>/tensorboard/, with the same tag names in
-each, so that one chart overlays them (as Keras and many JAX codebases lay them out):
-`train/`, `validation/` (the weights selected at each validation), `validation_raw/`,
-`validation_ema/`, `validation_swa/` and `test/`. A name written as `train/loss` goes to run
-`train`, tag `loss`; `validation/ema/loss` to run `validation_ema`, tag `loss`. Known tags carry
-a description (TensorBoard shows it on the chart): the train loss is label-smoothed
-cross-entropy against the mixed targets, the validation and test losses plain NLL. The session
-folder itself holds the hparams (the trial named by the workdir) and the config as a text table.
+TensorBoard: a session folder named after the run (session_name: the workdir's folder name)
+under <workdir>/tensorboard/, holding the hparams (the trial, of the same name) and the config
+as a text table, and in it one run folder per series with the same tag names in each, so that
+one chart overlays them (as Keras and many JAX codebases lay them out): `train/`, `validation/`
+(the weights selected at each validation), `validation_raw/`, `validation_ema/`,
+`validation_swa/` and `test/`. A name written as `train/loss` goes to run `train`, tag `loss`;
+`validation/ema/loss` to run `validation_ema`, tag `loss`. The series lie inside the session
+folder because the HParams tab finds a trial's metrics in runs below the trial's own, and a
+named session folder keeps TensorBoard from calling the run "." when pointed at
+<workdir>/tensorboard. Known tags carry a description (TensorBoard shows it on the chart): the
+train loss is label-smoothed cross-entropy against the mixed targets, the validation and test
+losses plain NLL.
 
 metrics.jsonl keeps every scalar under its full name (`validation/ema/loss`), exactly (a float32
 scalar round-trips through Python's float repr): for scripts, diffs and tests.
@@ -49,6 +53,33 @@ for _w in WEIGHT_SETS:
     )
 
 
+# Folder names that say nothing of the run: the session is named with the parent's name too.
+GENERIC_FOLDERS = ("workdir", "work", "run", "runs", "output", "outputs", "out", "tmp")
+
+
+def session_name(workdir: str | Path) -> str:
+    """The run's name in TensorBoard (its session folder and HParams trial): the workdir's
+    folder name, after its parent's where the folder's own name is generic ('workdir'); '.'
+    is the current folder's name. Runs/convnext_t -> 'convnext_t', .demo/workdir ->
+    'demo_workdir'."""
+    folder = storage.path(workdir)
+    if not storage.is_url(workdir):
+        folder = folder.resolve()
+    name = folder.name.lstrip(".") or "run"
+    if name.lower() in GENERIC_FOLDERS and folder.parent.name:
+        name = f"{folder.parent.name.lstrip('.')}_{name}"
+    return name
+
+
+def hparam_value(value):
+    """A value as the HParams tab should show it: an int as a string, because the tab prints
+    every number with five significant digits (64 as '64.000'; TensorBoard 2.21's
+    prettyPrint, toPrecision(5)); floats, strings and bools as they are."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return value
+
+
 def split_name(name: str) -> tuple[str, str]:
     """(run, tag) of a full scalar name: 'validation/ema/loss' -> ('validation_ema', 'loss');
     names without a known prefix go to run 'train'."""
@@ -66,7 +97,8 @@ class Writer:
     reports don't care; on other processes every method does nothing."""
 
     def __init__(self, workdir: str | Path, is_writer: bool = True):
-        self._root = storage.path(workdir) / "tensorboard"
+        self._session = session_name(workdir)
+        self._root = storage.path(workdir) / "tensorboard" / self._session
         self._jsonl = JsonlWriter(storage.path(workdir) / "metrics.jsonl")
         self._active = is_writer
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
@@ -93,13 +125,14 @@ class Writer:
                 tf.summary.scalar(tag, float(value), step=int(step), description=description)
 
     def write_images(self, step: int, images: dict) -> None:
-        """Images (N, H, W, C) uint8 by full name."""
+        """Images (N, H, W, C) uint8 by full name, all N of each (a figure's panels)."""
         if not self._active:
             return
         for name, batch in images.items():
             run, tag = split_name(name)
+            panels = np.asarray(batch)
             with self._writer(run).as_default():
-                tf.summary.image(tag, np.asarray(batch), step=int(step), max_outputs=4)
+                tf.summary.image(tag, panels, step=int(step), max_outputs=len(panels))
 
     def write_texts(self, step: int, texts: dict) -> None:
         """Markdown texts by full name ('config' alone goes to the session folder)."""
@@ -112,19 +145,22 @@ class Writer:
 
     def write_hparams(self, hparams: dict, metrics: list[tuple[str, str]] = (),
                       trial: str = "") -> None:  # fmt: skip
-        """The trial's hparams (in the given order: the HParams tab's column order) and the
-        metrics it shows, as (run, tag): e.g. ('validation', 'loss'), ('test', 'accuracy')."""
+        """The trial's hparams (in the given order: the HParams tab's column order; ints
+        written as strings, hparam_value) and the metrics it shows, as (run, tag): e.g.
+        ('validation', 'loss'), ('test', 'accuracy'). The trial is named `trial`, by default
+        the session's name (session_name)."""
         if not self._active:
             return
         # The HParams tab sorts hparams by name: numbered names keep the given order.
-        hparams = {f"{i:02d}_{k}": v for i, (k, v) in enumerate(hparams.items(), start=1)}
+        hparams = {f"{i:02d}_{k}": hparam_value(v)
+                   for i, (k, v) in enumerate(hparams.items(), start=1)}  # fmt: skip
         with self._writer("").as_default():
             hp.hparams_config(
                 hparams=[hp.HParam(k) for k in hparams],
                 metrics=[hp.Metric(tag, group=run, display_name=f"{run} {tag}")
                          for run, tag in metrics],
             )  # fmt: skip
-            hp.hparams(hparams, trial_id=trial or None)
+            hp.hparams(hparams, trial_id=trial or self._session)
 
     def flush(self) -> None:
         """Writes what is buffered."""

@@ -314,8 +314,10 @@ def spec_from_config(model_config, **fields) -> ConvNeXtSpec:
 
 
 def hparams_label(spec: ConvNeXtSpec) -> str:
-    """TensorBoard's HParams model column, as before other families: 'dims / depths'."""
-    return "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
+    """TensorBoard's HParams model column: the title with, for a named size, its dims and
+    depths ('ConvNeXt tiny (96x192x384x768 / 3-3-9-3)'); other sizes' titles hold them."""
+    shape = "x".join(map(str, spec.dims)) + " / " + "-".join(map(str, spec.depths))
+    return f"{title(spec)} ({shape})" if size_name(spec.depths, spec.dims) else title(spec)
 
 
 def export_fields(spec: ConvNeXtSpec) -> dict:

@@ -180,7 +180,8 @@ def title(spec: ModelSpec) -> str:
 
 
 def hparams_label(spec: ModelSpec) -> str:
-    """TensorBoard's HParams model column: the family's label, else its title."""
+    """TensorBoard's HParams model column: the family's label (which names the family, as a
+    title does), else its title."""
     fam = family(spec)
     return (fam.hparams_label or fam.title)(spec)
 

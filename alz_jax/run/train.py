@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 
@@ -183,11 +182,7 @@ class _Loop:
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
         if start_step == 0:
-            writer.write_hparams(
-                progress.hparams(run, plan),
-                progress.HPARAM_METRICS,
-                trial=os.path.basename(os.path.normpath(os.fspath(workdir))),
-            )
+            writer.write_hparams(progress.hparams(run, plan), progress.HPARAM_METRICS)
             writer.write_texts(0, {"config": progress.config_table(config)})
         return cls(
             run=run, plan=plan, data=data, parts=parts, manager=manager,
