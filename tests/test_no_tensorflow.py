@@ -21,10 +21,27 @@ from tensorboard.util import tensor_util
 
 from alz_jax.host import writers
 from tests import tiny_config
-from tests.test_light_imports import SITECUSTOMIZE
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
+# Imported by Python at start-up from the first folder of PYTHONPATH: the path finder no longer
+# finds tensorflow, so that `import tensorflow` fails and `importlib.util.find_spec` returns None
+# as on a host without it (etils asks find_spec; TFDS tests sys.modules).
+SITECUSTOMIZE = """
+import importlib.machinery
+import sys
+
+
+class _PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = _PathFinderWithoutTensorFlow
+"""
 IMAGES = np.arange(2 * 6 * 8 * 3, dtype=np.uint8).reshape(2, 6, 8, 3)
 # The same calls in both writers: a scalar of each run kind, images, a text, hparams.
 CALLS = """
@@ -41,8 +58,7 @@ def _without_tensorflow(tmp_path: Path, args: list[str]) -> subprocess.Completed
     """Runs `python ARGS` in the repository with `import tensorflow` failing."""
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     pythonpath = os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=pythonpath, ALZ_JAX_TEST_BLOCKED="tensorflow",
-               XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=pythonpath, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, check=False, timeout=300)  # fmt: skip
 
