@@ -22,13 +22,27 @@ import, which matters because Grain's worker processes import it again.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-from tensorboard.plugins.hparams import api as hp
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.plugins.text.summary_v2 import text_pb
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+
+try:
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp  # imports TensorFlow too
+except ImportError:  # a host without TensorFlow (README.md, Install): see create_writer
+    tf = hp = None
 
 from alz_jax.host import storage
 
@@ -174,10 +188,21 @@ class Writer:
         self._writers.clear()
 
 
-def create_writer(workdir: str | Path, is_writer: bool) -> Writer:
+NO_TENSORFLOW = (
+    "TensorFlow is not installed: TensorBoard gets scalars, images and texts from TensorBoard's "
+    "own writer, without the HParams tab (README.md, Install)"
+)
+
+
+def create_writer(workdir: str | Path, is_writer: bool) -> Writer | TensorFlowFreeWriter:
     """Process 0: TensorBoard under <workdir>/tensorboard and <workdir>/metrics.jsonl; other
-    processes: nothing."""
-    return Writer(workdir, is_writer)
+    processes: nothing. Without TensorFlow (a GPU host installed without it), the same files
+    through TensorBoard's own event writer, less the hparams, with one warning."""
+    if tf is not None:
+        return Writer(workdir, is_writer)
+    if is_writer:
+        logging.warning(NO_TENSORFLOW)
+    return TensorFlowFreeWriter(workdir, is_writer)
 
 
 class JsonlWriter:
@@ -202,3 +227,80 @@ def read_metrics(workdir: str | Path) -> dict[int, dict]:
             entry = json.loads(line)
             by_step.setdefault(entry["step"], {}).update(entry)
     return by_step
+
+
+class TensorFlowFreeWriter:
+    """`Writer`'s methods and files without TensorFlow: event files written by TensorBoard's own
+    (pure Python) writer, in the same run folders and tags; `write_hparams` writes nothing."""
+
+    def __init__(self, workdir: str | Path, is_writer: bool = True):
+        self._root = storage.path(workdir) / "tensorboard"
+        self._jsonl = JsonlWriter(storage.path(workdir) / "metrics.jsonl")
+        self._active = is_writer
+        self._writers: dict[str, EventFileWriter] = {}
+        self._described: set[tuple[str, str]] = set()
+
+    def _write(self, run: str, step: int, summary: summary_pb2.Summary) -> None:
+        if run not in self._writers:
+            folder = self._root if run == "" else self._root / run
+            self._writers[run] = EventFileWriter(os.fspath(folder))
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._writers[run].add_event(event)
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        """As `Writer.write_scalars`."""
+        if not self._active or not scalars:
+            return
+        self._jsonl.write_scalars(step, scalars)
+        for name, value in scalars.items():
+            run, tag = split_name(name)
+            description = None
+            if (run, tag) not in self._described:
+                self._described.add((run, tag))
+                description = DESCRIPTIONS.get((run, tag))
+            self._write(run, step, scalar_pb(tag, float(value), description=description))
+
+    def write_images(self, step: int, images: dict) -> None:
+        """As `Writer.write_images`: (N, H, W, C) uint8, the first 4 of each batch as PNG."""
+        if not self._active:
+            return
+        for name, values in images.items():
+            run, tag = split_name(name)
+            batch = np.asarray(values)
+            pngs = []
+            for image in batch[:4]:
+                buffer = io.BytesIO()
+                Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+                    buffer, format="PNG"
+                )
+                pngs.append(buffer.getvalue())
+            width, height = str(batch.shape[2]).encode(), str(batch.shape[1]).encode()
+            tensor = tensor_util.make_tensor_proto(np.array([width, height, *pngs], dtype=object))
+            metadata = image_metadata.create_summary_metadata(display_name=tag, description="")
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)]
+            )
+            self._write(run, step, summary)
+
+    def write_texts(self, step: int, texts: dict) -> None:
+        """As `Writer.write_texts`."""
+        if not self._active:
+            return
+        for name, text in texts.items():
+            run, tag = ("", name) if "/" not in name else split_name(name)
+            self._write(run, step, text_pb(tag, text))
+
+    def write_hparams(self, hparams: dict, metrics: list[tuple[str, str]] = (),
+                      trial: str = "") -> None:  # fmt: skip
+        """Nothing: `Writer.write_hparams` writes them through TensorFlow's summary API."""
+
+    def flush(self) -> None:
+        """Writes what is buffered."""
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event files."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
