@@ -1,8 +1,8 @@
 """A host installed without TensorFlow (README.md, Install): in a subprocess where `import
 tensorflow` fails as if it were not installed, the metric writer falls back to TensorBoard's own
-event writer with one warning and writes the run folders, tags, values, images and texts that the
-TensorFlow writer writes, less the hparams; and `alz_jax.main` builds a tiny data set with the
-TFDS builder, trains from it and writes its test report (slow).
+event writer with one warning and writes the run folders, tags, values, images, texts and HParams
+trial that the TensorFlow writer writes; and `alz_jax.main` builds a tiny data set with the TFDS
+builder, trains from it and writes its test report (slow).
 """
 
 import io
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 from alz_jax.host import writers
@@ -105,13 +106,28 @@ def test_writer_without_tensorflow_writes_what_the_tensorflow_writer_writes_less
     assert (tmp_path / "no_tf" / "metrics.jsonl").read_text() == (
         tmp_path / "tf" / "metrics.jsonl"
     ).read_text()
-    no_tf = _events(tmp_path / "no_tf" / "tensorboard")
-    tf = _events(tmp_path / "tf" / "tensorboard")
+    no_tf = _events(tmp_path / "no_tf" / "tensorboard" / "no_tf")  # the session folder
+    tf = _events(tmp_path / "tf" / "tensorboard" / "tf")
     assert sorted(no_tf) == sorted(tf) == [".", "test", "train", "validation", "validation_ema"]
-    assert no_tf["."].Tags()["tensors"] == ["config"]  # the TensorFlow writer's, less hparams
-    assert sorted(tf["."].Tags()["tensors"]) == [
-        "_hparams_/experiment", "_hparams_/session_start_info", "config"
-    ]  # fmt: skip
+    for runs in (no_tf, tf):
+        assert sorted(runs["."].Tags()["tensors"]) == [
+            "_hparams_/experiment", "_hparams_/session_start_info", "config"
+        ]  # fmt: skip
+    for tag in ("_hparams_/experiment", "_hparams_/session_start_info"):
+        mine, theirs = (
+            plugin_data_pb2.HParamsPluginData.FromString(
+                runs["."].SummaryMetadata(tag).plugin_data.content
+            )
+            for runs in (no_tf, tf)
+        )
+        for message in (mine, theirs):  # written at different times
+            message.session_start_info.start_time_secs = 0
+            message.experiment.time_created_secs = 0
+        assert mine == theirs
+    trial = plugin_data_pb2.HParamsPluginData.FromString(
+        no_tf["."].SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ).session_start_info
+    assert trial.hparams["01_model"].string_value == "convnext"
     for run in ("train", "validation", "validation_ema", "test"):
         assert no_tf[run].Tags()["tensors"] == tf[run].Tags()["tensors"]
         for tag in no_tf[run].Tags()["tensors"]:
@@ -144,6 +160,6 @@ def test_main_without_tensorflow_builds_trains_and_reports(tiny_synthetic, tmp_p
     logged = writers.read_metrics(workdir)
     assert "train/loss" in logged[2] and "test/accuracy" in logged[2]
     assert json.loads((workdir / "report_test.json").read_text())["checkpoint_step"] == 2
-    runs = _events(workdir / "tensorboard")
+    runs = _events(workdir / "tensorboard" / writers.session_name(workdir))
     assert {"loss", "augmented"} <= set(runs["train"].Tags()["tensors"])
     assert "accuracy" in runs["test"].Tags()["tensors"]

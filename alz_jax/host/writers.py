@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary  # TensorFlow not needed
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.plugins.text.summary_v2 import text_pb
@@ -165,9 +166,7 @@ class Writer:
         the session's name (session_name)."""
         if not self._active:
             return
-        # The HParams tab sorts hparams by name: numbered names keep the given order.
-        hparams = {f"{i:02d}_{k}": hparam_value(v)
-                   for i, (k, v) in enumerate(hparams.items(), start=1)}  # fmt: skip
+        hparams = numbered_hparams(hparams)
         with self._writer("").as_default():
             hp.hparams_config(
                 hparams=[hp.HParam(k) for k in hparams],
@@ -189,9 +188,15 @@ class Writer:
 
 
 NO_TENSORFLOW = (
-    "TensorFlow is not installed: TensorBoard gets scalars, images and texts from TensorBoard's "
-    "own writer, without the HParams tab (README.md, Install)"
+    "TensorFlow is not installed: TensorBoard's files are written by TensorBoard's own "
+    "event writer instead (README.md, Install)"
 )
+
+
+def numbered_hparams(hparams: dict) -> dict:
+    """The hparams as written: the HParams tab sorts them by name, so numbered names keep the
+    given order; values as hparam_value writes them."""
+    return {f"{i:02d}_{k}": hparam_value(v) for i, (k, v) in enumerate(hparams.items(), start=1)}
 
 
 def create_writer(workdir: str | Path, is_writer: bool) -> Writer | TensorFlowFreeWriter:
@@ -231,10 +236,11 @@ def read_metrics(workdir: str | Path) -> dict[int, dict]:
 
 class TensorFlowFreeWriter:
     """`Writer`'s methods and files without TensorFlow: event files written by TensorBoard's own
-    (pure Python) writer, in the same run folders and tags; `write_hparams` writes nothing."""
+    (pure Python) writer, in the same session and run folders, with the same tags."""
 
     def __init__(self, workdir: str | Path, is_writer: bool = True):
-        self._root = storage.path(workdir) / "tensorboard"
+        self._session = session_name(workdir)
+        self._root = storage.path(workdir) / "tensorboard" / self._session
         self._jsonl = JsonlWriter(storage.path(workdir) / "metrics.jsonl")
         self._active = is_writer
         self._writers: dict[str, EventFileWriter] = {}
@@ -261,14 +267,14 @@ class TensorFlowFreeWriter:
             self._write(run, step, scalar_pb(tag, float(value), description=description))
 
     def write_images(self, step: int, images: dict) -> None:
-        """As `Writer.write_images`: (N, H, W, C) uint8, the first 4 of each batch as PNG."""
+        """As `Writer.write_images`: (N, H, W, C) uint8, all N of each, as PNG."""
         if not self._active:
             return
         for name, values in images.items():
             run, tag = split_name(name)
             batch = np.asarray(values)
             pngs = []
-            for image in batch[:4]:
+            for image in batch:
                 buffer = io.BytesIO()
                 Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
                     buffer, format="PNG"
@@ -292,7 +298,17 @@ class TensorFlowFreeWriter:
 
     def write_hparams(self, hparams: dict, metrics: list[tuple[str, str]] = (),
                       trial: str = "") -> None:  # fmt: skip
-        """Nothing: `Writer.write_hparams` writes them through TensorFlow's summary API."""
+        """As `Writer.write_hparams`, through TensorBoard's own summary protos."""
+        if not self._active:
+            return
+        hparams = numbered_hparams(hparams)
+        config = hparams_summary.hparams_config_pb(
+            hparams=[hparams_summary.HParam(k) for k in hparams],
+            metrics=[hparams_summary.Metric(tag, group=run, display_name=f"{run} {tag}")
+                     for run, tag in metrics],
+        )  # fmt: skip
+        self._write("", 0, config)
+        self._write("", 0, hparams_summary.hparams_pb(hparams, trial_id=trial or self._session))
 
     def flush(self) -> None:
         """Writes what is buffered."""
