@@ -326,14 +326,21 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def has_device_peak(result: dict) -> bool:
+    """Whether any model has a device peak (the device reports memory statistics: GPUs, TPUs)."""
+    return any(m["cost"].get("device_peak_bytes") is not None for m in result["models"])
+
+
 def markdown_costs(result: dict) -> list[str]:
-    """Parameters, FLOPs, measured throughput and memory per model."""
-    md = [
-        "| model | parameters | GFLOPs / image (forward) | image size | batch | "
-        "train images/s | inference images/s | train step, XLA MiB per device | "
-        "inference step, XLA MiB per device | device peak MiB (process, cumulative) |",
-        "|---" * 10 + "|",
-    ]
+    """Parameters, FLOPs, measured throughput and memory per model; the device peak column only
+    where some model has one, else a line saying why there is none."""
+    peak = has_device_peak(result)
+    columns = [
+        "model", "parameters", "GFLOPs / image (forward)", "image size", "batch",
+        "train images/s", "inference images/s", "train step, XLA MiB per device",
+        "inference step, XLA MiB per device",
+    ] + (["device peak MiB (process, cumulative)"] if peak else [])  # fmt: skip
+    md = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for m in result["models"]:
         c = m["cost"]
         train, infer = c.get("train") or {}, c.get("inference") or {}
@@ -341,8 +348,12 @@ def markdown_costs(result: dict) -> list[str]:
             f"| {_cell(m['name'])} | {c['params']:,} | {c['flops_per_image'] / 1e9:.4g} | "
             f"{c['image_size']} | {c.get('batch', '-')} | {_rate(train.get('images_per_s'))} | "
             f"{_rate(infer.get('images_per_s'))} | {_mib(train.get('xla_bytes'))} | "
-            f"{_mib(infer.get('xla_bytes'))} | {_mib(c.get('device_peak_bytes'))} |"
+            f"{_mib(infer.get('xla_bytes'))} |"
+            + (f" {_mib(c.get('device_peak_bytes'))} |" if peak else "")
         )
+    if not peak and any(m["cost"].get("train") for m in result["models"]):
+        backend = result["machine"]["backend"]
+        md += ["", f"No device peak column: {backend} reports no device memory statistics."]
     return md
 
 
@@ -430,9 +441,13 @@ def format_markdown(result: dict) -> str:
         "Parameters and FLOPs from the model registry; throughput measured on the machine "
         "above (random images at each run's image size, after warm-up steps), so it "
         "compares models only on this machine. XLA MiB: the compiled step's argument + "
-        "output + temporary buffers per device (XLA's memory analysis). Device peak: the "
-        "process's peak bytes in use on device 0 after that model's steps, where the device "
-        "reports it, cumulative over the models measured before it.",
+        "output + temporary buffers per device (XLA's memory analysis)."
+        + (
+            " Device peak: the process's peak bytes in use on device 0 after that model's "
+            "steps, cumulative over the models measured before it."
+            if has_device_peak(result)
+            else ""
+        ),
         "",
         *markdown_costs(result),
     ]
