@@ -106,7 +106,7 @@ def test_names_are_one_per_workdir_distinct_and_non_empty(tmp_path, names, messa
     assert files_in(tmp_path) == before  # refused before anything was written
 
 
-class Loaded(Exception):
+class LoadedError(Exception):
     """Raised by the test's load_run in place of loading: what compare would load."""
 
 
@@ -117,13 +117,13 @@ def test_compare_names_the_runs_by_names_or_by_default(tmp_path, monkeypatch):
     ]
 
     def load_run(workdir, name, split, evaluate_missing, saved=None):
-        raise Loaded(name)
+        raise LoadedError(name)
 
     monkeypatch.setattr(compare_runs, "load_run", load_run)
     settings = compare_runs.CompareSettings()
-    with pytest.raises(Loaded, match=r"^demo \(ConvNeXt\)$"):
+    with pytest.raises(LoadedError, match=r"^demo \(ConvNeXt\)$"):
         compare_runs.compare(workdirs, str(tmp_path / "out"), settings)
-    with pytest.raises(Loaded, match=r"^ConvNeXt demo$"):
+    with pytest.raises(LoadedError, match=r"^ConvNeXt demo$"):
         compare_runs.compare(workdirs, str(tmp_path / "out"), settings, ["ConvNeXt demo", "R"])
 
 
@@ -177,8 +177,7 @@ def test_the_command_refuses_a_training_run_in_one_line_with_exit_2(training, tm
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: {workdir}: a run is training there (pid {pid}, run.lock); compare it when it "
-        "ends."
+        f"error: {workdir}: a run is training there (pid {pid}, run.lock); compare it when it ends."
     ]
     assert "Traceback" not in result.stderr
     assert files_in(tmp_path) == before and not (tmp_path / "compare").exists()
@@ -188,9 +187,12 @@ def test_no_training_starts_in_a_workdir_while_it_is_compared(tmp_path):
     workdir = tmp_path / "run"
     with workdir_lock.hold(workdir):  # a finished run leaves its emptied lock file
         pass
-    with compare_runs.no_training([str(workdir)]):
-        with pytest.raises(UserError, match="is in use by"), workdir_lock.hold(workdir):
-            pass
+    with (
+        compare_runs.no_training([str(workdir)]),
+        pytest.raises(UserError, match="is in use by"),
+        workdir_lock.hold(workdir),
+    ):
+        pass
     with workdir_lock.hold(workdir):  # compared: a training may start again
         pass
 
@@ -207,8 +209,9 @@ def costs_result(peaks: list[int | None], backend: str = "cpu") -> dict:
                 "train": step, "inference": step}  # fmt: skip
         if peak is not None:
             cost["device_peak_bytes"] = peak
-        models.append({"name": f"m{i}", "title": "T", "workdir": f"w{i}", "checkpoint_step": 1,
-                       "weights": "raw", "num_images": 10, "metrics": {}, "cost": cost})  # fmt: skip
+        models.append({"name": f"m{i}", "title": "T", "workdir": f"w{i}", "metrics": {},
+                       "checkpoint_step": 1, "weights": "raw", "num_images": 10,
+                       "cost": cost})  # fmt: skip
     return {
         "split": "test", "reference": "m0", "metric_names": [], "paired_differences": {},
         "machine": {"cpu": "CPU", "cores": 2, "jax": "0", "backend": backend,
