@@ -6,12 +6,14 @@ only what naming reads (run/config.json, run/record.json, run/starts.jsonl).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import ml_collections
 import pytest
+from etils import epath
 
 from alz_jax.evaluation import compare_stats as stats
 from alz_jax.host import workdir_lock
@@ -19,6 +21,7 @@ from alz_jax.host.errors import UserError
 from alz_jax.run import compare_runs
 from alz_jax.run.saved_run import SavedRun
 from tests import tiny_config
+from tests.test_storage import fake_gcs
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +198,29 @@ def test_no_training_starts_in_a_workdir_while_it_is_compared(tmp_path):
         pass
     with workdir_lock.hold(workdir):  # compared: a training may start again
         pass
+
+
+def test_a_gs_workdir_is_refused_while_its_lock_file_names_a_live_holder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # With TensorFlow installed epath sends gs:// to tf.io.gfile, past the mock.
+    monkeypatch.setattr(epath.gpath, "_is_tf_installed", lambda: False)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait(30)
+    lock = tmp_path / "bucket" / "runs" / "r" / "run.lock"
+    lock.parent.mkdir(parents=True)
+    with fake_gcs(tmp_path):
+        with compare_runs.no_training(["gs://bucket/runs/r"]):  # no lock file: no run there
+            pass
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+        with compare_runs.no_training(["gs://bucket/runs/r"]):  # its holder is gone
+            pass
+        lock.write_text(json.dumps({"host": "elsewhere", "pid": 7}))
+        with pytest.raises(UserError) as refused, compare_runs.no_training(["gs://bucket/runs/r"]):
+            pass
+    assert str(refused.value) == (
+        "gs://bucket/runs/r: a run is training there (pid 7 on host elsewhere, run.lock); "
+        "compare it when it ends."
+    )
 
 
 # ---- The device peak column. ----

@@ -218,6 +218,7 @@ def _training_error(workdir: str, holder: dict) -> UserError:
 
 
 def _pid_alive(pid) -> bool:
+    """Whether process `pid` of this host exists (as workdir_lock judges an object lock)."""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError, TypeError):
@@ -237,10 +238,11 @@ def no_training(workdirs: Sequence[str]) -> Iterator[None]:
         for workdir in workdirs:
             path = storage.path(workdir) / workdir_lock.LOCK_NAME
             if storage.is_url(path):  # object storage: the file is the lock (workdir_lock.py)
-                holder = _lock_holder(path) if path.exists() else None
-                stale = holder is not None and holder.get("host") == socket.gethostname()
-                if holder is not None and not (stale and not _pid_alive(holder.get("pid"))):
-                    raise _training_error(workdir, holder)
+                if path.exists():
+                    holder = _lock_holder(path)
+                    here = holder.get("host") == socket.gethostname()
+                    if not (here and not _pid_alive(holder.get("pid"))):  # else: a dead holder's
+                        raise _training_error(workdir, holder)
                 continue
             try:
                 f = stack.enter_context(open(os.fspath(path)))
