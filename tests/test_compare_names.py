@@ -265,3 +265,20 @@ def test_the_device_peak_column_is_shown_where_a_model_has_one():
     rows = [line for line in cost.splitlines() if line.startswith("| m") and "model" not in line]
     assert rows[0].endswith("| 3.0 | 3.0 | 5.0 |") and rows[1].endswith("| 3.0 | 3.0 | - |")
     assert "Device peak: the process's peak" in cost and "No device peak" not in cost
+
+
+def test_the_console_summary_keeps_every_line_short_and_every_figure():
+    names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "quadratic_kappa"]
+    result = costs_result([None, None])
+    result["metric_names"] = [*names, "ece"]
+    for m in result["models"]:
+        m["title"] = "ResNet depths (1, 1, 2, 1), widths (16, 32, 64, 128), stem 16"
+        m["metrics"] = {"subject": {k: {"value": 0.5, "ci95": [0.25, 0.75]} for k in names}}
+    diff = {"observed": -0.125, "ci95": [-0.25, 0.0], "share_b_better": 0.5, "share_equal": 0.25}
+    result["paired_differences"] = {"m1": {"subject": {k: diff for k in names}}}
+    lines = stats.format_summary(result).splitlines()
+    assert max(map(len, lines)) <= stats.SUMMARY_WIDTH < 200
+    text = "\n".join(lines)
+    assert text.count("0.500 [0.250, 0.750]") == 10
+    assert text.count("-0.125 [-0.250, +0.000], P(better) 0.50 (ties 0.25)") == 5
+    assert lines[1] == "m0: ResNet depths (1, 1, 2, 1), widths (16, 32, 64, 128), stem 16"

@@ -470,9 +470,24 @@ def format_markdown(result: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+# The longest console line the summary packs its items into (the project keeps lines < 200).
+SUMMARY_WIDTH = 120
+
+
+def _packed(items: Sequence[str], indent: str) -> list[str]:
+    """`items` joined by ", " into lines of at most SUMMARY_WIDTH characters, each indented."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= SUMMARY_WIDTH:
+            lines[-1] += ", " + item
+        else:
+            lines.append(indent + item)
+    return lines
+
+
 def format_summary(result: dict) -> str:
     """The console summary: each model's headline metrics at the last level and its paired
-    difference to the reference."""
+    difference to the reference, in lines of at most SUMMARY_WIDTH characters."""
     level = [lv for lv in metrics.LEVELS if lv in result["models"][0]["metrics"]][-1]
     names = [k for k in result["metric_names"] if k != "ece"]
     lines = [
@@ -482,17 +497,14 @@ def format_summary(result: dict) -> str:
     ]
     for m in result["models"]:
         lv = m["metrics"][level]
-        lines.append(
-            f"{m['name']} ({m['title']}): "
-            + ", ".join(f"{metric_registry.label(k)} {_with_ci(lv[k])}" for k in names)
-        )
+        lines.append(f"{m['name']}: {m['title']}")
+        lines += _packed([f"{metric_registry.label(k)} {_with_ci(lv[k])}" for k in names], "  ")
         diff = result["paired_differences"].get(m["name"])
         if diff:
-            lines.append(
-                "  vs reference: "
-                + ", ".join(
-                    f"{metric_registry.label(k)} {_difference_cell(diff[level][k])}" for k in names
-                )
+            lines.append("  vs reference:")
+            lines += _packed(
+                [f"{metric_registry.label(k)} {_difference_cell(diff[level][k])}" for k in names],
+                "    ",
             )
     return "\n".join(lines)
 
