@@ -1,17 +1,20 @@
 """Command: compare models trained on the same data, on one split.
 
-    python -m alz_jax.compare --workdirs=runs/convnext,runs/vit[,...] [--split=test] \
-        [--out=DIR] [--resamples=1000] [--seed=0] [--batch=0] [--timed_steps=5] \
+    python -m alz_jax.compare --workdirs=runs/convnext,runs/vit[,...] [--names=A,B,...] \
+        [--split=test] [--out=DIR] [--resamples=1000] [--seed=0] [--batch=0] [--timed_steps=5] \
         [--warmup_steps=2] [--perturbations=all|none|noise,jpeg,...] \
         [--levels='noise=0.05,0.1;jpeg=50,10'] [--noevaluate_missing]
 
-The first workdir is the reference A. Writes into --out (default: `compare` beside the first
-workdir) compare.md, compare.json and the figures: each model's metrics with subject-bootstrap
-intervals, the paired bootstrap difference of each model to A on the same subjects, parameters,
-FLOPs, measured throughput and memory on this machine, and robustness curves under graded
-perturbations (alz_jax/run/compare_runs.py; docs/compare.md says what each number means). A run
-without a report on the split has its best checkpoint evaluated first (--noevaluate_missing
-refuses instead). Runs tested on different images are refused, naming the differences.
+The first workdir is the reference A. Each run is named by --names, one per workdir in the same
+order, or else by its config and model family ("demo_resnet (ResNet)"). Writes into --out
+(default: `compare` beside the first workdir) compare.md, compare.json and the figures: each
+model's metrics with subject-bootstrap intervals, the paired bootstrap difference of each model
+to A on the same subjects, parameters, FLOPs, measured throughput and memory on this machine,
+and robustness curves under graded perturbations (alz_jax/run/compare_runs.py; docs/compare.md
+says what each number means). A run without a report on the split has its best checkpoint
+evaluated first (--noevaluate_missing refuses instead). Runs tested on different images are
+refused, naming the differences, and so is a workdir whose run is still training (it holds
+run.lock): nothing is read or written there.
 """
 
 from absl import flags
@@ -26,6 +29,12 @@ _WORKDIRS = flags.DEFINE_list(
     None,
     "Workdirs of the runs to compare, comma-separated; the first is the reference.",
     required=True,
+)
+_NAMES = flags.DEFINE_list(
+    "names",
+    None,
+    "A name per workdir, comma-separated, in --workdirs order (default: each run's config and "
+    "model family, e.g. 'demo_resnet (ResNet)').",
 )
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split compared.")
 _OUT = flags.DEFINE_string(
@@ -68,7 +77,7 @@ def main(argv: list[str]) -> None:
         evaluate_missing=_EVALUATE_MISSING.value,
     )
     out = _OUT.value or compare_runs.default_out(_WORKDIRS.value)
-    result = compare_runs.compare(_WORKDIRS.value, out, settings)
+    result = compare_runs.compare(_WORKDIRS.value, out, settings, _NAMES.value)
     print(stats.format_summary(result))
     print(
         f"Written: {result['out']}/compare.md, compare.json and {len(result['figures'])} figures."

@@ -425,7 +425,7 @@ def test_compare_two_runs_end_to_end(two_runs):
     settings = compare_runs.CompareSettings(
         resamples=RESAMPLES, seed=0, timed_steps=1, warmup_steps=1, levels=LEVELS
     )
-    result = compare_runs.compare([str(a), str(b)], str(root / "out"), settings)
+    result = compare_runs.compare([str(a), str(b)], str(root / "out"), settings, ["a", "b"])
     out = root / "out"
     saved = json.loads((out / "compare.json").read_text())
     markdown = (out / "compare.md").read_text()

@@ -326,14 +326,21 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def has_device_peak(result: dict) -> bool:
+    """Whether any model has a device peak (the device reports memory statistics: GPUs, TPUs)."""
+    return any(m["cost"].get("device_peak_bytes") is not None for m in result["models"])
+
+
 def markdown_costs(result: dict) -> list[str]:
-    """Parameters, FLOPs, measured throughput and memory per model."""
-    md = [
-        "| model | parameters | GFLOPs / image (forward) | image size | batch | "
-        "train images/s | inference images/s | train step, XLA MiB per device | "
-        "inference step, XLA MiB per device | device peak MiB (process, cumulative) |",
-        "|---" * 10 + "|",
-    ]
+    """Parameters, FLOPs, measured throughput and memory per model; the device peak column only
+    where some model has one, else a line saying why there is none."""
+    peak = has_device_peak(result)
+    columns = [
+        "model", "parameters", "GFLOPs / image (forward)", "image size", "batch",
+        "train images/s", "inference images/s", "train step, XLA MiB per device",
+        "inference step, XLA MiB per device",
+    ] + (["device peak MiB (process, cumulative)"] if peak else [])  # fmt: skip
+    md = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for m in result["models"]:
         c = m["cost"]
         train, infer = c.get("train") or {}, c.get("inference") or {}
@@ -341,8 +348,12 @@ def markdown_costs(result: dict) -> list[str]:
             f"| {_cell(m['name'])} | {c['params']:,} | {c['flops_per_image'] / 1e9:.4g} | "
             f"{c['image_size']} | {c.get('batch', '-')} | {_rate(train.get('images_per_s'))} | "
             f"{_rate(infer.get('images_per_s'))} | {_mib(train.get('xla_bytes'))} | "
-            f"{_mib(infer.get('xla_bytes'))} | {_mib(c.get('device_peak_bytes'))} |"
+            f"{_mib(infer.get('xla_bytes'))} |"
+            + (f" {_mib(c.get('device_peak_bytes'))} |" if peak else "")
         )
+    if not peak and any(m["cost"].get("train") for m in result["models"]):
+        backend = result["machine"]["backend"]
+        md += ["", f"No device peak column: {backend} reports no device memory statistics."]
     return md
 
 
@@ -430,9 +441,13 @@ def format_markdown(result: dict) -> str:
         "Parameters and FLOPs from the model registry; throughput measured on the machine "
         "above (random images at each run's image size, after warm-up steps), so it "
         "compares models only on this machine. XLA MiB: the compiled step's argument + "
-        "output + temporary buffers per device (XLA's memory analysis). Device peak: the "
-        "process's peak bytes in use on device 0 after that model's steps, where the device "
-        "reports it, cumulative over the models measured before it.",
+        "output + temporary buffers per device (XLA's memory analysis)."
+        + (
+            " Device peak: the process's peak bytes in use on device 0 after that model's "
+            "steps, cumulative over the models measured before it."
+            if has_device_peak(result)
+            else ""
+        ),
         "",
         *markdown_costs(result),
     ]
@@ -455,9 +470,24 @@ def format_markdown(result: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+# The longest console line the summary packs its items into (the project keeps lines < 200).
+SUMMARY_WIDTH = 120
+
+
+def _packed(items: Sequence[str], indent: str) -> list[str]:
+    """`items` joined by ", " into lines of at most SUMMARY_WIDTH characters, each indented."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= SUMMARY_WIDTH:
+            lines[-1] += ", " + item
+        else:
+            lines.append(indent + item)
+    return lines
+
+
 def format_summary(result: dict) -> str:
     """The console summary: each model's headline metrics at the last level and its paired
-    difference to the reference."""
+    difference to the reference, in lines of at most SUMMARY_WIDTH characters."""
     level = [lv for lv in metrics.LEVELS if lv in result["models"][0]["metrics"]][-1]
     names = [k for k in result["metric_names"] if k != "ece"]
     lines = [
@@ -467,17 +497,14 @@ def format_summary(result: dict) -> str:
     ]
     for m in result["models"]:
         lv = m["metrics"][level]
-        lines.append(
-            f"{m['name']} ({m['title']}): "
-            + ", ".join(f"{metric_registry.label(k)} {_with_ci(lv[k])}" for k in names)
-        )
+        lines.append(f"{m['name']}: {m['title']}")
+        lines += _packed([f"{metric_registry.label(k)} {_with_ci(lv[k])}" for k in names], "  ")
         diff = result["paired_differences"].get(m["name"])
         if diff:
-            lines.append(
-                "  vs reference: "
-                + ", ".join(
-                    f"{metric_registry.label(k)} {_difference_cell(diff[level][k])}" for k in names
-                )
+            lines.append("  vs reference:")
+            lines += _packed(
+                [f"{metric_registry.label(k)} {_difference_cell(diff[level][k])}" for k in names],
+                "    ",
             )
     return "\n".join(lines)
 

@@ -11,14 +11,17 @@ What each number means is in docs/compare.md; the statistics are in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import platform
+import socket
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -27,7 +30,7 @@ from alz_jax.core import sharding, steps
 from alz_jax.data import dataset
 from alz_jax.evaluation import compare_stats as stats
 from alz_jax.evaluation import figures, metrics, reports, robustness, tasks
-from alz_jax.host import storage
+from alz_jax.host import storage, workdir_lock
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
 from alz_jax.run import assembly, saved_run, specs
@@ -116,7 +119,11 @@ class Run:
         return registry.title(self.spec.model)
 
 
-# ---- Loading. ----
+# ---- Names. ----
+
+# Commands that train a default config when their command line names none (the first start's
+# argv in run/starts.jsonl then has no --config): `python -m alz_jax.demo` trains configs/demo.py.
+_DEFAULT_CONFIGS = {"demo": "demo"}
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
@@ -127,6 +134,128 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     raise UserError(f"--workdirs names one workdir twice: {', '.join(map(str, workdirs))}.")
+
+
+def config_name(workdir: str) -> str | None:
+    """The name of the config file the run in `workdir` was started with (`demo_resnet` for
+    --config=configs/demo_resnet.py), from its first start's command line in run/starts.jsonl;
+    None where that names none (a run started from Python, or no starts.jsonl)."""
+    try:
+        with (storage.path(workdir) / "run" / "starts.jsonl").open() as f:
+            argv = json.loads(f.readline())["argv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for i, arg in enumerate(argv):
+        value = None
+        if str(arg).startswith(("--config=", "-config=")):
+            value = str(arg).split("=", 1)[1]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            value = str(argv[i + 1])
+        if value:
+            return os.path.splitext(os.path.basename(value.partition(":")[0]))[0] or None
+    program = os.path.splitext(os.path.basename(str(argv[0])))[0] if argv else ""
+    return _DEFAULT_CONFIGS.get(program)
+
+
+def family_label(model: registry.ModelSpec) -> str:
+    """The model's family as its title spells it ('ConvNeXt', 'ResNet', 'Simple CNN'), or the
+    family's registered name where the title starts otherwise."""
+    name = registry.family(model).name.replace("_", " ")
+    title = registry.title(model)
+    return title[: len(name)] if title.lower().startswith(name) else name
+
+
+def default_names(workdirs: Sequence[str], saved: Sequence[SavedRun]) -> list[str]:
+    """A name per run: its config's name and model family ('demo_resnet (ResNet)'; the
+    workdir's last folder for a run whose config file is unknown), with the workdir added in
+    brackets to names that two runs share."""
+    folders = run_names(workdirs)
+    names = [
+        f"{config_name(w) or os.path.basename(f)} ({family_label(s.spec.model)})"
+        for w, f, s in zip(workdirs, folders, saved, strict=True)
+    ]
+    return [f"{n} [{f}]" if names.count(n) > 1 else n for n, f in zip(names, folders, strict=True)]
+
+
+def check_names(names: Sequence[str], workdirs: Sequence[str]) -> list[str]:
+    """The --names of the runs, checked: one non-empty, distinct name per workdir."""
+    names = [n.strip() for n in names]
+    if len(names) != len(workdirs):
+        raise UserError(
+            f"--names gives {len(names)} names for {len(workdirs)} --workdirs; expected one "
+            "name per workdir, in the same order (or no --names: each run's config and model)."
+        )
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise UserError(
+            f"--names: name {empty[0]} of {len(names)} is empty; expected a name per workdir."
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--names gives {twice[0]!r} twice; expected a different name per run.")
+    return names
+
+
+# ---- The lock of a run that is training. ----
+
+
+def _lock_holder(path) -> dict:
+    """What a run.lock file says of its holder ({} when it says nothing readable)."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _training_error(workdir: str, holder: dict) -> UserError:
+    host = holder.get("host")
+    where = f" on host {host}" if host and host != socket.gethostname() else ""
+    return UserError(
+        f"{workdir}: a run is training there (pid {holder.get('pid', 'unknown')}{where}, "
+        f"{workdir_lock.LOCK_NAME}); compare it when it ends."
+    )
+
+
+def _pid_alive(pid) -> bool:
+    """Whether process `pid` of this host exists (as workdir_lock judges an object lock)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def no_training(workdirs: Sequence[str]) -> Iterator[None]:
+    """Refuses (a UserError naming it) a workdir whose run holds its run.lock, i.e. is still
+    training, before anything is read or written; and holds a shared lock on each local run.lock
+    for the `with` block, so that no training starts in a compared workdir meanwhile (its start
+    is refused as for a second run)."""
+    with contextlib.ExitStack() as stack:
+        for workdir in workdirs:
+            path = storage.path(workdir) / workdir_lock.LOCK_NAME
+            if storage.is_url(path):  # object storage: the file is the lock (workdir_lock.py)
+                if path.exists():
+                    holder = _lock_holder(path)
+                    here = holder.get("host") == socket.gethostname()
+                    if not (here and not _pid_alive(holder.get("pid"))):  # else: a dead holder's
+                        raise _training_error(workdir, holder)
+                continue
+            try:
+                f = stack.enter_context(open(os.fspath(path)))
+            except FileNotFoundError:  # never trained under a lock
+                continue
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _training_error(workdir, _lock_holder(path)) from None
+        yield
+
+
+# ---- Loading. ----
 
 
 def _read_predictions(workdir, split: str, report: dict) -> stats.Predictions:
@@ -143,10 +272,13 @@ def _read_predictions(workdir, split: str, report: dict) -> stats.Predictions:
     )
 
 
-def load_run(workdir: str, name: str, split: str, evaluate_missing: bool) -> Run:
-    """A run's spec, record, report and predictions on `split`; the best checkpoint is evaluated
-    first when the report or predictions file is missing (or a UserError, if not allowed)."""
-    saved = SavedRun.open(os.fspath(workdir))
+def load_run(
+    workdir: str, name: str, split: str, evaluate_missing: bool, saved: SavedRun | None = None
+) -> Run:
+    """A run's spec, record, report and predictions on `split` (`saved`: the run, if opened
+    already); the best checkpoint is evaluated first when the report or predictions file is
+    missing (or a UserError, if not allowed)."""
+    saved = saved or SavedRun.open(os.fspath(workdir))
     folder = storage.path(workdir)
     report_path = folder / f"report_{split}.json"
     predictions_path = folder / f"predictions_{split}.csv"
@@ -507,16 +639,33 @@ def _model_entry(run: Run, aligned: stats.Predictions, cost: dict, settings) -> 
     }
 
 
-def compare(workdirs: Sequence[str], out: str, settings: CompareSettings) -> dict:
+def compare(
+    workdirs: Sequence[str],
+    out: str,
+    settings: CompareSettings,
+    names: Sequence[str] | None = None,
+) -> dict:
     """Compares the runs in `workdirs` (the first is the reference) on `settings.split` and
-    writes compare.md, compare.json and the figures into `out`; returns the result."""
+    writes compare.md, compare.json and the figures into `out`; returns the result. `names`
+    name the runs (default: each one's config and model family, `default_names`). A workdir
+    whose run is still training is refused before anything is read or written."""
     if len(workdirs) < 2:
         raise UserError(f"--workdirs: expected two or more runs to compare, found {len(workdirs)}.")
-    names = run_names(workdirs)
-    runs = [
-        load_run(w, n, settings.split, settings.evaluate_missing)
-        for w, n in zip(workdirs, names, strict=True)
-    ]
+    run_names(workdirs)  # refuses a workdir named twice
+    if names is not None:
+        names = check_names(names, workdirs)
+    with no_training(workdirs):
+        saved = [SavedRun.open(os.fspath(w)) for w in workdirs]
+        names = names or default_names(workdirs, saved)
+        runs = [
+            load_run(w, n, settings.split, settings.evaluate_missing, s)
+            for w, n, s in zip(workdirs, names, saved, strict=True)
+        ]
+        return write_outputs(_result(runs, settings), out)
+
+
+def _result(runs: Sequence[Run], settings: CompareSettings) -> dict:
+    """The comparison of loaded runs: metrics, paired differences, costs, robustness, notes."""
     aligned = check_same_data(runs)
     need_weights = bool(settings.timed_steps or settings.perturbations)
     loaded = {r.name: load_weights(r) for r in runs} if need_weights else {}
@@ -546,7 +695,7 @@ def compare(workdirs: Sequence[str], out: str, settings: CompareSettings) -> dic
         "robustness": robustness_curves(runs, loaded, settings) if settings.perturbations else None,
     }
     result["notes"] = _notes(runs, result)
-    return write_outputs(result, out)
+    return result
 
 
 def default_out(workdirs: Sequence[str]) -> str:
