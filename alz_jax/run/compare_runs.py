@@ -121,10 +121,6 @@ class Run:
 
 # ---- Names. ----
 
-# Commands that train a default config when their command line names none (the first start's
-# argv in run/starts.jsonl then has no --config): `python -m alz_jax.demo` trains configs/demo.py.
-_DEFAULT_CONFIGS = {"demo": "demo"}
-
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
     """A name per workdir: its last folder, with parent folders added until names differ."""
@@ -137,24 +133,10 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
 
 
 def config_name(workdir: str) -> str | None:
-    """The name of the config file the run in `workdir` was started with (`demo_resnet` for
-    --config=configs/demo_resnet.py), from its first start's command line in run/starts.jsonl;
-    None where that names none (a run started from Python, or no starts.jsonl)."""
-    try:
-        with (storage.path(workdir) / "run" / "starts.jsonl").open() as f:
-            argv = json.loads(f.readline())["argv"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    for i, arg in enumerate(argv):
-        value = None
-        if str(arg).startswith(("--config=", "-config=")):
-            value = str(arg).split("=", 1)[1]
-        elif arg in ("--config", "-config") and i + 1 < len(argv):
-            value = str(argv[i + 1])
-        if value:
-            return os.path.splitext(os.path.basename(value.partition(":")[0]))[0] or None
-    program = os.path.splitext(os.path.basename(str(argv[0])))[0] if argv else ""
-    return _DEFAULT_CONFIGS.get(program)
+    """The name of the config the run in `workdir` was started with (`demo_resnet` for
+    --config=configs/demo_resnet.py; saved_run.config_name), None where unknown."""
+    name = saved_run.config_name(workdir)
+    return os.path.splitext(name)[0] if name else None
 
 
 def family_label(model: registry.ModelSpec) -> str:

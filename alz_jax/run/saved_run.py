@@ -248,22 +248,32 @@ class SavedRun:
         return report
 
 
+# Commands that train a default config when their command line names none (older runs'
+# starts.jsonl has no config_file): `python -m alz_jax.demo` trains configs/demo.py.
+_DEFAULT_CONFIGS = {"demo": "demo.py"}
+
+
 def config_name(workdir) -> str | None:
     """The file name of the config the run in `workdir` was first started with, from
-    run/starts.jsonl (its `config_file`, or for older runs the --config of its command line),
-    or None where that start named none (a run started from Python)."""
+    run/starts.jsonl (its `config_file`, or for older runs the --config of its command line,
+    or the config its command trains by default), or None where that start named none (a run
+    started from Python) or there is no readable starts.jsonl."""
     path = storage.path(workdir) / "run" / "starts.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    start = json.loads(lines[0]) if lines else {}
+    try:
+        lines = path.read_text().splitlines() if path.exists() else []
+        start = json.loads(lines[0]) if lines else {}
+    except (OSError, ValueError):
+        return None
     if start.get("config_file"):
         return start["config_file"]
-    argv = start.get("argv", [])
+    argv = [str(a) for a in start.get("argv", [])]
     for i, arg in enumerate(argv):
-        value = arg.removeprefix("--config=") if arg.startswith("--config=") else (
-            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)  # fmt: skip
+        value = arg.split("=", 1)[1] if arg.startswith(("--config=", "-config=")) else (
+            argv[i + 1] if arg in ("--config", "-config") and i + 1 < len(argv) else None
+        )  # fmt: skip
         if value:
             return Path(value.partition(":")[0]).name
-    return None
+    return _DEFAULT_CONFIGS.get(Path(argv[0]).stem) if argv else None
 
 
 def read_predictions(folder, split: str, report: dict) -> tuple[dict, np.ndarray]:
