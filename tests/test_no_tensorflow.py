@@ -79,7 +79,7 @@ def _value(accumulator: EventAccumulator, tag: str):
     return event.step, tensor_util.make_ndarray(event.tensor_proto)
 
 
-def test_writer_without_tensorflow_writes_what_the_tensorflow_writer_writes_less_hparams(tmp_path):
+def test_writer_without_tensorflow_writes_what_the_tensorflow_writer_writes(tmp_path):
     setup = textwrap.dedent("""
         import json, sys
         import numpy as np
