@@ -276,4 +276,4 @@ def validation_images(
     units = metrics.level_units(records, mc.softmax(logits), subjects_known=False)
     scan = mc.classification_metrics(units["scan"].labels, units["scan"].probs, class_names)
     figure = figures.multiclass_confusion_figure({"scan": scan["confusion_matrix"]}, title)
-    return {"validation/confusion_scan": figures.to_tensorboard_image(figure, width_px=660)}
+    return {"validation/confusion_scan": figures.to_tensorboard_image(figure)}

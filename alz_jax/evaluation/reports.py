@@ -754,12 +754,11 @@ def write_report(report: dict, workdir: str | Path) -> Path:
     return path
 
 
-def write_outputs(
-    report: dict, rendered: dict, workdir, writer, markdown, card_width_px: int = 440
-) -> dict:
-    """Saves a report's figures as <name>_<split>.png (and, with a writer, TensorBoard images
-    about `card_width_px` wide), then report_<split>.md (`markdown(report, figure paths)`) and
-    report_<split>.json; returns the report, its figure paths added."""
+def write_outputs(report: dict, rendered: dict, workdir, writer, markdown) -> dict:
+    """Saves a report's figures as <name>_<split>.png (and, with a writer, as TensorBoard
+    images, a card per panel: figures.to_tensorboard_image), then report_<split>.md
+    (`markdown(report, figure paths)`) and report_<split>.json; returns the report, its figure
+    paths added."""
     split, step = report["split"], report["checkpoint_step"]
     paths = {}
     for name, figure in rendered.items():
@@ -767,7 +766,7 @@ def write_outputs(
         figures.save(figure, workdir / paths[name])
     if writer is not None:
         writer.write_images(step, {
-            f"{split}/{name}": figures.to_tensorboard_image(f, width_px=card_width_px)
+            f"{split}/{name}": figures.to_tensorboard_image(f)
             for name, f in rendered.items()
         })  # fmt: skip
         writer.flush()

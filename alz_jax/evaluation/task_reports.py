@@ -132,5 +132,4 @@ def evaluate_weights(
         explained = shown.saliency(report, units, data, split, records, plain, model,
                                    params, pixel_stats, pipeline.image_size, settings)  # fmt: skip
         rendered.update(explained)
-    return reports.write_outputs(report, rendered, workdir, writer, shown.markdown,
-                                 task.card_width_px)  # fmt: skip
+    return reports.write_outputs(report, rendered, workdir, writer, shown.markdown)

@@ -37,8 +37,6 @@ class Task(abc.ABC):
     """One kind of classification task over `num_classes` classes."""
 
     kind: ClassVar[str]
-    # The width of a report's figures as TensorBoard images.
-    card_width_px: ClassVar[int] = 440
     probability_label: ClassVar[str] = "P"  # the heading of `predict`'s probabilities
     # Whether test-time views get their own calibration (binary: thresholds chosen under the
     # views); otherwise the plain view's calibration serves them and lists them.
@@ -423,7 +421,6 @@ class MulticlassTask(Task):
     most probable class is the call, and validation fits only a temperature."""
 
     kind = "multiclass"
-    card_width_px = 880  # K x K matrices with class names need a wider card
 
     def device_outputs(self, logits: jax.Array) -> jax.Array:
         """The logits (B, K)."""
