@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tfds_builders.mri_slices import near_duplicates
+from tfds_builders.mri_slices import near_duplicates, progress
 from tfds_builders.mri_slices.layouts import adni, registry
 from tfds_builders.mri_slices.layouts.base import (
     LIST_LIMIT,
@@ -95,11 +95,12 @@ def common_size(checks: dict[str, ImageCheck]) -> tuple[int, int] | None:
 def check_all(parsed: Layout) -> dict[str, ImageCheck]:
     """Each image's check by file name, against its layout's audit hooks: ADNI's fixed size and
     mode; for other layouts any size (the input pipeline pads and resizes every image; the
-    audit reports the sizes found) in any gray-readable mode."""
+    audit reports the sizes found) in any gray-readable mode. Logs progress on a long read."""
     plugin = registry.get(parsed.kind)
+    counter = progress.Progress("Audit: reading images", len(parsed.records))
     return {
         r.file_name: check_bytes(r.read_bytes(), plugin.image_size, plugin.image_modes)
-        for r in parsed.records
+        for r in counter.track(parsed.records)
     }
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from tfds_builders.mri_slices import synthetic
+from tfds_builders.mri_slices import progress, synthetic
 
 # The image is first area-resized to GRID x GRID (the whole frame: within one collection every
 # image shares the frame, and a resized copy maps onto the same grid), then the band below
@@ -121,14 +121,19 @@ def pairs_above(
     if len(codes) != len(sig):
         raise ValueError(f"{len(sig)} signatures but {len(codes)} groups")
     found = [np.zeros((0, 2), np.int64)]
-    for start in range(0, len(sig), chunk):
-        stop = min(start + chunk, len(sig))
+    n = len(sig)
+    counter = progress.Progress("Near-duplicate search", n * (n + 1) // 2, unit="pairs")
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         # Only columns from `start` on: the blocks to the left were covered by earlier rows.
         rows, cols = np.nonzero(sig[start:stop] @ sig[start:].T >= threshold)
         rows += start
         cols += start
         keep = (cols > rows) & (codes[rows] != codes[cols])
         found.append(np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64))
+        # The block's pairs on or above the diagonal: what this search compares.
+        counter.update((stop - start) * (n - start) - (stop - start) * (stop - start - 1) // 2)
+    counter.finish()
     return np.concatenate(found)
 
 
