@@ -18,6 +18,7 @@ def progress_interval_s() -> float:
     """Seconds between two progress lines (tests lower `progress.INTERVAL_S`)."""
     return progress.INTERVAL_S
 
+
 # Libraries whose INFO lines describe their own routine work (checkpoint I/O, data set files).
 _QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")
 

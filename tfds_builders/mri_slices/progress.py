@@ -91,4 +91,3 @@ class Progress:
             yield item
             self.update()
         self.finish()
-
