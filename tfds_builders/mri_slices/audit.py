@@ -485,19 +485,37 @@ LEAKAGE_WARNING = (
 LEAKAGE_WARN_SHARE = 0.10
 
 
+def _share(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def format_agreement(agreement: dict) -> str:
+    """'flagged 12 of 40 test images whose subject is in train (30.0%), 1 of 2980 whose subject
+    is not (0.0%)': near_duplicates.subject_agreement in one short line."""
+    others = agreement["test_images"] - agreement["shared_subject_images"]
+    return (
+        f"flagged {agreement['flagged_shared']} of {agreement['shared_subject_images']} test "
+        f"images whose subject is in train ({_share(agreement['flag_rate_shared'])}), "
+        f"{agreement['flagged_not_shared']} of {others} whose subject is not "
+        f"({_share(agreement['flag_rate_not_shared'])})"
+    )
+
+
 def format_near_duplicates(entry: dict | None) -> list[str]:
     """The lines saying how many held-out images have a near-identical image in train, and the
     warning when that share is high."""
     if not entry:
         return []
+    # The method's name only ('bandpass-v1'); its description is in the JSON and docs/leakage.md.
+    method = entry["method"].split(":")[0]
     lines = [
         f"{entry['held_out_split']} images with a near-identical image in train: "
         f"{entry['test_images_with_train_match']} of {entry['test_images']} "
-        f"({entry['share']:.1%}; {entry['method']}, threshold {entry['threshold']:g})"
+        f"({entry['share']:.1%}; {method}, threshold {entry['threshold']:g})"
     ]
     agreement = entry.get("agreement_with_subject_ids")
     if agreement:
-        lines.append(f"  agreement with subject IDs: {agreement}")
+        lines.append(f"  agreement with subject IDs: {format_agreement(agreement)}")
     if entry["share"] >= LEAKAGE_WARN_SHARE:
         lines.append(f"Warning: {LEAKAGE_WARNING}.")
     return lines

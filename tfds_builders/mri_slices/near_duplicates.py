@@ -19,6 +19,7 @@ limits. numpy and OpenCV only (the builder stores the pairs; no TensorFlow or JA
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Iterable
 
 import cv2
@@ -438,7 +439,7 @@ def _aligned(seed: int, subjects: int, slices: int, splits: int) -> dict:
 
 def format_table(report: dict) -> str:
     """A calibration report (`calibrate`) as a plain-text table."""
-    lines = [f"method: {report['method']}", ""]
+    lines = [*textwrap.wrap(f"method: {report['method']}", 120, subsequent_indent="  "), ""]
     lines.append(
         f"{'best train similarity':38s} {'n':>5s} "
         + " ".join(f"{k:>7s}" for k in [*_QUANTILES, "max"])
@@ -465,8 +466,10 @@ def format_table(report: dict) -> str:
     lines.append(
         f"DEFAULT_THRESHOLD {report['default_threshold']:.3f}: flagged "
         f"{report['flag_rate_by_image_at_default']:.1%} by image, "
-        f"{report['flag_rate_by_subject_at_default']:.1%} by subject; "
-        f"after intensity changes {robust['intensity']['flag_rate_by_image']:.1%} / "
+        f"{report['flag_rate_by_subject_at_default']:.1%} by subject"
+    )
+    lines.append(
+        f"  after intensity changes {robust['intensity']['flag_rate_by_image']:.1%} / "
         f"{robust['intensity']['flag_rate_by_subject']:.1%}; after misregistration "
         f"{robust['misregistration']['flag_rate_by_image']:.1%} / "
         f"{robust['misregistration']['flag_rate_by_subject']:.1%}; second visits "
@@ -475,8 +478,10 @@ def format_table(report: dict) -> str:
         f"{robust['aligned']['flag_rate_by_subject']:.1%}"
     )
     distance = report["similarity_by_slice_distance"]
-    lines.append(
+    lines += textwrap.wrap(
         "slices k apart in one scan, min (median): "
-        + ", ".join(f"k={k} {v['min']:.3f} ({v['median']:.3f})" for k, v in distance.items())
+        + ", ".join(f"k={k} {v['min']:.3f} ({v['median']:.3f})" for k, v in distance.items()),
+        120,
+        subsequent_indent="  ",
     )
     return "\n".join(lines)
