@@ -32,7 +32,7 @@ from tfds_builders.mri_slices import Builder, api, audit, config_for, near_dupli
 # absl's prefix ('I1205 04:03:03.543208 140358245731200 train.py:223] ') on a logged line.
 ABSL_PREFIX = 52
 LINE = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), "
-                  r"(?P<rate>[\d.e+]+) (?P<unit>\w+)/s, ETA \d+:\d\d:\d\d$")  # fmt: skip
+                  r"(?P<rate>[\d.e+]+M?) (?P<unit>\w+)/s, ETA \d+:\d\d:\d\d$")  # fmt: skip
 
 
 @pytest.fixture
@@ -54,8 +54,8 @@ def _assert_progress(lines: list[str], what: str, total: int, unit: str) -> None
     counts = [int(m["done"]) for m in periodic]
     assert counts == sorted(counts) and counts[0] > 0 and counts[-1] < total
     assert {int(m["total"]) for m in periodic} == {total}
-    assert re.fullmatch(rf"{re.escape(what)}: {total}/{total} in \d+:\d\d:\d\d, [\d.e+]+ {unit}/s",
-                        lines[-1]), lines[-1]  # fmt: skip
+    last = rf"{re.escape(what)}: {total}/{total} in \d+:\d\d:\d\d, [\d.e+]+M? {unit}/s"
+    assert re.fullmatch(last, lines[-1]), lines[-1]
     assert max(len(line) for line in lines) + ABSL_PREFIX <= 200
 
 
@@ -117,6 +117,43 @@ def test_near_duplicate_search_logs_progress_and_finds_exactly_the_brute_force_p
     _assert_progress(lines, "Near-duplicate search", 300 * 301 // 2, "pairs")
     # The first block of 64 rows against columns 0..299: 64 * 300 - 64 * 63 / 2 pairs.
     assert lines[0].startswith(f"Near-duplicate search: {64 * 300 - 64 * 63 // 2}/45150 (")
+
+
+def test_the_filtered_pair_search_equals_brute_force_near_the_threshold():
+    """The same pairs as comparing every pair (the search before the filter): on random
+    signatures with planted near pairs (the filter gives way to the full comparison), and on
+    signatures that lie near a few directions (as brain slices do, the filter spares most
+    columns) with many pairs just above and just below the threshold."""
+    rng = np.random.default_rng(3)
+    sig = rng.standard_normal((3000, near_duplicates.DIMS)).astype(np.float32)
+    planted = rng.choice(3000, (40, 2), replace=False)
+    for (a, b), noise in zip(planted, np.linspace(0.35, 0.65, 40), strict=True):
+        sig[b] = sig[a] + noise * rng.standard_normal(near_duplicates.DIMS).astype(np.float32)
+    sig /= np.linalg.norm(sig, axis=1, keepdims=True)
+    sims = sig @ sig.T
+    i, j = np.nonzero(np.triu(sims >= 0.9, k=1))
+    assert 10 < len(i) < 40  # some planted pairs reach the threshold, some don't
+    assert (
+        near_duplicates.pairs_above(sig, np.arange(3000)).tolist()
+        == np.stack([i, j], axis=1).tolist()
+    )
+
+    basis = rng.standard_normal((12, near_duplicates.DIMS))
+    prototypes = rng.standard_normal((40, 12))
+    # Sorted by prototype, as file names sort the slices of a scan together.
+    of = np.sort(rng.integers(0, 40, 2000))
+    coefficients = prototypes[of] + 0.4 * rng.standard_normal((2000, 12))
+    sig = coefficients @ basis + 0.3 * rng.standard_normal((2000, near_duplicates.DIMS))
+    sig = (sig / np.linalg.norm(sig, axis=1, keepdims=True)).astype(np.float32)
+    groups = np.arange(2000) // 3
+    sims = sig @ sig.T
+    for threshold in (0.8, 0.9):
+        i, j = np.nonzero(np.triu(sims >= threshold, k=1) & (groups[:, None] != groups[None, :]))
+        near = np.abs(sims[np.triu_indices(2000, 1)] - threshold) < 0.005
+        assert len(i) > 1000 and near.sum() > 1000  # the boundary is well populated
+        for chunk in (50, 256):
+            pairs = near_duplicates.pairs_above(sig, groups, threshold, chunk=chunk)
+            assert pairs.tolist() == np.stack([i, j], axis=1).tolist()
 
 
 def test_the_build_logs_the_examples_written(adni_like, tmp_path, every_step, caplog):

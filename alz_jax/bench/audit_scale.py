@@ -102,13 +102,16 @@ def search(images: int, seed: int = 0) -> int:
 
 
 def measured(phase: str, argv: list[str], images: int) -> dict:
-    """Runs `argv` as a child; its wall time and the peak RSS of it and its children (MiB)."""
+    """Runs `argv` as a child; its wall and CPU time and the peak RSS of it and its children
+    (MiB)."""
     start = time.perf_counter()
     done = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds (all threads) say more than wall time on a machine shared with other jobs.
     return {"phase": phase, "images": images, "seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak_kib / 1024), "exit": done.returncode}  # fmt: skip
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), "exit": done.returncode}  # fmt: skip
 
 
 def main() -> None:
