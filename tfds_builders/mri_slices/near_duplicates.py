@@ -121,11 +121,13 @@ def _coarse(sig: np.ndarray) -> np.ndarray:
     is at least a . b, for any directions; principal ones make it tight."""
     sample = sig[:: max(1, len(sig) // PRUNE_SAMPLE)].astype(np.float64)
     _, vectors = np.linalg.eigh(sample.T @ sample)  # ascending eigenvalues
-    basis = vectors[:, ::-1][:, : min(PRUNE_RANK, sig.shape[1])]
-    projected = sig.astype(np.float64) @ basis
-    rest = np.sum(sig.astype(np.float64) ** 2, axis=1) - np.sum(projected**2, axis=1)
-    coarse = np.concatenate([projected, np.sqrt(np.maximum(rest, 0.0))[:, None]], axis=1)
-    return np.ascontiguousarray(coarse, np.float32)
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, : min(PRUNE_RANK, sig.shape[1])], np.float32)
+    # float32 products (no float64 copy of all signatures): their rounding, ~1e-6, is far
+    # inside the bound's slack.
+    projected = (sig @ basis).astype(np.float64)
+    norms = np.einsum("ij,ij->i", sig, sig).astype(np.float64)
+    rest = np.sqrt(np.maximum(norms - np.sum(projected**2, axis=1), 0.0))
+    return np.ascontiguousarray(np.concatenate([projected, rest[:, None]], axis=1), np.float32)
 
 
 def pairs_above(
