@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from alz_jax.host import logs
 from tfds_builders.mri_slices import api as slices
 from tfds_builders.mri_slices import near_duplicates, synthetic, synthetic_stages
 
@@ -126,6 +127,7 @@ def main() -> None:
         generate(args.root, args.images)
         return
     if args.child == "build":
+        logs.setup()  # INFO lines: the builder's audit and its progress, as `main` shows them
         data_dir = args.root.with_name(args.root.name + "_tfds")
         shutil.rmtree(data_dir, ignore_errors=True)  # a fresh build every time
         build(args.root, data_dir)
