@@ -145,10 +145,11 @@ def pairs_above(
     each similarity (`_coarse`, 65 numbers per image instead of 1,024) picks the columns that
     can reach the threshold, and only those are compared in full (float32 matrix products as
     before). On brain slices that leaves a few hundred columns per block: the 86,437 images of
-    the OASIS-sized benchmark took 28 to 45 s (998,728 pairs) where comparing all took 417 s
-    on the same loaded machine. Where the bound prunes little (random signatures) a block is
-    compared with all later columns, as without the filter (docs/performance.md). Memory:
-    at most chunk x n x 9 bytes (the bounds, their mask, the block) plus the pairs.
+    the OASIS-sized benchmark took 18 s (998,728 pairs, 601 MiB peak), and 36 to 45 s on the
+    loaded machine where comparing all took 417 s. Where the bound spares more than half the
+    columns (random signatures) the rest is compared in full, as without the filter (about 15%
+    slower than that: docs/performance.md). Memory: chunk x n x 5 bytes for a block's bounds,
+    4 x chunk x n x 5 bytes for a block of the full comparison, plus the pairs.
     """
     sig = np.ascontiguousarray(signatures, np.float32)
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
