@@ -23,6 +23,7 @@ from flax import nnx
 from alz_jax.core import sharding
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import bootstrap, metrics, reports
+from alz_jax.host import logs
 from alz_jax.models import registry
 from alz_jax.run import progress as run_progress
 from alz_jax.run import specs
@@ -278,3 +279,17 @@ def test_the_model_summary_lines_stay_under_200_characters():
         params = nnx.to_pure_dict(nnx.state(registry.abstract(run.model), nnx.Param))
         lines.append(run_progress.parameter_overview(params))
         assert max(len(line) for line in lines) + ABSL_PREFIX <= 200
+
+
+def test_tfds_custom_config_warning_is_dropped_from_the_console():
+    """TFDS prints a custom builder config (every layout but ADNI's default) in one ~600
+    character warning; logs.setup's filter drops it and keeps other TFDS warnings."""
+    log_filter = logs._LibraryInfoFilter()  # what logs.setup puts on the console's handlers
+
+    def record(message: str) -> logging.LogRecord:
+        path = "/venv/site-packages/tensorflow_datasets/core/dataset_builder.py"
+        return logging.LogRecord("absl", logging.WARNING, path, 1414, message, (), None)
+
+    config = "AdniConfig(name='oasis_f4412a30_val0p1_seed0', " + "x" * 500 + ")"
+    assert not log_filter.filter(record(f"Using custom data configuration: {config}"))
+    assert log_filter.filter(record("Some other TFDS warning"))

@@ -24,8 +24,12 @@ _QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/"
 
 
 # Known-spurious warnings: TFDS warns that a version folder has no dataset_info.json when a
-# builder is opened on the folder it is about to build.
-_SPURIOUS = (("/tensorflow_datasets/", "has no dataset_info.json"),)
+# builder is opened on the folder it is about to build, and prints a custom builder config
+# whole (a line of ~600 characters; our own lines name the layout, classes and folder).
+_SPURIOUS = (
+    ("/tensorflow_datasets/", "has no dataset_info.json"),
+    ("/tensorflow_datasets/", "Using custom data configuration"),
+)
 
 
 class _LibraryInfoFilter(logging.Filter):
