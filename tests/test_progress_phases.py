@@ -212,7 +212,10 @@ def test_the_bootstrap_logs_progress(every_step, caplog):
     assert [LINE.match(line)["done"] for line in lines[:2]] == ["10", "20"]
 
 
-def test_a_run_waiting_for_another_runs_build_says_whose_and_how_long(tmp_path, every_step, caplog):
+def test_a_run_waiting_for_another_runs_build_says_whose_and_how_long(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.05)  # a line every 50 ms of the 300 ms wait
     build_dir = tmp_path / "adni-0123"
     build_dir.mkdir()
     holder = {"pid": 4242, "host": "node7", "started": "2026-12-05T07:00:00+00:00"}
@@ -241,6 +244,7 @@ def test_a_run_waiting_for_another_runs_build_says_whose_and_how_long(tmp_path, 
     still = [line for line in lines if line.startswith("Still waiting")]
     pattern = rf"Still waiting for {re.escape(what)}; waited \d:\d\d:\d\d so far\."
     assert still and all(re.fullmatch(pattern, line) for line in still)
+    assert len(still) <= 20  # one per interval, not one per poll
     assert re.fullmatch(rf"Waited 0:00:0\d for {re.escape(what)}\.", lines[-1])
     assert (build_dir / "build.lock").read_text() == ""  # emptied on release
 
