@@ -98,10 +98,8 @@ def main(argv: list[str]) -> None:
 def _finish(report: dict, workdir: str, summary: str) -> None:
     """Prints where the results are, then applies the gate and --expect (exit 1 on either)."""
     scan_accuracy = report["scan"]["accuracy"]
-    print(
-        f"\nReport with intervals and calibration: {workdir}/report_test.md; figures: "
-        + ", ".join(f"{workdir}/{p}" for p in report.get("figures", {}).values())
-    )
+    print(f"\nReport with intervals and calibration: {workdir}/report_test.md")
+    print(f"Figures in {workdir}: " + ", ".join(report.get("figures", {}).values()))
     print(
         "demo:",
         json.dumps({

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from jax.experimental import multihost_utils
 
 from alz_jax.data import data_spec
 from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
-from alz_jax.host import storage
+from alz_jax.host import logs, storage
 from alz_jax.host.errors import UserError
 from tfds_builders.mri_slices import api as slices
 
@@ -330,11 +332,48 @@ def _build_lock(build_dir, data_dir):
         build_dir.mkdir(parents=True, exist_ok=True)
         (build_dir / "build.lock").touch()  # fails as opening it for writing would
     with open(build_dir / "build.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        _wait_for_build(f, build_dir)
+        # Who builds, for a run that waits meanwhile (emptied on release).
+        f.truncate(0)
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": datetime.datetime.now(datetime.UTC)
+                            .isoformat(timespec="seconds")}))  # fmt: skip
+        f.flush()
         try:
             yield
         finally:
+            f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for_build(f, build_dir) -> None:
+    """Takes the build lock on the open file `f`; while another run holds it, logs whose build
+    it waits for and how long it has waited, every logs.progress_interval_s() seconds."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    try:
+        holder = json.loads((build_dir / "build.lock").read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    who = (f"PID {holder.get('pid')} on host {holder.get('host')}, started "
+           f"{holder.get('started')}" if holder else "another run")  # fmt: skip
+    what = f"the data set build in {build_dir} by {who}"
+    start = last = time.monotonic()
+    logging.info("Waiting for %s.", what)
+    while True:
+        time.sleep(min(1.0, logs.progress_interval_s()))
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() - last >= logs.progress_interval_s():
+                last = time.monotonic()
+                logging.info("Still waiting for %s; waited %s so far.", what,
+                             logs.duration(last - start))  # fmt: skip
+    logging.info("Waited %s for %s.", logs.duration(time.monotonic() - start), what)
 
 
 def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:

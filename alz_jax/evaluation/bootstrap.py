@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from alz_jax.evaluation import metrics
+from alz_jax.host import logs
 
 CHUNK = 100  # resamples scored at once: (CHUNK, units) weight matrices
 # (level, its units, weights (B, m)) -> {metric: (B,) values, NaN where undefined}
@@ -37,6 +38,7 @@ def resampled(
     """{level: {metric: (n_samples,) values}} under the resamples `counts` of `subjects`."""
     position = {s: i for i, s in enumerate(subjects)}
     out = {}
+    counter = logs.Progress("Bootstrap", len(units) * len(counts), unit="resamples")
     for level, u in units.items():
         index = np.array([position[str(s)] for s in u.subjects])
         chunks: dict[str, list] = {}
@@ -44,7 +46,9 @@ def resampled(
             w = counts[start : start + chunk][:, index].astype(np.float64)
             for name, values in score(level, u, w).items():
                 chunks.setdefault(name, []).append(values)
+            counter.update(len(w))
         out[level] = {name: np.concatenate(v) for name, v in chunks.items()}
+    counter.finish()
     return out
 
 

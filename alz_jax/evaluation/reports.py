@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from alz_jax.core import sharding
 from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
-from alz_jax.host import storage
+from alz_jax.host import logs, storage
 from tfds_builders.mri_slices import audit
 
 REPORT_LEVELS = metrics.LEVELS
@@ -81,6 +82,7 @@ def predict_split_multi(
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
     dataset = input_pipeline.eval_dataset(data.source(split), pipeline, batch_size)
+    counter = logs.Progress(f"Predictions on {split}", n)
     iterator = iter(dataset)
     try:
         for batch in iterator:
@@ -94,6 +96,8 @@ def predict_split_multi(
                     out[name] = np.full((n, *margins[name].shape[1:]), np.nan, np.float64)
                 out[name][indices[valid]] = margins[name][valid]
             np.add.at(seen, indices[valid], 1)
+            counter.update(int(valid.sum()))
+        counter.finish()
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
@@ -786,6 +790,9 @@ def saliency_figures(
         return {}
     threshold = report["scan"]["threshold"]
     scans = saliency.choose_scans(units["scan"], threshold, settings.gradcam_scans)
+    # One batched call (compiling included): a line before it, none during.
+    logging.info("Grad-CAM of %d %s scans (up to %d slices each) ...", len(scans), split,
+                 settings.gradcam_slices)  # fmt: skip
     figure = saliency.gradcam_figure(
         data.source(split), records, probs, scans, model, params, pixel_stats, image_size,
         settings.gradcam_slices, threshold,

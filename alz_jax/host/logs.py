@@ -1,17 +1,35 @@
-"""Readable logs: our INFO lines and the metrics, without the libraries' routine chatter."""
+"""Readable logs: our INFO lines and the metrics, without the libraries' routine chatter; and
+progress lines for long phases (`Progress`, the builder package's one implementation)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 
+from tfds_builders.mri_slices import progress
+
+# Every long phase counts its work with this and logs `what: done/total (p%), rate, ETA` lines
+# every `progress.INTERVAL_S` seconds (tfds_builders/mri_slices/progress.py).
+Progress = progress.Progress
+duration = progress.duration
+
+
+def progress_interval_s() -> float:
+    """Seconds between two progress lines (tests lower `progress.INTERVAL_S`)."""
+    return progress.INTERVAL_S
+
+
 # Libraries whose INFO lines describe their own routine work (checkpoint I/O, data set files).
 _QUIET = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/", "/etils/")
 
 
 # Known-spurious warnings: TFDS warns that a version folder has no dataset_info.json when a
-# builder is opened on the folder it is about to build.
-_SPURIOUS = (("/tensorflow_datasets/", "has no dataset_info.json"),)
+# builder is opened on the folder it is about to build, and prints a custom builder config
+# whole (a line of ~600 characters; our own lines name the layout, classes and folder).
+_SPURIOUS = (
+    ("/tensorflow_datasets/", "has no dataset_info.json"),
+    ("/tensorflow_datasets/", "Using custom data configuration"),
+)
 
 
 class _LibraryInfoFilter(logging.Filter):

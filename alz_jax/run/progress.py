@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alz_jax.core import averaging
 from alz_jax.evaluation import metric_registry
 from alz_jax.models import registry
 from alz_jax.run import specs
@@ -92,6 +93,18 @@ def parameter_overview(params: dict) -> str:
     listed = {"stem", "stages", "downsamples"}
     parts += [f"{k} {_short(_count(v))}" for k, v in params.items() if k not in listed]
     return f"Parameters: {_short(_count(params))} ({' | '.join(parts)})"
+
+
+def model_lines(run: specs.RunSpec, plan: specs.Plan) -> list[str]:
+    """The model and how it trains, in two lines short enough for a console ('Model ConvNeXt
+    depths (1, 1, 3, 1), dims (32, 64, 128, 256), compute float32' and 'Train step jit, 1
+    microbatch(es) per step, weights raw+ema+swa, 1 device(s) of 1 process(es)')."""
+    weights = "+".join(averaging.available(plan.averages, plan.total_steps))
+    return [
+        f"Model {registry.title(run.model)}, compute {run.model.dtype}",
+        f"Train step {run.step.impl}, {run.step.grad_accum_steps} microbatch(es) per step, "
+        f"weights {weights}, {jax.device_count()} device(s) of {jax.process_count()} process(es)",
+    ]
 
 
 def _eta(seconds: float) -> str:

@@ -26,7 +26,7 @@ from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import figures, metric_registry, reports, task_reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
-from alz_jax.models import convert, registry
+from alz_jax.models import convert
 from alz_jax.run import assembly, progress, run_record, saved_run, specs, swa_statistics
 
 
@@ -215,13 +215,8 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
             logging.info("%d BatchNorm layers of the frozen part normalise with their running "
                          "statistics and keep them (optim.frozen_batchnorm = 'running').",
                          len(parts.model.frozen_norms))  # fmt: skip
-    logging.info(
-        "Model %s, compute %s, step %s, %d microbatch(es) per step, averages %s on %d devices "
-        "of %d process(es)",
-        registry.title(run.model), run.model.dtype, run.step.impl, run.step.grad_accum_steps,
-        averaging.available(plan.averages, plan.total_steps), jax.device_count(),
-        jax.process_count(),
-    )  # fmt: skip
+    for line in progress.model_lines(run, plan):
+        logging.info(line)
     return state, start_step
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tfds_builders.mri_slices import near_duplicates
+from tfds_builders.mri_slices import near_duplicates, progress
 from tfds_builders.mri_slices.layouts import adni, registry
 from tfds_builders.mri_slices.layouts.base import (
     LIST_LIMIT,
@@ -95,11 +95,12 @@ def common_size(checks: dict[str, ImageCheck]) -> tuple[int, int] | None:
 def check_all(parsed: Layout) -> dict[str, ImageCheck]:
     """Each image's check by file name, against its layout's audit hooks: ADNI's fixed size and
     mode; for other layouts any size (the input pipeline pads and resizes every image; the
-    audit reports the sizes found) in any gray-readable mode."""
+    audit reports the sizes found) in any gray-readable mode. Logs progress on a long read."""
     plugin = registry.get(parsed.kind)
+    counter = progress.Progress("Audit: reading images", len(parsed.records))
     return {
         r.file_name: check_bytes(r.read_bytes(), plugin.image_size, plugin.image_modes)
-        for r in parsed.records
+        for r in counter.track(parsed.records)
     }
 
 
@@ -484,19 +485,37 @@ LEAKAGE_WARNING = (
 LEAKAGE_WARN_SHARE = 0.10
 
 
+def _share(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def format_agreement(agreement: dict) -> str:
+    """'flagged 12 of 40 test images whose subject is in train (30.0%), 1 of 2980 whose subject
+    is not (0.0%)': near_duplicates.subject_agreement in one short line."""
+    others = agreement["test_images"] - agreement["shared_subject_images"]
+    return (
+        f"flagged {agreement['flagged_shared']} of {agreement['shared_subject_images']} test "
+        f"images whose subject is in train ({_share(agreement['flag_rate_shared'])}), "
+        f"{agreement['flagged_not_shared']} of {others} whose subject is not "
+        f"({_share(agreement['flag_rate_not_shared'])})"
+    )
+
+
 def format_near_duplicates(entry: dict | None) -> list[str]:
     """The lines saying how many held-out images have a near-identical image in train, and the
     warning when that share is high."""
     if not entry:
         return []
+    # The method's name only ('bandpass-v1'); its description is in the JSON and docs/leakage.md.
+    method = entry["method"].split(":")[0]
     lines = [
         f"{entry['held_out_split']} images with a near-identical image in train: "
         f"{entry['test_images_with_train_match']} of {entry['test_images']} "
-        f"({entry['share']:.1%}; {entry['method']}, threshold {entry['threshold']:g})"
+        f"({entry['share']:.1%}; {method}, threshold {entry['threshold']:g})"
     ]
     agreement = entry.get("agreement_with_subject_ids")
     if agreement:
-        lines.append(f"  agreement with subject IDs: {agreement}")
+        lines.append(f"  agreement with subject IDs: {format_agreement(agreement)}")
     if entry["share"] >= LEAKAGE_WARN_SHARE:
         lines.append(f"Warning: {LEAKAGE_WARNING}.")
     return lines

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_builders.mri_slices import audit as audit_lib
+from tfds_builders.mri_slices import progress
 from tfds_builders.mri_slices import splits as splits_lib
 from tfds_builders.mri_slices.layouts import adni, registry
 from tfds_builders.mri_slices.layouts.base import LIST_LIMIT, ImageRecord, Layout, LayoutError
@@ -237,8 +238,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         splits = self._splits(parsed)
         audit["missing_classes"] = _with_built_splits(audit["missing_classes"], parsed, splits)
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)
+        total = sum(len(records) for records in splits.values())
+        written = progress.Progress("Build: examples written", total, unit="examples")
         return {
-            name: self._generate_examples(records, parsed.subject_of_scan)
+            name: self._generate_examples(records, parsed.subject_of_scan, written)
             for name, records in splits.items()
         }
 
@@ -324,7 +327,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """One short line."""
         logging.info("Built the adni data set in %s", self.data_dir)
 
-    def _generate_examples(self, records: list[ImageRecord], subject_of_scan: dict):
+    def _generate_examples(
+        self, records: list[ImageRecord], subject_of_scan: dict, written: progress.Progress
+    ):
+        """One split's examples; `written` counts them over all splits (progress lines)."""
         for r in records:
             yield (
                 r.file_name,
@@ -338,3 +344,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "file_name": r.file_name,
                 },
             )
+            written.update()
+        if written.done == written.total:
+            written.finish()
