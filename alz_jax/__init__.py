@@ -2,6 +2,15 @@
 
 import glob
 import os
+from pathlib import Path
+
+# configs/ and tfds_builders/ sit beside this package in the repository and install inside it
+# (alz_jax.configs, alz_jax.tfds_builders: pyproject.toml's package-dir). Run from a source
+# checkout that was not installed, they are found beside it; this folder comes first, so none
+# of its own modules can be shadowed.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "configs" / "__init__.py").is_file() and (_CHECKOUT / "pyproject.toml").is_file():
+    __path__.append(str(_CHECKOUT))
 
 
 def _cpu_only_host() -> bool:

@@ -16,7 +16,7 @@ from absl import flags
 
 from alz_jax.host import command
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices import api as slices
+from alz_jax.tfds_builders.mri_slices import api as slices
 
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir",

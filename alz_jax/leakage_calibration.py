@@ -15,7 +15,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.mri_slices import near_duplicates
+from alz_jax.tfds_builders.mri_slices import near_duplicates
 
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the phantom set and the splits.")
 _SUBJECTS = flags.DEFINE_integer("subjects", 60, "Phantom subjects (one scan of 20 slices each).")

@@ -17,7 +17,7 @@ import json
 from absl import flags
 
 from alz_jax.host import command
-from tfds_builders.mri_slices import synthetic, synthetic_stages
+from alz_jax.tfds_builders.mri_slices import synthetic, synthetic_stages
 
 _OUT = flags.DEFINE_string("out", None, "Folder to create (AD_NC/ goes inside).", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")

@@ -12,7 +12,7 @@ yet measured with this code. Time: as configs/convnext_t.py.
 
 import ml_collections
 
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:

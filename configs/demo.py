@@ -11,7 +11,7 @@ checkpoint on test. Expected on a 2-core CPU: see README.md ("The demo's result"
 
 import ml_collections
 
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:

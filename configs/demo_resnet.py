@@ -13,7 +13,7 @@ docs/demo/compare.md is its comparison with the demo ConvNeXt.
 
 import ml_collections
 
-from configs import demo
+from alz_jax.configs import demo
 
 
 def get_config() -> ml_collections.ConfigDict:

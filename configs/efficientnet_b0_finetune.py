@@ -20,7 +20,7 @@ result: not measured.
 
 import ml_collections
 
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ accelerator was available when the recipe was written); result: not measured.
 
 import ml_collections
 
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:

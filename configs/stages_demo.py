@@ -21,7 +21,7 @@ baseline by `make stages-compare`: docs/demo/stages/compare.md.
 
 import ml_collections
 
-from configs import demo
+from alz_jax.configs import demo
 
 
 def get_config() -> ml_collections.ConfigDict:

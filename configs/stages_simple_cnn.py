@@ -23,7 +23,7 @@ stages demo by `make stages-compare`: docs/demo/stages/compare.md.
 
 import ml_collections
 
-from configs import stages_demo
+from alz_jax.configs import stages_demo
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ recipe was written); result: not measured.
 
 import ml_collections
 
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import tensorflow_datasets as tfds
 
+from alz_jax.tfds_builders.mri_slices import Builder, audit, synthetic
+from alz_jax.tfds_builders.mri_slices.layouts import adni
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
-from tfds_builders.mri_slices import Builder, audit, synthetic
-from tfds_builders.mri_slices.layouts import adni
 
 REPO = Path(__file__).resolve().parents[1]
 TRAPS = {

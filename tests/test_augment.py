@@ -7,11 +7,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from alz_jax.configs import convnext_t
 from alz_jax.core import steps
 from alz_jax.data import augment
 from alz_jax.host.errors import UserError
 from alz_jax.run import specs
-from configs import convnext_t
 
 RNG_SEED = 123
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_builders.mri_slices import Builder, config_for, splits, synthetic
-from tfds_builders.mri_slices.layouts import adni
-from tfds_builders.mri_slices.layouts.base import LayoutError
+from alz_jax.tfds_builders.mri_slices import Builder, config_for, splits, synthetic
+from alz_jax.tfds_builders.mri_slices.layouts import adni
+from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
 
 
 def build(manual_dir, data_dir, validation_fraction=0.1, split_seed=0):

@@ -8,13 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
+from alz_jax.configs import convnext_t
 from alz_jax.data import data_spec, dataset
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
-from configs import convnext_t
-from tfds_builders.mri_slices import audit
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.classes import STAGES, edit_distance, similar_class_names
+from alz_jax.tfds_builders.mri_slices import audit
+from alz_jax.tfds_builders.mri_slices.layouts import registry
+from alz_jax.tfds_builders.mri_slices.layouts.classes import (
+    STAGES,
+    edit_distance,
+    similar_class_names,
+)
 
 
 def _write_images(folder, n: int, seed: int) -> None:

@@ -58,7 +58,8 @@ def test_config_argument_is_resolved_and_overrides_are_left_alone(tmp_path, monk
     assert command.resolve_config_argv(["prog", "--config", "demo", "--", "--config=x"]) == [
         "prog", "--config", str(CONFIGS / "demo.py"), "--", "--config=x",
     ]  # fmt: skip
-    loaded = command.load_config("convnext_t_resplit")  # imports its base: configs.convnext_t
+    # It imports its base, alz_jax.configs.convnext_t.
+    loaded = command.load_config("convnext_t_resplit")
     assert loaded.data.protocol == "resplit" and loaded.model.size == "tiny"
 
 

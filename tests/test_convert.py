@@ -194,7 +194,7 @@ def test_pytorch_files_need_torch_or_are_read_weights_only(tmp_path, torchvision
 
 
 def test_init_from_config_is_checked_before_any_work(tmp_path):
-    from configs import demo
+    from alz_jax.configs import demo
 
     config = demo.get_config()
     config.model.init_from = "resnet:/x.pth"

@@ -19,8 +19,8 @@ from safetensors.numpy import save_file
 from alz_jax.evaluation import tasks
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices import audit
-from tfds_builders.mri_slices.layouts import adni as layout
+from alz_jax.tfds_builders.mri_slices import audit
+from alz_jax.tfds_builders.mri_slices.layouts import adni as layout
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "tests" / "fixtures" / "convnext_tiny_torchvision.safetensors"
@@ -191,7 +191,7 @@ def test_many_label_conflicts_show_ten_in_the_table_and_all_in_the_report(adni_c
 def test_builder_warns_once_about_label_conflicts_and_stores_them_all(adni_copy, tmp_path, caplog):
     import tensorflow_datasets as tfds
 
-    from tfds_builders.mri_slices import Builder
+    from alz_jax.tfds_builders.mri_slices import Builder
 
     root, spec = adni_copy
     ad_scans = _relabel(root, spec, "NC")

@@ -69,7 +69,7 @@ def test_a_changed_folder_is_built_anew_never_served_stale(adni_copy, tmp_path, 
 
 
 def test_leftovers_of_a_killed_build_are_removed_and_named(adni_copy, tmp_path, caplog):
-    from tfds_builders.mri_slices import source
+    from alz_jax.tfds_builders.mri_slices import source
 
     manual_dir, _ = adni_copy
     data_dir = tmp_path / "tfds"

@@ -19,10 +19,10 @@ import pytest
 from alz_jax.data import dataset
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices import source
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import DataFolderError, LayoutError
-from tfds_builders.mri_slices.layouts.classes import STAGES
+from alz_jax.tfds_builders.mri_slices import source
+from alz_jax.tfds_builders.mri_slices.layouts import registry
+from alz_jax.tfds_builders.mri_slices.layouts.base import DataFolderError, LayoutError
+from alz_jax.tfds_builders.mri_slices.layouts.classes import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_NAMES = "Mild,Moderate,Non,VeryMild"

@@ -25,9 +25,9 @@ from alz_jax.data import preprocess
 from alz_jax.host import command, workdir_lock
 from alz_jax.host.errors import UserError, exit_on_user_error
 from alz_jax.run import prediction, specs, train
+from alz_jax.tfds_builders.mri_slices import audit
+from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
 from tests import tiny_config
-from tfds_builders.mri_slices import audit
-from tfds_builders.mri_slices.layouts.base import LayoutError
 
 REPO = Path(__file__).resolve().parents[1]
 POINTER = "--help lists this command's flags; new here? Try `make demo` first, see README.md."

@@ -14,9 +14,9 @@ import pytest
 from alz_jax.data import dataset
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import LayoutError, SplitFolderError
-from tfds_builders.mri_slices.layouts.classes import STAGES
+from alz_jax.tfds_builders.mri_slices.layouts import registry
+from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError, SplitFolderError
+from alz_jax.tfds_builders.mri_slices.layouts.classes import STAGES
 
 PIXELS = np.full((8, 8), 90, np.uint8)
 

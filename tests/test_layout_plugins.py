@@ -18,13 +18,18 @@ from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry as model_registry
 from alz_jax.run import run_record, train
+from alz_jax.tfds_builders.mri_slices import api
+from alz_jax.tfds_builders.mri_slices.layouts import registry
+from alz_jax.tfds_builders.mri_slices.layouts.base import (
+    ImageRecord,
+    Layout,
+    LayoutError,
+    LayoutPlugin,
+)
+from alz_jax.tfds_builders.mri_slices.layouts.classes import class_order
 from tests import test_families
 from tests import tiny_config as tiny_config_file
 from tests.test_family_plugins import TOY as TOY_FAMILY
-from tfds_builders.mri_slices import api
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
-from tfds_builders.mri_slices.layouts.classes import class_order
 
 BUILT_IN = ("adni", "folders", "oasis", "parquet")
 
@@ -205,13 +210,13 @@ def test_a_registered_toy_layout_is_detected_audited_built_and_trained(
 
 
 def test_the_old_package_name_serves_the_same_modules_and_names():
-    """Users' imports of tfds_builders.adni keep working (docs/data.md): the same module
+    """Users' imports of alz_jax.tfds_builders.adni keep working (docs/data.md): the same module
     objects, so a monkeypatch of one is a patch of the other, and the old names."""
-    from tfds_builders.adni import audit as old_audit
-    from tfds_builders.adni import layout as old_layout
-    from tfds_builders.adni import stages as old_stages
-    from tfds_builders.mri_slices import audit
-    from tfds_builders.mri_slices.layouts import adni
+    from alz_jax.tfds_builders.adni import audit as old_audit
+    from alz_jax.tfds_builders.adni import layout as old_layout
+    from alz_jax.tfds_builders.adni import stages as old_stages
+    from alz_jax.tfds_builders.mri_slices import audit
+    from alz_jax.tfds_builders.mri_slices.layouts import adni
 
     assert old_audit is audit
     assert old_layout.parse is adni.parse and old_layout.LayoutError is LayoutError

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alz_jax.configs import convnext_t
 from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
 from alz_jax.run import specs
-from configs import convnext_t
 
 
 def _abstract(spec):

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tfds_builders.mri_slices import near_duplicates as nd
-from tfds_builders.mri_slices import synthetic
+from alz_jax.tfds_builders.mri_slices import near_duplicates as nd
+from alz_jax.tfds_builders.mri_slices import synthetic
 
 # Independent of the calibration's sets (calibrate(seed) renders from seeds seed, seed + 1000 and
 # seed + 2000, with seed 0..2 in docs/leakage.md).

@@ -132,7 +132,7 @@ def test_entry_point_reexecutes_once_with_huge_page_malloc():
 
 # A ViT small enough to compile in seconds (config.model.arch), as tests/test_families.py's.
 _TINY_VIT_CONFIG = """
-from configs import convnext_t
+from alz_jax.configs import convnext_t
 
 
 def get_config():

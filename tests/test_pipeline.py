@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from alz_jax.configs import convnext_t
 from alz_jax.core import sharding
 from alz_jax.data import augment, input_pipeline, preprocess
 from alz_jax.run import specs
-from configs import convnext_t
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
 
 

@@ -20,6 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
+from alz_jax.configs import convnext_t, demo
 from alz_jax.core import sharding
 from alz_jax.data import dataset, input_pipeline
 from alz_jax.evaluation import bootstrap, metrics, reports
@@ -27,8 +28,14 @@ from alz_jax.host import logs
 from alz_jax.models import registry
 from alz_jax.run import progress as run_progress
 from alz_jax.run import specs
-from configs import convnext_t, demo
-from tfds_builders.mri_slices import Builder, api, audit, config_for, near_duplicates, progress
+from alz_jax.tfds_builders.mri_slices import (
+    Builder,
+    api,
+    audit,
+    config_for,
+    near_duplicates,
+    progress,
+)
 
 # absl's prefix ('I1205 04:03:03.543208 140358245731200 train.py:223] ') on a logged line.
 ABSL_PREFIX = 52

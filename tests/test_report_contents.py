@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pytest
 
+from alz_jax.configs import demo
 from alz_jax.core import steps
 from alz_jax.data import input_pipeline
 from alz_jax.evaluation import bootstrap, metrics, multiclass_reports, reports, task_reports, tasks
 from alz_jax.models import registry
 from alz_jax.run import saved_run, specs
-from configs import demo
 from tests.test_evaluation import FakeData
 from tests.test_multiclass import K4, STAGES, _records
 

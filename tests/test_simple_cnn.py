@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alz_jax.configs import stages_simple_cnn
 from alz_jax.data import preprocess
 from alz_jax.host.errors import UserError
 from alz_jax.models import batchnorm, registry, simple_cnn
 from alz_jax.models.layers import head_dropout
 from alz_jax.run import exporting, run_record, specs, train
-from configs import stages_simple_cnn
 from tests import test_families
 from tests import tiny_config as tiny_config_file
 

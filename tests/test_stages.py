@@ -15,17 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+from alz_jax.configs import demo, stages_demo
 from alz_jax.core import steps
 from alz_jax.data import dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.evaluation import multiclass, reports, tasks
 from alz_jax.host.errors import UserError
 from alz_jax.run import cross_validation, run_record, specs
-from configs import demo, stages_demo
-from tfds_builders.mri_slices import audit, synthetic_stages
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import LayoutError
-from tfds_builders.mri_slices.layouts.classes import class_order
+from alz_jax.tfds_builders.mri_slices import audit, synthetic_stages
+from alz_jax.tfds_builders.mri_slices.layouts import registry
+from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
+from alz_jax.tfds_builders.mri_slices.layouts.classes import class_order
 
 STAGES = synthetic_stages.STAGES
 SPEC = synthetic_stages.StagesSpec(subjects=24, slices_per_subject=8)

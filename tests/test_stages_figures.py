@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from alz_jax.configs import stages_demo, stages_simple_cnn
 from alz_jax.evaluation import stages_docs
 from alz_jax.host.errors import UserError
-from configs import stages_demo, stages_simple_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = (ROOT / stages_docs.DOCS_COMPARE).read_text()

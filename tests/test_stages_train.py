@@ -10,8 +10,8 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
 from alz_jax.evaluation import task_reports, tasks
 from alz_jax.run import exporting, prediction, train
+from alz_jax.tfds_builders.mri_slices import synthetic_stages
 from tests import tiny_config as tiny_config_file
-from tfds_builders.mri_slices import synthetic_stages
 
 pytestmark = pytest.mark.slow
 STAGES = ["NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented"]

@@ -74,7 +74,7 @@ def test_paths_keep_urls_and_expand_home():
 
 
 def test_run_record_and_metrics_on_a_gs_workdir(gcs):
-    from configs import demo
+    from alz_jax.configs import demo
 
     config = demo.get_config()
     for resume in (False, True):  # a start, then a resume that appends to starts.jsonl

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tfds_builders.mri_slices import synthetic
-from tfds_builders.mri_slices.layouts import adni
+from alz_jax.tfds_builders.mri_slices import synthetic
+from alz_jax.tfds_builders.mri_slices.layouts import adni
 
 
 def test_layout_and_metadata(tiny_synthetic):

@@ -12,7 +12,7 @@ import pytest
 
 from alz_jax.data import data_spec
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices import api, synthetic_stages
+from alz_jax.tfds_builders.mri_slices import api, synthetic_stages
 
 
 def _dark_share_by_stage(difficulty: str, subjects: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,10 @@ from alz_jax.host import writers
 from alz_jax.host.errors import UserError
 from alz_jax.run import assembly, cross_validation, prediction, specs, train
 from alz_jax.run.saved_run import SavedRun
+from alz_jax.tfds_builders.mri_slices.layouts import registry
 from tests import interrupt
 from tests import tiny_config as tiny_config_file
 from tests.xla_flags import ONE_DEVICE_XLA_FLAGS
-from tfds_builders.mri_slices.layouts import registry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

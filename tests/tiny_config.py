@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import demo
+from alz_jax.configs import demo
 
 # End-to-end runs (tests/test_train.py, tests/test_multiprocess.py) override the model to 2 stages:
 # half the compile time of 4. They compare a run only with the same model's runs (resumed, on 1

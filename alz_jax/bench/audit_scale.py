@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 
 from alz_jax.host import logs
-from tfds_builders.mri_slices import api as slices
-from tfds_builders.mri_slices import near_duplicates, synthetic, synthetic_stages
+from alz_jax.tfds_builders.mri_slices import api as slices
+from alz_jax.tfds_builders.mri_slices import near_duplicates, synthetic, synthetic_stages
 
 OASIS_IMAGES = 86437  # the Kaggle OASIS-1 export (ninadaithal/imagesoasis)
 SLICES = np.arange(100, 161)  # 61 slices per acquisition

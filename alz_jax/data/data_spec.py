@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from alz_jax.host.errors import check_fields
-from tfds_builders.mri_slices import api as slices
+from alz_jax.tfds_builders.mri_slices import api as slices
 
 # What data.synthetic_layout accepts; data.layout accepts what the layout registry holds when
 # the spec is made (slices.layout_names()), so that a registered plug-in is a valid layout.

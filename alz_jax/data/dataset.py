@@ -32,7 +32,7 @@ from alz_jax.data import data_spec
 from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
 from alz_jax.host import logs, storage
 from alz_jax.host.errors import UserError
-from tfds_builders.mri_slices import api as slices
+from alz_jax.tfds_builders.mri_slices import api as slices
 
 SPLITS = ("train", "validation", "test")
 

@@ -7,7 +7,7 @@ this module names its load-time half for the data layer.
 
 from __future__ import annotations
 
-from tfds_builders.mri_slices.splits import (
+from alz_jax.tfds_builders.mri_slices.splits import (
     PROTOCOLS,
     assign,
     common_slice_window,

@@ -38,7 +38,7 @@ from alz_jax.data import input_pipeline
 from alz_jax.evaluation import figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import logs, storage
-from tfds_builders.mri_slices import audit
+from alz_jax.tfds_builders.mri_slices import audit
 
 REPORT_LEVELS = metrics.LEVELS
 # Share of test images with a near-duplicate in train (cross_split_near_duplicates) from which

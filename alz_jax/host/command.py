@@ -39,9 +39,9 @@ from alz_jax.host.errors import UserError, exit_on_user_error
 # --helpshort lists them), not to this module.
 flags.disclaim_key_flags()
 
-# The configs package installed beside alz_jax (the repository's configs/ in a checkout or an
-# editable install; site-packages/configs in a regular one).
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The configs package, alz_jax.configs: the repository's configs/ in a checkout or an editable
+# install, site-packages/alz_jax/configs in a regular one. Found without importing it.
+CONFIGS_DIR = Path(importlib.util.find_spec("alz_jax.configs").origin).parent
 CHECKPOINT_HELP = "Checkpoint: best, latest or a step number."
 WEIGHTS = ("selected", "raw", "ema", "swa")
 

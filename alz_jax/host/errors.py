@@ -8,7 +8,7 @@ from absl import app
 
 # Light: the `adni` package imports its TFDS builder only on first use, so the training core
 # (which imports this module) runs without TFDS and TensorFlow.
-from tfds_builders.mri_slices.layouts.base import LayoutError
+from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
 
 
 class UserError(Exception):

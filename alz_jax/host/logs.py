@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from tfds_builders.mri_slices import progress
+from alz_jax.tfds_builders.mri_slices import progress
 
 # Every long phase counts its work with this and logs `what: done/total (p%), rate, ETA` lines
 # every `progress.INTERVAL_S` seconds (tfds_builders/mri_slices/progress.py).

@@ -32,7 +32,7 @@ from alz_jax.evaluation import tasks
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from alz_jax.run.saved_run import SavedRun
-from tfds_builders.mri_slices.audit import NEAR_BLACK_MEAN
+from alz_jax.tfds_builders.mri_slices.audit import NEAR_BLACK_MEAN
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SLICE_NAME = re.compile(r"^(?P<scan>[^_/]+)_(?P<slice>\d+)$")

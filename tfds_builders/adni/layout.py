@@ -1,7 +1,7 @@
 """Old home of the ADNI parser and the split rules: their names, from where they live now
 (`layouts.adni`, `layouts.base`, `layouts.classes`, `splits`)."""
 
-from tfds_builders.mri_slices.layouts.adni import (
+from ..mri_slices.layouts.adni import (
     CLASS_FOLDERS,
     CLASS_NAMES,
     FILE_PATTERN,
@@ -20,7 +20,7 @@ from tfds_builders.mri_slices.layouts.adni import (
     parse_file_name,
     scan_images,
 )
-from tfds_builders.mri_slices.layouts.base import (
+from ..mri_slices.layouts.base import (
     IMAGE_SUFFIXES,
     LIST_LIMIT,
     ImageRecord,
@@ -28,8 +28,8 @@ from tfds_builders.mri_slices.layouts.base import (
     LayoutError,
     brief_list,
 )
-from tfds_builders.mri_slices.layouts.classes import canonical_label
-from tfds_builders.mri_slices.splits import (
+from ..mri_slices.layouts.classes import canonical_label
+from ..mri_slices.splits import (
     majority_label,
     split_subjects,
     stratum_labels,

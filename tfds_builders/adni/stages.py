@@ -1,15 +1,15 @@
 """Old home of the layouts besides ADNI and of "auto" detection: their names, from where they
 live now (`layouts.registry`, `layouts.classes`, `layouts.oasis`, `layouts.base`)."""
 
-from tfds_builders.mri_slices.layouts.base import SPLIT_ALIASES
-from tfds_builders.mri_slices.layouts.classes import (
+from ..mri_slices.layouts.base import SPLIT_ALIASES
+from ..mri_slices.layouts.classes import (
     STAGE_ALIASES,
     STAGES,
     class_order,
     stage_of,
 )
-from tfds_builders.mri_slices.layouts.oasis import OASIS_PATTERN
-from tfds_builders.mri_slices.layouts.registry import describe, detect, names, parse
+from ..mri_slices.layouts.oasis import OASIS_PATTERN
+from ..mri_slices.layouts.registry import describe, detect, names, parse
 
 __all__ = [
     "OASIS_PATTERN", "SPLIT_ALIASES", "STAGES", "STAGE_ALIASES", "class_order",

@@ -1,6 +1,6 @@
-"""Old path of `tfds_builders.mri_slices.synthetic`: this name is that module."""
+"""Old path of `alz_jax.tfds_builders.mri_slices.synthetic`: this name is that module."""
 
 import importlib
 import sys
 
-sys.modules[__name__] = importlib.import_module("tfds_builders.mri_slices.synthetic")
+sys.modules[__name__] = importlib.import_module("..mri_slices.synthetic", __package__)

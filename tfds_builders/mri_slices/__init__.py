@@ -15,7 +15,7 @@ __all__ = ["Builder", "config_for"]
 
 # Names served by the TFDS builder module, which imports TFDS (and, with it, TensorFlow).
 _BUILDER_NAMES = frozenset({"Builder", "config_for", "make_config", "config_name", "AdniConfig"})
-_BUILDER_MODULE = "tfds_builders.mri_slices.builder"
+_BUILDER_MODULE = "alz_jax.tfds_builders.mri_slices.builder"
 
 
 def __getattr__(name: str):

@@ -12,9 +12,9 @@ import importlib
 import logging
 import os
 
-from tfds_builders.mri_slices import audit, source, splits, synthetic, synthetic_stages
-from tfds_builders.mri_slices.layouts import registry
-from tfds_builders.mri_slices.layouts.base import (
+from . import audit, source, splits, synthetic, synthetic_stages
+from .layouts import registry
+from .layouts.base import (
     DataFolderError,
     ImageRecord,
     Layout,
@@ -22,7 +22,7 @@ from tfds_builders.mri_slices.layouts.base import (
     LayoutPlugin,
     SplitFolderError,
 )
-from tfds_builders.mri_slices.layouts.classes import STAGES, similar_class_names
+from .layouts.classes import STAGES, similar_class_names
 
 # Also `Builder` and `config_for`, served by __getattr__.
 __all__ = [
@@ -132,5 +132,5 @@ def generate_synthetic(
 def __getattr__(name: str):
     """The TFDS builder's names, imported (with TFDS and TensorFlow) when first asked for."""
     if name in _BUILDER_NAMES:
-        return getattr(importlib.import_module("tfds_builders.mri_slices.builder"), name)
+        return getattr(importlib.import_module(".builder", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tfds_builders.mri_slices import near_duplicates, progress
-from tfds_builders.mri_slices.layouts import adni, registry
-from tfds_builders.mri_slices.layouts.base import (
+from . import near_duplicates, progress
+from .layouts import adni, registry
+from .layouts.base import (
     LIST_LIMIT,
     ImageRecord,
     Layout,
     brief_list,
 )
-from tfds_builders.mri_slices.layouts.classes import similar_class_names
+from .layouts.classes import similar_class_names
 
 # A slice this dark on average (of 255) carries no anatomy (ADNI has a few such scans).
 NEAR_BLACK_MEAN = 3.0

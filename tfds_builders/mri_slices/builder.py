@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders.mri_slices import audit as audit_lib
-from tfds_builders.mri_slices import progress
-from tfds_builders.mri_slices import splits as splits_lib
-from tfds_builders.mri_slices.layouts import adni, registry
-from tfds_builders.mri_slices.layouts.base import LIST_LIMIT, ImageRecord, Layout, LayoutError
+from . import audit as audit_lib
+from . import progress
+from . import splits as splits_lib
+from .layouts import adni, registry
+from .layouts.base import LIST_LIMIT, ImageRecord, Layout, LayoutError
 
 _DESCRIPTION = """\
 2D sagittal MRI slices of the ADNI "AD_NC" set (Alzheimer's disease vs normal control), 20

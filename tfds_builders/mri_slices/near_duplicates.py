@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from tfds_builders.mri_slices import progress, synthetic
+from . import progress, synthetic
 
 # The image is first area-resized to GRID x GRID (the whole frame: within one collection every
 # image shares the frame, and a resized copy maps onto the same grid), then the band below

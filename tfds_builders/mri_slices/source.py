@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from tfds_builders.mri_slices.layouts import adni
-from tfds_builders.mri_slices.layouts.base import check_names_utf8
+from .layouts import adni
+from .layouts.base import check_names_utf8
 
 METADATA_FILES = (adni.METADATA_JSON, adni.SUBJECTS_CSV)
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tfds_builders.mri_slices.layouts.base import SPLIT_NAMES, ImageRecord, Layout, LayoutError
+from .layouts.base import SPLIT_NAMES, ImageRecord, Layout, LayoutError
 
 PROTOCOLS = ("official", "resplit", "kfold")
 # Shares (train, validation, test) of the subjects of a layout without split folders.

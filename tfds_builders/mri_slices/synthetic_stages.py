@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tfds_builders.mri_slices import synthetic
-from tfds_builders.mri_slices.layouts import classes
+from . import synthetic
+from .layouts import classes
 
 LAYOUTS = ("folders", "oasis", "parquet")
 STAGES = classes.STAGES

@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tfds_builders.mri_slices.layouts import classes
-from tfds_builders.mri_slices.layouts.base import (
+from . import classes
+from .base import (
     SCAN_SLICE_PATTERN,
     ImageRecord,
     Layout,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tfds_builders.mri_slices.layouts import classes
-from tfds_builders.mri_slices.layouts.base import (
+from . import classes
+from .base import (
     SPLIT_ALIASES,
     SPLIT_NAMES,
     ImageRecord,

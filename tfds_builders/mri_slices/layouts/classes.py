@@ -15,7 +15,7 @@ import collections
 import re
 from collections.abc import Sequence
 
-from tfds_builders.mri_slices.layouts.base import LayoutError
+from .base import LayoutError
 
 # ClassLabel order of a two-class set: NC=0, AD=1 (AD is the positive class).
 BINARY_CLASS_NAMES = ("NC", "AD")

@@ -7,8 +7,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfds_builders.mri_slices.layouts import class_folders
-from tfds_builders.mri_slices.layouts.base import (
+from . import class_folders
+from .base import (
     ImageRecord,
     Layout,
     LayoutPlugin,

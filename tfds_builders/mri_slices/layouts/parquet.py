@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tfds_builders.mri_slices.layouts import classes
-from tfds_builders.mri_slices.layouts.base import (
+from . import classes
+from .base import (
     SPLIT_ALIASES,
     SPLIT_NAMES,
     ImageRecord,

@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfds_builders.mri_slices.layouts import adni, folders, oasis, parquet
-from tfds_builders.mri_slices.layouts.base import (
+from . import adni, folders, oasis, parquet
+from .base import (
     MANUAL_DIR_SETTING,
     SPLIT_ALIASES,
     Layout,
