@@ -240,7 +240,7 @@ def test_a_run_waiting_for_another_runs_build_says_whose_and_how_long(
     thread = threading.Thread(target=release)
     thread.start()
     caplog.set_level(logging.INFO)
-    with dataset._build_lock(build_dir):
+    with dataset._build_lock(build_dir, tmp_path):
         lines = [r.getMessage() for r in caplog.records]
         # This run now holds the lock, and says so in the file for the next one.
         assert json.loads((build_dir / "build.lock").read_text())["pid"] > 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from alz_jax.host import command, storage
 from alz_jax.host.errors import UserError
@@ -219,7 +220,10 @@ def config_file() -> str | None:
     included), for the reports to name; None in a process without one (a run from Python)."""
     if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed():
         return None
-    return command.config_file().name
+    try:
+        return command.config_file().name
+    except config_flags.UnparsedFlagError:  # defined by an imported command, never given
+        return None
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:

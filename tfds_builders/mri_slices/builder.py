@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from . import audit as audit_lib
 from . import progress
@@ -175,6 +176,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     name is part of every build's path (<data_dir>/.../adni/<config>/<version>)."""
 
     name = "adni"
+    # TFDS finds a builder's files (its metadata, checksums) from the top package's folder plus
+    # the module path, which misses this folder in a source checkout: it installs as
+    # alz_jax.tfds_builders (pyproject.toml's package-dir) but lives in tfds_builders/.
+    code_path = epath.Path(__file__)
+    pkg_dir_path = code_path.parent
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Subject-aware splits, original JPEG bytes."}  # noqa: RUF012
