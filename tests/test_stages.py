@@ -354,7 +354,8 @@ def test_near_duplicate_groups_stand_in_for_subjects_and_make_resplit_honest(sta
                                         group_near_duplicates=True))  # fmt: skip
     assert official.report_metadata()["cross_split_near_duplicates"]["share"] >= 0.9
     assert official.report_metadata()["test_subjects_also_in_train"] > 0
-    with pytest.raises(LayoutError, match="has subject IDs"):
+    # The builder's LayoutError, as every data error from the build: a UserError with a hint.
+    with pytest.raises(UserError, match="has subject IDs"):
         dataset.prepare(DataSpec(data_dir=str(tmp_path / "o"), group_near_duplicates=True,
                                  manual_dir=str(stage_sets["oasis"][0])))  # fmt: skip
 
