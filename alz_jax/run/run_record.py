@@ -25,7 +25,7 @@ from pathlib import Path
 
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import UnparsedFlagError
 
 from alz_jax.host import command, storage
 from alz_jax.host.errors import UserError
@@ -222,7 +222,7 @@ def config_file() -> str | None:
         return None
     try:
         return command.config_file().name
-    except config_flags.UnparsedFlagError:  # defined by an imported command, never given
+    except UnparsedFlagError:  # defined by an imported command, never given
         return None
 
 
