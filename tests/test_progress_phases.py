@@ -304,3 +304,7 @@ def test_tfds_custom_config_warning_is_dropped_from_the_console():
     config = "AdniConfig(name='oasis_f4412a30_val0p1_seed0', " + "x" * 500 + ")"
     assert not log_filter.filter(record(f"Using custom data configuration: {config}"))
     assert log_filter.filter(record("Some other TFDS warning"))
+    # Also at absl's logger, for processes that never run logs.setup (Grain's workers).
+    absl_logger = logging.getLogger("absl")
+    assert not absl_logger.filter(record(f"Using custom data configuration: {config}"))
+    assert absl_logger.filter(record("Some other TFDS warning"))

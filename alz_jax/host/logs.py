@@ -32,14 +32,28 @@ _SPURIOUS = (
 )
 
 
+def _spurious(record: logging.LogRecord) -> bool:
+    return any(where in record.pathname and text in record.getMessage()
+               for where, text in _SPURIOUS)  # fmt: skip
+
+
 class _LibraryInfoFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if any(where in record.pathname and text in record.getMessage()
-               for where, text in _SPURIOUS):  # fmt: skip
+        if _spurious(record):
             return False
         if record.levelno >= logging.WARNING:
             return True
         return not any(part in record.pathname for part in _QUIET)
+
+
+class _SpuriousFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _spurious(record)
+
+
+# TFDS logs through absl's logger also in processes that never call setup() (Grain's workers
+# open the data set there), whose handlers lack the filter above: filter at the logger too.
+logging.getLogger("absl").addFilter(_SpuriousFilter())
 
 
 def setup() -> None:
