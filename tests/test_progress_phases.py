@@ -11,6 +11,8 @@ import fcntl
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -308,3 +310,20 @@ def test_tfds_custom_config_warning_is_dropped_from_the_console():
     absl_logger = logging.getLogger("absl")
     assert not absl_logger.filter(record(f"Using custom data configuration: {config}"))
     assert absl_logger.filter(record("Some other TFDS warning"))
+
+
+def test_importing_the_log_setup_keeps_absls_own_logger():
+    """logs.py filters at absl's logger: importing it first must not leave a plain Logger named
+    'absl' for absl to adopt, which would name absl's wrapper as the caller of every library
+    line and let Orbax's routine lines (hundreds of characters) through the library filter."""
+    check = (
+        "import logging\n"
+        "import alz_jax.host.logs\n"
+        "from absl import logging as absl_logging\n"
+        "assert type(logging.getLogger('absl')) is absl_logging.ABSLLogger\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          check=False, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

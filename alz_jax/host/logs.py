@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from absl import logging as absl_logging
+
 from alz_jax.tfds_builders.mri_slices import progress
 
 # Every long phase counts its work with this and logs `what: done/total (p%), rate, ETA` lines
@@ -53,7 +55,10 @@ class _SpuriousFilter(logging.Filter):
 
 # TFDS logs through absl's logger also in processes that never call setup() (Grain's workers
 # open the data set there), whose handlers lack the filter above: filter at the logger too.
-logging.getLogger("absl").addFilter(_SpuriousFilter())
+# absl's own (get_absl_logger): a logging.getLogger("absl") made before absl.logging is
+# imported would be a plain Logger, which absl then adopts, and every absl log line would name
+# absl's wrapper as its caller, escaping the library filter above.
+absl_logging.get_absl_logger().addFilter(_SpuriousFilter())
 
 
 def setup() -> None:
