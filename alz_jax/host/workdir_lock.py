@@ -77,7 +77,8 @@ def _in_use(workdir, path, holder: dict) -> UserError:
     )
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process `pid` of this host exists (how an object-store lock's holder is judged)."""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError, TypeError):
@@ -210,7 +211,7 @@ def _hold_object(workdir, path) -> Iterator[dict]:
         raise _unwritable(workdir, "create the folder", e) from None
     if path.exists():
         previous = _parse(path.read_text())
-        gone = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
+        gone = previous.get("host") == socket.gethostname() and not pid_alive(previous.get("pid"))
         if not gone:
             raise _in_use(workdir, path, previous)
         logging.warning("Took over the lock %s of %s, which is gone.", path, _describe(previous))

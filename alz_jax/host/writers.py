@@ -86,6 +86,15 @@ def session_name(workdir: str | Path) -> str:
     return name
 
 
+def first_description(described: set, run: str, tag: str) -> str | None:
+    """The series' description (DESCRIPTIONS) the first time it is written, else None; TensorBoard
+    keeps the first one, so it is written once."""
+    if (run, tag) in described:
+        return None
+    described.add((run, tag))
+    return DESCRIPTIONS.get((run, tag))
+
+
 def hparam_value(value):
     """A value as the HParams tab should show it: an int as a string, because the tab prints
     every number with five significant digits (64 as '64.000'; TensorBoard 2.21's
@@ -132,10 +141,7 @@ class Writer:
         self._jsonl.write_scalars(step, scalars)
         for name, value in scalars.items():
             run, tag = split_name(name)
-            description = None
-            if (run, tag) not in self._described:
-                self._described.add((run, tag))
-                description = DESCRIPTIONS.get((run, tag))
+            description = first_description(self._described, run, tag)
             with self._writer(run).as_default():
                 tf.summary.scalar(tag, float(value), step=int(step), description=description)
 
@@ -260,10 +266,7 @@ class TensorFlowFreeWriter:
         self._jsonl.write_scalars(step, scalars)
         for name, value in scalars.items():
             run, tag = split_name(name)
-            description = None
-            if (run, tag) not in self._described:
-                self._described.add((run, tag))
-                description = DESCRIPTIONS.get((run, tag))
+            description = first_description(self._described, run, tag)
             self._write(run, step, scalar_pb(tag, float(value), description=description))
 
     def write_images(self, step: int, images: dict) -> None:

@@ -199,17 +199,6 @@ def _training_error(workdir: str, holder: dict) -> UserError:
     )
 
 
-def _pid_alive(pid) -> bool:
-    """Whether process `pid` of this host exists (as workdir_lock judges an object lock)."""
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def no_training(workdirs: Sequence[str]) -> Iterator[None]:
     """Refuses (a UserError naming it) a workdir whose run holds its run.lock, i.e. is still
@@ -223,7 +212,8 @@ def no_training(workdirs: Sequence[str]) -> Iterator[None]:
                 if path.exists():
                     holder = _lock_holder(path)
                     here = holder.get("host") == socket.gethostname()
-                    if not (here and not _pid_alive(holder.get("pid"))):  # else: a dead holder's
+                    # A holder on this host whose process is gone left a stale lock file.
+                    if not (here and not workdir_lock.pid_alive(holder.get("pid"))):
                         raise _training_error(workdir, holder)
                 continue
             try:
