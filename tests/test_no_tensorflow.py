@@ -1,4 +1,4 @@
-"""A host installed without TensorFlow (README.md, Install): in a subprocess where `import
+"""A host installed without TensorFlow (docs/training.md): in a subprocess where `import
 tensorflow` fails as if it were not installed, the metric writer falls back to TensorBoard's own
 event writer with one warning and writes the run folders, tags, values, images, texts and HParams
 trial that the TensorFlow writer writes; and `alz_jax.main` builds a tiny data set with the TFDS

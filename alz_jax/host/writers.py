@@ -42,7 +42,7 @@ from tensorboard.util import tensor_util
 try:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp  # imports TensorFlow too
-except ImportError:  # a host without TensorFlow (README.md, Install): see create_writer
+except ImportError:  # a host without TensorFlow (docs/training.md): see create_writer
     tf = hp = None
 
 from alz_jax.host import storage
@@ -195,7 +195,7 @@ class Writer:
 
 NO_TENSORFLOW = (
     "TensorFlow is not installed: TensorBoard's files are written by TensorBoard's own "
-    "event writer instead (README.md, Install)"
+    "event writer instead (docs/training.md, Installing without TensorFlow)"
 )
 
 
