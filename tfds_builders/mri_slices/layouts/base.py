@@ -172,6 +172,15 @@ class LayoutPlugin:
     image_size: tuple[int, int] | None = None
     image_modes: tuple[str, ...] = GRAY_READABLE_MODES
     label_conflicts: Callable[[Layout], list[dict]] = no_label_conflicts
+    # A volume layout's listing of its volumes, (manual_dir, volumes.settings.VolumeSettings) ->
+    # volumes.listing.VolumeListing; None for a layout of 2D images. A volume layout's `parse`
+    # reads the folder of slices cut from those volumes (volumes.sliced), not the user's folder.
+    volumes: Callable[..., object] | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether the layout holds 3D volumes that slices are cut from."""
+        return self.volumes is not None
 
 
 def is_image(path: Path) -> bool:
