@@ -2,18 +2,25 @@
 number trained on it.
 
     python -m alz_jax.audit --manual_dir=DIR [--layout=auto] [--label_names=A,B] [--json=OUT.json]
+    python -m alz_jax.audit --manual_dir=CAPS_OR_OASIS1_OR_NIFTI_DIR [--labels_tsv=FILE] \
+        [--oasis_labels=stages|binary] [--workers=0]
 
 Prints a table (layout and classes; counts per folder and class, subjects in both folders, label
 changes, slice windows and the slice-index shortcut baseline, test images with a near-identical
 image in train, duplicates, unusable, near-black and stray files) and writes the full report as
 JSON, every near-identical pair included. The same audit runs when the TFDS data set is built
-and is stored in its metadata.
+and is stored in its metadata. For a folder of 3D volumes (CAPS, the OASIS-1 release, NIfTI with
+a table) it reads every volume and reports subjects, sessions and labels, voxel sizes, shapes and
+orientations found, unreadable files, subjects whose label changes between sessions, and what
+the label table left out.
 """
 
+import dataclasses
 import json
 
 from absl import flags
 
+from alz_jax.data import data_spec
 from alz_jax.host import command
 from alz_jax.host.errors import UserError
 from alz_jax.tfds_builders.mri_slices import api as slices
@@ -29,26 +36,67 @@ _LABEL_NAMES = flags.DEFINE_list(
     "label_names", [], "Names of integer parquet labels, in order (if the files lack them)."
 )
 _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
+# A volume layout's labelling (as config.data's fields of the same names; docs/volumes.md).
+_LABELS_TSV = flags.DEFINE_string("labels_tsv", "", "A volume layout's label table, by path.")
+_VOLUME_CLASSES = flags.DEFINE_string(
+    "volume_classes", "", "caps, nifti: the classes kept, in order (default caps: NC,AD)."
+)
+_OASIS_LABELS = flags.DEFINE_enum(
+    "oasis_labels", "stages", ["stages", "binary"], "OASIS-1: CDR as four stages, or NC vs AD."
+)
+_OASIS_AD_CDR = flags.DEFINE_string("oasis_ad_cdr", "1,2", "OASIS-1 binary: the CDRs that are AD.")
+_OASIS_BLANK_CDR = flags.DEFINE_enum(
+    "oasis_blank_cdr", "skip", ["skip", "control"], "OASIS-1: rows without a CDR."
+)
+_OASIS_IMAGE = flags.DEFINE_enum(
+    "oasis_image", "masked", ["masked", "unmasked"], "OASIS-1: the T88 image read."
+)
+_WORKERS = flags.DEFINE_integer("workers", 0, "Processes reading volumes (0: the cores, up to 8).")
+
+
+def _volume_settings() -> slices.VolumeSettings:
+    """The labelling of a volume layout, from the flags (the rest: the defaults)."""
+    spec = data_spec.DataSpec(
+        labels_tsv=_LABELS_TSV.value, volume_classes=_VOLUME_CLASSES.value,
+        oasis_labels=_OASIS_LABELS.value, oasis_ad_cdr=_OASIS_AD_CDR.value,
+        oasis_blank_cdr=_OASIS_BLANK_CDR.value, oasis_image=_OASIS_IMAGE.value,
+    )  # fmt: skip
+    return spec.volume_settings
+
+
+def _audit(settings: slices.VolumeSettings) -> tuple[dict, str]:
+    """The audit's report and its table: of the images, or for a volume layout of the volumes."""
+    kind, _ = slices.describe_layout(
+        _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir",
+        volume_settings=settings,
+    )  # fmt: skip
+    if slices.is_volume_layout(kind):
+        listing = slices.list_volumes(_MANUAL_DIR.value, kind, settings, setting="--manual_dir")
+        report = slices.audit_volumes(listing, settings, _WORKERS.value)
+        report["settings"] = dataclasses.asdict(settings)
+        return report, slices.format_volume_audit(report)
+    parsed = slices.parse_layout(
+        _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir"
+    )
+    report, _ = slices.audit_folder(parsed)
+    return report, slices.format_audit(report)
 
 
 def main(argv: list[str]) -> None:
     """Runs the audit and prints/writes its report."""
     del argv
     try:
-        parsed = slices.parse_layout(
-            _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir"
-        )
+        report, table = _audit(_volume_settings())
     except slices.DataFolderError:
         raise  # one line saying what to give instead: no hint
     except slices.LayoutError as e:
         hint = slices.data_error_hint(_MANUAL_DIR.value, _LAYOUT.value)
         raise UserError(f"{e}\n{hint}") from e
-    report, _ = slices.audit_folder(parsed)
     # The same fingerprint names the data set built from this folder (and its reports).
     report["source_fingerprint"] = slices.folder_fingerprint(
         slices.folder_listing(_MANUAL_DIR.value)
     )
-    print(slices.format_audit(report))
+    print(table)
     print(f"folder fingerprint: {report['source_fingerprint']}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:

@@ -55,8 +55,10 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # accept them as meant with these.
     config.data.allow_missing_classes = False
     config.data.allow_similar_class_names = False
-    # The synthetic stand-in's layout: 'adni' (AD vs NC) or a four-stage set in the 'folders',
-    # 'oasis' or 'parquet' layout, with synthetic_subjects subjects.
+    _volumes(config)
+    # The synthetic stand-in's layout: 'adni' (AD vs NC), a four-stage set in the 'folders',
+    # 'oasis' or 'parquet' layout, or a cohort of 3D volumes ('caps', 'oasis1', 'nifti'), with
+    # synthetic_subjects subjects.
     config.data.synthetic_layout = "adni"
     config.data.synthetic_subjects = 160
     # The four-stage stand-in's difficulty: 'standard' or 'hard' (closer stages, more anatomy
@@ -68,6 +70,36 @@ def _data(config: ml_collections.ConfigDict) -> None:
     config.data.num_workers = 4  # Grain worker processes (0 = decode in the main process)
     config.data.eval_num_workers = 4
     config.data.prefetch_buffer_size = 2
+
+
+def _volumes(config: ml_collections.ConfigDict) -> None:
+    """3D volumes (layouts 'caps', 'oasis1', 'nifti'; docs/volumes.md): how slices are cut and
+    how each layout's table becomes labels."""
+    # A label table given by path (CAPS: ClinicaDL's TSV; nifti: path,subject,session,label).
+    config.data.labels_tsv = ""
+    # Volumes are reoriented to RAS; slices along 'sagittal', 'coronal' or 'axial'. ClinicaDL's
+    # range (drop volume_discard slices at each end), or volume_window > 0 slices around the
+    # volume's 'middle' or the brain's centre of 'mass'; every volume_step-th slice.
+    config.data.volume_axis = "sagittal"
+    config.data.volume_discard = 20
+    config.data.volume_window = 0
+    config.data.volume_centre = "middle"
+    config.data.volume_step = 1
+    # Per volume: clip at these percentiles, scale to 0..255; slices stored volume_size square,
+    # the aspect kept ('pad') or stretched ('resize').
+    config.data.volume_clip = (0.5, 99.5)
+    config.data.volume_size = 224
+    config.data.volume_fit = "pad"
+    config.data.volume_voxels = "refuse"  # voxels that are not 1 mm: 'refuse' or 'resample'
+    config.data.volume_classes = ""  # caps, nifti: classes kept, in order ('' = NC,AD for caps)
+    # OASIS-1: the skull-stripped ('masked') or 'unmasked' T88 image; CDR as four 'stages' or
+    # 'binary' (CDR 0 is NC, oasis_ad_cdr are AD, the rest left out); blank CDR (young
+    # controls): 'skip' (counted) or 'control' (as CDR 0).
+    config.data.oasis_image = "masked"
+    config.data.oasis_labels = "stages"
+    config.data.oasis_ad_cdr = "1,2"
+    config.data.oasis_blank_cdr = "skip"
+    config.data.volume_workers = 0  # processes slicing volumes (0: the cores, up to 8)
 
 
 def _augment(config: ml_collections.ConfigDict) -> None:

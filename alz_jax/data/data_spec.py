@@ -56,11 +56,47 @@ class DataSpec:
     # label or from each other (probable typos), with a warning instead of refusing.
     allow_missing_classes: bool = False
     allow_similar_class_names: bool = False
+    # Volume layouts (caps, oasis1, nifti; docs/volumes.md): the label table given by path,
+    # how slices are cut (the RAS axis; ClinicaDL's "discard N at each end" or a window of K
+    # slices around the middle or the brain's centre of mass; the step), the per-volume
+    # percentile clipping, the stored slice size and fit, voxels that are not 1 mm (refused or
+    # resampled), the classes kept (caps, nifti) and OASIS-1's image and CDR mapping.
+    labels_tsv: str = ""
+    volume_axis: str = "sagittal"
+    volume_discard: int = 20
+    volume_window: int = 0
+    volume_centre: str = "middle"
+    volume_step: int = 1
+    volume_clip: tuple[float, float] = (0.5, 99.5)
+    volume_size: int = 224
+    volume_fit: str = "pad"
+    volume_voxels: str = "refuse"
+    volume_classes: str = ""
+    oasis_image: str = "masked"
+    oasis_labels: str = "stages"
+    oasis_ad_cdr: str = "1,2"
+    oasis_blank_cdr: str = "skip"
+    volume_workers: int = 0  # processes that slice volumes (0: the cores, up to 8)
 
     @property
     def label_name_list(self) -> tuple[str, ...]:
         """`label_names` split at commas."""
         return tuple(n.strip() for n in self.label_names.split(",") if n.strip())
+
+    @property
+    def volume_settings(self) -> slices.VolumeSettings:
+        """How a volume layout's volumes are sliced and labelled (data.volume_*, labels_tsv,
+        oasis_*)."""
+        return slices.VolumeSettings(
+            axis=self.volume_axis, discard=self.volume_discard, window=self.volume_window,
+            centre=self.volume_centre, step=self.volume_step,
+            clip=tuple(float(x) for x in self.volume_clip), size=self.volume_size,
+            fit=self.volume_fit, voxels=self.volume_voxels,
+            classes=tuple(c.strip() for c in self.volume_classes.split(",") if c.strip()),
+            labels_table=self.labels_tsv, oasis_image=self.oasis_image,
+            oasis_labels=self.oasis_labels, oasis_ad_cdr=_cdr_values(self.oasis_ad_cdr),
+            oasis_blank_cdr=self.oasis_blank_cdr,
+        )  # fmt: skip
 
     def __post_init__(self):
         f = self.validation_fraction
@@ -98,7 +134,19 @@ class DataSpec:
              "|".join(slices.SYNTHETIC_DIFFICULTIES)),
             ("synthetic_subjects", self.synthetic_subjects, self.synthetic_subjects >= 8,
              ">= 8 (at least one subject per stage; ~50 put every stage in every split)"),
+            ("volume_workers", self.volume_workers, self.volume_workers >= 0,
+             ">= 0 (0: the cores, up to 8)"),
         ])  # fmt: skip
+        check_fields("data", self.volume_settings.problems())
+
+
+def _cdr_values(text: str) -> tuple[float, ...]:
+    """data.oasis_ad_cdr's CDR values ("1,2" -> (1.0, 2.0)); () where one is not a number (the
+    settings' check then names the field)."""
+    try:
+        return tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        return ()
 
 
 def from_config(data_config) -> DataSpec:
@@ -108,6 +156,7 @@ def from_config(data_config) -> DataSpec:
         return data_config
     names = {f.name for f in dataclasses.fields(DataSpec)}
     values = {k: v for k, v in data_config.items() if k in names}
-    if "resplit_fractions" in values:
-        values["resplit_fractions"] = tuple(values["resplit_fractions"])
+    for field in ("resplit_fractions", "volume_clip"):
+        if field in values:
+            values[field] = tuple(values[field])
     return DataSpec(**values)

@@ -251,20 +251,67 @@ def _ensure_synthetic(manual_dir: Path, seed: int, data_config) -> None:
         marker.write_text(json.dumps({"seed": seed, "summary": summary}))
 
 
-def _check_source(manual_dir: Path, synthetic_seed, data_config, timer) -> tuple[dict, tuple]:
-    """The listing of the data folder (generating the synthetic one first) and its (layout,
-    class names), after checking that it has a layout alz_jax reads."""
+def _check_source(
+    manual_dir: Path, synthetic_seed, data_config, timer
+) -> tuple[dict, tuple, slices.VolumeListing | None]:
+    """The listing of the data folder (generating the synthetic one first), its (layout, class
+    names) and, for a volume layout, its volumes, after checking that it has a layout alz_jax
+    reads. A volume layout's listing also holds the slicing settings and the label table's
+    hash: changing either makes another data set."""
     if synthetic_seed is not None:
         with timer("generate synthetic data"):
             _ensure_synthetic(manual_dir, synthetic_seed, data_config)
+    volumes = None
     try:
         described = slices.describe_layout(
-            manual_dir, data_config.layout, data_config.label_name_list
-        )
+            manual_dir, data_config.layout, data_config.label_name_list,
+            volume_settings=data_config.volume_settings,
+        )  # fmt: skip
+        if slices.is_volume_layout(described[0]):
+            volumes = slices.list_volumes(manual_dir, described[0], data_config.volume_settings)
     except slices.LayoutError as e:
         raise _data_error(e, manual_dir, data_config) from e
     _check_class_names(described[1], data_config)
-    return slices.folder_listing(manual_dir), described
+    listing = slices.folder_listing(manual_dir)
+    if volumes is not None:
+        listing["volume_settings"] = data_config.volume_settings.as_dict()
+        listing["label_table"] = {volumes.label_table: _file_sha256(volumes.label_table)}
+    return listing, described, volumes
+
+
+def _file_sha256(path: str) -> str:
+    """The content hash of a file ('' where it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+def _volume_slicer(volumes: slices.VolumeListing, data_config: DataSpec, build_dir, timer):
+    """What cuts a volume layout's slices into <build_dir>/slices before the build (under the
+    build's lock; volumes sliced by an interrupted build are kept); returns that folder."""
+
+    if storage.is_url(build_dir):
+        raise UserError(
+            f"data.data_dir = {data_config.data_dir}: volumes are sliced on a local disk; give a "
+            "local data.data_dir for a volume layout."
+        )
+
+    def slice_into() -> str:
+        out = Path(os.fspath(build_dir)) / "slices"
+        with timer("slice volumes"):
+            manifest = slices.slice_volumes(
+                volumes, data_config.volume_settings, out, data_config.volume_workers
+            )
+        if not manifest["volumes"]:
+            raise UserError(
+                f"{volumes.root}: none of its {len(volumes.volumes)} volumes could be sliced; "
+                "see the warnings above (each volume skipped is named with its reason)."
+            )
+        return os.fspath(out)
+
+    return slice_into
 
 
 def _data_error(error: slices.LayoutError, manual_dir: Path, data_config: DataSpec) -> UserError:
@@ -376,10 +423,11 @@ def _wait_for_build(f, build_dir) -> None:
     logging.info("Waited %s for %s.", logs.duration(time.monotonic() - start), what)
 
 
-def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
+def _build(make_builder, build_dir, listing: dict, data_dir, timer, source=None) -> None:
     """Builds the TFDS data set from the listed folder into `build_dir` unless it is there,
     saying how the folder changed since the last build of it. A finished build is only read:
-    no lock is taken, so a data_dir on a read-only file system serves it."""
+    no lock is taken, so a data_dir on a read-only file system serves it. `source`, if given,
+    makes the folder TFDS reads (a volume layout's slices) under the lock and returns it."""
     # source.json is written last: without it there is nothing finished to read (and no
     # builder is made here, each of which logs its config).
     if (build_dir / SOURCE_FILE).exists() and make_builder().is_prepared():
@@ -403,11 +451,12 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer) -> None:
                 slices.describe_changes(slices.folder_changes(previous["listing"], listing)),
                 build_dir,
             )  # fmt: skip
-        logging.info("Building the adni TFDS data set from %s", manual_dir)
+        tfds_source = source() if source is not None else manual_dir
+        logging.info("Building the adni TFDS data set from %s", tfds_source)
         logging.info("... into %s", build_dir)
         with timer("build TFDS data set"):
             builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+                download_config=tfds.download.DownloadConfig(manual_dir=tfds_source)
             )
         record = {
             "fingerprint": slices.folder_fingerprint(listing),
@@ -468,11 +517,16 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
     error = found = None
     if jax.process_index() == 0:
         try:
-            listing, described = _check_source(manual_dir, synthetic_seed, data_config, timer)
+            listing, described, volumes = _check_source(
+                manual_dir, synthetic_seed, data_config, timer
+            )
             found = slices.folder_fingerprint(listing), described
             build_dir = data_dir / f"{BUILD_PREFIX}{found[0]}"
+            source = None if volumes is None else _volume_slicer(
+                volumes, data_config, build_dir, timer
+            )  # fmt: skip
             _build(lambda: make_builder(build_dir, described), build_dir, listing, data_dir,
-                   timer)  # fmt: skip
+                   timer, source)  # fmt: skip
         except UserError as e:
             error = e
         except slices.LayoutError as e:  # found by the build's parse: with the same hint

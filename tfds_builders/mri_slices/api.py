@@ -23,6 +23,12 @@ from .layouts.base import (
     SplitFolderError,
 )
 from .layouts.classes import STAGES, similar_class_names
+from .volumes import audit as volume_audit
+from .volumes import extraction as volume_extraction
+from .volumes import synthetic as volume_synthetic
+from .volumes.listing import VolumeListing
+from .volumes.reading import VolumeError, VoxelSizeError
+from .volumes.settings import VolumeSettings
 
 # Also `Builder` and `config_for`, served by __getattr__.
 __all__ = [
@@ -38,10 +44,21 @@ __all__ = [
     "LayoutError",
     "LayoutPlugin",
     "SplitFolderError",
+    "VolumeError",
+    "VolumeListing",
+    "VolumeSettings",
+    "VoxelSizeError",
     "assign_protocol",
+    "audit_volumes",
+    "format_volume_audit",
+    "is_volume_layout",
+    "list_volumes",
+    "slice_volumes",
+    "volume_workers",
     "audit_folder",
     "cross_split_entry",
     "data_error_hint",
+    "default_synthetic_subjects",
     "describe_changes",
     "describe_layout",
     "detect_layout",
@@ -73,6 +90,15 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = registry.MANUAL_DOWNLOAD_INSTRUCTIONS
 # The one line under a data error: ADNI's origin and layout where ADNI is meant, else the docs.
 data_error_hint = registry.hint
 
+# Volume layouts: their volumes listed and labelled, sliced into a folder the build reads, and
+# audited; the settings (axis, range, normalisation, size, labelling) and their checks.
+is_volume_layout = registry.is_volume
+list_volumes = registry.list_volumes
+slice_volumes = volume_extraction.slice_volumes
+audit_volumes = volume_extraction.audit_volumes
+volume_workers = volume_extraction.auto_workers
+format_volume_audit = volume_audit.format_table
+
 # The audit of a parsed folder, and its text.
 audit_folder = audit.run
 format_audit = audit.format_table
@@ -93,8 +119,9 @@ assign_protocol = splits.assign
 official_split_note = splits.official_split_note
 parse_slice_range = splits.parse_slice_range
 
-# The synthetic stand-ins: 'adni' (AD vs NC) or a four-stage collection in a layout.
-SYNTHETIC_LAYOUTS = ("adni", *synthetic_stages.LAYOUTS)
+# The synthetic stand-ins: 'adni' (AD vs NC), a four-stage collection in a layout, or a cohort
+# of 3D volumes in a volume layout.
+SYNTHETIC_LAYOUTS = ("adni", *synthetic_stages.LAYOUTS, *volume_synthetic.LAYOUTS)
 
 _BUILDER_NAMES = frozenset({"Builder", "config_for"})
 
@@ -110,7 +137,18 @@ def synthetic_tag(
     if layout == "adni":
         spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
         return synthetic.tag(spec, seed)
+    if layout in volume_synthetic.LAYOUTS:
+        return volume_synthetic.tag(volume_synthetic.VolumeCohortSpec(subjects=subjects), seed,
+                                    layout)  # fmt: skip
     return synthetic_stages.tag(synthetic_stages.spec_for(difficulty, subjects), seed, layout)
+
+
+def default_synthetic_subjects(layout: str) -> int:
+    """How many subjects a synthetic set of `layout` has unless told (a four-stage set's, or a
+    volume cohort's; the AD_NC set counts train and test subjects apart)."""
+    if layout in volume_synthetic.LAYOUTS:
+        return volume_synthetic.VolumeCohortSpec.subjects
+    return synthetic_stages.StagesSpec.subjects
 
 
 def generate_synthetic(
@@ -123,6 +161,11 @@ def generate_synthetic(
         logging.info("Generating the synthetic AD_NC set (seed %d) in %s", seed, out_dir)
         spec = synthetic.SyntheticSpec(train_subjects=train_subjects, test_subjects=test_subjects)
         return synthetic.generate(out_dir, seed=seed, spec=spec)
+    if layout in volume_synthetic.LAYOUTS:
+        logging.info("Generating the synthetic %s cohort of 3D volumes (seed %d) in %s",
+                     layout, seed, out_dir)  # fmt: skip
+        spec = volume_synthetic.VolumeCohortSpec(subjects=subjects)
+        return volume_synthetic.generate(out_dir, seed, layout, spec)
     logging.info("Generating the synthetic four-stage set, %s layout (seed %d), in %s",
                  layout, seed, out_dir)  # fmt: skip
     spec = synthetic_stages.spec_for(difficulty, subjects)

@@ -315,6 +315,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     len(shared) if parsed.subject_source != "scan_id" else None
                 ),
                 "manifest": manifest,
+                # A volume layout's volumes, slicing settings and skipped volumes.
+                **parsed.extra_metadata,
             }
         )
         logging.info(

@@ -125,6 +125,9 @@ class Layout:
     folder_splits: tuple[str, ...] = ("train", "test")
     image_size: tuple[int, int] | None = None
     class_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+    # What the build stores in the data set's metadata besides its own entries (a volume
+    # layout's volumes, slicing settings and skipped volumes).
+    extra_metadata: dict = dataclasses.field(default_factory=dict)
 
     @property
     def has_slice_index(self) -> bool:

@@ -1,0 +1,192 @@
+"""Volume layouts built into the slice data set: splits by subject (a subject's sessions never
+cross splits), records carrying subject, session, volume and slice, the settings recorded and
+part of the build's name, resumable and parallel slicing with the same bytes, and bad volumes
+refused or skipped by name with a count."""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from alz_jax.data import dataset
+from alz_jax.host.errors import UserError
+from alz_jax.tfds_builders.mri_slices import api as slices
+from alz_jax.tfds_builders.mri_slices.volumes import sliced
+from alz_jax.tfds_builders.mri_slices.volumes import synthetic as volume_synthetic
+
+TINY = volume_synthetic.VolumeCohortSpec(subjects=16, shape=(16, 18, 16))
+# Sagittal slices 4..11 of 16 (4 dropped at each end), every second: 4 per volume, 32 px.
+VOLUME_FIELDS = {
+    "volume_discard": 4, "volume_step": 2, "volume_size": 32, "volume_workers": 1,
+    "allow_missing_classes": True,  # 16 subjects: a rare class may miss a split
+}  # fmt: skip
+
+
+def _spec(manual_dir, data_dir, **fields) -> dataset.DataSpec:
+    return dataset.DataSpec(
+        manual_dir=str(manual_dir), data_dir=str(data_dir), **{**VOLUME_FIELDS, **fields}
+    )
+
+
+@pytest.fixture(scope="module")
+def caps_cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("caps")
+    volume_synthetic.generate(out, 0, "caps", TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def caps_built(caps_cohort, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return dataset.prepare(_spec(caps_cohort, data_dir)), data_dir
+
+
+def test_caps_build_splits_by_subject_with_every_session_together(caps_built, caps_cohort):
+    data, _ = caps_built
+    listing = slices.list_volumes(caps_cohort, "caps", _spec(caps_cohort, "/x").volume_settings)
+    subjects_of = {}
+    for split in dataset.SPLITS:
+        records = data.records(split)
+        subjects_of[split] = set(records["subject_id"])
+        for scan, subject in zip(records["scan_id"], records["subject_id"], strict=True):
+            assert scan.startswith(subject + "_ses-")  # the scan unit is the session
+    assert not subjects_of["train"] & subjects_of["validation"]
+    assert not subjects_of["train"] & subjects_of["test"]
+    assert not subjects_of["validation"] & subjects_of["test"]
+    # Every volume listed is there, 4 slices each, none twice.
+    total = sum(data.num_examples(split) for split in dataset.SPLITS)
+    assert total == 4 * len(listing.volumes)
+    meta = data.metadata
+    assert sorted(meta["volumes"]) == sorted(v.scan_id for v in listing.volumes)
+    assert meta["volume_settings"]["discard"] == 4
+    assert meta["volume_settings"]["axis"] == "sagittal"
+    some = next(iter(meta["volumes"].values()))
+    assert some["slices"] == [4, 6, 8, 10]
+    assert some["file"].endswith("_T1w.nii.gz")
+    assert meta["layout"] == "caps"
+    assert data.class_names == ("NC", "AD")
+
+
+def test_records_name_their_volume_slice(caps_built):
+    data, _ = caps_built
+    records = data.records("train")
+    for name, scan, index in zip(
+        records["file_name"], records["scan_id"], records["slice_index"], strict=True
+    ):
+        assert name == f"{scan}/sagittal_{index:03d}.png"
+
+
+def test_settings_are_part_of_the_build_name(caps_built, caps_cohort):
+    data, data_dir = caps_built
+    again = dataset.prepare(_spec(caps_cohort, data_dir))
+    assert again.source_fingerprint == data.source_fingerprint
+    other = dataset.prepare(_spec(caps_cohort, data_dir, volume_step=4))
+    assert other.source_fingerprint != data.source_fingerprint
+    assert sum(other.num_examples(s) for s in dataset.SPLITS) * 2 == sum(
+        data.num_examples(s) for s in dataset.SPLITS
+    )
+
+
+def _slice_files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*.png"))
+    }
+
+
+def test_slicing_resumes_and_parallel_slices_are_the_same_bytes(caps_cohort, tmp_path, caplog):
+    settings = _spec(caps_cohort, tmp_path).volume_settings
+    listing = slices.list_volumes(caps_cohort, "caps", settings)
+    serial = tmp_path / "serial"
+    slices.slice_volumes(listing, settings, serial, workers=1)
+    # An interrupted slicing: two volumes done, one half-written temporary folder, no manifest.
+    resumed = tmp_path / "resumed"
+    first = listing.volumes[:2]
+    part = slices.VolumeListing(**{**vars(listing), "volumes": first})
+    slices.slice_volumes(part, settings, resumed, workers=1)
+    (resumed / sliced.MANIFEST).unlink()
+    (resumed / f".tmp-{listing.volumes[2].scan_id}-99").mkdir()
+    done_before = {v.scan_id: (resumed / v.scan_id).stat().st_mtime_ns for v in first}
+    with caplog.at_level(logging.INFO):
+        manifest = slices.slice_volumes(listing, settings, resumed, workers=2)
+    assert "2 kept from an interrupted build" in caplog.text
+    assert {v.scan_id: (resumed / v.scan_id).stat().st_mtime_ns for v in first} == done_before
+    assert len(manifest["volumes"]) == len(listing.volumes)
+    assert _slice_files(resumed) == _slice_files(serial)
+
+
+def _write(path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0)) -> None:
+    image = nib.Nifti1Image(data.astype(np.float32), np.diag([*zooms, 1.0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+
+
+def _nifti_cohort(root: Path, subjects: int = 8) -> list[str]:
+    """A nifti-layout cohort of small random brains, half AD; returns the table's lines."""
+    rng = np.random.default_rng(0)
+    lines = ["path,subject,session,label"]
+    for i in range(subjects):
+        data = rng.random((16, 18, 16)) + (i % 2)
+        _write(root / f"s{i}.nii.gz", data)
+        lines.append(f"s{i}.nii.gz,S{i},M0,{'AD' if i % 2 else 'CN'}")
+    return lines
+
+
+def test_bad_volumes_are_skipped_by_name_and_counted(tmp_path, caplog):
+    root = tmp_path / "nifti"
+    lines = _nifti_cohort(root)
+    (root / "broken.nii").write_bytes(b"not a volume at all" * 10)
+    _write(root / "flat.nii", np.ones((16, 18)))
+    lines += ["broken.nii,S90,M0,AD", "flat.nii,S91,M0,CN", "gone.nii.gz,S92,M0,CN"]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        data = dataset.prepare(_spec(root, tmp_path / "tfds"))
+    meta = data.metadata
+    unusable = {e["file"]: e["problem"] for e in meta["volume_unusable"]}
+    assert set(unusable) == {"broken.nii", "flat.nii"}
+    assert "2D" in unusable["flat.nii"]
+    assert sum(len(v) for v in meta["volume_skipped"].values()) == 1  # gone.nii.gz
+    assert "broken.nii" in caplog.text and "flat.nii" in caplog.text
+    assert len(meta["volumes"]) == 8
+
+
+def test_voxels_not_1mm_are_refused_in_one_line_or_resampled(tmp_path):
+    root = tmp_path / "nifti"
+    lines = _nifti_cohort(root)
+    _write(root / "s0.nii.gz", np.random.default_rng(1).random((8, 9, 8)), zooms=(2.0, 2.0, 2.0))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as refused:
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+    message = str(refused.value).splitlines()[0]
+    assert "s0.nii.gz (2x2x2 mm)" in message and "volume_voxels=resample" in message
+    assert not list((tmp_path / "tfds").glob("adni-*/slices/*/volume.json"))  # nothing sliced
+    data = dataset.prepare(_spec(root, tmp_path / "tfds", volume_voxels="resample"))
+    assert data.metadata["volumes"]["S0_M0"]["zooms"] == [2.0, 2.0, 2.0]
+    assert data.metadata["volumes"]["S0_M0"]["ras_shape"] == [16, 18, 16]
+
+
+def test_a_wrong_volume_setting_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"config\.data\.volume_axis = 'sideways': expected "
+                                        r"sagittal\|coronal\|axial"):  # fmt: skip
+        dataset.DataSpec(volume_axis="sideways")
+    with pytest.raises(UserError, match=r"config\.data\.volume_clip"):
+        dataset.DataSpec(volume_clip=(99.0, 1.0))
+
+
+def test_oasis1_release_builds_with_mr2_in_its_subjects_split(tmp_path):
+    root = tmp_path / "oasis"
+    volume_synthetic.generate(root, 3, "oasis1", TINY)
+    data = dataset.prepare(_spec(root, tmp_path / "tfds"))
+    split_of_subject = {}
+    for split in dataset.SPLITS:
+        for subject in data.records(split)["subject_id"]:
+            assert split_of_subject.setdefault(subject, split) == split
+    sessions = {scan.rsplit("_", 1)[1] for scan in data.metadata["volumes"]}
+    assert "MR2" in sessions
+    assert data.class_names == slices.STAGES
+    assert os.fspath(root) in data.metadata["volume_source"]
+    assert json.loads(json.dumps(data.metadata["volume_skipped"]))  # blank CDR rows, counted

@@ -1,0 +1,76 @@
+"""The folder of slices cut from a volume layout's volumes (`extraction`), read back as a
+Layout: one PNG per slice, `<scan_id>/<axis>_<index>.png`, with the subject, session, label and
+folder split of its volume, and the volumes' own record (file, shape, voxel size, orientation,
+raw intensities) for the data set's metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..layouts.base import ImageRecord, Layout, LayoutError
+
+MANIFEST = "volumes.json"  # written last: without it the folder holds no finished slicing
+VOLUME_DONE = "volume.json"  # in each volume's folder, written before the folder is renamed
+
+
+def slice_name(axis: str, index: int) -> str:
+    """The file name of the slice at `index` along `axis`, e.g. sagittal_090.png."""
+    return f"{axis}_{index:03d}.png"
+
+
+def read_manifest(sliced_dir: Path) -> dict:
+    """The manifest of a finished slicing; LayoutError where there is none."""
+    path = Path(sliced_dir) / MANIFEST
+    if not path.is_file():
+        raise LayoutError(
+            f"{sliced_dir} holds no {MANIFEST}: a volume layout's volumes are sliced first "
+            "(the data set build does it), and this folder's slicing did not finish."
+        )
+    return json.loads(path.read_text())
+
+
+def parse(sliced_dir: Path, kind: str) -> Layout:
+    """The slices of a finished slicing as a Layout of layout `kind` (LayoutError where the
+    folder was sliced from another layout)."""
+    sliced_dir = Path(sliced_dir)
+    manifest = read_manifest(sliced_dir)
+    if manifest["kind"] != kind:
+        raise LayoutError(
+            f"{sliced_dir} holds slices of a {manifest['kind']} folder, not of a {kind} one."
+        )
+    axis = manifest["settings"]["axis"]
+    records, subject_of_scan = [], {}
+    for scan_id, volume in manifest["volumes"].items():
+        subject_of_scan[scan_id] = volume["subject"]
+        for index in volume["slices"]:
+            name = slice_name(axis, index)
+            records.append(
+                ImageRecord(
+                    path=sliced_dir / scan_id / name,
+                    file_name=f"{scan_id}/{name}",
+                    folder_split=volume["folder_split"],
+                    label=volume["label"],
+                    scan_id=scan_id,
+                    slice_index=index,
+                )
+            )
+    size = manifest["settings"]["size"]
+    return Layout(
+        root=sliced_dir,
+        records=records,
+        subject_of_scan=subject_of_scan,
+        subject_source=Path(manifest["label_table"]).name,
+        kind=kind,
+        class_names=tuple(manifest["class_names"]),
+        folder_splits=tuple(manifest["folder_splits"]),
+        image_size=(size, size),
+        class_mapping=dict(manifest["class_mapping"]),
+        extra_metadata={
+            "volume_source": manifest["source"],
+            "volume_settings": manifest["settings"],
+            "volumes": manifest["volumes"],
+            "volume_skipped": manifest["skipped"],
+            "volume_unusable": manifest["unusable"],
+        },
+    )
