@@ -10,6 +10,7 @@ cached: one volume is in memory at a time.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 from pathlib import Path
 
@@ -192,8 +193,14 @@ def read_header(path: Path | str) -> VolumeHeader:
 
 def _read_data(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
     """The stored data as float32, scaled as the header says; VolumeError where it cannot be
-    read (or is not numbers, e.g. RGB voxels)."""
+    read (or is not numbers, e.g. RGB voxels).
+
+    A single gzipped NIfTI file is decompressed whole, once, so that gzip checks its CRC: read
+    through nibabel, a stream corrupted in the middle can decode into wrong voxels unnoticed.
+    """
     try:
+        if _is_gzipped_nifti(image):
+            image = type(image).from_bytes(gzip.decompress(Path(path).read_bytes()))
         return np.asarray(np.asanyarray(image.dataobj), dtype=np.float32)
     # A truncated stream ends early (EOFError, nibabel's "Expected N bytes"); the rest is corrupt.
     except Exception as e:
@@ -203,6 +210,13 @@ def _read_data(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
             f"{e}); expected the complete volume its header describes",
             "truncated" if truncated else "unreadable",
         ) from e
+
+
+def _is_gzipped_nifti(image: nib.spatialimages.SpatialImage) -> bool:
+    """Whether the image is one gzipped file (.nii.gz), which nibabel can read from bytes."""
+    data_file = image.file_map["image"].filename or ""
+    single = isinstance(image, (nib.Nifti1Image, nib.Nifti2Image))
+    return single and data_file.lower().endswith(".gz")
 
 
 def read_volume(path: Path | str, voxels: str = "refuse") -> tuple[np.ndarray, VolumeHeader]:
