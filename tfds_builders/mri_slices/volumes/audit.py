@@ -163,13 +163,14 @@ def _counts_line(counts: dict) -> str:
 
 def _wrapped(label: str, text: str) -> list[str]:
     """`label` and `text` on lines under TABLE_WIDTH characters (text split at ", ")."""
-    lines, line = [], f"{label:<24}"
+    lines: list[str] = []
+    line, empty = f"{label:<23} ", True
     for part in text.split(", "):
-        piece = part if line.endswith(" ") else f", {part}"
-        if len(line) + len(piece) > TABLE_WIDTH and not line.endswith(" "):
+        if not empty and len(line) + len(part) + 3 > TABLE_WIDTH:
             lines.append(line + ",")
-            line, piece = " " * 24, part
-        line += piece
+            line, empty = " " * 24, True
+        line += part if empty else f", {part}"
+        empty = False
     return [*lines, line]
 
 
