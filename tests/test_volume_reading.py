@@ -3,6 +3,7 @@
 array and cuts into the same slices; each unusable file raises its VolumeError with a one-line
 message naming the file; non-1 mm voxels are refused or resampled as volume_voxels says."""
 
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -127,7 +128,8 @@ def test_truncated_and_corrupt_files(tmp_path):
     (tmp_path / "tail.nii.gz").write_bytes(packed + b"garbage after the gzip stream")
     check_error(tmp_path / "tail.nii.gz", "unreadable", "Not a gzipped", read=reading.read_volume)
     (tmp_path / "noise.nii").write_bytes(np.random.default_rng(0).bytes(600))
-    check_error(tmp_path / "noise.nii", "unreadable", "expected a NIfTI")
+    error = check_error(tmp_path / "noise.nii", "unreadable", "expected a NIfTI")
+    assert pickle.loads(pickle.dumps(error)).reason == "unreadable"
     check_error(tmp_path / "absent.nii", "missing", "no such file")
     nib.save(nib.AnalyzeImage(volume, None), tmp_path / "pair.hdr")
     (tmp_path / "pair.img").unlink()
@@ -164,6 +166,8 @@ def test_voxel_sizes_refused_or_resampled(tmp_path):
         read=reading.read_volume,
     )
     assert isinstance(error, reading.VoxelSizeError)
+    copy = pickle.loads(pickle.dumps(error))  # as it comes back from a worker process
+    assert (type(copy), str(copy), copy.reason) == (type(error), str(error), "voxel size")
     assert reading.read_header(tmp_path / "big.nii").zooms == (2.0, 2.0, 2.0)
     data, _ = reading.read_volume(tmp_path / "big.nii", voxels="resample")
     assert data.dtype == np.float32

@@ -37,13 +37,17 @@ class VolumeError(LayoutError):
         super().__init__(" ".join(message.split()))  # one line, whatever nibabel's text held
         self.reason = reason
 
+    def __reduce__(self):
+        # Pickled with its reason, so that it crosses from a worker process intact.
+        return (type(self), (str(self), self.reason))
+
 
 class VoxelSizeError(VolumeError):
     """Voxels that are not 1 mm under volume_voxels=refuse: a run refuses these (the other
     VolumeErrors are skipped and named)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "voxel size")
+    def __init__(self, message: str, reason: str = "voxel size") -> None:
+        super().__init__(message, reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +205,7 @@ def _read_data(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
     try:
         if _is_gzipped_nifti(image):
             image = type(image).from_bytes(gzip.decompress(Path(path).read_bytes()))
-        return np.asarray(np.asanyarray(image.dataobj), dtype=np.float32)
+        return image.get_fdata(caching="unchanged", dtype=np.float32)
     # A truncated stream ends early (EOFError, nibabel's "Expected N bytes"); the rest is corrupt.
     except Exception as e:
         truncated = isinstance(e, EOFError) or "Expected" in str(e)
