@@ -35,7 +35,7 @@ _LAYOUT = flags.DEFINE_enum(
     "layout",
     "adni",
     slices.SYNTHETIC_LAYOUTS,
-    "adni (AD vs NC); a four-stage set: folders, oasis or parquet; 3D volumes: caps, oasis1, nifti.",
+    "adni (AD vs NC); four stages: folders, oasis or parquet; 3D volumes: caps, oasis1, nifti.",
 )
 _SUBJECTS = flags.DEFINE_integer(
     "subjects", None,

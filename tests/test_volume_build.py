@@ -92,10 +92,7 @@ def test_settings_are_part_of_the_build_name(caps_built, caps_cohort):
 
 
 def _slice_files(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*.png"))
-    }
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
 def test_slicing_resumes_and_parallel_slices_are_the_same_bytes(caps_cohort, tmp_path, caplog):

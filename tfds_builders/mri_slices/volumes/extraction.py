@@ -88,7 +88,7 @@ def slice_one(task: tuple[VolumeRecord, VolumeSettings, str]) -> dict:
             "label": volume.label, "folder_split": volume.folder_split}  # fmt: skip
     try:
         data, header = reading.read_volume(volume.path, settings.voxels)
-        cut, stats = slicing.cut(data, settings)
+        cut, stats = slicing.cut(data, settings, source=str(volume.path))
     except reading.VolumeError as e:
         return {**base, "problem": e.reason, "detail": str(e)}
     del data  # one volume in memory: the slices are small
