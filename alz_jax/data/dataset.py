@@ -569,7 +569,7 @@ def _apply_protocol(builder, data_config):
     except ValueError as e:
         raise UserError(str(e)) from e
     for split, pos in positions.items():
-        if not len(pos):
+        if not len(pos) and (split == "test" or data_config.protocol != "external"):
             raise UserError(f"The {split} split of protocol {data_config.protocol!r} is empty.")
     protocol = {
         "name": data_config.protocol,
