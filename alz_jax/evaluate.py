@@ -98,7 +98,7 @@ def _evaluate_external(given: dict[str, str]) -> None:
     )
     report, paths = external.evaluate(request)
     print(external_report.format_console(report))
-    print(f"Written: {', '.join(str(p) for p in paths)}")
+    print(f"Written: {', '.join(p.name for p in paths)} and its figures, in {paths[0].parent}")
 
 
 if __name__ == "__main__":

@@ -485,8 +485,9 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
             "data.data_dir must be on storage that every host sees."
         )
     _check_label_conflicts(builder.info.metadata, data_config)
-    _check_missing_classes(builder.info.metadata, tuple(builder.info.features["label"].names),
-                           data_config)  # fmt: skip
+    if data_config.protocol != "external":  # another cohort is evaluated whole, not trained on
+        _check_missing_classes(builder.info.metadata, tuple(builder.info.features["label"].names),
+                               data_config)  # fmt: skip
     pooled, positions, protocol = _apply_protocol(builder, data_config)
     return AdniData(
         builder=builder,

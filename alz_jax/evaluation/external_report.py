@@ -78,8 +78,22 @@ def summary(report: dict, reference: dict | None, workdir: str) -> dict:
         "threshold": report[level].get("threshold"),
         "in_distribution_threshold": (ref or {}).get("threshold"),
         "rows": rows,
-        "in_distribution_note": None if reference is not None else NOT_EVALUATED.format(workdir),
+        "in_distribution_note": _reference_note(report, reference, workdir),
     }
+
+
+def _reference_note(report: dict, reference: dict | None, workdir: str) -> str | None:
+    """Why the in-distribution column is empty, or that it is of other weights; else None."""
+    if reference is None:
+        return NOT_EVALUATED.format(workdir)
+    ours = (report["checkpoint_step"], report["weights"])
+    theirs = (reference.get("checkpoint_step"), reference.get("weights"))
+    if ours != theirs:
+        return (
+            f"report_test.json is of checkpoint step {theirs[0]} ({theirs[1]} weights), "
+            f"this report of step {ours[0]} ({ours[1]} weights)."
+        )
+    return None
 
 
 def _value(value, interval=None) -> str:

@@ -97,8 +97,8 @@ def map_classes(found: list[str], run_names: list[str], given: dict[str, str]) -
 
 def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> dataset.DataSpec:
     """The other cohort's DataSpec: the run's, with the DATA_FLAGS fields given replaced, read
-    from a folder (never the synthetic stand-in), every image in test; a class absent from the
-    cohort is stated in the report, not refused."""
+    from a folder (never the synthetic stand-in), every image in test (the `external` protocol,
+    which also accepts a class missing from one of the cohort's own split folders)."""
     unknown = set(overrides) - set(DATA_FLAGS)
     if unknown:
         raise UserError(
@@ -109,7 +109,6 @@ def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> data
         **overrides,
         synthetic_seed=None,
         protocol="external",
-        allow_missing_classes=True,
     )
 
 
