@@ -229,3 +229,14 @@ def test_the_command_refuses_a_missing_folder_in_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--data.manual_dir" in errors[0] and "no such folder" in errors[0]
+
+
+def test_a_workdir_without_checkpoints_is_refused(adni_cohort, tmp_path):
+    workdir = tmp_path / "fresh"
+    (workdir / "run").mkdir(parents=True)
+    (workdir / "run" / "config.json").write_text(tiny_config.get_config().to_json_best_effort())
+    (workdir / "run" / "record.json").write_text("{}")
+    request = external.Request(str(workdir), {"manual_dir": str(adni_cohort)})
+    with pytest.raises(UserError, match="No checkpoints in"):
+        external.evaluate(request)
+    assert not list(workdir.glob("report_external_*"))
