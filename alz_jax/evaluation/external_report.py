@@ -48,7 +48,9 @@ def _row(key: str, label: str, external: dict, reference: dict | None) -> dict:
             return None, None
         if key.startswith("recall:"):
             cls = key.split(":", 1)[1]
-            return result.get("per_class", {}).get(cls, {}).get("recall"), None
+            entry = result.get("per_class", {}).get(cls, {})
+            # A class without images here has no recall (not 0).
+            return (entry.get("recall") if entry.get("support") else None), None
         return result.get(key), result.get("ci95", {}).get(key)
 
     ext, ext_ci = value(external)
@@ -108,12 +110,13 @@ def format_console(report: dict) -> str:
     counts = report.get("counts", {})
     lines = [
         f"External evaluation on cohort {cohort['name']} (layout {cohort['layout']}): "
-        f"{counts.get('subjects', '-')} subjects, {counts.get('scans', '-')} scans, "
+        f"{counts.get('subjects', 'unknown')} subjects, {counts.get('scans', '-')} scans, "
         f"{report['num_images']} images; checkpoint step {report['checkpoint_step']} "
         f"({report['weights']} weights)",
         f"Classes: {_mapping_text(cohort)}",
         f"Calibration: {CALIBRATION_TEXT}.",
-        f"{s['level']}-level figures, 95% subject-bootstrap intervals:",
+        f"{s['level']}-level figures, 95% intervals (bootstrap over "
+        f"{report['bootstrap']['resampled_unit']}s):",
         f"  {'metric':<28} {'external':<24} {'in-distribution test':<24}",
     ]
     for row in s["rows"]:
