@@ -169,6 +169,17 @@ def test_a_four_stage_cohort_is_mapped_and_the_dropped_images_counted(trained, t
     text = str(error.value)
     assert "\n" not in text and "--class_mapping" in text
     assert "VeryMildDemented, MildDemented, ModerateDemented are not among" in text
+    result = subprocess.run(
+        [sys.executable, "-m", "alz_jax.evaluate", f"--workdir={workdir}",
+         f"--data.manual_dir={root}", "--class_mapping=NonDemented:NC,MildDemented:AD"],
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "VeryMildDemented, ModerateDemented are not among" in errors[0]
+    assert "--class_mapping" in errors[0]
+    assert not list(workdir.glob("report_external_stages*"))
     mapping = "NonDemented:NC,VeryMildDemented:-,MildDemented:AD,ModerateDemented:AD"
     report, paths = external.evaluate(
         external.Request(**base, class_mapping=mapping, cohort="oasis-like")
