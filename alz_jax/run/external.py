@@ -101,9 +101,8 @@ def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> data
     which also accepts a class missing from one of the cohort's own split folders)."""
     unknown = set(overrides) - set(DATA_FLAGS)
     if unknown:
-        raise UserError(
-            f"--data.{sorted(unknown)[0]}: not one of --data.{{{','.join(DATA_FLAGS)}}}."
-        )
+        accepted = ", ".join(f"--data.{f}" for f in DATA_FLAGS)
+        raise UserError(f"--data.{sorted(unknown)[0]}: not one of {accepted}.")
     return dataclasses.replace(
         run_data,
         **overrides,
@@ -293,11 +292,11 @@ def _open(request: Request):
             "other cohort's images, in any layout that audit reads)."
         )
     name = cohort_name(request.data["manual_dir"], request.cohort)
+    mapping = parse_class_mapping(request.class_mapping)
     saved = SavedRun.open(request.workdir)
     mesh = sharding.make_mesh()
     restored = saved.restore(request.checkpoint, request.weights, mesh)
     run_names = saved.class_names(restored)
-    mapping = parse_class_mapping(request.class_mapping)
     data = dataset.prepare(external_spec(saved.spec.data, request.data))
     found = list(data.class_names)
     targets = map_classes(found, run_names, mapping)
