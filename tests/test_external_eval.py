@@ -251,3 +251,23 @@ def test_a_workdir_without_checkpoints_is_refused(adni_cohort, tmp_path):
     with pytest.raises(UserError, match="No checkpoints in"):
         external.evaluate(request)
     assert not list(workdir.glob("report_external_*"))
+
+
+def test_an_auto_slice_window_is_the_runs_own(trained):
+    workdir, _ = trained
+    saved = external.SavedRun.open(str(workdir))
+    assert external.run_slice_range(saved) == saved.spec.data.slice_range == ""
+    manifest = workdir / "run" / "split_manifest.json"
+    text = manifest.read_text()
+    try:
+        entry = json.loads(text)
+        entry["protocol"]["slice_window"] = [70, 90]
+        manifest.write_text(json.dumps(entry))
+        auto = external.dataclasses.replace(
+            saved, spec=external.dataclasses.replace(
+                saved.spec, data=external.dataclasses.replace(saved.spec.data, slice_range="auto")
+            ),
+        )  # fmt: skip
+        assert external.run_slice_range(auto) == "70,90"
+    finally:
+        manifest.write_text(text)

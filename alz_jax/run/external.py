@@ -111,6 +111,18 @@ def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> data
     )
 
 
+def run_slice_range(saved: SavedRun) -> str:
+    """The run's slice window as `lo,hi` where it chose one with `auto` (from its
+    run/split_manifest.json: the window of its own classes, not one recomputed on the other
+    cohort's), else its data.slice_range as configured."""
+    configured = saved.spec.data.slice_range
+    path = storage.path(saved.workdir) / "run" / "split_manifest.json"
+    if configured != "auto" or not path.exists():
+        return configured
+    window = json.loads(path.read_text()).get("protocol", {}).get("slice_window")
+    return f"{window[0]},{window[1]}" if window else configured
+
+
 def _unit_counts(records: dict, keep: np.ndarray) -> dict[str, int]:
     return {
         "images": int(keep.sum()),
@@ -297,7 +309,8 @@ def _open(request: Request):
     mesh = sharding.make_mesh()
     restored = saved.restore(request.checkpoint, request.weights, mesh)
     run_names = saved.class_names(restored)
-    data = dataset.prepare(external_spec(saved.spec.data, request.data))
+    run_data = dataclasses.replace(saved.spec.data, slice_range=run_slice_range(saved))
+    data = dataset.prepare(external_spec(run_data, request.data))
     found = list(data.class_names)
     targets = map_classes(found, run_names, mapping)
     by_class = {
