@@ -539,8 +539,9 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
             "data.data_dir must be on storage that every host sees."
         )
     _check_label_conflicts(builder.info.metadata, data_config)
-    _check_missing_classes(builder.info.metadata, tuple(builder.info.features["label"].names),
-                           data_config)  # fmt: skip
+    if data_config.protocol != "external":  # another cohort is evaluated whole, not trained on
+        _check_missing_classes(builder.info.metadata, tuple(builder.info.features["label"].names),
+                               data_config)  # fmt: skip
     pooled, positions, protocol = _apply_protocol(builder, data_config)
     return AdniData(
         builder=builder,
@@ -623,7 +624,7 @@ def _apply_protocol(builder, data_config):
     except ValueError as e:
         raise UserError(str(e)) from e
     for split, pos in positions.items():
-        if not len(pos):
+        if not len(pos) and (split == "test" or data_config.protocol != "external"):
             raise UserError(f"The {split} split of protocol {data_config.protocol!r} is empty.")
     protocol = {
         "name": data_config.protocol,

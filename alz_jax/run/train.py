@@ -98,6 +98,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     {"preempted_at_step": N} if the run was asked to stop (SIGTERM) and saved its state."""
     timer = StageTimer()
     run = specs.resolve(config)  # every config check, before any data work or compile
+    if run.data.protocol == "external":
+        raise UserError(
+            "config.data.protocol = 'external' puts every image in test: it "
+            "evaluates on another cohort (python -m alz_jax.evaluate --workdir=W "
+            "--data.manual_dir=DIR) and cannot train; use official|resplit|kfold."
+        )
     workdir = storage.path(workdir)  # local or gs://
     with workdir_lock.hold(workdir):  # one run per workdir, before anything is written
         resuming = checkpointing.has_checkpoint(workdir)

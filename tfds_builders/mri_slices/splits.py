@@ -13,6 +13,8 @@ At load time (`assign`), from the stored subject IDs:
 - `resplit`: both folders pooled and re-split into train/validation/test by subject.
 - `kfold`: both folders pooled; subjects dealt into k folds; fold i is the test split, and a
   validation share of the other subjects is held out by subject.
+- `external`: every record in test, train and validation empty: another cohort that a trained
+  run is evaluated on (`evaluate --data.manual_dir`); training refuses it.
 
 Every split is stratified by class at subject level. A subject's stratum is the label of the
 majority of its scans (ties go to AD); all of a subject's visits go to one split, whatever their
@@ -33,7 +35,8 @@ import numpy as np
 
 from .layouts.base import SPLIT_NAMES, ImageRecord, Layout, LayoutError
 
-PROTOCOLS = ("official", "resplit", "kfold")
+# `external`: every record in test (evaluating a trained run on another cohort; never trained on).
+PROTOCOLS = ("official", "resplit", "kfold", "external")
 # Shares (train, validation, test) of the subjects of a layout without split folders.
 NO_FOLDER_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -278,6 +281,8 @@ def assign(pooled: dict[str, np.ndarray], data_config) -> dict[str, np.ndarray]:
     n = len(pooled["label"])
     if protocol == "official":
         split_of = pooled["builder_split"]
+    elif protocol == "external":
+        split_of = np.full(n, "test", dtype=object)
     else:
         strata = subject_strata(pooled["subject_id"], pooled["scan_id"], pooled["label"])
         seed = data_config.split_seed
