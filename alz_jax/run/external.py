@@ -35,7 +35,12 @@ from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
 
 # The config.data fields that describe how the other cohort is read and labelled, one
 # `--data.<field>` flag each; every other data field (slicing, windows) stays the run's.
-DATA_FLAGS = ("manual_dir", "layout", "data_dir", "label_names")
+DATA_FLAGS = (
+    "manual_dir", "layout", "data_dir", "label_names",
+    # A volume layout's labelling (its slicing stays the run's: the same preprocessing).
+    "labels_tsv", "volume_classes", "oasis_labels", "oasis_ad_cdr", "oasis_blank_cdr",
+    "oasis_image",
+)  # fmt: skip
 # Images sampled per cohort (evenly over the records, deterministic) for pixel statistics.
 INTENSITY_SAMPLE = 512
 DROP = "-"  # --class_mapping=X:- leaves class X out
