@@ -39,7 +39,7 @@ DATA_FLAGS = (
     "manual_dir", "layout", "data_dir", "label_names",
     # A volume layout's labelling (its slicing stays the run's: the same preprocessing).
     "labels_tsv", "volume_classes", "oasis_labels", "oasis_ad_cdr", "oasis_blank_cdr",
-    "oasis_image",
+    "oasis_image", "volume_voxels", "volume_workers",
 )  # fmt: skip
 # Images sampled per cohort (evenly over the records, deterministic) for pixel statistics.
 INTENSITY_SAMPLE = 512
@@ -108,9 +108,16 @@ def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> data
     if unknown:
         accepted = ", ".join(f"--data.{f}" for f in DATA_FLAGS)
         raise UserError(f"--data.{sorted(unknown)[0]}: not one of {accepted}.")
+    typed = dict(overrides)
+    for field, value in overrides.items():
+        if isinstance(getattr(run_data, field), int) and isinstance(value, str):
+            try:  # the flags are text; a number field (volume_workers) takes its number
+                typed[field] = int(value)
+            except ValueError:
+                raise UserError(f"--data.{field}={value}: expected a whole number.") from None
     return dataclasses.replace(
         run_data,
-        **overrides,
+        **typed,
         synthetic_seed=None,
         protocol="external",
     )
