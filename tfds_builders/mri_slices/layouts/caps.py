@@ -189,7 +189,7 @@ def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
 
 PLUGIN = LayoutPlugin(
     name=NAME,
-    summary=f"{SHAPE} + ClinicaDL's label TSV (Clinica t1-linear)",
+    summary="CAPS/subjects/sub-*/ses-*/t1_linear/*_T1w.nii.gz + a label TSV (Clinica t1-linear)",
     detect=detect,
     describe=describe,
     parse=_parse_sliced,

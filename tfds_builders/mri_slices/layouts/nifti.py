@@ -197,7 +197,7 @@ def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
 
 PLUGIN = LayoutPlugin(
     name=NAME,
-    summary=SHAPE,
+    summary="*.nii[.gz] or .hdr/.img + a CSV/TSV of path,subject,session,label (NIfTI)",
     detect=detect,
     describe=describe,
     parse=_parse_sliced,

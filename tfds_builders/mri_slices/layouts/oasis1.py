@@ -268,7 +268,7 @@ def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
 
 PLUGIN = LayoutPlugin(
     name=NAME,
-    summary=f"{SHAPE} + {CSV_NAME} (the OASIS-1 release)",
+    summary=f"disc*/OAS1_xxxx_MRn/PROCESSED/MPRAGE/T88_111/*.hdr + {CSV_NAME} (OASIS-1 release)",
     detect=detect,
     describe=describe,
     parse=_parse_sliced,
