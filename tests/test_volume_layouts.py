@@ -183,7 +183,6 @@ def test_oasis_sessions_without_disc_folders_cdr3_and_a_lone_hdr(tmp_path):
         oasis1.SKIP_NO_IMG: [
             f"OAS1_0002_MR1/{T88}/OAS1_0002_MR1_mpr_n4_anon_111_t88_masked_gfc.hdr"
         ],
-        "row without a volume file": ["OAS1_0002_MR1"],
     }
     binary = oasis1.list_volumes(root, VolumeSettings(oasis_labels="binary", oasis_ad_cdr=(3.0,)))
     assert _by_scan(binary) == {"OAS1_0001_MR1": "AD"}
@@ -402,6 +401,20 @@ def test_nifti_mixed_formats_are_one_volume_each_and_leftovers_counted(tmp_path)
         "volume without a row in labels.csv": ["extra.nii"],
     }
     assert listing.class_mapping == {"AD": "AD", "CN": "NC", "MCI": "MCI"}
+
+
+def test_nifti_rows_naming_unusable_files_are_counted_once(tmp_path):
+    root = _nifti(
+        tmp_path,
+        [*NIFTI_ROWS, "lone.img,s5,ses1,CN", "notes.txt,s6,ses1,CN", "half.hdr,s7,ses1,AD"],
+    )
+    _touch(root / "notes.txt")
+    _touch(root / "half.hdr")
+    listing = nifti.list_volumes(root, VolumeSettings())
+    assert len(listing.volumes) == 3
+    assert listing.skipped[nifti.SKIP_LONE_IMG] == ["lone.img"]
+    assert listing.skipped[nifti.SKIP_NO_IMG] == ["half.hdr"]
+    assert listing.skipped[nifti.SKIP_NOT_VOLUME] == ["notes.txt"]
 
 
 def test_nifti_classes_setting_and_stage_labels(tmp_path):

@@ -126,6 +126,15 @@ def _row_file(table: Path, written: str) -> Path:
     return path
 
 
+def _unusable(path: Path) -> str | None:
+    """The skip reason of a file a row names that is no volume (a lone .img, a .hdr without its
+    .img, any other file), None for a volume."""
+    suffix = volume_suffix(path.name)
+    if suffix is None:
+        return SKIP_LONE_IMG if path.suffix.lower() == ".img" else SKIP_NOT_VOLUME
+    return SKIP_NO_IMG if suffix == ".hdr" and _img_of(path) is None else None
+
+
 def _file_name(root: Path, path: Path) -> str:
     """A volume's name relative to root (POSIX), or its absolute path where it lies outside."""
     try:
@@ -152,14 +161,11 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
             tables.add_skip(skipped, SKIP_MISSING, row["path"])
             continue
         named.add(path.resolve())
-        if volume_suffix(path.name) is None:
-            tables.add_skip(skipped, SKIP_NOT_VOLUME, row["path"])
-        elif (
-            path.resolve() not in volumes
-            and volume_suffix(path.name) == ".hdr"
-            and (_img_of(path) is None)
-        ):
-            tables.add_skip(skipped, SKIP_NO_IMG, row["path"])
+        reason = _unusable(path)
+        if reason is not None:
+            # A lone .img or .hdr of the folder is already listed by the walk, by its name.
+            if _file_name(root, path) not in skipped.get(reason, []):
+                tables.add_skip(skipped, reason, row["path"])
         elif mapping[row["label"]] not in names:
             tables.add_skip(skipped, tables.not_kept_reason(mapping[row["label"]], names, "label"),
                             f"{row['subject']}_{row['session']}")  # fmt: skip

@@ -21,8 +21,9 @@ SES,MMSE,CDR,eTIV,nWBV,ASF,Delay; ID and CDR required) in the folder, the folder
   subject, so that a split by subject keeps them with it. The release leaves an MR2 row's CDR
   (and MMSE) blank; it is taken from the subject's MR1 row, and the record's info says so
   ("CDR from": "OAS1_xxxx_MR1").
-- A row is labelled only where its volume is found: rows without a volume and volumes without a
-  row are skipped and counted, like session folders without the chosen image.
+- A row is labelled only where its volume is found: rows without a session folder and volumes
+  without a row are skipped and counted, and so are session folders without the chosen image
+  (their rows are not counted again).
 No volume is read here.
 """
 
@@ -116,9 +117,12 @@ def csv_path(manual_dir: Path, root: Path, settings: VolumeSettings) -> Path:
     )
 
 
-def _images(root: Path, ending: str, skipped: dict[str, list[str]]) -> dict[str, Path]:
-    """Session ID (OAS1_xxxx_MRn) -> its chosen image's .hdr; sessions without one skipped."""
-    found = {}
+def _images(
+    root: Path, ending: str, skipped: dict[str, list[str]]
+) -> tuple[dict[str, Path], set[str]]:
+    """(session ID (OAS1_xxxx_MRn) -> its chosen image's .hdr, the session folders skipped for
+    want of one: their rows are explained)."""
+    found, explained = {}, set()
     other = next(v for v in IMAGE_ENDINGS.values() if v != ending)
     missing = (f"session folder without a ...{ending[:-4]} image (data.oasis_image="
                f"{'unmasked' if other == IMAGE_ENDINGS['unmasked'] else 'masked'} takes "
@@ -136,9 +140,11 @@ def _images(root: Path, ending: str, skipped: dict[str, list[str]]) -> dict[str,
             tables.add_skip(skipped, SKIP_SECOND, hdr.relative_to(root).as_posix())
         if paired:
             found[sid] = paired[0]
-        elif not hdrs:
+        else:
+            explained.add(sid)
+        if not hdrs:
             tables.add_skip(skipped, missing, session.relative_to(root).as_posix())
-    return found
+    return found, explained
 
 
 def _img_of(hdr: Path) -> Path | None:
@@ -215,7 +221,7 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
     if root is None:
         raise LayoutError(f"{manual_dir}: no OAS1_xxxx_MRn folders; expected {SHAPE}.")
     skipped: dict[str, list[str]] = {}
-    images = _images(root, IMAGE_ENDINGS[settings.oasis_image], skipped)
+    images, explained = _images(root, IMAGE_ENDINGS[settings.oasis_image], skipped)
     table = csv_path(manual_dir, root, settings)
     rows = tables.read_table(table, COLUMNS)
     tables.check_unique(table, [r["ID"].upper() for r in rows], what="ID")
@@ -245,7 +251,7 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
             subject=match["subject"].upper(), session=match["session"].upper(),
             label=names.index(cls), info=info,
         ))  # fmt: skip
-    for rid in sorted(set(by_id) - set(images)):
+    for rid in sorted(set(by_id) - set(images) - explained):
         tables.add_skip(skipped, SKIP_NO_VOLUME, rid)
     return VolumeListing(
         root=root, kind=NAME, class_names=names, volumes=records, label_table=str(table),
