@@ -292,7 +292,7 @@ def test_caps_unknown_diagnosis_is_an_error_naming_the_spelling_and_the_aliases(
         caps.list_volumes(root, VolumeSettings())
     message = str(raised.value)
     assert "labels.tsv: 1 diagnoses are not known: 'SMC'" in message and "\n" not in message
-    assert "NC: nc, cn" in message and "emci" in message and "volume_classes" in message
+    assert "NC: CN, HC, control" in message and "EMCI" in message and "volume_classes" in message
     # Kept by its own name when the classes setting names it.
     listing = caps.list_volumes(root, VolumeSettings(classes=("NC", "SMC")))
     assert _by_scan(listing)["sub-04_ses-M000"] == "SMC"

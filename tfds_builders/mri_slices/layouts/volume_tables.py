@@ -47,6 +47,13 @@ def diagnosis_of(text: str) -> str | None:
     return _DIAGNOSIS_OF.get(normalised(text))
 
 
+# The spellings a message names (DIAGNOSIS_ALIASES has them all, any case and punctuation).
+ALIAS_EXAMPLES = (
+    "NC: CN, HC, control, normal, cognitively normal; MCI: EMCI, LMCI, sMCI, pMCI; "
+    "AD: dementia, Alzheimer's disease"
+)
+
+
 def known_aliases() -> str:
     """The diagnosis spellings known, for messages: "NC: nc, cn, ...; MCI: ...; AD: ..."."""
     return "; ".join(f"{d}: {', '.join(a)}" for d, a in DIAGNOSIS_ALIASES.items())
@@ -173,8 +180,8 @@ def diagnosis_mapping(path: Path, spellings: Iterable[str], kept: Sequence[str])
     if unknown:
         raise LayoutError(
             f"{path}: {len(unknown)} diagnoses are not known: {brief_list(unknown)}; known "
-            f"spellings are {known_aliases()}. Correct them in the table, or keep such a class "
-            f"by its name with {CLASSES_SETTING}=NC,AD,<name>."
+            f"spellings are {ALIAS_EXAMPLES} (any case). Correct them in the table, or keep "
+            f"such a class by its name with {CLASSES_SETTING}=NC,AD,<name>."
         )
     return mapping
 
