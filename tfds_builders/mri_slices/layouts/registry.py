@@ -15,7 +15,7 @@ from pathlib import Path
 from ..volumes import sliced
 from ..volumes.listing import VolumeListing
 from ..volumes.settings import VolumeSettings
-from . import adni, folders, oasis, parquet
+from . import adni, caps, folders, nifti, oasis, oasis1, parquet
 from .base import (
     MANUAL_DIR_SETTING,
     SPLIT_ALIASES,
@@ -211,5 +211,13 @@ def hint(manual_dir: str | Path | None, kind: str = AUTO) -> str:
     return ADNI_HINT if meant else LAYOUTS_HINT
 
 
-for _plugin in (adni.PLUGIN, folders.PLUGIN, oasis.PLUGIN, parquet.PLUGIN):
+for _plugin in (
+    adni.PLUGIN,
+    folders.PLUGIN,
+    oasis.PLUGIN,
+    parquet.PLUGIN,
+    caps.PLUGIN,
+    oasis1.PLUGIN,
+    nifti.PLUGIN,
+):
     register(_plugin)

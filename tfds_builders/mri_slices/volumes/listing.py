@@ -25,7 +25,7 @@ class VolumeRecord:
     subject: str
     session: str
     label: int  # index into the listing's class_names
-    folder_split: str = ""  # "test" where the layout names a test list or folder, else ""
+    folder_split: str = ""  # "train"/"test" from a table's split column, else ""
     # What the table says of the session besides the label (age, sex, MMSE, CDR, ...), as read.
     info: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -48,7 +48,7 @@ class VolumeListing:
     class_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     # Reason -> every row or file left out for it (e.g. "blank CDR" -> ["OAS1_0005_MR1", ...]).
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    folder_splits: tuple[str, ...] = ()  # ("test",) where the layout names test volumes
+    folder_splits: tuple[str, ...] = ()  # ("train", "test") where a table splits the volumes
 
     def skipped_counts(self) -> dict[str, int]:
         """How many were left out for each reason."""
