@@ -7,9 +7,14 @@ import dataclasses
 
 import pytest
 
-from alz_jax.tfds_builders.mri_slices import synthetic, synthetic_stages
-from alz_jax.tfds_builders.mri_slices.layouts import caps, nifti, oasis1, registry
+from alz_jax.tfds_builders.mri_slices import (
+    api,  # noqa: F401  (registers the volume layouts)
+    synthetic,
+    synthetic_stages,
+)
+from alz_jax.tfds_builders.mri_slices.layouts import registry
 from alz_jax.tfds_builders.mri_slices.layouts.base import LayoutError
+from alz_jax.tfds_builders.mri_slices.volumes import caps, nifti, oasis1
 from alz_jax.tfds_builders.mri_slices.volumes import synthetic as volume_synthetic
 from alz_jax.tfds_builders.mri_slices.volumes.settings import VolumeSettings
 

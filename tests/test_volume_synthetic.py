@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from alz_jax.tfds_builders.mri_slices.layouts import caps, nifti, oasis1
-from alz_jax.tfds_builders.mri_slices.volumes import synthetic
+from alz_jax.tfds_builders.mri_slices.volumes import caps, nifti, oasis1, synthetic
 from alz_jax.tfds_builders.mri_slices.volumes.settings import VolumeSettings
 
 SMALL = synthetic.VolumeCohortSpec(subjects=12, shape=(16, 18, 16))

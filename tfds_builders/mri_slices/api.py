@@ -24,6 +24,7 @@ from .layouts.base import (
 )
 from .layouts.classes import STAGES, similar_class_names
 from .volumes import audit as volume_audit
+from .volumes import caps, nifti, oasis1
 from .volumes import extraction as volume_extraction
 from .volumes import synthetic as volume_synthetic
 from .volumes.listing import VolumeListing
@@ -78,6 +79,12 @@ __all__ = [
     "unregister_layout",
     "volume_workers",
 ]
+
+# The volume layouts, registered after the 2D ones (they import the layouts package, which
+# cannot import them back).
+for _plugin in (caps.PLUGIN, oasis1.PLUGIN, nifti.PLUGIN):
+    if _plugin.name not in registry.names():
+        registry.register(_plugin)
 
 # Layouts: the registry of plug-ins is the one list of them.
 register_layout = registry.register

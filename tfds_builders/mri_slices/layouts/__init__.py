@@ -1,4 +1,6 @@
-"""Layout plug-ins: one module per folder layout (`adni`, `folders`, `oasis`, `parquet`, and the
-volume layouts `caps`, `oasis1`, `nifti`), the interface they implement (`base.LayoutPlugin`),
-the helpers they share (`base`, `classes`, `class_folders`, and the volume layouts' label tables,
-`volume_tables`) and the registry that lists them (`registry`)."""
+"""Layout plug-ins: one module per folder layout of 2D images (`adni`, `folders`, `oasis`,
+`parquet`), the interface every layout implements (`base.LayoutPlugin`), the helpers they share
+(`base`, `classes`, `class_folders`) and the registry that lists them (`registry`). The volume
+layouts (`caps`, `oasis1`, `nifti`) live in `..volumes` beside the code that slices them, and
+are registered by the package's `api`.
+"""

@@ -12,10 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..volumes import sliced
-from ..volumes.listing import VolumeListing
-from ..volumes.settings import VolumeSettings
-from . import adni, caps, folders, nifti, oasis, oasis1, parquet
+from . import adni, folders, oasis, parquet
 from .base import (
     MANUAL_DIR_SETTING,
     SPLIT_ALIASES,
@@ -141,11 +138,7 @@ def parse(
     """Parses a data folder of any layout (`kind`, or detected with "auto") into a Layout;
     LayoutError for a file name that is not UTF-8 (the data set stores names as text). For a
     volume layout, the folder is the one its volumes were sliced into (`volumes.sliced`)."""
-    plugin = resolve(manual_dir, kind, setting)
-    if plugin.is_volume:
-        parsed = sliced.parse(Path(manual_dir), plugin.name)
-    else:
-        parsed = plugin.parse(Path(manual_dir), tuple(label_names))
+    parsed = resolve(manual_dir, kind, setting).parse(Path(manual_dir), tuple(label_names))
     strays = [os.path.relpath(p, parsed.root) for p in parsed.stray_files]
     check_names_utf8(parsed.root, [r.file_name for r in parsed.records] + strays)
     return parsed
@@ -153,14 +146,15 @@ def parse(
 
 def describe(
     manual_dir: str | Path, kind: str = AUTO, label_names: Sequence[str] = (),
-    setting: str = MANUAL_DIR_SETTING, volume_settings: VolumeSettings | None = None,
+    setting: str = MANUAL_DIR_SETTING, volume_settings: object | None = None,
 ) -> tuple[str, tuple[str, ...]]:  # fmt: skip
     """(layout, class names in label order) of a data folder, without reading any image: what a
     build needs to know before it starts. LayoutError where `parse` would fail on the layout.
-    A volume layout's classes depend on how its table is mapped (`volume_settings`)."""
+    A volume layout's classes depend on how its table is mapped (`volume_settings`, a
+    volumes.settings.VolumeSettings; None: the defaults)."""
     plugin = resolve(manual_dir, kind, setting)
     if plugin.is_volume:
-        listing = plugin.volumes(Path(manual_dir), volume_settings or VolumeSettings())
+        listing = plugin.volumes(Path(manual_dir), volume_settings)
         return plugin.name, tuple(listing.class_names)
     return plugin.name, plugin.describe(Path(manual_dir), tuple(label_names))
 
@@ -171,15 +165,16 @@ def is_volume(kind: str) -> bool:
 
 
 def list_volumes(
-    manual_dir: str | Path, kind: str = AUTO, volume_settings: VolumeSettings | None = None,
+    manual_dir: str | Path, kind: str = AUTO, volume_settings: object | None = None,
     setting: str = MANUAL_DIR_SETTING,
-) -> VolumeListing:  # fmt: skip
-    """The volumes of a volume layout's folder, labelled, and what it left out; LayoutError
-    for a folder of another layout."""
+) -> object:  # fmt: skip
+    """The volumes of a volume layout's folder (a volumes.listing.VolumeListing), labelled, and
+    what it left out, as `volume_settings` map them; LayoutError for another layout's folder.
+    (Volume layouts are registered by the package's `api`: they import this package.)"""
     plugin = resolve(manual_dir, kind, setting)
     if not plugin.is_volume:
         raise LayoutError(f"{manual_dir} has the {plugin.name} layout, which holds no volumes.")
-    return plugin.volumes(Path(manual_dir), volume_settings or VolumeSettings())
+    return plugin.volumes(Path(manual_dir), volume_settings)
 
 
 def adni_meant(manual_dir: str | Path, kind: str = AUTO) -> bool:
@@ -211,13 +206,5 @@ def hint(manual_dir: str | Path | None, kind: str = AUTO) -> str:
     return ADNI_HINT if meant else LAYOUTS_HINT
 
 
-for _plugin in (
-    adni.PLUGIN,
-    folders.PLUGIN,
-    oasis.PLUGIN,
-    parquet.PLUGIN,
-    caps.PLUGIN,
-    oasis1.PLUGIN,
-    nifti.PLUGIN,
-):
+for _plugin in (adni.PLUGIN, folders.PLUGIN, oasis.PLUGIN, parquet.PLUGIN):
     register(_plugin)

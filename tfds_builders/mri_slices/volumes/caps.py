@@ -11,7 +11,7 @@ the session_id (ses-M000).
 
 A session's volume is the desc-Crop file, else any `sub-<ID>_ses-<S>*_T1w.nii[.gz]` of its
 t1_linear folder (Clinica's uncropped one). Diagnoses are read through the alias table
-(volume_tables.DIAGNOSIS_ALIASES: CN/HC/control... -> NC, AD/dementia... -> AD, MCI/EMCI/LMCI/
+(tables.DIAGNOSIS_ALIASES: CN/HC/control... -> NC, AD/dementia... -> AD, MCI/EMCI/LMCI/
 sMCI/pMCI -> MCI); the classes kept are `--config.data.volume_classes` (e.g. NC,MCI,AD), by
 default NC,AD. Everything left out is in the listing's `skipped`, by reason: sessions of a class
 not kept, volumes without a TSV row, rows without a volume, rows with a blank diagnosis, other
@@ -26,10 +26,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..volumes.listing import VolumeListing, VolumeRecord, volume_suffix
-from ..volumes.settings import VolumeSettings
-from . import volume_tables as tables
-from .base import LayoutError, LayoutPlugin, check_folder, wrapping_chain
+from ..layouts.base import Layout, LayoutError, LayoutPlugin, check_folder, wrapping_chain
+from . import sliced, tables
+from .listing import VolumeListing, VolumeRecord, volume_suffix
+from .settings import VolumeSettings
 
 NAME = "caps"
 PIPELINE = "t1_linear"
@@ -128,9 +128,10 @@ def _key(row: dict[str, str]) -> str:
     return f"{row['participant_id']} {row['session_id']}"
 
 
-def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
+def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> VolumeListing:
     """Every session's t1_linear volume with its subject, session and diagnosis from the TSV,
     and everything left out, by reason (no volume data is read)."""
+    settings = settings or VolumeSettings()
     check_folder(manual_dir)
     root = caps_root(manual_dir)
     if root is None:
@@ -179,12 +180,9 @@ def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ..
     return list_volumes(manual_dir, VolumeSettings()).class_names
 
 
-def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
-    """Until the build's extraction is wired in: a CAPS folder holds volumes, not slices."""
-    raise LayoutError(
-        f"{manual_dir}: the {NAME} layout holds 3D volumes; volumes are sliced first (the build "
-        "cuts them into slices), and only then read as slices."
-    )
+def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
+    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
+    return sliced.parse(sliced_dir, NAME)
 
 
 PLUGIN = LayoutPlugin(

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from . import classes
-from .base import SPLIT_ALIASES, LayoutError, brief_list
+from ..layouts import classes
+from ..layouts.base import SPLIT_ALIASES, LayoutError, brief_list
 
 # The settings that change what a volume layout reads, as messages name them.
 LABELS_SETTING = "--config.data.labels_tsv"

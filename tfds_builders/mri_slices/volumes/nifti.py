@@ -3,7 +3,7 @@ their .hdr), in sub-folders or not, with a CSV or TSV of `path, subject, session
 optional `split` = train|test): `--config.data.labels_tsv`, else the one .csv/.tsv in the folder
 that has those columns. A path is relative to the table's folder, or absolute.
 
-Labels: diagnosis spellings map to NC, MCI, AD (volume_tables.DIAGNOSIS_ALIASES), stage names to
+Labels: diagnosis spellings map to NC, MCI, AD (tables.DIAGNOSIS_ALIASES), stage names to
 the four stages (classes.class_order); the classes are `--config.data.volume_classes` where
 given (labels of other classes skipped and counted), else every class found, in that order.
 Two rows for one (subject, session), or one file, are an error. Rows naming a missing file,
@@ -17,10 +17,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..volumes.listing import VolumeListing, VolumeRecord, volume_suffix
-from ..volumes.settings import VolumeSettings
-from . import volume_tables as tables
-from .base import LayoutError, LayoutPlugin, brief_list, descend, existing_root
+from ..layouts.base import (
+    Layout,
+    LayoutError,
+    LayoutPlugin,
+    brief_list,
+    descend,
+    existing_root,
+)
+from . import sliced, tables
+from .listing import VolumeListing, VolumeRecord, volume_suffix
+from .settings import VolumeSettings
 
 NAME = "nifti"
 COLUMNS = ("path", "subject", "session", "label")
@@ -143,9 +150,10 @@ def _file_name(root: Path, path: Path) -> str:
         return path.as_posix()
 
 
-def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
+def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> VolumeListing:
     """Every volume the table names, with its subject, session and label, and everything left
     out, by reason (no volume data is read)."""
+    settings = settings or VolumeSettings()
     root = existing_root(manual_dir)
     skipped: dict[str, list[str]] = {}
     volumes = _walk(root, skipped)
@@ -193,12 +201,9 @@ def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ..
     return list_volumes(manual_dir, VolumeSettings()).class_names
 
 
-def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
-    """Until the build's extraction is wired in: the folder holds volumes, not slices."""
-    raise LayoutError(
-        f"{manual_dir}: the {NAME} layout holds 3D volumes; volumes are sliced first (the build "
-        "cuts them into slices), and only then read as slices."
-    )
+def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
+    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
+    return sliced.parse(sliced_dir, NAME)
 
 
 PLUGIN = LayoutPlugin(

@@ -33,11 +33,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..volumes.listing import VolumeListing, VolumeRecord
-from ..volumes.settings import VolumeSettings
-from . import classes
-from . import volume_tables as tables
-from .base import (
+from ..layouts import classes
+from ..layouts.base import (
+    Layout,
     LayoutError,
     LayoutPlugin,
     brief_list,
@@ -45,6 +43,9 @@ from .base import (
     visible_dirs,
     wrapping_chain,
 )
+from . import sliced, tables
+from .listing import VolumeListing, VolumeRecord
+from .settings import VolumeSettings
 
 NAME = "oasis1"
 CSV_NAME = "oasis_cross-sectional.csv"
@@ -213,9 +214,10 @@ def class_names(settings: VolumeSettings) -> tuple[str, ...]:
     return tables.DEFAULT_CLASSES if settings.oasis_labels == "binary" else classes.STAGES
 
 
-def list_volumes(manual_dir: Path, settings: VolumeSettings) -> VolumeListing:
+def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> VolumeListing:
     """Every session's chosen image with its subject, session and CDR class from the CSV, and
     everything left out, by reason (no volume data is read)."""
+    settings = settings or VolumeSettings()
     check_folder(manual_dir)
     root = oasis_root(manual_dir)
     if root is None:
@@ -264,12 +266,9 @@ def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ..
     return list_volumes(manual_dir, VolumeSettings()).class_names
 
 
-def _parse_sliced(manual_dir: Path, label_names: Sequence[str] = ()):
-    """Until the build's extraction is wired in: the release holds volumes, not slices."""
-    raise LayoutError(
-        f"{manual_dir}: the {NAME} layout holds 3D volumes; volumes are sliced first (the build "
-        "cuts them into slices), and only then read as slices."
-    )
+def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
+    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
+    return sliced.parse(sliced_dir, NAME)
 
 
 PLUGIN = LayoutPlugin(
