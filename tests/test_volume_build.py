@@ -122,7 +122,7 @@ def _write(path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0)) -> None:
     nib.save(image, path)
 
 
-def _nifti_cohort(root: Path, subjects: int = 8) -> list[str]:
+def _nifti_cohort(root: Path, subjects: int = 14) -> list[str]:
     """A nifti-layout cohort of small random brains, half AD; returns the table's lines."""
     rng = np.random.default_rng(0)
     lines = ["path,subject,session,label"]
@@ -148,7 +148,7 @@ def test_bad_volumes_are_skipped_by_name_and_counted(tmp_path, caplog):
     assert "2D" in unusable["flat.nii"]
     assert sum(len(v) for v in meta["volume_skipped"].values()) == 1  # gone.nii.gz
     assert "broken.nii" in caplog.text and "flat.nii" in caplog.text
-    assert len(meta["volumes"]) == 8
+    assert len(meta["volumes"]) == 14
 
 
 def test_voxels_not_1mm_are_refused_in_one_line_or_resampled(tmp_path):

@@ -55,8 +55,8 @@ ADNI_HINT = (
     "DIR/AD_NC/{train,test}/{AD,NC}/<scanID>_<slice>.jpeg; see docs/data.md."
 )
 LAYOUTS_HINT = (
-    "hint: the layouts alz_jax reads (ADNI AD_NC, class folders, OASIS-1, parquet) are in "
-    "docs/data.md and docs/stages.md."
+    "hint: the layouts alz_jax reads (ADNI AD_NC, class folders, OASIS-1, parquet; volumes: "
+    "CAPS, the OASIS-1 release, NIfTI) are in docs/data.md, docs/stages.md and docs/volumes.md."
 )
 NO_FOLDER_HINT = (
     "hint: ADNI comes from https://adni.loni.usc.edu after registering; the layouts alz_jax reads "
