@@ -389,7 +389,15 @@ def evaluate(request: Request) -> tuple[dict, list[Path]]:
         task=task.kind,
         weights=restored.weights,
         selection=restored.selection,
-        about=saved.about(data),
+        # What the report is about: the run's model and config, the cohort's folder (never
+        # the run's synthetic stand-in).
+        about=dataclasses.replace(
+            saved,
+            spec=dataclasses.replace(
+                saved.spec,
+                data=external_spec(saved.spec.data, {"manual_dir": str(data.manual_dir)}),
+            ),
+        ).about(data),
     )
     reference = in_distribution(saved.workdir)
     head = {
