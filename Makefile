@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures stages-image-split demo-figures demo-compare parity-torch parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures stages-image-split demo-volumes demo-volumes-figures demo-figures demo-compare parity-torch parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -105,6 +105,24 @@ stages-image-split: venv
 		--config.data.resplit_fractions=0.7,0.15,0.15
 	$(PY) -m alz_jax.stages_figures --what=image_split --workdirs=.demo/split_a,.demo/split_b \
 		$(if $(SPLIT_EXPECT),--expect=$(SPLIT_EXPECT)) $(SPLIT_UPDATE)
+
+# The volume demo (configs/volumes_demo.py): trains on a synthetic CAPS cohort of 3D volumes in
+# .demo/volumes, writes a synthetic OASIS-1 release (another seed) and evaluates the run on it,
+# skull-stripped and not; the table is checked against docs/demo/volumes/summary.md
+# (VOLUMES_EXPECT= to skip; CI runs it) or published with `make demo-volumes-figures`.
+VOLUMES_EXPECT ?= docs/demo/volumes/summary.md
+VOLUMES_OASIS = .demo/oasis1_synthetic
+demo-volumes: venv
+	rm -rf .demo/volumes $(VOLUMES_OASIS)
+	$(PY) -m alz_jax.main --config=configs/volumes_demo.py --workdir=.demo/volumes
+	$(PY) -m alz_jax.synthetic --layout=oasis1 --out=$(VOLUMES_OASIS) --seed=1 --subjects=120
+	for image in masked unmasked; do $(PY) -m alz_jax.evaluate --workdir=.demo/volumes \
+		--data.manual_dir=$(VOLUMES_OASIS) --data.oasis_labels=binary \
+		--data.oasis_image=$$image --cohort=oasis1_$$image || exit 1; done
+	$(PY) -m alz_jax.volumes_figures --workdir=.demo/volumes $(if $(VOLUMES_EXPECT),--expect=$(VOLUMES_EXPECT))
+
+demo-volumes-figures: venv
+	$(PY) -m alz_jax.volumes_figures --workdir=.demo/volumes --update_docs
 
 # After `make demo`: copies its summary, quoted figures, report and figures (Grad-CAM as JPEG) into
 # docs/demo/, then rewrites the demo blocks of README.md and docs/evaluation.md from them.

@@ -70,9 +70,10 @@ def test_audit_without_flags_exits_2_naming_the_flag(tmp_path):
 COMMANDS = {
     "audit", "bench/__main__", "compare", "cross_validate", "demo", "evaluate", "export",
     "leakage_calibration", "main", "predict", "preview", "stages_figures", "synthetic",
+    "volumes_figures",
 }  # fmt: skip
 # Measuring scripts with argparse, whose exits already are the promised ones (2, help 0).
-ARGPARSE_SCRIPTS = {"bench/audit_scale"}
+ARGPARSE_SCRIPTS = {"bench/audit_scale", "bench/volume_scale"}
 
 
 def test_every_command_starts_through_command_run():

@@ -79,6 +79,7 @@ def summary(report: dict, reference: dict | None, workdir: str) -> dict:
         "level": level,
         "threshold": report[level].get("threshold"),
         "in_distribution_threshold": (ref or {}).get("threshold"),
+        "in_distribution_subjects": ((reference or {}).get("counts") or {}).get("subjects"),
         "rows": rows,
         "in_distribution_note": _reference_note(report, reference, workdir),
     }
