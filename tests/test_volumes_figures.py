@@ -3,10 +3,12 @@
 the external reports as documented, and the check that `make demo-volumes` runs catches a
 changed figure."""
 
+import re
 from pathlib import Path
 
 import pytest
 
+from alz_jax.configs import volumes_demo
 from alz_jax.evaluation import volumes_docs
 from alz_jax.host.errors import UserError
 
@@ -36,7 +38,7 @@ def test_the_docs_block_is_the_published_summary():
     doc = (ROOT / volumes_docs.DOC).read_text()
     assert volumes_docs.block_of(doc) == summary
     # Three cohorts: the run's own test split, and the release skull-stripped and not.
-    assert summary.count("\n| ") == 4
+    assert sum(line.startswith("| ") for line in summary.splitlines()) == 4
     assert volumes_docs.IN_DISTRIBUTION in summary
 
 
@@ -76,3 +78,19 @@ def test_update_docs_rewrites_only_the_block(tmp_path):
     (tmp_path / volumes_docs.DOC).write_text("no block\n")
     with pytest.raises(UserError, match="expected one block"):
         volumes_docs.update_docs(text, tmp_path)
+
+
+# A metric as the reports print it (settings such as the 99.5th percentile and times aside).
+DECIMAL = re.compile(r"(?<![\d.])\d\.\d{3}(?![\d.])")
+
+
+def test_every_figure_quoted_in_prose_is_a_published_one():
+    """The decimals of docs/volumes.md's demo section (outside the block) and of the demo
+    config's docstring are figures of docs/demo/volumes/summary.md."""
+    published = set(DECIMAL.findall((ROOT / volumes_docs.DOCS_SUMMARY).read_text()))
+    doc = (ROOT / volumes_docs.DOC).read_text()
+    section = doc[doc.index("## The demo, measured") : doc.index("## Throughput")]
+    prose = re.sub(r"<!-- volumes-demo:start -->.*<!-- volumes-demo:end -->", "", section,
+                   flags=re.S)  # fmt: skip
+    quoted = set(DECIMAL.findall(prose)) | set(DECIMAL.findall(volumes_demo.__doc__))
+    assert quoted and quoted <= published, quoted - published

@@ -152,9 +152,8 @@ def slice_volumes(
     todo = [v for v in listing.volumes if entries[v.scan_id] is None]
     workers = auto_workers(workers)
     kept = len(listing.volumes) - len(todo)
-    logging.info("Slicing %d volumes (%s, %d at each end or window %d, step %d) with %d "
-                 "processes%s.", len(todo), settings.axis, settings.discard, settings.window,
-                 settings.step, min(workers, max(len(todo), 1)),
+    logging.info("Slicing %d volumes (%s) with %d processes%s.", len(todo), settings.describe(),
+                 min(workers, max(len(todo), 1)),
                  f"; {kept} kept from an interrupted build" if kept else "")  # fmt: skip
     counter = progress_lib.Progress("Slicing volumes", len(todo), unit="volumes")
     tasks = [(v, settings, os.fspath(out_dir)) for v in todo]

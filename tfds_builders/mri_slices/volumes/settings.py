@@ -54,6 +54,16 @@ class VolumeSettings:
         """The settings as JSON values (the data set's metadata, the build's name)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def describe(self) -> str:
+        """The slicing in words, e.g. 'sagittal, 20 dropped at each end, every slice'."""
+        if self.window > 0:
+            where = "the brain's centre of mass" if self.centre == "mass" else "the middle"
+            span = f"{self.window} around {where}"
+        else:
+            span = f"{self.discard} dropped at each end"
+        every = "every slice" if self.step == 1 else f"1 slice in {self.step}"
+        return f"{self.axis}, {span}, {every}"
+
     def digest(self) -> str:
         """12 hex digits naming these settings."""
         text = json.dumps(self.as_dict(), sort_keys=True)
