@@ -6,9 +6,11 @@ evaluate on a synthetic OASIS-1 release in its Analyze form, a cohort the run ne
     python -m alz_jax.evaluate --workdir=/tmp/alz_volumes --data.manual_dir=/tmp/oasis1_synthetic \
         --data.oasis_labels=binary
     make demo-volumes   # the three commands above, into .demo/volumes
-    # the same on your own CAPS folder (t1-linear output and ClinicaDL's label TSV):
+    # the same on your own CAPS folder (t1-linear output and ClinicaDL's label TSV), with
+    # ClinicaDL's slice range (8 at each end suits the synthetic volumes' 40 voxels, not 169):
     python -m alz_jax.main --config=configs/volumes_demo.py --workdir=/tmp/alz_caps \
-        --config.data.manual_dir=CAPS_DIR [--config.data.labels_tsv=FILE]
+        --config.data.manual_dir=CAPS_DIR --config.data.volume_discard=20 \
+        [--config.data.labels_tsv=FILE]
 
 Without manual_dir, generates a synthetic CAPS cohort under data_dir (160 subjects, 40x48x40
 voxels at 1 mm, with a skull as t1-linear leaves it; CN, MCI and AD about 40/30/30%, a quarter

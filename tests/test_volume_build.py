@@ -6,6 +6,8 @@ refused or skipped by name with a count."""
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -187,3 +189,28 @@ def test_oasis1_release_builds_with_mr2_in_its_subjects_split(tmp_path):
     assert data.class_names == slices.STAGES
     assert os.fspath(root) in data.metadata["volume_source"]
     assert json.loads(json.dumps(data.metadata["volume_skipped"]))  # blank CDR rows, counted
+
+
+def test_slicing_workers_do_not_import_the_commands_modules(tmp_path):
+    """Spawned workers import the parent's __main__ first; the slicing starts them with a blank
+    one, so a worker holds what slicing needs, not the JAX and TFDS of `python -m alz_jax.main`
+    (about 500 MiB each). The parent here is a script that imports JAX, as `main` does."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import jax\n"
+        "from alz_jax.tfds_builders.mri_slices.volumes import extraction\n"
+        "from tests import volume_worker_probe\n"
+        "if __name__ == '__main__':\n"
+        "    probe = volume_worker_probe.imported\n"
+        "    print(list(extraction.parallel_map(probe, ['jax', 'sys'], 2)))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[False, True]"

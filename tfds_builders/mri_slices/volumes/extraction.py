@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import sys
+import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -40,15 +43,32 @@ def auto_workers(requested: int = 0) -> int:
     return requested if requested > 0 else max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
 
 
+@contextlib.contextmanager
+def _blank_main() -> Iterator[None]:
+    """A blank __main__ while worker processes start. A spawned process first imports its
+    parent's __main__ module, and the command that slices (`python -m alz_jax.main`) imports
+    JAX and TFDS: some 500 MiB in every worker, which slicing never uses. Without it the
+    workers import only what they run (nibabel, NumPy, OpenCV)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
     """fn over items in order, in `workers` processes (spawned: a parent that runs JAX must not
-    fork); in this process where workers <= 1 or there is one item."""
+    fork; `fn` must be a module-level function); in this process where workers <= 1 or there is
+    one item."""
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(items)), context) as pool:
-        yield from pool.map(fn, items, chunksize=1)
+        with _blank_main():  # Executor.map submits every item, so starts every worker, here
+            results = pool.map(fn, items, chunksize=1)
+        yield from results
 
 
 def _off_size(volumes: Sequence[VolumeRecord]) -> list[str]:
