@@ -214,3 +214,19 @@ def test_slicing_workers_do_not_import_the_commands_modules(tmp_path):
         timeout=120,
     )
     assert done.stdout.strip().splitlines()[-1] == "[False, True]"
+
+
+def test_slicing_shows_volumes_per_second_and_an_eta(caps_cohort, tmp_path, caplog, monkeypatch):
+    from alz_jax.tfds_builders.mri_slices import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    settings = _spec(caps_cohort, tmp_path).volume_settings
+    listing = slices.list_volumes(caps_cohort, "caps", settings)
+    with caplog.at_level(logging.INFO):
+        slices.slice_volumes(listing, settings, tmp_path / "out", workers=1)
+    total = len(listing.volumes)
+    messages = [r.getMessage() for r in caplog.records]
+    lines = [m for m in messages if m.startswith("Slicing volumes:")]
+    assert lines[0].startswith(f"Slicing volumes: 1/{total} (")
+    assert "volumes/s, ETA 0:00:" in lines[0]
+    assert lines[-1].startswith(f"Slicing volumes: {total}/{total} in ")
