@@ -65,20 +65,26 @@ def _volume_settings() -> slices.VolumeSettings:
 
 
 def _audit(settings: slices.VolumeSettings) -> tuple[dict, str]:
-    """The audit's report and its table: of the images, or for a volume layout of the volumes."""
+    """The audit's report and its table: of the images, or for a volume layout of the volumes;
+    with the fingerprint that names the data set a build of the folder makes (for volumes, with
+    the default slicing and these flags' labelling)."""
     kind, _ = slices.describe_layout(
         _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir",
         volume_settings=settings,
     )  # fmt: skip
+    listing = slices.folder_listing(_MANUAL_DIR.value)
     if slices.is_volume_layout(kind):
-        listing = slices.list_volumes(_MANUAL_DIR.value, kind, settings, setting="--manual_dir")
-        report = slices.audit_volumes(listing, settings, _WORKERS.value)
+        volumes = slices.list_volumes(_MANUAL_DIR.value, kind, settings, setting="--manual_dir")
+        report = slices.audit_volumes(volumes, settings, _WORKERS.value)
         report["settings"] = dataclasses.asdict(settings)
+        listing = slices.volume_folder_listing(listing, volumes.label_table, settings.as_dict())
+        report["source_fingerprint"] = slices.folder_fingerprint(listing)
         return report, slices.format_volume_audit(report)
     parsed = slices.parse_layout(
         _MANUAL_DIR.value, _LAYOUT.value, _LABEL_NAMES.value, setting="--manual_dir"
     )
     report, _ = slices.audit_folder(parsed)
+    report["source_fingerprint"] = slices.folder_fingerprint(listing)
     return report, slices.format_audit(report)
 
 
@@ -93,9 +99,6 @@ def main(argv: list[str]) -> None:
         hint = slices.data_error_hint(_MANUAL_DIR.value, _LAYOUT.value)
         raise UserError(f"{e}\n{hint}") from e
     # The same fingerprint names the data set built from this folder (and its reports).
-    report["source_fingerprint"] = slices.folder_fingerprint(
-        slices.folder_listing(_MANUAL_DIR.value)
-    )
     print(table)
     print(f"folder fingerprint: {report['source_fingerprint']}")
     if _JSON.value:

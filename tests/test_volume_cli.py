@@ -5,12 +5,14 @@ Analyze form; bad volume input ends in one `error:` line and exit 2."""
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from alz_jax.data import dataset
 from alz_jax.run import external, train
 from alz_jax.tfds_builders.mri_slices import api as slices
 from alz_jax.tfds_builders.mri_slices.volumes import reading
@@ -62,6 +64,11 @@ def test_the_audit_counts_a_new_cohort_in_each_layout(cohorts, layout, tmp_path)
     assert report["counts"]["volumes"] == sum(expected.values())
     assert report["unreadable"]["count"] == 0
     assert sum(report["voxel_sizes"].values()) == sum(expected.values())
+    # The audit names the data set a build with these settings makes, as the build does.
+    classes = "NC,MCI,AD" if layout == "nifti" else ""
+    spec = dataset.DataSpec(manual_dir=str(folder), volume_classes=classes)
+    build_listing, _, _ = dataset._check_source(folder, None, spec, lambda _: nullcontext())
+    assert report["source_fingerprint"] == slices.folder_fingerprint(build_listing)
     left_out = report["skipped"]["counts"]
     if layout == "caps":
         assert list(left_out.values()) == [written["MCI"]]

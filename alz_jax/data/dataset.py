@@ -274,18 +274,10 @@ def _check_source(
     _check_class_names(described[1], data_config)
     listing = slices.folder_listing(manual_dir)
     if volumes is not None:
-        listing["volume_settings"] = data_config.volume_settings.as_dict()
-        listing["label_table"] = {volumes.label_table: _file_sha256(volumes.label_table)}
+        listing = slices.volume_folder_listing(
+            listing, volumes.label_table, data_config.volume_settings.as_dict()
+        )
     return listing, described, volumes
-
-
-def _file_sha256(path: str) -> str:
-    """The content hash of a file ('' where it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return ""
 
 
 def _volume_slicer(volumes: slices.VolumeListing, data_config: DataSpec, build_dir, timer):

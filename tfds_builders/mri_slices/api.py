@@ -77,6 +77,7 @@ __all__ = [
     "slice_volumes",
     "synthetic_tag",
     "unregister_layout",
+    "volume_folder_listing",
     "volume_workers",
 ]
 
@@ -115,6 +116,7 @@ format_missing_classes = audit.format_missing_classes
 
 # What a build was made from.
 folder_listing = source.listing
+volume_folder_listing = source.with_volumes
 folder_fingerprint = source.fingerprint
 folder_changes = source.changes
 describe_changes = source.describe

@@ -47,6 +47,16 @@ def listing(manual_dir: str | Path) -> dict:
     return {"manual_dir": os.fspath(manual_dir), "files": files, "metadata_sha256": metadata}
 
 
+def with_volumes(folder_listing: dict, label_table: str, settings: dict) -> dict:
+    """A volume layout's listing: the folder's, with the slicing settings and the label table's
+    content hash (the table may lie outside the folder): changing either makes another build."""
+    try:
+        table_hash = _sha256(Path(label_table))
+    except OSError:
+        table_hash = ""
+    return {**folder_listing, "volume_settings": settings, "label_table": {label_table: table_hash}}
+
+
 def fingerprint(folder_listing: dict) -> str:
     """16 hex digits naming a listing (the folder's path, its files and its metadata)."""
     payload = json.dumps(folder_listing, sort_keys=True, separators=(",", ":"))
