@@ -51,6 +51,10 @@ _OASIS_BLANK_CDR = flags.DEFINE_enum(
 _OASIS_IMAGE = flags.DEFINE_enum(
     "oasis_image", "masked", ["masked", "unmasked"], "OASIS-1: the T88 image read."
 )
+_VOLUME_VOXELS = flags.DEFINE_enum(
+    "volume_voxels", "refuse", ["refuse", "resample"],
+    "Voxels that are not 1 mm: reported as a problem, or read resampled to 1 mm.",
+)  # fmt: skip
 _WORKERS = flags.DEFINE_integer("workers", 0, "Processes reading volumes (0: the cores, up to 8).")
 
 
@@ -60,6 +64,7 @@ def _volume_settings() -> slices.VolumeSettings:
         labels_tsv=_LABELS_TSV.value, volume_classes=_VOLUME_CLASSES.value,
         oasis_labels=_OASIS_LABELS.value, oasis_ad_cdr=_OASIS_AD_CDR.value,
         oasis_blank_cdr=_OASIS_BLANK_CDR.value, oasis_image=_OASIS_IMAGE.value,
+        volume_voxels=_VOLUME_VOXELS.value,
     )  # fmt: skip
     return spec.volume_settings
 
@@ -77,7 +82,9 @@ def _audit(settings: slices.VolumeSettings) -> tuple[dict, str]:
         volumes = slices.list_volumes(_MANUAL_DIR.value, kind, settings, setting="--manual_dir")
         report = slices.audit_volumes(volumes, settings, _WORKERS.value)
         report["settings"] = dataclasses.asdict(settings)
-        listing = slices.volume_folder_listing(listing, volumes.label_table, settings.as_dict())
+        listing = slices.volume_folder_listing(
+            listing, volumes.label_table, settings.as_dict(), [str(v.path) for v in volumes.volumes]
+        )
         report["source_fingerprint"] = slices.folder_fingerprint(listing)
         return report, slices.format_volume_audit(report)
     parsed = slices.parse_layout(

@@ -113,6 +113,7 @@ def test_slicing_resumes_and_parallel_slices_are_the_same_bytes(caps_cohort, tmp
     with caplog.at_level(logging.INFO):
         manifest = slices.slice_volumes(listing, settings, resumed, workers=2)
     assert "2 kept from an interrupted build" in caplog.text
+    assert not list(resumed.glob(".tmp-*"))  # the half-written folder is gone
     assert {v.scan_id: (resumed / v.scan_id).stat().st_mtime_ns for v in first} == done_before
     assert len(manifest["volumes"]) == len(listing.volumes)
     assert _slice_files(resumed) == _slice_files(serial)
@@ -230,3 +231,98 @@ def test_slicing_shows_volumes_per_second_and_an_eta(caps_cohort, tmp_path, capl
     assert lines[0].startswith(f"Slicing volumes: 1/{total} (")
     assert "volumes/s, ETA 0:00:" in lines[0]
     assert lines[-1].startswith(f"Slicing volumes: {total}/{total} in ")
+
+
+def _table(root: Path, rows: list[tuple[str, str, str, str]]) -> None:
+    lines = ["path,subject,session,label"] + [",".join(r) for r in rows]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ids_that_cannot_name_a_folder_or_that_collide_are_refused(tmp_path):
+    root = tmp_path / "nifti"
+    _nifti_cohort(root, subjects=2)
+    _table(root, [("s0.nii.gz", "002_S_0295", "11/02/2006", "CN"), ("s1.nii.gz", "S1", "M0", "AD")])
+    with pytest.raises(UserError, match=r"1 subjects or sessions cannot name a folder "
+                                        r"\('002_S_0295_11/02/2006'\)"):  # fmt: skip
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+    _table(root, [("s0.nii.gz", "A_B", "C", "CN"), ("s1.nii.gz", "A", "B_C", "AD")])
+    with pytest.raises(UserError, match=r"shared by two sessions \(A B_C and A_B C -> A_B_C\)"):
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+
+
+def test_a_table_matching_no_volume_says_what_it_left_out(tmp_path):
+    root = tmp_path / "nifti"
+    _nifti_cohort(root, subjects=2)
+    _table(root, [("gone0.nii.gz", "S0", "M0", "CN"), ("gone1.nii.gz", "S1", "M0", "AD")])
+    with pytest.raises(UserError) as raised:
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+    text = str(raised.value)
+    assert "no volume with a label to use" in text
+    assert "2 row names a missing file" in text and "2 volume without a row" in text
+
+
+def test_a_cohort_only_evaluated_on_is_built_whole_however_small(tmp_path):
+    """The external protocol builds every image into test: four subjects (too few to split),
+    and a split column saying test everywhere."""
+    root = tmp_path / "nifti"
+    _nifti_cohort(root, subjects=4)
+    _table(root, [(f"s{i}.nii.gz", f"S{i}", "M0", "AD" if i % 2 else "CN") for i in range(4)])
+    with pytest.raises(UserError, match="split would be empty"):
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+    data = dataset.prepare(_spec(root, tmp_path / "tfds", protocol="external"))
+    assert {s: data.num_examples(s) for s in dataset.SPLITS} == {
+        "train": 0, "validation": 0, "test": 4 * 4}  # fmt: skip
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text(
+        "\n".join([lines[0] + ",split"] + [f"{line},test" for line in lines[1:]]) + "\n"
+    )
+    data = dataset.prepare(_spec(root, tmp_path / "tfds", protocol="external"))
+    assert data.num_examples("test") == 16
+
+
+def test_a_read_error_of_the_system_stops_the_build_and_skips_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from alz_jax.tfds_builders.mri_slices.volumes import reading
+
+    root = tmp_path / "nifti"
+    (root / "labels.csv").parent.mkdir(parents=True, exist_ok=True)
+    lines = _nifti_cohort(root)
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    load = reading.nib.load
+
+    def failing(name, *args, **kwargs):
+        if name.endswith("s3.nii.gz"):
+            raise OSError(errno.EIO, "Input/output error")
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(reading.nib, "load", failing)
+    with pytest.raises(UserError, match=r"s3\.nii\.gz: cannot be read \(Input/output error\); "
+                                        "nothing was skipped"):  # fmt: skip
+        dataset.prepare(_spec(root, tmp_path / "tfds"))
+    assert not list((tmp_path / "tfds").glob("adni-*/source.json"))  # no build made of it
+    monkeypatch.setattr(reading.nib, "load", load)
+    data = dataset.prepare(_spec(root, tmp_path / "tfds"))
+    assert "S3_M0" in data.metadata["volumes"]
+
+
+def test_the_slices_folder_goes_once_built_and_a_change_says_what_changed(
+    tmp_path, caplog
+):  # fmt: skip
+    root = tmp_path / "nifti"
+    outside = tmp_path / "elsewhere.nii.gz"
+    _write(outside, np.random.default_rng(3).random((16, 18, 16)) + 1)
+    lines = [*_nifti_cohort(root), f"{outside},S99,M0,AD"]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    first = dataset.prepare(_spec(root, tmp_path / "tfds"))
+    assert not list((tmp_path / "tfds").glob("adni-*/slices"))
+    assert "S99_M0" in first.metadata["volumes"]
+    # A volume outside the folder, rewritten: another build, never the old one.
+    _write(outside, np.random.default_rng(4).random((16, 18, 16)) + 1)
+    with caplog.at_level(logging.WARNING):
+        second = dataset.prepare(_spec(root, tmp_path / "tfds"))
+    assert second.source_fingerprint != first.source_fingerprint
+    assert "volumes outside the folder changed" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        dataset.prepare(_spec(root, tmp_path / "tfds", volume_step=4))
+    assert "slicing settings changed" in caplog.text

@@ -2,6 +2,7 @@
 the three layouts; a run trained on a CAPS cohort is evaluated on an OASIS-1 release in its
 Analyze form; bad volume input ends in one `error:` line and exit 2."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -171,3 +172,24 @@ def test_bad_volume_input_is_one_error_line_and_exit_2(case, expected, tmp_path)
     assert len(errors) == 1, done.stderr[-2000:]
     assert expected in errors[0]
     assert len(errors[0]) < 400
+
+
+def test_another_cohort_is_read_as_its_own_folder_with_the_runs_slicing():
+    """The run's layout, label table, parquet names and near-duplicate grouping describe its own
+    folder: the other cohort starts from detection and its own table; the slicing stays."""
+    run = dataset.DataSpec(
+        manual_dir="/train", layout="nifti", labels_tsv="/train/table.csv", label_names="A,B",
+        group_near_duplicates=True, volume_discard=8, volume_step=2, volume_size=64,
+    )  # fmt: skip
+    other = external.external_spec(run, {"manual_dir": "/other"})
+    assert (other.layout, other.labels_tsv, other.label_names) == ("auto", "", "")
+    assert other.group_near_duplicates is False
+    # The same preprocessing: every slicing setting is the run's.
+    assert dataclasses.replace(other.volume_settings, labels_table="/train/table.csv") == (
+        run.volume_settings
+    )
+    assert (other.protocol, other.manual_dir) == ("external", "/other")
+    flags = {"manual_dir": "/o", "layout": "oasis1", "labels_tsv": "/o/t.csv",
+             "volume_workers": "2"}  # fmt: skip
+    given = external.external_spec(run, flags)
+    assert (given.layout, given.labels_tsv, given.volume_workers) == ("oasis1", "/o/t.csv", 2)

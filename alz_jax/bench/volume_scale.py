@@ -11,8 +11,8 @@ worker processes, and builds the TFDS data set from it (`dataset.prepare`: listi
 the builder's audit and the array_record files). One JSON line per phase: wall seconds, volumes
 per second (and per process), the peak resident memory of the phase's own process and of its
 largest worker (resource.getrusage; the phase's process imports JAX and TFDS, as `main` does)
-and, for the build, the bytes on disk of the slices folder and of the TFDS files, per 100
-volumes.
+and the bytes on disk of the slices (kept while the data set is built) and of the TFDS files,
+per 100 volumes.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def _peak_mib() -> dict:
     return {"peak_rss_mib": round(own / 1024), "peak_worker_rss_mib": round(children / 1024)}
 
 
+def _per_100(size: int, volumes: int) -> float:
+    """MiB per 100 volumes."""
+    return round(size / volumes * 100 / 2**20, 1)
+
+
 def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -69,7 +74,7 @@ def slice_phase(root: Path, workers: int) -> dict:
     return {"phase": f"slice_workers{workers}", "volumes": n, "seconds": round(seconds, 1),
             "volumes_per_s": round(n / seconds, 2),
             "volumes_per_s_per_process": round(n / seconds / workers, 2),
-            **_peak_mib()}  # fmt: skip
+            **_peak_mib(), "slices_mib_per_100_volumes": _per_100(_bytes(out), n)}  # fmt: skip
 
 
 def build_phase(root: Path, workers: int) -> dict:
@@ -82,14 +87,11 @@ def build_phase(root: Path, workers: int) -> dict:
     data = dataset.prepare(spec)
     seconds = time.perf_counter() - start
     n = len(data.metadata["volumes"])
-    build = next(data_dir.glob("adni-*"))
-    sliced, tfds_files = _bytes(build / "slices"), _bytes(build / "adni")
+    tfds_files = _bytes(next(data_dir.glob("adni-*")) / "adni")
     images = sum(data.num_examples(s) for s in dataset.SPLITS)
     return {"phase": f"build_workers{workers}", "volumes": n, "images": images,
             "seconds": round(seconds, 1), "volumes_per_s": round(n / seconds, 2),
-            **_peak_mib(),
-            "slices_mib_per_100_volumes": round(sliced / n * 100 / 2**20, 1),
-            "tfds_mib_per_100_volumes": round(tfds_files / n * 100 / 2**20, 1)}  # fmt: skip
+            **_peak_mib(), "tfds_mib_per_100_volumes": _per_100(tfds_files, n)}  # fmt: skip
 
 
 def main() -> None:

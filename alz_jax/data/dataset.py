@@ -57,6 +57,14 @@ class SubsetSource:
         return f"SubsetSource({len(self)} records)"
 
 
+def _split_source(builder: tfds.core.DatasetBuilder, split: str):
+    """Random access to a built split, images undecoded; an empty list for a split the build
+    does not have (a pooled build, for a cohort only evaluated on, has `test` alone)."""
+    if split not in builder.info.splits:
+        return []
+    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
 def _read_metadata(source) -> dict[str, np.ndarray]:
     rows = {k: [] for k in _METADATA_FIELDS}
     for start in range(0, len(source), 1024):
@@ -101,10 +109,7 @@ class AdniData:
 
     def source(self, split: str) -> SubsetSource:
         """Random-access source of a protocol split; `image` stays undecoded JPEG bytes."""
-        sources = [
-            self.builder.as_data_source(split=s, decoders={"image": tfds.decode.SkipDecoding()})
-            for s in SPLITS
-        ]
+        sources = [_split_source(self.builder, s) for s in SPLITS]
         pos = self.positions[split]
         return SubsetSource(sources, self.pooled["source_id"][pos], self.pooled["local_index"][pos])
 
@@ -269,30 +274,45 @@ def _check_source(
         )  # fmt: skip
         if slices.is_volume_layout(described[0]):
             volumes = slices.list_volumes(manual_dir, described[0], data_config.volume_settings)
+            _check_some_volumes(volumes)
     except slices.LayoutError as e:
         raise _data_error(e, manual_dir, data_config) from e
     _check_class_names(described[1], data_config)
     listing = slices.folder_listing(manual_dir)
     if volumes is not None:
         listing = slices.volume_folder_listing(
-            listing, volumes.label_table, data_config.volume_settings.as_dict()
-        )
+            listing, volumes.label_table, data_config.volume_settings.as_dict(),
+            [str(v.path) for v in volumes.volumes],
+        )  # fmt: skip
     return listing, described, volumes
+
+
+def _check_some_volumes(volumes: slices.VolumeListing) -> None:
+    """A UserError where the layout found no labelled volume: what it left out, by reason (the
+    table's IDs not matching the folders', most often)."""
+    if volumes.volumes:
+        return
+    left = [f"{n} {reason}" for reason, n in volumes.skipped_counts().items() if n]
+    raise UserError(
+        f"{volumes.root}: no volume with a label to use (table {volumes.label_table}); left out: "
+        f"{'; '.join(left[:3]) or 'nothing found'}. Check that the table names the folder's "
+        "subjects and sessions as they are spelled there."
+    )
 
 
 def _volume_slicer(volumes: slices.VolumeListing, data_config: DataSpec, build_dir, timer):
     """What cuts a volume layout's slices into <build_dir>/slices before the build (under the
     build's lock; volumes sliced by an interrupted build are kept); returns that folder."""
 
-    if storage.is_url(build_dir):
-        raise UserError(
-            f"data.data_dir = {data_config.data_dir}: volumes are sliced on a local disk; give a "
-            "local data.data_dir for a volume layout."
-        )
-
     def slice_into() -> str:
+        """Slices the volumes (only where the build is not there yet); returns the folder."""
+        if storage.is_url(build_dir):
+            raise UserError(
+                f"data.data_dir = {data_config.data_dir}: volumes are sliced on a file system "
+                "(a local disk, or one every host mounts); build there, or give such a data_dir."
+            )
         out = Path(os.fspath(build_dir)) / "slices"
-        with timer("slice volumes"):
+        with timer("slice volumes"), _writing_in(storage.path(data_config.data_dir)):
             manifest = slices.slice_volumes(
                 volumes, data_config.volume_settings, out, data_config.volume_workers
             )
@@ -456,6 +476,11 @@ def _build(make_builder, build_dir, listing: dict, data_dir, timer, source=None)
             "listing": listing,
         }
         storage.write_text_atomic(build_dir / SOURCE_FILE, json.dumps(record))
+        if source is not None and tfds_source != manual_dir:
+            # The data set holds the slices now; their folder served only the build (and its
+            # resumption).
+            shutil.rmtree(tfds_source, ignore_errors=True)
+            logging.info("Removed %s: the data set holds its slices.", tfds_source)
 
 
 _DESCRIPTION_BYTES = 4096  # room for the layout and class names process 0 broadcasts
@@ -499,6 +524,7 @@ def prepare(data_config: DataSpec, timer=None) -> AdniData:
         config = slices.config_for(
             data_config.validation_fraction, data_config.split_seed, kind, class_names,
             data_config.label_name_list, data_config.group_near_duplicates,
+            data_config.protocol == "external",
         )  # fmt: skip
         return slices.Builder(
             data_dir=os.fspath(build_dir), config=config, file_format="array_record"
@@ -604,7 +630,7 @@ def _check_missing_classes(metadata, class_names: tuple[str, ...], data_config: 
 def _apply_protocol(builder, data_config):
     parts = []
     for source_id, split in enumerate(SPLITS):
-        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        source = _split_source(builder, split)
         part = _read_metadata(source)
         part["builder_split"] = np.full(len(source), split, dtype=object)
         part["source_id"] = np.full(len(source), source_id, dtype=np.int32)

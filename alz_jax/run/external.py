@@ -41,6 +41,10 @@ DATA_FLAGS = (
     "labels_tsv", "volume_classes", "oasis_labels", "oasis_ad_cdr", "oasis_blank_cdr",
     "oasis_image", "volume_voxels", "volume_workers",
 )  # fmt: skip
+# The run's data fields that describe its own folder: the other cohort's start from these
+# (detected layout, its own label table), unless given as --data.<field>.
+COHORT_DEFAULTS = {"layout": "auto", "labels_tsv": "", "label_names": "",
+                   "group_near_duplicates": False}  # fmt: skip
 # Images sampled per cohort (evenly over the records, deterministic) for pixel statistics.
 INTENSITY_SAMPLE = 512
 DROP = "-"  # --class_mapping=X:- leaves class X out
@@ -101,9 +105,10 @@ def map_classes(found: list[str], run_names: list[str], given: dict[str, str]) -
 
 
 def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> dataset.DataSpec:
-    """The other cohort's DataSpec: the run's, with the DATA_FLAGS fields given replaced, read
-    from a folder (never the synthetic stand-in), every image in test (the `external` protocol,
-    which also accepts a class missing from one of the cohort's own split folders)."""
+    """The other cohort's DataSpec: the run's (its slicing and normalisation above all: the same
+    preprocessing), with COHORT_DEFAULTS and then the DATA_FLAGS fields given replaced, read from
+    a folder (never the synthetic stand-in), every image in test (the `external` protocol, a
+    pooled build: also a cohort too small to split, or a class missing from a folder)."""
     unknown = set(overrides) - set(DATA_FLAGS)
     if unknown:
         accepted = ", ".join(f"--data.{f}" for f in DATA_FLAGS)
@@ -117,7 +122,9 @@ def external_spec(run_data: dataset.DataSpec, overrides: dict[str, str]) -> data
                 raise UserError(f"--data.{field}={value}: expected a whole number.") from None
     return dataclasses.replace(
         run_data,
-        **typed,
+        # What describes the run's own folder, not the other's: its layout, its label table,
+        # its parquet label names, near-duplicate groups standing in for missing subject IDs.
+        **{**COHORT_DEFAULTS, **typed},
         synthetic_seed=None,
         protocol="external",
     )

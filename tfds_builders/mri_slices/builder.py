@@ -50,7 +50,7 @@ class AdniConfig(tfds.core.BuilderConfig):
     def __init__(
         self, *, validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
         class_names: tuple[str, ...] = adni.CLASS_NAMES, label_names: tuple[str, ...] = (),
-        group_near_duplicates: bool = False, **kwargs,
+        group_near_duplicates: bool = False, pooled: bool = False, **kwargs,
     ):  # fmt: skip
         super().__init__(**kwargs)
         self.validation_fraction = validation_fraction
@@ -59,56 +59,61 @@ class AdniConfig(tfds.core.BuilderConfig):
         self.class_names = tuple(class_names)
         self.label_names = tuple(label_names)
         self.group_near_duplicates = group_near_duplicates
+        # Every image in `test`, none in train or validation: a cohort only evaluated on.
+        self.pooled = pooled
 
 
 def config_name(
     validation_fraction: float, split_seed: int, layout: str = "adni",
     class_names: tuple[str, ...] = adni.CLASS_NAMES, label_names: tuple[str, ...] = (),
-    group_near_duplicates: bool = False,
+    group_near_duplicates: bool = False, pooled: bool = False,
 ) -> str:  # fmt: skip
     """Canonical builder-config name ('default' for ADNI with 0.1, 0): the layout, a hash of its
     classes, the validation fraction and the seed (and `_ndgroups` with near-duplicate groups
-    as subjects)."""
+    as subjects, `_pooled` with every image in test)."""
     split = f"val{validation_fraction:g}_seed{split_seed}".replace(".", "p")
     if layout == "adni" and tuple(class_names) == adni.CLASS_NAMES and not label_names:
         name = "default" if (validation_fraction, split_seed) == (0.1, 0) else split
     else:
         classes = hashlib.sha256(json.dumps([class_names, label_names]).encode()).hexdigest()[:8]
         name = f"{layout}_{classes}_{split}"
-    return name + ("_ndgroups" if group_near_duplicates else "")
+    return name + ("_ndgroups" if group_near_duplicates else "") + ("_pooled" if pooled else "")
 
 
 def make_config(
     validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
     class_names: tuple[str, ...] = adni.CLASS_NAMES, label_names: tuple[str, ...] = (),
-    group_near_duplicates: bool = False,
+    group_near_duplicates: bool = False, pooled: bool = False,
 ) -> AdniConfig:  # fmt: skip
     """The builder config for a layout, its classes, a validation fraction and split seed."""
     name = config_name(
-        validation_fraction, split_seed, layout, class_names, label_names, group_near_duplicates
-    )
+        validation_fraction, split_seed, layout, class_names, label_names, group_near_duplicates,
+        pooled,
+    )  # fmt: skip
     return AdniConfig(
         name=name,
         description=f"{layout} layout, classes {', '.join(class_names)}; validation: "
         f"{validation_fraction:g} of train subjects, seed {split_seed}"
-        + ("; subjects: groups of near-identical images" if group_near_duplicates else ""),
+        + ("; subjects: groups of near-identical images" if group_near_duplicates else "")
+        + ("; every image in test (a cohort evaluated on)" if pooled else ""),
         validation_fraction=validation_fraction,
         split_seed=split_seed,
         layout=layout,
         class_names=class_names,
         label_names=label_names,
         group_near_duplicates=group_near_duplicates,
+        pooled=pooled,
     )
 
 
 def config_for(
     validation_fraction: float = 0.1, split_seed: int = 0, layout: str = "adni",
     class_names: tuple[str, ...] = adni.CLASS_NAMES, label_names: tuple[str, ...] = (),
-    group_near_duplicates: bool = False,
+    group_near_duplicates: bool = False, pooled: bool = False,
 ) -> str | AdniConfig:  # fmt: skip
     """What to pass as `Builder(config=...)`: a registered config's name, or a custom config."""
     args = (validation_fraction, split_seed, layout, class_names, label_names,
-            group_near_duplicates)  # fmt: skip
+            group_near_duplicates, pooled)  # fmt: skip
     name = config_name(*args)
     if name in {c.name for c in Builder.BUILDER_CONFIGS}:
         return name
@@ -231,7 +236,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 adni.METADATA_JSON, audit_lib.format_conflicts(conflicts),
             )  # fmt: skip
         usable = [r for r in parsed.records if not checks[r.file_name].problem]
-        for folder in parsed.folder_splits or ("",):
+        # A pooled build puts every image in test: a split folder may be empty (all test).
+        for folder in () if config.pooled else parsed.folder_splits or ("",):
             if not any(r.folder_split == folder for r in usable):
                 raise LayoutError(
                     f"{parsed.root / folder} holds no usable image (all unreadable, empty or "
@@ -246,15 +252,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._record_metadata(manual_dir, parsed, splits, audit, hashes)
         total = sum(len(records) for records in splits.values())
         written = progress.Progress("Build: examples written", total, unit="examples")
+        # TFDS writes no empty split: a pooled build has `test` alone.
         return {
             name: self._generate_examples(records, parsed.subject_of_scan, written)
             for name, records in splits.items()
+            if records or not self.builder_config.pooled
         }
 
     def _splits(self, parsed: Layout) -> dict[str, list[ImageRecord]]:
         """train, validation and test, as `splits.builder_splits` decides them."""
         config = self.builder_config
-        return splits_lib.builder_splits(parsed, config.validation_fraction, config.split_seed)
+        return splits_lib.builder_splits(
+            parsed, config.validation_fraction, config.split_seed, config.pooled
+        )
 
     def _record_metadata(
         self,

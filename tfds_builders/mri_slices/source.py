@@ -47,14 +47,27 @@ def listing(manual_dir: str | Path) -> dict:
     return {"manual_dir": os.fspath(manual_dir), "files": files, "metadata_sha256": metadata}
 
 
-def with_volumes(folder_listing: dict, label_table: str, settings: dict) -> dict:
-    """A volume layout's listing: the folder's, with the slicing settings and the label table's
-    content hash (the table may lie outside the folder): changing either makes another build."""
+def with_volumes(
+    folder_listing: dict, label_table: str, settings: dict, volume_files: list[str] = ()
+) -> dict:
+    """A volume layout's listing: the folder's, with the slicing settings, the label table's
+    content hash and the size and modification time of the volumes outside the folder (a table
+    may name them by absolute path): changing any of them makes another build."""
     try:
         table_hash = _sha256(Path(label_table))
     except OSError:
         table_hash = ""
-    return {**folder_listing, "volume_settings": settings, "label_table": {label_table: table_hash}}
+    root = Path(folder_listing["manual_dir"])
+    outside = {}
+    for name in volume_files:
+        path = Path(name).resolve()
+        pair = [path, path.with_suffix(".img")] if path.suffix.lower() == ".hdr" else [path]
+        for file in pair:
+            if not file.is_relative_to(root) and file.exists():
+                stat = file.stat()
+                outside[os.fspath(file)] = [stat.st_size, stat.st_mtime_ns]
+    return {**folder_listing, "volume_settings": settings, "label_table": {label_table: table_hash},
+            "volumes_outside": dict(sorted(outside.items()))}  # fmt: skip
 
 
 def fingerprint(folder_listing: dict) -> str:
@@ -75,6 +88,10 @@ def changes(old: dict, new: dict) -> dict:
         "removed": len(removed),
         "changed": len(changed),
         "metadata_changed": old["metadata_sha256"] != new["metadata_sha256"],
+        # A volume layout's: the slicing settings, the label table, volumes outside the folder.
+        "volume_settings_changed": old.get("volume_settings") != new.get("volume_settings"),
+        "label_table_changed": old.get("label_table") != new.get("label_table"),
+        "volumes_outside_changed": old.get("volumes_outside") != new.get("volumes_outside"),
         "examples": {"added": added[:5], "removed": removed[:5], "changed": changed[:5]},
     }
 
@@ -89,4 +106,10 @@ def describe(change: dict) -> str:
         text += f" (e.g. {', '.join(examples[:3])})"
     if change["metadata_changed"]:
         text += "; metadata edited"
+    if change.get("volume_settings_changed"):
+        text += "; slicing settings changed"
+    if change.get("label_table_changed"):
+        text += "; label table changed"
+    if change.get("volumes_outside_changed"):
+        text += "; volumes outside the folder changed"
     return text

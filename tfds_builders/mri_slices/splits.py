@@ -174,10 +174,13 @@ def grouped_by_near_duplicates(parsed: Layout, pairs: list[list[str]]) -> Layout
 
 
 def builder_splits(
-    parsed: Layout, validation_fraction: float, seed: int
+    parsed: Layout, validation_fraction: float, seed: int, pooled: bool = False
 ) -> dict[str, list[ImageRecord]]:
     """train, validation and test of a build: the split folders as they are (validation carved
-    from train by subject where there is no val folder), or a split by subject without them."""
+    from train by subject where there is no val folder), or a split by subject without them;
+    `pooled`: every image in test, whatever the folders (a cohort only evaluated on)."""
+    if pooled:
+        return {"train": [], "validation": [], "test": list(parsed.records)}
     folders = set(parsed.folder_splits)
     if folders == set(SPLIT_NAMES):
         return {s: parsed.records_in(s) for s in SPLIT_NAMES}

@@ -42,6 +42,8 @@ SHAPE = (
 )
 # How many subject folders detection looks into (a CAPS folder may hold thousands).
 DETECT_SUBJECTS = 5
+# Named by file, or by folder with its count where a folder holds several (ClinicaDL's
+# extracted tensors number thousands per session).
 SKIP_NOT_VOLUME = "file under subjects/ that is no t1_linear volume (ignored)"
 SKIP_OTHER_VOLUME = "t1_linear volume besides the one used (desc-Crop preferred)"
 SKIP_NO_VOLUME = "row without a volume file"
@@ -99,11 +101,13 @@ def _volumes(root: Path, skipped: dict[str, list[str]]) -> dict[tuple[str, str],
         t1.sort(key=lambda n: (not n.endswith(CROPPED), n))
         if t1:
             found[(parts[1], parts[2])] = here / t1[0]
-        for name in names:
-            if name not in t1:
-                tables.add_skip(skipped, SKIP_NOT_VOLUME, (rel / name).as_posix())
-            elif name != t1[0]:
-                tables.add_skip(skipped, SKIP_OTHER_VOLUME, (rel / name).as_posix())
+        others = [n for n in names if n not in t1]
+        if len(others) == 1:
+            tables.add_skip(skipped, SKIP_NOT_VOLUME, (rel / others[0]).as_posix())
+        elif others:
+            tables.add_skip(skipped, SKIP_NOT_VOLUME, f"{rel.as_posix()}/ ({len(others)} files)")
+        for name in t1[1:]:
+            tables.add_skip(skipped, SKIP_OTHER_VOLUME, (rel / name).as_posix())
     return found
 
 

@@ -168,6 +168,8 @@ def slice_volumes(
     check_voxels(listing, settings)
     _warn_skipped(listing)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(".tmp-*"):  # half-written by a process killed mid-volume
+        shutil.rmtree(leftover, ignore_errors=True)
     entries = {v.scan_id: _done(out_dir, v) for v in listing.volumes}
     todo = [v for v in listing.volumes if entries[v.scan_id] is None]
     workers = auto_workers(workers)

@@ -42,6 +42,23 @@ class VolumeError(LayoutError):
         return (type(self), (str(self), self.reason))
 
 
+class VolumeIOError(LayoutError):
+    """The system failed to read a volume (an I/O error, no permission): not the file's content,
+    so it is never skipped as unusable; the build stops, naming the file, and a rerun keeps the
+    volumes already sliced."""
+
+
+def _io_error(path: Path, error: OSError) -> VolumeIOError | None:
+    """A VolumeIOError for an error of the system (one with an errno), None for the content's
+    (nibabel's short reads and gzip's CRC failures carry no errno)."""
+    if error.errno is None:
+        return None
+    return VolumeIOError(
+        f"{path}: cannot be read ({error.strerror or error}); nothing was skipped: check the "
+        "disk and the file's permissions, then run again (volumes already sliced are kept)."
+    )
+
+
 class VoxelSizeError(VolumeError):
     """Voxels that are not 1 mm under volume_voxels=refuse: a run refuses these (the other
     VolumeErrors are skipped and named)."""
@@ -80,6 +97,14 @@ def _load(path: Path) -> nib.spatialimages.SpatialImage:
         raise VolumeError(f"{path}: no such file; expected a volume file there", "missing")
     try:
         image = nib.load(os.fspath(path))
+    except OSError as e:
+        if (io_error := _io_error(path, e)) is not None:
+            raise io_error from e
+        raise VolumeError(
+            f"{path}: unreadable ({type(e).__name__}: {e}); expected a NIfTI "
+            "(.nii, .nii.gz) or Analyze (.hdr/.img) volume",
+            "unreadable",
+        ) from e
     # Any failure to parse a user's bytes (nibabel raises many kinds) is an unreadable file.
     except Exception as e:
         raise VolumeError(
@@ -206,14 +231,23 @@ def _read_data(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
         if _is_gzipped_nifti(image):
             image = type(image).from_bytes(gzip.decompress(Path(path).read_bytes()))
         return image.get_fdata(caching="unchanged", dtype=np.float32)
-    # A truncated stream ends early (EOFError, nibabel's "Expected N bytes"); the rest is corrupt.
+    except OSError as e:
+        if (io_error := _io_error(path, e)) is not None:
+            raise io_error from e
+        raise _data_error(path, e) from e
     except Exception as e:
-        truncated = isinstance(e, EOFError) or "Expected" in str(e)
-        raise VolumeError(
-            f"{path}: {'truncated' if truncated else 'unreadable'} data ({type(e).__name__}: "
-            f"{e}); expected the complete volume its header describes",
-            "truncated" if truncated else "unreadable",
-        ) from e
+        raise _data_error(path, e) from e
+
+
+def _data_error(path: Path, error: Exception) -> VolumeError:
+    """The VolumeError of data that cannot be decoded: truncated where the stream ends early
+    (EOFError, nibabel's "Expected N bytes"), unreadable otherwise (corrupt)."""
+    truncated = isinstance(error, EOFError) or "Expected" in str(error)
+    return VolumeError(
+        f"{path}: {'truncated' if truncated else 'unreadable'} data ({type(error).__name__}: "
+        f"{error}); expected the complete volume its header describes",
+        "truncated" if truncated else "unreadable",
+    )
 
 
 def _is_gzipped_nifti(image: nib.spatialimages.SpatialImage) -> bool:
