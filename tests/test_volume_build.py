@@ -194,8 +194,8 @@ def test_oasis1_release_builds_with_mr2_in_its_subjects_split(tmp_path):
 
 def test_slicing_workers_do_not_import_the_commands_modules(tmp_path):
     """Spawned workers import the parent's __main__ first; the slicing starts them with a blank
-    one, so a worker holds what slicing needs, not the JAX and TFDS of `python -m alz_jax.main`
-    (about 500 MiB each). The parent here is a script that imports JAX, as `main` does."""
+    one, so a worker holds what slicing needs, not the JAX that `python -m alz_jax.main`
+    imports. The parent here is a script that imports JAX, as `main` does."""
     script = tmp_path / "parent.py"
     script.write_text(
         "import jax\n"
