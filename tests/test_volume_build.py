@@ -73,13 +73,17 @@ def test_caps_build_splits_by_subject_with_every_session_together(caps_built, ca
     assert data.class_names == ("NC", "AD")
 
 
-def test_records_name_their_volume_slice(caps_built):
+def test_records_name_their_volume_and_slice(caps_built):
     data, _ = caps_built
     records = data.records("train")
-    for name, scan, index in zip(
-        records["file_name"], records["scan_id"], records["slice_index"], strict=True
-    ):
-        assert name == f"{scan}/sagittal_{index:03d}.png"
+    volumes = data.metadata["volumes"]
+    for name, scan, subject, index in zip(
+        records["file_name"], records["scan_id"], records["subject_id"], records["slice_index"],
+        strict=True,
+    ):  # fmt: skip
+        session = scan.removeprefix(subject + "_")
+        volume = f"subjects/{subject}/{session}/t1_linear/{subject}_{session}_T1w"
+        assert name.startswith(volume) and name == f"{volumes[scan]['file']}#sagittal_{index:03d}"
 
 
 def test_settings_are_part_of_the_build_name(caps_built, caps_cohort):

@@ -1,7 +1,8 @@
 """The folder of slices cut from a volume layout's volumes (`extraction`), read back as a
-Layout: one PNG per slice, `<scan_id>/<axis>_<index>.png`, with the subject, session, label and
-folder split of its volume, and the volumes' own record (file, shape, voxel size, orientation,
-raw intensities) for the data set's metadata."""
+Layout: one PNG per slice, `<scan_id>/<axis>_<index>.png`, each a record named by its volume's
+file and place (`record_name`) with the subject, session, label and folder split of its volume,
+and the volumes' own record (file, shape, voxel size, orientation, raw intensities) for the data
+set's metadata."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ VOLUME_DONE = "volume.json"  # in each volume's folder, written before the folde
 def slice_name(axis: str, index: int) -> str:
     """The file name of the slice at `index` along `axis`, e.g. sagittal_090.png."""
     return f"{axis}_{index:03d}.png"
+
+
+def record_name(volume_file: str, axis: str, index: int) -> str:
+    """A slice's name in the data set, reports and predictions: its volume's file (relative to
+    the data folder) and its place, e.g. `subjects/sub-01/.../..._T1w.nii.gz#sagittal_090`."""
+    return f"{volume_file}#{slice_name(axis, index).removesuffix('.png')}"
 
 
 def read_manifest(sliced_dir: Path) -> dict:
@@ -48,7 +55,7 @@ def parse(sliced_dir: Path, kind: str) -> Layout:
             records.append(
                 ImageRecord(
                     path=sliced_dir / scan_id / name,
-                    file_name=f"{scan_id}/{name}",
+                    file_name=record_name(volume["file"], axis, index),
                     folder_split=volume["folder_split"],
                     label=volume["label"],
                     scan_id=scan_id,
