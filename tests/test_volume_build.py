@@ -71,6 +71,10 @@ def test_caps_build_splits_by_subject_with_every_session_together(caps_built, ca
     assert some["file"].endswith("_T1w.nii.gz")
     assert meta["layout"] == "caps"
     assert data.class_names == ("NC", "AD")
+    # Registered brains look alike across people: no near-identical pair search (the subjects
+    # measure leakage), so no pairs stored and no look-alike entry in the reports.
+    assert meta["near_duplicate_pairs"] is None
+    assert data.cross_split_near_duplicates() is None
 
 
 def test_records_name_their_volume_and_slice(caps_built):

@@ -298,7 +298,8 @@ def run(parsed: Layout) -> tuple[dict, dict[str, ImageCheck]]:
     """Audits a parsed folder; returns the JSON-able report and each image's check by file name.
 
     The report's `near_duplicate_pairs` lists every pair (the builder stores them, so a report
-    can say how its own test split overlaps train); the other entries are summaries."""
+    can say how its own test split overlaps train), or is None where the layout's images are
+    not searched (`Layout.near_duplicate_search`); the other entries are summaries."""
     checks = check_all(parsed)
     subject_of = parsed.subject_of_scan
     folders_of_subject: dict[str, set[str]] = collections.defaultdict(set)
@@ -311,7 +312,7 @@ def run(parsed: Layout) -> tuple[dict, dict[str, ImageCheck]]:
     windows, baseline = _slice_windows(parsed)
     groups, across = _duplicate_groups(checks, {r.file_name: folder_of(r) for r in parsed.records})
     problems, dark_images, dark_scans = _image_problems(parsed, checks)
-    pairs = near_duplicate_pairs(parsed, checks)
+    pairs = near_duplicate_pairs(parsed, checks) if parsed.near_duplicate_search else None
     known = parsed.subject_source != "scan_id"
     subject_of_file = {r.file_name: subject_of[r.scan_id] for r in parsed.records}
     report = {
@@ -339,8 +340,9 @@ def run(parsed: Layout) -> tuple[dict, dict[str, ImageCheck]]:
         },
         "cross_split_near_duplicates": cross_split_entry(
             _usable_split_of(parsed, checks), subject_of_file if known else None, pairs
-        ) if "test" in parsed.folder_splits else None,
-        "near_duplicate_pairs": [list(p) for p in pairs],
+        ) if "test" in parsed.folder_splits and pairs is not None else None,
+        # None where the search is not made (Layout.near_duplicate_search).
+        "near_duplicate_pairs": None if pairs is None else [list(p) for p in pairs],
         "unusable": {kind: {"count": len(v), "files": v} for kind, v in problems.items()},
         "near_black": {
             "images": len(dark_images),

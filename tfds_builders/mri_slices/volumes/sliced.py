@@ -73,6 +73,7 @@ def parse(sliced_dir: Path, kind: str) -> Layout:
         folder_splits=tuple(manifest["folder_splits"]),
         image_size=(size, size),
         class_mapping=dict(manifest["class_mapping"]),
+        near_duplicate_search=False,
         extra_metadata={
             "volume_source": manifest["source"],
             "volume_settings": manifest["settings"],
