@@ -23,7 +23,7 @@ is the stages demo's plain CNN and small-data recipe (configs/stages_demo.py), w
 The OASIS-1 cohort is drawn with other heads, intensities (int16, about 0..1200), another voxel
 order (LAS, Analyze) and skull-stripped images, and read with CDR 0 as NC and CDR 1 and 2 as AD
 (CDR 0.5 and blank CDR left out, counted): the same slicing, the run's own calibration.
-Measured on this project's 2-core CPU on 2026-12-05 (`make demo-volumes`, 1 min 45 s, training
+Measured on this project's 2-core CPU on 2026-12-05 (`make demo-volumes`, 1 min 43 s, training
 64 s): subject balanced accuracy 0.850 on the CAPS test split (17 subjects), 0.500 on the
 skull-stripped OASIS-1 release (ROC AUC 0.721: every subject called AD at the CAPS threshold) and
 0.960 on its images with the skull (docs/volumes.md, "The demo, measured";
