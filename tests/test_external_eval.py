@@ -30,14 +30,7 @@ def trained(tiny_synthetic, tmp_path_factory):
     """A 2-step run of the tiny config (2 stages) on the tiny synthetic set, its test report
     written; (workdir, files of report_test.* with their bytes)."""
     root = tmp_path_factory.mktemp("external_run")
-    config = tiny_config.get_config()
-    config.data.manual_dir = str(tiny_synthetic[0])
-    config.data.data_dir = str(root / "tfds")
-    config.model.depths = tiny_config.TWO_STAGES["model.depths"]
-    config.model.dims = tiny_config.TWO_STAGES["model.dims"]
-    config.num_train_steps, config.warmup_steps, config.eval_every_steps = 2, 1, 2
-    config.swa.enabled = False
-    config.eval.bootstrap_samples = 50
+    config = tiny_config.two_step_config(tiny_synthetic[0], root / "tfds")
     workdir = root / "workdir"
     train.train_and_evaluate(config, str(workdir))
     before = {p.name: p.read_bytes() for p in workdir.glob("report_test.*")}

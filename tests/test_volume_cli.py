@@ -88,17 +88,10 @@ def test_the_audit_counts_a_new_cohort_in_each_layout(cohorts, layout, tmp_path)
 def caps_run(cohorts, tmp_path_factory) -> Path:
     """A 2-step tiny run trained on the tiny CAPS cohort (NC vs AD)."""
     root = tmp_path_factory.mktemp("caps_run")
-    config = tiny_config.get_config()
-    config.data.manual_dir = str(cohorts["caps"][0])
-    config.data.data_dir = str(root / "tfds")
+    config = tiny_config.two_step_config(cohorts["caps"][0], root / "tfds")
     config.data.volume_discard, config.data.volume_step, config.data.volume_size = 4, 2, 32
     config.data.volume_workers = 1
     config.data.allow_missing_classes = True
-    config.model.depths = tiny_config.TWO_STAGES["model.depths"]
-    config.model.dims = tiny_config.TWO_STAGES["model.dims"]
-    config.num_train_steps, config.warmup_steps, config.eval_every_steps = 2, 1, 2
-    config.swa.enabled = False
-    config.eval.bootstrap_samples = 50
     workdir = root / "workdir"
     train.train_and_evaluate(config, str(workdir))
     return workdir

@@ -47,3 +47,17 @@ def get_config():
     config.eval.gradcam_scans = 0
     config.eval.bootstrap_samples = 200
     return config
+
+
+def two_step_config(manual_dir, data_dir):
+    """The tiny config trained for 2 steps with the 2-stage model on `manual_dir` (TFDS build
+    in `data_dir`), without SWA: a run to evaluate, quickly (tests of evaluation elsewhere)."""
+    config = get_config()
+    config.data.manual_dir = str(manual_dir)
+    config.data.data_dir = str(data_dir)
+    config.model.depths = TWO_STAGES["model.depths"]
+    config.model.dims = TWO_STAGES["model.dims"]
+    config.num_train_steps, config.warmup_steps, config.eval_every_steps = 2, 1, 2
+    config.swa.enabled = False
+    config.eval.bootstrap_samples = 50
+    return config

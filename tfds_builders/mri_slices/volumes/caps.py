@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..layouts.base import Layout, LayoutError, LayoutPlugin, check_folder, wrapping_chain
+from ..layouts.base import LayoutError, check_folder, wrapping_chain
 from . import sliced, tables
 from .listing import VolumeListing, VolumeRecord, volume_suffix
 from .settings import VolumeSettings
@@ -179,21 +178,9 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> Vo
     )  # fmt: skip
 
 
-def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ...]:
-    """The class names in label order (the default settings' listing)."""
-    return list_volumes(manual_dir, VolumeSettings()).class_names
-
-
-def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
-    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
-    return sliced.parse(sliced_dir, NAME)
-
-
-PLUGIN = LayoutPlugin(
-    name=NAME,
-    summary="CAPS/subjects/sub-*/ses-*/t1_linear/*_T1w.nii.gz + a label TSV (Clinica t1-linear)",
-    detect=detect,
-    describe=describe,
-    parse=_parse_sliced,
-    volumes=list_volumes,
+PLUGIN = sliced.plugin(
+    NAME,
+    "CAPS/subjects/sub-*/ses-*/t1_linear/*_T1w.nii.gz + a label TSV (Clinica t1-linear)",
+    detect,
+    list_volumes,
 )

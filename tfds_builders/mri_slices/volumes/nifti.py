@@ -14,13 +14,10 @@ No volume is read here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..layouts.base import (
-    Layout,
     LayoutError,
-    LayoutPlugin,
     brief_list,
     descend,
     existing_root,
@@ -196,21 +193,9 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> Vo
     )  # fmt: skip
 
 
-def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ...]:
-    """The class names in label order (the default settings' listing)."""
-    return list_volumes(manual_dir, VolumeSettings()).class_names
-
-
-def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
-    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
-    return sliced.parse(sliced_dir, NAME)
-
-
-PLUGIN = LayoutPlugin(
-    name=NAME,
-    summary="*.nii[.gz] or .hdr/.img + a CSV/TSV of path,subject,session,label (NIfTI)",
-    detect=detect,
-    describe=describe,
-    parse=_parse_sliced,
-    volumes=list_volumes,
+PLUGIN = sliced.plugin(
+    NAME,
+    "*.nii[.gz] or .hdr/.img + a CSV/TSV of path,subject,session,label (NIfTI)",
+    detect,
+    list_volumes,
 )

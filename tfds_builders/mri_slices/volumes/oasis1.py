@@ -30,14 +30,11 @@ No volume is read here.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..layouts import classes
 from ..layouts.base import (
-    Layout,
     LayoutError,
-    LayoutPlugin,
     brief_list,
     check_folder,
     visible_dirs,
@@ -261,21 +258,9 @@ def list_volumes(manual_dir: Path, settings: VolumeSettings | None = None) -> Vo
     )  # fmt: skip
 
 
-def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ...]:
-    """The class names in label order (the default settings' listing)."""
-    return list_volumes(manual_dir, VolumeSettings()).class_names
-
-
-def _parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
-    """The folder the build sliced this layout's volumes into, as a Layout (`sliced.parse`)."""
-    return sliced.parse(sliced_dir, NAME)
-
-
-PLUGIN = LayoutPlugin(
-    name=NAME,
-    summary=f"disc*/OAS1_xxxx_MRn/PROCESSED/MPRAGE/T88_111/*.hdr + {CSV_NAME} (OASIS-1 release)",
-    detect=detect,
-    describe=describe,
-    parse=_parse_sliced,
-    volumes=list_volumes,
+PLUGIN = sliced.plugin(
+    NAME,
+    f"disc*/OAS1_xxxx_MRn/PROCESSED/MPRAGE/T88_111/*.hdr + {CSV_NAME} (OASIS-1 release)",
+    detect,
+    list_volumes,
 )

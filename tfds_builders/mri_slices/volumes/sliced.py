@@ -7,9 +7,11 @@ set's metadata."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..layouts.base import ImageRecord, Layout, LayoutError
+from ..layouts.base import ImageRecord, Layout, LayoutError, LayoutPlugin
+from .settings import VolumeSettings
 
 MANIFEST = "volumes.json"  # written last: without it the folder holds no finished slicing
 VOLUME_DONE = "volume.json"  # in each volume's folder, written before the folder is renamed
@@ -82,3 +84,21 @@ def parse(sliced_dir: Path, kind: str) -> Layout:
             "volume_unusable": manifest["unusable"],
         },
     )
+
+
+def plugin(
+    name: str, summary: str, detect: Callable[[Path], float], list_volumes: Callable[..., object]
+) -> LayoutPlugin:
+    """A volume layout's plug-in: its classes are those of its listing with the default
+    settings, and its `parse` reads the folder the build sliced its volumes into."""
+
+    def describe(manual_dir: Path, label_names: Sequence[str] = ()) -> tuple[str, ...]:
+        """The class names in label order (the default settings' listing)."""
+        return tuple(list_volumes(manual_dir, VolumeSettings()).class_names)
+
+    def parse_sliced(sliced_dir: Path, label_names: Sequence[str] = ()) -> Layout:
+        """The folder the build sliced this layout's volumes into, as a Layout."""
+        return parse(sliced_dir, name)
+
+    return LayoutPlugin(name=name, summary=summary, detect=detect, describe=describe,
+                        parse=parse_sliced, volumes=list_volumes)  # fmt: skip
