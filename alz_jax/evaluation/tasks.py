@@ -158,9 +158,12 @@ class Task(abc.ABC):
     def write_predictions(
         self, records: dict, probs: np.ndarray, outputs: np.ndarray,
         class_names: Sequence[str], path: str | Path, probs_tta: np.ndarray | None = None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> None:  # fmt: skip
-        """One CSV row per image: file_name, scan_id, subject_id, label and the task's cells."""
-        columns = self.prediction_columns(class_names, probs_tta is not None)
+        """One CSV row per image: file_name, scan_id, subject_id, label and the task's cells,
+        then the `extra` columns (a scan model's slice weights)."""
+        extra = extra or {}
+        columns = self.prediction_columns(class_names, probs_tta is not None) + list(extra)
 
         def rows():
             for i in range(len(probs)):
@@ -170,6 +173,7 @@ class Task(abc.ABC):
                     "subject_id": records["subject_id"][i],
                     "label": int(records["label"][i]),
                     **self.prediction_cells(i, probs, outputs, class_names, probs_tta),
+                    **{name: f"{float(values[i]):.6g}" for name, values in extra.items()},
                 }
 
         # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from alz_jax.core import averaging, checkpointing, optim, sharding, steps
-from alz_jax.data import dataset, input_pipeline
+from alz_jax.data import bags, dataset, input_pipeline
 from alz_jax.evaluation import figures, metric_registry, reports, task_reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
@@ -181,10 +181,7 @@ class _Loop:
     @classmethod
     def create(cls, run, plan, data, parts, manager, config, workdir, start_step) -> _Loop:
         """Opens the training batches from `start_step` on and the metric writer."""
-        batches = input_pipeline.train_dataset(
-            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
-            start_step=start_step, labels=data.records("train")["label"],
-        )  # fmt: skip
+        batches = _train_batches(run, plan, data, start_step)
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
         if start_step == 0:
@@ -200,6 +197,23 @@ class _Loop:
         )  # fmt: skip
 
 
+def _train_batches(run, plan, data, start_step: int):
+    """The training batches from `start_step` on: of images, or for a scan model of bags of
+    each scan's slices (data/bags.py), whose memory per batch is logged first."""
+    records = data.records("train")
+    if not plan.pipeline.bags:
+        return input_pipeline.train_dataset(
+            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
+            start_step=start_step, labels=records["label"],
+        )  # fmt: skip
+    scans = bags.ScanIndex.from_records(records, "train")
+    logging.info(bags.describe_bags(scans, plan.pipeline, run.batch_size))
+    return bags.train_bag_dataset(
+        data.source("train"), scans, plan.pipeline, run.batch_size, seed=run.seed,
+        start_step=start_step, balanced=plan.pipeline.balanced_sampling,
+    )  # fmt: skip
+
+
 def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
     """The newest whole checkpoint's state (damaged ones moved aside), or a fresh one from
     model.init_from or the seed; and the step it is at. The data position follows from the step."""
@@ -208,7 +222,9 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
         imported = None
-        if run.init_from:
+        if run.init_from.startswith(specs.RUN_PREFIX):
+            imported = saved_run.run_variables(run.init_from, run.model, run.seed, parts.mesh)
+        elif run.init_from:
             imported = convert.init_variables_from(run.init_from, run.model, run.seed)
         state = parts.fresh_state(run.seed, imported)
     logging.info(progress.parameter_overview(state["params"]))
@@ -321,7 +337,10 @@ def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
     """The training batches; a fresh run first shows TensorBoard what the model is fed."""
     if start_step == 0:
         first = next(loop.grain_iter)
-        grid = figures.image_grid(first, class_names=loop.data.class_names)
+        images = first["image"][:, 0] if loop.plan.pipeline.bags else first["image"]
+        centre = images.shape[-1] // 2  # 2.5D input: the slice itself, not its neighbours
+        shown = {**first, "image": images[..., centre : centre + 1]}
+        grid = figures.image_grid(shown, class_names=loop.data.class_names)
         loop.writer.write_images(0, {"train/augmented": grid[None]})
         yield first
     yield from loop.grain_iter
