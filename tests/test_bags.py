@@ -52,7 +52,7 @@ def _split(pattern=False, same=False):
         source.append({"image": _png(value, pattern), "label": label, "file_name": name})
         for key, value in zip(records, (name, scan, subject, label, j), strict=True):
             records[key].append(value)
-    records = {k: np.asarray(v, object if k != "label" and k != "slice_index" else np.int64)
+    records = {k: np.asarray(v, np.int64 if k in ("label", "slice_index") else object)
                for k, v in records.items()}  # fmt: skip
     return source, records
 
@@ -97,17 +97,23 @@ def test_scan_index_ties_broken_by_file_name():
 def test_scan_index_refuses_slices_of_one_scan_with_two_labels():
     _, records = _split()
     records["label"][np.flatnonzero(records["scan_id"] == "x")[0]] = 0
-    with pytest.raises(UserError, match=r"1 scan\(s\) of train have slices of more than one "
-                       r"label: scan x \(p1_x_\d+\.png, \.\.\.\) has labels \[0, 1\]"):
+    with pytest.raises(
+        UserError,
+        match=r"1 scan\(s\) of train have slices of more than one "
+        r"label: scan x \(p1_x_\d+\.png, \.\.\.\) has labels \[0, 1\]",
+    ):
         bags.ScanIndex.from_records(records, "train")
 
 
 def test_scan_index_refuses_a_layout_without_scans():
     _, records = _split()
     records["scan_id"] = records["file_name"].copy()
-    with pytest.raises(UserError, match=r"every scan of validation has one slice \(18 images.*"
-                       r"does not know which slices form a scan; bags need scans \(the ADNI "
-                       r"layout, layouts with subject/scan IDs, volume layouts\)"):
+    with pytest.raises(
+        UserError,
+        match=r"every scan of validation has one slice \(18 images.*"
+        r"does not know which slices form a scan; bags need scans \(the ADNI "
+        r"layout, layouts with subject/scan IDs, volume layouts\)",
+    ):
         bags.ScanIndex.from_records(records, "validation")
 
 
@@ -271,8 +277,11 @@ def test_two_and_a_half_d_channels_are_the_neighbour_slices():
     assert bag["image"].shape == (8, 7, 32, 32, 3)
     assert list(bag["image"][2, 6, 16, 16]) == [_value(2, 5), _value(2, 6), _value(2, 6)]
     # Without the neighbour index, 2.5D is refused with what it needs.
-    with pytest.raises(ValueError, match=r"data.neighbours = 1 needs the scan structure.*"
-                       r"ScanIndex.neighbour_index\(1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.neighbours = 1 needs the scan structure.*"
+        r"ScanIndex.neighbour_index\(1\)",
+    ):
         input_pipeline.eval_dataset(source, pipeline, 8)
 
 

@@ -61,7 +61,7 @@ class ScanIndex:
         order = np.asarray(order, np.int64)
         counts = np.bincount(scan_of, minlength=len(first))
         ends = np.cumsum(counts)
-        members = tuple(np.split(order, ends[:-1])) if len(first) else ()
+        members = tuple(np.split(order, ends[:-1])) if first else ()
         positions = np.empty(len(scan_ids), np.int64)
         positions[order] = np.arange(len(order)) - np.repeat(ends - counts, counts)
         if len(scan_ids) and counts.max() == 1:

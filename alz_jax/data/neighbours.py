@@ -73,8 +73,7 @@ def train_image(
     if len(slices) == 1:  # today's path, draw for draw
         return augment.augment(rng, preprocess.pad_to_square(slices[0]), size, spec)
     channels = [
-        augment.augment(copy.deepcopy(rng), preprocess.pad_to_square(s), size, spec)
-        for s in slices
+        augment.augment(copy.deepcopy(rng), preprocess.pad_to_square(s), size, spec) for s in slices
     ]
     return np.concatenate(channels, axis=-1)
 
