@@ -380,3 +380,29 @@ def test_pipeline_spec_checks_the_bag_settings():
     with pytest.raises(UserError, match=r"config.data.neighbours = 1.5: expected an integer"):
         _pipeline(neighbours=1.5)
     assert _pipeline(neighbours=2).channels == 5
+
+
+def test_training_bags_with_worker_processes_match_in_process():
+    source, records = _split()
+    scans = bags.ScanIndex.from_records(records, "train")
+    pipeline = _pipeline(bags=True, bag_size=3, augment=_strong())
+    want = _train(source, scans, pipeline, steps=2)
+    it = iter(bags.train_bag_dataset(source, scans, dataclasses.replace(pipeline, num_workers=2),
+                                     4, seed=3))  # fmt: skip
+    try:
+        for batch in want:
+            got = next(it)
+            for key in batch:
+                np.testing.assert_array_equal(got[key], batch[key])
+    finally:
+        it.close()
+
+
+def test_an_empty_split_has_no_scans_and_no_eval_bags():
+    _, records = _split()
+    empty = {k: v[:0] for k, v in records.items()}
+    scans = bags.ScanIndex.from_records(empty, "validation")
+    assert len(scans) == 0 and scans.max_slices == 0 and scans.neighbour_index(1).shape == (0, 3)
+    assert list(bags.eval_bag_dataset([], scans, _pipeline(), 4)) == []
+    with pytest.raises(ValueError, match="the source has 18 records, the ScanIndex of validation"):
+        bags.eval_bag_dataset(_split()[0], scans, _pipeline(), 4)
