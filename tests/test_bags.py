@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from alz_jax.core import sharding
 from alz_jax.data import augment, bags, input_pipeline, mixing, preprocess
 from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.host.errors import UserError
@@ -162,6 +163,11 @@ def test_training_bags_shapes_labels_and_draws():
     # Every scan is seen within an epoch's worth of bags (5 scans, 40 bags drawn).
     seen = {_identify(b)[0] for batch in batches for b in batch["image"][:, 0]}
     assert seen == set(range(5))
+    # On the 8-device mesh every device holds whole bags: sharded along the bag axis only.
+    placed = jax.make_array_from_process_local_data(
+        sharding.batch_sharded(sharding.make_mesh()), batches[0]["image"]
+    )
+    assert {s.data.shape for s in placed.addressable_shards} == {(1, 3, 32, 32, 1)}
 
 
 def test_training_bags_are_deterministic_and_resume_exactly(monkeypatch):
