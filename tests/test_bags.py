@@ -104,6 +104,11 @@ def test_scan_index_refuses_slices_of_one_scan_with_two_labels():
         r"label: scan x \(p1_x_\d+\.png, \.\.\.\) has labels \[0, 1\]",
     ):
         bags.ScanIndex.from_records(records, "train")
+    _, records = _split()
+    records["subject_id"][np.flatnonzero(records["scan_id"] == "a")[1]] = "p9"
+    with pytest.raises(UserError, match=r"scan a \(p2_a_\d+\.png, \.\.\.\) has subjects "
+                       r"\['p2', 'p9'\]"):  # fmt: skip
+        bags.ScanIndex.from_records(records, "train")
 
 
 def test_scan_index_refuses_a_layout_without_scans():
