@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from alz_jax.core import checkpointing, sharding, steps
-from alz_jax.models import registry, scan
 from alz_jax.host.errors import UserError
+from alz_jax.models import registry, scan
 from alz_jax.run import assembly, exporting, prediction, saved_run, specs, train
 from alz_jax.run.saved_run import SavedRun
 from tests import interrupt

@@ -299,3 +299,14 @@ def describe_bags(pipeline: PipelineSpec, global_batch: int, scans: ScanIndex) -
         f"{counts.min()}-{counts.max()} slices, {short} shorter than {k} (slices drawn again); "
         f"augment per {pipeline.bag_augment}"
     )
+
+
+def split_source(data, split: str, neighbours_each_side: int = 0):
+    """A prepared data set's random-access source of `split` (dataset.AdniData.source), whose
+    records also carry their neighbours' images with 2.5D input (`neighbours_each_side` > 0,
+    data.neighbours), so every pipeline, statistics pass and Grad-CAM reads the same input."""
+    source = data.source(split)
+    if neighbours_each_side == 0:
+        return source
+    scans = ScanIndex.from_records(data.records(split), split)
+    return neighbours.NeighbourSource(source, scans.neighbour_index(neighbours_each_side))

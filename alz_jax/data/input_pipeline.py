@@ -217,7 +217,7 @@ def with_neighbours(source, pipeline: PipelineSpec, neighbour_index: np.ndarray 
     """`source` itself, or with 2.5D (`pipeline.neighbours` > 0) its records' neighbours too
     (`neighbour_index`: (N, 2n+1) record indices from `bags.ScanIndex.neighbour_index`)."""
     n = pipeline.neighbours
-    if n == 0:
+    if n == 0 or isinstance(source, neighbours.NeighbourSource):
         return source
     if neighbour_index is None or np.shape(neighbour_index) != (len(source), 2 * n + 1):
         raise ValueError(

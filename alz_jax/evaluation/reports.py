@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from alz_jax.core import sharding
-from alz_jax.data import input_pipeline
+from alz_jax.data import bags, input_pipeline
 from alz_jax.evaluation import bag_predictions, figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import logs, storage
@@ -87,7 +87,8 @@ def predict_split_multi(
     out: dict[str, np.ndarray] = {}  # (n,) margins, or (n, K) logits with K > 2 classes
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
-    dataset = input_pipeline.eval_dataset(data.source(split), pipeline, batch_size)
+    source = bags.split_source(data, split, pipeline.neighbours)
+    dataset = input_pipeline.eval_dataset(source, pipeline, batch_size)
     counter = logs.Progress(f"Predictions on {split}", n)
     iterator = iter(dataset)
     try:

@@ -253,11 +253,12 @@ def attention_strips(
     scans Grad-CAM would show (settings.gradcam_scans), noted in the report."""
     chosen = _strip_scans(report, units, settings.gradcam_scans)
     scans = bags.ScanIndex.from_records(records, split)
+    scan_number = {str(scan): i for i, scan in enumerate(scans.scan_ids)}
     source, transform = data.source(split), input_pipeline.EvalTransform(pipeline.image_size)
     probs = {str(k[0]): p for k, p in zip(units["scan"].keys, units["scan"].probs, strict=True)}
     out = {}
     for i, scan_id in enumerate(chosen):
-        rows = scans.records_of(scan_id)
+        rows = scans.members[scan_number[scan_id]]
         images = np.stack([transform(source[int(r)])["image"] for r in rows])
         label = data.class_names[int(records["label"][rows[0]])]
         title = f"{scan_id}: {len(rows)} slices, true {label}"
