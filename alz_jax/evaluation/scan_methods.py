@@ -297,8 +297,8 @@ def _about(section: dict) -> str:
     return (
         f"Decision: {decision}. {reports.interval_text(section['bootstrap'])}, the same "
         f"resamples for every method; a difference is the method minus "
-        f"{section['reference']} on the same resampled units, P(>0) the share of resamples "
-        "where it is above 0."
+        f"{reports.markdown_text(section['reference'])} on the same resampled units, P(>0) "
+        "the share of resamples where it is above 0."
     )
 
 
@@ -307,7 +307,7 @@ def methods_markdown(section: dict) -> str:
     AUC with 95% intervals and their paired differences to the reference method."""
     headline, auc = section["headline_metric"], section["auc_metric"]
     versus = f"- {reports.markdown_text(section['reference'])}"
-    md = ["## Scan-level methods", "", reports.markdown_text(_about(section))]
+    md = ["## Scan-level methods", "", _about(section)]
     for level in section["levels"]:
         md += [
             "",
@@ -393,21 +393,21 @@ def _strip_axes(fig: Figure, tiles, weights, positions, top: int, per_row: int,
         image_ax.imshow(montage, cmap="gray", vmin=0, vmax=255, interpolation="nearest",
                         extent=(-0.5, per_row - 0.5, 1, 0))  # fmt: skip
         # Tiles stay square; a taller box than they need pads above and below, not beside.
-        image_ax.set(aspect="equal", adjustable="datalim", xlim=(-0.5, per_row - 0.5))
+        image_ax.sharex(bar_ax)  # shared x: the aspect pads y, never x
+        image_ax.set(aspect="equal", adjustable="datalim")
         image_ax.set_axis_off()
         x = np.arange(len(index))
         colors = ["tab:red" if i == top else "tab:blue" for i in index]
         bars = bar_ax.bar(x, weights[index], width=0.7, color=colors)
         bar_ax.bar_label(bars, fmt="%.2f", padding=1)
         bar_ax.axhline(0, color="gray", lw=0.6)
-        bar_ax.set(xlim=(-0.5, per_row - 0.5), xticks=x,
-                   xticklabels=[str(int(positions[i])) for i in index], ylabel="weight",
-                   ylim=(low - 0.45 * span * (low < 0), high + 0.45 * span))  # fmt: skip
-        bar_ax.set_yticks([v for v in (low, high) if v] or [0.0])
-        bar_ax.tick_params(axis="y", labelsize="small")
+        # No y ticks: every bar carries its number; the room above it holds the number.
+        bar_ax.set(xlim=(-0.5, per_row - 0.5), xticks=x, yticks=[], ylabel="weight",
+                   xticklabels=[str(int(positions[i])) for i in index],
+                   ylim=(low - 0.6 * span * (low < 0), high + 0.6 * span))  # fmt: skip
         if top in index:
             image_ax.add_patch(Rectangle((top - r * per_row - 0.5, 0), 1, 1, fill=False,
-                                         edgecolor="tab:red", lw=2))  # fmt: skip
+                                         edgecolor="tab:red", lw=2, clip_on=False))  # fmt: skip
     axes[-1].set_xlabel("slice position (red: the highest weight)")
 
 
