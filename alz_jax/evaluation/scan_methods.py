@@ -435,9 +435,11 @@ def attention_strip(
     if len(chosen) < len(weights):
         heading += f"; the {len(chosen)} highest of {len(weights)} slices"
     n = len(chosen)
-    fig = Figure(figsize=(0.8 * n + 1.4, 3.4), layout="constrained")
+    width = max(6.0, 0.8 * n + 1.4)
+    fig = Figure(figsize=(width, 3.4), layout="constrained")
     _strip_axes(fig, tiles, shown, where, top, n, (1.2, 1.3))
-    fig.suptitle(figures.wrap_title(heading, 30 + 12 * n))
+    # About 11 characters of 10 pt per inch of width: the title's lines stay inside.
+    fig.suptitle(figures.wrap_title(heading, int(11 * width)), fontsize=10)
 
     def card() -> Figure:
         rows = math.ceil(n / CARD_SLICES_PER_ROW)
