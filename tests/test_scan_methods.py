@@ -22,7 +22,9 @@ def _records(rows) -> dict:
     """Records from (scan, subject, label, slice position) rows."""
     scans, subjects, labels, positions = zip(*rows, strict=True)
     return {
-        "file_name": np.array([f"{s}_{p}.png" for s, p in zip(scans, positions)], object),
+        "file_name": np.array(
+            [f"{s}_{p}.png" for s, p in zip(scans, positions, strict=True)], object
+        ),
         "scan_id": np.array(scans, object),
         "subject_id": np.array(subjects, object),
         "label": np.array(labels, np.int64),
@@ -120,6 +122,10 @@ def test_level_units_of_the_broadcast_vote_give_the_vote_per_scan_and_its_mean_p
 # ---- The comparison. ----
 
 
+def _methods(names, arrays) -> dict:
+    return dict(zip(names, arrays, strict=True))
+
+
 def _compare(methods_test, methods_val, test, val, settings=SETTINGS, task=BINARY, known=True):
     return scan_methods.compare_methods(test, methods_test, val, methods_val, task, settings,
                                         known, ["NC", "AD"])  # fmt: skip
@@ -128,7 +134,7 @@ def _compare(methods_test, methods_val, test, val, settings=SETTINGS, task=BINAR
 def test_identical_methods_differ_by_exactly_zero():
     (test, p), (val, pv) = _cohort(24, 1), _cohort(16, 2, "v")
     names = (scan_methods.AVERAGE, "the same again")
-    section = _compare(dict(zip(names, (p, p.copy()))), dict(zip(names, (pv, pv.copy()))),
+    section = _compare(_methods(names, (p, p.copy())), _methods(names, (pv, pv.copy())),
                        test, val)  # fmt: skip
     assert section["levels"] == ["scan", "subject"]
     assert section["reference"] == scan_methods.AVERAGE
@@ -139,7 +145,7 @@ def test_identical_methods_differ_by_exactly_zero():
         for d in same["difference"].values():
             assert (d["observed"], d["ci95"], d["share_positive"]) == (0.0, [0.0, 0.0], 0.0)
             assert d["resamples"] == 200
-    without = _compare(dict(zip(names, (p, p))), dict(zip(names, (pv, pv))), test, val,
+    without = _compare(_methods(names, (p, p)), _methods(names, (pv, pv)), test, val,
                        dataclasses.replace(SETTINGS, bootstrap_samples=0))  # fmt: skip
     d = without["results"]["scan"]["the same again"]["difference"]["balanced_accuracy"]
     assert (d["observed"], d["ci95"], d["resamples"]) == (0.0, None, 0)
@@ -152,7 +158,7 @@ def test_a_method_better_on_every_unit_has_a_positive_difference():
     # Each slice's P(AD) moved halfway to its truth: every scan and subject closer to it.
     better, better_val = (p + test["label"]) / 2, (pv + val["label"]) / 2
     names = (scan_methods.AVERAGE, scan_methods.bag_method("attention"))
-    section = _compare(dict(zip(names, (p, better))), dict(zip(names, (pv, better_val))),
+    section = _compare(_methods(names, (p, better)), _methods(names, (pv, better_val)),
                        test, val)  # fmt: skip
     for level in ("scan", "subject"):
         d = section["results"][level]["bag model (attention)"]["difference"]
@@ -217,7 +223,7 @@ def test_markdown_and_console_text_show_every_method():
     (test, p), (val, pv) = _cohort(24, 1), _cohort(16, 2, "v")
     names = (scan_methods.AVERAGE, scan_methods.WEIGHTED_VOTE, "bag | model (attention)")
     tests_, vals = (p, p * 0.9, (p + test["label"]) / 2), (pv, pv * 0.9, (pv + val["label"]) / 2)
-    section = _compare(dict(zip(names, tests_)), dict(zip(names, vals)), test, val)
+    section = _compare(_methods(names, tests_), _methods(names, vals), test, val)
     md = scan_methods.methods_markdown(section)
     assert md.startswith("## Scan-level methods\n")
     assert "### Scan level" in md and "### Subject level" in md
@@ -251,7 +257,7 @@ def test_k_classes_compare_at_the_argmax_with_the_macro_auc():
     task = tasks.MulticlassTask(3)
     names = (scan_methods.AVERAGE, scan_methods.WEIGHTED_VOTE)
     section = scan_methods.compare_methods(
-        test, dict(zip(names, (p, p))), val, dict(zip(names, (pv, pv))), task, SETTINGS, False,
+        test, _methods(names, (p, p)), val, _methods(names, (pv, pv)), task, SETTINGS, False,
         ["a", "b", "c"],
     )  # fmt: skip
     assert section["levels"] == ["scan"] and section["threshold_method"] is None
