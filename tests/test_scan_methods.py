@@ -293,8 +293,20 @@ def _strip(k: int, weights=None, channels: int = 0):
                                         0.93, "AD"), weights  # fmt: skip
 
 
+def _assert_whole_square_tiles(fig) -> None:
+    """Every drawn row of slices shows its slices whole (no part cut off) and square."""
+    rows = [ax for ax in fig.axes if ax.images]
+    assert rows
+    for ax in rows:
+        low, high = sorted(ax.get_ylim())
+        assert low <= 0 and high >= 1, ax.get_ylim()  # a tile spans y 0..1
+        box = ax.get_window_extent()
+        x_scale = box.width / np.ptp(ax.get_xlim())
+        assert x_scale == pytest.approx(box.height / (high - low), rel=0.02)
+
+
 @pytest.mark.parametrize(
-    "k, kind", [(24, "attention"), (5, "attention"), (9, "mean"), (16, "2.5D")]
+    "k, kind", [(24, "attention"), (5, "attention"), (2, "attention"), (9, "mean"), (16, "2.5D")]
 )
 def test_attention_strip_is_readable_as_its_file_and_as_a_card(k, kind):
     weights = np.linspace(-0.8, 1.1, k) if kind == "mean" else None
@@ -303,10 +315,12 @@ def test_attention_strip_is_readable_as_its_file_and_as_a_card(k, kind):
     assert len(cards) == 1
     assert cards[0].canvas.get_width_height() == figures.CARD_PX
     assert _problems(cards[0]) == []
+    _assert_whole_square_tiles(cards[0])
     assert figures.to_tensorboard_image(fig).shape == (1, *figures.CARD_PX[::-1], 3)
     fig.set_dpi(FILE_DPI)
     FigureCanvasAgg(fig).draw()
     assert _problems(fig) == []
+    _assert_whole_square_tiles(fig)
     top = int(np.argmax(weights))
     assert (
         f"highest weight {weights[top]:.2f} at slice {100 + top}"

@@ -33,7 +33,7 @@ REPORT_KEY = "scan_methods"  # the report JSON's key of the comparison
 COMPARED_LEVELS = ("scan", "subject")
 HEADLINE = "balanced_accuracy"  # the first metric of the tables, and the weights' measure
 STRIP_SLICES = 16  # at most this many slices in a strip (the highest weights)
-CARD_SLICES_PER_ROW = 8
+CARD_SLICES_PER_ROW = 8  # at most; the rows of a card share its slices evenly
 
 
 def bag_method(aggregator: str) -> str:
@@ -376,9 +376,10 @@ def _gray(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _strip_axes(fig: Figure, tiles, weights, positions, top: int, per_row: int,
+def _strip_axes(fig: Figure, tiles, weights, positions, top: int, per_row: int, slots: int,
                 height_ratios: tuple[float, float]) -> None:  # fmt: skip
-    """Rows of up to `per_row` slices, each over a bar axis of their weights (numbered), the
+    """Rows of up to `per_row` slices in `slots` places (>= per_row: places as wide as the
+    row's height allows a whole slice), each over a bar axis of their weights (numbered), the
     slice `top` (an index into `tiles`) framed and its bar red."""
     rows = math.ceil(len(tiles) / per_row)
     axes = fig.subplots(2 * rows, 1, height_ratios=height_ratios * rows)
@@ -386,12 +387,12 @@ def _strip_axes(fig: Figure, tiles, weights, positions, top: int, per_row: int,
     span = (high - low) or 1.0
     for r in range(rows):
         index = np.arange(r * per_row, min(len(tiles), (r + 1) * per_row))
-        blank = np.ma.masked_all((per_row - len(index), *tiles.shape[1:3]))
+        blank = np.ma.masked_array(np.zeros((slots - len(index), *tiles.shape[1:3])), mask=True)
         row_tiles = np.ma.concatenate([np.ma.asarray(tiles[index], float), blank])
         montage = np.ma.concatenate(list(row_tiles), axis=1)
         image_ax, bar_ax = axes[2 * r], axes[2 * r + 1]
         image_ax.imshow(montage, cmap="gray", vmin=0, vmax=255, interpolation="nearest",
-                        extent=(-0.5, per_row - 0.5, 1, 0))  # fmt: skip
+                        extent=(-0.5, slots - 0.5, 1, 0))  # fmt: skip
         # Tiles stay square; a taller box than they need pads above and below, not beside.
         image_ax.sharex(bar_ax)  # shared x: the aspect pads y, never x
         image_ax.set(aspect="equal", adjustable="datalim")
@@ -402,7 +403,7 @@ def _strip_axes(fig: Figure, tiles, weights, positions, top: int, per_row: int,
         bar_ax.bar_label(bars, fmt="%.2f", padding=1)
         bar_ax.axhline(0, color="gray", lw=0.6)
         # No y ticks: every bar carries its number; the room above it holds the number.
-        bar_ax.set(xlim=(-0.5, per_row - 0.5), xticks=x, yticks=[], ylabel="weight",
+        bar_ax.set(xlim=(-0.5, slots - 0.5), xticks=x, yticks=[], ylabel="weight",
                    xticklabels=[str(int(positions[i])) for i in index],
                    ylim=(low - 0.6 * span * (low < 0), high + 0.6 * span))  # fmt: skip
         if top in index:
@@ -419,7 +420,7 @@ def attention_strip(
     its weight (attention, or a mean bag's logit contribution) with the number, the highest
     framed in red; at most STRIP_SLICES slices (the highest weights), in position order. The
     title says `title`, the true `label` and the bag's `probability`. Card: the same in rows of
-    CARD_SLICES_PER_ROW."""
+    at most CARD_SLICES_PER_ROW."""
     weights = np.asarray(weights, np.float64)
     tiles = _gray(images)
     if not len(weights) or len(tiles) != len(weights) or len(positions) != len(weights):
@@ -430,24 +431,27 @@ def attention_strip(
     chosen = strip_slices(positions, weights)
     tiles, shown, where = tiles[chosen], weights[chosen], np.asarray(positions)[chosen]
     top = int(np.argmax(shown))
-    heading = (f"{title}: true {label}, {probability_label} {probability:.2f}; highest weight "
-               f"{shown[top]:.2f} at slice {int(where[top])}")  # fmt: skip
-    if len(chosen) < len(weights):
-        heading += f"; the {len(chosen)} highest of {len(weights)} slices"
+    scan = f"{title}: true {label}, {probability_label} {probability:.2f}"
+    subset = (
+        f"; the {len(chosen)} highest of {len(weights)} slices"
+        if len(chosen) < len(weights)
+        else ""
+    )
+    heading = f"{scan}; highest weight {shown[top]:.2f} at slice {int(where[top])}{subset}"
     n = len(chosen)
     width = max(6.0, 0.8 * n + 1.4)
     fig = Figure(figsize=(width, 3.4), layout="constrained")
-    _strip_axes(fig, tiles, shown, where, top, n, (1.2, 1.3))
+    _strip_axes(fig, tiles, shown, where, top, n, max(n, 7), (1.2, 1.3))
     # About 11 characters of 10 pt per inch of width: the title's lines stay inside.
     fig.suptitle(figures.wrap_title(heading, int(11 * width)), fontsize=10)
 
     def card() -> Figure:
         rows = math.ceil(n / CARD_SLICES_PER_ROW)
-        card_fig, _ = figures.card_figure(title=heading)
-        card_fig.clear()  # the card's size and title, its own axes
-        card_fig.suptitle(figures.wrap_title(heading))
-        _strip_axes(card_fig, tiles, shown, where, top, min(n, CARD_SLICES_PER_ROW),
-                    (0.9, 1.0) if rows > 1 else (1.0, 1.0))  # fmt: skip
+        width, height = (px / figures.CARD_DPI for px in figures.CARD_PX)
+        card_fig = Figure(figsize=(width, height), dpi=figures.CARD_DPI, layout="constrained")
+        card_fig.suptitle(figures.wrap_title(scan + subset))  # its red bar says the rest
+        _strip_axes(card_fig, tiles, shown, where, top, math.ceil(n / rows),
+                    CARD_SLICES_PER_ROW, (1.4, 0.7) if rows > 1 else (1.0, 1.0))  # fmt: skip
         return card_fig
 
     return figures.with_cards(fig, [card])
