@@ -278,6 +278,8 @@ def test_compare_refuses_mismatched_methods():
         _compare({"a": p, "b": p}, {"b": pv, "a": pv}, test, val)
     with pytest.raises(ValueError, match=r"b on validation: probabilities of shape \(5,\)"):
         _compare({"a": p, "b": p}, {"a": pv, "b": pv[:5]}, test, val)
+    with pytest.raises(ValueError, match=r"a on test: probabilities of shape \(32, 2\)"):
+        _compare({"a": np.stack([1 - p, p], 1)}, {"a": pv}, test, val)
 
 
 # ---- The attention strip. ----

@@ -63,7 +63,9 @@ def _positions(records: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def _check_probs(task: tasks.Task, probs: np.ndarray, n: int, what: str) -> np.ndarray:
     probs = np.asarray(probs, np.float64)
-    if len(probs) != n or tasks.of_outputs(probs).num_classes != task.num_classes:
+    fits = len(probs) == n and tasks.of_outputs(probs).num_classes == task.num_classes
+    # One call per record: two columns of a two-class task are not P(AD).
+    if not fits or task.decide(probs).shape != (n,):
         raise ValueError(
             f"{what}: probabilities of shape {probs.shape}; expected one row per record ({n}) "
             f"of a {task.num_classes}-class task's probabilities (two classes: P(AD), (n,); "
