@@ -102,6 +102,15 @@ class Task(abc.ABC):
 
         return bootstrap.intervals(units, score, n_samples, seed, confidence, chunk)
 
+    def level_thresholds(
+        self, units: dict[str, metrics.Units], settings: EvalSettings
+    ) -> dict[str, dict]:
+        """Each level's decision threshold chosen on validation `units` by
+        `settings.threshold` (metrics.choose_threshold's entries); none where the task decides
+        without one."""
+        del units, settings
+        return {}
+
     # ---- Outputs and probabilities. ----
 
     @abc.abstractmethod
@@ -322,6 +331,17 @@ class BinaryTask(Task):
             "validation_images": len(probs),
             # What the thresholds were chosen on, for the report to say.
             "validation_counts": metrics.split_counts(records, subjects_known),
+        }
+
+    def level_thresholds(
+        self, units: dict[str, metrics.Units], settings: EvalSettings
+    ) -> dict[str, dict]:
+        """The threshold of each level chosen on validation `units` as `calibrate` chooses
+        them: youden or sensitivity:T (settings.threshold) on the level's P(AD)."""
+        method, target = metrics.parse_threshold_method(settings.threshold)
+        return {
+            level: metrics.choose_threshold(u.labels, u.probs, method, target)
+            for level, u in units.items()
         }
 
     def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
