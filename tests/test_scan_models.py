@@ -12,7 +12,9 @@ from flax import nnx
 
 from alz_jax.core import optim
 from alz_jax.host.errors import UserError
-from alz_jax.models import batchnorm, registry, scan
+from alz_jax.models import batchnorm, registry, scan, weights_import
+from alz_jax.models.import_helpers import ConversionError
+from tests import test_efficientnet
 
 
 def encoder_spec(family: str, **fields) -> registry.ModelSpec:
@@ -171,7 +173,9 @@ def test_remat_gives_the_same_logits_and_gradients(family):
             logits, _ = batchnorm.observed(module, x, sample_keys=keys)
             return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(2), labels]), logits
 
-        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        step = jax.value_and_grad(loss, has_aux=True)
+        assert ("remat" in str(jax.make_jaxpr(step)(params))) is remat  # checkpointed or not
+        (value, logits), grads = jax.jit(step)(params)
         return value, logits, grads
 
     plain, remat = loss_and_grads(False), loss_and_grads(True)
@@ -272,3 +276,23 @@ def test_a_new_aggregator_is_one_registration():
         np.testing.assert_allclose(net(x), net.encoder.classify(h.max(axis=1)), atol=1e-6)
     finally:
         del scan.AGGREGATORS["max"]
+
+
+def test_pytorch_weights_of_the_encoders_family_load_into_the_encoder():
+    encoder = encoder_spec("efficientnet")
+    spec = scan.scan_spec(encoder, "attention")
+    slice_params, slice_stats = registry.init_variables(encoder, 3)
+    state_dict = test_efficientnet.timm_state_dict(slice_params, slice_stats)
+    params, stats, notes = weights_import.variables_from_state_dict(state_dict, spec, "timm", 5)
+    for got, want in ((params["encoder"], slice_params), (stats["encoder"], slice_stats)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+    fresh, _ = registry.init_variables(spec, 5)
+    for a, b in zip(jax.tree.leaves(params["aggregator"]), jax.tree.leaves(fresh["aggregator"]),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    assert set(params) == {"encoder", "aggregator"} and set(stats) == {"encoder"}
+    assert notes[-1] == "the attention aggregator is freshly initialised"
+    with pytest.raises(ConversionError, match=r"\(the scan model's encoder\) are read from the "
+                                              r"timm layouts, not 'fb'"):  # fmt: skip
+        weights_import.variables_from_state_dict(state_dict, spec, "fb", 5)

@@ -240,5 +240,5 @@ def trainable_pattern(spec: ModelSpec, value: str) -> str:
 
 # Scan models (models/scan.py): any family above as the encoder of a bag of slices. No
 # model.name selects them; every hook delegates to the encoder's family.
-register(scan.family_record(family, tuple(dict.fromkeys(
-    lay for fam in FAMILIES.values() for lay in fam.layouts))))
+_ALL_LAYOUTS = tuple(dict.fromkeys(lay for fam in FAMILIES.values() for lay in fam.layouts))
+register(scan.family_record(family, _ALL_LAYOUTS))

@@ -216,7 +216,7 @@ def embedding_width(encoder: nnx.Module, spec: ModelSpec) -> int:
     probe image is spec.image_size pixels square where the spec has one (ViT), else 64."""
     side = getattr(spec, "image_size", 64)
     image = jax.ShapeDtypeStruct((1, side, side, spec.in_chans), jnp.float32)
-    return int(jax.eval_shape(lambda x: encoder.embed(x), image).shape[-1])
+    return int(jax.eval_shape(encoder.embed, image).shape[-1])
 
 
 def _embed(encoder: nnx.Module, images: jax.Array, keys: jax.Array | None) -> jax.Array:
@@ -228,7 +228,7 @@ def slice_keys(sample_keys: jax.Array, slices: int) -> jax.Array:
     fold_in(bag key, k), so each slice draws its own stochastic depth and head dropout."""
     per_bag = jax.vmap(lambda key: jax.vmap(lambda k: jax.random.fold_in(key, k))(
         jnp.arange(slices)))(sample_keys)  # fmt: skip
-    return per_bag.reshape((-1,) + per_bag.shape[2:])
+    return per_bag.reshape((-1, *per_bag.shape[2:]))
 
 
 class ScanModel(nnx.Module):
@@ -244,7 +244,7 @@ class ScanModel(nnx.Module):
         """Every slice's embedding (B, K, D) float32, the encoder running once over the B * K
         slices (under nnx.remat with spec.remat: recomputed in the backward pass)."""
         bags, slices = x.shape[:2]
-        flat = x.reshape((bags * slices,) + x.shape[2:])
+        flat = x.reshape((bags * slices, *x.shape[2:]))
         keys = None if sample_keys is None else slice_keys(sample_keys, slices)
         embed = nnx.remat(_embed) if self.spec.remat else _embed
         return embed(self.encoder, flat, keys).reshape(bags, slices, -1)
