@@ -181,8 +181,12 @@ class Head(nnx.Module):
         """Pooled, normalised features before the classifier."""
         return self.norm(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
 
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: `features`, with dropout in training."""
+        return head_dropout(self.features(x), self.dropout_rate, sample_keys)
+
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        return self.fc(head_dropout(self.features(x), self.dropout_rate, sample_keys))
+        return self.fc(self.pool(x, sample_keys))
 
 
 class ConvNeXt(FeatureMapClassifier):

@@ -378,9 +378,18 @@ class EfficientNet(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k (counted over all stages) draws with fold_in(key, k)."""
+        return self.classify(self.embed(x, sample_keys=sample_keys))
+
+    def embed(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding (B, head width) float32 the classifier reads: the pooled feature map,
+        with dropout in training."""
         features = self.feature_map(x, sample_keys=sample_keys)
         pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-        return self.classifier(head_dropout(pooled, self.spec.head_dropout, sample_keys))
+        return head_dropout(pooled, self.spec.head_dropout, sample_keys)
+
+    def classify(self, embedding: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) float32 of embeddings: the classifier."""
+        return self.classifier(embedding)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The head convolution's activations (B, H/32, W/32, head width) after BN and SiLU:

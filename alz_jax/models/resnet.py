@@ -178,9 +178,13 @@ class Head(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: the spatial mean, with dropout in training."""
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
+        return head_dropout(pooled, self.dropout_rate, sample_keys)
+
+    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        return self.fc(self.pool(x, sample_keys))
 
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:

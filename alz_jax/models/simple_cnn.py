@@ -120,9 +120,13 @@ class Head(nnx.Module):
                              bias_init=uniform_init(dim), dtype=jnp.float32,
                              param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
 
-    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: max pool, spatial mean, dropout in training."""
         pooled = jnp.mean(max_pool(x.astype(jnp.float32)), axis=(1, 2))
-        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
+        return head_dropout(pooled, self.dropout_rate, sample_keys)
+
+    def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        return self.fc(self.pool(x, sample_keys))
 
 
 class SimpleCNN(FeatureMapClassifier):
