@@ -265,7 +265,10 @@ class ScanModel(nnx.Module):
         slice_mask: jax.Array | None = None, positions: jax.Array | None = None,
     ) -> jax.Array:  # fmt: skip
         """The bags' logits (B, num_classes); `sample_keys` (B,), one per bag, turn on
-        stochastic depth and head dropout (training)."""
+        stochastic depth and head dropout (training). Single slices (B, H, W, C) are bags of
+        one (what SWA's BatchNorm statistics pass feeds the encoder)."""
+        if x.ndim == 4:
+            x = x[:, None]
         z, _ = self.pooled(self.slice_embeddings(x, sample_keys), slice_mask, positions)
         return self.encoder.classify(z)
 
