@@ -11,6 +11,7 @@ figures: validation during training, the test report at the end of `main`, `eval
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def format_report(report: dict) -> str:
     """The console table of a saved or fresh report of any task, then its scan-level methods
     side by side."""
     text = reporter(tasks.of_report(report)).text(report)
+    if report.get("bag_model"):
+        text = "\n".join([textwrap.fill(report["bag_model"], 100), text])
     if report.get("scan_methods"):
         text = "\n".join([text, *scan_methods.methods_text(report["scan_methods"])])
     return text
@@ -136,6 +139,8 @@ def evaluate_weights(
     report["weights"] = weights
     report["selection"] = selection
     report["about"] = about or {}
+    if bag:
+        report["bag_model"] = BAG_NOTE
     slice_outputs = {s: bag[s]["plain"].slice_outputs if bag else outputs[s]["plain"]
                      for s in splits}  # fmt: skip
     report["scan_methods"] = scan_level_methods(
@@ -163,11 +168,20 @@ def evaluate_weights(
     return reports.write_outputs(report, rendered, workdir, writer, with_scan_methods(shown))
 
 
+BAG_NOTE = (
+    "A scan model: it predicts each scan from all its slices, and every image carries its "
+    "scan's prediction, so the slice level is the scan level weighted by slices; its slice "
+    "model alone is 'slice model + average' under Scan-level methods."
+)
+
+
 def with_scan_methods(shown: Reporter) -> Callable[[dict, dict[str, str]], str]:
     """The reporter's Markdown, followed by the scan-level methods side by side."""
 
     def markdown(report: dict, figure_paths: dict[str, str]) -> str:
         text = shown.markdown(report, figure_paths)
+        if report.get("bag_model"):
+            text = text.replace("\n## Metrics\n", f"\n## Metrics\n\n{report['bag_model']}\n", 1)
         if report.get("scan_methods"):
             text = (
                 text.rstrip("\n") + "\n\n" + scan_methods.methods_markdown(report["scan_methods"])

@@ -286,6 +286,19 @@ class ScanModel(nnx.Module):
                 "slice_logits": self.encoder.classify(h)}  # fmt: skip
 
 
+def check_positions(spec, longest_scan: int) -> None:
+    """A transformer over slices places each slice by its position in its scan: refuses scans
+    longer than its position embedding (model.max_positions), which the device would clip. Any
+    other model takes scans of any length."""
+    transformer = isinstance(spec, ScanSpec) and spec.aggregator == "transformer"
+    if transformer and longest_scan > spec.max_positions:
+        raise UserError(
+            f"A scan of {longest_scan} slices is longer than config.model.max_positions = "
+            f"{spec.max_positions}: set it to at least {longest_scan}, or cut fewer slices "
+            "per scan."
+        )
+
+
 def load_slice_weights(scan_params: dict, slice_params: dict) -> dict:
     """`scan_params` with its encoder's tree replaced by a trained slice model's (same encoder
     spec): how a scan run starts from a slice run. Works as well for BatchNorm statistics

@@ -385,7 +385,13 @@ def compute_dtype(dtype: str, backend: str | None = None) -> str:
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
-AGGREGATOR_FIELDS = ("attention_dim", "transformer_depth", "transformer_heads", "remat")
+AGGREGATOR_FIELDS = (
+    "attention_dim",
+    "transformer_depth",
+    "transformer_heads",
+    "max_positions",
+    "remat",
+)
 
 
 def model_spec(
