@@ -47,6 +47,12 @@ _STEP_IMPL = flags.DEFINE_enum(
     "step_impl", None, ["jit", "shard_map"], "Train step form (default: the config's)."
 )
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps (step, compare: 5; e2e: 40).")
+_AGGREGATOR = flags.DEFINE_enum(
+    "aggregator", None, ["none", "mean", "attention", "transformer"],
+    "step: a scan model pooling bags of --bag_size slices (default: the config's "
+    "model.aggregator); --batch still counts images.",
+)  # fmt: skip
+_BAG_SIZE = flags.DEFINE_integer("bag_size", None, "step: slices per bag (default: the config's).")
 _PROFILE = flags.DEFINE_bool("profile", False, "step: add a per-op time breakdown.")
 _TORCH_PYTHON = flags.DEFINE_string(
     "torch_python", "/tmp/torchref/bin/python", "compare: python of a PyTorch virtualenv."
@@ -79,6 +85,8 @@ class Settings:
     depthwise: str  # "": the config's
     step_impl: str  # "": the config's
     steps: int
+    aggregator: str  # "": the config's model.aggregator
+    bag_size: int  # 0: the config's data.bag_size
     profile: bool
     torch_python: str
     reference: str
@@ -113,6 +121,7 @@ def settings(benchmark: str) -> Settings:
         batch=_value(_BATCH, defaults, 0), res=_value(_RES, defaults, 0),
         in_chans=_IN_CHANS.value, dtype=_DTYPE.value, depthwise=_DEPTHWISE.value or "",
         step_impl=_STEP_IMPL.value or "", steps=_value(_STEPS, defaults, 5),
+        aggregator=_AGGREGATOR.value or "", bag_size=_BAG_SIZE.value or 0,
         profile=_PROFILE.value, torch_python=_TORCH_PYTHON.value, reference=_REFERENCE.value,
         rounds=_ROUNDS.value, workers=tuple(int(w) for w in _WORKERS.value),
         seconds=_value(_SECONDS, defaults, 10.0), warmup_batches=_WARMUP_BATCHES.value,

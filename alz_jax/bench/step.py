@@ -22,7 +22,7 @@ import numpy as np
 from alz_jax.bench import common
 from alz_jax.bench.settings import Settings
 from alz_jax.host import compilation_cache, profiling
-from alz_jax.models import depthwise, registry
+from alz_jax.models import depthwise, registry, scan
 from alz_jax.run import specs
 
 # The fields of every family's spec (in_chans, num_classes, drop_path_rate, ...): what is not
@@ -38,16 +38,52 @@ def chosen_model(args: Settings, backend: str | None = None) -> registry.ModelSp
     registry name), else the config's model with --size as its `model.size`, at --res, in
     --dtype, with --depthwise and --in_chans; `backend` as in `specs.model_spec`."""
     section = args.base_config.model
-    if not args.model and args.size:
+    if (not args.model and args.size) or args.aggregator:
         section = section.copy_and_resolve_references()
         with section.unlocked():
-            section.size = args.size
+            if not args.model and args.size:
+                section.size = args.size
+            section.aggregator = args.aggregator or section.get("aggregator", "none")
     dtype = specs.compute_dtype(args.dtype, backend)
     model = common.model_spec(section, args.model, dtype, args.res, backend)
+    encoder = model.encoder if isinstance(model, scan.ScanSpec) else model
     fields = {"in_chans": args.in_chans}
-    if args.depthwise and "depthwise" in {f.name for f in dataclasses.fields(model)}:
+    if args.depthwise and "depthwise" in {f.name for f in dataclasses.fields(encoder)}:
         fields["depthwise"] = depthwise.resolve(args.depthwise, backend)
+    if isinstance(model, scan.ScanSpec):  # the scan model of the changed encoder
+        return dataclasses.replace(
+            model, encoder=dataclasses.replace(encoder, **fields), in_chans=args.in_chans
+        )
     return dataclasses.replace(model, **fields)
+
+
+def bag_size(run: specs.RunSpec, args: Settings) -> int:
+    """Slices per bag of a scan model's step (--bag_size, else the config's data.bag_size);
+    0 for a slice model. --batch counts images, so it must be a multiple."""
+    if not isinstance(run.model, scan.ScanSpec):
+        return 0
+    k = args.bag_size or args.base_config.data.get("bag_size", 16)
+    if k < 1 or args.batch % k:
+        raise ValueError(
+            f"--batch={args.batch} images must be a whole number of bags of --bag_size={k}"
+        )
+    return k
+
+
+def random_batch(args: Settings, k: int, num_classes: int) -> dict:
+    """A random uint8 batch of --batch images: of images, or of bags of `k` slices."""
+    rng = np.random.default_rng(0)
+    shape = (args.res, args.res, args.in_chans)
+    if not k:
+        return {"image": rng.integers(0, 256, (args.batch, *shape), np.uint8),
+                "label": rng.integers(0, num_classes, (args.batch,)).astype(np.int32)}  # fmt: skip
+    bags = args.batch // k
+    return {
+        "image": rng.integers(0, 256, (bags, k, *shape), np.uint8),
+        "label": rng.integers(0, num_classes, (bags,)).astype(np.int32),
+        "slice_mask": np.ones((bags, k), np.int32),
+        "positions": np.tile(np.arange(k, dtype=np.int32), (bags, 1)),
+    }
 
 
 def model_name(model: registry.ModelSpec, args: Settings) -> str:
@@ -75,14 +111,18 @@ def step_spec(args: Settings) -> specs.RunSpec:
     )
     step = dataclasses.replace(run.step, impl=args.step_impl) if args.step_impl else run.step
     run = dataclasses.replace(run, batch_size=args.batch, pipeline=pipeline, step=step)
-    return run.with_model(chosen_model(args))
+    run = run.with_model(chosen_model(args))
+    k = bag_size(run, args)
+    # A scan model's batch counts bags (what the devices split).
+    return dataclasses.replace(run, batch_size=args.batch // k) if k else run
 
 
 def _architecture(spec: registry.ModelSpec) -> dict:
     """The spec's fields other than the COMMON_FIELDS, as JSON values."""
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()
-            if k not in COMMON_FIELDS}  # fmt: skip
+    return {k: _architecture(v) if dataclasses.is_dataclass(v) else  # a scan model's encoder
+            list(v) if isinstance(v, tuple) else v
+            for k, v in fields.items() if k not in COMMON_FIELDS}  # fmt: skip
 
 
 def _time_steps(compiled, state, batch, steps: int) -> tuple[list[float], float, dict]:
@@ -114,6 +154,9 @@ def _model_fields(run: specs.RunSpec, args: Settings) -> dict:
         "dtype": spec.dtype,
         "depthwise": getattr(spec, "depthwise", None),  # the families that have one
         "step_impl": run.step.impl,
+        "aggregator": getattr(spec, "aggregator", "none"),
+        "bag_size": bag_size(run, args),
+        "remat": getattr(spec, "remat", False),
     }
 
 
@@ -141,11 +184,8 @@ def run(args: Settings) -> dict:
     cache = compilation_cache.enable()
     run_spec, parts = common.assemble(step_spec(args), total_steps=1000, warmup_steps=10)
     state, train_step = parts.fresh_state(run_spec.seed), parts.train_step
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.integers(0, 256, (args.batch, args.res, args.res, args.in_chans), np.uint8),
-        "label": rng.integers(0, 2, (args.batch,)).astype(np.int32),
-    }
+    k = bag_size(run_spec, args)
+    batch = random_batch(args, k, run_spec.model.num_classes)
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -168,6 +208,7 @@ def run(args: Settings) -> dict:
         "step_s_all": [round(t, 6) for t in times],
         "img_per_s": round(args.batch / step_s, 3),
         "peak_host_mib": common.peak_rss_mib(),
+        **profiling.xla_memory(compiled),
         "page_faults_per_step": round(faults),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         **_flop_fields(run_spec.model, compiled, args, step_s),

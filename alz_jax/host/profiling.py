@@ -129,3 +129,20 @@ def op_breakdown(trace_dir: str | Path, hlo_text: str, top: int = 15) -> dict:
             for g, ms in per_group.most_common(top)
         ],
     }
+
+
+def xla_memory(compiled) -> dict:
+    """The compiled step's buffers per device from XLA's memory analysis (bytes)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    out = {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "alias_bytes": int(m.alias_size_in_bytes),
+    }
+    out["xla_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+    peak = getattr(m, "peak_memory_in_bytes", 0)
+    out["xla_peak_bytes"] = int(peak) if peak else None
+    return out

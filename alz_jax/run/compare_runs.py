@@ -30,7 +30,7 @@ from alz_jax.core import sharding, steps
 from alz_jax.data import dataset
 from alz_jax.evaluation import compare_stats as stats
 from alz_jax.evaluation import figures, metrics, reports, robustness, tasks
-from alz_jax.host import storage, workdir_lock
+from alz_jax.host import profiling, storage, workdir_lock
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
 from alz_jax.run import assembly, saved_run, specs
@@ -334,23 +334,6 @@ def throughput_batch(run: Run, requested: int, mesh) -> int:
     return max(unit, min(run.spec.batch_size, MAX_DEFAULT_BATCH) // unit * unit)
 
 
-def _xla_memory(compiled) -> dict:
-    """The compiled step's buffers per device from XLA's memory analysis (bytes)."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    out = {
-        "argument_bytes": int(m.argument_size_in_bytes),
-        "output_bytes": int(m.output_size_in_bytes),
-        "temp_bytes": int(m.temp_size_in_bytes),
-        "alias_bytes": int(m.alias_size_in_bytes),
-    }
-    out["xla_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-    peak = getattr(m, "peak_memory_in_bytes", 0)
-    out["xla_peak_bytes"] = int(peak) if peak else None
-    return out
-
-
 def _timed(step: Callable[[], object], warmup: int, timed: int) -> list[float]:
     """Seconds of `timed` calls of `step` after `warmup` calls, each waited for."""
     for _ in range(warmup):
@@ -387,7 +370,7 @@ def _measure_train(run: Run, pixel_stats: dict, images, labels, mesh, settings) 
         "step_s": statistics.median(times),
         "images_per_s": len(labels) / statistics.median(times),
         "step_s_all": times,
-        **_xla_memory(compiled),
+        **profiling.xla_memory(compiled),
     }
 
 
@@ -403,7 +386,7 @@ def _measure_inference(loaded: dict, images, mesh, settings) -> dict:
         "step_s": statistics.median(times),
         "images_per_s": len(images) / statistics.median(times),
         "step_s_all": times,
-        **_xla_memory(compiled),
+        **profiling.xla_memory(compiled),
     }
 
 
