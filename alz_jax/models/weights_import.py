@@ -91,8 +91,9 @@ def _from_layout(layout: str) -> Callable[..., nnx.Module]:
     convert_state_dict.__doc__ = (
         f"The project's NNX model carrying the weights of a {layout}-layout state dict; `name` "
         "is a model name ('convnext_tiny', 'vit_small_patch16_224', 'resnet50', "
-        "'efficientnet_b0'), a ConvNeXt size ('tiny') or a spec. The stem is summed to "
-        "`in_chans=1` and the head re-initialised (with `seed`) when `num_classes` differs."
+        "'efficientnet_b0'), a ConvNeXt size ('tiny') or a spec. A 3-channel stem is summed for "
+        "`in_chans=1` (timm's adapt_input_conv rule for other counts) and the head "
+        "re-initialised (with `seed`) when `num_classes` differs."
     )
     return convert_state_dict
 
