@@ -76,6 +76,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     compute_dtype = model.pop("dtype")
     model.pop("depthwise", None)
     _drop_defaults(model, {"head_dropout": 0.0})  # added later: older runs keep their identity
+    _drop_defaults(model, {"spatial_attention": False})  # as head_dropout
     family = registry.record_family(run.model)
     if family is not None:  # the default family's runs, recorded before others, keep theirs
         model = {"family": family, **model}
