@@ -24,9 +24,10 @@ from alz_jax.models import (
     import_helpers,
     registry,
     resnet_import,
+    vit_import,
 )
 from alz_jax.models.layers import SpatialAttentionPool, attention_pool_macs, attention_width
-from alz_jax.run import specs
+from alz_jax.run import run_record, specs
 from tests.test_families import config_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -115,6 +116,13 @@ def test_every_cnn_family_builds_and_runs_with_spatial_attention(family):
     assert {flat[n] for n in scorer} == {layers - 1}  # the head's layer
 
 
+def test_spatial_attention_is_in_a_runs_identity_only_when_on():
+    run = specs.resolve(config_for("resnet"))
+    assert "spatial_attention" not in run_record.identity(run, "fp")["model"]  # older runs
+    on = dataclasses.replace(run, model=dataclasses.replace(run.model, spatial_attention=True))
+    assert run_record.identity(on, "fp")["model"]["spatial_attention"] is True
+
+
 def test_spatial_attention_is_a_common_field_and_a_vit_refuses_it():
     for name in ("convnext_atto", "resnet50", "efficientnet_b0", "simple_cnn"):
         assert registry.spec_from_name(name, spatial_attention=True).spatial_attention
@@ -138,6 +146,12 @@ def _import_case(family: str):
             ),
         )
     state = convert.load_state_dict(str(FIXTURES / f"{family}_tiny_timm.safetensors"))
+    if family == "vit":
+        return (
+            state,
+            "timm",
+            vit_import.spec_from_state_dict(state, "timm", in_chans=3, num_classes=5, num_heads=2),
+        )
     if family == "resnet":
         return state, "timm", resnet_import.spec_from_state_dict(state, "timm", in_chans=3,
                                                                  num_classes=5)  # fmt: skip
@@ -205,13 +219,15 @@ def test_stem_of_3_channels_is_kept_and_of_5_adapted_by_timms_rule():
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["resnet", "efficientnet"])
-def test_every_importing_cnn_family_takes_5_channel_input(family):
+@pytest.mark.parametrize("family", ["resnet", "efficientnet", "vit"])
+def test_every_other_importing_family_takes_5_channel_input(family):
     state, layout, plain = _import_case(family)
     spec = dataclasses.replace(plain, in_chans=5)
     params, stats, notes = convert.variables_from_state_dict(state, spec, layout)
     assert any("repeated over 5 input channels" in n for n in notes), notes
-    logits = convert.model_with(spec, params, stats)(_images(4, channels=5))
+    size = getattr(spec, "image_size", 32)
+    images = jnp.asarray(np.random.default_rng(4).normal(0, 1, (2, size, size, 5)), jnp.float32)
+    logits = convert.model_with(spec, params, stats)(images)
     assert logits.shape == (2, 5) and np.all(np.isfinite(np.asarray(logits)))
 
 
