@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alz_jax.core import optim, steps
+from alz_jax.core import optim, sharding, steps
 from alz_jax.evaluation import figures, reports, saliency
 from alz_jax.host.errors import UserError
 from alz_jax.models import (
@@ -27,8 +27,8 @@ from alz_jax.models import (
     vit_import,
 )
 from alz_jax.models.layers import SpatialAttentionPool, attention_pool_macs, attention_width
-from alz_jax.run import run_record, specs
-from tests.test_families import config_for
+from alz_jax.run import assembly, run_record, specs
+from tests.test_families import batch, config_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CNN_FAMILIES = ("convnext", "efficientnet", "resnet", "simple_cnn")
@@ -114,6 +114,34 @@ def test_every_cnn_family_builds_and_runs_with_spatial_attention(family):
     ids, layers = registry.layer_ids(spec, params)
     flat = {optim.path_name(p): i for p, i in jax.tree_util.tree_flatten_with_path(ids)[0]}
     assert {flat[n] for n in scorer} == {layers - 1}  # the head's layer
+
+
+def test_a_head_only_step_trains_the_scorer_and_nothing_outside_the_head():
+    config = config_for("resnet", **{"optim.trainable": "head", "ema.enabled": False,
+                                     "swa.enabled": False})  # fmt: skip
+    plain = specs.resolve(config)
+    run = plain.with_model(dataclasses.replace(plain.model, spatial_attention=True))
+    parts = assembly.assemble(run, run.plan(2), sharding.make_mesh(), STATS)
+    state = parts.fresh_state(0)
+    start = jax.device_get(state["params"])
+    # Warm-up starts at learning rate 0; the zero last layer moves first, then what feeds it.
+    for seed in range(3):
+        state, _ = parts.train_step(state, batch(seed))
+    end = jax.device_get(state["params"])
+    moved = {
+        optim.path_name(p): not np.array_equal(a, b)
+        for (p, a), b in zip(
+            jax.tree_util.tree_flatten_with_path(start)[0], jax.tree.leaves(end), strict=True
+        )
+    }
+    assert {n for n, m in moved.items() if m} == {
+        "head/fc/kernel",
+        "head/fc/bias",
+        "head/attention/proj/kernel",
+        "head/attention/proj/bias",
+        "head/attention/score/kernel",
+        "head/attention/score/bias",
+    }
 
 
 def test_spatial_attention_is_in_a_runs_identity_only_when_on():
