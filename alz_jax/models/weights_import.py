@@ -125,6 +125,7 @@ def init_variables_from(value: str, spec, seed: int) -> tuple[dict, dict]:
         params, stats, notes = variables_from_state_dict(state_dict, spec, layout, seed)
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from e
-    logging.info("Starting from %s weights in %s%s", layout, path,
-                 "".join(f"; {n}" for n in notes))  # fmt: skip
+    logging.info("Starting from %s weights in %s", layout, path)
+    for note in notes:  # a line each: together they would run past a console line
+        logging.info("Weight import: %s", note)
     return params, stats
