@@ -11,10 +11,10 @@ TensorBoard (`train/augmented`) when it starts.
 import cv2
 from absl import flags
 
-from alz_jax.data import dataset, input_pipeline
+from alz_jax.data import dataset
 from alz_jax.evaluation import figures
 from alz_jax.host import command
-from alz_jax.run import specs
+from alz_jax.run import specs, train
 
 _CONFIG = command.define_config(help_string="Training config.")
 _OUT = flags.DEFINE_string("out", "grid.png", "Where to write the PNG.")
@@ -23,12 +23,7 @@ _NUM = flags.DEFINE_integer("num", 32, "How many images.")
 
 def _first_batch(run: specs.RunSpec, data: dataset.AdniData) -> dict:
     """The per-process batch that training step 0 uses."""
-    plan = run.plan_for(data)
-    batches = input_pipeline.train_dataset(
-        data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
-        labels=data.records("train")["label"],
-    )  # fmt: skip
-    iterator = iter(batches)
+    iterator = iter(train.training_batches(run, run.plan_for(data), data, 0))
     try:
         return next(iterator)
     finally:
@@ -42,7 +37,8 @@ def main(argv: list[str]) -> None:
     run = specs.resolve(_CONFIG.value)
     data = dataset.prepare(run.data)
     batch = _first_batch(run, data)
-    cv2.imwrite(_OUT.value, figures.image_grid(batch, _NUM.value, class_names=data.class_names))
+    grid = figures.image_grid(train.shown_batch(batch), _NUM.value, class_names=data.class_names)
+    cv2.imwrite(_OUT.value, grid)
     print(f"wrote {_OUT.value}: {min(_NUM.value, len(batch['image']))} images")
 
 

@@ -66,6 +66,14 @@ def _data(config: ml_collections.ConfigDict) -> None:
     config.data.synthetic_difficulty = "standard"
     # Draw training images class-balanced (with replacement) instead of shuffled passes.
     config.data.balanced_sampling = False
+    # Scan models: slices per training bag, drawn from the scan with a seeded draw each step
+    # (0: all of the longest scan's count; shorter scans repeat some); augmentation drawn per
+    # 'slice' or once per 'bag'. Evaluation always sees every slice of a scan.
+    config.data.bag_size = 16
+    config.data.bag_augment = "slice"
+    # 2.5D input for any model: each slice with this many neighbours of its scan on each side
+    # as channels (1 -> 3 channels).
+    config.data.neighbours = 0
     config.data.image_size = 224
     config.data.num_workers = 4  # Grain worker processes (0 = decode in the main process)
     config.data.eval_num_workers = 4
@@ -172,6 +180,18 @@ def _model(config: ml_collections.ConfigDict) -> None:
     # 3-channel stem is summed to one channel and the 1000-class head re-initialised. Empty:
     # train from scratch.
     config.model.init_from = ""
+    # Scan models (docs/scan_models.md): 'none' trains on single slices; 'mean', 'attention'
+    # or 'transformer' encode every slice of a bag (data.bag_size slices of one scan) with the
+    # model above and pool them into one prediction per scan. model.init_from also takes
+    # 'run:WORKDIR', a trained slice run whose weights start the encoder.
+    config.model.aggregator = "none"
+    config.model.attention_dim = 128  # the gated attention's hidden width
+    config.model.transformer_depth = 1  # 'transformer': blocks over the slice embeddings
+    config.model.transformer_heads = 4
+    config.model.remat = False  # recompute the encoder's activations in the backward pass
+    # CNN families: pool the last feature map with a learned spatial attention map (drawn
+    # beside Grad-CAM in the report) instead of a plain average.
+    config.model.spatial_attention = False
 
     # Compute dtype of activations, matmuls and convolutions: 'auto' is bfloat16 on GPU/TPU and
     # float32 on CPU. Parameters, optimizer state, LayerNorm statistics, softmax and loss stay

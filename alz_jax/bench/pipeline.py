@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from alz_jax.bench.settings import Settings
-from alz_jax.data import dataset, input_pipeline
+from alz_jax.data import bags, dataset, input_pipeline
 from alz_jax.run import specs
 
 
@@ -35,7 +35,10 @@ def training_input(run: specs.RunSpec) -> Iterator[dict]:
     mix = dataclasses.replace(run.pipeline.mix, total_steps=10_000)
     pipeline = dataclasses.replace(run.pipeline, mix=mix)
     return iter(
-        input_pipeline.train_dataset(data.source("train"), pipeline, run.batch_size, seed=0)
+        input_pipeline.train_dataset(
+            bags.split_source(data, "train", pipeline.neighbours), pipeline, run.batch_size,
+            seed=0,
+        )
     )
 
 

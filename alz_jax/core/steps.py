@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from alz_jax.core import averaging, sharding
 from alz_jax.data import preprocess
 from alz_jax.host.errors import check_fields
-from alz_jax.models import batchnorm, registry
+from alz_jax.models import batchnorm, registry, scan
 
 TrainState = dict[str, Any]
 
@@ -67,24 +67,27 @@ class Model:
             return nnx.merge(self.graphdef, params, stats)
         return nnx.merge(self.graphdef, params)
 
-    def apply(self, weights, images: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        """Evaluation-mode logits for normalised NHWC float images; stochastic depth when
-        per-sample keys are given."""
-        return self.module(weights)(images, sample_keys=sample_keys)
+    def apply(
+        self, weights, images: jax.Array, sample_keys: jax.Array | None = None, **bag_inputs
+    ) -> jax.Array:
+        """Evaluation-mode logits for normalised NHWC float images (a bag model: (B, K, H, W,
+        C) bags with their `slice_mask` and `positions` in `bag_inputs`); stochastic depth
+        when per-sample keys are given."""
+        return self.module(weights)(images, sample_keys=sample_keys, **bag_inputs)
 
     def train_apply(
         self, params, batch_stats, images: jax.Array, sample_keys: jax.Array | None,
-        axis_name: str | None = None,
+        axis_name: str | None = None, **bag_inputs,
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """Training-mode logits and the running statistics after this batch: BatchNorm
         normalises with the batch's statistics (the global batch's: under shard_map averaged
         over `axis_name`) and the running ones move by `bn_momentum` towards them; the
         `frozen_norms` keep theirs and use them."""
         if not self.batch_stats:
-            return self.apply(params, images, sample_keys), batch_stats
+            return self.apply(params, images, sample_keys, **bag_inputs), batch_stats
         module = nnx.merge(self.graphdef, params, batch_stats)
         logits, seen = batchnorm.observed(
-            module, images, axis_name, self.frozen_norms, sample_keys=sample_keys
+            module, images, axis_name, self.frozen_norms, sample_keys=sample_keys, **bag_inputs
         )
         return logits, batchnorm.update_running(batch_stats, seen, self.bn_momentum)
 
@@ -202,6 +205,8 @@ def add_gaussian_noise(
 
 
 STEP_IMPLS = ("jit", "shard_map")
+# What a batch of bags (data/bags.py) carries besides images and labels, passed to the model.
+BAG_INPUTS = ("slice_mask", "positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,9 +274,11 @@ class _Update:
                 sample_keys, images, self.spec.noise_prob, self.spec.noise_std / self.std
             )
 
+        bag_inputs = {k: batch[k] for k in BAG_INPUTS if k in batch}
+
         def loss_fn(params):
             logits, new_stats = self.model.train_apply(
-                params, stats, images, sample_keys, axis_name
+                params, stats, images, sample_keys, axis_name, **bag_inputs
             )
             if "targets" in batch:  # mixed on host, label smoothing already applied there
                 loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
@@ -424,11 +431,12 @@ VIEWS = ("plain", "hflip", "vflip")  # test-time views: the image, flipped left-
 
 
 def view_of(images: jax.Array, view: str) -> jax.Array:
-    """NHWC images as seen by test-time augmentation `view`."""
+    """NHWC images (or bags of them, (B, K, H, W, C)) as seen by test-time augmentation
+    `view`."""
     if view == "hflip":
-        return images[:, :, ::-1]
+        return images[..., ::-1, :]
     if view == "vflip":
-        return images[:, ::-1]
+        return images[..., ::-1, :, :]
     if view != "plain":
         raise ValueError(f"test-time view {view!r}; expected one of {VIEWS}")
     return images
@@ -440,7 +448,9 @@ def make_predict_step(
     """Jitted (params, images uint8) -> the model's outputs per image in float32: its task's
     (`Model.outputs`: for NC/AD the margin z_AD - z_NC, whose sigmoid is P(AD); for K classes
     the logits (B, K)), or the logits. Batch-sharded; `view` flips the images first (test-time
-    augmentation)."""
+    augmentation). A scan model's is `make_bag_predict_step`'s."""
+    if is_bag_model(model):
+        return make_bag_predict_step(model, pixel_stats, mesh, view)
     mean, std = pixel_stats["mean"], pixel_stats["std"]
     view_of(jnp.zeros((1, 1, 1, 1)), view)  # an unknown view fails here, not inside jit
     outputs = model.outputs or (lambda logits: logits)
@@ -451,6 +461,38 @@ def make_predict_step(
 
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
+
+
+def is_bag_model(model: Model) -> bool:
+    """Whether the model reads bags of a scan's slices (a scan model, models/scan.py)."""
+    return isinstance(model.spec, scan.ScanSpec)
+
+
+def make_bag_predict_step(
+    model: Model, pixel_stats: dict[str, float], mesh: jax.sharding.Mesh, view: str = "plain"
+) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """Jitted (weights, bags uint8 (B, K, H, W, C), slice_mask (B, K), positions (B, K)) ->
+    {outputs: the task's outputs per bag, weights: each slice's share of its bag (B, K),
+    slice_outputs: the task's outputs of each slice alone (B, K, ...)} in float32, for a bag
+    model (models/scan.py). Batch-sharded over bags; `view` flips every slice first."""
+    mean, std = pixel_stats["mean"], pixel_stats["std"]
+    view_of(jnp.zeros((1, 1, 1, 1)), view)
+    outputs = model.outputs or (lambda logits: logits)
+
+    def predict(weights, bags: jax.Array, slice_mask: jax.Array, positions: jax.Array) -> dict:
+        images = preprocess.normalize(view_of(bags, view), mean, std)
+        out = model.module(weights).outputs(images, slice_mask=slice_mask, positions=positions)
+        slice_logits = out["slice_logits"].astype(jnp.float32)
+        b, k = slice_logits.shape[:2]
+        alone = outputs(slice_logits.reshape(b * k, -1))
+        return {
+            "outputs": outputs(out["logits"].astype(jnp.float32)),
+            "weights": out["weights"].astype(jnp.float32),
+            "slice_outputs": alone.reshape(b, k, *alone.shape[1:]),
+        }
+
+    repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(predict, in_shardings=(repl, data, data, data), out_shardings=data)
 
 
 def make_statistics_pass(

@@ -22,7 +22,7 @@ import grain
 import jax
 import numpy as np
 
-from alz_jax.data import augment, mixing, preprocess
+from alz_jax.data import augment, mixing, neighbours
 from alz_jax.data.pipeline_spec import PipelineSpec  # re-exported: callers use this name
 
 
@@ -34,9 +34,7 @@ class TrainTransform:
     spec: augment.AugmentSpec
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
-        image = preprocess.decode_image(record["image"], _name(record))
-        square = preprocess.pad_to_square(image)
-        image = augment.augment(rng, square, self.image_size, self.spec)
+        image = neighbours.train_image(record, rng, self.image_size, self.spec)
         return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -47,16 +45,10 @@ class EvalTransform:
     image_size: int
 
     def __call__(self, record: Mapping[str, Any]) -> dict:
-        image = preprocess.decode_image(record["image"], _name(record))
         return {
-            "image": preprocess.to_model_input(image, self.image_size),
+            "image": neighbours.eval_image(record, self.image_size),
             "label": np.int32(record["label"]),
         }
-
-
-def _name(record: Mapping[str, Any]) -> str:
-    name = record.get("file_name", b"<record>")
-    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 class ProcessShard(grain.MapDataset):
@@ -178,15 +170,17 @@ class ClassBalancedSampler(grain.MapDataset):
 
 def train_dataset(
     source, pipeline: PipelineSpec, global_batch: int, *, seed: int, start_step: int = 0,
-    labels: np.ndarray | None = None,
+    labels: np.ndarray | None = None, neighbour_index: np.ndarray | None = None,
 ) -> grain.IterDataset:  # fmt: skip
     """Infinite training batches {image uint8 (b,S,S,1), label int32 (b,)} from `start_step` on.
 
     With mixing on (`pipeline.mix`), batches also carry soft `targets` (b, K) float32, label
     smoothing included, on the mixing schedule of the run's `mix.total_steps`. With
     `pipeline.balanced_sampling`, records are drawn class-balanced (`labels`: the source's).
+    With `pipeline.neighbours` = n > 0 (2.5D), images have 2n+1 channels: `neighbour_index`.
     """
     transform = TrainTransform(pipeline.image_size, pipeline.augment)
+    source = with_neighbours(source, pipeline, neighbour_index)
     ds = grain.MapDataset.source(source).seed(seed)
     if pipeline.balanced_sampling:
         if labels is None or len(labels) != len(source):
@@ -207,13 +201,31 @@ def train_dataset(
     return _prefetch(ds, pipeline.num_workers, pipeline.prefetch_buffer_size)
 
 
-def eval_dataset(source, pipeline: PipelineSpec, global_batch: int) -> grain.IterDataset:
+def eval_dataset(
+    source, pipeline: PipelineSpec, global_batch: int, neighbour_index: np.ndarray | None = None
+) -> grain.IterDataset:
     """One deterministic pass: {image, label, mask, index}; padded entries have mask 0, index -1."""
+    source = with_neighbours(source, pipeline, neighbour_index)
     ds = grain.MapDataset.source(source).map(EvalTransform(pipeline.image_size))
     b = per_process_batch(global_batch)
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b, pad_to_global_batch=True)
     ds = ds.batch(b, drop_remainder=True)
     return _prefetch(ds, pipeline.eval_num_workers, pipeline.prefetch_buffer_size)
+
+
+def with_neighbours(source, pipeline: PipelineSpec, neighbour_index: np.ndarray | None):
+    """`source` itself, or with 2.5D (`pipeline.neighbours` > 0) its records' neighbours too
+    (`neighbour_index`: (N, 2n+1) record indices from `bags.ScanIndex.neighbour_index`)."""
+    n = pipeline.neighbours
+    if n == 0 or isinstance(source, neighbours.NeighbourSource):
+        return source
+    if neighbour_index is None or np.shape(neighbour_index) != (len(source), 2 * n + 1):
+        raise ValueError(
+            f"data.neighbours = {n} needs the scan structure of the split: neighbour_index of "
+            f"shape ({len(source)}, {2 * n + 1}) (ScanIndex.neighbour_index({n})), got "
+            f"{None if neighbour_index is None else np.shape(neighbour_index)}"
+        )
+    return neighbours.NeighbourSource(source, neighbour_index)
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:

@@ -115,8 +115,9 @@ def _draw(rng: np.random.Generator, spec: MixSpec, prob: float) -> tuple[bool, f
 def mix_group(
     rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, spec: MixSpec, prob: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mixes one group (G, H, W, C) uint8; returns (images, soft targets (G, K), lam each)."""
-    n, height, width = images.shape[:3]
+    """Mixes one group (G, H, W, C) uint8, or (G, K, H, W, C) bags (a partner bag's slices, the
+    same box on each slice); returns (images, soft targets (G, classes), lam each)."""
+    n, (height, width) = len(images), images.shape[-3:-1]
     partner = np.arange(n)[::-1]
     source = images.astype(np.float32)
     out = source.copy()
@@ -133,7 +134,7 @@ def mix_group(
             continue
         if use_cutmix:
             y0, y1, x0, x1 = cutmix_box(rng, height, width, unit_lam)
-            out[unit, y0:y1, x0:x1] = source[partner[unit], y0:y1, x0:x1]
+            out[unit, ..., y0:y1, x0:x1, :] = source[partner[unit], ..., y0:y1, x0:x1, :]
             unit_lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
         else:
             out[unit] = unit_lam * source[unit] + (1.0 - unit_lam) * source[partner[unit]]

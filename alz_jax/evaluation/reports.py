@@ -34,8 +34,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from alz_jax.core import sharding
-from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, metric_registry, metrics, saliency, tasks
+from alz_jax.data import bags, input_pipeline
+from alz_jax.evaluation import bag_predictions, figures, metric_registry, metrics, saliency, tasks
 from alz_jax.evaluation.settings import EvalSettings  # re-exported: callers use this name
 from alz_jax.host import logs, storage
 from alz_jax.tfds_builders.mri_slices import audit
@@ -82,12 +82,19 @@ def predict_split_multi(
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Logit margins z_AD - z_NC (or, with K > 2 classes, the logits (n, K)) of every image of
     a split, in record order, for several (params, predict_fn) pairs (raw/EMA/SWA weights,
-    test-time views) in one pass over the data; every image is counted exactly once."""
+    test-time views) in one pass over the data; every image is counted exactly once. For a
+    scan model (`pipeline.bags`) every image carries its scan's output (bag_predictions)."""
+    if pipeline.bags:
+        found = bag_predictions.predict_split_bags(
+            data, split, predictors, pipeline, batch_size, mesh
+        )
+        return {name: p.outputs for name, p in found.items()}
     n = data.num_examples(split)
     out: dict[str, np.ndarray] = {}  # (n,) margins, or (n, K) logits with K > 2 classes
     seen = np.zeros(n, np.int64)
     batch_sharding = sharding.batch_sharded(mesh)
-    dataset = input_pipeline.eval_dataset(data.source(split), pipeline, batch_size)
+    source = bags.split_source(data, split, pipeline.neighbours)
+    dataset = input_pipeline.eval_dataset(source, pipeline, batch_size)
     counter = logs.Progress(f"Predictions on {split}", n)
     iterator = iter(dataset)
     try:

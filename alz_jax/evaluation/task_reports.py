@@ -11,15 +11,23 @@ figures: validation during training, the test report at the end of `main`, `eval
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from alz_jax.core import steps
-from alz_jax.data import input_pipeline
-from alz_jax.evaluation import figures, multiclass_reports, reports, tasks
+from alz_jax.data import bags, input_pipeline
+from alz_jax.evaluation import (
+    bag_predictions,
+    figures,
+    multiclass_reports,
+    reports,
+    saliency,
+    scan_methods,
+    tasks,
+)
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host import storage
 
@@ -100,12 +108,18 @@ def evaluate_weights(
     views = ("plain", *settings.tta)
     fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
     splits = ["validation"] if split == "validation" else ["validation", split]
-    outputs = {
-        s: reports.predict_split_multi(
-            data, s, {v: (params, fns[v]) for v in views}, pipeline, batch_size, mesh
-        )
-        for s in splits
-    }
+    outputs, bag = {}, {}
+    for s in splits:
+        predictors = {v: (params, fns[v]) for v in views}
+        if pipeline.bags:
+            bag[s] = bag_predictions.predict_split_bags(
+                data, s, predictors, pipeline, batch_size, mesh
+            )
+            outputs[s] = {v: found.outputs for v, found in bag[s].items()}
+        else:
+            outputs[s] = reports.predict_split_multi(
+                data, s, predictors, pipeline, batch_size, mesh
+            )
     metadata = data.report_metadata()
     subjects_known = metadata.get("subject_source") != "scan_id"
     calibration = calibrate(task, data.records("validation"), outputs["validation"], settings,
@@ -118,6 +132,12 @@ def evaluate_weights(
     report["weights"] = weights
     report["selection"] = selection
     report["about"] = about or {}
+    slice_outputs = {s: bag[s]["plain"].slice_outputs if bag else outputs[s]["plain"]
+                     for s in splits}  # fmt: skip
+    report["scan_methods"] = scan_level_methods(
+        task, data, split, slice_outputs, {s: outputs[s]["plain"] for s in splits} if bag else {},
+        model, settings, subjects_known,
+    )  # fmt: skip
     if jax.process_index() != 0:
         return report
     workdir = storage.path(workdir)
@@ -125,11 +145,125 @@ def evaluate_weights(
     temperature = report["calibration"]["temperature"]
     plain = task.probabilities({"plain": outputs[split]["plain"]}, temperature)
     tta = task.probabilities(outputs[split], temperature) if settings.tta else None
+    extra = bag_columns(bag[split]["plain"], data.class_names) if bag else None
     task.write_predictions(records, plain, outputs[split]["plain"], data.class_names,
-                           workdir / f"predictions_{split}.csv", tta)  # fmt: skip
+                           workdir / f"predictions_{split}.csv", tta, extra)  # fmt: skip
     rendered = shown.figures(report, units)
+    if bag:
+        rendered.update(attention_strips(report, units, data, split, records, bag[split]["plain"],
+                                         pipeline, settings))  # fmt: skip
     if shown.saliency is not None:
         explained = shown.saliency(report, units, data, split, records, plain, model,
                                    params, pixel_stats, pipeline.image_size, settings)  # fmt: skip
         rendered.update(explained)
-    return reports.write_outputs(report, rendered, workdir, writer, shown.markdown)
+    return reports.write_outputs(report, rendered, workdir, writer, with_scan_methods(shown))
+
+
+def with_scan_methods(shown: Reporter) -> Callable[[dict, dict[str, str]], str]:
+    """The reporter's Markdown, followed by the scan-level methods side by side."""
+
+    def markdown(report: dict, figure_paths: dict[str, str]) -> str:
+        text = shown.markdown(report, figure_paths)
+        if report.get("scan_methods"):
+            text = text.rstrip("\n") + "\n\n" + scan_methods.methods_markdown(
+                report["scan_methods"]
+            )
+        return text
+
+    return markdown
+
+
+BASELINE_AVERAGE = "slice model + average"
+BASELINE_VOTE = "slice model + weighted vote"
+
+
+def scan_level_methods(
+    task: tasks.Task, data, split: str, slice_outputs: dict[str, np.ndarray],
+    bag_outputs: dict[str, np.ndarray], model: steps.Model, settings: EvalSettings,
+    subjects_known: bool,
+) -> dict | None:  # fmt: skip
+    """The scan and subject levels of the slice model averaged, of its soft vote weighted by
+    each slice position's validation accuracy (ClinicaDL's), and for a scan model of the bag
+    model itself (its slices alone are the slice model), side by side with paired intervals
+    (scan_methods.compare_methods); None for the validation split itself, which chooses."""
+    if split == "validation":
+        return None
+    records = {s: data.records(s) for s in ("validation", split)}
+    probs = {s: task.probabilities({"plain": slice_outputs[s]}, 1.0) for s in records}
+    weights = scan_methods.position_weights(
+        records["validation"], probs["validation"], task, data.class_names
+    )
+    methods = {
+        s: {
+            BASELINE_AVERAGE: probs[s],
+            BASELINE_VOTE: scan_methods.weighted_vote(records[s], probs[s], weights),
+        }
+        for s in records
+    }
+    if bag_outputs:
+        name = f"bag model ({model.spec.aggregator})"
+        for s in records:
+            methods[s][name] = task.probabilities({"plain": bag_outputs[s]}, 1.0)
+    return scan_methods.compare_methods(
+        records[split], methods[split], records["validation"], methods["validation"], task,
+        settings, subjects_known, data.class_names,
+    )  # fmt: skip
+
+
+def bag_columns(
+    found: bag_predictions.BagPredictions, class_names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """A scan model's extra predictions columns: each slice's weight in its scan's bag and its
+    contribution to the bag's decision (weight x its margin alone, or for K classes x its
+    logit of each class alone: for mean pooling these add up to the bag's)."""
+    alone = np.asarray(found.slice_outputs)
+    contribution = found.weights[:, None] * alone.reshape(len(alone), -1)
+    columns = {"bag_weight": found.weights}
+    if contribution.shape[1] == 1:
+        columns["slice_contribution"] = contribution[:, 0]
+    else:
+        columns.update({f"slice_contribution_{name}": contribution[:, k]
+                        for k, name in enumerate(class_names)})  # fmt: skip
+    return columns
+
+
+def _strip_scans(report: dict, units: dict, count: int) -> list[str]:
+    """The scans whose bags are drawn: as Grad-CAM chooses them (what the model gets right and
+    how it fails) for NC/AD; for K classes the most confident scan of each true class in turn."""
+    scans = units["scan"]
+    if np.ndim(scans.probs) == 1:
+        return [scan for scan, _ in saliency.choose_scans(scans, report["scan"]["threshold"],
+                                                          count)]  # fmt: skip
+    order = np.argsort(-scans.probs.max(axis=1), kind="stable")
+    queues = [[i for i in order if scans.labels[i] == c] for c in range(scans.probs.shape[1])]
+    chosen = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(str(scans.keys[queue.pop(0)][0]))
+    return chosen
+
+
+def attention_strips(
+    report: dict, units: dict, data, split: str, records: dict,
+    found: bag_predictions.BagPredictions, pipeline: input_pipeline.PipelineSpec,
+    settings: EvalSettings,
+) -> dict:  # fmt: skip
+    """A scan model's bags drawn as strips of their slices with each slice's weight, for the
+    scans Grad-CAM would show (settings.gradcam_scans), noted in the report."""
+    chosen = _strip_scans(report, units, settings.gradcam_scans)
+    scans = bags.ScanIndex.from_records(records, split)
+    scan_number = {str(scan): i for i, scan in enumerate(scans.scan_ids)}
+    source, transform = data.source(split), input_pipeline.EvalTransform(pipeline.image_size)
+    probs = {str(k[0]): p for k, p in zip(units["scan"].keys, units["scan"].probs, strict=True)}
+    out = {}
+    for i, scan_id in enumerate(chosen):
+        rows = scans.members[scan_number[scan_id]]
+        images = np.stack([transform(source[int(r)])["image"] for r in rows])
+        label = data.class_names[int(records["label"][rows[0]])]
+        title = f"{scan_id}: {len(rows)} slices, true {label}"
+        out[f"attention_{i}"] = scan_methods.attention_strip(
+            images, found.weights[rows], records["slice_index"][rows], title, probs[scan_id], label
+        )
+    report["attention_scans"] = chosen
+    return out

@@ -102,6 +102,15 @@ class Task(abc.ABC):
 
         return bootstrap.intervals(units, score, n_samples, seed, confidence, chunk)
 
+    def level_thresholds(
+        self, units: dict[str, metrics.Units], settings: EvalSettings
+    ) -> dict[str, dict]:
+        """Each level's decision threshold chosen on validation `units` by
+        `settings.threshold` (metrics.choose_threshold's entries); none where the task decides
+        without one."""
+        del units, settings
+        return {}
+
     # ---- Outputs and probabilities. ----
 
     @abc.abstractmethod
@@ -158,9 +167,12 @@ class Task(abc.ABC):
     def write_predictions(
         self, records: dict, probs: np.ndarray, outputs: np.ndarray,
         class_names: Sequence[str], path: str | Path, probs_tta: np.ndarray | None = None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> None:  # fmt: skip
-        """One CSV row per image: file_name, scan_id, subject_id, label and the task's cells."""
-        columns = self.prediction_columns(class_names, probs_tta is not None)
+        """One CSV row per image: file_name, scan_id, subject_id, label and the task's cells,
+        then the `extra` columns (a scan model's slice weights)."""
+        extra = extra or {}
+        columns = self.prediction_columns(class_names, probs_tta is not None) + list(extra)
 
         def rows():
             for i in range(len(probs)):
@@ -170,6 +182,7 @@ class Task(abc.ABC):
                     "subject_id": records["subject_id"][i],
                     "label": int(records["label"][i]),
                     **self.prediction_cells(i, probs, outputs, class_names, probs_tta),
+                    **{name: f"{float(values[i]):.6g}" for name, values in extra.items()},
                 }
 
         # Written whole (a local path or gs://); names quoted where a spreadsheet would run them.
@@ -318,6 +331,17 @@ class BinaryTask(Task):
             "validation_images": len(probs),
             # What the thresholds were chosen on, for the report to say.
             "validation_counts": metrics.split_counts(records, subjects_known),
+        }
+
+    def level_thresholds(
+        self, units: dict[str, metrics.Units], settings: EvalSettings
+    ) -> dict[str, dict]:
+        """The threshold of each level chosen on validation `units` as `calibrate` chooses
+        them: youden or sensitivity:T (settings.threshold) on the level's P(AD)."""
+        method, target = metrics.parse_threshold_method(settings.threshold)
+        return {
+            level: metrics.choose_threshold(u.labels, u.probs, method, target)
+            for level, u in units.items()
         }
 
     def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:

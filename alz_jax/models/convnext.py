@@ -183,20 +183,24 @@ class Head(nnx.Module):
         )
         self.attention = spatial_attention(dim, spec, rngs)
 
-    def pool(self, x: jax.Array) -> jax.Array:
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
         """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
         return global_pool(self.attention, x)
 
     def attention_map(self, x: jax.Array) -> jax.Array:
-        """The spatial attention weights (B, h, w) `pool` sums the map `x` with."""
+        """The spatial attention weights (B, h, w) `spatial_pool` sums the map `x` with."""
         return attention_weights(self.attention, x)
 
     def features(self, x: jax.Array) -> jax.Array:
         """Pooled, normalised features before the classifier."""
-        return self.norm(self.pool(x))
+        return self.norm(self.spatial_pool(x))
+
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: `features`, with dropout in training."""
+        return head_dropout(self.features(x), self.dropout_rate, sample_keys)
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        return self.fc(head_dropout(self.features(x), self.dropout_rate, sample_keys))
+        return self.fc(self.pool(x, sample_keys))
 
 
 class ConvNeXt(FeatureMapClassifier):

@@ -384,16 +384,24 @@ class EfficientNet(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k (counted over all stages) draws with fold_in(key, k)."""
-        features = self.feature_map(x, sample_keys=sample_keys)
-        pooled = self.pool(features)
-        return self.classifier(head_dropout(pooled, self.spec.head_dropout, sample_keys))
+        return self.classify(self.embed(x, sample_keys=sample_keys))
 
-    def pool(self, features: jax.Array) -> jax.Array:
+    def embed(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding (B, head width) float32 the classifier reads: the pooled feature map,
+        with dropout in training."""
+        features = self.feature_map(x, sample_keys=sample_keys)
+        return head_dropout(self.spatial_pool(features), self.spec.head_dropout, sample_keys)
+
+    def classify(self, embedding: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) float32 of embeddings: the classifier."""
+        return self.classifier(embedding)
+
+    def spatial_pool(self, features: jax.Array) -> jax.Array:
         """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
         return global_pool(self.attention, features)
 
     def attention_map(self, feature_map: jax.Array) -> jax.Array:
-        """The spatial attention weights (B, h, w) `pool` sums `feature_map` with."""
+        """The spatial attention weights (B, h, w) `spatial_pool` sums `feature_map` with."""
         return attention_weights(self.attention, feature_map)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
@@ -498,7 +506,7 @@ def title(spec: EfficientNetSpec) -> str:
 FAMILY = Family.of_module(
     __name__, name="efficientnet", spec_type=EfficientNetSpec, module=EfficientNet,
     names={name: name for name in VARIANTS},
-    gradcam_target=pooled_map_target(lambda net, f: net.classifier(net.pool(f))),
+    gradcam_target=pooled_map_target(lambda net, f: net.classifier(net.spatial_pool(f))),
     # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
     test_config={"name": "efficientnet_b0", "arch": {
         "width_mult": 0.25, "num_features": 32,

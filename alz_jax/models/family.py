@@ -115,6 +115,9 @@ class Family:
     aliases_are: str = ""
     # (spec, layout) -> the spec a named model takes for weights of that layout.
     spec_for_layout: Callable[[Any, str], Any] | None = None
+    # (spec, params) -> layer_ids' answer, for a family whose numbering depends on its spec (a
+    # scan model's, on its encoder's family); `layer_ids` is then not called.
+    spec_layer_ids: Callable[[Any, dict], tuple[dict, int]] | None = None
 
     @classmethod
     def of_module(cls, module_name: str, **fields) -> Family:

@@ -198,15 +198,24 @@ def attention_weights(attention: SpatialAttentionPool | None, f: jax.Array) -> j
 
 
 class FeatureMapClassifier(nnx.Module):
-    """A network whose `head(map, sample_keys)` classifies its `feature_map` (the CNNs whose
-    head pools their last stage)."""
+    """A network whose head classifies its `feature_map` (the CNNs whose head pools their last
+    stage): `head.pool(map, sample_keys)` gives the embedding, `head.fc` the logits."""
 
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
-        return self.head(self.feature_map(x, sample_keys=sample_keys), sample_keys)
+        return self.classify(self.embed(x, sample_keys=sample_keys))
 
     def attention_map(self, feature_map: jax.Array) -> jax.Array:
         """The spatial attention weights (B, h, w), float32, the head pools `feature_map` with
         (model.spatial_attention)."""
         return self.head.attention_map(feature_map)
+
+    def embed(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding (B, D) float32 the classifier reads: the pooled feature map (head
+        norm, and head dropout with keys, included)."""
+        return self.head.pool(self.feature_map(x, sample_keys=sample_keys), sample_keys)
+
+    def classify(self, embedding: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) float32 of embeddings (B, D): the final linear layer."""
+        return self.head.fc(embedding)

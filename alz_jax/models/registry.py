@@ -25,6 +25,7 @@ from alz_jax.models import (
     efficientnet_import,
     resnet,
     resnet_import,
+    scan,
     simple_cnn,
     vit,
     vit_import,
@@ -211,7 +212,10 @@ def gradcam_target(spec: ModelSpec) -> Callable:
 def layer_ids(spec: ModelSpec, params: dict) -> tuple[dict, int]:
     """(tree of each parameter's layer index from the input, number of layers) for layer-wise
     learning-rate decay; the head is the last layer."""
-    return family(spec).layer_ids(params)
+    fam = family(spec)
+    if fam.spec_layer_ids is not None:
+        return fam.spec_layer_ids(spec, params)
+    return fam.layer_ids(params)
 
 
 TRAINABLE_PRESETS = ("all", "head", "last_stage")
@@ -233,3 +237,9 @@ def trainable_pattern(spec: ModelSpec, value: str) -> str:
             f"({', '.join(TRAINABLE_PRESETS)}) nor a valid regular expression: {e}"
         ) from e
     return value
+
+
+# Scan models (models/scan.py): any family above as the encoder of a bag of slices. No
+# model.name selects them; every hook delegates to the encoder's family.
+_ALL_LAYOUTS = tuple(dict.fromkeys(lay for fam in FAMILIES.values() for lay in fam.layouts))
+register(scan.family_record(family, _ALL_LAYOUTS))

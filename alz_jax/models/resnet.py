@@ -183,17 +183,21 @@ class Head(nnx.Module):
         )
         self.attention = spatial_attention(dim, spec, rngs)
 
-    def pool(self, x: jax.Array) -> jax.Array:
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
         """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
         return global_pool(self.attention, x)
 
     def attention_map(self, x: jax.Array) -> jax.Array:
-        """The spatial attention weights (B, h, w) `pool` sums the map `x` with."""
+        """The spatial attention weights (B, h, w) `spatial_pool` sums the map `x` with."""
         return attention_weights(self.attention, x)
 
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: the spatial mean (or the attention-weighted sum),
+        with dropout in training."""
+        return head_dropout(self.spatial_pool(x), self.dropout_rate, sample_keys)
+
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        pooled = self.pool(x)
-        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
+        return self.fc(self.pool(x, sample_keys))
 
 
 def block_drop_rates(spec: ResNetSpec) -> list[float]:

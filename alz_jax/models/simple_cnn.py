@@ -126,18 +126,23 @@ class Head(nnx.Module):
                              param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
         self.attention = spatial_attention(dim, spec, rngs)
 
-    def pool(self, x: jax.Array) -> jax.Array:
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
         """The last block's max pool of `x`, pooled (B, C), float32: the mean, or the
         attention-weighted sum."""
         return global_pool(self.attention, max_pool(x.astype(jnp.float32)))
 
     def attention_map(self, x: jax.Array) -> jax.Array:
-        """The spatial attention weights (B, h/2, w/2) `pool` sums the max-pooled `x` with."""
+        """The spatial attention weights (B, h/2, w/2) `spatial_pool` sums the max-pooled `x`
+        with."""
         return attention_weights(self.attention, max_pool(x.astype(jnp.float32)))
 
+    def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding the classifier reads: max pool, spatial mean (or the attention-weighted
+        sum), dropout in training."""
+        return head_dropout(self.spatial_pool(x), self.dropout_rate, sample_keys)
+
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        pooled = self.pool(x)
-        return self.fc(head_dropout(pooled, self.dropout_rate, sample_keys))
+        return self.fc(self.pool(x, sample_keys))
 
 
 class SimpleCNN(FeatureMapClassifier):

@@ -219,7 +219,7 @@ class ViT(nnx.Module):
         self.norm = _layer_norm(spec, rngs)
         self.head = _linear(dim, spec.num_classes, spec, rngs, dtype=jnp.float32)
 
-    def embed(self, x: jax.Array) -> jax.Array:
+    def input_tokens(self, x: jax.Array) -> jax.Array:
         """The tokens entering the first block (B, 1 + grid^2, D): the class token, then the
         patches, plus position embeddings."""
         size = self.spec.image_size
@@ -238,7 +238,7 @@ class ViT(nnx.Module):
     def tokens(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """All tokens after the final norm, float32 (B, 1 + grid^2, D); the class token first.
         Block k draws its drop-path masks from fold_in(sample key, k)."""
-        x = self.embed(x)
+        x = self.input_tokens(x)
         for k, block in enumerate(self.blocks):
             x = block(x, fold_keys(sample_keys, k))
         return self.norm(x).astype(jnp.float32)
@@ -246,8 +246,17 @@ class ViT(nnx.Module):
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given."""
+        return self.classify(self.embed(x, sample_keys=sample_keys))
+
+    def embed(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
+        """The embedding (B, embed_dim) float32 the head reads: the class token after the final
+        norm, with dropout in training."""
         cls = self.tokens(x, sample_keys=sample_keys)[:, 0]
-        return self.head(head_dropout(cls, self.spec.head_dropout, sample_keys))
+        return head_dropout(cls, self.spec.head_dropout, sample_keys)
+
+    def classify(self, embedding: jax.Array) -> jax.Array:
+        """Logits (B, num_classes) float32 of embeddings: the head."""
+        return self.head(embedding)
 
     def gradcam_target(self, x: jax.Array) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
         """(the patch tokens of the last block's first LayerNorm as a map (B, grid, grid, D),
@@ -255,7 +264,7 @@ class ViT(nnx.Module):
         only the last block's attention connects to the patches (after it a per-token norm
         separates them), so Grad-CAM weighs the attention's input, as pytorch-grad-cam's ViT
         recipe does (target layer blocks[-1].norm1, the class token dropped)."""
-        h = self.embed(x)
+        h = self.input_tokens(x)
         for block in self.blocks[:-1]:
             h = block(h, None)
         last = self.blocks[-1]

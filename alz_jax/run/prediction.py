@@ -147,6 +147,45 @@ def predict_files(
     return rows, errors, refused
 
 
+def predict_bags(
+    files: list[Path], loaded: dict, batch_size: int = 8
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """`predict_files` for a scan model: the images of one scan (files named
+    <scanID>_<slice>, ordered by slice) form one bag, and every image's row carries its scan's
+    prediction and its weight in the bag (`bag_weight`); an image without a scan in its name is
+    a bag of its own."""
+    predict_fn = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], loaded["mesh"])
+    devices = loaded["mesh"].devices.size
+    batch_sharding = sharding.batch_sharded(loaded["mesh"])
+    errors, refused, scans = [], [], {}
+    for path, image in read_inputs(files, loaded["image_size"], errors, refused):
+        base = _base_row(path)
+        scans.setdefault(base["scan_id"] or str(path), []).append((base, image))
+    bags_in = [sorted(members, key=lambda m: (m[0]["slice"] or 0, m[0]["file"]))
+               for members in scans.values()]  # fmt: skip
+    rows = []
+    for start in range(0, len(bags_in), batch_size):
+        chunk = bags_in[start : start + batch_size]
+        count = len(chunk) + (-len(chunk) % devices)
+        longest = max(len(bag) for bag in chunk)
+        images = np.zeros((count, longest, *chunk[0][0][1].shape), np.uint8)
+        mask = np.zeros((count, longest), np.int32)
+        for b, bag in enumerate(chunk):
+            images[b, : len(bag)] = [image for _, image in bag]
+            mask[b, : len(bag)] = 1
+        positions = np.broadcast_to(np.arange(longest, dtype=np.int32), mask.shape)
+        placed = [jax.device_put(np.ascontiguousarray(a), batch_sharding)
+                  for a in (images, mask, positions)]  # fmt: skip
+        found = jax.device_get(predict_fn(loaded["params"], *placed))
+        for b, bag in enumerate(chunk):
+            outputs = np.repeat(found["outputs"][b : b + 1], len(bag), axis=0)
+            bag_rows = loaded["task"].image_rows([base for base, _ in bag], outputs, loaded)
+            for row, weight in zip(bag_rows, found["weights"][b, : len(bag)], strict=True):
+                row["bag_weight"] = round(float(weight), 6)
+            rows.extend(bag_rows)
+    return rows, errors, refused
+
+
 def _base_row(path: Path) -> dict:
     """{file, scan_id, slice} of an input file (a scan when named <scanID>_<slice>)."""
     match = SLICE_NAME.match(path.stem)
@@ -222,7 +261,8 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
     the refused images (too large, blank)."""
     files, errors = find_inputs(paths)
     loaded = load_model(workdir, which, weights)
-    rows, read_errors, refused = predict_files(files, loaded)
+    predict = predict_bags if steps.is_bag_model(loaded["model"]) else predict_files
+    rows, read_errors, refused = predict(files, loaded)
     calibration = loaded["calibration"]
     return {
         "workdir": str(workdir),

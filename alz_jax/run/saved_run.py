@@ -29,7 +29,7 @@ from alz_jax.data import dataset
 from alz_jax.evaluation import task_reports, tasks
 from alz_jax.host import storage, writers
 from alz_jax.host.errors import UserError
-from alz_jax.models import registry
+from alz_jax.models import registry, scan
 from alz_jax.run import run_record, specs
 
 # One compiled conversion of a whole tree: converting leaf by leaf compiles a program per leaf
@@ -166,8 +166,9 @@ class SavedRun:
                 f"The data set now at {data.data_dir} differs from the one the run in "
                 f"{self.workdir} was trained on (fingerprints differ)."
             )
-        steps_per_epoch = max(1, data.num_examples("train") // self.spec.batch_size)
-        plan = self.spec.plan(steps_per_epoch, specs.train_class_counts(data))
+        bags = self.spec.pipeline.bags
+        steps_per_epoch = max(1, len(specs.train_labels(data, bags)) // self.spec.batch_size)
+        plan = self.spec.plan(steps_per_epoch, specs.train_class_counts(data, bags))
         return data, dataclasses.replace(self, averages=plan.averages)
 
     def restore(self, which: str = "best", weights: str = "selected", mesh=None) -> Restored:
@@ -246,6 +247,32 @@ class SavedRun:
         report = evaluate_restored(planned, data, restored, split, settings, mesh, writer)
         writer.close()
         return report
+
+
+def run_variables(value: str, spec, seed: int, mesh=None) -> tuple[dict, dict]:
+    """The starting (params, batch_stats) of `spec` named by model.init_from = 'run:WORKDIR':
+    the selected weights of that run's best checkpoint. A slice run's model must be `spec`
+    (then it continues from them) or a scan model's encoder (its aggregator starts fresh from
+    `seed`)."""
+    workdir = value.removeprefix(specs.RUN_PREFIX)
+    source = SavedRun.open(workdir)
+    trained = source.spec.model
+    target = spec.encoder if isinstance(spec, scan.ScanSpec) else spec
+    if trained != target:
+        raise UserError(
+            f"config.model.init_from = {value!r}: that run trained {registry.title(trained)} "
+            f"({trained}), but this model needs {registry.title(target)} ({target}); start "
+            "from a run of the same model (name, size, classes, channels)."
+        )
+    restored = source.restore("best", mesh=mesh)
+    params, stats = steps.make_model(trained).split(restored.params)
+    logging.info("Starting from the %s weights of step %d of the run in %s", restored.weights,
+                 restored.step, workdir)  # fmt: skip
+    if not isinstance(spec, scan.ScanSpec):
+        return params, stats
+    fresh_params, fresh_stats = registry.init_variables(spec, seed)
+    return (scan.load_slice_weights(fresh_params, params),
+            scan.load_slice_weights(fresh_stats, stats) if stats else fresh_stats)  # fmt: skip
 
 
 # Commands that train a default config when their command line names none (older runs'

@@ -27,15 +27,17 @@ import numpy as np
 from alz_jax.core import averaging, optim, steps
 from alz_jax.core.checkpoint_spec import CheckpointSpec
 from alz_jax.data import augment, mixing
+from alz_jax.data import bags as bags_lib
 from alz_jax.data import data_spec as data_spec_lib
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.evaluation import metric_registry, tasks
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError, check_fields
-from alz_jax.models import convert, depthwise, registry
+from alz_jax.models import convert, depthwise, registry, scan
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+RUN_PREFIX = "run:"  # model.init_from = 'run:WORKDIR': start from a trained run's weights
 # Augmentation fields applied on device by the train step, not by the host pipeline.
 _DEVICE_AUGMENT_FIELDS = ("noise_prob", "noise_std")
 # Epoch fields not named <duration>_epochs.
@@ -184,7 +186,10 @@ class RunSpec:
 
     def plan_for(self, data) -> Plan:
         """The plan of a training on the prepared data set `data` (dataset.AdniData)."""
-        return self.plan(steps_per_epoch(data, self.batch_size), train_class_counts(data))
+        bags = self.pipeline.bags
+        return self.plan(
+            steps_per_epoch(data, self.batch_size, bags), train_class_counts(data, bags)
+        )
 
     def check_classes(self, class_names: Sequence[str]) -> None:
         """The model's head must have one output per class of the data set, in the order the
@@ -199,19 +204,28 @@ class RunSpec:
         self.task.check_class_names(class_names)
 
 
-def train_class_counts(data) -> list[int]:
-    """Images per class of the train split of a prepared data set, in label order."""
-    labels = data.records("train")["label"]
-    return np.bincount(labels, minlength=len(data.class_names)).tolist()
+def train_labels(data, bags: bool = False) -> np.ndarray:
+    """The label of each training unit of a prepared data set: its images, or with `bags` (a
+    scan model) its scans."""
+    records = data.records("train")
+    if bags:
+        return bags_lib.ScanIndex.from_records(records, "train").labels
+    return np.asarray(records["label"])
 
 
-def steps_per_epoch(data, global_batch: int) -> int:
-    """Whole global batches in the train split; refuses a batch larger than the split."""
-    per_epoch = data.num_examples("train") // global_batch
+def train_class_counts(data, bags: bool = False) -> list[int]:
+    """Training units (images, or scans with `bags`) per class, in label order."""
+    return np.bincount(train_labels(data, bags), minlength=len(data.class_names)).tolist()
+
+
+def steps_per_epoch(data, global_batch: int, bags: bool = False) -> int:
+    """Whole global batches in the train split (of images, or of scans with `bags`); refuses a
+    batch larger than the split."""
+    units = len(train_labels(data, bags))
+    per_epoch = units // global_batch
     if per_epoch == 0:
-        raise UserError(
-            f"batch_size {global_batch} exceeds the {data.num_examples('train')} training images."
-        )
+        noun = "training scans (config.batch_size counts bags)" if bags else "training images"
+        raise UserError(f"batch_size {global_batch} exceeds the {units} {noun}.")
     return per_epoch
 
 
@@ -275,7 +289,8 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     spec = RunSpec(
         seed=c.seed,
         batch_size=c.batch_size,
-        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend, c.data.image_size),
+        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend, c.data.image_size,
+                         neighbours=c.data.get("neighbours", 0)),
         task=tasks.for_classes(c.model.num_classes),
         init_from=c.model.init_from,
         data=data_spec(c.data),
@@ -312,9 +327,12 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     check_fields("model", [
         ("num_classes", spec.model.num_classes, spec.model.num_classes >= 2,
          ">= 2 (the data set's classes: 2 for NC/AD, 4 for the dementia stages)"),
-        ("in_chans", spec.model.in_chans, spec.model.in_chans == 1, "1 (grayscale slices)"),
+        ("in_chans", c.model.in_chans, c.model.in_chans in (1, spec.model.in_chans),
+         f"1 (grayscale slices; data.neighbours = {spec.pipeline.neighbours} makes the model "
+         f"take {spec.model.in_chans} channels)"),
     ])  # fmt: skip
-    if spec.init_from:
+
+    if spec.init_from and not spec.init_from.startswith(RUN_PREFIX):
         convert.parse_init_from(spec.init_from)  # the form; the file is checked at a fresh start
     # A preset or regex that matches some parameter, resolved once for the run's model.
     spec = spec.with_model(spec.model)
@@ -362,17 +380,35 @@ def compute_dtype(dtype: str, backend: str | None = None) -> str:
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
+AGGREGATOR_FIELDS = ("attention_dim", "transformer_depth", "transformer_heads", "remat")
+
+
 def model_spec(
     model_config: ml_collections.ConfigDict,
     dtype: str = "float32",
     backend: str | None = None,
     image_size: int = 224,
+    neighbours: int = 0,
 ):
     """The spec of a `config.model` section: `model.name` picks the family and variant
     (models/registry.py NAMES; a family's own name, or empty for the default family, lets the
     family read the section: ConvNeXt's model.size, or explicit depths and dims), computing in
     `dtype`, with `model.depthwise` resolved for `backend` and `image_size` the input size
-    (ViT's position embeddings)."""
+    (ViT's position embeddings). The model takes 1 + 2 x `neighbours` channels (2.5D input:
+    data.neighbours). With `model.aggregator` other than 'none' it is a scan model
+    (models/scan.py) whose encoder is that slice model."""
+    slice_model = _slice_model_spec(model_config, dtype, backend, image_size, neighbours)
+    aggregator = model_config.get("aggregator", "none")
+    if aggregator == "none":
+        return slice_model
+    fields = {k: model_config[k] for k in AGGREGATOR_FIELDS if k in model_config}
+    try:
+        return scan.scan_spec(slice_model, aggregator, **fields)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def _slice_model_spec(model_config, dtype, backend, image_size, neighbours):
     m = model_config
     try:
         impl = depthwise.resolve(m.depthwise, backend)
@@ -380,7 +416,8 @@ def model_spec(
         raise UserError(str(e)) from e
     return registry.spec_from_config(
         m,
-        in_chans=m.in_chans,
+        in_chans=1 + 2 * neighbours,
+        spatial_attention=bool(m.get("spatial_attention", False)),
         num_classes=m.num_classes,
         drop_path_rate=m.drop_path_rate,
         head_dropout=m.get("head_dropout", 0.0),
@@ -424,6 +461,10 @@ def pipeline_spec(config: ml_collections.ConfigDict) -> PipelineSpec:
         eval_num_workers=d.eval_num_workers,
         prefetch_buffer_size=d.prefetch_buffer_size,
         balanced_sampling=bool(d.get("balanced_sampling", False)),
+        bags=config.model.get("aggregator", "none") != "none",
+        bag_size=d.get("bag_size", 16),
+        bag_augment=d.get("bag_augment", "slice"),
+        neighbours=d.get("neighbours", 0),
     )
 
 
@@ -502,6 +543,14 @@ def check_init_from_file(value: str) -> None:
     """A local weight file named by model.init_from exists (checked at a fresh start, before any
     data work; a resume doesn't need it)."""
     if not value:
+        return
+    if value.startswith(RUN_PREFIX):
+        workdir = value.removeprefix(RUN_PREFIX)
+        if "://" not in workdir and not os.path.isfile(os.path.join(workdir, "run", "record.json")):
+            raise UserError(
+                f"config.model.init_from = {value!r}: {workdir} holds no training run "
+                "(no run/record.json); expected 'run:WORKDIR' of a finished slice run."
+            )
         return
     _, path = convert.parse_init_from(value)
     if "://" not in path and not os.path.isfile(os.path.expanduser(path)):

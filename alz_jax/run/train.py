@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from alz_jax.core import averaging, checkpointing, optim, sharding, steps
-from alz_jax.data import dataset, input_pipeline
+from alz_jax.data import bags, dataset, input_pipeline
 from alz_jax.evaluation import figures, metric_registry, reports, task_reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
@@ -118,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             record = run_record.prepare(
                 workdir, run, data.fingerprint(), has_checkpoint=resuming,
                 pixel_stats=lambda: input_pipeline.pixel_stats(
-                    data.source("train"), run.pipeline.image_size
+                    bags.split_source(data, "train", run.pipeline.neighbours),
+                    run.pipeline.image_size,
                 ),
             )  # fmt: skip
         _log_plan(data, plan, record["pixel_stats"])
@@ -181,10 +182,7 @@ class _Loop:
     @classmethod
     def create(cls, run, plan, data, parts, manager, config, workdir, start_step) -> _Loop:
         """Opens the training batches from `start_step` on and the metric writer."""
-        batches = input_pipeline.train_dataset(
-            data.source("train"), plan.pipeline, run.batch_size, seed=run.seed,
-            start_step=start_step, labels=data.records("train")["label"],
-        )  # fmt: skip
+        batches = training_batches(run, plan, data, start_step)
         is_writer = jax.process_index() == 0
         writer = writers.create_writer(workdir, is_writer)
         if start_step == 0:
@@ -200,6 +198,23 @@ class _Loop:
         )  # fmt: skip
 
 
+def training_batches(run, plan, data, start_step: int):
+    """The training batches from `start_step` on: of images, or for a scan model of bags of
+    each scan's slices (data/bags.py), whose memory per batch is logged first."""
+    records = data.records("train")
+    if not plan.pipeline.bags:
+        return input_pipeline.train_dataset(
+            bags.split_source(data, "train", plan.pipeline.neighbours), plan.pipeline,
+            run.batch_size, seed=run.seed, start_step=start_step, labels=records["label"],
+        )  # fmt: skip
+    scans = bags.ScanIndex.from_records(records, "train")
+    logging.info(bags.describe_bags(plan.pipeline, run.batch_size, scans))
+    return bags.train_bag_dataset(
+        data.source("train"), scans, plan.pipeline, run.batch_size, seed=run.seed,
+        start_step=start_step,
+    )  # fmt: skip
+
+
 def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
     """The newest whole checkpoint's state (damaged ones moved aside), or a fresh one from
     model.init_from or the seed; and the step it is at. The data position follows from the step."""
@@ -208,7 +223,9 @@ def _initial_state(run, plan, parts, manager) -> tuple[steps.TrainState, int]:
         logging.info("Resumed from checkpoint at step %d", start_step)
     else:
         imported = None
-        if run.init_from:
+        if run.init_from.startswith(specs.RUN_PREFIX):
+            imported = saved_run.run_variables(run.init_from, run.model, run.seed, parts.mesh)
+        elif run.init_from:
             imported = convert.init_variables_from(run.init_from, run.model, run.seed)
         state = parts.fresh_state(run.seed, imported)
     logging.info(progress.parameter_overview(state["params"]))
@@ -317,11 +334,21 @@ def _log_compile(loop: _Loop, done: int, metrics, meter: _StepMeter) -> None:
     meter.restart_clock()
 
 
+def shown_batch(batch: dict) -> dict:
+    """A training batch as its grid shows it: one image per example, the first slice of a bag
+    and, with 2.5D input, the slice itself without its neighbours."""
+    images = batch["image"]
+    if images.ndim == 5:  # bags (B, K, S, S, C)
+        images = images[:, 0]
+    centre = images.shape[-1] // 2
+    return {**batch, "image": images[..., centre : centre + 1]}
+
+
 def _batches(loop: _Loop, start_step: int) -> Iterator[dict]:
     """The training batches; a fresh run first shows TensorBoard what the model is fed."""
     if start_step == 0:
         first = next(loop.grain_iter)
-        grid = figures.image_grid(first, class_names=loop.data.class_names)
+        grid = figures.image_grid(shown_batch(first), class_names=loop.data.class_names)
         loop.writer.write_images(0, {"train/augmented": grid[None]})
         yield first
     yield from loop.grain_iter
@@ -336,8 +363,10 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> tuple[steps.TrainSt
         _check_finite(history, loop.manager)  # never save a diverged state
         if loop.parts.statistics_pass is not None and swa_statistics.needs_refresh(state):
             state = swa_statistics.refresh(
-                state, loop.data.source("train"), loop.parts.statistics_pass,
-                loop.run.pipeline, loop.run.batch_size, loop.parts.mesh, loop.run.swa_bn_batches,
+                state, bags.split_source(loop.data, "train", loop.run.pipeline.neighbours),
+                loop.parts.statistics_pass,
+                loop.run.pipeline, _statistics_batch(loop), loop.parts.mesh,
+                loop.run.swa_bn_batches,
             )  # fmt: skip
         scalars, selection = _validate(loop, done, state)
         checkpointing.save(loop.manager, done, state, scalars, selection=selection)
@@ -350,6 +379,15 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> tuple[steps.TrainSt
             checkpointing.save(loop.manager, done, state)
         return state, True
     return state, False
+
+
+def _statistics_batch(loop: _Loop) -> int:
+    """Images per batch of SWA's BatchNorm statistics pass: a training batch's (for a scan
+    model, its bags' slices, which its encoder's BatchNorms see together)."""
+    if not loop.run.pipeline.bags:
+        return loop.run.batch_size
+    scans = bags.ScanIndex.from_records(loop.data.records("train"), "train")
+    return loop.run.batch_size * bags.bag_slices(loop.run.pipeline, scans)
 
 
 def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:

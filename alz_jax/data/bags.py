@@ -1,0 +1,312 @@
+"""Bags of slices: a scan (session) as the training and evaluation unit, on Grain.
+
+`ScanIndex` groups a split's records into scans (slices in slice order). Training
+(`train_bag_dataset`) yields B bags of K slices per step: scans shuffled per epoch (or drawn
+class-balanced), each bag K of its scan's slices drawn by a generator seeded from the pipeline
+seed and the bag's position in the global stream (without replacement when the scan has K,
+else all of them and draws with replacement), so the stream is the same whatever the process
+and worker count and a resumed run (`start_step`) sees the same batches. Mixup/CutMix mix whole
+bags (`mixing.mix_group`: a partner bag's slices, one box on every slice). Evaluation
+(`eval_bag_dataset`) yields every scan once, all its slices, padded to the longest scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import grain
+import jax
+import numpy as np
+
+from alz_jax.data import augment, mixing, neighbours
+from alz_jax.data.input_pipeline import (
+    ClassBalancedSampler,
+    ProcessShard,
+    _prefetch,
+    per_process_batch,
+    with_neighbours,
+)
+from alz_jax.data.pipeline_spec import PipelineSpec
+from alz_jax.host.errors import UserError
+from alz_jax.tfds_builders.mri_slices.layouts.base import brief_list
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScanIndex:
+    """The scans of one split: which records (indices into the split's source) form each.
+
+    Scans are in order of first appearance in the source; `members[s]` are scan s's records in
+    slice order (slice_index, ties by file name); `positions[i]` is record i's rank in its scan.
+    """
+
+    split: str
+    scan_ids: np.ndarray  # (scans,) str
+    subjects: np.ndarray  # (scans,) str
+    labels: np.ndarray  # (scans,) int64
+    members: tuple[np.ndarray, ...]  # per scan, record indices in slice order
+    scan_of: np.ndarray  # (records,) the scan of each record
+    positions: np.ndarray  # (records,) rank of each record within its scan
+
+    @classmethod
+    def from_records(cls, records: Mapping[str, np.ndarray], split_name: str) -> ScanIndex:
+        """Groups `AdniData.records(split)` into scans; refuses scans whose slices disagree on
+        label or subject, and a split in which no scan has more than one slice."""
+        scan_ids = np.asarray(records["scan_id"], object)
+        first: dict = {}
+        scan_of = np.asarray([first.setdefault(s, len(first)) for s in scan_ids], np.int64)
+        slice_index = np.asarray(records["slice_index"], np.int64)
+        names = [str(n) for n in records["file_name"]]
+        order = sorted(range(len(scan_ids)), key=lambda i: (scan_of[i], slice_index[i], names[i]))
+        order = np.asarray(order, np.int64)
+        counts = np.bincount(scan_of, minlength=len(first))
+        ends = np.cumsum(counts)
+        members = tuple(np.split(order, ends[:-1])) if first else ()
+        positions = np.empty(len(scan_ids), np.int64)
+        positions[order] = np.arange(len(order)) - np.repeat(ends - counts, counts)
+        if len(scan_ids) and counts.max() == 1:
+            raise UserError(
+                f"every scan of {split_name} has one slice ({len(scan_ids)} images, as many "
+                "scans): the layout does not know which slices form a scan; bags need scans (the "
+                "ADNI layout, layouts with subject/scan IDs, volume layouts). data.bags and "
+                "data.neighbours > 0 need them."
+            )
+        keys = list(first)
+        labels = _one_per_scan(split_name, "label", records["label"], members, keys, names)
+        subjects = _one_per_scan(split_name, "subject", records["subject_id"], members, keys, names)
+        return cls(
+            split=split_name, scan_ids=np.asarray(keys, object), subjects=subjects,
+            labels=labels.astype(np.int64), members=members, scan_of=scan_of, positions=positions,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def num_records(self) -> int:
+        """Records (slices) of the split."""
+        return len(self.scan_of)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Slices per scan."""
+        return np.asarray([len(m) for m in self.members], np.int64)
+
+    @property
+    def max_slices(self) -> int:
+        """Slices of the longest scan (0 for an empty split)."""
+        return int(self.counts.max()) if len(self) else 0
+
+    def neighbour_index(self, n: int) -> np.ndarray:
+        """(records, 2n+1) record indices of the slices at positions p-n..p+n of each record's
+        own scan (clamped at the scan's ends); column n is the record itself (2.5D)."""
+        order = np.concatenate(self.members) if len(self) else np.zeros(0, np.int64)
+        counts = self.counts
+        starts = (np.cumsum(counts) - counts)[self.scan_of]
+        last = counts[self.scan_of] - 1
+        offsets = np.arange(-n, n + 1)
+        within = np.clip(self.positions[:, None] + offsets, 0, last[:, None])
+        return order[starts[:, None] + within]
+
+
+def _one_per_scan(split, what, values, members, keys, names) -> np.ndarray:
+    """The one value of `values` that each scan's records share; a UserError naming the scans
+    whose records disagree."""
+    values = np.asarray(values)
+    out, problems = [], []
+    for key, rows in zip(keys, members, strict=True):
+        found = sorted({v.item() if hasattr(v, "item") else v for v in values[rows]}, key=str)
+        if len(found) > 1:
+            problems.append(f"scan {key} ({names[rows[0]]}, ...) has {what}s {found}")
+        out.append(values[rows[0]])
+    if problems:
+        raise UserError(
+            f"{len(problems)} scan(s) of {split} have slices of more than one {what}: "
+            f"{brief_list(problems)}. A scan's slices must share one {what}; check the "
+            "scan and subject IDs the layout reads from the file names."
+        )
+    return np.asarray(out, values.dtype)
+
+
+def bag_slices(pipeline: PipelineSpec, scans: ScanIndex) -> int:
+    """K, the slices of a training bag: `bag_size`, or with 0 the longest scan's count."""
+    return pipeline.bag_size or scans.max_slices
+
+
+def draw_slices(rng: np.random.Generator, available: int, k: int) -> np.ndarray:
+    """K positions of a scan of `available` slices, sorted: without replacement when it has K,
+    else every slice once plus draws with replacement."""
+    if available >= k:
+        pick = rng.choice(available, size=k, replace=False)
+    else:
+        pick = np.concatenate([np.arange(available), rng.choice(available, size=k - available)])
+    return np.sort(pick)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBagTransform:
+    """Grain `random_map`: a scan index to its training bag {image (K, S, S, C), label,
+    slice_mask (K,), positions (K,)}. With `per_bag`, every slice gets the same augmentation
+    draws (one seed for the bag), else each slice its own."""
+
+    source: object
+    scans: ScanIndex
+    k: int
+    image_size: int
+    spec: augment.AugmentSpec
+    per_bag: bool
+
+    def __call__(self, scan: int, rng: np.random.Generator) -> dict:
+        members = self.scans.members[int(scan)]
+        pick = draw_slices(rng, len(members), self.k)
+        seeds = rng.integers(0, 2**63 - 1, size=1 if self.per_bag else self.k)
+        seeds = np.broadcast_to(seeds, (self.k,))
+        images = [
+            neighbours.train_image(
+                self.source[int(members[p])], np.random.default_rng(int(s)), self.image_size,
+                self.spec,
+            )
+            for p, s in zip(pick, seeds, strict=True)
+        ]  # fmt: skip
+        return {
+            "image": np.stack(images),
+            "label": np.int32(self.scans.labels[int(scan)]),
+            "slice_mask": np.ones(self.k, np.int32),
+            "positions": pick.astype(np.int32),
+        }
+
+
+def train_bag_dataset(
+    source, scans: ScanIndex, pipeline: PipelineSpec, global_batch: int, *, seed: int,
+    start_step: int = 0, balanced: bool | None = None,
+) -> grain.IterDataset:  # fmt: skip
+    """Infinite training bags {image uint8 (b, K, S, S, C), label int32 (b,), slice_mask int32
+    (b, K), positions int32 (b, K)} from `start_step` on; `global_batch` counts bags.
+
+    Scans are shuffled per epoch, or drawn class-balanced (`balanced`, by default
+    `pipeline.balanced_sampling`). With mixing on, batches carry soft `targets` (b, classes),
+    whole bags mixed. With `pipeline.neighbours` > 0, C = 2n+1 (2.5D).
+    """
+    _check_source(source, scans)
+    k = bag_slices(pipeline, scans)
+    source = with_neighbours(source, pipeline, _neighbour_index(pipeline, scans))
+    transform = TrainBagTransform(
+        source, scans, k, pipeline.image_size, pipeline.augment, pipeline.bag_augment == "bag"
+    )
+    ds = grain.MapDataset.range(len(scans)).seed(seed)
+    use_balanced = pipeline.balanced_sampling if balanced is None else balanced
+    ds = ClassBalancedSampler(ds, scans.labels, seed) if use_balanced else ds.shuffle().repeat()
+    ds = ds.random_map(transform)
+    b = per_process_batch(global_batch)
+    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
+    ds = ds.batch(b, drop_remainder=True)
+    if pipeline.mix.enabled:  # its group size divides `b`: checked with the batch (run.specs)
+        # Before the resume slice, so the mixer sees the true step.
+        ds = ds.map_with_index(
+            mixing.BatchMixer(pipeline.mix, seed, jax.process_index(), jax.process_count(), b)
+        )
+    ds = ds[start_step:]
+    return _prefetch(ds, pipeline.num_workers, pipeline.prefetch_buffer_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBagTransform:
+    """Grain `map`: a scan index to its whole scan {image (K_max, S, S, C), label, slice_mask,
+    positions, records}, slices past the scan's end zero with mask 0 and record -1."""
+
+    source: object
+    scans: ScanIndex
+    k_max: int
+    image_size: int
+    channels: int
+
+    def __call__(self, scan: int) -> dict:
+        members = self.scans.members[int(scan)]
+        n, size = len(members), self.image_size
+        image = np.zeros((self.k_max, size, size, self.channels), np.uint8)
+        for j, record in enumerate(members):
+            image[j] = neighbours.eval_image(self.source[int(record)], size)
+        records = np.full(self.k_max, -1, np.int32)
+        records[:n] = members
+        real = np.arange(self.k_max) < n
+        return {
+            "image": image,
+            "label": np.int32(self.scans.labels[int(scan)]),
+            "slice_mask": real.astype(np.int32),
+            "positions": np.where(real, np.arange(self.k_max), 0).astype(np.int32),
+            "records": records,
+        }
+
+
+def _mark_padding(element: dict) -> dict:
+    """A padding bag of the last global batch names no records."""
+    if element["mask"] == 0:
+        element = dict(element, records=np.full_like(element["records"], -1))
+    return element
+
+
+def eval_bag_dataset(
+    source, scans: ScanIndex, pipeline: PipelineSpec, global_batch: int, *, k_max: int = 0
+) -> grain.IterDataset:
+    """One pass over the scans in scan order, each with all its slices, padded to `k_max` (0:
+    the split's longest scan): {image, label, slice_mask, positions, records (b, K_max) record
+    indices or -1, mask (b,), index (b,) scan index or -1}; the last global batch is padded with
+    mask-0 bags, so every record appears exactly once."""
+    _check_source(source, scans)
+    k_max = k_max or scans.max_slices
+    if k_max < scans.max_slices:
+        raise ValueError(f"k_max {k_max} < the {scans.max_slices} slices of {scans.split}'s "
+                         "longest scan")  # fmt: skip
+    source = with_neighbours(source, pipeline, _neighbour_index(pipeline, scans))
+    transform = EvalBagTransform(source, scans, k_max, pipeline.image_size, pipeline.channels)
+    ds = grain.MapDataset.range(len(scans)).map(transform)
+    b = per_process_batch(global_batch)
+    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b, pad_to_global_batch=True)
+    ds = ds.map(_mark_padding).batch(b, drop_remainder=True)
+    return _prefetch(ds, pipeline.eval_num_workers, pipeline.prefetch_buffer_size)
+
+
+def _neighbour_index(pipeline: PipelineSpec, scans: ScanIndex) -> np.ndarray | None:
+    return scans.neighbour_index(pipeline.neighbours) if pipeline.neighbours else None
+
+
+def _check_source(source, scans: ScanIndex) -> None:
+    if len(source) != scans.num_records:
+        raise ValueError(
+            f"the source has {len(source)} records, the ScanIndex of {scans.split} "
+            f"{scans.num_records}: build it from the same split's records"
+        )
+
+
+def bag_batch_bytes(per_process_bags: int, k: int, image_size: int, channels: int) -> int:
+    """Bytes of one host batch of training bags: uint8 images plus the int32 label, slice mask
+    and positions (soft targets with mixing add 4 bytes per class per bag)."""
+    images = per_process_bags * k * image_size * image_size * channels
+    return images + 4 * per_process_bags * (1 + 2 * k)
+
+
+def describe_bags(pipeline: PipelineSpec, global_batch: int, scans: ScanIndex) -> str:
+    """One line for the start of a bag run: bags per step, K, shapes, host batch memory, and
+    how many training scans are shorter than K (filled by drawing slices again)."""
+    k, s, c = bag_slices(pipeline, scans), pipeline.image_size, pipeline.channels
+    b = per_process_batch(global_batch)
+    mb = bag_batch_bytes(b, k, s, c) / 1e6
+    counts = scans.counts
+    short = int((counts < k).sum())
+    return (
+        f"bags: {global_batch} per step x {k} slices of {s}x{s}x{c} = {global_batch * k} images, "
+        f"{mb:.1f} MB uint8 per host batch; {scans.split}: {len(scans)} scans of "
+        f"{counts.min()}-{counts.max()} slices, {short} shorter than {k} (slices drawn again); "
+        f"augment per {pipeline.bag_augment}"
+    )
+
+
+def split_source(data, split: str, neighbours_each_side: int = 0):
+    """A prepared data set's random-access source of `split` (dataset.AdniData.source), whose
+    records also carry their neighbours' images with 2.5D input (`neighbours_each_side` > 0,
+    data.neighbours), so every pipeline, statistics pass and Grad-CAM reads the same input."""
+    source = data.source(split)
+    if neighbours_each_side == 0:
+        return source
+    scans = ScanIndex.from_records(data.records(split), split)
+    return neighbours.NeighbourSource(source, scans.neighbour_index(neighbours_each_side))

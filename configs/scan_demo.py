@@ -1,0 +1,35 @@
+"""CPU-sized scan-model demo: attention pooling over bags of a scan's slices, on the synthetic
+AD_NC stand-in (no ADNI needed).
+
+    python -m alz_jax.main --config=configs/scan_demo.py --workdir=/tmp/alz_scan
+    # the same model with mean pooling, or the transformer over the slices:
+    python -m alz_jax.main --config=configs/scan_demo.py --workdir=/tmp/alz_scan_mean \
+        --config.model.aggregator=mean
+
+The demo's model (configs/demo.py: a small ConvNeXt at 64 px) encodes every slice of a bag with
+shared weights; gated attention (Ilse et al. 2018) pools the slice embeddings into one
+prediction per scan. A training bag is 8 slices drawn from one scan each step (a seeded draw);
+8 bags per step make 64 images, the demo's batch, and the run sees as many images as the demo
+(5 epochs of its images: 600 steps of 64). Evaluation reads every slice of each scan. The report
+puts the bag model beside the slice model it contains, averaged over a scan's slices and
+soft-voted with each slice position's validation accuracy (ClinicaDL), with paired intervals.
+Measured: see docs/scan_models.md ("The comparison, measured").
+"""
+
+import ml_collections
+
+from alz_jax.configs import demo
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the scan demo: the demo's ConvNeXt as the encoder of an attention-pooling model."""
+    config = demo.get_config()
+    config.model.aggregator = "attention"
+    config.data.bag_size = 8
+    config.batch_size = 8  # bags: 8 x 8 = 64 images per step, as the demo
+    config.num_train_steps = 600
+    config.warmup_steps = 60
+    config.eval_every_steps = 120
+    config.log_every_steps = 60
+    config.eval.tta = ""
+    return config
