@@ -188,6 +188,7 @@ def _model(config: ml_collections.ConfigDict) -> None:
     config.model.attention_dim = 128  # the gated attention's hidden width
     config.model.transformer_depth = 1  # 'transformer': blocks over the slice embeddings
     config.model.transformer_heads = 4
+    config.model.max_positions = 512  # 'transformer': the longest scan it can place
     config.model.remat = False  # recompute the encoder's activations in the backward pass
     # CNN families: pool the last feature map with a learned spatial attention map (drawn
     # beside Grad-CAM in the report) instead of a plain average.

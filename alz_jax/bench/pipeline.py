@@ -36,7 +36,9 @@ def training_input(run: specs.RunSpec) -> Iterator[dict]:
     pipeline = dataclasses.replace(run.pipeline, mix=mix)
     return iter(
         input_pipeline.train_dataset(
-            bags.split_source(data, "train", pipeline.neighbours), pipeline, run.batch_size,
+            bags.split_source(data, "train", pipeline.neighbours),
+            pipeline,
+            run.batch_size,
             seed=0,
         )
     )

@@ -480,6 +480,8 @@ def make_bag_predict_step(
     outputs = model.outputs or (lambda logits: logits)
 
     def predict(weights, bags: jax.Array, slice_mask: jax.Array, positions: jax.Array) -> dict:
+        # Evaluation bags are whole scans padded to the longest: positions are below K.
+        scan.check_positions(model.spec, bags.shape[1])
         images = preprocess.normalize(view_of(bags, view), mean, std)
         out = model.module(weights).outputs(images, slice_mask=slice_mask, positions=positions)
         slice_logits = out["slice_logits"].astype(jnp.float32)

@@ -11,6 +11,7 @@ figures: validation during training, the test report at the end of `main`, `eval
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,8 +75,14 @@ def reporter(task: tasks.Task) -> Reporter:
 
 
 def format_report(report: dict) -> str:
-    """The console table of a saved or fresh report of any task."""
-    return reporter(tasks.of_report(report)).text(report)
+    """The console table of a saved or fresh report of any task, then its scan-level methods
+    side by side."""
+    text = reporter(tasks.of_report(report)).text(report)
+    if report.get("bag_model"):
+        text = "\n".join([textwrap.fill(report["bag_model"], 100), text])
+    if report.get("scan_methods"):
+        text = "\n".join([text, *scan_methods.methods_text(report["scan_methods"])])
+    return text
 
 
 def calibrate(
@@ -132,6 +139,8 @@ def evaluate_weights(
     report["weights"] = weights
     report["selection"] = selection
     report["about"] = about or {}
+    if bag:
+        report["bag_model"] = BAG_NOTE
     slice_outputs = {s: bag[s]["plain"].slice_outputs if bag else outputs[s]["plain"]
                      for s in splits}  # fmt: skip
     report["scan_methods"] = scan_level_methods(
@@ -159,22 +168,27 @@ def evaluate_weights(
     return reports.write_outputs(report, rendered, workdir, writer, with_scan_methods(shown))
 
 
+BAG_NOTE = (
+    "A scan model: it predicts each scan from all its slices, and every image carries its "
+    "scan's prediction, so the slice level is the scan level weighted by slices; its slice "
+    "model alone is 'slice model + average' under Scan-level methods."
+)
+
+
 def with_scan_methods(shown: Reporter) -> Callable[[dict, dict[str, str]], str]:
     """The reporter's Markdown, followed by the scan-level methods side by side."""
 
     def markdown(report: dict, figure_paths: dict[str, str]) -> str:
         text = shown.markdown(report, figure_paths)
+        if report.get("bag_model"):
+            text = text.replace("\n## Metrics\n", f"\n## Metrics\n\n{report['bag_model']}\n", 1)
         if report.get("scan_methods"):
-            text = text.rstrip("\n") + "\n\n" + scan_methods.methods_markdown(
-                report["scan_methods"]
+            text = (
+                text.rstrip("\n") + "\n\n" + scan_methods.methods_markdown(report["scan_methods"])
             )
         return text
 
     return markdown
-
-
-BASELINE_AVERAGE = "slice model + average"
-BASELINE_VOTE = "slice model + weighted vote"
 
 
 def scan_level_methods(
@@ -190,24 +204,28 @@ def scan_level_methods(
         return None
     records = {s: data.records(s) for s in ("validation", split)}
     probs = {s: task.probabilities({"plain": slice_outputs[s]}, 1.0) for s in records}
-    weights = scan_methods.position_weights(
-        records["validation"], probs["validation"], task, data.class_names
-    )
-    methods = {
-        s: {
-            BASELINE_AVERAGE: probs[s],
-            BASELINE_VOTE: scan_methods.weighted_vote(records[s], probs[s], weights),
-        }
-        for s in records
-    }
+    methods = {s: {scan_methods.AVERAGE: probs[s]} for s in records}
+    weights = None
+    if scan_methods.positions_known(records["validation"]):
+        weights = scan_methods.position_weights(
+            records["validation"], probs["validation"], task, data.class_names
+        )
+        for s, split_records in records.items():
+            methods[s][scan_methods.WEIGHTED_VOTE] = scan_methods.weighted_vote(
+                split_records, probs[s], weights
+            )
     if bag_outputs:
-        name = f"bag model ({model.spec.aggregator})"
         for s in records:
-            methods[s][name] = task.probabilities({"plain": bag_outputs[s]}, 1.0)
-    return scan_methods.compare_methods(
+            methods[s][scan_methods.bag_method(model.spec.aggregator)] = task.probabilities(
+                {"plain": bag_outputs[s]}, 1.0
+            )
+    section = scan_methods.compare_methods(
         records[split], methods[split], records["validation"], methods["validation"], task,
         settings, subjects_known, data.class_names,
     )  # fmt: skip
+    # What `compare` needs to apply the vote to this run's predictions again.
+    section["position_weights"] = {str(k): float(v) for k, v in (weights or {}).items()}
+    return section
 
 
 def bag_columns(
@@ -261,9 +279,11 @@ def attention_strips(
         rows = scans.members[scan_number[scan_id]]
         images = np.stack([transform(source[int(r)])["image"] for r in rows])
         label = data.class_names[int(records["label"][rows[0]])]
-        title = f"{scan_id}: {len(rows)} slices, true {label}"
+        prob = np.asarray(probs[scan_id])
+        called = f"P({data.class_names[int(prob.argmax())]})" if prob.ndim else "P(AD)"
         out[f"attention_{i}"] = scan_methods.attention_strip(
-            images, found.weights[rows], records["slice_index"][rows], title, probs[scan_id], label
-        )
+            images, found.weights[rows], records["slice_index"][rows],
+            f"scan {scan_id}: {len(rows)} slices", float(prob.max()), label, called,
+        )  # fmt: skip
     report["attention_scans"] = chosen
     return out

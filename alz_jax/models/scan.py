@@ -265,7 +265,10 @@ class ScanModel(nnx.Module):
         slice_mask: jax.Array | None = None, positions: jax.Array | None = None,
     ) -> jax.Array:  # fmt: skip
         """The bags' logits (B, num_classes); `sample_keys` (B,), one per bag, turn on
-        stochastic depth and head dropout (training)."""
+        stochastic depth and head dropout (training). Single slices (B, H, W, C) are bags of
+        one (what SWA's BatchNorm statistics pass feeds the encoder)."""
+        if x.ndim == 4:
+            x = x[:, None]
         z, _ = self.pooled(self.slice_embeddings(x, sample_keys), slice_mask, positions)
         return self.encoder.classify(z)
 
@@ -281,6 +284,19 @@ class ScanModel(nnx.Module):
         z, weights = self.pooled(h, slice_mask, positions)
         return {"logits": self.encoder.classify(z), "weights": weights,
                 "slice_logits": self.encoder.classify(h)}  # fmt: skip
+
+
+def check_positions(spec, longest_scan: int) -> None:
+    """A transformer over slices places each slice by its position in its scan: refuses scans
+    longer than its position embedding (model.max_positions), which the device would clip. Any
+    other model takes scans of any length."""
+    transformer = isinstance(spec, ScanSpec) and spec.aggregator == "transformer"
+    if transformer and longest_scan > spec.max_positions:
+        raise UserError(
+            f"A scan of {longest_scan} slices is longer than config.model.max_positions = "
+            f"{spec.max_positions}: set it to at least {longest_scan}, or cut fewer slices "
+            "per scan."
+        )
 
 
 def load_slice_weights(scan_params: dict, slice_params: dict) -> dict:

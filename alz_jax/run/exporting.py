@@ -37,7 +37,7 @@ from alz_jax.core import steps
 from alz_jax.data import preprocess
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
-from alz_jax.models import registry
+from alz_jax.models import registry, scan
 from alz_jax.run import run_record
 from alz_jax.run.saved_run import SavedRun
 from alz_jax.run.specs import RunSpec
@@ -98,6 +98,9 @@ def model_metadata(spec, parameters: int) -> dict:
               if k not in ("dtype", "depthwise", "param_dtype")}  # fmt: skip
     out = {"architecture": registry.title(spec), "family": registry.family(spec).name,
            "spec": fields}  # fmt: skip
+    if isinstance(spec, scan.ScanSpec):  # a scan model: its encoder, and the encoder's family
+        fields["encoder"] = model_metadata(spec.encoder, 0)["spec"]
+        out["encoder_family"] = registry.family(spec.encoder).name
     out.update(registry.export_fields(spec))
     return {**out, "in_chans": spec.in_chans, "num_classes": spec.num_classes,
             "parameters": parameters}  # fmt: skip
@@ -112,6 +115,9 @@ def spec_from_metadata(metadata: dict, depthwise: str = "xla"):
     known = {f.name for f in dataclasses.fields(fam.spec_type)}
     fields = m.get("spec") or {k: v for k, v in m.items() if k in known}
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    if m.get("encoder_family"):
+        described = {"family": m["encoder_family"], "spec": fields["encoder"]}
+        fields["encoder"] = spec_from_metadata({**metadata, "model": described}, depthwise)
     if "depthwise" in known:
         fields["depthwise"] = depthwise
     return fam.spec_type(**fields, dtype=metadata["compute_dtype"])  # fmt: skip
@@ -121,23 +127,32 @@ def inference_function(spec, mean: float, std: float) -> Callable:
     """(flat weights, uint8 images (B, S, S, C)) -> float32 logits (B, classes). On CPU a model's
     depthwise convolutions are the shift-and-add form, elsewhere XLA's grouped convolution (the
     results agree within 1e-5; models/depthwise.py), chosen when the function runs."""
-    has_depthwise = "depthwise" in {f.name for f in dataclasses.fields(spec)}
-    specs = {impl: dataclasses.replace(spec, depthwise=impl) if has_depthwise else spec
-             for impl in ("shift", "xla")}  # fmt: skip
-    models = {impl: steps.make_model(s) for impl, s in specs.items()}
+    models = {impl: steps.make_model(_with_depthwise(spec, impl)) for impl in ("shift", "xla")}
 
-    def logits_with(model, flat, images):
+    def logits_with(model, flat, images, *bag):
         weights = unflatten(jax.tree.map(lambda w: w.astype(jnp.float32), flat), spec)
-        return model.apply(weights, preprocess.normalize(images, mean, std)).astype(jnp.float32)
+        inputs = {"slice_mask": bag[0] > 0} if bag else {}
+        normalized = preprocess.normalize(images, mean, std)
+        return model.apply(weights, normalized, **inputs).astype(jnp.float32)
 
-    def logits(flat, images):
+    def logits(flat, images, *bag):
         return jax.lax.platform_dependent(
-            flat, images,
-            cpu=lambda f, x: logits_with(models["shift"], f, x),
-            default=lambda f, x: logits_with(models["xla"], f, x),
+            flat, images, *bag,
+            cpu=lambda f, x, *b: logits_with(models["shift"], f, x, *b),
+            default=lambda f, x, *b: logits_with(models["xla"], f, x, *b),
         )  # fmt: skip
 
     return logits
+
+
+def _with_depthwise(spec, impl: str):
+    """`spec` (or a scan model's encoder) with depthwise implementation `impl`, where its family
+    has one."""
+    if isinstance(spec, scan.ScanSpec):
+        return dataclasses.replace(spec, encoder=_with_depthwise(spec.encoder, impl))
+    if "depthwise" in {f.name for f in dataclasses.fields(spec)}:
+        return dataclasses.replace(spec, depthwise=impl)
+    return spec
 
 
 # ---- Writing and reading the formats. ----
@@ -197,14 +212,15 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return flat, metadata
 
 
-def load_inference(directory: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+def load_inference(directory: str | os.PathLike) -> Callable[..., np.ndarray]:
     """The export's serialized inference function with its weights bound: uint8 images (B, S,
-    S, 1), any B -> float32 logits (B, 2)."""
+    S, C), any B -> float32 logits (B, classes); a scan model's takes bags (B, K, S, S, C) and
+    their slice mask (B, K) (1: a slice, 0: padding), any B and K."""
     flat, _ = load(directory)
     exported = jax.export.deserialize(
         bytearray((storage.path(directory) / FUNCTION_FILE).read_bytes())
     )
-    return lambda images: np.asarray(exported.call(flat, images))
+    return lambda images, *bag: np.asarray(exported.call(flat, images, *bag))
 
 
 # ---- The export. ----
@@ -262,7 +278,12 @@ def build_metadata(
             "serialization": f"jax.export (StableHLO), jax {jax.__version__}",
             "platforms": list(platforms),
             "arguments": "(weights as the flat name -> array mapping of the weight file, "
-            "uint8 images (B, size, size, 1) with B symbolic)",
+            + (
+                "uint8 bags (B, K, size, size, channels) of a scan's slices and their int32 "
+                "slice mask (B, K), 1 for a slice and 0 for padding, with B and K symbolic)"
+                if isinstance(spec, scan.ScanSpec)
+                else "uint8 images (B, size, size, channels) with B symbolic)"
+            ),
             "returns": f"float32 logits (B, {spec.num_classes})",
         },
     }
@@ -294,11 +315,16 @@ def export(
     spec = spec_from_metadata(metadata)
     fn = inference_function(spec, metadata["normalization"]["mean"],
                             metadata["normalization"]["std"])  # fmt: skip
-    (batch,) = jax.export.symbolic_shape("batch")
     size, chans = metadata["input"]["size"], spec.in_chans
+    if isinstance(spec, scan.ScanSpec):
+        batch, slices = jax.export.symbolic_shape("batch, slices")
+        inputs = (jax.ShapeDtypeStruct((batch, slices, size, size, chans), jnp.uint8),
+                  jax.ShapeDtypeStruct((batch, slices), jnp.int32))  # fmt: skip
+    else:
+        (batch,) = jax.export.symbolic_shape("batch")
+        inputs = (jax.ShapeDtypeStruct((batch, size, size, chans), jnp.uint8),)
     exported = jax.export.export(jax.jit(fn), platforms=platforms)(
-        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()},
-        jax.ShapeDtypeStruct((batch, size, size, chans), jnp.uint8),
+        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}, *inputs
     )
     (out / FUNCTION_FILE).write_bytes(exported.serialize())
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1, sort_keys=True))

@@ -69,14 +69,10 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     """What must not change when a run resumes: the model, the data, the split, and the
     training recipe (a new batch size, seed, duration or optimizer would change the data stream
     or the schedule mid-run)."""
-    model = dataclasses.asdict(run.model)
-    # The depthwise implementation is not part of a run: every one has the same parameters.
+    model = _model_identity(run.model)
     # The compute dtype is part of the recipe: 'auto' started on CPU (float32) must not resume
     # on a GPU in bfloat16.
-    compute_dtype = model.pop("dtype")
-    model.pop("depthwise", None)
-    _drop_defaults(model, {"head_dropout": 0.0})  # added later: older runs keep their identity
-    _drop_defaults(model, {"spatial_attention": False})  # as head_dropout
+    compute_dtype = run.model.dtype
     family = registry.record_family(run.model)
     if family is not None:  # the default family's runs, recorded before others, keep theirs
         model = {"family": family, **model}
@@ -108,6 +104,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
             **({"class_weights": run.class_weights} if run.class_weights != "none" else {}),
             **({"balanced_sampling": True} if run.pipeline.balanced_sampling else {}),
             **({"swa_bn_batches": run.swa_bn_batches} if run.swa_bn_batches else {}),
+            **_pipeline_identity(run.pipeline),
         },
         "data": {
             "fingerprint": data_fingerprint,
@@ -126,6 +123,33 @@ DATA_GATES = ("trust_folder_labels", "max_label_conflicts", "allow_missing_class
 ADDED_DATA_DEFAULTS = {"layout": "auto", "label_names": "", "synthetic_layout": "adni",
                        "synthetic_subjects": 160, "group_near_duplicates": False,
                        "synthetic_difficulty": "standard"}  # fmt: skip
+
+
+def _model_identity(spec) -> dict:
+    """A model spec's fields that make a run: not its compute dtype (the recipe's) nor its
+    depthwise implementation (every one has the same parameters); a scan model's encoder with
+    its family. Fields added later are left out at their defaults: older runs keep their
+    identity."""
+    model = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    del model["dtype"]
+    model.pop("depthwise", None)
+    _drop_defaults(model, {"head_dropout": 0.0, "spatial_attention": False})
+    if "encoder" in model:
+        encoder = spec.encoder
+        model["encoder"] = {"family": registry.family(encoder).name,
+                            **_model_identity(encoder)}  # fmt: skip
+    return model
+
+
+def _pipeline_identity(pipeline) -> dict:
+    """The input pipeline's settings that change what a run trains on, where set: bags of a
+    scan's slices (a scan model) and 2.5D neighbours."""
+    out = {}
+    if pipeline.bags:
+        out["bags"] = {"bag_size": pipeline.bag_size, "bag_augment": pipeline.bag_augment}
+    if pipeline.neighbours:
+        out["neighbours"] = pipeline.neighbours
+    return out
 
 
 def _drop_defaults(fields: dict, defaults: dict) -> None:

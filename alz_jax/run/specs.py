@@ -289,8 +289,13 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
     spec = RunSpec(
         seed=c.seed,
         batch_size=c.batch_size,
-        model=model_spec(c.model, compute_dtype(c.dtype, backend), backend, c.data.image_size,
-                         neighbours=c.data.get("neighbours", 0)),
+        model=model_spec(
+            c.model,
+            compute_dtype(c.dtype, backend),
+            backend,
+            c.data.image_size,
+            neighbours=c.data.get("neighbours", 0),
+        ),
         task=tasks.for_classes(c.model.num_classes),
         init_from=c.model.init_from,
         data=data_spec(c.data),
@@ -380,7 +385,13 @@ def compute_dtype(dtype: str, backend: str | None = None) -> str:
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
-AGGREGATOR_FIELDS = ("attention_dim", "transformer_depth", "transformer_heads", "remat")
+AGGREGATOR_FIELDS = (
+    "attention_dim",
+    "transformer_depth",
+    "transformer_heads",
+    "max_positions",
+    "remat",
+)
 
 
 def model_spec(

@@ -26,7 +26,7 @@ from alz_jax.data import bags, dataset, input_pipeline
 from alz_jax.evaluation import figures, metric_registry, reports, task_reports
 from alz_jax.host import profiling, storage, workdir_lock, writers
 from alz_jax.host.errors import UserError
-from alz_jax.models import convert
+from alz_jax.models import convert, scan
 from alz_jax.run import assembly, progress, run_record, saved_run, specs, swa_statistics
 
 
@@ -208,6 +208,7 @@ def training_batches(run, plan, data, start_step: int):
             run.batch_size, seed=run.seed, start_step=start_step, labels=records["label"],
         )  # fmt: skip
     scans = bags.ScanIndex.from_records(records, "train")
+    scan.check_positions(run.model, scans.max_slices)
     logging.info(bags.describe_bags(plan.pipeline, run.batch_size, scans))
     return bags.train_bag_dataset(
         data.source("train"), scans, plan.pipeline, run.batch_size, seed=run.seed,
