@@ -70,8 +70,9 @@ def _multiclass_figures() -> dict:
     }
 
 
-def _gradcam_figure(long_names: bool):
-    """Four scans of five 64 px slices with smooth maps; ADNI-long file names when asked."""
+def _gradcam_figure(long_names: bool, attention: bool = False):
+    """Four scans of five 64 px slices with smooth maps; ADNI-long file names when asked; the
+    spatial attention figure (the same layout) when `attention`."""
     rng = np.random.default_rng(2)
     stem = ("ADNI_002_S_0295_MR_MPR__GradWarp__B1_Correction__N3__Scaled_Br_20070319113623975"
             if long_names else "148646")  # fmt: skip
@@ -85,7 +86,8 @@ def _gradcam_figure(long_names: bool):
     images = rng.integers(0, 255, (20, 64, 64), np.uint8)
     yy, xx = np.mgrid[:64, :64] / 63
     cams = np.stack([np.exp(-((xx - rng.uniform()) ** 2 + (yy - 0.5) ** 2) * 8) for _ in range(20)])
-    return saliency.draw_gradcam(rows, images, cams, 0.493)
+    draw = saliency.draw_attention if attention else saliency.draw_gradcam
+    return draw(rows, images, cams, 0.493)
 
 
 BINARY, STAGED = ("roc", "confusion", "reliability"), ("confusion", "reliability")
@@ -94,6 +96,7 @@ FIGURES = {
     **{f"stages_{k}": (lambda k=k: _multiclass_figures()[k]) for k in STAGED},
     "gradcam": lambda: _gradcam_figure(long_names=False),
     "gradcam_adni_names": lambda: _gradcam_figure(long_names=True),
+    "spatial_attention": lambda: _gradcam_figure(long_names=True, attention=True),
 }  # fmt: skip
 
 
@@ -152,7 +155,8 @@ def _problems(fig) -> list[str]:
 def test_figure_is_readable_as_its_file_and_as_tensorboard_cards(name):
     fig = FIGURES[name]()
     cards = figures.card_figures(fig)  # before the file's dpi: cards are drawn at their own
-    panels = {"binary_roc": 2, "gradcam": 4, "gradcam_adni_names": 4}.get(name, 3)
+    panels = {"binary_roc": 2, "gradcam": 4, "gradcam_adni_names": 4,
+              "spatial_attention": 4}.get(name, 3)  # fmt: skip
     assert len(cards) == panels
     for card in cards:
         assert card.canvas.get_width_height() == figures.CARD_PX

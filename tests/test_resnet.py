@@ -165,8 +165,8 @@ def test_mismatches_are_refused_naming_the_keys(state):
     broken = dict(state, **{"layer1.0.bn3.bias": np.full(16, np.nan, np.float32)})
     with pytest.raises(ConversionError, match=r"NaN or Inf.*layer1\.0\.bn3\.bias"):
         convert_(broken, spec())
-    with pytest.raises(ConversionError, match="in_chans=1"):
-        convert_(state, spec(in_chans=2))
+    with pytest.raises(ConversionError, match="a 2-channel stem cannot be adapted to in_chans=1"):
+        convert_(dict(state, **{"conv1.weight": state["conv1.weight"][:, :2]}), spec(in_chans=1))
     with pytest.raises(ConversionError, match="layout 'fb'"):
         convert_(state, spec(), "fb")
     basic = {k: v for k, v in state.items() if ".conv3." not in k and ".bn3." not in k}

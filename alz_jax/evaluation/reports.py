@@ -67,6 +67,12 @@ GRADCAM_TEXT = (
     "coarse grid and scaled to 1 per slice), in the jet colour scale from blue (0, no "
     "contribution) to red (1, the slice's strongest); it is not a lesion map."
 )
+SPATIAL_ATTENTION_TEXT = (
+    "Spatial attention: the weights the head pooled the last feature map with "
+    "(model.spatial_attention: a softmax over the map's cells, upsampled and scaled to 1 per "
+    "slice), from blue (little weight) to red (the slice's most); it shows where the model "
+    "looked, whatever the class, and is not a lesion map."
+)
 # ---- Predictions. ----
 
 
@@ -690,6 +696,8 @@ def markdown_end(md: list[str], notes: list[str], figures: dict[str, str]) -> st
             md.append(f"![{name}]({path})")
             if name == "gradcam":
                 md += ["", GRADCAM_TEXT, ""]
+            if name == "spatial_attention":
+                md += ["", SPATIAL_ATTENTION_TEXT, ""]
     return "\n".join(md) + "\n"
 
 
@@ -792,7 +800,8 @@ def saliency_figures(
     probs: np.ndarray, model, params, pixel_stats: dict, image_size: int, settings: EvalSettings,
 ) -> dict:  # fmt: skip
     """Grad-CAM pictures of the chosen scans of `split` (settings.gradcam_scans; none when 0),
-    noting them in the report."""
+    and a model with spatial attention's pooling weights over the same slices, noting the scans
+    in the report."""
     if not settings.gradcam_scans:
         return {}
     threshold = report["scan"]["threshold"]
@@ -800,12 +809,12 @@ def saliency_figures(
     # One batched call (compiling included): a line before it, none during.
     logging.info("Grad-CAM of %d %s scans (up to %d slices each) ...", len(scans), split,
                  settings.gradcam_slices)  # fmt: skip
-    figure = saliency.gradcam_figure(
+    drawn = saliency.scan_figures(
         data.source(split), records, probs, scans, model, params, pixel_stats, image_size,
         settings.gradcam_slices, threshold,
     )  # fmt: skip
     report["gradcam_scans"] = list(scans)
-    return {"gradcam": figure}
+    return drawn
 
 
 def validation_images(

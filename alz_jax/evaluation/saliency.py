@@ -1,6 +1,8 @@
 """Grad-CAM (Selvaraju et al., 2017): which parts of a slice the decision rests on, for a few
 chosen scans, overlaid on the slices. It weighs a CNN's last feature map (what its head pools),
-and a ViT's patch tokens entering its last attention (models/registry.py gradcam_target)."""
+and a ViT's patch tokens entering its last attention (models/registry.py gradcam_target). A CNN
+with a spatial attention head (model.spatial_attention) also gets the map its head pooled with,
+drawn for the same scans and slices in a figure of its own (`scan_figures`)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,23 @@ def make_gradcam_fn(model, pixel_stats: dict[str, float]) -> Callable:
     return jax.jit(gradcam)
 
 
+def make_attention_fn(model, pixel_stats: dict[str, float]) -> Callable:
+    """Jitted (params, images uint8 (B, H, W, C)) -> maps (B, H, W) in [0, 1]: the spatial
+    attention weights the head pooled its last feature map with (model.spatial_attention),
+    upsampled (bilinear) to the image and divided by each slice's maximum."""
+    mean, std = pixel_stats["mean"], pixel_stats["std"]
+
+    def attention(params, images):
+        net = model.module(params)
+        x = preprocess.normalize(images, mean, std)
+        weights = net.attention_map(net.feature_map(x))
+        maps = jax.image.resize(weights, (images.shape[0], *images.shape[1:3]), "bilinear")
+        maps = jnp.maximum(maps, 0.0)
+        return maps / jnp.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
+
+    return jax.jit(attention)
+
+
 def choose_scans(scans: metrics.Units, threshold: float, count: int) -> list[tuple[str, int]]:
     """`count` scans, round-robin over outcomes TP, TN, FN, FP at `threshold`, the most
     confident of each outcome first: what the model gets right and how it fails."""
@@ -81,6 +100,17 @@ def gradcam_figure(
 ) -> Figure:  # fmt: skip
     """Rows: the chosen scans; columns: evenly spaced slices of each, with the Grad-CAM of the
     class the scan is predicted (at the scan-level `threshold`) over each slice (draw_gradcam)."""
+    return scan_figures(source, records, prob_ad, scans, model, params, pixel_stats, image_size,
+                        slices_per_scan, threshold)["gradcam"]  # fmt: skip
+
+
+def scan_figures(
+    source, records: dict, prob_ad: np.ndarray, scans: list[tuple[str, int]], model, params,
+    pixel_stats: dict, image_size: int, slices_per_scan: int, threshold: float,
+) -> dict[str, Figure]:  # fmt: skip
+    """{'gradcam': gradcam_figure's figure} and, for a model with spatial attention
+    (model.spatial_attention), 'spatial_attention': the weights its head pooled with, over the
+    same scans and slices (draw_attention)."""
     scan_ids = np.asarray(records["scan_id"]).astype(str)
     labels = np.asarray(records["label"])
     slice_index = np.asarray(records["slice_index"])
@@ -96,13 +126,19 @@ def gradcam_figure(
         for i in indices
     ])  # fmt: skip
     signs = np.concatenate([np.full(len(r[3]), 1.0 if r[2] >= threshold else -1.0) for r in rows])
-    cams, _ = make_gradcam_fn(model, pixel_stats)(_local(params), images, signs.astype(np.float32))
+    local = _local(params)
+    cams, _ = make_gradcam_fn(model, pixel_stats)(local, images, signs.astype(np.float32))
     scan_rows = [
         ScanRow(scan_id, label, prob, [str(records["file_name"][m]) for m in members],
                 [int(slice_index[m]) for m in members])
         for scan_id, label, prob, members in rows
     ]  # fmt: skip
-    return draw_gradcam(scan_rows, images[..., 0], np.asarray(cams), threshold)
+    shown = images[..., images.shape[-1] // 2]  # the slice itself, amid 2.5D neighbours
+    out = {"gradcam": draw_gradcam(scan_rows, shown, np.asarray(cams), threshold)}
+    if model.spec.spatial_attention:
+        maps = make_attention_fn(model, pixel_stats)(local, images)
+        out["spatial_attention"] = draw_attention(scan_rows, shown, np.asarray(maps), threshold)
+    return out
 
 
 class ScanRow(NamedTuple):
@@ -119,15 +155,35 @@ class ScanRow(NamedTuple):
 EXPLANATION = ("Red: regions that raised the score of the class the scan is predicted as; "
                "blue: little or none.")  # fmt: skip
 CARD_EXPLANATION = "Red: raised the predicted class's score; blue: little or none."
+ATTENTION_EXPLANATION = ("Red: where the head's spatial attention put the most weight when "
+                         "pooling; blue: little or none.")  # fmt: skip
+ATTENTION_CARD_EXPLANATION = "Red: most weight in the head's pooling; blue: little or none."
 
 
-def _scan_text(row: ScanRow, threshold: float) -> str:
+class MapKind(NamedTuple):
+    """What a figure of maps over slices says: its title (given the threshold), its colour
+    scale's label, what red means (figure, card), and whether a map is of the predicted class."""
+
+    title: str
+    bar_label: str
+    explanation: str
+    card_explanation: str
+    of_class: bool
+
+
+GRADCAM = MapKind("Grad-CAM of each scan's predicted class, threshold {threshold:.3f}",
+                  "Grad-CAM (1: the slice's highest)", EXPLANATION, CARD_EXPLANATION,
+                  True)  # fmt: skip
+ATTENTION = MapKind("Spatial attention: the weights each slice's last feature map was pooled with",
+                    "attention (1: the slice's highest)", ATTENTION_EXPLANATION,
+                    ATTENTION_CARD_EXPLANATION, False)  # fmt: skip
+
+
+def _scan_text(row: ScanRow, threshold: float, of_class: bool = True) -> str:
     """What a scan's row says: its id, truth, P(AD) and the class its maps explain."""
     predicted = "AD" if row.prob >= threshold else "NC"
-    return (
-        f"scan {row.scan_id}: true {metrics.CLASS_NAMES[row.label]}, P(AD) {row.prob:.2f}, "
-        f"map of {predicted}"
-    )
+    text = f"scan {row.scan_id}: true {metrics.CLASS_NAMES[row.label]}, P(AD) {row.prob:.2f}"
+    return text + (f", map of {predicted}" if of_class else "")
 
 
 def _overlay(ax, image: np.ndarray, cam: np.ndarray, title: str):
@@ -139,10 +195,10 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray, title: str):
     return shown
 
 
-def _colorbar(fig: Figure, shown, axes) -> None:
+def _colorbar(fig: Figure, shown, axes, label: str = GRADCAM.bar_label) -> None:
     """The maps' colour scale beside `axes`."""
     bar = fig.colorbar(shown, ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
-    bar.set_label("Grad-CAM (1: the slice's highest)")
+    bar.set_label(label)
 
 
 def _fit_titles(fig: Figure, axes) -> None:
@@ -163,6 +219,20 @@ def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
     """The Grad-CAM figure: a row per scan (ScanRow), its slices (`images` (N, H, W) uint8, in
     row order) under their maps (`cams` (N, H, W) in [0, 1]), titled with their file names, a
     colour scale and what red means. Cards: one scan each, slices titled by index."""
+    return draw_maps(rows, images, cams, threshold, GRADCAM)
+
+
+def draw_attention(rows: list[ScanRow], images: np.ndarray, maps: np.ndarray,
+                   threshold: float) -> Figure:  # fmt: skip
+    """The spatial attention figure, laid out as draw_gradcam's (the same scans and slices):
+    `maps` (N, H, W) in [0, 1] the head's pooling weights, each slice's scaled to 1."""
+    return draw_maps(rows, images, maps, threshold, ATTENTION)
+
+
+def draw_maps(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray, threshold: float,
+              kind: MapKind) -> Figure:  # fmt: skip
+    """A figure of maps over slices, saying what `kind` says: a row per scan, its slices under
+    their maps, titled with their file names; cards: one scan each, slices titled by index."""
     columns = max(len(r.file_names) for r in rows)
     fig = Figure(figsize=(1.9 * columns + 1.2, 2.1 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
@@ -177,28 +247,29 @@ def draw_gradcam(rows: list[ScanRow], images: np.ndarray, cams: np.ndarray,
                     axes[r, col], images[k], cams[k], row.file_names[col].split("/")[-1]
                 )
                 axes[r, col].title.set_fontsize(7)
+        text = _scan_text(row, threshold, kind.of_class)
         axes[r, 0].text(
-            -0.08, 0.5, _scan_text(row, threshold).replace(": ", "\n").replace(", ", "\n"),
+            -0.08, 0.5, text.replace(": ", "\n").replace(", ", "\n"),
             transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8,
         )  # fmt: skip
-    _colorbar(fig, shown, axes)
-    fig.suptitle(f"Grad-CAM of each scan's predicted class, threshold {threshold:.3f}")
-    fig.supxlabel(EXPLANATION)
+    _colorbar(fig, shown, axes, kind.bar_label)
+    fig.suptitle(kind.title.format(threshold=threshold))
+    fig.supxlabel(kind.explanation)
     _fit_titles(fig, axes.ravel())
 
     def card(r: int) -> Callable[[], Figure]:
         def build() -> Figure:
             row, n = rows[r], len(rows[r].file_names)
             card_fig, card_axes = figures.card_figure(
-                math.ceil(n / 3), min(n, 3), _scan_text(row, threshold)
+                math.ceil(n / 3), min(n, 3), _scan_text(row, threshold, kind.of_class)
             )  # fmt: skip
             for col, ax in enumerate(card_axes.ravel()):
                 ax.set_axis_off()
                 if col < n:
                     k = offsets[r] + col
                     last = _overlay(ax, images[k], cams[k], f"slice {row.slice_indices[col]}")
-            _colorbar(card_fig, last, card_axes)
-            card_fig.supxlabel(CARD_EXPLANATION)
+            _colorbar(card_fig, last, card_axes, kind.bar_label)
+            card_fig.supxlabel(kind.card_explanation)
             return card_fig
 
         return build

@@ -20,12 +20,16 @@ from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (  # noqa: F401  (HEAD_KEY_INDEX: convnext's name of old)
     HEAD_KEY_INDEX,
     FeatureMapClassifier,
+    attention_pool_macs,
+    attention_weights,
     drop_path,
     fold_keys,
+    global_pool,
     head_dropout,
     linear_drop_rates,
     patchify_conv,
     pooled_map_target,
+    spatial_attention,
     staged_layer_ids,
 )
 
@@ -156,7 +160,8 @@ class Stem(nnx.Module):
 
 
 class Head(nnx.Module):
-    """Global average pool, LayerNorm, dropout in training, Linear to class logits (float32)."""
+    """Global average pool (or spatial attention pooling, model.spatial_attention), LayerNorm,
+    dropout in training, Linear to class logits (float32)."""
 
     def __init__(self, spec: ConvNeXtSpec, rngs: nnx.Rngs):
         dim = spec.dims[-1]
@@ -176,10 +181,19 @@ class Head(nnx.Module):
             param_dtype=spec.param_dtype,
             rngs=rngs,
         )
+        self.attention = spatial_attention(dim, spec, rngs)
+
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
+        """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
+        return global_pool(self.attention, x)
+
+    def attention_map(self, x: jax.Array) -> jax.Array:
+        """The spatial attention weights (B, h, w) `spatial_pool` sums the map `x` with."""
+        return attention_weights(self.attention, x)
 
     def features(self, x: jax.Array) -> jax.Array:
         """Pooled, normalised features before the classifier."""
-        return self.norm(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+        return self.norm(self.spatial_pool(x))
 
     def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
         """The embedding the classifier reads: `features`, with dropout in training."""
@@ -255,6 +269,8 @@ def forward_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
             macs += side * side * dim * 4 * spec.dims[i - 1]  # 2x2 stride-2 downsample
         macs += depth * side * side * (49 * dim + 8 * dim * dim)  # dwconv 7x7, MLP C-4C-C
     macs += spec.dims[-1] * spec.num_classes
+    if spec.spatial_attention:
+        macs += attention_pool_macs(spec.dims[-1], side * side)
     return 2.0 * macs
 
 

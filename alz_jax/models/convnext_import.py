@@ -4,9 +4,11 @@
 Each tensor is moved to the project's NHWC layout: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g,
 O], linears [out, in] -> [in, out], LayerNorm weight -> scale, layer scale [C, 1, 1] -> [C]. A
 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
-input axis (a grayscale image repeated over RGB gives the same activations). A head whose class
+input axis (a grayscale image repeated over RGB gives the same activations), and the stem of
+other channel counts (2.5D input) by timm's adapt_input_conv rule. A head whose class
 count differs from the spec's (1000 ImageNet classes) is re-initialised as a fresh model's would
-be. Every other tensor must be present with the expected shape, and every tensor in the file must
+be; a spatial attention pooling (model.spatial_attention) keeps its fresh initialisation. Every
+other tensor must be present with the expected shape, and every tensor in the file must
 be used: a mismatch is an error naming the keys.
 """
 
@@ -150,6 +152,7 @@ def params_from_state_dict(
     params = reader.tree(
         convnext.init_params(spec, seed), key_for, transform=_layer_scale,
         head=("head", "fc"), stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
+        fresh=("head", "attention"),
     )  # fmt: skip
     return params, reader.finish("ConvNeXt")
 

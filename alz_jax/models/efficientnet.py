@@ -30,11 +30,15 @@ from alz_jax.models import depthwise
 from alz_jax.models.batchnorm import BatchNorm
 from alz_jax.models.family import Family, ModelSpec
 from alz_jax.models.layers import (
+    attention_pool_macs,
+    attention_weights,
     drop_path,
     fold_keys,
+    global_pool,
     head_dropout,
     padded_conv,
     pooled_map_target,
+    spatial_attention,
     uniform_init,
 )
 
@@ -374,6 +378,8 @@ class EfficientNet(nnx.Module):
             param_dtype=spec.param_dtype,
             rngs=rngs,
         )
+        # The spatial attention pooling (model.spatial_attention) sits beside the classifier.
+        self.attention = spatial_attention(head, spec, rngs)
 
     def __call__(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
@@ -384,12 +390,19 @@ class EfficientNet(nnx.Module):
         """The embedding (B, head width) float32 the classifier reads: the pooled feature map,
         with dropout in training."""
         features = self.feature_map(x, sample_keys=sample_keys)
-        pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-        return head_dropout(pooled, self.spec.head_dropout, sample_keys)
+        return head_dropout(self.spatial_pool(features), self.spec.head_dropout, sample_keys)
 
     def classify(self, embedding: jax.Array) -> jax.Array:
         """Logits (B, num_classes) float32 of embeddings: the classifier."""
         return self.classifier(embedding)
+
+    def spatial_pool(self, features: jax.Array) -> jax.Array:
+        """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
+        return global_pool(self.attention, features)
+
+    def attention_map(self, feature_map: jax.Array) -> jax.Array:
+        """The spatial attention weights (B, h, w) `spatial_pool` sums `feature_map` with."""
+        return attention_weights(self.attention, feature_map)
 
     def feature_map(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The head convolution's activations (B, H/32, W/32, head width) after BN and SiLU:
@@ -413,14 +426,15 @@ def _last_level(defs: list[list[BlockDef]]) -> int:
 
 
 def trainable_presets(spec: EfficientNetSpec) -> dict[str, str]:
-    """optim.trainable presets as regexes over '/'-joined parameter paths: the classifier, or
-    the lowest-resolution stages (from the last downsampling one: stages 5-6 of B0, the
-    analogue of ResNet's layer4 and ConvNeXt's last stage) with the head conv and classifier."""
+    """optim.trainable presets as regexes over '/'-joined parameter paths: the classifier (with
+    the spatial attention pooling, when on), or the lowest-resolution stages (from the last
+    downsampling one: stages 5-6 of B0, the analogue of ResNet's layer4 and ConvNeXt's last
+    stage) with the head conv and classifier."""
     defs = block_defs(spec)
     stages = "|".join(str(s) for s in range(_last_level(defs), len(defs)))
     return {
-        "head": r"classifier/.*",
-        "last_stage": rf"(blocks/({stages})/|conv_head/|bn2/|classifier/).*",
+        "head": r"(attention|classifier)/.*",
+        "last_stage": rf"(blocks/({stages})/|conv_head/|bn2/|attention/|classifier/).*",
     }
 
 
@@ -470,6 +484,8 @@ def forward_flops_per_image(spec: EfficientNetSpec, resolution: int) -> float:
             side = out_side
     last = block_defs(spec)[-1][-1].out_chs
     macs += side * side * last * head_width(spec) + head_width(spec) * spec.num_classes
+    if spec.spatial_attention:
+        macs += attention_pool_macs(head_width(spec), side * side)
     return 2.0 * macs
 
 
@@ -490,7 +506,7 @@ def title(spec: EfficientNetSpec) -> str:
 FAMILY = Family.of_module(
     __name__, name="efficientnet", spec_type=EfficientNetSpec, module=EfficientNet,
     names={name: name for name in VARIANTS},
-    gradcam_target=pooled_map_target(lambda net, f: net.classifier(jnp.mean(f, axis=(1, 2)))),
+    gradcam_target=pooled_map_target(lambda net, f: net.classifier(net.spatial_pool(f))),
     # Two of B0's stages: a depthwise-separable block, a stride-2 and a residual MBConv.
     test_config={"name": "efficientnet_b0", "arch": {
         "width_mult": 0.25, "num_features": 32,

@@ -4,8 +4,10 @@ the project's NNX EfficientNet.
 The project's module names mirror timm's (conv_stem, bn1, blocks.{stage}.{block}.*, conv_head,
 bn2, classifier), so each parameter's key is its path joined with '.' and the leaf renamed
 (kernel/scale -> weight, mean/var -> running_mean/running_var); BatchNorm's
-num_batches_tracked is ignored. The architecture is read from the tensor shapes, except the
-stages' strides, which no tensor holds: a 7-stage file gets B0's, others need them given.
+num_batches_tracked is ignored. A spatial attention pooling (model.spatial_attention), which
+timm's files don't have, keeps its fresh initialisation. The architecture is read from the
+tensor shapes, except the stages' strides, which no tensor holds: a 7-stage file gets B0's,
+others need them given.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def variables_from_state_dict(
     reader = import_helpers.StateDictReader(state_dict, f"The {layout} state dict", _IGNORE)
     params, stats = reader.variables(
         efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed)), timm_key, head=("classifier",),
-        stem=("conv_stem", "kernel"), num_classes=spec.num_classes,
+        stem=("conv_stem", "kernel"), num_classes=spec.num_classes, fresh=("attention",),
     )  # fmt: skip
     notes = reader.finish(efficientnet.title(spec))
     return params, stats, notes

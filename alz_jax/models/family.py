@@ -40,6 +40,9 @@ class ModelSpec:
     num_classes: int = 2
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0  # timm's drop_rate: dropout of the pooled features in training
+    # A CNN head pools its last feature map with learned spatial attention instead of the mean
+    # (layers.SpatialAttentionPool); a ViT, whose head reads its class token, refuses it.
+    spatial_attention: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -51,6 +54,8 @@ class ModelSpec:
             ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0,
              "in [0, 1)"),
             ("head_dropout", self.head_dropout, 0.0 <= self.head_dropout < 1.0, "in [0, 1)"),
+            ("spatial_attention", self.spatial_attention,
+             isinstance(self.spatial_attention, bool), "True or False"),
             ("dtype", self.dtype, self.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
             ("param_dtype", self.param_dtype, self.param_dtype == "float32",
              "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),

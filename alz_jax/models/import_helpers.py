@@ -9,8 +9,11 @@ archives (`.npz`, no pickle) or PyTorch files (`.pth`, `.pt`, `.bin`) through
 
 Layouts: convolutions [O, I/g, kh, kw] -> [kh, kw, I/g, O]; linears [out, in] -> [in, out];
 vectors as they are. A 3-channel stem becomes a 1-channel one by summing its kernel over the
-input channels (a grayscale image repeated over RGB gives the same activations); a classifier
-whose class count differs is re-initialised as a fresh model's would be.
+input channels (a grayscale image repeated over RGB gives the same activations), and one of
+in_chans > 3 channels (or 2: 2.5D input, a slice with its neighbours) by timm's
+adapt_input_conv rule (`adapt_input_kernel`); a 3-channel model keeps it as it is. A classifier
+whose class count differs is re-initialised as a fresh model's would be; a spatial attention
+pooling (model.spatial_attention), which no file has, keeps its fresh initialisation.
 """
 
 from __future__ import annotations
@@ -172,6 +175,19 @@ def torch_leaf(leaf: str) -> str:
     }.get(leaf, leaf)
 
 
+def adapt_input_kernel(kernel: np.ndarray, in_chans: int) -> np.ndarray:
+    """A 3-channel stem kernel (kh, kw, 3, O) for `in_chans` input channels, as timm's
+    adapt_input_conv: summed over its channels for 1; for more, repeated over the channels
+    ceil(in_chans / 3) times, cut to in_chans and scaled by 3 / in_chans (so an input whose
+    channels are alike gives the activations of the RGB image of that gray)."""
+    kernel = np.asarray(kernel, np.float32)
+    if in_chans == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-in_chans // 3)
+    tiled = np.tile(kernel, (1, 1, repeats, 1))[:, :, :in_chans]
+    return tiled * np.float32(3.0 / in_chans)
+
+
 def path_names(path) -> tuple:
     """A jax key path as a tuple of plain names and indices."""
     return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
@@ -211,11 +227,12 @@ class StateDictReader:
         head: tuple,
         stem: tuple,
         num_classes: int,
+        fresh: tuple | None = None,
     ) -> tuple[dict, dict]:
         """(params, batch_stats) of a freshly built `model` (a BatchNorm family's), each tree
         filled as `tree` fills it (the stem and classifier adapted in the parameters)."""
         params = self.tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), key_for, head=head,
-                           stem=stem, num_classes=num_classes)  # fmt: skip
+                           stem=stem, num_classes=num_classes, fresh=fresh)  # fmt: skip
         return params, self.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), key_for)
 
     def tree(
@@ -227,18 +244,25 @@ class StateDictReader:
         head: tuple | None = None,
         stem: tuple | None = None,
         num_classes: int | None = None,
+        fresh: tuple | None = None,
     ):
         """`template` (a pure dict of arrays) with each leaf replaced by the tensor at
         `key_for(path)`, moved to the project layout (or by `transform(path, tensor)` where it
         returns an array); the leaves under `head` are kept from the template when the file
-        has no classifier or one for another class count; the kernel at `stem` is summed over
-        its input channels when the file's has 3 and the model's 1."""
+        has no classifier or one for another class count; the leaves under `fresh` (the spatial
+        attention pooling, which no file has) are kept from the template; the kernel at `stem`
+        is adapted (adapt_input_kernel) when the file's has 3 input channels and the model
+        another number."""
         leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
         out = []
         head_shapes_differ = head is not None and self._head_differs(template, key_for, head)
         for path, init in leaves:
             names = path_names(path)
             expected = tuple(np.shape(init))
+            if fresh is not None and names[: len(fresh)] == fresh:
+                self.note(f"{'/'.join(fresh)}: spatial attention initialised fresh (not in files)")
+                out.append(np.asarray(init, np.float32))
+                continue
             under_head = head is not None and names[: len(head)] == head
             if under_head and head_shapes_differ:
                 out.append(np.asarray(init, np.float32))
@@ -256,7 +280,7 @@ class StateDictReader:
             if converted is None:
                 converted = to_project_layout(value, names[-1])
             if stem is not None and names == stem and converted.shape != expected:
-                converted = self._summed_stem(converted, expected, key)
+                converted = self._adapted_stem(converted, expected, key)
             if converted.shape != expected:
                 raise ConversionError(
                     f"{key} has shape {tuple(value.shape)}, which becomes {converted.shape} in "
@@ -269,8 +293,10 @@ class StateDictReader:
     def _head_differs(self, template, key_for, head: tuple) -> bool:
         for path, init in jax.tree_util.tree_flatten_with_path(template)[0]:
             names = path_names(path)
+            if names[: len(head)] != head:  # key_for may know only the file's modules
+                continue
             key = key_for(names)
-            if names[: len(head)] == head and key in self.state_dict:
+            if key in self.state_dict:
                 have = to_project_layout(self.state_dict[key], names[-1]).shape
                 if have != tuple(np.shape(init)):
                     self.used.update(
@@ -285,18 +311,21 @@ class StateDictReader:
                     return True
         return False
 
-    def _summed_stem(self, kernel: np.ndarray, expected: tuple, key: str) -> np.ndarray:
-        if expected[2] != 1 or kernel.shape[:2] + kernel.shape[3:] != expected[:2] + expected[3:]:
+    def _adapted_stem(self, kernel: np.ndarray, expected: tuple, key: str) -> np.ndarray:
+        same_shape = kernel.shape[:2] + kernel.shape[3:] == expected[:2] + expected[3:]
+        if kernel.shape[2] != 3 or not same_shape:
             raise ConversionError(
-                f"{key}: a {kernel.shape[2]}-channel stem can only be adapted to in_chans=1 "
-                f"(summed over its input channels), not in_chans={expected[2]} (shape "
-                f"{expected})."
+                f"{key}: a {kernel.shape[2]}-channel stem cannot be adapted to "
+                f"in_chans={expected[2]} (shape {expected}); only a 3-channel (RGB) stem is "
+                "(summed for in_chans=1, else repeated and scaled by 3/in_chans: timm's rule)."
             )
-        self.note(
-            f"stem: summed the {kernel.shape[2]}-channel kernel over its input channels for "
-            "1-channel input"
-        )
-        return kernel.sum(axis=2, keepdims=True)
+        if expected[2] == 1:
+            self.note("stem: summed the 3-channel kernel over its input channels for 1-channel "
+                      "input")  # fmt: skip
+        else:
+            self.note(f"stem: the 3-channel kernel repeated over {expected[2]} input channels, "
+                      f"scaled by 3/{expected[2]} (timm's adapt_input_conv)")  # fmt: skip
+        return adapt_input_kernel(kernel, expected[2])
 
     def finish(self, what: str) -> list[str]:
         """Raises ConversionError for missing or unused tensors (naming them); else the notes.

@@ -1,7 +1,8 @@
 """Pieces the families' networks share: per-sample stochastic depth and head dropout (each
 sample drawing from its own key, so a mask doesn't depend on how the batch is split over
 devices or microbatches), PyTorch-style convolutions, PyTorch's uniform default initialiser,
-and Grad-CAM's target of a CNN whose head pools a feature map."""
+Grad-CAM's target of a CNN whose head pools a feature map, and the spatial attention pooling a
+CNN head uses instead of the mean when `model.spatial_attention` is on."""
 
 from __future__ import annotations
 
@@ -130,6 +131,72 @@ def staged_layer_ids(params: dict, downsamples: bool = False) -> tuple[dict, int
     return jax.tree_util.tree_map_with_path(layer, params), head + 1
 
 
+def attention_width(dim: int) -> int:
+    """The hidden width of the spatial attention scorer over a `dim`-channel map."""
+    return max(dim // 8, 8)
+
+
+def attention_pool_macs(dim: int, positions: int) -> int:
+    """Multiply-adds of the spatial attention scorer over `positions` cells of a `dim`-channel
+    map (its two 1x1 convolutions) and of the weighted sum."""
+    hidden = attention_width(dim)
+    return positions * (dim * hidden + hidden + dim)
+
+
+# nn.Linear's (and a 1x1 nn.Conv2d's) kaiming_uniform_(a=sqrt(5)): U(-b, b), b = 1/sqrt(fan_in).
+_scorer_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class SpatialAttentionPool(nnx.Module):
+    """Global pooling of a feature map f (B, h, w, C) weighted by a learned map: a scorer (1x1
+    convolution C -> attention_width(C), tanh, 1x1 convolution to one score per cell) gives
+    scores s, a = softmax of s over the h x w cells of each image, pooled = sum a * f. In
+    float32 (the heads' dtype). The last convolution starts at zero: a fresh pool is the plain
+    mean, so a head with imported weights starts as the file's model does."""
+
+    def __init__(self, dim: int, rngs: nnx.Rngs, param_dtype: str = "float32"):
+        hidden = attention_width(dim)
+        self.proj = nnx.Linear(dim, hidden, kernel_init=_scorer_kernel_init,
+                               bias_init=uniform_init(dim), dtype=jnp.float32,
+                               param_dtype=param_dtype, rngs=rngs)  # fmt: skip
+        zeros = nnx.initializers.zeros_init()
+        self.score = nnx.Linear(hidden, 1, kernel_init=zeros, bias_init=zeros, dtype=jnp.float32,
+                                param_dtype=param_dtype, rngs=rngs)  # fmt: skip
+
+    def weights(self, f: jax.Array) -> jax.Array:
+        """The map a (B, h, w), float32, summing to 1 over each image's cells."""
+        # A 1x1 convolution is a linear map of each cell's channels.
+        scores = self.score(jnp.tanh(self.proj(f.astype(jnp.float32))))[..., 0]
+        flat = jax.nn.softmax(scores.reshape(scores.shape[0], -1), axis=-1)
+        return flat.reshape(scores.shape)
+
+    def __call__(self, f: jax.Array) -> jax.Array:
+        """The pooled features (B, C), float32."""
+        return jnp.einsum("bhw,bhwc->bc", self.weights(f), f.astype(jnp.float32))
+
+
+def spatial_attention(dim: int, spec, rngs: nnx.Rngs) -> SpatialAttentionPool | None:
+    """A head's SpatialAttentionPool over `dim` channels when `spec.spatial_attention`, else
+    None (the head takes the mean)."""
+    if not spec.spatial_attention:
+        return None
+    return SpatialAttentionPool(dim, rngs, spec.param_dtype)
+
+
+def global_pool(attention: SpatialAttentionPool | None, f: jax.Array) -> jax.Array:
+    """A head's pooled features (B, C), float32: `attention`'s weighted sum, or the mean."""
+    if attention is None:
+        return jnp.mean(f.astype(jnp.float32), axis=(1, 2))
+    return attention(f)
+
+
+def attention_weights(attention: SpatialAttentionPool | None, f: jax.Array) -> jax.Array:
+    """`attention`'s map (B, h, w) of the map it pools; an error for a head without one."""
+    if attention is None:
+        raise ValueError("this model pools with the mean (model.spatial_attention is off)")
+    return attention.weights(f)
+
+
 class FeatureMapClassifier(nnx.Module):
     """A network whose head classifies its `feature_map` (the CNNs whose head pools their last
     stage): `head.pool(map, sample_keys)` gives the embedding, `head.fc` the logits."""
@@ -138,6 +205,11 @@ class FeatureMapClassifier(nnx.Module):
         """Logits for images `x` (B, H, W, in_chans); stochastic depth only if per-sample keys
         (shape (B,)) are given. Block k draws with fold_in(sample key, k)."""
         return self.classify(self.embed(x, sample_keys=sample_keys))
+
+    def attention_map(self, feature_map: jax.Array) -> jax.Array:
+        """The spatial attention weights (B, h, w), float32, the head pools `feature_map` with
+        (model.spatial_attention)."""
+        return self.head.attention_map(feature_map)
 
     def embed(self, x: jax.Array, *, sample_keys: jax.Array | None = None) -> jax.Array:
         """The embedding (B, D) float32 the classifier reads: the pooled feature map (head

@@ -86,7 +86,8 @@ def _known_fields(fam: Family, fields: dict) -> dict:
 
 def spec_from_name(name: str, overrides: dict | None = None, **fields) -> ModelSpec:
     """The spec of a named model; `fields` are the config's common fields (in_chans,
-    num_classes, drop_path_rate, head_dropout, dtype, param_dtype, depthwise, image_size), each
+    num_classes, drop_path_rate, head_dropout, spatial_attention, dtype, param_dtype,
+    depthwise, image_size), each
     passed to the families whose spec has it; `overrides` (config.model.arch) replace
     architecture fields of the variant (e.g. a small ResNet's depths and widths), each of which
     must exist."""

@@ -28,12 +28,16 @@ from alz_jax.models import batchnorm
 from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (
     FeatureMapClassifier,
+    attention_pool_macs,
+    attention_weights,
     drop_path,
     fold_keys,
+    global_pool,
     head_dropout,
     linear_drop_rates,
     padded_conv,
     pooled_map_target,
+    spatial_attention,
     staged_layer_ids,
     uniform_init,
 )
@@ -162,8 +166,8 @@ class Bottleneck(nnx.Module):
 
 
 class Head(nnx.Module):
-    """Global average pool (float32), dropout in training, and the linear classifier (float32
-    logits)."""
+    """Global average pool (float32; or spatial attention pooling, model.spatial_attention),
+    dropout in training, and the linear classifier (float32 logits)."""
 
     def __init__(self, spec: ResNetSpec, rngs: nnx.Rngs):
         dim = EXPANSION * spec.widths[-1]
@@ -177,11 +181,20 @@ class Head(nnx.Module):
             param_dtype=spec.param_dtype,
             rngs=rngs,
         )
+        self.attention = spatial_attention(dim, spec, rngs)
+
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
+        """The pooled features (B, C), float32: the mean, or the attention-weighted sum."""
+        return global_pool(self.attention, x)
+
+    def attention_map(self, x: jax.Array) -> jax.Array:
+        """The spatial attention weights (B, h, w) `spatial_pool` sums the map `x` with."""
+        return attention_weights(self.attention, x)
 
     def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        """The embedding the classifier reads: the spatial mean, with dropout in training."""
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        return head_dropout(pooled, self.dropout_rate, sample_keys)
+        """The embedding the classifier reads: the spatial mean (or the attention-weighted sum),
+        with dropout in training."""
+        return head_dropout(self.spatial_pool(x), self.dropout_rate, sample_keys)
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
         return self.fc(self.pool(x, sample_keys))
@@ -259,6 +272,8 @@ def forward_flops_per_image(spec: ResNetSpec, resolution: int) -> float:
                 macs += out_side * out_side * in_dim * out_dim  # projection shortcut
             side, in_dim = out_side, out_dim
     macs += in_dim * spec.num_classes
+    if spec.spatial_attention:
+        macs += attention_pool_macs(in_dim, side * side)
     return 2.0 * macs
 
 

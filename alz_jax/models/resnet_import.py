@@ -7,7 +7,8 @@ BatchNorm weight, bias, running_mean and running_var become the project's scale,
 BatchStat mean and var; `num_batches_tracked` is ignored. Convolutions [O, I, kh, kw] become
 [kh, kw, I, O] and the classifier [out, in] becomes [in, out] (import_helpers.to_project_layout).
 A 3-channel stem becomes the 1-channel stem of grayscale slices by summing its kernel over the
-input channels; a classifier for another class count (or none) is initialised as a fresh
+input channels (other channel counts, 2.5D input: timm's adapt_input_conv rule); a classifier
+for another class count (or none), and a spatial attention pooling, are initialised as a fresh
 model's. Deep-stem variants (resnet50d: conv1.0, conv1.1, ...) and BasicBlock ResNets (ResNet-18,
 -34) are refused by name.
 """
@@ -132,6 +133,7 @@ def variables_from_state_dict(
     params, stats = reader.variables(
         resnet.ResNet(spec, rngs=nnx.Rngs(seed)), torch_key, head=("head", "fc"),
         stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
+        fresh=("head", "attention"),
     )  # fmt: skip
     notes = reader.finish(resnet.title(spec))
     return params, stats, notes

@@ -32,9 +32,13 @@ from alz_jax.models import batchnorm
 from alz_jax.models.family import Family, ModelSpec, stage_checks
 from alz_jax.models.layers import (
     FeatureMapClassifier,
+    attention_pool_macs,
+    attention_weights,
+    global_pool,
     head_dropout,
     padded_conv,
     pooled_map_target,
+    spatial_attention,
     uniform_init,
 )
 
@@ -110,8 +114,9 @@ class ConvUnit(nnx.Module):
 
 
 class Head(nnx.Module):
-    """The last block's max pool, global average pool (float32), dropout in training, and the
-    linear classifier (float32 logits)."""
+    """The last block's max pool, global average pool (float32; or spatial attention pooling,
+    model.spatial_attention), dropout in training, and the linear classifier (float32
+    logits)."""
 
     def __init__(self, spec: SimpleCNNSpec, rngs: nnx.Rngs):
         dim = spec.dims[-1]
@@ -119,11 +124,22 @@ class Head(nnx.Module):
         self.fc = nnx.Linear(dim, spec.num_classes, kernel_init=_fc_kernel_init,
                              bias_init=uniform_init(dim), dtype=jnp.float32,
                              param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
+        self.attention = spatial_attention(dim, spec, rngs)
+
+    def spatial_pool(self, x: jax.Array) -> jax.Array:
+        """The last block's max pool of `x`, pooled (B, C), float32: the mean, or the
+        attention-weighted sum."""
+        return global_pool(self.attention, max_pool(x.astype(jnp.float32)))
+
+    def attention_map(self, x: jax.Array) -> jax.Array:
+        """The spatial attention weights (B, h/2, w/2) `spatial_pool` sums the max-pooled `x`
+        with."""
+        return attention_weights(self.attention, max_pool(x.astype(jnp.float32)))
 
     def pool(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
-        """The embedding the classifier reads: max pool, spatial mean, dropout in training."""
-        pooled = jnp.mean(max_pool(x.astype(jnp.float32)), axis=(1, 2))
-        return head_dropout(pooled, self.dropout_rate, sample_keys)
+        """The embedding the classifier reads: max pool, spatial mean (or the attention-weighted
+        sum), dropout in training."""
+        return head_dropout(self.spatial_pool(x), self.dropout_rate, sample_keys)
 
     def __call__(self, x: jax.Array, sample_keys: jax.Array | None = None) -> jax.Array:
         return self.fc(self.pool(x, sample_keys))
@@ -193,6 +209,8 @@ def forward_flops_per_image(spec: SimpleCNNSpec, resolution: int) -> float:
             macs += side * side * 9 * in_dim * dim
             in_dim = dim
     macs += in_dim * spec.num_classes
+    if spec.spatial_attention:  # over the last block's max pool
+        macs += attention_pool_macs(in_dim, (side // 2) ** 2)
     return 2.0 * macs
 
 

@@ -82,6 +82,10 @@ class ViTSpec(ModelSpec):
              ">= 0 and finite (0: no layer scale)"),
             ("norm_eps", self.norm_eps, 0 < self.norm_eps < math.inf, "> 0 and finite"),
             *self.common_checks(),
+            ("spatial_attention", self.spatial_attention, not self.spatial_attention,
+             "False for a ViT (its head reads the class token: there is no feature map to "
+             "pool); spatial attention is for the CNN families (convnext, resnet, "
+             "efficientnet, simple_cnn)"),
         ])  # fmt: skip
 
     @property

@@ -240,7 +240,8 @@ def variables_from_state_dict(
     seed: int = 0,
 ) -> tuple[dict, dict, list[str]]:  # fmt: skip
     """(params, batch_stats ({}: no BatchNorm), notes) of `spec`'s ViT from a timm or Hugging
-    Face state dict. The patch embedding of a 3-channel file is summed for in_chans=1; a head
+    Face state dict. The patch embedding of a 3-channel file is summed for in_chans=1 (timm's
+    adapt_input_conv rule for other counts); a head
     for another class count (or none) is initialised with `seed`; a position table for another
     grid is resampled. Raises ConversionError naming both architectures when they differ, and
     naming the keys when tensors are missing, unused or of the wrong shape."""

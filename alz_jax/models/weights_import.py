@@ -91,8 +91,9 @@ def _from_layout(layout: str) -> Callable[..., nnx.Module]:
     convert_state_dict.__doc__ = (
         f"The project's NNX model carrying the weights of a {layout}-layout state dict; `name` "
         "is a model name ('convnext_tiny', 'vit_small_patch16_224', 'resnet50', "
-        "'efficientnet_b0'), a ConvNeXt size ('tiny') or a spec. The stem is summed to "
-        "`in_chans=1` and the head re-initialised (with `seed`) when `num_classes` differs."
+        "'efficientnet_b0'), a ConvNeXt size ('tiny') or a spec. A 3-channel stem is summed for "
+        "`in_chans=1` (timm's adapt_input_conv rule for other counts) and the head "
+        "re-initialised (with `seed`) when `num_classes` differs."
     )
     return convert_state_dict
 
@@ -124,6 +125,7 @@ def init_variables_from(value: str, spec, seed: int) -> tuple[dict, dict]:
         params, stats, notes = variables_from_state_dict(state_dict, spec, layout, seed)
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from e
-    logging.info("Starting from %s weights in %s%s", layout, path,
-                 "".join(f"; {n}" for n in notes))  # fmt: skip
+    logging.info("Starting from %s weights in %s", layout, path)
+    for note in notes:  # a line each: together they would run past a console line
+        logging.info("Weight import: %s", note)
     return params, stats
