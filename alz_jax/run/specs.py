@@ -27,8 +27,8 @@ import numpy as np
 from alz_jax.core import averaging, optim, steps
 from alz_jax.core.checkpoint_spec import CheckpointSpec
 from alz_jax.data import augment, mixing
-from alz_jax.data import bags as bags_lib
 from alz_jax.data import data_spec as data_spec_lib
+from alz_jax.data import scans as scans_lib
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.data.pipeline_spec import PipelineSpec
 from alz_jax.evaluation import metric_registry, tasks
@@ -209,7 +209,7 @@ def train_labels(data, bags: bool = False) -> np.ndarray:
     scan model) its scans."""
     records = data.records("train")
     if bags:
-        return bags_lib.ScanIndex.from_records(records, "train").labels
+        return scans_lib.ScanIndex.from_records(records, "train").labels
     return np.asarray(records["label"])
 
 
