@@ -226,3 +226,32 @@ def test_a_scan_model_starts_its_encoder_from_a_slice_run(tiny_synthetic, data_d
         "model.dims": (8, 24), "model.init_from": f"run:{tmp_path / 'slices'}"}))  # fmt: skip
     with pytest.raises(UserError, match="that run trained"):
         saved_run.run_variables(other.init_from, other.model, seed=0)
+
+
+def test_a_2_5d_run_reads_each_slice_with_its_neighbours_everywhere(
+    tiny_synthetic, data_dir, tmp_path
+):
+    """2.5D input: the model takes 3 channels; its report (Grad-CAM included) and `predict` on
+    one scan's files (neighbours stacked from the file names) give the same probabilities."""
+    manual_dir, _ = tiny_synthetic
+    config = bag_config(manual_dir, data_dir, **{
+        "model.aggregator": "none", "data.neighbours": 1, "batch_size": 16,
+        "num_train_steps": 2, "eval.gradcam_scans": 1,
+    })  # fmt: skip
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(config, str(workdir))
+    assert specs.resolve(config).model.in_chans == 3
+    assert (workdir / "gradcam_test.png").is_file()
+    rows = _rows(workdir / "predictions_test.csv")
+    scan_id = rows[0]["scan_id"]
+    members = [r for r in rows if r["scan_id"] == scan_id]
+    folder = tmp_path / "one_scan"
+    folder.mkdir()
+    for member in members:
+        source = next(Path(manual_dir).rglob(Path(member["file_name"]).name))
+        (folder / source.name).write_bytes(source.read_bytes())
+    result = prediction.run(str(workdir), [str(folder)])
+    expected = {Path(m["file_name"]).name: float(m["prob_ad"]) for m in members}
+    assert len(result["images"]) == len(members) > 2
+    for row in result["images"]:
+        assert row["prob_ad"] == pytest.approx(expected[Path(row["file"]).name], abs=1e-5)

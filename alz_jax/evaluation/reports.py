@@ -809,8 +809,10 @@ def saliency_figures(
     # One batched call (compiling included): a line before it, none during.
     logging.info("Grad-CAM of %d %s scans (up to %d slices each) ...", len(scans), split,
                  settings.gradcam_slices)  # fmt: skip
+    # 2.5D input: the model's channels are each slice and its neighbours on either side.
+    source = bags.split_source(data, split, (model.spec.in_chans - 1) // 2)
     drawn = saliency.scan_figures(
-        data.source(split), records, probs, scans, model, params, pixel_stats, image_size,
+        source, records, probs, scans, model, params, pixel_stats, image_size,
         settings.gradcam_slices, threshold,
     )  # fmt: skip
     report["gradcam_scans"] = list(scans)

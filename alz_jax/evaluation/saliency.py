@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alz_jax.data import preprocess
+from alz_jax.data import neighbours, preprocess
 from alz_jax.evaluation import figures, metrics
-from alz_jax.models import registry
+from alz_jax.models import registry, scan
 
 OUTCOMES = ("TP", "TN", "FN", "FP")  # the order scans are picked in, round-robin
 
@@ -61,6 +61,8 @@ def make_attention_fn(model, pixel_stats: dict[str, float]) -> Callable:
 
     def attention(params, images):
         net = model.module(params)
+        if isinstance(net, scan.ScanModel):  # a scan model's slices: its encoder's maps
+            net = net.encoder
         x = preprocess.normalize(images, mean, std)
         weights = net.attention_map(net.feature_map(x))
         maps = jax.image.resize(weights, (images.shape[0], *images.shape[1:3]), "bilinear")
@@ -121,10 +123,8 @@ def scan_figures(
         picks = np.unique(np.round(np.linspace(0, len(members) - 1, slices_per_scan)).astype(int))
         rows.append((scan_id, label, float(prob_ad[members].mean()), members[picks]))
     indices = np.concatenate([r[3] for r in rows])
-    images = np.stack([
-        preprocess.to_model_input(preprocess.decode_image(source[int(i)]["image"]), image_size)
-        for i in indices
-    ])  # fmt: skip
+    # With 2.5D input `source` carries each slice's neighbours (bags.split_source).
+    images = np.stack([neighbours.eval_image(source[int(i)], image_size) for i in indices])
     signs = np.concatenate([np.full(len(r[3]), 1.0 if r[2] >= threshold else -1.0) for r in rows])
     local = _local(params)
     cams, _ = make_gradcam_fn(model, pixel_stats)(local, images, signs.astype(np.float32))

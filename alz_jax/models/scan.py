@@ -33,7 +33,8 @@ from alz_jax.models.family import Family, ModelSpec
 from alz_jax.models.import_helpers import ConversionError
 
 # The common fields a scan model shares with its encoder (ModelSpec's).
-MIRRORED = ("in_chans", "num_classes", "drop_path_rate", "head_dropout", "dtype", "param_dtype")
+MIRRORED = ("in_chans", "num_classes", "drop_path_rate", "head_dropout", "dtype", "param_dtype",
+            "spatial_attention")  # fmt: skip
 
 # name -> the aggregator class: cls(width D, ScanSpec, rngs); its __call__(h (B, K, D),
 # mask (B, K) bool, positions (B, K) int32) -> (pooled (B, D), weights (B, K)), both float32.

@@ -260,6 +260,13 @@ def build_metadata(
             "dtype": "uint8",
             "layout": "NHWC",
             "preprocessing": PREPROCESSING,
+            "channels": "the slice"
+            if spec.in_chans == 1
+            else (
+                f"2.5D: the slice between its {spec.in_chans // 2} neighbours on either side in "
+                "its scan, in slice order (the scan's first or last slice repeated at its ends), "
+                "each preprocessed alone"
+            ),
         },
         "normalization": {
             "mean": loaded["pixel_stats"]["mean"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jax
@@ -139,12 +139,37 @@ def predict_files(
         rows.extend(loaded["task"].image_rows([_base_row(p) for p, _ in pending], outputs, loaded))
         pending.clear()
 
-    for item in read_inputs(files, loaded["image_size"], errors, refused):
+    items = read_inputs(files, loaded["image_size"], errors, refused)
+    for item in with_neighbours(items, loaded["model"].spec.in_chans):
         pending.append(item)
         if len(pending) == batch_size:
             flush()
     flush()
     return rows, errors, refused
+
+
+def with_neighbours(
+    items: Iterable[tuple[Path, np.ndarray]], channels: int
+) -> Iterable[tuple[Path, np.ndarray]]:
+    """`items` (file, model input (S, S, 1)) as a model of `channels` input channels takes them:
+    with 2.5D input (channels = 2n + 1 > 1) each image stacked with the n images before and
+    after it in its scan (files named <scanID>_<slice>, in slice order, clamped at the scan's
+    ends), as training stacked them; an image without a scan in its name is its own
+    neighbours."""
+    n = (channels - 1) // 2
+    if n == 0:
+        return items
+    items = list(items)
+    scans: dict[str, list[int]] = {}
+    for i, (path, _) in enumerate(items):
+        scans.setdefault(_base_row(path)["scan_id"] or str(path), []).append(i)
+    stacked = list(items)
+    for members in scans.values():
+        members.sort(key=lambda i: (_base_row(items[i][0])["slice"] or 0, str(items[i][0])))
+        for rank, i in enumerate(members):
+            picks = [members[min(max(rank + o, 0), len(members) - 1)] for o in range(-n, n + 1)]
+            stacked[i] = (items[i][0], np.concatenate([items[j][1] for j in picks], axis=-1))
+    return stacked
 
 
 def predict_bags(
@@ -158,7 +183,8 @@ def predict_bags(
     devices = loaded["mesh"].devices.size
     batch_sharding = sharding.batch_sharded(loaded["mesh"])
     errors, refused, scans = [], [], {}
-    for path, image in read_inputs(files, loaded["image_size"], errors, refused):
+    items = read_inputs(files, loaded["image_size"], errors, refused)
+    for path, image in with_neighbours(items, loaded["model"].spec.in_chans):
         base = _base_row(path)
         scans.setdefault(base["scan_id"] or str(path), []).append((base, image))
     bags_in = [sorted(members, key=lambda m: (m[0]["slice"] or 0, m[0]["file"]))
