@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures stages-image-split demo-volumes demo-volumes-figures demo-figures demo-compare parity-torch parity-torchvision clean
+.PHONY: venv test test-fast lint format demo stages-demo stages-compare stages-figures stages-image-split demo-volumes demo-volumes-figures demo-scan demo-scan-figures demo-figures demo-compare parity-torch parity-torchvision clean
 
 # Creates the virtualenv if missing and installs the pinned requirements (again when they change),
 # then the project itself, editable, so its commands and configs work from any folder (the
@@ -123,6 +123,27 @@ demo-volumes: venv
 
 demo-volumes-figures: venv
 	$(PY) -m alz_jax.volumes_figures --workdir=.demo/volumes --update_docs
+
+# Scan models against the slice model, on the demo's synthetic set and with as many training
+# images (docs/scan_models.md): the demo's slice run (.demo/workdir: `make demo` first if it is
+# missing), the scan demo with mean and with attention pooling, compared with the slice run's
+# position-weighted vote beside it; checked against docs/demo/scan/compare.md (SCAN_EXPECT= to
+# skip; CI runs it) or published with `make demo-scan-figures`.
+SCAN_EXPECT ?= docs/demo/scan/compare.md
+demo-scan: venv
+	test -f .demo/workdir/report_test.json || $(MAKE) --no-print-directory demo DEMO_EXPECT=
+	rm -rf .demo/scan_mean .demo/scan_attention .demo/scan_compare
+	$(PY) -m alz_jax.main --config=configs/scan_demo.py --workdir=.demo/scan_mean \
+		--config.model.aggregator=mean
+	$(PY) -m alz_jax.main --config=configs/scan_demo.py --workdir=.demo/scan_attention
+	$(PY) -m alz_jax.compare --workdirs=.demo/workdir,.demo/scan_mean,.demo/scan_attention \
+		--names=slice,mean,attention --weighted_vote --out=.demo/scan_compare \
+		--perturbations=none --timed_steps=0
+	$(if $(SCAN_EXPECT),$(PY) -m alz_jax.stages_figures --compare_dir=.demo/scan_compare \
+		--expect=$(SCAN_EXPECT))
+
+demo-scan-figures: venv
+	mkdir -p docs/demo/scan && cp .demo/scan_compare/compare.md docs/demo/scan/compare.md
 
 # After `make demo`: copies its summary, quoted figures, report and figures (Grad-CAM as JPEG) into
 # docs/demo/, then rewrites the demo blocks of README.md and docs/evaluation.md from them.

@@ -55,6 +55,12 @@ _PERTURBATIONS = flags.DEFINE_string(
 _LEVELS = flags.DEFINE_string(
     "levels", "", "Levels replacing a perturbation's defaults: 'noise=0.05,0.1;jpeg=50,10'."
 )
+_WEIGHTED_VOTE = flags.DEFINE_bool(
+    "weighted_vote",
+    False,
+    "Also compare each slice run's soft vote weighted by slice position (ClinicaDL's), as a "
+    "model named '<run> + weighted vote' after it.",
+)
 _EVALUATE_MISSING = flags.DEFINE_bool(
     "evaluate_missing",
     True,
@@ -75,6 +81,7 @@ def main(argv: list[str]) -> None:
         perturbations=tuple(robustness.parse_perturbations(_PERTURBATIONS.value)),
         levels=robustness.parse_levels(_LEVELS.value),
         evaluate_missing=_EVALUATE_MISSING.value,
+        weighted_vote=_WEIGHTED_VOTE.value,
     )
     out = _OUT.value or compare_runs.default_out(_WORKDIRS.value)
     result = compare_runs.compare(_WORKDIRS.value, out, settings, _NAMES.value)

@@ -10,7 +10,7 @@ The demo's model (configs/demo.py: a small ConvNeXt at 64 px) encodes every slic
 shared weights; gated attention (Ilse et al. 2018) pools the slice embeddings into one
 prediction per scan. A training bag is 8 slices drawn from one scan each step (a seeded draw);
 8 bags per step make 64 images, the demo's batch, and the run sees as many images as the demo
-(5 epochs of its images: 600 steps of 64). Evaluation reads every slice of each scan. The report
+(12.5 epochs of 8 of each scan's 20 slices are 5 of the demo's epochs of slices). Evaluation reads every slice of each scan. The report
 puts the bag model beside the slice model it contains, averaged over a scan's slices and
 soft-voted with each slice position's validation accuracy (ClinicaDL), with paired intervals.
 Measured: see docs/scan_models.md ("The comparison, measured").
@@ -27,9 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aggregator = "attention"
     config.data.bag_size = 8
     config.batch_size = 8  # bags: 8 x 8 = 64 images per step, as the demo
-    config.num_train_steps = 600
-    config.warmup_steps = 60
-    config.eval_every_steps = 120
-    config.log_every_steps = 60
+    # An epoch of scans is 8 of each scan's 20 slices: 2.5 of them see as many images as one
+    # epoch of the demo's slices, so 12.5 epochs match its 5 (its warmup and validations too).
+    config.num_epochs = 12.5
+    config.warmup_epochs = 2.5
+    config.eval_every_epochs = 2.5
     config.eval.tta = ""
     return config

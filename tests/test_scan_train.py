@@ -16,7 +16,15 @@ import pytest
 from alz_jax.core import checkpointing, sharding, steps
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry, scan
-from alz_jax.run import assembly, exporting, prediction, saved_run, specs, train
+from alz_jax.run import (
+    assembly,
+    compare_runs,
+    exporting,
+    prediction,
+    saved_run,
+    specs,
+    train,
+)
 from alz_jax.run.saved_run import SavedRun
 from tests import interrupt
 from tests import tiny_config as tiny_config_file
@@ -221,6 +229,34 @@ def test_a_scan_model_starts_its_encoder_from_a_slice_run(tiny_synthetic, data_d
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert stats == {}
+    # Trained from it, then compared with it, its weighted vote beside it: paired, with each
+    # model's cost (a bag step times bags of slices) and a perturbation's curve.
+    bag_config_from_run = bag_config(manual_dir, data_dir, **{
+        "model.init_from": f"run:{tmp_path / 'slices'}", "num_train_steps": 2})  # fmt: skip
+    train.train_and_evaluate(bag_config_from_run, str(tmp_path / "bags"))
+    settings = compare_runs.CompareSettings(
+        resamples=50, timed_steps=1, warmup_steps=0, perturbations=("noise",),
+        levels={"noise": (0.1,)}, weighted_vote=True,
+    )  # fmt: skip
+    result = compare_runs.compare(
+        [str(tmp_path / "slices"), str(tmp_path / "bags")],
+        str(tmp_path / "compare"),
+        settings,
+        ["slices", "bags"],
+    )
+    assert [m["name"] for m in result["models"]] == ["slices", "slices + weighted vote", "bags"]
+    vote, bag = result["models"][1], result["models"][2]
+    assert vote["cost"] == result["models"][0]["cost"]
+    assert bag["cost"]["train"]["images_per_s"] > 0 and bag["cost"]["batch"] % 4 == 0
+    report = json.loads((tmp_path / "slices" / "report_test.json").read_text())
+    method = report["scan_methods"]["results"]["scan"]["slice model + weighted vote"]
+    assert vote["metrics"]["scan"]["balanced_accuracy"]["value"] == pytest.approx(
+        method["metrics"]["balanced_accuracy"]["value"]
+    )
+    assert set(result["paired_differences"]) == {"slices + weighted vote", "bags"}
+    curves = result["robustness"]["perturbations"]["noise"]["curves"]
+    assert set(curves) == {"slices", "slices + weighted vote", "bags"}
+
     # Another model's run is refused, naming both.
     other = specs.resolve(bag_config(manual_dir, data_dir, **{
         "model.dims": (8, 24), "model.init_from": f"run:{tmp_path / 'slices'}"}))  # fmt: skip

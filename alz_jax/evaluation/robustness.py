@@ -293,7 +293,7 @@ class PerturbedSource:
 @dataclasses.dataclass(frozen=True)
 class PerturbedData:
     """A prepared data set seen through a perturbation: what `reports.predict_split_multi`
-    reads of it (`num_examples`, `source`)."""
+    reads of it (`num_examples`, `records`, `source`)."""
 
     data: Any
     name: str
@@ -303,6 +303,10 @@ class PerturbedData:
     def num_examples(self, split: str) -> int:
         """Images in `split` (unchanged)."""
         return self.data.num_examples(split)
+
+    def records(self, split: str) -> dict:
+        """The split's records (unchanged): its scans, for bags and 2.5D neighbours."""
+        return self.data.records(split)
 
     def source(self, split: str) -> PerturbedSource:
         """The split's source, perturbed on read."""

@@ -30,6 +30,9 @@ from alz_jax.host.errors import UserError
 AVERAGE = "slice model + average"
 WEIGHTED_VOTE = "slice model + weighted vote"
 REPORT_KEY = "scan_methods"  # the report JSON's key of the comparison
+# The predictions CSV's columns of the weighted vote: P(AD), or one per class after the prefix.
+VOTE_COLUMN = "vote_prob_ad"
+VOTE_COLUMN_PREFIX = "vote_prob_"
 COMPARED_LEVELS = ("scan", "subject")
 HEADLINE = "balanced_accuracy"  # the first metric of the tables, and the weights' measure
 STRIP_SLICES = 16  # at most this many slices in a strip (the highest weights)

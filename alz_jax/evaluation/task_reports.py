@@ -143,7 +143,7 @@ def evaluate_weights(
         report["bag_model"] = BAG_NOTE
     slice_outputs = {s: bag[s]["plain"].slice_outputs if bag else outputs[s]["plain"]
                      for s in splits}  # fmt: skip
-    report["scan_methods"] = scan_level_methods(
+    report["scan_methods"], vote = scan_level_methods(
         task, data, split, slice_outputs, {s: outputs[s]["plain"] for s in splits} if bag else {},
         model, settings, subjects_known,
     )  # fmt: skip
@@ -154,7 +154,10 @@ def evaluate_weights(
     temperature = report["calibration"]["temperature"]
     plain = task.probabilities({"plain": outputs[split]["plain"]}, temperature)
     tta = task.probabilities(outputs[split], temperature) if settings.tta else None
-    extra = bag_columns(bag[split]["plain"], data.class_names) if bag else None
+    extra = {
+        **(vote_columns(vote, data.class_names) if vote is not None else {}),
+        **(bag_columns(bag[split]["plain"], data.class_names) if bag else {}),
+    }
     task.write_predictions(records, plain, outputs[split]["plain"], data.class_names,
                            workdir / f"predictions_{split}.csv", tta, extra)  # fmt: skip
     rendered = shown.figures(report, units)
@@ -195,13 +198,14 @@ def scan_level_methods(
     task: tasks.Task, data, split: str, slice_outputs: dict[str, np.ndarray],
     bag_outputs: dict[str, np.ndarray], model: steps.Model, settings: EvalSettings,
     subjects_known: bool,
-) -> dict | None:  # fmt: skip
+) -> tuple[dict | None, np.ndarray | None]:  # fmt: skip
     """The scan and subject levels of the slice model averaged, of its soft vote weighted by
     each slice position's validation accuracy (ClinicaDL's), and for a scan model of the bag
     model itself (its slices alone are the slice model), side by side with paired intervals
-    (scan_methods.compare_methods); None for the validation split itself, which chooses."""
+    (scan_methods.compare_methods); and the vote of each record's scan on `split` (None where
+    slice positions are unknown). None, None for the validation split itself, which chooses."""
     if split == "validation":
-        return None
+        return None, None
     records = {s: data.records(s) for s in ("validation", split)}
     probs = {s: task.probabilities({"plain": slice_outputs[s]}, 1.0) for s in records}
     methods = {s: {scan_methods.AVERAGE: probs[s]} for s in records}
@@ -225,7 +229,16 @@ def scan_level_methods(
     )  # fmt: skip
     # What `compare` needs to apply the vote to this run's predictions again.
     section["position_weights"] = {str(k): float(v) for k, v in (weights or {}).items()}
-    return section
+    return section, methods[split].get(scan_methods.WEIGHTED_VOTE)
+
+
+def vote_columns(vote: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The weighted vote of each record's scan as predictions columns (`compare
+    --weighted_vote` reads them): vote_prob_ad, or vote_prob_<class> per class."""
+    if vote.ndim == 1:
+        return {scan_methods.VOTE_COLUMN: vote}
+    return {f"{scan_methods.VOTE_COLUMN_PREFIX}{name}": vote[:, k]
+            for k, name in enumerate(class_names)}  # fmt: skip
 
 
 def bag_columns(

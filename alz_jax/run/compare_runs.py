@@ -11,9 +11,12 @@ What each number means is in docs/compare.md; the statistics are in
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import csv
 import dataclasses
 import fcntl
+import io
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ import numpy as np
 from alz_jax.core import sharding, steps
 from alz_jax.data import dataset
 from alz_jax.evaluation import compare_stats as stats
-from alz_jax.evaluation import figures, metrics, reports, robustness, tasks
+from alz_jax.evaluation import figures, metrics, reports, robustness, scan_methods, tasks
 from alz_jax.host import profiling, storage, workdir_lock
 from alz_jax.host.errors import UserError
 from alz_jax.models import registry
@@ -56,6 +59,8 @@ class CompareSettings:
     perturbations: tuple[str, ...] = tuple(robustness.PERTURBATIONS)
     levels: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     evaluate_missing: bool = True  # evaluate the best checkpoint of a run without a report
+    # Add each slice run's position-weighted soft vote (ClinicaDL's) as a model of its own.
+    weighted_vote: bool = False
 
     def __post_init__(self):
         checks = [
@@ -92,6 +97,8 @@ class Run:
     saved: SavedRun
     report: dict
     predictions: stats.Predictions
+    # The soft vote of a slice run (compare --weighted_vote): its slice positions' weights.
+    vote_weights: dict[int, float] | None = None
 
     @property
     def workdir(self) -> str:
@@ -271,6 +278,46 @@ def load_run(
     return Run(name, saved, report, _read_predictions(workdir, split, report))
 
 
+def with_votes(runs: Sequence[Run]) -> list[Run]:
+    """`runs`, each slice run followed by its soft vote weighted by slice position (the vote
+    its report computed: predictions columns vote_prob_*, the position weights and the
+    thresholds chosen on validation); refuses a run whose report has no vote."""
+    out = []
+    for run in runs:
+        out.append(run)
+        if run.spec.pipeline.bags:
+            continue
+        section = run.report.get(scan_methods.REPORT_KEY) or {}
+        if not section.get("position_weights"):
+            raise UserError(
+                f"--weighted_vote: {run.name}'s report_{run.report['split']}.json has no "
+                "weighted vote (a report from before it, or slices without positions); "
+                f"evaluate it again: python -m alz_jax.evaluate --workdir={run.workdir}"
+            )
+        out.append(_vote_run(run, section))
+    return out
+
+
+def _vote_run(run: Run, section: dict) -> Run:
+    """The soft vote of `run` as a compared model of its own."""
+    path = storage.path(run.workdir) / f"predictions_{run.report['split']}.csv"
+    rows = list(csv.DictReader(io.StringIO(path.read_text(), newline="")))
+    task = run.predictions.task
+    columns = ([scan_methods.VOTE_COLUMN] if task.num_classes == 2 else
+               [f"{scan_methods.VOTE_COLUMN_PREFIX}{c}" for c in run.class_names])  # fmt: skip
+    probs = np.asarray([[float(r[c]) for c in columns] for r in rows], np.float64)
+    probs = probs[:, 0] if task.num_classes == 2 else probs
+    levels = section["results"]
+    thresholds = {}
+    if task.num_classes == 2:  # a vote decides per scan: its slices carry the scan's threshold
+        chosen = {lv: levels[lv][scan_methods.WEIGHTED_VOTE]["threshold"] for lv in levels}
+        thresholds = {"slice": chosen["scan"], **chosen}
+    predictions = dataclasses.replace(run.predictions, probs=probs, thresholds=thresholds)
+    weights = {int(k): v for k, v in section["position_weights"].items()}
+    return dataclasses.replace(run, name=f"{run.name} + weighted vote", predictions=predictions,
+                               vote_weights=weights)  # fmt: skip
+
+
 def check_same_data(runs: Sequence[Run]) -> list[stats.Predictions]:
     """The runs' predictions in one image order, after checking that every run was tested on
     the same images (naming the differing subjects and images otherwise), has the same
@@ -346,7 +393,41 @@ def _timed(step: Callable[[], object], warmup: int, timed: int) -> list[float]:
     return times
 
 
-def _measure_train(run: Run, pixel_stats: dict, images, labels, mesh, settings) -> dict:
+def bag_slices(run: Run) -> int:
+    """Slices per bag of a scan model's timed steps: its data.bag_size, or for whole scans
+    (bag_size 0) the longest scan of its predictions; 0 for a slice model."""
+    pipeline = run.spec.pipeline
+    if not pipeline.bags:
+        return 0
+    scans = run.predictions.records["scan_id"]
+    return pipeline.bag_size or int(max(collections.Counter(scans).values()))
+
+
+def timing_batch(run: Run, batch: int, rng: np.random.Generator) -> dict:
+    """Random inputs of `batch` images for the run's steps: {image, label}, or for a scan model
+    bags of `bag_slices` slices (at least one per device) with their slice mask and positions."""
+    size, chans = run.spec.pipeline.image_size, run.spec.model.in_chans
+    classes = run.spec.model.num_classes
+    k = bag_slices(run)
+    if not k:
+        return {"image": rng.integers(0, 256, (batch, size, size, chans), np.uint8),
+                "label": rng.integers(0, classes, (batch,)).astype(np.int32)}  # fmt: skip
+    devices = jax.device_count()
+    bags = max(devices, batch // k // devices * devices)
+    return {
+        "image": rng.integers(0, 256, (bags, k, size, size, chans), np.uint8),
+        "label": rng.integers(0, classes, (bags,)).astype(np.int32),
+        "slice_mask": np.ones((bags, k), np.int32),
+        "positions": np.tile(np.arange(k, dtype=np.int32), (bags, 1)),
+    }
+
+
+def _images(batch: dict) -> int:
+    """Images (slices) in a timing batch."""
+    return int(np.prod(batch["image"].shape[:-3]))
+
+
+def _measure_train(run: Run, pixel_stats: dict, batch: dict, mesh, settings) -> dict:
     """The run's train step (its optimizer, averages and step settings) on random batches."""
     # The schedule's length only sets learning rates; any class counts do for timing.
     bench = dataclasses.replace(
@@ -357,7 +438,8 @@ def _measure_train(run: Run, pixel_stats: dict, images, labels, mesh, settings) 
     plan = bench.plan(100, class_counts=[1] * run.spec.model.num_classes)
     parts = assembly.assemble(bench, plan, mesh, pixel_stats)
     holder = {"state": parts.fresh_state(run.spec.seed)}
-    batch = jax.device_put({"image": images, "label": labels}, sharding.batch_sharded(mesh))
+    images = _images(batch)
+    batch = jax.device_put(batch, sharding.batch_sharded(mesh))
     compiled = parts.train_step.lower(holder["state"], batch).compile()
 
     def step():
@@ -368,23 +450,24 @@ def _measure_train(run: Run, pixel_stats: dict, images, labels, mesh, settings) 
     del holder["state"]
     return {
         "step_s": statistics.median(times),
-        "images_per_s": len(labels) / statistics.median(times),
+        "images_per_s": images / statistics.median(times),
         "step_s_all": times,
         **profiling.xla_memory(compiled),
     }
 
 
-def _measure_inference(loaded: dict, images, mesh, settings) -> dict:
-    """The predict step (the run's weights) on random images."""
+def _measure_inference(loaded: dict, batch: dict, mesh, settings) -> dict:
+    """The predict step (the run's weights) on random images (a scan model's: bags)."""
     predict = steps.make_predict_step(loaded["model"], loaded["pixel_stats"], mesh)
-    placed = jax.device_put(images, sharding.batch_sharded(mesh))
-    compiled = predict.lower(loaded["params"], placed).compile()
+    keys = ("image", *steps.BAG_INPUTS) if "slice_mask" in batch else ("image",)
+    placed = [jax.device_put(batch[k], sharding.batch_sharded(mesh)) for k in keys]
+    compiled = predict.lower(loaded["params"], *placed).compile()
     times = _timed(
-        lambda: compiled(loaded["params"], placed), settings.warmup_steps, settings.timed_steps
+        lambda: compiled(loaded["params"], *placed), settings.warmup_steps, settings.timed_steps
     )
     return {
         "step_s": statistics.median(times),
-        "images_per_s": len(images) / statistics.median(times),
+        "images_per_s": _images(batch) / statistics.median(times),
         "step_s_all": times,
         **profiling.xla_memory(compiled),
     }
@@ -404,13 +487,11 @@ def measure_cost(run: Run, loaded: dict | None, settings: CompareSettings) -> di
         return cost
     mesh = loaded["mesh"]
     batch = throughput_batch(run, settings.batch, mesh)
-    rng = np.random.default_rng(settings.seed)
-    images = rng.integers(0, 256, (batch, size, size, run.spec.model.in_chans), np.uint8)
-    labels = rng.integers(0, run.spec.model.num_classes, (batch,)).astype(np.int32)
+    inputs = timing_batch(run, batch, np.random.default_rng(settings.seed))
     logging.info("%s: timing the train and predict steps at batch %d ...", run.name, batch)
-    cost["batch"] = batch
-    cost["train"] = _measure_train(run, loaded["pixel_stats"], images, labels, mesh, settings)
-    cost["inference"] = _measure_inference(loaded, images, mesh, settings)
+    cost["batch"] = _images(inputs)
+    cost["train"] = _measure_train(run, loaded["pixel_stats"], inputs, mesh, settings)
+    cost["inference"] = _measure_inference(loaded, inputs, mesh, settings)
     stats_now = jax.devices()[0].memory_stats() or {}
     cost["device_peak_bytes"] = stats_now.get("peak_bytes_in_use")
     return cost
@@ -434,12 +515,16 @@ def load_weights(run: Run) -> dict:
 
 
 def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) -> dict:
-    """Each run's probabilities on `data` (clean or perturbed), runs of one image size per
-    pass over the images."""
+    """Each run's probabilities on `data` (clean or perturbed), runs that read the images alike
+    (image size; whole scans or slices; 2.5D neighbours) in one pass over them."""
     out = {}
-    sizes = sorted({r.spec.pipeline.image_size for r in runs})
-    for size in sizes:
-        group = [r for r in runs if r.spec.pipeline.image_size == size]
+
+    def reading(r: Run) -> tuple:
+        p = r.spec.pipeline
+        return p.image_size, p.bags, p.neighbours
+
+    for key in sorted({reading(r) for r in runs}):
+        group = [r for r in runs if reading(r) == key]
         outputs = reports.predict_split_multi(
             data,
             split,
@@ -451,6 +536,10 @@ def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) 
         for r in group:
             temperature = r.report["calibration"]["temperature"]
             out[r.name] = r.spec.task.probabilities({"plain": outputs[r.name]}, temperature)
+            if r.vote_weights is not None:
+                out[r.name] = scan_methods.weighted_vote(
+                    data.records(split), out[r.name], r.vote_weights
+                )
     return out
 
 
@@ -616,6 +705,8 @@ def compare(
             load_run(w, n, settings.split, settings.evaluate_missing, s)
             for w, n, s in zip(workdirs, names, saved, strict=True)
         ]
+        if settings.weighted_vote:
+            runs = with_votes(runs)
         return write_outputs(_result(runs, settings), out)
 
 
@@ -624,7 +715,10 @@ def _result(runs: Sequence[Run], settings: CompareSettings) -> dict:
     aligned = check_same_data(runs)
     need_weights = bool(settings.timed_steps or settings.perturbations)
     loaded = {r.name: load_weights(r) for r in runs} if need_weights else {}
-    costs = {r.name: measure_cost(r, loaded.get(r.name), settings) for r in runs}
+    costs = {}
+    for i, r in enumerate(runs):  # a vote costs what its slice model does (the run before it)
+        costs[r.name] = (costs[runs[i - 1].name] if r.vote_weights is not None
+                         else measure_cost(r, loaded.get(r.name), settings))  # fmt: skip
     first = aligned[0]
     result = {
         "split": settings.split,
