@@ -10,7 +10,8 @@ The demo's model (configs/demo.py: a small ConvNeXt at 64 px) encodes every slic
 shared weights; gated attention (Ilse et al. 2018) pools the slice embeddings into one
 prediction per scan. A training bag is 8 slices drawn from one scan each step (a seeded draw);
 8 bags per step make 64 images, the demo's batch, and the run sees as many images as the demo
-(12.5 epochs of 8 of each scan's 20 slices are 5 of the demo's epochs of slices). Evaluation reads every slice of each scan. The report
+(12.5 epochs of 8 of each scan's 20 slices are the demo's 5 epochs of slices). Evaluation reads
+every slice of each scan. The report
 puts the bag model beside the slice model it contains, averaged over a scan's slices and
 soft-voted with each slice position's validation accuracy (ClinicaDL), with paired intervals.
 Measured: see docs/scan_models.md ("The comparison, measured").
