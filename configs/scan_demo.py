@@ -30,8 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 8  # bags: 8 x 8 = 64 images per step, as the demo
     # An epoch of scans is 8 of each scan's 20 slices: 2.5 of them see as many images as one
     # epoch of the demo's slices, so 12.5 epochs match its 5 (its warmup and validations too).
-    config.num_epochs = 12.5
-    config.warmup_epochs = 2.5
-    config.eval_every_epochs = 2.5
+    for key, epochs in (("num_epochs", 12.5), ("warmup_epochs", 2.5), ("eval_every_epochs", 2.5)):
+        del config[key]  # whole epochs in the base config; fractions of them here
+        config[key] = epochs
     config.eval.tta = ""
     return config
