@@ -152,7 +152,8 @@ def _model_fields(run: specs.RunSpec, args: Settings) -> dict:
         "res": args.res,
         "in_chans": args.in_chans,
         "dtype": spec.dtype,
-        "depthwise": getattr(spec, "depthwise", None),  # the families that have one
+        # the families that have one (a scan model: its encoder's)
+        "depthwise": getattr(getattr(spec, "encoder", spec), "depthwise", None),
         "step_impl": run.step.impl,
         "aggregator": getattr(spec, "aggregator", "none"),
         "bag_size": bag_size(run, args),

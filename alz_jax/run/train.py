@@ -178,6 +178,7 @@ class _Loop:
     trace: profiling.TraceWindow
     is_writer: bool
     workdir: object  # local path or epath of the run's folder
+    images_per_step: int  # the batch's images (a scan model's: its bags' slices)
 
     @classmethod
     def create(cls, run, plan, data, parts, manager, config, workdir, start_step) -> _Loop:
@@ -194,7 +195,7 @@ class _Loop:
             trace=profiling.TraceWindow(
                 workdir / "profile", run.profile_start_step, run.profile_num_steps
             ),
-            is_writer=is_writer, workdir=workdir,
+            is_writer=is_writer, workdir=workdir, images_per_step=images_per_step(run, data),
         )  # fmt: skip
 
 
@@ -313,11 +314,12 @@ def _train(loop: _Loop, state: steps.TrainState, start_step: int) -> int | None:
         done = step + 1
         meter.history.append((done, metrics))
         if done % loop.run.log_every_steps == 0 or done == total:
-            scalars = meter.scalars(_check_finite(meter.history, loop.manager), loop.run.batch_size)
+            images = loop.images_per_step
+            scalars = meter.scalars(_check_finite(meter.history, loop.manager), images)
             scalars["train/epoch"] = done / loop.plan.steps_per_epoch
             loop.writer.write_scalars(done, scalars)
             if loop.is_writer:
-                logging.info(progress.step_line(done, loop.plan, scalars, loop.run.batch_size))
+                logging.info(progress.step_line(done, loop.plan, scalars, images))
         with meter.pause():
             state, stop = _save_or_stop(loop, done, state, meter.history)
             if stop:
@@ -366,7 +368,8 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> tuple[steps.TrainSt
             state = swa_statistics.refresh(
                 state, bags.split_source(loop.data, "train", loop.run.pipeline.neighbours),
                 loop.parts.statistics_pass,
-                loop.run.pipeline, _statistics_batch(loop), loop.parts.mesh,
+                # A training batch's images (a scan model's encoder sees its bags' slices).
+                loop.run.pipeline, loop.images_per_step, loop.parts.mesh,
                 loop.run.swa_bn_batches,
             )  # fmt: skip
         scalars, selection = _validate(loop, done, state)
@@ -382,13 +385,12 @@ def _save_or_stop(loop: _Loop, done: int, state, history) -> tuple[steps.TrainSt
     return state, False
 
 
-def _statistics_batch(loop: _Loop) -> int:
-    """Images per batch of SWA's BatchNorm statistics pass: a training batch's (for a scan
-    model, its bags' slices, which its encoder's BatchNorms see together)."""
-    if not loop.run.pipeline.bags:
-        return loop.run.batch_size
-    scans = bags.ScanIndex.from_records(loop.data.records("train"), "train")
-    return loop.run.batch_size * bags.bag_slices(loop.run.pipeline, scans)
+def images_per_step(run: specs.RunSpec, data) -> int:
+    """Images in a training batch: the batch, or for a scan model its bags' slices."""
+    if not run.pipeline.bags:
+        return run.batch_size
+    scans = bags.ScanIndex.from_records(data.records("train"), "train")
+    return run.batch_size * bags.bag_slices(run.pipeline, scans)
 
 
 def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
