@@ -126,19 +126,24 @@ demo-volumes-figures: venv
 
 # Scan models against the slice model, on the demo's synthetic set and with as many training
 # images (docs/scan_models.md): the demo's slice run (.demo/workdir: `make demo` first if it is
-# missing), the scan demo with mean and with attention pooling, compared with the slice run's
-# position-weighted vote beside it; checked against docs/demo/scan/compare.md (SCAN_EXPECT= to
+# missing), the scan demo with mean and with attention pooling, and attention pooling started
+# from the slice run (200 more steps), compared with the slice run's position-weighted vote
+# beside it; checked against docs/demo/scan/compare.md (SCAN_EXPECT= to
 # skip; CI runs it) or published with `make demo-scan-figures`.
 SCAN_EXPECT ?= docs/demo/scan/compare.md
 demo-scan: venv
 	test -f .demo/workdir/report_test.json || $(MAKE) --no-print-directory demo DEMO_EXPECT=
-	rm -rf .demo/scan_mean .demo/scan_attention .demo/scan_compare
+	rm -rf .demo/scan_mean .demo/scan_attention .demo/scan_attention_init .demo/scan_compare
 	$(PY) -m alz_jax.main --config=configs/scan_demo.py --workdir=.demo/scan_mean \
 		--config.model.aggregator=mean
 	$(PY) -m alz_jax.main --config=configs/scan_demo.py --workdir=.demo/scan_attention
-	$(PY) -m alz_jax.compare --workdirs=.demo/workdir,.demo/scan_mean,.demo/scan_attention \
-		--names=slice,mean,attention --weighted_vote --out=.demo/scan_compare \
-		--perturbations=none --timed_steps=0
+	$(PY) -m alz_jax.main --config=configs/scan_demo.py --workdir=.demo/scan_attention_init \
+		--config.model.init_from=run:.demo/workdir --config.optim.learning_rate=2e-4 \
+		--config.num_epochs=5 --config.warmup_epochs=1
+	$(PY) -m alz_jax.compare \
+		--workdirs=.demo/workdir,.demo/scan_mean,.demo/scan_attention,.demo/scan_attention_init \
+		--names=slice,mean,attention,attention_from_slice --weighted_vote \
+		--out=.demo/scan_compare --perturbations=none --timed_steps=0
 	$(if $(SCAN_EXPECT),$(PY) -m alz_jax.stages_figures --compare_dir=.demo/scan_compare \
 		--expect=$(SCAN_EXPECT))
 
