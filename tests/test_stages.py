@@ -17,7 +17,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from alz_jax.configs import demo, stages_demo
 from alz_jax.core import steps
-from alz_jax.data import dataset, input_pipeline, protocols
+from alz_jax.data import bags, dataset, input_pipeline, protocols
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.evaluation import multiclass, reports, tasks
 from alz_jax.host.errors import UserError
@@ -489,3 +489,16 @@ def test_what_lies_outside_the_class_folders_is_reported_or_refused(stage_sets, 
     (root / "test" / image.name).write_bytes(image.read_bytes())
     with pytest.raises(LayoutError, match="an image outside any class folder"):
         registry.parse(root)
+
+
+def test_bags_know_the_scans_of_the_oasis_layout_and_refuse_plain_folders(prepared):
+    """A scan model's bags: the OASIS layout names each slice's scan (its slices in order); plain
+    class folders name none, and bags of them are refused in one line."""
+    records = prepared["oasis"].records("train")
+    scans = bags.ScanIndex.from_records(records, "train")
+    assert scans.max_slices > 1 and scans.num_records == len(records["label"])
+    for members in scans.members:
+        assert len({records["scan_id"][m] for m in members}) == 1
+        assert list(records["slice_index"][members]) == sorted(records["slice_index"][members])
+    with pytest.raises(UserError, match=r"every scan of train has one slice"):
+        bags.ScanIndex.from_records(prepared["folders"].records("train"), "train")

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from alz_jax.data import dataset
+from alz_jax.data import bags, dataset
 from alz_jax.host.errors import UserError
 from alz_jax.tfds_builders.mri_slices import api as slices
 from alz_jax.tfds_builders.mri_slices.volumes import sliced
@@ -334,3 +334,18 @@ def test_the_slices_folder_goes_once_built_and_a_change_says_what_changed(
     with caplog.at_level(logging.WARNING):
         dataset.prepare(_spec(root, tmp_path / "tfds", volume_step=4))
     assert "slicing settings changed" in caplog.text
+
+
+def test_a_session_is_one_bag_and_its_2_5d_neighbours_are_its_own_slices(caps_built):
+    """Scan models and 2.5D on a volume layout: each session's slices form one bag in slice
+    order, and a slice's neighbours are the adjacent slices of its own volume (clamped)."""
+    data, _ = caps_built
+    records = data.records("test")
+    scans = bags.ScanIndex.from_records(records, "test")
+    assert set(scans.counts.tolist()) == {4}  # 4 sagittal slices per volume (VOLUME_FIELDS)
+    assert len(scans) == len(set(records["scan_id"]))
+    index = scans.neighbour_index(1)
+    for i, row in enumerate(index):
+        assert {records["scan_id"][j] for j in row} == {records["scan_id"][i]}
+        steps = np.diff(records["slice_index"][row])
+        assert set(steps.tolist()) <= {0, 2} and row[1] == i  # every second slice kept

@@ -22,6 +22,7 @@ import numpy as np
 from alz_jax.bench import common
 from alz_jax.bench.settings import Settings
 from alz_jax.host import compilation_cache, profiling
+from alz_jax.host.errors import UserError
 from alz_jax.models import depthwise, registry, scan
 from alz_jax.run import specs
 
@@ -63,10 +64,13 @@ def bag_size(run: specs.RunSpec, args: Settings) -> int:
     if not isinstance(run.model, scan.ScanSpec):
         return 0
     k = args.bag_size or args.base_config.data.get("bag_size", 16)
-    if k < 1 or args.batch % k:
-        raise ValueError(
-            f"--batch={args.batch} images must be a whole number of bags of --bag_size={k}"
+    if k < 1:
+        raise UserError(
+            "The config's data.bag_size is 0 (every slice of a scan), which a benchmark without "
+            "data cannot know: give --bag_size (e.g. 20, ADNI's slices per scan)."
         )
+    if args.batch % k:
+        raise UserError(f"--batch={args.batch} images must be a whole number of bags of {k}.")
     return k
 
 

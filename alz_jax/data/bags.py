@@ -196,10 +196,9 @@ def describe_bags(pipeline: PipelineSpec, global_batch: int, scans: ScanIndex) -
     counts = scans.counts
     short = int((counts < k).sum())
     return (
-        f"bags: {global_batch} per step x {k} slices of {s}x{s}x{c} = {global_batch * k} images, "
-        f"{mb:.1f} MB uint8 per host batch; {scans.split}: {len(scans)} scans of "
-        f"{counts.min()}-{counts.max()} slices, {short} shorter than {k} (slices drawn again); "
-        f"augment per {pipeline.bag_augment}"
+        f"bags: {global_batch}/step x {k} slices of {s}x{s}x{c} = {global_batch * k} images, "
+        f"{mb:.1f} MB per host batch; {len(scans)} {scans.split} scans of "
+        f"{counts.min()}-{counts.max()} slices, {short} under {k}"
     )
 
 

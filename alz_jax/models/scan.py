@@ -279,8 +279,9 @@ class ScanModel(nnx.Module):
     ) -> dict[str, jax.Array]:  # fmt: skip
         """{'logits' (B, C), 'weights' (B, K): each slice's weight in the pooling (0 where
         masked, summing to 1 over the valid slices; `mean`: 1/n, so weight x slice logits is a
-        slice's contribution), 'slice_logits' (B, K, C): each slice alone as a bag of one},
-        from one encoder pass."""
+        slice's contribution), 'slice_logits' (B, K, C): the encoder's classifier on each
+        slice's embedding (for `mean` and `attention` the slice alone as a bag of one; for
+        `transformer` the embedding before its blocks)}, from one encoder pass."""
         h = self.slice_embeddings(x, sample_keys)
         z, weights = self.pooled(h, slice_mask, positions)
         return {"logits": self.encoder.classify(z), "weights": weights,

@@ -371,13 +371,18 @@ def throughput_batch(run: Run, requested: int, mesh) -> int:
     """The batch the throughput is measured at: `requested`, or the run's batch size capped at
     MAX_DEFAULT_BATCH, as a multiple of devices x microbatches."""
     unit = mesh.devices.size * run.spec.step.grad_accum_steps
+    k = bag_slices(run)
     if requested:
-        if requested % unit:
+        if requested % (unit * max(k, 1)):
             raise UserError(
-                f"--batch={requested} must be a multiple of {unit} (the "
-                f"{mesh.devices.size} devices x {run.name}'s grad_accum_steps)."
+                f"--batch={requested} must be a multiple of {unit * max(k, 1)} (the "
+                f"{mesh.devices.size} devices x {run.name}'s grad_accum_steps"
+                + (f" x its {k} slices per bag" if k else "")
+                + ")."
             )
         return requested
+    if k:  # a scan model's batch counts bags: in images, its bags' slices
+        return max(unit, min(run.spec.batch_size, MAX_DEFAULT_BATCH // k) // unit * unit) * k
     return max(unit, min(run.spec.batch_size, MAX_DEFAULT_BATCH) // unit * unit)
 
 
@@ -412,8 +417,7 @@ def timing_batch(run: Run, batch: int, rng: np.random.Generator) -> dict:
     if not k:
         return {"image": rng.integers(0, 256, (batch, size, size, chans), np.uint8),
                 "label": rng.integers(0, classes, (batch,)).astype(np.int32)}  # fmt: skip
-    devices = jax.device_count()
-    bags = max(devices, batch // k // devices * devices)
+    bags = batch // k  # throughput_batch: a multiple of devices x microbatches
     return {
         "image": rng.integers(0, 256, (bags, k, size, size, chans), np.uint8),
         "label": rng.integers(0, classes, (bags,)).astype(np.int32),
@@ -534,12 +538,14 @@ def _predict_all(data, runs: Sequence[Run], predictors: dict, split: str, mesh) 
             mesh,
         )
         for r in group:
+            if r.vote_weights is not None:  # the report's vote: of uncalibrated slices
+                slices = r.spec.task.probabilities({"plain": outputs[r.name]}, 1.0)
+                out[r.name] = scan_methods.weighted_vote(
+                    data.records(split), slices, r.vote_weights
+                )
+                continue
             temperature = r.report["calibration"]["temperature"]
             out[r.name] = r.spec.task.probabilities({"plain": outputs[r.name]}, temperature)
-            if r.vote_weights is not None:
-                out[r.name] = scan_methods.weighted_vote(
-                    data.records(split), out[r.name], r.vote_weights
-                )
     return out
 
 

@@ -133,6 +133,7 @@ def _model_identity(spec) -> dict:
     model = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     del model["dtype"]
     model.pop("depthwise", None)
+    model.pop("remat", None)  # a scan model's gradient checkpointing: the same run, less memory
     _drop_defaults(model, {"head_dropout": 0.0, "spatial_attention": False})
     if "encoder" in model:
         encoder = spec.encoder

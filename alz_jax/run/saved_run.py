@@ -251,28 +251,46 @@ class SavedRun:
 
 def run_variables(value: str, spec, seed: int, mesh=None) -> tuple[dict, dict]:
     """The starting (params, batch_stats) of `spec` named by model.init_from = 'run:WORKDIR':
-    the selected weights of that run's best checkpoint. A slice run's model must be `spec`
-    (then it continues from them) or a scan model's encoder (its aggregator starts fresh from
-    `seed`)."""
+    the selected weights of that run's best checkpoint. They must fit `spec` (a run of the same
+    model: it continues from them) or, from a slice run, a scan model's encoder (whose
+    aggregator starts fresh from `seed`); compute dtype and regularisation may differ."""
     workdir = value.removeprefix(specs.RUN_PREFIX)
     source = SavedRun.open(workdir)
     trained = source.spec.model
-    target = spec.encoder if isinstance(spec, scan.ScanSpec) else spec
-    if trained != target:
+    into_encoder = isinstance(spec, scan.ScanSpec) and not isinstance(trained, scan.ScanSpec)
+    target = spec.encoder if into_encoder else spec
+    mismatch = _shape_mismatch(trained, target)
+    if mismatch:
         raise UserError(
-            f"config.model.init_from = {value!r}: that run trained {registry.title(trained)} "
-            f"({trained}), but this model needs {registry.title(target)} ({target}); start "
-            "from a run of the same model (name, size, classes, channels)."
+            f"config.model.init_from = {value!r}: that run trained {registry.title(trained)}, "
+            f"whose weights do not fit {registry.title(target)}: {mismatch}. Start from a run "
+            "of the same model (family, sizes, classes, channels)."
         )
     restored = source.restore("best", mesh=mesh)
     params, stats = steps.make_model(trained).split(restored.params)
     logging.info("Starting from the %s weights of step %d of the run in %s", restored.weights,
                  restored.step, workdir)  # fmt: skip
-    if not isinstance(spec, scan.ScanSpec):
+    if not into_encoder:
         return params, stats
     fresh_params, fresh_stats = registry.init_variables(spec, seed)
     return (scan.load_slice_weights(fresh_params, params),
             scan.load_slice_weights(fresh_stats, stats) if stats else fresh_stats)  # fmt: skip
+
+
+def _shape_mismatch(trained, target) -> str:
+    """The first parameter or statistic whose path or shape differs between two models' trees
+    ('' when they fit each other)."""
+    shapes = [
+        {jax.tree_util.keystr(p): tuple(v.shape) for tree in trees
+         for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+        for trees in (jax.eval_shape(lambda s=s: registry.init_variables(s, 0))
+                      for s in (trained, target))
+    ]  # fmt: skip
+    for path in sorted(set(shapes[0]) | set(shapes[1])):
+        if shapes[0].get(path) != shapes[1].get(path):
+            return (f"at {path} the run has {shapes[0].get(path, 'nothing')}, this model "
+                    f"{shapes[1].get(path, 'nothing')}")  # fmt: skip
+    return ""
 
 
 # Commands that train a default config when their command line names none (older runs'

@@ -412,6 +412,8 @@ def model_spec(
     aggregator = model_config.get("aggregator", "none")
     if aggregator == "none":
         return slice_model
+    check_fields("model", [("aggregator", aggregator, aggregator in scan.AGGREGATORS,
+                            "|".join(["none", *sorted(scan.AGGREGATORS)]))])  # fmt: skip
     fields = {k: model_config[k] for k in AGGREGATOR_FIELDS if k in model_config}
     try:
         return scan.scan_spec(slice_model, aggregator, **fields)

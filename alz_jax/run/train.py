@@ -209,7 +209,10 @@ def training_batches(run, plan, data, start_step: int):
             run.batch_size, seed=run.seed, start_step=start_step, labels=records["label"],
         )  # fmt: skip
     scans = bags.ScanIndex.from_records(records, "train")
-    scan.check_positions(run.model, scans.max_slices)
+    # Before any training: evaluations read whole scans, the longest of every split.
+    scan.check_positions(run.model, max(
+        bags.ScanIndex.from_records(data.records(s), s).max_slices for s in dataset.SPLITS
+    ))  # fmt: skip
     logging.info(bags.describe_bags(plan.pipeline, run.batch_size, scans))
     return bags.train_bag_dataset(
         data.source("train"), scans, plan.pipeline, run.batch_size, seed=run.seed,
