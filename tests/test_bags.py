@@ -117,8 +117,9 @@ def test_scan_index_refuses_a_layout_without_scans():
     with pytest.raises(
         UserError,
         match=r"every scan of validation has one slice \(18 images.*"
-        r"does not know which slices form a scan; bags need scans \(the ADNI "
-        r"layout, layouts with subject/scan IDs, volume layouts\)",
+        r"does not know which slices form a scan\. Scan models \(model\.aggregator\) and 2\.5D "
+        r"input \(data\.neighbours > 0\) need scans .* use a slice model "
+        r"\(model\.aggregator=none, data\.neighbours=0\)",
     ):
         bags.ScanIndex.from_records(records, "validation")
 

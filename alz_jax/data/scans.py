@@ -49,9 +49,10 @@ class ScanIndex:
         if len(scan_ids) and counts.max() == 1:
             raise UserError(
                 f"every scan of {split_name} has one slice ({len(scan_ids)} images, as many "
-                "scans): the layout does not know which slices form a scan; bags need scans (the "
-                "ADNI layout, layouts with subject/scan IDs, volume layouts). data.bags and "
-                "data.neighbours > 0 need them."
+                "scans): the layout does not know which slices form a scan. Scan models "
+                "(model.aggregator) and 2.5D input (data.neighbours > 0) need scans (the ADNI "
+                "layout, layouts with subject/scan IDs, volume layouts); on this folder use a "
+                "slice model (model.aggregator=none, data.neighbours=0)."
             )
         keys = list(first)
         labels = _one_per_scan(split_name, "label", records["label"], members, keys, names)

@@ -286,14 +286,23 @@ def build_metadata(
             "platforms": list(platforms),
             "arguments": "(weights as the flat name -> array mapping of the weight file, "
             + (
-                "uint8 bags (B, K, size, size, channels) of a scan's slices and their int32 "
-                "slice mask (B, K), 1 for a slice and 0 for padding, with B and K symbolic)"
+                "uint8 bags (B, K, size, size, channels) of a scan's slices in slice order and "
+                "their int32 slice mask (B, K), 1 for a slice and 0 for padding, with B and K "
+                f"symbolic{_longest_bag(spec)})"
                 if isinstance(spec, scan.ScanSpec)
                 else "uint8 images (B, size, size, channels) with B symbolic)"
             ),
             "returns": f"float32 logits (B, {spec.num_classes})",
         },
     }
+
+
+def _longest_bag(spec) -> str:
+    """What limits K for a scan model's exported function: a transformer places at most
+    max_positions slices (the device clips longer bags, it cannot refuse them)."""
+    if getattr(spec, "aggregator", "") != "transformer":
+        return ""
+    return f"; K at most {spec.max_positions} (the transformer's slice positions)"
 
 
 def export(
