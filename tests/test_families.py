@@ -46,12 +46,7 @@ def config_for(family: str, **overrides):
     `overrides` ('a.b.c': value)."""
     config = with_test_model(tiny_config.get_config(), family)
     config.mix.prob = 0.0
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config.override(config, overrides)
     return config
 
 

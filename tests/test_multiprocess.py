@@ -55,12 +55,7 @@ def _overrides(manual_dir, data_dir, workers=2):
 
 def _config(manual_dir, data_dir):
     config = tiny_config.get_config()
-    for key, value in _overrides(manual_dir, data_dir).items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config.override(config, _overrides(manual_dir, data_dir))
     return config
 
 

@@ -14,12 +14,7 @@ from tests import tiny_config
 
 def config_with(**overrides):
     config = tiny_config.get_config()
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config.override(config, overrides)
     return config
 
 

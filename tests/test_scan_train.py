@@ -129,18 +129,22 @@ def bag_config(manual_dir, data_dir, **overrides):
         "swa.enabled": False, "eval.gradcam_scans": 2, "eval.bootstrap_samples": 50,
         **overrides,
     }  # fmt: skip
-    for key, value in settings.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config_file.override(config, settings)
     return config
 
 
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _copy_scan(members: list[dict], manual_dir, folder: Path) -> Path:
+    """A folder holding the image files of one scan's predictions rows (what `predict` reads)."""
+    folder.mkdir()
+    for member in members:
+        source = next(Path(manual_dir).rglob(Path(member["file_name"]).name))
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder
 
 
 def _final_state(workdir, config):
@@ -181,11 +185,7 @@ def test_a_bag_run_reports_resumes_predicts_and_exports(
 
     # `predict` on the slices of one test scan gives the report's probability of that scan.
     scan_id, members = next(iter(by_scan.items()))
-    folder = tmp_path / "one_scan"
-    folder.mkdir()
-    for member in members:
-        source = next(Path(manual_dir).rglob(Path(member["file_name"]).name))
-        (folder / source.name).write_bytes(source.read_bytes())
+    folder = _copy_scan(members, manual_dir, tmp_path / "one_scan")
     result = prediction.run(str(workdir), [str(folder)])
     assert {r["scan_id"] for r in result["images"]} == {scan_id}
     for row in result["images"]:
@@ -281,11 +281,7 @@ def test_a_2_5d_run_reads_each_slice_with_its_neighbours_everywhere(
     rows = _rows(workdir / "predictions_test.csv")
     scan_id = rows[0]["scan_id"]
     members = [r for r in rows if r["scan_id"] == scan_id]
-    folder = tmp_path / "one_scan"
-    folder.mkdir()
-    for member in members:
-        source = next(Path(manual_dir).rglob(Path(member["file_name"]).name))
-        (folder / source.name).write_bytes(source.read_bytes())
+    folder = _copy_scan(members, manual_dir, tmp_path / "one_scan")
     result = prediction.run(str(workdir), [str(folder)])
     expected = {Path(m["file_name"]).name: float(m["prob_ad"]) for m in members}
     assert len(result["images"]) == len(members) > 2

@@ -31,12 +31,9 @@ def stages_config(data_dir, layout, **overrides):
     config.model.num_classes = 4
     config.optim.class_weights = "balanced"
     config.data.balanced_sampling = True
-    for key, value in {**tiny_config_file.TWO_STAGES, "num_train_steps": 4, **overrides}.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config_file.override(
+        config, {**tiny_config_file.TWO_STAGES, "num_train_steps": 4, **overrides}
+    )
     return config
 
 

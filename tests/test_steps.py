@@ -15,12 +15,7 @@ STATS = {"mean": 0.25, "std": 0.3}
 
 def _setup(mesh=None, **overrides):
     config = tiny_config.get_config()
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config.override(config, overrides)
     run = specs.resolve(config)
     parts = assembly.assemble(run, run.plan(2), mesh or sharding.make_mesh(), STATS)
     return config, lambda: parts.fresh_state(run.seed), parts.train_step

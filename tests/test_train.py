@@ -37,12 +37,7 @@ def tiny_config(manual_dir, data_dir, **overrides):
     config = tiny_config_file.get_config()
     config.data.manual_dir = str(manual_dir)
     config.data.data_dir = str(data_dir)
-    for key, value in {**tiny_config_file.TWO_STAGES, **overrides}.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    tiny_config_file.override(config, {**tiny_config_file.TWO_STAGES, **overrides})
     return config
 
 

@@ -61,3 +61,14 @@ def two_step_config(manual_dir, data_dir):
     config.swa.enabled = False
     config.eval.bootstrap_samples = 50
     return config
+
+
+def override(config, overrides: dict):
+    """`config` with each 'a.b.c': value of `overrides` set (as --config.a.b.c=value would)."""
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config

@@ -18,11 +18,12 @@ import grain
 import jax
 import numpy as np
 
-from alz_jax.data import augment, mixing, neighbours
+from alz_jax.data import augment, neighbours
 from alz_jax.data.input_pipeline import (
     ClassBalancedSampler,
     ProcessShard,
     _prefetch,
+    batched_stream,
     per_process_batch,
     with_neighbours,
 )
@@ -98,17 +99,7 @@ def train_bag_dataset(
     ds = grain.MapDataset.range(len(scans)).seed(seed)
     use_balanced = pipeline.balanced_sampling if balanced is None else balanced
     ds = ClassBalancedSampler(ds, scans.labels, seed) if use_balanced else ds.shuffle().repeat()
-    ds = ds.random_map(transform)
-    b = per_process_batch(global_batch)
-    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
-    ds = ds.batch(b, drop_remainder=True)
-    if pipeline.mix.enabled:  # its group size divides `b`: checked with the batch (run.specs)
-        # Before the resume slice, so the mixer sees the true step.
-        ds = ds.map_with_index(
-            mixing.BatchMixer(pipeline.mix, seed, jax.process_index(), jax.process_count(), b)
-        )
-    ds = ds[start_step:]
-    return _prefetch(ds, pipeline.num_workers, pipeline.prefetch_buffer_size)
+    return batched_stream(ds.random_map(transform), pipeline, global_batch, seed, start_step)
 
 
 @dataclasses.dataclass(frozen=True)

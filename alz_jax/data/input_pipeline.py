@@ -188,9 +188,18 @@ def train_dataset(
         ds = ClassBalancedSampler(ds, labels, seed)
     else:
         ds = ds.shuffle().repeat()
-    ds = ds.random_map(transform)
+    return batched_stream(ds.random_map(transform), pipeline, global_batch, seed, start_step)
+
+
+def batched_stream(
+    examples: grain.MapDataset, pipeline: PipelineSpec, global_batch: int, seed: int,
+    start_step: int,
+) -> grain.IterDataset:  # fmt: skip
+    """An endless stream of training examples (images, or bags of a scan's slices) as this
+    process's slice of each global batch, mixed (Mixup/CutMix) where the pipeline mixes, from
+    `start_step` on, prefetched."""
     b = per_process_batch(global_batch)
-    ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b)
+    ds = ProcessShard(examples, jax.process_index(), jax.process_count(), b)
     ds = ds.batch(b, drop_remainder=True)
     if pipeline.mix.enabled:  # its group size divides `b`: checked with the batch (run.specs)
         # Before the resume slice, so the mixer sees the true step.
@@ -211,6 +220,15 @@ def eval_dataset(
     ds = ProcessShard(ds, jax.process_index(), jax.process_count(), b, pad_to_global_batch=True)
     ds = ds.batch(b, drop_remainder=True)
     return _prefetch(ds, pipeline.eval_num_workers, pipeline.prefetch_buffer_size)
+
+
+def check_counted_once(seen: np.ndarray, split: str) -> None:
+    """An evaluation pass counted every image of `split` exactly once (`seen`: its count per
+    record), or it is a bug of the pass (padding, sharding), never a user's error."""
+    if not np.all(seen == 1):
+        raise RuntimeError(
+            f"Evaluation of {split} counted images {seen.min()}..{seen.max()} times; expected once."
+        )
 
 
 def with_neighbours(source, pipeline: PipelineSpec, neighbour_index: np.ndarray | None):

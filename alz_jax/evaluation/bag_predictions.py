@@ -80,10 +80,7 @@ def predict_split_bags(
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
-    if not np.all(seen == 1):
-        raise RuntimeError(
-            f"Evaluation of {split} counted images {seen.min()}..{seen.max()} times; expected once."
-        )
+    input_pipeline.check_counted_once(seen, split)
     return {
         name: BagPredictions(*(out[name, k] for k in ("outputs", "weights", "slice_outputs")))
         for name in predictors

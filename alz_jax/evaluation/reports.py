@@ -114,10 +114,7 @@ def predict_split_multi(
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
-    if not np.all(seen == 1):
-        raise RuntimeError(
-            f"Evaluation of {split} counted images {seen.min()}..{seen.max()} times; expected once."
-        )
+    input_pipeline.check_counted_once(seen, split)
     return out
 
 
