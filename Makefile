@@ -67,22 +67,25 @@ stages-demo: venv
 	rm -rf .demo/stages
 	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages $(DEMO_ARGS)
 
-# The stages demo and its plain-CNN baseline (configs/stages_simple_cnn.py) from scratch on the
-# same hard synthetic set, compared on the same test subjects, and the comparison checked
+# The stages demo, the same with a CORN ordinal head (configs/stages_corn.py) and its plain-CNN
+# baseline (configs/stages_simple_cnn.py) from scratch on the same hard synthetic set, compared on the same test subjects, and the comparison checked
 # against the one docs/stages.md quotes (STAGES_EXPECT= to skip the check; CI runs it).
 # STAGES_SEED=1: the same on another synthetic set, one the recipe was not tuned on (checked
 # against docs/demo/stages/compare_seed1.md).
 STAGES_SEED ?= 0
 STAGES_EXPECT ?= docs/demo/stages/$(if $(filter 0,$(STAGES_SEED)),compare.md,compare_seed$(STAGES_SEED).md)
 stages-compare: venv
-	rm -rf .demo/stages .demo/stages_cnn .demo/stages_compare
+	rm -rf .demo/stages .demo/stages_corn .demo/stages_cnn .demo/stages_compare
 	$(PY) -m alz_jax.main --config=configs/stages_demo.py --workdir=.demo/stages \
+		--config.data.synthetic_seed=$(STAGES_SEED)
+	$(PY) -m alz_jax.main --config=configs/stages_corn.py --workdir=.demo/stages_corn \
 		--config.data.synthetic_seed=$(STAGES_SEED)
 	$(PY) -m alz_jax.main --config=configs/stages_simple_cnn.py --workdir=.demo/stages_cnn \
 		--config.data.synthetic_seed=$(STAGES_SEED)
-	$(PY) -m alz_jax.compare --workdirs=.demo/stages,.demo/stages_cnn --names=stages,stages_cnn \
-		--out=.demo/stages_compare --perturbations=none
-	$(if $(STAGES_EXPECT),$(PY) -m alz_jax.stages_figures --expect=$(STAGES_EXPECT))
+	$(PY) -m alz_jax.compare --workdirs=.demo/stages,.demo/stages_corn,.demo/stages_cnn \
+		--names=stages,stages_corn,stages_cnn --out=.demo/stages_compare --perturbations=none
+	$(if $(STAGES_EXPECT),$(PY) -m alz_jax.stages_figures --expect=$(STAGES_EXPECT) \
+		$(if $(filter 0,$(STAGES_SEED)),--expect_uncertainty=docs/demo/stages/uncertainty.md))
 
 # Publishes the last `make stages-compare` in docs/demo/stages/ (seed 0: and docs/stages.md's
 # block; another seed: its compare_seed<N>.md only).

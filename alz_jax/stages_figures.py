@@ -1,4 +1,5 @@
-"""Command: check or publish the stages demo's comparison with its plain-CNN baseline.
+"""Command: check or publish the stages demo's comparison (softmax, CORN, plain-CNN baseline)
+and the prediction sets of those runs (docs/uncertainty.md).
 
     make stages-compare     # trains both, compares them, then checks (this command, --expect)
     python -m alz_jax.stages_figures --expect=docs/demo/stages/compare.md
@@ -29,7 +30,12 @@ _COMPARE_DIR = flags.DEFINE_string(
     "compare_dir", ".demo/stages_compare", "Where `alz_jax.compare` wrote compare.md."
 )
 _WORKDIRS = flags.DEFINE_list(
-    "workdirs", [".demo/stages", ".demo/stages_cnn"], "The stages demo's and the baseline's runs."
+    "workdirs", [".demo/stages", ".demo/stages_corn", ".demo/stages_cnn"],
+    "The stages demo's runs (softmax, CORN) and the baseline's.",
+)
+_EXPECT_UNCERTAINTY = flags.DEFINE_string(
+    "expect_uncertainty", None,
+    "Also fail unless the runs' prediction-set table equals this file (docs/uncertainty.md's).",
 )
 _EXPECT = flags.DEFINE_string("expect", None, "Fail unless the comparison equals this file's.")
 _WHAT = flags.DEFINE_enum(
@@ -79,9 +85,17 @@ def main(argv: list[str]) -> None:
         if failure:
             sys.exit(failure)
         print(f"The comparison equals {_EXPECT.value}.")
+    if _EXPECT_UNCERTAINTY.value:
+        text = stages_docs.uncertainty_text(_reports())
+        failure = stages_docs.uncertainty_failure(text, Path(_EXPECT_UNCERTAINTY.value))
+        if failure:
+            sys.exit(failure)
+        print(f"The prediction sets equal {_EXPECT_UNCERTAINTY.value}.")
     if _UPDATE_DOCS.value:
         stages_docs.update_docs(Path(_COMPARE_DIR.value), _reports())
-        print(f"Wrote {stages_docs.DOCS_STAGES}/ and rewrote {stages_docs.DOC}.")
+        stages_docs.update_uncertainty(_reports())
+        print(f"Wrote {stages_docs.DOCS_STAGES}/ and rewrote {stages_docs.DOC} and "
+              f"{stages_docs.UNCERTAINTY_DOC}.")
 
 
 if __name__ == "__main__":

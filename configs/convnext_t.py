@@ -46,6 +46,9 @@ def _data(config: ml_collections.ConfigDict) -> None:
     # train/val/test), 'oasis' (OASIS-1 slice names) or 'parquet' (docs/stages.md). Integer
     # parquet labels without names in the files are named here, in order: 'A,B,C,D'.
     config.data.layout = "auto"
+    # auto: the classes are an ordinal scale when every one is a dementia stage (true/false:
+    # as set); ordinal runs report MAE, within-one and kappa, and their prediction sets are ranges.
+    config.data.ordinal = "auto"
     config.data.label_names = ""
     # Without subject IDs (four-class folders, parquet): let groups of near-identical images (a
     # brain's adjacent slices) stand in for subjects, for splits that keep a brain together.
@@ -281,6 +284,15 @@ def _evaluation(config: ml_collections.ConfigDict) -> None:
     config.eval.tta = ""  # test-time views reported beside the plain result: 'hflip,vflip'
     config.eval.gradcam_scans = 4  # scans drawn with Grad-CAM (round-robin TP, TN, FN, FP)
     config.eval.gradcam_slices = 5  # evenly spaced slices of each
+    # Ordered stages (docs/uncertainty.md): the call is auto (CORAL/CORN: the median stage;
+    # softmax: the most probable), argmax, median or expected (the expected stage, rounded).
+    config.eval.ordinal_decision = "auto"
+    # Prediction sets with coverage 1 - alpha on validation's scans and subjects: score aps|lac,
+    # calibration marginal|class (Mondrian: a quantile per class, for rare classes).
+    config.eval.conformal_alpha = 0.1
+    config.eval.conformal_score = "aps"
+    config.eval.conformal_calibration = "marginal"
+    config.eval.abstain_rate = 0.0  # predict refers this share of least confident cases
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep_latest = 2

@@ -160,3 +160,9 @@ def from_config(data_config) -> DataSpec:
         if field in values:
             values[field] = tuple(values[field])
     return DataSpec(**values)
+
+
+def are_stages(class_names) -> bool:
+    """Whether every class is a known dementia stage (the builder maps their spellings to one
+    ordered list), so that the classes form an ordinal scale."""
+    return bool(class_names) and set(class_names) <= set(slices.STAGES)

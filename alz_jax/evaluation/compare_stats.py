@@ -42,6 +42,8 @@ class Predictions:
     thresholds: dict[str, float] = dataclasses.field(default_factory=dict)  # two classes only
     n_bins: int = 10
     task: tasks.Task | None = None  # None: the task whose outputs look like `probs`
+    # Per level, the report's prediction-set calibration (conformal.calibrate's), if it had one.
+    conformal: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.task is None:
@@ -161,7 +163,8 @@ def level_scores(
     level's threshold from the report; NaN where a metric is undefined under a weighting (a
     class not drawn)."""
     threshold = p.thresholds.get(level, 0.5)
-    return p.task.weighted_scores(u, weights, "compare", threshold, p.n_bins)
+    return p.task.weighted_scores(u, weights, "compare", threshold, p.n_bins,
+                                  p.conformal.get(level))  # fmt: skip
 
 
 def _value(x: float) -> float | None:

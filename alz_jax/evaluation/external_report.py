@@ -32,6 +32,13 @@ HEADLINE = {
         ("balanced_accuracy", "balanced accuracy"),
         ("roc_auc_ovr_macro", "macro one-vs-rest ROC AUC"),
     ),
+    tasks.OrdinalTask.kind: (
+        ("balanced_accuracy", "balanced accuracy"),
+        ("mae", "MAE (stages)"),
+        ("within_one", "within one stage"),
+        ("quadratic_kappa", "quadratic kappa"),
+        ("roc_auc_ovr_macro", "macro one-vs-rest ROC AUC"),
+    ),
 }
 NOT_EVALUATED = "in-distribution test not evaluated: python -m alz_jax.evaluate --workdir={}"
 
@@ -71,7 +78,7 @@ def summary(report: dict, reference: dict | None, workdir: str) -> dict:
     level = _level(report)
     kind = report.get("task", tasks.of_report(report).kind)
     metrics = list(HEADLINE[kind])
-    if kind == tasks.MulticlassTask.kind:
+    if kind in (tasks.MulticlassTask.kind, tasks.OrdinalTask.kind):
         metrics += [(f"recall:{n}", f"recall of {n}") for n in report.get("class_names", [])]
     ref = (reference or {}).get(level)
     rows = [_row(key, label, report[level], ref) for key, label in metrics]

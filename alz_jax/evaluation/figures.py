@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import matplotlib
+import matplotlib.patches
 import matplotlib.text
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -281,24 +282,33 @@ def wrap_name(name: str, width: int = 12) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _class_matrix_axes(ax, matrix: dict, title: str) -> None:
+def _class_matrix_axes(ax, matrix: dict, title: str, band: bool = False) -> None:
     """A K x K confusion matrix on `ax` with the whole class names, wrapped (wrap_name) and
-    upright on the x axis, so that neighbouring names never overlap."""
+    upright on the x axis, so that neighbouring names never overlap; with `band` (ordered
+    stages) each row's cells at most one stage off outlined."""
     names = [wrap_name(n) for n in matrix["rows_true_cols_predicted"]]
     _confusion_axes(ax, matrix["counts"], names, title)
     ax.tick_params(axis="x", labelrotation=90)
+    k = len(names)
+    for i in range(k) if band else ():
+        lo, hi = max(0, i - 1), min(k - 1, i + 1)
+        ax.add_patch(matplotlib.patches.Rectangle(
+            (lo - 0.5, i - 0.5), hi - lo + 1, 1, fill=False, linestyle="--", linewidth=1.2,
+            edgecolor="black"))  # fmt: skip
 
 
-def multiclass_confusion_figure(confusions: dict[str, dict], title: str = "") -> Figure:
+def multiclass_confusion_figure(
+    confusions: dict[str, dict], title: str = "", band: bool = False
+) -> Figure:
     """One K x K matrix per level (report[level]["confusion_matrix"]): counts and the share of
     the true class's row in each cell, coloured by that share; the full class names on the
-    axes. Cards: one level each."""
+    axes; `band`: the diagonal band (at most one stage off) outlined. Cards: one level each."""
     k = max(len(m["counts"]) for m in confusions.values())
     side = max(3.4, 0.8 * k + 1.2)
     fig = Figure(figsize=(side * len(confusions), side), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(confusions)))
     for ax, (level, matrix) in zip(axes, confusions.items(), strict=True):
-        _class_matrix_axes(ax, matrix, level)
+        _class_matrix_axes(ax, matrix, level, band)
     if title:
         fig.suptitle(title)
 
@@ -306,7 +316,7 @@ def multiclass_confusion_figure(confusions: dict[str, dict], title: str = "") ->
         def build() -> Figure:
             card_fig, card_axes = card_figure(title=title)
             ax = card_axes[0, 0]
-            _class_matrix_axes(ax, confusions[level], level)
+            _class_matrix_axes(ax, confusions[level], level, band)
             _fit_cell_text(card_fig, ax)
             return card_fig
 
@@ -329,9 +339,12 @@ def multiclass_figures(report: dict, units: dict[str, metrics.Units]) -> dict[st
     del units
     levels = [lv for lv in metrics.LEVELS if lv in report]
     where = f"{report['split']} split, step {report['checkpoint_step']}, {report['weights']}"
+    ordinal = report.get("task") == "ordinal"
+    decision = (report.get("task_options") or {}).get("decision", "argmax")
     return {
         "confusion": multiclass_confusion_figure(
-            {lv: report[lv]["confusion_matrix"] for lv in levels}, f"{where}; argmax"
+            {lv: report[lv]["confusion_matrix"] for lv in levels}, f"{where}; {decision}"
+            + ("; dashed: within one stage" if ordinal else ""), band=ordinal,
         ),
         "reliability": top_label_reliability_figure(
             {lv: report[lv]["calibration"] for lv in levels}, where

@@ -28,7 +28,7 @@ from alz_jax.evaluation import multiclass as mc
 
 LEVELS = metrics.LEVELS
 ROLES = ("interval", "validation", "selection", "compare", "cv", "test", "robustness")
-BINARY, MULTICLASS = "binary", "multiclass"
+BINARY, MULTICLASS, ORDINAL = "binary", "multiclass", "ordinal"
 
 
 @dataclasses.dataclass
@@ -41,6 +41,7 @@ class Counts:
     weights: np.ndarray  # (B, m)
     num_classes: int
     n_bins: int = 10  # calibration bins of the ECE
+    sets: np.ndarray | None = None  # (m, K) prediction sets (conformal.py), where calibrated
 
     @functools.cached_property
     def confusion(self) -> np.ndarray:
@@ -102,6 +103,21 @@ def _binary_ece(c: Counts) -> np.ndarray:
 def _top_label_ece(c: Counts) -> np.ndarray:
     confidence = c.probs.max(axis=1)
     return c.weighted_ece((np.argmax(c.probs, axis=1) == c.labels) - confidence, confidence)
+
+
+def _set_mean(values: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    """The weighted mean over units of `values(sets, labels)`; NaN without prediction sets."""
+
+    def formula(c: Counts) -> np.ndarray:
+        if c.sets is None:
+            return np.full(len(c.weights), np.nan)
+        return (c.weights @ values(c.sets, c.labels)) / c.weights.sum(axis=1)
+
+    return formula
+
+
+_set_coverage = _set_mean(lambda sets, labels: sets[np.arange(len(labels)), labels] * 1.0)
+_set_size = _set_mean(lambda sets, labels: sets.sum(axis=1) * 1.0)
 
 
 def _macro_ovr_auc(c: Counts) -> np.ndarray:
@@ -202,9 +218,6 @@ for _metric in (
            {BINARY: _rate("macro_f1"), MULTICLASS: _score("macro_f1")}),
     Metric("weighted_f1", "weighted F1", True, _roles("| interval cv"),
            {MULTICLASS: _score("weighted_f1")}),
-    Metric("quadratic_kappa", "quadratic kappa", True,
-           _roles("| interval validation selection compare cv test"),
-           {MULTICLASS: _score("quadratic_kappa")}, after={"compare": "roc_auc_ovr_macro"}),
     # For K classes the validation scalar `roc_auc` is the macro one-vs-rest AUC.
     Metric("roc_auc", "ROC AUC", True,
            _roles("interval validation selection compare cv test robustness"
@@ -220,6 +233,39 @@ for _metric in (
            threshold_free=True),
     Metric("ece", "ECE", False, _roles("compare | compare"),
            {BINARY: _binary_ece, MULTICLASS: _top_label_ece}),
+):  # fmt: skip
+    register(_metric)
+
+# Ordered classes (dementia stages) report everything K classes do, and the ordinal metrics,
+# which read the class order as a scale and so do not apply to unordered classes.
+for _metric in list(METRICS.values()):
+    if MULTICLASS in _metric.roles:
+        register(dataclasses.replace(
+            _metric, roles={**_metric.roles, ORDINAL: _metric.roles[MULTICLASS]},
+            formulas={**_metric.formulas, **({ORDINAL: _metric.formulas[MULTICLASS]}
+                                             if MULTICLASS in _metric.formulas else {})},
+        ))  # fmt: skip
+# Prediction sets (uncertainty.py), compared beside the decisions: coverage is read against the
+# target 1 - alpha and with the set size that buys it.
+for _metric in (
+    Metric("coverage", "set coverage", True,
+           {k: frozenset({"compare"}) for k in (BINARY, MULTICLASS, ORDINAL)},
+           {k: _set_coverage for k in (BINARY, MULTICLASS, ORDINAL)}),
+    Metric("set_size", "mean set size", False,
+           {k: frozenset({"compare"}) for k in (BINARY, MULTICLASS, ORDINAL)},
+           {k: _set_size for k in (BINARY, MULTICLASS, ORDINAL)}),
+):  # fmt: skip
+    register(_metric)
+_ORDINAL_ROLES = frozenset("interval validation selection compare cv test".split())
+for _metric in (
+    Metric("quadratic_kappa", "quadratic kappa", True, {ORDINAL: _ORDINAL_ROLES},
+           {ORDINAL: _score("quadratic_kappa")}, after={"compare": "roc_auc_ovr_macro"}),
+    Metric("linear_kappa", "linear kappa", True, {ORDINAL: _ORDINAL_ROLES - {"selection"}},
+           {ORDINAL: _score("linear_kappa")}, after={"compare": "quadratic_kappa"}),
+    Metric("mae", "MAE (stages)", False, {ORDINAL: _ORDINAL_ROLES},
+           {ORDINAL: _score("mae")}, after={"compare": "linear_kappa"}),
+    Metric("within_one", "within one stage", True, {ORDINAL: _ORDINAL_ROLES},
+           {ORDINAL: _score("within_one")}, after={"compare": "mae"}),
 ):  # fmt: skip
     register(_metric)
 

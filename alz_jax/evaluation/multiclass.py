@@ -81,8 +81,10 @@ def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     Per class: precision, recall and F1 (0 where undefined, as scikit-learn with
     zero_division=0). Balanced accuracy averages recall over the classes present in the labels;
     macro F1 averages F1 over the classes present in the labels or the predictions (both as
-    scikit-learn does when not given `labels`); weighted F1 weights F1 by support. The kappa's
-    quadratic weights are by class index, so the stages keep their distances when one is absent.
+    scikit-learn does when not given `labels`); weighted F1 weights F1 by support. The kappas'
+    quadratic and linear weights are by class index, so the stages keep their distances when one
+    is absent; MAE is the mean distance in classes between truth and call, within-one the share
+    of calls at most one class away (both read the class order as an ordinal scale).
     """
     confusion = np.asarray(confusion, np.float64)
     k = confusion.shape[-1]
@@ -92,20 +94,27 @@ def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     f1 = _divide(2 * tp, support + predicted)  # = 2 tp / (2 tp + fp + fn)
     recall = _divide(tp, support)
     present, seen = support > 0, (support + predicted) > 0
-    index = np.arange(k)
-    weights = (index[:, None] - index[None, :]) ** 2 / max(k - 1, 1) ** 2
+    distance = np.abs(np.arange(k)[:, None] - np.arange(k)[None, :]).astype(np.float64)
     safe_total = np.where(total > 0, total, 1)[..., None, None]
     expected = support[..., :, None] * predicted[..., None, :] / safe_total
-    observed_cost = np.sum(weights * confusion, axis=(-2, -1))
-    expected_cost = np.sum(weights * expected, axis=(-2, -1))
+
+    def kappa(weights: np.ndarray) -> np.ndarray:
+        observed_cost = np.sum(weights * confusion, axis=(-2, -1))
+        expected_cost = np.sum(weights * expected, axis=(-2, -1))
+        return np.where(expected_cost > 0, 1 - observed_cost / expected_cost, np.nan)
+
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "accuracy": np.where(total > 0, tp.sum(-1) / total, np.nan),
             "balanced_accuracy": np.sum(recall * present, -1) / present.sum(-1),
             "macro_f1": np.sum(f1 * seen, -1) / seen.sum(-1),
             "weighted_f1": np.sum(f1 * support, -1) / total,
-            "quadratic_kappa": np.where(
-                expected_cost > 0, 1 - observed_cost / expected_cost, np.nan
+            "quadratic_kappa": kappa(distance**2 / max(k - 1, 1) ** 2),
+            "linear_kappa": kappa(distance / max(k - 1, 1)),
+            # Ordinal errors in stages: the mean distance, and the share at most one away.
+            "mae": np.where(total > 0, np.sum(distance * confusion, (-2, -1)) / total, np.nan),
+            "within_one": np.where(
+                total > 0, np.sum((distance <= 1) * confusion, (-2, -1)) / total, np.nan
             ),
             "precision": _divide(tp, predicted),
             "recall": recall,
@@ -142,17 +151,20 @@ def classification_metrics(
     probs: np.ndarray,
     class_names: Sequence[str] | None = None,
     n_bins: int = 10,
+    predicted: np.ndarray | None = None,
 ) -> dict:
-    """Accuracy, balanced accuracy, macro and weighted F1, quadratic kappa, macro one-vs-rest
-    ROC AUC (None when a class is absent from the labels), top-label ECE (`n_bins` bins),
-    per-class precision, recall, F1, support and one-vs-rest AUC, and the K x K confusion matrix;
-    the predicted class is the argmax. Without `class_names` the classes are named "0".."K-1"."""
+    """Accuracy, balanced accuracy, macro and weighted F1, the kappas, MAE and within-one
+    accuracy, macro one-vs-rest ROC AUC (None when a class is absent from the labels), top-label
+    ECE (`n_bins` bins), per-class precision, recall, F1, support and one-vs-rest AUC, and the
+    K x K confusion matrix; the predicted class is `predicted` (the argmax when not given).
+    Without `class_names` the classes are named "0".."K-1"."""
     labels = np.asarray(labels).astype(np.int64)
     probs = np.asarray(probs, np.float64)
     k = probs.shape[1]
     names = class_names_or_indices(class_names, k)
+    called = np.argmax(probs, axis=1) if predicted is None else np.asarray(predicted, np.int64)
     confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (labels, np.argmax(probs, axis=1)), 1)
+    np.add.at(confusion, (labels, called), 1)
     scores = confusion_scores(confusion)
     aucs = ovr_areas(labels, probs, np.ones((1, len(labels))))[0]
     per_class = {
@@ -215,9 +227,13 @@ def multilevel_metrics(
     probs: np.ndarray,
     subjects_known: bool,
     class_names: Sequence[str] | None = None,
+    decide=None,
 ) -> dict:
-    """classification_metrics at slice, scan and (when subjects are known) subject level."""
+    """classification_metrics at slice, scan and (when subjects are known) subject level, each
+    unit called by `decide(probs)` (the argmax when not given)."""
     return {
-        level: classification_metrics(u.labels, u.probs, class_names)
+        level: classification_metrics(
+            u.labels, u.probs, class_names, predicted=None if decide is None else decide(u.probs)
+        )
         for level, u in metrics.level_units(records, probs, subjects_known).items()
     }

@@ -30,11 +30,12 @@ LEAK_WARNING = reports.LEAK_WARNING
 
 
 def level_results(
-    units: dict[str, metrics.Units], settings: EvalSettings, class_names: Sequence[str]
-) -> dict:
+    units: dict[str, metrics.Units], settings: EvalSettings, class_names: Sequence[str],
+    task: tasks.Task | None = None,
+) -> dict:  # fmt: skip
     """Per level: the metrics with bootstrap-over-subjects intervals, the number of subjects,
-    and top-label reliability bins."""
-    task = tasks.MulticlassTask(len(class_names))
+    and top-label reliability bins; units called by `task`'s decision (K classes: argmax)."""
+    task = task or tasks.MulticlassTask(len(class_names))
     intervals = (
         task.bootstrap_intervals(units, settings.bootstrap_samples, settings.bootstrap_seed)
         if settings.bootstrap_samples
@@ -43,7 +44,8 @@ def level_results(
     bins = settings.calibration_bins
     return {
         level: {
-            **mc.classification_metrics(u.labels, u.probs, class_names, bins),
+            **mc.classification_metrics(u.labels, u.probs, class_names, bins,
+                                        predicted=task.decide(u.probs)),  # fmt: skip
             "ci95": intervals[level],
             "n_subjects": len(set(u.subjects)),
             "calibration": mc.reliability_bins(u.labels, u.probs, bins),
@@ -55,29 +57,34 @@ def level_results(
 def build_report(
     split: str, records: dict, logits_by_view: dict[str, np.ndarray], data_metadata: dict,
     step: int, calibration: dict, settings: EvalSettings, class_names: Sequence[str],
+    task: tasks.Task | None = None,
 ) -> tuple[dict, dict[str, metrics.Units]]:  # fmt: skip
     """The report of one split and its units (for figures): the plain view's results at the
     validation temperature, test-time augmentation beside them when `logits_by_view` holds more
-    views than "plain". `calibration["plain"]` is the task's calibration of the plain view."""
+    views than "plain". `calibration["plain"]` is the task's calibration of the plain view;
+    `task` (K unordered classes when not given) decides each unit."""
     plain = calibration["plain"]
     temperature = plain["temperature"]
     logits = np.asarray(logits_by_view["plain"], np.float64)
     names = mc.class_names_or_indices(class_names, logits.shape[1])
     subjects_known = data_metadata.get("subject_source") != "scan_id"
-    task = tasks.MulticlassTask(len(names))
+    task = task or tasks.MulticlassTask(len(names))
     probs = task.probabilities({"plain": logits}, temperature)
     units = metrics.level_units(records, probs, subjects_known)
     per_class = np.bincount(np.asarray(records["label"], np.int64), minlength=len(names))
     report = {
         **reports.report_head(split, step, data_metadata, len(probs)),
         "num_classes": len(names),
+        "task": task.kind,
+        "task_options": task.options(),
+        "decision": decision_text(task),
         "class_names": names,
         "class_distribution": {n: int(c) for n, c in zip(names, per_class, strict=True)},
         "counts": metrics.split_counts(records, subjects_known, names),
         "loss": mc.nll(records["label"], probs),
         "calibration": plain,
         "bootstrap": reports.bootstrap_text(settings, subjects_known),
-        **level_results(units, settings, names),
+        **level_results(units, settings, names, task),
     }
     reports.add_ece_variants(report, records, logits, task, mc.reliability_bins,
                              settings.calibration_bins)  # fmt: skip
@@ -89,7 +96,7 @@ def build_report(
             "views": list(logits_by_view),
             **{
                 level: {k: v for k, v in r.items() if k != "calibration"}
-                for level, r in level_results(tta_units, settings, names).items()
+                for level, r in level_results(tta_units, settings, names, task).items()
             },
         }
     reports.add_data_sections(
@@ -97,6 +104,20 @@ def build_report(
         classes_ordered=data_metadata.get("classes_ordered", True),
     )  # fmt: skip
     return report, units
+
+
+def decision_text(task: tasks.Task) -> str:
+    """How the report's units were called."""
+    if isinstance(task, tasks.OrdinalTask):
+        rule = {"argmax": "the most probable stage",
+                "median": "the median stage (the first whose cumulative probability reaches 1/2)",
+                "expected": "the expected stage, rounded"}[task.decision]  # fmt: skip
+        return f"Predicted stage: {rule} ({task.head} head)"
+    return "Predicted class: the most probable"
+
+
+def _ordinal(report: dict) -> bool:
+    return report.get("task") == tasks.OrdinalTask.kind
 
 
 # ---- Text: console table and Markdown. ----
@@ -120,9 +141,13 @@ def _notes(report: dict) -> list[str]:
     if report["split"] == "validation":
         notes.append("Note: the temperature was fitted on this same split (and checkpoints may "
                      "have been chosen on it): its results are optimistic.")  # fmt: skip
-    if not report.get("classes_ordered", True):
-        notes.append("Note: the classes are not dementia stages: quadratic kappa reads their "
-                     "label (name) order as an ordinal scale; weigh it accordingly.")  # fmt: skip
+    if not _ordinal(report):
+        notes.append("Note: the classes have no order (not all dementia stages; data.ordinal): "
+                     "ordinal metrics (MAE, within-one accuracy, kappa) do not apply and are "
+                     "not reported.")  # fmt: skip
+    elif not report.get("classes_ordered", True):
+        notes.append("Note: the classes are not dementia stages; data.ordinal = true reads "
+                     "their label order as an ordinal scale.")  # fmt: skip
     for level in REPORT_LEVELS:
         if level in report and report[level]["roc_auc_ovr_macro"] is None:
             notes.append(f"Note: a class is absent at {level} level: no macro AUC there.")
@@ -135,9 +160,11 @@ def _short(name: str, width: int = 18) -> str:
 
 def _level_lines(report: dict) -> list[str]:
     """One console line per level (and per level under test-time augmentation)."""
+    ordinal = _ordinal(report)
     lines = [
-        f"{'level':<11} {'n':>6} {'acc':>6} {'bal_acc':>7} {'mF1':>6} {'wF1':>6} {'kappa':>6} "
-        f"{'AUC':>6} {'ECE':>6}  acc 95% CI"
+        f"{'level':<11} {'n':>6} {'acc':>6} {'bal_acc':>7} {'mF1':>6} {'wF1':>6} "
+        + (f"{'kappa':>6} {'MAE':>6} {'±1':>6} " if ordinal else "")
+        + f"{'AUC':>6} {'ECE':>6}  acc 95% CI"
     ]
     sources = [("", report)]
     if "tta" in report:
@@ -152,8 +179,10 @@ def _level_lines(report: dict) -> list[str]:
             lines.append(
                 f"{prefix + level:<11} {m['n']:>6} {_value(m['accuracy']):>6} "
                 f"{_value(m['balanced_accuracy']):>7} {_value(m['macro_f1']):>6} "
-                f"{_value(m['weighted_f1']):>6} {_value(m['quadratic_kappa']):>6} "
-                f"{_value(m['roc_auc_ovr_macro']):>6} {_value(ece):>6}  "
+                f"{_value(m['weighted_f1']):>6} "
+                + (f"{_value(m['quadratic_kappa']):>6} {_value(m['mae']):>6} "
+                   f"{_value(m['within_one']):>6} " if ordinal else "")
+                + f"{_value(m['roc_auc_ovr_macro']):>6} {_value(ece):>6}  "
                 + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
             )
     return lines
@@ -192,7 +221,8 @@ def format_report(report: dict) -> str:
         + (f", data folder {report['source_fingerprint']}" if report.get("source_fingerprint")
            else ""),
         f"Classes (label order): {', '.join(_short(n) for n in names)}",
-        f"Predicted class: the most probable; {_temperature_text(cal)}",
+        f"{report.get('decision', decision_text(tasks.of_report(report)))}; "
+        f"{_temperature_text(cal)}",
         reports.interval_text(report["bootstrap"]),
         *_level_lines(report),
         "Slice level, per class:",
@@ -206,7 +236,7 @@ _cell = reports.markdown_cell
 
 
 def _markdown_levels(report: dict, source: dict) -> list[str]:
-    names = tasks.MulticlassTask(len(report["class_names"])).metric_names("interval")
+    names = tasks.of_report(report).metric_names("interval")
     # No ECE under test-time augmentation: its levels hold no calibration.
     extra = {"ECE": lambda m: _value(m["calibration"]["ece"], 4)} if source is report else {}
     return reports.markdown_levels(report, source, names, lambda level, m: [(f"**{level}**", m)],
@@ -226,6 +256,8 @@ def _markdown_classes(report: dict) -> list[str]:
                     f"{c['f1']:.3f} | {c['support']} | {_value(c['roc_auc_ovr'])} |"
                 )
     md += ["", "## Confusion matrices (rows: true class, columns: predicted class)"]
+    if _ordinal(report):
+        md += ["", "Cells of the diagonal band (at most one stage off) are in italics."]
     for level in REPORT_LEVELS:
         if level not in report:
             continue
@@ -234,8 +266,10 @@ def _markdown_classes(report: dict) -> list[str]:
         md += ["", f"**{level}**", "",
                "| true \\ predicted | " + " | ".join(_cell(n) for n in names) + " |",
                "|---" * (1 + len(names)) + "|"]  # fmt: skip
-        for name, row in zip(names, matrix["counts"], strict=True):
-            md.append(f"| **{_cell(name)}** | " + " | ".join(str(c) for c in row) + " |")
+        band = _ordinal(report)
+        for i, (name, row) in enumerate(zip(names, matrix["counts"], strict=True)):
+            cells = [f"*{c}*" if band and abs(i - j) <= 1 else str(c) for j, c in enumerate(row)]
+            md.append(f"| **{_cell(name)}** | " + " | ".join(cells) + " |")
     return md
 
 
@@ -250,9 +284,12 @@ def format_markdown(report: dict, figures: dict[str, str]) -> str:
             + "."]),
         "## Metrics",
         "",
-        f"Predicted class: the most probable (no threshold); {_temperature_text(cal)}. "
-        f"{reports.interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']}). "
-        "The quadratic kappa weighs a mistake by the square of its distance in stages.",
+        f"{report.get('decision', decision_text(tasks.of_report(report)))} (no threshold); "
+        f"{_temperature_text(cal)}. "
+        f"{reports.interval_text(report['bootstrap'])} (seed {report['bootstrap']['seed']})."
+        + (" MAE is the mean distance in stages between truth and call, within one stage the "
+           "share at most one stage off; the quadratic (linear) kappa weighs a mistake by the "
+           "square of (by) its distance in stages." if _ordinal(report) else ""),
         *_markdown_levels(report, report),
         *reports.markdown_degenerate(report),
     ]  # fmt: skip

@@ -154,10 +154,13 @@ def level_results(
 def build_report(
     split: str, records: dict, logits_by_view: dict[str, np.ndarray], data_metadata: dict,
     step: int, calibration: dict, settings: EvalSettings, class_names: Sequence[str] = (),
+    task=None,
 ) -> tuple[dict, dict[str, metrics.Units]]:  # fmt: skip
     """The report of one split, and the units (for figures): the plain view's results at the
     validation-chosen thresholds and at 0.5, test-time augmentation beside them if asked.
-    The classes are NC and AD (`class_names` is taken as every task's report takes it)."""
+    The classes are NC and AD (`class_names` and `task` are taken as every task's report takes
+    them)."""
+    del task
     del class_names
     subjects_known = data_metadata.get("subject_source") != "scan_id"
     plain = calibration["plain"]

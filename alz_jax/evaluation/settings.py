@@ -12,6 +12,10 @@ from alz_jax.evaluation import metrics
 from alz_jax.host.errors import UserError
 
 TTA_VIEWS = tuple(v for v in steps.VIEWS if v != "plain")
+# The choices of the evaluation settings below (tasks.ordinal_decision and conformal.py read them).
+DECISIONS = ("auto", "argmax", "median", "expected")
+CONFORMAL_SCORES = ("aps", "lac")
+CONFORMAL_CALIBRATIONS = ("marginal", "class")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +30,14 @@ class EvalSettings:
     tta: tuple[str, ...] = ()  # views averaged with the plain image: hflip, vflip
     gradcam_scans: int = 4
     gradcam_slices: int = 5
+    # Ordered stages: how the stage is called (tasks.DECISIONS; auto: the head's own rule).
+    ordinal_decision: str = "auto"
+    # Prediction sets (conformal.py): miscoverage alpha, score, marginal or per-class quantiles.
+    conformal_alpha: float = 0.1
+    conformal_score: str = "aps"
+    conformal_calibration: str = "marginal"
+    # `predict` answers "refer" for this share of the least confident cases (set on validation).
+    abstain_rate: float = 0.0
 
     def __post_init__(self):
         try:
@@ -43,6 +55,17 @@ class EvalSettings:
             ("bootstrap_seed", self.bootstrap_seed, self.bootstrap_seed >= 0, ">= 0"),
             ("gradcam_scans", self.gradcam_scans, self.gradcam_scans >= 0, ">= 0"),
             ("gradcam_slices", self.gradcam_slices, self.gradcam_slices >= 1, ">= 1"),
+            ("ordinal_decision", self.ordinal_decision, self.ordinal_decision in DECISIONS,
+             f"one of {', '.join(DECISIONS)}"),
+            ("conformal_alpha", self.conformal_alpha, 0.0 < self.conformal_alpha < 1.0,
+             "in (0, 1): the miscoverage the prediction sets allow"),
+            ("conformal_score", self.conformal_score, self.conformal_score in CONFORMAL_SCORES,
+             f"one of {', '.join(CONFORMAL_SCORES)}"),
+            ("conformal_calibration", self.conformal_calibration,
+             self.conformal_calibration in CONFORMAL_CALIBRATIONS,
+             f"one of {', '.join(CONFORMAL_CALIBRATIONS)} (class: a quantile per class)"),
+            ("abstain_rate", self.abstain_rate, 0.0 <= self.abstain_rate < 1.0,
+             "in [0, 1): the share of cases `predict` refers"),
         ]  # fmt: skip
         for name, value, ok, expected in checks:
             if not ok:

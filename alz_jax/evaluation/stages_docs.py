@@ -22,7 +22,9 @@ DOCS_STAGES = Path("docs/demo/stages")
 DOCS_COMPARE = DOCS_STAGES / "compare.md"
 DOCS_RUNS = DOCS_STAGES / "runs.json"
 DOCS_IMAGE_SPLIT = DOCS_STAGES / "image_split.md"
+DOCS_UNCERTAINTY = DOCS_STAGES / "uncertainty.md"
 DOC = Path("docs/stages.md")
+UNCERTAINTY_DOC = Path("docs/uncertainty.md")
 # The sections of compare.md whose figures repeat on one machine (the rest measures time).
 CHECKED_SECTIONS = ("Models", "Test metrics", "Paired differences")
 # The tables of those sections that docs/stages.md shows.
@@ -178,6 +180,72 @@ def update_image_split(reports: dict[str, dict], root: Path = Path()) -> None:
     (root / DOCS_IMAGE_SPLIT).write_text(text)
     doc = root / DOC
     doc.write_text(rewrite_block(doc.read_text(), "image-split", text, str(DOC)))
+
+
+def _pct(value: float | None, interval: list | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+                                    if interval else "")  # fmt: skip
+
+
+def uncertainty_text(reports: dict[str, dict]) -> str:
+    """The prediction sets and selective prediction of each run's test report at scan and subject
+    level: coverage overall and per class with intervals, set size, singletons, empty sets, and
+    the accuracy when the 10% least confident are left out (docs/uncertainty.md quotes it)."""
+    first = next(iter(reports.values()))["uncertainty"]
+    names = first["levels"]["scan"]["per_class"]
+    lines = [
+        f"Prediction sets: {first['score'].upper()}, {first['calibration']}, alpha "
+        f"{first['alpha']:g} (target coverage {100 * (1 - first['alpha']):.0f}%), calibrated on "
+        f"{first['source']}; test split.",
+        "",
+        "| run | level | coverage [95%] | " + " | ".join(names) + " | mean set size | singletons "
+        "| empty | accuracy: all / 10% least confident out |",
+        "| --- " * (8 + len(names)) + "|",
+    ]
+    for name, report in reports.items():
+        for level in ("scan", "subject"):
+            m = report["uncertainty"]["levels"].get(level)
+            if m is None:
+                continue
+            out = next(a for a in m["abstention"] if abs(a["rate"] - 0.1) < 1e-9)
+            lines.append(
+                f"| {name} | {level} | {_pct(m['coverage'], m['ci95']['coverage'])} | "
+                + " | ".join(f"{_pct(c['coverage'])} ({c['units']})"
+                             for c in m["per_class"].values())
+                + f" | {m['mean_set_size']:.2f} | {_pct(m['singleton_share'])} | "
+                f"{_pct(m['empty_share'])} | {_pct(m['risk_coverage']['accuracy'][-1])} / "
+                f"{_pct(out['accuracy'])} |"
+            )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def uncertainty_failure(text: str, expected_path: Path) -> str | None:
+    """None if the fresh prediction-set table equals the published one, else a diff."""
+    try:
+        expected = Path(expected_path).read_text()
+    except OSError as e:
+        return f"{expected_path}: cannot read it ({e}); `make stages-figures` writes it."
+    if text == expected:
+        return None
+    diff = demo_docs.unified_diff(expected, text, str(expected_path), "these runs")
+    return (f"FAILED: these runs' prediction sets differ from {expected_path}, which "
+            f"{UNCERTAINTY_DOC} quotes:\n{diff}")
+
+
+def update_uncertainty(reports: dict[str, dict], root: Path = Path()) -> None:
+    """Writes the prediction-set table to docs/demo/stages/ and docs/uncertainty.md's block."""
+    text = uncertainty_text(reports)
+    (root / DOCS_STAGES).mkdir(parents=True, exist_ok=True)
+    (root / DOCS_UNCERTAINTY).write_text(text)
+    doc = root / UNCERTAINTY_DOC
+    marker = re.compile(r"(<!-- uncertainty-figures:start -->\n).*?(<!-- uncertainty-figures:end -->)",
+                        re.S)  # fmt: skip
+    if not marker.search(doc.read_text()):
+        raise UserError(f"{UNCERTAINTY_DOC}: expected one block between "
+                        "`<!-- uncertainty-figures:start -->` and `<!-- uncertainty-figures:end -->`.")
+    doc.write_text(marker.sub(lambda m: m.group(1) + text + m.group(2), doc.read_text()))
 
 
 def update_docs(compare_dir: Path, reports: dict[str, dict], root: Path = Path()) -> None:

@@ -28,6 +28,7 @@ from alz_jax.evaluation import (
     saliency,
     scan_methods,
     tasks,
+    uncertainty,
 )
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host import storage
@@ -61,6 +62,12 @@ REPORTERS: dict[str, Reporter] = {
         multiclass_reports.format_markdown, figures.multiclass_figures,
         multiclass_reports.validation_images,
     ),
+    # Ordered stages: the K-class report with the ordinal metrics and the band (its `task`).
+    tasks.OrdinalTask.kind: Reporter(
+        multiclass_reports.build_report, multiclass_reports.format_report,
+        multiclass_reports.format_markdown, figures.multiclass_figures,
+        multiclass_reports.validation_images,
+    ),
 }  # fmt: skip
 
 
@@ -82,6 +89,9 @@ def format_report(report: dict) -> str:
         text = "\n".join([textwrap.fill(report["bag_model"], 100), text])
     if report.get("scan_methods"):
         text = "\n".join([text, *scan_methods.methods_text(report["scan_methods"])])
+    if report.get("uncertainty"):
+        names = report.get("class_names") or tasks.of_report(report).default_class_names()
+        text = "\n".join([text, *uncertainty.text_lines(report["uncertainty"], names)])
     return text
 
 
@@ -131,11 +141,14 @@ def evaluate_weights(
     subjects_known = metadata.get("subject_source") != "scan_id"
     calibration = calibrate(task, data.records("validation"), outputs["validation"], settings,
                             subjects_known)  # fmt: skip
+    held_out = uncertainty_source(task, data, outputs, calibration["plain"], settings,
+                                  subjects_known)  # fmt: skip
     records = data.records(split)
     shown = reporter(task)
     report, units = shown.build(split, records, outputs[split], metadata, step, calibration,
-                                settings, data.class_names)  # fmt: skip
+                                settings, data.class_names, task=task)  # fmt: skip
     report["task"] = task.kind
+    report["task_options"] = task.options()
     report["weights"] = weights
     report["selection"] = selection
     report["about"] = about or {}
@@ -153,6 +166,10 @@ def evaluate_weights(
     workdir.mkdir(parents=True, exist_ok=True)
     temperature = report["calibration"]["temperature"]
     plain = task.probabilities({"plain": outputs[split]["plain"]}, temperature)
+    report["uncertainty"] = uncertainty.report(
+        records, task.class_probs(plain), task.level_decide(calibration["plain"]), held_out,
+        settings, subjects_known, data.class_names,
+    )  # fmt: skip
     tta = task.probabilities(outputs[split], temperature) if settings.tta else None
     extra = {
         **(vote_columns(vote, data.class_names) if vote is not None else {}),
@@ -161,6 +178,10 @@ def evaluate_weights(
     task.write_predictions(records, plain, outputs[split]["plain"], data.class_names,
                            workdir / f"predictions_{split}.csv", tta, extra)  # fmt: skip
     rendered = shown.figures(report, units)
+    rendered["risk_coverage"] = figures.risk_coverage_figure(
+        {lv: m["risk_coverage"] for lv, m in report["uncertainty"]["levels"].items()},
+        f"{split} split, step {step}, {weights}: accuracy of the cases answered",
+    )  # fmt: skip
     if bag:
         rendered.update(attention_strips(report, units, data, split, records, bag[split]["plain"],
                                          pipeline, settings))  # fmt: skip
@@ -169,6 +190,18 @@ def evaluate_weights(
                                    params, pixel_stats, pipeline.image_size, settings)  # fmt: skip
         rendered.update(explained)
     return reports.write_outputs(report, rendered, workdir, writer, with_scan_methods(shown))
+
+
+def uncertainty_source(
+    task: tasks.Task, data, outputs: dict, calibration: dict, settings: EvalSettings,
+    subjects_known: bool,
+) -> dict:  # fmt: skip
+    """The prediction sets' and abstention's calibration (uncertainty.calibrate) on the plain
+    view's probabilities of validation (the split `predict`'s stored calibration used)."""
+    probs = task.probabilities({"plain": outputs["validation"]["plain"]},
+                               calibration["temperature"])  # fmt: skip
+    return task.calibrate_uncertainty(data.records("validation"), probs, calibration, settings,
+                                      subjects_known)  # fmt: skip
 
 
 BAG_NOTE = (
@@ -189,6 +222,9 @@ def with_scan_methods(shown: Reporter) -> Callable[[dict, dict[str, str]], str]:
             text = (
                 text.rstrip("\n") + "\n\n" + scan_methods.methods_markdown(report["scan_methods"])
             )
+        if report.get("uncertainty"):
+            block = uncertainty.markdown(report["uncertainty"], figure_paths.get("risk_coverage"))
+            text = text.rstrip("\n") + "\n" + "\n".join(block) + "\n"
         return text
 
     return markdown

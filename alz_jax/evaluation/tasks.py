@@ -24,11 +24,13 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from alz_jax.evaluation import bootstrap, metric_registry, metrics
+from alz_jax.evaluation import bootstrap, conformal, metric_registry, metrics, uncertainty
 from alz_jax.evaluation import multiclass as mc
+from alz_jax.evaluation import settings as settings_lib
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host import storage, tables
 from alz_jax.host.errors import UserError
+from alz_jax.models import heads
 
 RECORD_COLUMNS = ("file_name", "scan_id", "subject_id", "label")
 
@@ -56,6 +58,38 @@ class Task(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
 
+    # Whether the classes are an ordinal scale (prediction sets are then ranges).
+    ordered: ClassVar[bool] = False
+
+    def options(self) -> dict:
+        """What besides the kind and class count makes the task (a report stores them)."""
+        return {}
+
+    # ---- Prediction sets and abstention (uncertainty.py): over class probabilities (n, K). ----
+
+    def class_probs(self, probs: np.ndarray) -> np.ndarray:
+        """The report's probabilities as class probabilities (n, K)."""
+        return np.asarray(probs, np.float64)
+
+    def from_class_probs(self, class_probs: np.ndarray) -> np.ndarray:
+        """The inverse of class_probs."""
+        return class_probs
+
+    def level_decide(self, calibration: dict) -> uncertainty.Decide:
+        """(level, class probabilities) -> the call at the level's threshold (where any)."""
+        thresholds = calibration.get("thresholds") or {}
+        return lambda level, cp: self.decide(self.from_class_probs(cp),
+                                             thresholds.get(level, 0.5))  # fmt: skip
+
+    def calibrate_uncertainty(
+        self, records: dict, probs: np.ndarray, calibration: dict, settings: EvalSettings,
+        subjects_known: bool, source: str = "validation",
+    ) -> dict:  # fmt: skip
+        """uncertainty.calibrate on `probs` (the report's, after calibration's temperature)."""
+        return uncertainty.calibrate(records, self.class_probs(probs),
+                                     self.level_decide(calibration), settings, subjects_known,
+                                     self.ordered, source)  # fmt: skip
+
     # ---- Metric names, from the registry. ----
 
     def metric_names(self, role: str) -> tuple[str, ...]:
@@ -68,9 +102,13 @@ class Task(abc.ABC):
         has one)."""
 
     def counts(
-        self, units: metrics.Units, weights: np.ndarray, threshold: float = 0.5, n_bins: int = 10
-    ) -> metric_registry.Counts:
-        """What the registry's formulas read: `units` under each row of `weights` (B, m)."""
+        self, units: metrics.Units, weights: np.ndarray, threshold: float = 0.5, n_bins: int = 10,
+        conformal_fit: dict | None = None,
+    ) -> metric_registry.Counts:  # fmt: skip
+        """What the registry's formulas read: `units` under each row of `weights` (B, m), with
+        their prediction sets where `conformal_fit` (conformal.calibrate's) is given."""
+        sets = (None if conformal_fit is None else
+                conformal.prediction_sets(self.class_probs(units.probs), conformal_fit))
         return metric_registry.Counts(
             labels=np.asarray(units.labels, np.int64),
             predicted=self.decide(units.probs, threshold),
@@ -78,14 +116,15 @@ class Task(abc.ABC):
             weights=weights,
             num_classes=self.num_classes,
             n_bins=n_bins,
+            sets=sets,
         )
 
     def weighted_scores(
         self, units: metrics.Units, weights: np.ndarray, role: str = "interval",
-        threshold: float = 0.5, n_bins: int = 10,
+        threshold: float = 0.5, n_bins: int = 10, conformal_fit: dict | None = None,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         """The metrics of `role` for `units` under each row of `weights`, NaN where undefined."""
-        counts = self.counts(units, weights, threshold, n_bins)
+        counts = self.counts(units, weights, threshold, n_bins, conformal_fit)
         return metric_registry.scores(self.kind, self.metric_names(role), counts)
 
     def bootstrap_intervals(
@@ -239,22 +278,33 @@ class Task(abc.ABC):
     def called_probability(self, row: dict) -> float:
         """The probability shown beside a row's call."""
 
+    def row_class_probs(self, rows: list[dict], class_names: Sequence[str]) -> np.ndarray:
+        """Class probabilities (n, K) of `predict`'s rows."""
+        return np.asarray([[r[f"prob_{n}"] for n in class_names] for r in rows], np.float64)
+
     def format_predictions(self, result: dict) -> list[str]:
         """`predict`'s table: the checkpoint and its calibration, then per image and per scan
-        the probability and the call."""
+        the probability, the call ("refer" for the least confident where the checkpoint has an
+        abstention rate) and the prediction set."""
 
         def rows(items: list[dict], name: str) -> list[str]:
             return [
                 self.prediction_line(
-                    f"{self.called_probability(r):.3f}", r["predicted"], name.format(**r)
+                    f"{self.called_probability(r):.3f}", r.get("call", r["predicted"]),
+                    name.format(**r) + (f"  set {r['set']}" if "set" in r else ""),
                 )
                 for r in items
             ]
 
+        sets = result.get("uncertainty")
         lines = [
             f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
             f"temperature {result['calibration']['temperature']:.3f}; "
-            + self.decision_text(result),
+            + self.decision_text(result)
+            + (f"; sets: {sets['score'].upper()} {sets['calibration']}, coverage "
+               f"{100 * (1 - sets['alpha']):.0f}% on {sets['source']}"
+               + (f", refer {100 * sets['abstain_rate']:.0f}% least confident"
+                  if sets["abstain_rate"] else "") if sets else ""),
             self.prediction_line(self.probability_label, "call", "file"),
             *rows(result["images"], "{file}"),
         ]
@@ -289,6 +339,19 @@ class BinaryTask(Task):
         """P(AD): the mean over views of sigmoid(margin / temperature)."""
         return np.mean([metrics.sigmoid(m / temperature) for m in outputs_by_view.values()], axis=0)
 
+    def class_probs(self, probs: np.ndarray) -> np.ndarray:
+        """(P(NC), P(AD)) per unit."""
+        p = np.asarray(probs, np.float64)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def from_class_probs(self, class_probs: np.ndarray) -> np.ndarray:
+        """P(AD)."""
+        return np.asarray(class_probs)[:, 1]
+
+    def row_class_probs(self, rows: list[dict], class_names: Sequence[str]) -> np.ndarray:
+        """(P(NC), P(AD)) of `predict`'s rows."""
+        return self.class_probs(np.asarray([r["prob_ad"] for r in rows], np.float64))
+
     def default_class_names(self) -> list[str]:
         """NC and AD."""
         return list(metrics.CLASS_NAMES)
@@ -320,7 +383,7 @@ class BinaryTask(Task):
             level: metrics.choose_threshold(u.labels, u.probs, method, target)
             for level, u in metrics.level_units(records, probs, subjects_known).items()
         }
-        return {
+        out = {
             "temperature": temperature,
             "temperature_applied": settings.temperature_scaling,
             "temperature_fit": fit,
@@ -332,6 +395,9 @@ class BinaryTask(Task):
             # What the thresholds were chosen on, for the report to say.
             "validation_counts": metrics.split_counts(records, subjects_known),
         }
+        out["uncertainty"] = self.calibrate_uncertainty(records, probs, out, settings,
+                                                        subjects_known)  # fmt: skip
+        return out
 
     def level_thresholds(
         self, units: dict[str, metrics.Units], settings: EvalSettings
@@ -470,7 +536,7 @@ class MulticlassTask(Task):
         """The temperature fitted on the plain view's validation logits (n, K), applied only
         with `settings.temperature_scaling`. No threshold: the argmax decides."""
         fit = mc.fit_temperature(records["label"], outputs_by_view["plain"])
-        return {
+        out = {
             "temperature": fit["temperature"] if settings.temperature_scaling else 1.0,
             "temperature_applied": settings.temperature_scaling,
             "temperature_fit": fit,
@@ -478,13 +544,17 @@ class MulticlassTask(Task):
             "validation_images": len(outputs_by_view["plain"]),
             "validation_counts": metrics.split_counts(records, subjects_known),
         }
+        probs = self.probabilities(outputs_by_view, out["temperature"])
+        out["uncertainty"] = self.calibrate_uncertainty(records, probs, out, settings,
+                                                        subjects_known)  # fmt: skip
+        return out
 
     def validation_metrics(self, records: dict, outputs: np.ndarray) -> dict:
         """Loss (NLL, no smoothing), then the slice and scan (scan_ prefix) validation metrics
         defined here (macro one-vs-rest AUC as `roc_auc`; undefined ones omitted), then the
         slice top-label ECE."""
         probs = mc.softmax(outputs)
-        levels = mc.multilevel_metrics(records, probs, subjects_known=False)
+        levels = mc.multilevel_metrics(records, probs, subjects_known=False, decide=self.decide)
         out = {"loss": mc.nll(records["label"], probs)}
         for level, prefix in (("slice", ""), ("scan", "scan_")):
             m = {**levels[level], "roc_auc": levels[level]["roc_auc_ovr_macro"]}
@@ -509,9 +579,9 @@ class MulticlassTask(Task):
         ]  # fmt: skip
 
     def prediction_cells(self, i, probs, outputs, class_names, probs_tta) -> dict:
-        """The predicted index (argmax of the report's probabilities), then per class the
-        probability and logit [, the test-time augmentation's probability]."""
-        row = {"predicted": int(np.argmax(probs[i]))}
+        """The predicted index (the task's decision on the report's probabilities), then per
+        class the probability and logit [, the test-time augmentation's probability]."""
+        row = {"predicted": int(self.decide(probs[i : i + 1])[0])}
         for c, name in enumerate(class_names):
             row[f"prob_{name}"] = f"{probs[i, c]:.6f}"
             row[f"logit_{name}"] = f"{outputs[i, c]:.6f}"
@@ -526,8 +596,8 @@ class MulticlassTask(Task):
         ).reshape(len(rows), len(class_names))
 
     def multilevel_metrics(self, records, probs, subjects_known, class_names=None) -> dict:
-        """multiclass.multilevel_metrics (argmax)."""
-        return mc.multilevel_metrics(records, probs, subjects_known, class_names)
+        """multiclass.multilevel_metrics, each unit called by the task's decision."""
+        return mc.multilevel_metrics(records, probs, subjects_known, class_names, self.decide)
 
     def thresholds_of(self, report: dict) -> dict[str, float]:
         """None: the argmax decides."""
@@ -544,9 +614,9 @@ class MulticlassTask(Task):
         probs = mc.softmax(np.asarray(outputs, np.float64) / temperature)
         names = loaded["class_names"]
         return [
-            {**row, "predicted": names[int(np.argmax(p))],
+            {**row, "predicted": names[int(c)],
              **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)}}
-            for row, p in zip(base_rows, probs, strict=True)
+            for row, p, c in zip(base_rows, probs, self.decide(probs), strict=True)
         ]  # fmt: skip
 
     def scan_rows(self, rows: list[dict], calibration: dict) -> list[dict]:
@@ -562,7 +632,8 @@ class MulticlassTask(Task):
         for scan, probs in sorted(by_scan.items()):
             mean = np.mean(probs, axis=0)
             out.append({
-                "scan_id": scan, "slices": len(probs), "predicted": names[int(np.argmax(mean))],
+                "scan_id": scan, "slices": len(probs),
+                "predicted": names[int(self.decide(mean[None])[0])],
                 **{f"prob_{n}": float(v) for n, v in zip(names, mean, strict=True)},
             })  # fmt: skip
         return out
@@ -586,6 +657,94 @@ class MulticlassTask(Task):
                 "probabilities are the mean over its slices)")  # fmt: skip
 
 
+DECISIONS = settings_lib.DECISIONS
+
+
+def ordinal_decision(probs: np.ndarray, rule: str) -> np.ndarray:
+    """The stage called from class probabilities (n, K) by `rule`: "argmax" the most probable
+    (ties to the lowest), "median" the smallest stage whose cumulative probability reaches 1/2
+    (what CORAL and CORN call by counting P(y > k) > 1/2), "expected" the expected stage
+    sum_k k p_k rounded half up."""
+    probs = np.asarray(probs, np.float64)
+    if rule == "argmax":
+        return np.argmax(probs, axis=1).astype(np.int64)
+    if rule == "median":
+        # A hair below 1/2 so that a cumulative sum of exactly 1/2 (in exact arithmetic) counts.
+        return np.argmax(np.cumsum(probs, axis=1) >= 0.5 - 1e-12, axis=1).astype(np.int64)
+    if rule == "expected":
+        expected = probs @ np.arange(probs.shape[1])
+        return np.clip(np.floor(expected + 0.5), 0, probs.shape[1] - 1).astype(np.int64)
+    raise UserError(f"config.eval.ordinal_decision = {rule!r}: expected one of "
+                    f"{', '.join(DECISIONS)}.")  # fmt: skip
+
+
+class OrdinalTask(MulticlassTask):
+    """K ordered classes (dementia stages): the model's head is softmax, CORAL or CORN; the
+    predict step returns K class log-probabilities (the logits, for softmax), so every K-class
+    file, calibration and report reads them unchanged; the call is the decision rule's, and the
+    report adds the ordinal metrics (MAE, within-one, the kappas)."""
+
+    kind = "ordinal"
+    ordered = True
+
+    def __init__(self, num_classes: int, head: str = "softmax", decision: str = "auto"):
+        super().__init__(num_classes)
+        heads.get(head)  # an unknown head fails here, naming model.head's choices
+        if decision not in DECISIONS:
+            ordinal_decision(np.ones((1, 1)), decision)
+        self.head = head
+        # CORAL and CORN call the median stage (counting P(y > k) > 1/2); softmax the argmax.
+        self.decision = decision if decision != "auto" else (
+            "argmax" if head == "softmax" else "median")  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and (other.head, other.decision) == (self.head, self.decision)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.num_classes, self.head, self.decision))
+
+    def __repr__(self) -> str:
+        return (f"OrdinalTask(num_classes={self.num_classes}, head={self.head!r}, "
+                f"decision={self.decision!r})")  # fmt: skip
+
+    def options(self) -> dict:
+        """The head and the decision rule."""
+        return {"head": self.head, "decision": self.decision}
+
+    def device_outputs(self, logits: jax.Array) -> jax.Array:
+        """Softmax: the logits (B, K); CORAL or CORN: the K class log-probabilities from the
+        K - 1 binary logits (models/heads.py), whose softmax is the class probabilities."""
+        if self.head == "softmax":
+            return logits
+        return heads.get(self.head).log_probs(logits)
+
+    def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """The stage the decision rule calls (ordinal_decision)."""
+        del threshold
+        return ordinal_decision(probs, self.decision)
+
+    def decision_text(self, result: dict) -> str:
+        """The decision rule over the ordered stages."""
+        return f"the {self.decision} stage of {' < '.join(result['class_names'])}"
+
+    def pooled_decision_text(self) -> str:
+        """The decision rule."""
+        return f"the {self.decision} stage (no threshold)"
+
+    def export_output_text(self) -> str:
+        """What the head's outputs are and how the stage is called."""
+        read = {
+            "softmax": f"logits (B, {self.num_classes}) float32 in class_names order; "
+                       "probabilities = softmax(logits / temperature)",
+            "coral": f"CORAL logits (B, {self.num_classes - 1}) float32: P(stage > k) = "
+                     "sigmoid(logit_k); class probabilities are their differences",
+            "corn": f"CORN logits (B, {self.num_classes - 1}) float32: P(stage > k | stage > "
+                    "k-1) = sigmoid(logit_k), P(stage > k) their running product",
+        }[self.head]  # fmt: skip
+        return (f"{read}; call the {self.decision} stage (a scan's probabilities are the mean "
+                "over its slices)")
+
+
 KINDS: dict[str, type[Task]] = {}
 
 
@@ -597,6 +756,7 @@ def register(task_type: type[Task]) -> type[Task]:
 
 register(BinaryTask)
 register(MulticlassTask)
+register(OrdinalTask)
 
 
 def resolve_kind(num_classes: int) -> str:
@@ -605,15 +765,28 @@ def resolve_kind(num_classes: int) -> str:
     return BinaryTask.kind if num_classes == 2 else MulticlassTask.kind
 
 
-def for_classes(num_classes: int, kind: str | None = None) -> Task:
-    """The task of a run with `num_classes` outputs (of `kind`, when a config names one)."""
-    return KINDS[kind or resolve_kind(num_classes)](num_classes)
+def for_classes(num_classes: int, kind: str | None = None, options: dict | None = None) -> Task:
+    """The task of a run with `num_classes` classes (of `kind`, with its `options`, when a
+    config or report names them)."""
+    return KINDS[kind or resolve_kind(num_classes)](num_classes, **(options or {}))
+
+
+def for_run(
+    num_classes: int, head: str, ordinal: bool | None, decision: str = "auto"
+) -> Task:
+    """The task of a run: two classes are NC/AD; more are ordinal when `ordinal` (None: when
+    the head is an ordinal one, until the class names are known: `with_class_names`)."""
+    if num_classes == 2:
+        return BinaryTask(2)
+    if ordinal or (ordinal is None and head != "softmax"):
+        return OrdinalTask(num_classes, head, decision)
+    return MulticlassTask(num_classes)
 
 
 def of_report(report: dict) -> Task:
     """The task a saved report was made by (reports before the field: by their classes)."""
     num_classes = int(report.get("num_classes", 2))
-    return for_classes(num_classes, report.get("task"))
+    return for_classes(num_classes, report.get("task"), report.get("task_options"))
 
 
 def of_outputs(outputs: np.ndarray) -> Task:

@@ -391,9 +391,11 @@ def evaluate(request: Request) -> tuple[dict, list[Path]]:
         {"plain": calibration},
         settings,
         run_names,
+        task=task,
     )
     report.update(
         task=task.kind,
+        task_options=task.options(),
         weights=restored.weights,
         selection=restored.selection,
         # What the report is about: the run's model and config, the cohort's folder (never

@@ -28,7 +28,7 @@ from PIL import Image
 
 from alz_jax.core import sharding, steps
 from alz_jax.data import preprocess
-from alz_jax.evaluation import tasks
+from alz_jax.evaluation import tasks, uncertainty
 from alz_jax.host import tables
 from alz_jax.host.errors import UserError
 from alz_jax.run.saved_run import SavedRun
@@ -282,6 +282,24 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
+UNCERTAINTY_FIELDS = ("source", "alpha", "score", "calibration", "abstain_rate")
+
+
+def with_uncertainty(rows: list[dict], level: str, loaded: dict) -> list[dict]:
+    """`rows` (images: level "slice"; scans) with their prediction set and "call": "refer"
+    for the least confident at the checkpoint's abstention threshold, else the prediction;
+    unchanged for a checkpoint calibrated before prediction sets existed."""
+    stored = loaded["calibration"].get("uncertainty")
+    if not rows or not stored or level not in stored["levels"]:
+        return rows
+    task, names = loaded["task"], list(loaded["class_names"])
+    class_probs = task.row_class_probs(rows, names)
+    predicted = np.array([names.index(r["predicted"]) for r in rows], np.int64)
+    annotated = uncertainty.annotate(rows, class_probs, predicted, stored["levels"][level],
+                                     names, task.ordered)  # fmt: skip
+    return [{**r, "call": "refer" if r["refer"] else r["predicted"]} for r in annotated]
+
+
 def run(workdir: str, paths: list[str], which: str = "best", weights: str = "selected") -> dict:
     """Predicts every readable image under `paths`; the result holds images, scans, errors and
     the refused images (too large, blank)."""
@@ -290,6 +308,7 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
     predict = predict_bags if steps.is_bag_model(loaded["model"]) else predict_files
     rows, read_errors, refused = predict(files, loaded)
     calibration = loaded["calibration"]
+    scans = loaded["task"].scan_rows(rows, calibration)
     return {
         "workdir": str(workdir),
         "checkpoint_step": loaded["step"],
@@ -298,8 +317,10 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
                                                     "threshold_method") if k in calibration},
         "task": loaded["task"].kind,
         "class_names": loaded["class_names"],
-        "images": rows,
-        "scans": loaded["task"].scan_rows(rows, calibration),
+        "uncertainty": {k: calibration["uncertainty"][k] for k in UNCERTAINTY_FIELDS}
+        if "uncertainty" in calibration else None,
+        "images": with_uncertainty(rows, "slice", loaded),
+        "scans": with_uncertainty(scans, "scan", loaded),
         "errors": errors + read_errors,
         "refused": refused,
     }  # fmt: skip

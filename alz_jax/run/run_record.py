@@ -134,7 +134,7 @@ def _model_identity(spec) -> dict:
     del model["dtype"]
     model.pop("depthwise", None)
     model.pop("remat", None)  # a scan model's gradient checkpointing: the same run, less memory
-    _drop_defaults(model, {"head_dropout": 0.0, "spatial_attention": False})
+    _drop_defaults(model, {"head_dropout": 0.0, "spatial_attention": False, "head": "softmax"})
     if "encoder" in model:
         encoder = spec.encoder
         model["encoder"] = {"family": registry.family(encoder).name,
@@ -207,6 +207,10 @@ def prepare(
         )
     return {
         "identity": current,
+        # The task resolved for the data set's classes (RunSpec.with_classes), for commands
+        # that reopen the run without its data (predict, export, compare).
+        "task": {"kind": run.task.kind, "num_classes": run.task.num_classes,
+                 "options": run.task.options()},
         "pixel_stats": pixel_stats(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "new": True,

@@ -138,6 +138,10 @@ class SavedRun:
         config = run_record.load_config(workdir)
         record = run_record.load(workdir)
         spec = specs.resolve(config)
+        if "task" in record:  # resolved for the data set's classes when it trained
+            stored = record["task"]
+            spec = dataclasses.replace(spec, task=tasks.for_classes(
+                stored["num_classes"], stored["kind"], stored.get("options")))  # fmt: skip
         return cls(str(workdir), config, record, spec, spec.averages)
 
     @property
@@ -160,7 +164,7 @@ class SavedRun:
         """The run's data set, checked to be the one it was trained on, and this run with its
         averages planned over that data (SWA's start in steps)."""
         data = dataset.prepare(self.spec.data)
-        self.spec.check_classes(data.class_names)
+        spec = self.spec.with_classes(data.class_names)
         if data.fingerprint() != self.record["identity"]["data"]["fingerprint"]:
             raise UserError(
                 f"The data set now at {data.data_dir} differs from the one the run in "
@@ -169,7 +173,7 @@ class SavedRun:
         bags = self.spec.pipeline.bags
         steps_per_epoch = max(1, len(specs.train_labels(data, bags)) // self.spec.batch_size)
         plan = self.spec.plan(steps_per_epoch, specs.train_class_counts(data, bags))
-        return data, dataclasses.replace(self, averages=plan.averages)
+        return data, dataclasses.replace(self, spec=spec, averages=plan.averages)
 
     def restore(self, which: str = "best", weights: str = "selected", mesh=None) -> Restored:
         """One weight set of checkpoint `which` (see restore_weights)."""

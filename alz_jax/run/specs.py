@@ -133,6 +133,8 @@ class RunSpec:
     swa_start_fraction: float
     checkpoint: CheckpointSpec
     evaluation: EvalSettings
+    # data.ordinal: True or False as set; None (auto) decides by the class names (with_classes).
+    ordinal: bool | None
     train: Duration
     warmup: Duration
     eval_every: Duration
@@ -181,7 +183,9 @@ class RunSpec:
     def with_model(self, model: registry.ModelSpec) -> RunSpec:
         """This run with another model (a benchmark's), and what the model decides resolved
         again for it: the task and the `optim.trainable` regex."""
-        run = dataclasses.replace(self, model=model, task=tasks.for_classes(model.num_classes))
+        task = tasks.for_run(model.num_classes, model.head, self.ordinal,
+                             self.evaluation.ordinal_decision)  # fmt: skip
+        run = dataclasses.replace(self, model=model, task=task)
         return dataclasses.replace(run, trainable_regex=trainable_pattern(run))
 
     def plan_for(self, data) -> Plan:
@@ -202,6 +206,27 @@ class RunSpec:
                 "for the dementia stages)."
             )
         self.task.check_class_names(class_names)
+
+    def with_classes(self, class_names: Sequence[str]) -> RunSpec:
+        """This run checked against the data set's classes (check_classes), its task resolved
+        for them: with data.ordinal = auto, K dementia stages make an ordinal task; an ordinal
+        head (CORAL, CORN) on classes that are not stages is refused."""
+        self.check_classes(class_names)
+        if self.ordinal is not None or len(class_names) < 3:
+            return self
+        stages = data_spec_lib.are_stages(class_names)
+        if isinstance(self.task, tasks.OrdinalTask) and not stages:
+            raise UserError(
+                f"model.head = {self.model.head} reads the classes as ordered, but "
+                f"{', '.join(class_names)} are not all dementia stages: set "
+                "--config.data.ordinal=true if their label (name) order is their order, or "
+                "--config.model.head=softmax."
+            )
+        if stages and not isinstance(self.task, tasks.OrdinalTask):
+            task = tasks.OrdinalTask(len(class_names), self.model.head,
+                                     self.evaluation.ordinal_decision)  # fmt: skip
+            return dataclasses.replace(self, task=task)
+        return self
 
 
 def train_labels(data, bags: bool = False) -> np.ndarray:
@@ -286,6 +311,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
          c.profile.start_step >= 0 and c.profile.num_steps >= 0, ">= 0 each"),
     ])  # fmt: skip
     label_smoothing = c.optim.label_smoothing
+    ordinal = ordinal_setting(c)
     spec = RunSpec(
         seed=c.seed,
         batch_size=c.batch_size,
@@ -296,7 +322,9 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
             c.data.image_size,
             neighbours=c.data.get("neighbours", 0),
         ),
-        task=tasks.for_classes(c.model.num_classes),
+        task=tasks.for_run(c.model.num_classes, c.model.get("head", "softmax"), ordinal,
+                           c.eval.get("ordinal_decision", "auto")),  # fmt: skip
+        ordinal=ordinal,
         init_from=c.model.init_from,
         data=data_spec(c.data),
         pipeline=pipeline_spec(c),
@@ -516,6 +544,27 @@ def averaging_spec(config: ml_collections.ConfigDict) -> averaging.AveragingSpec
     if swa.enabled:
         fields.update(swa=True, swa_dtype=swa.dtype)
     return averaging.AveragingSpec(**fields)
+
+
+ORDINAL_SETTINGS = {"auto": None, "true": True, "false": False}
+
+
+def ordinal_setting(c: ml_collections.ConfigDict) -> bool | None:
+    """config.data.ordinal: True, False, or None for auto (ordinal when every class is a
+    dementia stage); an ordinal head needs ordered classes."""
+    value = str(c.data.get("ordinal", "auto")).lower()
+    if value not in ORDINAL_SETTINGS:
+        raise UserError(
+            f"config.data.ordinal = {c.data.ordinal!r}: expected auto, true or false."
+        )
+    ordinal = ORDINAL_SETTINGS[value]
+    head = c.model.get("head", "softmax")
+    if ordinal is False and head != "softmax":
+        raise UserError(
+            f"config.model.head = {head} is an ordinal head, but config.data.ordinal = false "
+            "says the classes have no order: use model.head=softmax, or data.ordinal=auto|true."
+        )
+    return ordinal
 
 
 def eval_settings(eval_config: ml_collections.ConfigDict, **overrides) -> EvalSettings:

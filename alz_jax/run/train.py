@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         # ---- Data: the user's ADNI folder or the synthetic stand-in, built into TFDS. ----
         data = dataset.prepare(run.data, timer=timer)
-        run.check_classes(data.class_names)
+        run = run.with_classes(data.class_names)
         plan = run.plan_for(data)
         with timer("run record + pixel statistics"):
             record = run_record.prepare(
