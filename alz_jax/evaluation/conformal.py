@@ -106,13 +106,13 @@ def _check_settings(alpha: Any, score: Any, calibration: Any) -> None:
     calibration."""
     ok = isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0 < alpha < 1
     if not ok:
-        raise UserError(f"eval.conformal_alpha = {alpha!r}: expected a number in (0, 1), "
-                        "the share of units whose set may miss the true class (e.g. 0.1).")  # fmt: skip
+        raise UserError(f"eval.conformal_alpha = {alpha!r}: expected a number in (0, 1), the "
+                        "share of units whose set may miss the true class (e.g. 0.1).")  # fmt: skip
     if score not in SCORES:
         raise UserError(f"eval.conformal_score = {score!r}: expected one of {', '.join(SCORES)}.")
     if calibration not in CALIBRATIONS:
         raise UserError(f"eval.conformal_calibration = {calibration!r}: expected one of "
-                        f"{', '.join(CALIBRATIONS)} (class: a quantile per true class).")  # fmt: skip
+                        f"{', '.join(CALIBRATIONS)} (class: one quantile per class).")  # fmt: skip
 
 
 def calibrate(

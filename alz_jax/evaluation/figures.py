@@ -466,7 +466,8 @@ def _risk_coverage_axes(ax, curves: dict[str, dict]) -> None:
     for coverage in _MARKED_COVERAGES:
         ax.axvline(coverage, linestyle=":", color="gray")
     ax.set(xlabel="coverage (share answered, most confident first)", ylabel="accuracy",
-           title="Risk-coverage (dotted: 80/90/95% answered)", xlim=(0, 1.01), ylim=(0, 1.01))  # fmt: skip
+           title="Risk-coverage (dotted: 80/90/95% answered)", xlim=(0, 1.01),
+           ylim=(0, 1.01))  # fmt: skip
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower left")
 
