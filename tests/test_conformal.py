@@ -168,15 +168,14 @@ def test_sets_are_nested_in_alpha(score, calibration, ordinal):
     rng = np.random.default_rng(5)
     cal_p, cal_y = _dirichlet_units(rng, 1, 400)
     test_p, _ = _dirichlet_units(rng, 1, 1000)
-    sizes = []
-    for alpha in (0.4, 0.3, 0.2, 0.1, 0.05):
-        calibrated = conformal.calibrate(cal_p[0], cal_y[0], alpha, score, calibration, ordinal)
-        sets = conformal.prediction_sets(test_p[0], calibrated)
-        if sizes:
-            assert np.all(sets >= previous)  # a smaller alpha only adds labels
-        previous = sets
-        sizes.append(sets.sum())
-    assert sizes[-1] > sizes[0]
+    all_sets = [
+        conformal.prediction_sets(
+            test_p[0], conformal.calibrate(cal_p[0], cal_y[0], alpha, score, calibration, ordinal))
+        for alpha in (0.4, 0.3, 0.2, 0.1, 0.05)
+    ]  # fmt: skip
+    for larger, smaller in zip(all_sets[1:], all_sets[:-1], strict=True):
+        assert np.all(larger >= smaller)  # a smaller alpha only adds labels
+    assert all_sets[-1].sum() > all_sets[0].sum()
 
 
 def test_calibrate_reports_quantiles_units_and_short_classes():
