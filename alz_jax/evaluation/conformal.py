@@ -10,6 +10,7 @@ prediction: the formulas").
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from typing import Any
 
@@ -51,6 +52,7 @@ def units_needed(alpha: float) -> int:
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
+    """`probs` as float64 (n, K), refused when not finite or not two-dimensional."""
     probs = np.asarray(probs, np.float64)
     if probs.ndim != 2 or not np.all(np.isfinite(probs)):
         raise ValueError(f"expected finite class probabilities of shape (n, K), got {probs.shape}")
@@ -104,7 +106,7 @@ def label_scores(probs: np.ndarray, score: str, ordinal: bool = False) -> np.nda
 def _check_settings(alpha: Any, score: Any, calibration: Any) -> None:
     """UserErrors naming the setting for an alpha outside (0, 1) or an unknown score or
     calibration."""
-    ok = isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0 < alpha < 1
+    ok = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and 0 < alpha < 1
     if not ok:
         raise UserError(f"eval.conformal_alpha = {alpha!r}: expected a number in (0, 1), the "
                         "share of units whose set may miss the true class (e.g. 0.1).")  # fmt: skip

@@ -10,6 +10,7 @@ The formulas are in docs/uncertainty.md.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 import numpy as np
@@ -97,7 +98,8 @@ def accuracy_at_abstention(
 
 
 def _check_rate(rate: float) -> None:
-    ok = isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate < 1
+    """A UserError naming eval.abstain_rate unless `rate` is a number in [0, 1)."""
+    ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate < 1
     if not ok:
         raise UserError(f"eval.abstain_rate = {rate!r}: expected a number in [0, 1), the share "
                         "of validation units answered \"refer\" (0: answer all).")  # fmt: skip
