@@ -460,3 +460,42 @@ def image_grid(
             cv2.putText(grid, line, (c * cell + 2, top + (k + 1) * _GRID_LINE_PX - 3),
                         _GRID_FONT, _GRID_SCALE, 255, 1, cv2.LINE_AA)  # fmt: skip
     return grid
+
+
+# ---- Selective prediction (selective.risk_coverage): accuracy against the share answered. ----
+
+_MARKED_COVERAGES = (0.8, 0.9, 0.95)
+
+
+def _risk_coverage_axes(ax, curves: dict[str, dict]) -> None:
+    """Accuracy (solid) and balanced accuracy (dashed) against coverage per level or model on
+    `ax`, with the 80/90/95% coverages marked by dotted lines."""
+    for k, (name, curve) in enumerate(curves.items()):
+        color = _COLORS.get(name, f"C{k}")
+        ax.plot(curve["coverage"], curve["accuracy"], "-", color=color,
+                label=f"{name} accuracy")  # fmt: skip
+        ax.plot(curve["coverage"], curve["balanced_accuracy"], "--", color=color,
+                label=f"{name} balanced")  # fmt: skip
+    for coverage in _MARKED_COVERAGES:
+        ax.axvline(coverage, linestyle=":", color="gray")
+    ax.set(xlabel="coverage (share answered, most confident first)", ylabel="accuracy",
+           title="Risk-coverage (dotted: 80/90/95% answered)", xlim=(0, 1.01),
+           ylim=(0, 1.01))  # fmt: skip
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left")
+
+
+def risk_coverage_figure(curves: dict[str, dict], title: str = "") -> Figure:
+    """Accuracy and balanced accuracy against coverage (selective.risk_coverage's curves), one
+    colour per level or model, with the 80/90/95% coverages marked. Cards: the one panel."""
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    _risk_coverage_axes(fig.subplots(), curves)
+    if title:
+        fig.suptitle(title)
+
+    def build() -> Figure:
+        card_fig, axes = card_figure(title=title)
+        _risk_coverage_axes(axes[0, 0], curves)
+        return card_fig
+
+    return with_cards(fig, [build])
