@@ -30,11 +30,13 @@ _COMPARE_DIR = flags.DEFINE_string(
     "compare_dir", ".demo/stages_compare", "Where `alz_jax.compare` wrote compare.md."
 )
 _WORKDIRS = flags.DEFINE_list(
-    "workdirs", [".demo/stages", ".demo/stages_corn", ".demo/stages_cnn"],
+    "workdirs",
+    [".demo/stages", ".demo/stages_corn", ".demo/stages_cnn"],
     "The stages demo's runs (softmax, CORN) and the baseline's.",
 )
 _EXPECT_UNCERTAINTY = flags.DEFINE_string(
-    "expect_uncertainty", None,
+    "expect_uncertainty",
+    None,
     "Also fail unless the runs' prediction-set table equals this file (docs/uncertainty.md's).",
 )
 _EXPECT = flags.DEFINE_string("expect", None, "Fail unless the comparison equals this file's.")
@@ -94,8 +96,10 @@ def main(argv: list[str]) -> None:
     if _UPDATE_DOCS.value:
         stages_docs.update_docs(Path(_COMPARE_DIR.value), _reports())
         stages_docs.update_uncertainty(_reports())
-        print(f"Wrote {stages_docs.DOCS_STAGES}/ and rewrote {stages_docs.DOC} and "
-              f"{stages_docs.UNCERTAINTY_DOC}.")
+        print(
+            f"Wrote {stages_docs.DOCS_STAGES}/ and rewrote {stages_docs.DOC} and "
+            f"{stages_docs.UNCERTAINTY_DOC}."
+        )
 
 
 if __name__ == "__main__":

@@ -343,8 +343,9 @@ def multiclass_figures(report: dict, units: dict[str, metrics.Units]) -> dict[st
     decision = (report.get("task_options") or {}).get("decision", "argmax")
     return {
         "confusion": multiclass_confusion_figure(
-            {lv: report[lv]["confusion_matrix"] for lv in levels}, f"{where}; {decision}"
-            + ("; dashed: within one stage" if ordinal else ""), band=ordinal,
+            {lv: report[lv]["confusion_matrix"] for lv in levels},
+            f"{where}; {decision}" + ("; dashed: within one stage" if ordinal else ""),
+            band=ordinal,
         ),
         "reliability": top_label_reliability_figure(
             {lv: report[lv]["calibration"] for lv in levels}, where

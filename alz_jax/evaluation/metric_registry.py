@@ -256,7 +256,7 @@ for _metric in (
            {k: _set_size for k in (BINARY, MULTICLASS, ORDINAL)}),
 ):  # fmt: skip
     register(_metric)
-_ORDINAL_ROLES = frozenset("interval validation selection compare cv test".split())
+_ORDINAL_ROLES = frozenset({"interval", "validation", "selection", "compare", "cv", "test"})
 for _metric in (
     Metric("quadratic_kappa", "quadratic kappa", True, {ORDINAL: _ORDINAL_ROLES},
            {ORDINAL: _score("quadratic_kappa")}, after={"compare": "roc_auc_ovr_macro"}),

@@ -44,8 +44,9 @@ def level_results(
     bins = settings.calibration_bins
     return {
         level: {
-            **mc.classification_metrics(u.labels, u.probs, class_names, bins,
-                                        predicted=task.decide(u.probs)),  # fmt: skip
+            **mc.classification_metrics(
+                u.labels, u.probs, class_names, bins, predicted=task.decide(u.probs)
+            ),
             "ci95": intervals[level],
             "n_subjects": len(set(u.subjects)),
             "calibration": mc.reliability_bins(u.labels, u.probs, bins),
@@ -180,8 +181,12 @@ def _level_lines(report: dict) -> list[str]:
                 f"{prefix + level:<11} {m['n']:>6} {_value(m['accuracy']):>6} "
                 f"{_value(m['balanced_accuracy']):>7} {_value(m['macro_f1']):>6} "
                 f"{_value(m['weighted_f1']):>6} "
-                + (f"{_value(m['quadratic_kappa']):>6} {_value(m['mae']):>6} "
-                   f"{_value(m['within_one']):>6} " if ordinal else "")
+                + (
+                    f"{_value(m['quadratic_kappa']):>6} {_value(m['mae']):>6} "
+                    f"{_value(m['within_one']):>6} "
+                    if ordinal
+                    else ""
+                )
                 + f"{_value(m['roc_auc_ovr_macro']):>6} {_value(ece):>6}  "
                 + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
             )

@@ -230,8 +230,10 @@ def uncertainty_failure(text: str, expected_path: Path) -> str | None:
     if text == expected:
         return None
     diff = demo_docs.unified_diff(expected, text, str(expected_path), "these runs")
-    return (f"FAILED: these runs' prediction sets differ from {expected_path}, which "
-            f"{UNCERTAINTY_DOC} quotes:\n{diff}")
+    return (
+        f"FAILED: these runs' prediction sets differ from {expected_path}, which "
+        f"{UNCERTAINTY_DOC} quotes:\n{diff}"
+    )
 
 
 def update_uncertainty(reports: dict[str, dict], root: Path = Path()) -> None:
@@ -240,11 +242,10 @@ def update_uncertainty(reports: dict[str, dict], root: Path = Path()) -> None:
     (root / DOCS_STAGES).mkdir(parents=True, exist_ok=True)
     (root / DOCS_UNCERTAINTY).write_text(text)
     doc = root / UNCERTAINTY_DOC
-    marker = re.compile(r"(<!-- uncertainty-figures:start -->\n).*?(<!-- uncertainty-figures:end -->)",
-                        re.S)  # fmt: skip
+    start, end = "<!-- uncertainty-figures:start -->", "<!-- uncertainty-figures:end -->"
+    marker = re.compile(f"({re.escape(start)}\n).*?({re.escape(end)})", re.S)
     if not marker.search(doc.read_text()):
-        raise UserError(f"{UNCERTAINTY_DOC}: expected one block between "
-                        "`<!-- uncertainty-figures:start -->` and `<!-- uncertainty-figures:end -->`.")
+        raise UserError(f"{UNCERTAINTY_DOC}: expected one block between `{start}` and `{end}`.")
     doc.write_text(marker.sub(lambda m: m.group(1) + text + m.group(2), doc.read_text()))
 
 

@@ -107,8 +107,11 @@ class Task(abc.ABC):
     ) -> metric_registry.Counts:  # fmt: skip
         """What the registry's formulas read: `units` under each row of `weights` (B, m), with
         their prediction sets where `conformal_fit` (conformal.calibrate's) is given."""
-        sets = (None if conformal_fit is None else
-                conformal.prediction_sets(self.class_probs(units.probs), conformal_fit))
+        sets = (
+            None
+            if conformal_fit is None
+            else conformal.prediction_sets(self.class_probs(units.probs), conformal_fit)
+        )
         return metric_registry.Counts(
             labels=np.asarray(units.labels, np.int64),
             predicted=self.decide(units.probs, threshold),
@@ -290,7 +293,8 @@ class Task(abc.ABC):
         def rows(items: list[dict], name: str) -> list[str]:
             return [
                 self.prediction_line(
-                    f"{self.called_probability(r):.3f}", r.get("call", r["predicted"]),
+                    f"{self.called_probability(r):.3f}",
+                    r.get("call", r["predicted"]),
                     name.format(**r) + (f"  set {r['set']}" if "set" in r else ""),
                 )
                 for r in items
@@ -301,10 +305,17 @@ class Task(abc.ABC):
             f"Checkpoint step {result['checkpoint_step']} ({result['weights']} weights); "
             f"temperature {result['calibration']['temperature']:.3f}; "
             + self.decision_text(result)
-            + (f"; sets: {sets['score'].upper()} {sets['calibration']}, coverage "
-               f"{100 * (1 - sets['alpha']):.0f}% on {sets['source']}"
-               + (f", refer {100 * sets['abstain_rate']:.0f}% least confident"
-                  if sets["abstain_rate"] else "") if sets else ""),
+            + (
+                f"; sets: {sets['score'].upper()} {sets['calibration']}, coverage "
+                f"{100 * (1 - sets['alpha']):.0f}% on {sets['source']}"
+                + (
+                    f", refer {100 * sets['abstain_rate']:.0f}% least confident"
+                    if sets["abstain_rate"]
+                    else ""
+                )
+                if sets
+                else ""
+            ),
             self.prediction_line(self.probability_label, "call", "file"),
             *rows(result["images"], "{file}"),
         ]
@@ -741,8 +752,10 @@ class OrdinalTask(MulticlassTask):
             "corn": f"CORN logits (B, {self.num_classes - 1}) float32: P(stage > k | stage > "
                     "k-1) = sigmoid(logit_k), P(stage > k) their running product",
         }[self.head]  # fmt: skip
-        return (f"{read}; call the {self.decision} stage (a scan's probabilities are the mean "
-                "over its slices)")
+        return (
+            f"{read}; call the {self.decision} stage (a scan's probabilities are the mean "
+            "over its slices)"
+        )
 
 
 KINDS: dict[str, type[Task]] = {}
@@ -771,9 +784,7 @@ def for_classes(num_classes: int, kind: str | None = None, options: dict | None 
     return KINDS[kind or resolve_kind(num_classes)](num_classes, **(options or {}))
 
 
-def for_run(
-    num_classes: int, head: str, ordinal: bool | None, decision: str = "auto"
-) -> Task:
+def for_run(num_classes: int, head: str, ordinal: bool | None, decision: str = "auto") -> Task:
     """The task of a run: two classes are NC/AD; more are ordinal when `ordinal` (None: when
     the head is an ordinal one, until the class names are known: `with_class_names`)."""
     if num_classes == 2:

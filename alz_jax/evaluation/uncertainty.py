@@ -116,9 +116,11 @@ def report(
     sets = {lv: conformal.prediction_sets(u.probs, calibrated["levels"][lv]["conformal"])
             for lv, u in units.items()}  # fmt: skip
     intervals = (
-        bootstrap.intervals(units, _set_scorer(sets, k), settings.bootstrap_samples,
-                            settings.bootstrap_seed)  # fmt: skip
-        if settings.bootstrap_samples else {lv: {} for lv in units}
+        bootstrap.intervals(
+            units, _set_scorer(sets, k), settings.bootstrap_samples, settings.bootstrap_seed
+        )
+        if settings.bootstrap_samples
+        else {lv: {} for lv in units}
     )
     levels = {}
     for level, u in units.items():
@@ -135,21 +137,25 @@ def report(
             "conformal": fitted["conformal"],  # what `compare` recomputes the sets with
             "ci95": {name: intervals[level].get(name) for name in SET_METRICS},
             "per_class": {
-                name: {"coverage": summary["coverage_per_class"][c],
-                       "units": int(np.sum(u.labels == c)),
-                       "ci95": intervals[level].get(f"coverage_{c}")}
+                name: {
+                    "coverage": summary["coverage_per_class"][c],
+                    "units": int(np.sum(u.labels == c)),
+                    "ci95": intervals[level].get(f"coverage_{c}"),
+                }
                 for c, name in enumerate(class_names)
-            },  # fmt: skip
+            },
             "warning": conformal.warning_text(fitted["conformal"], list(class_names)),
             "calibration_units": fitted["calibration_units"],
             "risk_coverage": _curve(selective.risk_coverage(u.labels, predicted, confidence, k)),
-            "abstention": selective.accuracy_at_abstention(u.labels, predicted, confidence, k,
-                                                           ABSTENTION_RATES),  # fmt: skip
+            "abstention": selective.accuracy_at_abstention(
+                u.labels, predicted, confidence, k, ABSTENTION_RATES
+            ),
             "referred": {
                 "threshold": threshold,
                 "share": float(referred.mean()) if len(referred) else 0.0,
                 "accuracy_answered": float(np.mean(predicted[answered] == u.labels[answered]))
-                if answered.any() else None,
+                if answered.any()
+                else None,
             },
         }
     return {key: calibrated[key] for key in
@@ -169,9 +175,11 @@ def heading(section: dict) -> str:
     """One sentence: what the sets promise and where they were calibrated."""
     kind = "a quantile per class (Mondrian)" if section["calibration"] == "class" else "marginal"
     shape = "; ordinal: each set a range of stages" if section["ordinal"] else ""
-    return (f"Prediction sets: {section['score'].upper()} score, {kind}, alpha "
-            f"{section['alpha']:g} (target coverage {100 * (1 - section['alpha']):.0f}%), "
-            f"calibrated on {section['source']} (slices: one per subject){shape}.")
+    return (
+        f"Prediction sets: {section['score'].upper()} score, {kind}, alpha "
+        f"{section['alpha']:g} (target coverage {100 * (1 - section['alpha']):.0f}%), "
+        f"calibrated on {section['source']} (slices: one per subject){shape}."
+    )
 
 
 def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
@@ -190,8 +198,12 @@ def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
     for level, m in section["levels"].items():
         cells = ", ".join(f"{_pct(a['rate'])} out: {_pct(a['accuracy'])}" for a in m["abstention"])
         refer = m["referred"]
-        ref = (f"; refer at validation's threshold {refer['threshold']:.3f}: "
-               f"{_pct(refer['share'])} referred" if refer["threshold"] is not None else "")
+        ref = (
+            f"; refer at validation's threshold {refer['threshold']:.3f}: "
+            f"{_pct(refer['share'])} referred"
+            if refer["threshold"] is not None
+            else ""
+        )
         lines.append(f"{level:<8} all: {_pct(m['risk_coverage']['accuracy'][-1])}, {cells}{ref}")
     return lines
 
@@ -211,8 +223,13 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
                   + f" | {_pct(m['singleton_share'])} | {_pct(m['empty_share'])} | "
                   f"{m['calibration_units']} |")  # fmt: skip
     names = list(next(iter(section["levels"].values()))["per_class"])
-    md += ["", "Coverage per class [95% CI] (units):", "",
-           "| level | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    md += [
+        "",
+        "Coverage per class [95% CI] (units):",
+        "",
+        "| level | " + " | ".join(names) + " |",
+        "|---" * (1 + len(names)) + "|",
+    ]
     for level, m in section["levels"].items():
         md.append(f"| {level} | " + " | ".join(
             f"{_pct(c['coverage'])}{_ci(c['ci95'])} ({c['units']})"
@@ -227,7 +244,8 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
            "|---" * (3 + len(ABSTENTION_RATES)) + "|"]  # fmt: skip
     for level, m in section["levels"].items():
         curve, refer = m["risk_coverage"], m["referred"]
-        md.append(f"| {level} | {_pct(curve['accuracy'][-1])} ({_pct(curve['balanced_accuracy'][-1])}) | "
+        everyone = f"{_pct(curve['accuracy'][-1])} ({_pct(curve['balanced_accuracy'][-1])})"
+        md.append(f"| {level} | {everyone} | "
                   + " | ".join(f"{_pct(a['accuracy'])} ({_pct(a['balanced_accuracy'])})"
                                for a in m["abstention"])
                   + (f" | {_pct(refer['share'])} (threshold {refer['threshold']:.3f})"

@@ -248,8 +248,10 @@ def _read_predictions(workdir, split: str, report: dict) -> stats.Predictions:
         thresholds=task.thresholds_of(report),
         n_bins=len(report["slice"]["calibration"]["edges"]) - 1,
         task=task,
-        conformal={level: m["conformal"] for level, m in
-                   (report.get("uncertainty") or {}).get("levels", {}).items()},  # fmt: skip
+        conformal={
+            level: m["conformal"]
+            for level, m in (report.get("uncertainty") or {}).get("levels", {}).items()
+        },
     )
 
 

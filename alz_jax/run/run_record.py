@@ -209,8 +209,11 @@ def prepare(
         "identity": current,
         # The task resolved for the data set's classes (RunSpec.with_classes), for commands
         # that reopen the run without its data (predict, export, compare).
-        "task": {"kind": run.task.kind, "num_classes": run.task.num_classes,
-                 "options": run.task.options()},
+        "task": {
+            "kind": run.task.kind,
+            "num_classes": run.task.num_classes,
+            "options": run.task.options(),
+        },
         "pixel_stats": pixel_stats(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "new": True,

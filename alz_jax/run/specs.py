@@ -322,8 +322,12 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
             c.data.image_size,
             neighbours=c.data.get("neighbours", 0),
         ),
-        task=tasks.for_run(c.model.num_classes, c.model.get("head", "softmax"), ordinal,
-                           c.eval.get("ordinal_decision", "auto")),  # fmt: skip
+        task=tasks.for_run(
+            c.model.num_classes,
+            c.model.get("head", "softmax"),
+            ordinal,
+            c.eval.get("ordinal_decision", "auto"),
+        ),
         ordinal=ordinal,
         init_from=c.model.init_from,
         data=data_spec(c.data),
@@ -554,9 +558,7 @@ def ordinal_setting(c: ml_collections.ConfigDict) -> bool | None:
     dementia stage); an ordinal head needs ordered classes."""
     value = str(c.data.get("ordinal", "auto")).lower()
     if value not in ORDINAL_SETTINGS:
-        raise UserError(
-            f"config.data.ordinal = {c.data.ordinal!r}: expected auto, true or false."
-        )
+        raise UserError(f"config.data.ordinal = {c.data.ordinal!r}: expected auto, true or false.")
     ordinal = ORDINAL_SETTINGS[value]
     head = c.model.get("head", "softmax")
     if ordinal is False and head != "softmax":
