@@ -187,6 +187,7 @@ def _model(config: ml_collections.ConfigDict) -> None:
     # or 'transformer' encode every slice of a bag (data.bag_size slices of one scan) with the
     # model above and pool them into one prediction per scan. model.init_from also takes
     # 'run:WORKDIR', a trained slice run whose weights start the encoder.
+    config.model.head = "softmax"  # softmax, or an ordinal head: coral|corn (docs/models.md)
     config.model.aggregator = "none"
     config.model.attention_dim = 128  # the gated attention's hidden width
     config.model.transformer_depth = 1  # 'transformer': blocks over the slice embeddings

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from alz_jax.core import averaging, sharding
 from alz_jax.data import preprocess
 from alz_jax.host.errors import check_fields
-from alz_jax.models import batchnorm, registry, scan
+from alz_jax.models import batchnorm, heads, registry, scan
 
 TrainState = dict[str, Any]
 
@@ -165,15 +165,22 @@ def abstract_train_state(
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-    """Per-example cross-entropy against label-smoothed one-hot targets (float32)."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float, head: str = "softmax"
+) -> jax.Array:
+    """Per-example loss (float32) of `head` (model.head; softmax: the cross-entropy) against
+    label-smoothed one-hot targets over the head's classes (an ordinal head has one logit
+    fewer than classes)."""
+    loss_head = heads.get(head)
+    num_classes = loss_head.num_classes(logits.shape[-1])
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return loss_head.loss(logits, targets)
 
 
 def example_weights(batch: dict, class_weights: tuple[float, ...]) -> jax.Array:
     """Each example's loss weight: its class's weight, or for mixed soft targets the targets'
-    mix of the two classes' weights. The loss is the batch mean of weight x cross-entropy (not
+    mix of the two classes' weights, whatever the head. The loss is the batch mean of weight x
+    the head's per-example loss (not
     divided by the batch's weight sum, which would make a step's scale depend on its class mix);
     'balanced' weights average 1 over the train split, so the loss keeps its scale."""
     weights = jnp.asarray(class_weights, jnp.float32)
@@ -212,7 +219,7 @@ BAG_INPUTS = ("slice_mask", "positions")
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     """How the train step computes an update: its implementation, microbatching, the loss's
-    label smoothing, on-device noise, and the seed of its per-sample randomness."""
+    head and label smoothing, on-device noise, and the seed of its per-sample randomness."""
 
     impl: str = "jit"  # 'jit' (XLA partitions the step) or 'shard_map' (explicit pmean)
     grad_accum_steps: int = 1
@@ -222,6 +229,8 @@ class StepSpec:
     seed: int = 0
     # Per-class loss weights (optim.class_weights, resolved on the train split); () is none.
     class_weights: tuple[float, ...] = ()
+    # The model's head (model.head, models/heads.py): its loss and its decision for accuracy.
+    head: str = "softmax"
 
     def __post_init__(self):
         accum = self.grad_accum_steps
@@ -239,6 +248,7 @@ class StepSpec:
              all(0 <= w < math.inf for w in self.class_weights)
              and (not self.class_weights or sum(self.class_weights) > 0),
              "finite weights >= 0, not all 0"),
+            ("model.head", self.head, self.head in heads.HEADS, "|".join(heads.HEADS)),
         ])  # fmt: skip
 
 
@@ -281,15 +291,17 @@ class _Update:
                 params, stats, images, sample_keys, axis_name, **bag_inputs
             )
             if "targets" in batch:  # mixed on host, label smoothing already applied there
-                loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), batch["targets"])
+                loss = heads.get(self.spec.head).loss(logits, batch["targets"])
             else:
-                loss = cross_entropy(logits, batch["label"], self.spec.label_smoothing)
+                loss = cross_entropy(logits, batch["label"], self.spec.label_smoothing,
+                                     self.spec.head)  # fmt: skip
             if self.spec.class_weights:
                 loss = loss * example_weights(batch, self.spec.class_weights)
             return loss.sum(), (logits, new_stats)
 
         (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        predicted = heads.get(self.spec.head).predicted(logits)
+        correct = jnp.sum(predicted == batch["label"]).astype(jnp.float32)
         return (loss, grads, correct), new_stats
 
     def accumulated_sums(

@@ -172,14 +172,13 @@ class Head(nnx.Module):
         def scaled(init):
             return lambda *a, **k: init(*a, **k) * scale
 
-        self.fc = nnx.Linear(
+        self.fc = spec.head_layer(
             dim,
-            spec.num_classes,
+            rngs,
             kernel_init=scaled(_weight_init),
             bias_init=scaled(_zeros),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
-            rngs=rngs,
         )
         self.attention = spatial_attention(dim, spec, rngs)
 
@@ -268,7 +267,7 @@ def forward_flops_per_image(spec: ConvNeXtSpec, resolution: int) -> float:
             side //= 2
             macs += side * side * dim * 4 * spec.dims[i - 1]  # 2x2 stride-2 downsample
         macs += depth * side * side * (49 * dim + 8 * dim * dim)  # dwconv 7x7, MLP C-4C-C
-    macs += spec.dims[-1] * spec.num_classes
+    macs += spec.head_macs(spec.dims[-1])
     if spec.spatial_attention:
         macs += attention_pool_macs(spec.dims[-1], side * side)
     return 2.0 * macs

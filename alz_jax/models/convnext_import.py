@@ -153,6 +153,7 @@ def params_from_state_dict(
         convnext.init_params(spec, seed), key_for, transform=_layer_scale,
         head=("head", "fc"), stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
         fresh=("head", "attention"),
+        head_kind=spec.head,
     )  # fmt: skip
     return params, reader.finish("ConvNeXt")
 

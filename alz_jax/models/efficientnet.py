@@ -368,15 +368,14 @@ class EfficientNet(nnx.Module):
         head = head_width(spec)
         self.conv_head = _conv(defs[-1][-1].out_chs, head, 1, spec, rngs)
         self.bn2 = _batch_norm(head, spec)
-        self.classifier = nnx.Linear(
+        self.classifier = spec.head_layer(
             head,
-            spec.num_classes,
+            rngs,
             # timm's _init_weight_goog for nn.Linear: U(-r, r) with r = 1 / sqrt(fan_out).
-            kernel_init=uniform_init(spec.num_classes),
+            kernel_init=uniform_init(spec.num_outputs),
             bias_init=nnx.initializers.zeros_init(),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
-            rngs=rngs,
         )
         # The spatial attention pooling (model.spatial_attention) sits beside the classifier.
         self.attention = spatial_attention(head, spec, rngs)
@@ -483,7 +482,7 @@ def forward_flops_per_image(spec: EfficientNetSpec, resolution: int) -> float:
             macs += out_side * out_side * b.mid_chs * b.out_chs
             side = out_side
     last = block_defs(spec)[-1][-1].out_chs
-    macs += side * side * last * head_width(spec) + head_width(spec) * spec.num_classes
+    macs += side * side * last * head_width(spec) + spec.head_macs(head_width(spec))
     if spec.spatial_attention:
         macs += attention_pool_macs(head_width(spec), side * side)
     return 2.0 * macs

@@ -182,6 +182,7 @@ def variables_from_state_dict(
     params, stats = reader.variables(
         efficientnet.EfficientNet(spec, rngs=nnx.Rngs(seed)), timm_key, head=("classifier",),
         stem=("conv_stem", "kernel"), num_classes=spec.num_classes, fresh=("attention",),
+        head_kind=spec.head,
     )  # fmt: skip
     notes = reader.finish(efficientnet.title(spec))
     return params, stats, notes

@@ -17,6 +17,7 @@ from typing import Any
 from flax import nnx
 
 from alz_jax.host.errors import UserError
+from alz_jax.models import heads
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -45,6 +46,22 @@ class ModelSpec:
     spatial_attention: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # The classifier and its loss (models/heads.py): softmax, or an ordinal head (coral, corn).
+    head: str = "softmax"
+
+    @property
+    def num_outputs(self) -> int:
+        """The classifier's outputs: num_classes for softmax, num_classes - 1 for coral/corn."""
+        return heads.get(self.head).num_outputs(self.num_classes)
+
+    def head_layer(self, in_features: int, rngs: nnx.Rngs, **init) -> nnx.Module:
+        """The classifier of `model.head` on embeddings of `in_features` (`init`: the family's
+        kernel_init, bias_init, dtype and param_dtype)."""
+        return heads.get(self.head).layer(in_features, self.num_classes, rngs=rngs, **init)
+
+    def head_macs(self, in_features: int) -> int:
+        """Multiply-adds of the classifier per embedding (the FLOPs count's head term)."""
+        return heads.get(self.head).macs(in_features, self.num_classes)
 
     def common_checks(self) -> list[tuple]:
         """check_fields entries of the common fields."""
@@ -59,6 +76,10 @@ class ModelSpec:
             ("dtype", self.dtype, self.dtype in COMPUTE_DTYPES, "|".join(COMPUTE_DTYPES)),
             ("param_dtype", self.param_dtype, self.param_dtype == "float32",
              "float32 (parameters and optimizer state stay float32; config.dtype sets compute)"),
+            ("head", self.head, self.head in heads.HEADS, "|".join(heads.HEADS)),
+            ("head", self.head, not heads.is_ordinal(self.head) or self.num_classes >= 3,
+             f"softmax with num_classes = {self.num_classes} (ordinal heads need at least three "
+             "ordered classes; two classes are the NC/AD path: model.head=softmax)"),
         ]  # fmt: skip
 
 

@@ -228,11 +228,13 @@ class StateDictReader:
         stem: tuple,
         num_classes: int,
         fresh: tuple | None = None,
+        head_kind: str = "softmax",
     ) -> tuple[dict, dict]:
         """(params, batch_stats) of a freshly built `model` (a BatchNorm family's), each tree
         filled as `tree` fills it (the stem and classifier adapted in the parameters)."""
         params = self.tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), key_for, head=head,
-                           stem=stem, num_classes=num_classes, fresh=fresh)  # fmt: skip
+                           stem=stem, num_classes=num_classes, fresh=fresh,
+                           head_kind=head_kind)  # fmt: skip
         return params, self.tree(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), key_for)
 
     def tree(
@@ -245,6 +247,7 @@ class StateDictReader:
         stem: tuple | None = None,
         num_classes: int | None = None,
         fresh: tuple | None = None,
+        head_kind: str = "softmax",
     ):
         """`template` (a pure dict of arrays) with each leaf replaced by the tensor at
         `key_for(path)`, moved to the project layout (or by `transform(path, tensor)` where it
@@ -252,10 +255,14 @@ class StateDictReader:
         has no classifier or one for another class count; the leaves under `fresh` (the spatial
         attention pooling, which no file has) are kept from the template; the kernel at `stem`
         is adapted (adapt_input_kernel) when the file's has 3 input channels and the model
-        another number."""
+        another number. An ordinal head (`head_kind` coral or corn, model.head) is always kept
+        from the template: a file's classifier is a softmax one, whatever its shape."""
         leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
         out = []
-        head_shapes_differ = head is not None and self._head_differs(template, key_for, head)
+        if head is not None and head_kind != "softmax":
+            head_shapes_differ = self._fresh_head(template, key_for, head, head_kind)
+        else:
+            head_shapes_differ = head is not None and self._head_differs(template, key_for, head)
         for path, init in leaves:
             names = path_names(path)
             expected = tuple(np.shape(init))
@@ -289,6 +296,17 @@ class StateDictReader:
                 )
             out.append(np.asarray(converted, np.float32))
         return jax.tree_util.tree_unflatten(treedef, out)
+
+    def _fresh_head(self, template, key_for, head: tuple, head_kind: str) -> bool:
+        """Marks the file's classifier tensors used (not loaded) and notes the fresh head."""
+        keys = [key_for(path_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]
+                if path_names(p)[: len(head)] == head]  # fmt: skip
+        dropped = [k for k in keys if k in self.state_dict]
+        self.used.update(dropped)
+        self.note(f"head: initialised fresh for model.head={head_kind} (ordinal outputs)"
+                  + (f"; the file's softmax classifier ({', '.join(dropped)}) is not used"
+                     if dropped else ""))  # fmt: skip
+        return True
 
     def _head_differs(self, template, key_for, head: tuple) -> bool:
         for path, init in jax.tree_util.tree_flatten_with_path(template)[0]:

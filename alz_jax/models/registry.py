@@ -122,7 +122,9 @@ def spec_from_config(model_config, **fields) -> ModelSpec:
     """The spec of a `config.model` section: model.name is a registered name (with
     model.arch overrides), or a family's own name (or empty: the default family's) that the
     family resolves from the section itself (spec_from_config hook); `fields` as in
-    `spec_from_name`."""
+    `spec_from_name`. `model.head` (softmax when absent) sets every family's classifier head
+    unless `fields` set it."""
+    fields = {"head": model_config.get("head", "softmax"), **fields}
     fam = config_family(model_config)
     if fam.spec_from_config is not None and (model_config.get("name") or fam.name) == fam.name:
         return fam.spec_from_config(model_config, **_known_fields(fam, fields))

@@ -172,14 +172,13 @@ class Head(nnx.Module):
     def __init__(self, spec: ResNetSpec, rngs: nnx.Rngs):
         dim = EXPANSION * spec.widths[-1]
         self.dropout_rate = spec.head_dropout
-        self.fc = nnx.Linear(
+        self.fc = spec.head_layer(
             dim,
-            spec.num_classes,
+            rngs,
             kernel_init=_fc_kernel_init,
             bias_init=uniform_init(dim),
             dtype=jnp.float32,
             param_dtype=spec.param_dtype,
-            rngs=rngs,
         )
         self.attention = spatial_attention(dim, spec, rngs)
 
@@ -271,7 +270,7 @@ def forward_flops_per_image(spec: ResNetSpec, resolution: int) -> float:
             if out_side != side or in_dim != out_dim:
                 macs += out_side * out_side * in_dim * out_dim  # projection shortcut
             side, in_dim = out_side, out_dim
-    macs += in_dim * spec.num_classes
+    macs += spec.head_macs(in_dim)
     if spec.spatial_attention:
         macs += attention_pool_macs(in_dim, side * side)
     return 2.0 * macs

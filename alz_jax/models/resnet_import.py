@@ -134,6 +134,7 @@ def variables_from_state_dict(
         resnet.ResNet(spec, rngs=nnx.Rngs(seed)), torch_key, head=("head", "fc"),
         stem=("stem", "conv", "kernel"), num_classes=spec.num_classes,
         fresh=("head", "attention"),
+        head_kind=spec.head,
     )  # fmt: skip
     notes = reader.finish(resnet.title(spec))
     return params, stats, notes

@@ -34,7 +34,7 @@ from alz_jax.models.import_helpers import ConversionError
 
 # The common fields a scan model shares with its encoder (ModelSpec's).
 MIRRORED = ("in_chans", "num_classes", "drop_path_rate", "head_dropout", "dtype", "param_dtype",
-            "spatial_attention")  # fmt: skip
+            "spatial_attention", "head")  # fmt: skip
 
 # name -> the aggregator class: cls(width D, ScanSpec, rngs); its __call__(h (B, K, D),
 # mask (B, K) bool, positions (B, K) int32) -> (pooled (B, D), weights (B, K)), both float32.
@@ -316,7 +316,8 @@ def load_slice_weights(scan_params: dict, slice_params: dict) -> dict:
             raise UserError(
                 f"The slice model's weights do not fit this scan model's encoder: at {path} "
                 f"the slice model has {found}, the encoder expects {mine.get(path, 'nothing')}. "
-                "Expected a slice run of the same model (family, sizes, in_chans, num_classes)."
+                "Expected a slice run of the same model (family, sizes, in_chans, num_classes, "
+                "model.head)."
             )
     return {**scan_params, "encoder": slice_params}
 

@@ -121,9 +121,9 @@ class Head(nnx.Module):
     def __init__(self, spec: SimpleCNNSpec, rngs: nnx.Rngs):
         dim = spec.dims[-1]
         self.dropout_rate = spec.head_dropout
-        self.fc = nnx.Linear(dim, spec.num_classes, kernel_init=_fc_kernel_init,
-                             bias_init=uniform_init(dim), dtype=jnp.float32,
-                             param_dtype=spec.param_dtype, rngs=rngs)  # fmt: skip
+        self.fc = spec.head_layer(dim, rngs, kernel_init=_fc_kernel_init,
+                                  bias_init=uniform_init(dim), dtype=jnp.float32,
+                                  param_dtype=spec.param_dtype)  # fmt: skip
         self.attention = spatial_attention(dim, spec, rngs)
 
     def spatial_pool(self, x: jax.Array) -> jax.Array:
@@ -208,7 +208,7 @@ def forward_flops_per_image(spec: SimpleCNNSpec, resolution: int) -> float:
         for _ in range(depth):
             macs += side * side * 9 * in_dim * dim
             in_dim = dim
-    macs += in_dim * spec.num_classes
+    macs += spec.head_macs(in_dim)
     if spec.spatial_attention:  # over the last block's max pool
         macs += attention_pool_macs(in_dim, (side // 2) ** 2)
     return 2.0 * macs

@@ -217,7 +217,8 @@ class ViT(nnx.Module):
         rates = linear_drop_rates(spec.drop_path_rate, spec.depth)
         self.blocks = nnx.List([Block(rate, spec, rngs) for rate in rates])
         self.norm = _layer_norm(spec, rngs)
-        self.head = _linear(dim, spec.num_classes, spec, rngs, dtype=jnp.float32)
+        self.head = spec.head_layer(dim, rngs, kernel_init=_weight_init, bias_init=_zeros,
+                                    dtype=jnp.float32, param_dtype=spec.param_dtype)
 
     def input_tokens(self, x: jax.Array) -> jax.Array:
         """The tokens entering the first block (B, 1 + grid^2, D): the class token, then the
@@ -361,7 +362,7 @@ def forward_flops_per_image(spec: ViTSpec, resolution: int) -> float:
     tokens, dim = patches + 1, spec.embed_dim
     macs = patches * dim * spec.in_chans * spec.patch_size**2
     per_block = tokens * dim * (3 * dim + dim + 2 * spec.mlp_dim) + 2 * tokens * tokens * dim
-    macs += spec.depth * per_block + dim * spec.num_classes
+    macs += spec.depth * per_block + spec.head_macs(dim)
     return 2.0 * macs
 
 

@@ -265,5 +265,6 @@ def variables_from_state_dict(
         head=("head",),
         stem=("patch_embed", "kernel"),
         num_classes=spec.num_classes,
+        head_kind=spec.head,
     )
     return params, {}, reader.finish(vit.title(spec))

@@ -343,6 +343,7 @@ def resolve(config: ml_collections.ConfigDict, backend: str | None = None) -> Ru
             noise_prob=c.augment.noise_prob,
             noise_std=c.augment.noise_std,
             seed=c.seed,
+            head=c.model.get("head", "softmax"),
         ),
         averages=averaging_spec(c),
         swa_start_fraction=float(c.swa.start_fraction) if c.swa.enabled else 0.0,
