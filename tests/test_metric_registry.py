@@ -103,6 +103,7 @@ def test_selection_hparams_and_directions_come_from_the_registry():
     computed = set(tasks.BinaryTask(2).validation_metrics(records, np.log(probs / (1 - probs))))
     records, probs = _units(4)
     computed |= set(tasks.MulticlassTask(4).validation_metrics(records, np.log(probs)))
+    computed |= set(tasks.OrdinalTask(4).validation_metrics(records, np.log(probs)))
     assert {c.removeprefix("validation/") for c in choices} <= computed
     assert metric_registry.hparam_metrics() == progress.HPARAM_METRICS
     assert {tag for _, tag in progress.HPARAM_METRICS} <= SCALAR_NAMES
@@ -145,13 +146,25 @@ def test_each_role_keeps_the_order_its_tables_had():
         "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv",
         "f1_ad", "macro_f1", "roc_auc", "pr_auc",
     )  # fmt: skip
+    # Unordered classes report no ordinal metric (issue 28); ordered stages add them.
+    ordinal = tasks.OrdinalTask(4)
     assert k_class.metric_names("interval") == (
-        "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "quadratic_kappa",
-        "roc_auc_ovr_macro",
+        "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro",
     )  # fmt: skip
-    assert binary.metric_names("compare") == ("accuracy", "balanced_accuracy", "roc_auc", "ece")
+    assert ordinal.metric_names("interval") == (
+        *k_class.metric_names("interval"), "quadratic_kappa", "linear_kappa", "mae", "within_one",
+    )  # fmt: skip
+    # The prediction sets' coverage and size follow in every comparison (issue 28).
+    assert binary.metric_names("compare") == (
+        "accuracy", "balanced_accuracy", "roc_auc", "ece", "coverage", "set_size",
+    )  # fmt: skip
     assert k_class.metric_names("compare") == (
-        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "quadratic_kappa", "ece",
+        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "ece", "coverage",
+        "set_size",
+    )  # fmt: skip
+    assert ordinal.metric_names("compare") == (
+        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "quadratic_kappa",
+        "linear_kappa", "mae", "within_one", "ece", "coverage", "set_size",
     )  # fmt: skip
     assert binary.metric_names("cv") == (
         "accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_f1", "roc_auc",

@@ -242,10 +242,17 @@ def test_validation_metrics_keys_and_values():
     rng = np.random.default_rng(8)
     records, logits = _records(rng, 4, n_subjects=30)
     out = K4.validation_metrics(records, logits)
-    keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "roc_auc",
+    keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc",
             "scan_accuracy", "scan_balanced_accuracy", "scan_macro_f1", "ece")  # fmt: skip
     for key in keys:
         assert isinstance(out[key], float), key
+    # Unordered classes: no ordinal scalar; ordered stages (argmax decision) add them.
+    assert "quadratic_kappa" not in out and "mae" not in out
+    ordinal = tasks.OrdinalTask(4).validation_metrics(records, logits)
+    assert {k: ordinal[k] for k in out} == out
+    assert ordinal["quadratic_kappa"] == pytest.approx(
+        skm.cohen_kappa_score(records["label"], logits.argmax(1), weights="quadratic"), **EXACT
+    )
     labels, predicted = records["label"], logits.argmax(1)
     assert out["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted), **EXACT)
     assert out["roc_auc"] == pytest.approx(

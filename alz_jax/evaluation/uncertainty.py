@@ -24,7 +24,6 @@ from alz_jax.evaluation.settings import EvalSettings
 Decide = Callable[[str, np.ndarray], np.ndarray]
 ABSTENTION_RATES = (0.05, 0.1, 0.2)
 CURVE_POINTS = 100  # the risk-coverage curve in the report's JSON: coverage 1%, 2%, ... 100%
-SET_METRICS = ("coverage", "set_size", "singleton", "empty")
 
 
 def calibration_units(units: dict[str, metrics.Units], seed: int) -> dict[str, metrics.Units]:
@@ -77,20 +76,9 @@ def calibrate(
     }
 
 
-def _set_scorer(sets: dict[str, np.ndarray], num_classes: int) -> bootstrap.Scorer:
-    """Coverage, set size, singletons, empty sets and each class's coverage under weights."""
-
-    def score(level: str, u: metrics.Units, w: np.ndarray) -> dict[str, np.ndarray]:
-        out = conformal.set_scores(sets[level], u.labels, w)
-        covered = sets[level][np.arange(len(u.labels)), u.labels].astype(np.float64)
-        for c in range(num_classes):
-            mask = (u.labels == c).astype(np.float64)
-            total = w @ mask
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"coverage_{c}"] = np.where(total > 0, (w @ (mask * covered)) / total, np.nan)
-        return out
-
-    return score
+def _set_scorer(sets: dict[str, np.ndarray]) -> bootstrap.Scorer:
+    """conformal.set_scores of each level's sets under the bootstrap's weights."""
+    return lambda level, u, w: conformal.set_scores(sets[level], u.labels, w)
 
 
 def _curve(curve: dict) -> dict:
@@ -117,7 +105,7 @@ def report(
             for lv, u in units.items()}  # fmt: skip
     intervals = (
         bootstrap.intervals(
-            units, _set_scorer(sets, k), settings.bootstrap_samples, settings.bootstrap_seed
+            units, _set_scorer(sets), settings.bootstrap_samples, settings.bootstrap_seed
         )
         if settings.bootstrap_samples
         else {lv: {} for lv in units}
@@ -135,12 +123,17 @@ def report(
         levels[level] = {
             **summary,
             "conformal": fitted["conformal"],  # what `compare` recomputes the sets with
-            "ci95": {name: intervals[level].get(name) for name in SET_METRICS},
+            # conformal.set_scores' intervals (per-class coverage is under per_class).
+            "ci95": {
+                name: ci
+                for name, ci in intervals[level].items()
+                if not name.startswith("coverage_class")
+            },
             "per_class": {
                 name: {
                     "coverage": summary["coverage_per_class"][c],
                     "units": int(np.sum(u.labels == c)),
-                    "ci95": intervals[level].get(f"coverage_{c}"),
+                    "ci95": intervals[level].get(f"coverage_class{c}"),
                 }
                 for c, name in enumerate(class_names)
             },
@@ -182,6 +175,10 @@ def heading(section: dict) -> str:
     )
 
 
+def _ci95(m: dict, name: str):
+    return m["ci95"].get(name)
+
+
 def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
     """The console block of the prediction sets and selective prediction."""
     lines = [heading(section),
@@ -190,7 +187,7 @@ def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
     for level, m in section["levels"].items():
         per_class = ", ".join(f"{name[:12]} {_pct(c['coverage'])}"
                               for name, c in m["per_class"].items())  # fmt: skip
-        lines.append(f"{level:<8} {_pct(m['coverage']) + _ci(m['ci95']['coverage']):<24} "
+        lines.append(f"{level:<8} {_pct(m['coverage']) + _ci(_ci95(m, 'coverage')):<24} "
                      f"{m['mean_set_size']:>5.2f} {_pct(m['singleton_share']):>7} "
                      f"{_pct(m['empty_share']):>6}  {per_class}")  # fmt: skip
     lines += [m["warning"] for m in section["levels"].values() if m["warning"]]
@@ -216,8 +213,8 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
           "| level | coverage [95% CI] | mean set size [95% CI] | singletons | empty sets | "
           "calibration units |", "|---|---|---|---|---|---|"]  # fmt: skip
     for level, m in section["levels"].items():
-        size_ci = m["ci95"]["set_size"]
-        md.append(f"| {level} | {_pct(m['coverage'])}{_ci(m['ci95']['coverage'])} | "
+        size_ci = _ci95(m, "set_size")
+        md.append(f"| {level} | {_pct(m['coverage'])}{_ci(_ci95(m, 'coverage'))} | "
                   f"{m['mean_set_size']:.2f}"
                   + (f" [{size_ci[0]:.2f}, {size_ci[1]:.2f}]" if size_ci else "")
                   + f" | {_pct(m['singleton_share'])} | {_pct(m['empty_share'])} | "
