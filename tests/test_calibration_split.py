@@ -8,9 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
+from alz_jax.configs import demo
 from alz_jax.data import calibration_split, dataset
 from alz_jax.data.data_spec import DataSpec
 from alz_jax.host.errors import UserError
+from alz_jax.run import run_record, specs
 from alz_jax.tfds_builders.mri_slices.layouts.classes import STAGES
 
 NAMES = ("A", "B", "C")
@@ -231,3 +233,13 @@ def test_without_subject_ids_it_carves_by_scan_and_says_so(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("Calibration split: 8 scans, 8 images") for m in messages)
     assert any("no subject IDs, so the calibration split is carved by scan" in m for m in messages)
+
+
+def test_a_runs_identity_leaves_it_out_at_zero_and_names_it_otherwise():
+    """A run recorded before the setting existed still resumes; a resume that changes it (so
+    train changes) is refused, as for data.validation_fraction."""
+    config = demo.get_config()
+    assert config.data.calibration_fraction == 0.0
+    assert "calibration_fraction" not in run_record.identity(specs.resolve(config), "fp")["data"]
+    config.data.calibration_fraction = 0.2
+    assert run_record.identity(specs.resolve(config), "fp")["data"]["calibration_fraction"] == 0.2
