@@ -41,7 +41,7 @@ def carve(
     counts: dict[str, dict[str, int]] = {}
     for label in sorted(set(strata.values())):
         members = sorted(s for s, lab in strata.items() if lab == label)
-        take = math.floor(fraction * len(members) + 0.5)
+        take = math.floor(fraction * len(members) + 0.5 + 1e-9)  # halves up, float noise aside
         chosen.update(members[i] for i in rng.permutation(len(members))[:take])
         counts[_name(class_names, label)] = {"subjects": len(members), "calibration": take}
     _check(counts, fraction)
