@@ -28,6 +28,7 @@ def _data(config: ml_collections.ConfigDict) -> None:
     config.data.synthetic_train_subjects = 150
     config.data.synthetic_test_subjects = 60
     config.data.validation_fraction = 0.1  # of train-folder subjects, stratified by class
+    config.data.calibration_fraction = 0.0  # >0: that share of train subjects calibrates
     config.data.split_seed = 0
     # Protocol: 'official' (the folders; test shares subjects with train on ADNI), 'resplit'
     # (both folders pooled, re-split by subject) or 'kfold' (fold `fold` of `num_folds` is test).

@@ -27,6 +27,9 @@ class DataSpec:
     synthetic_train_subjects: int = 150
     synthetic_test_subjects: int = 60
     validation_fraction: float = 0.1
+    # A calibration split (for conformal calibration): this share of each class's train
+    # subjects, after validation's, carved out at load time; 0: none (calibrate on validation).
+    calibration_fraction: float = 0.0
     split_seed: int = 0
     protocol: str = "official"
     resplit_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -103,6 +106,9 @@ class DataSpec:
         check_fields("data", [
             ("validation_fraction", f, 0.0 < f < 1.0,
              "in (0, 1): validation picks the best checkpoint"),
+            ("calibration_fraction", self.calibration_fraction,
+             0.0 <= self.calibration_fraction < 1.0,
+             "in [0, 1): the share of train's subjects held out for calibration (0: none)"),
             ("max_label_conflicts", self.max_label_conflicts,
              0.0 <= self.max_label_conflicts <= 1.0, "a share in [0, 1]"),
             ("split_seed", self.split_seed, self.split_seed >= 0, ">= 0"),

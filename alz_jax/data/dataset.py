@@ -28,13 +28,15 @@ import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alz_jax.data import data_spec
+from alz_jax.data import calibration_split, data_spec
 from alz_jax.data.data_spec import DataSpec  # re-exported: callers use dataset.DataSpec
 from alz_jax.host import logs, storage
 from alz_jax.host.errors import UserError
 from alz_jax.tfds_builders.mri_slices import api as slices
 
 SPLITS = ("train", "validation", "test")
+# The protocol split that data.calibration_fraction > 0 adds (carved out of train by subject).
+CALIBRATION = calibration_split.CALIBRATION
 
 
 _METADATA_FIELDS = ("file_name", "scan_id", "subject_id", "label", "slice_index")
@@ -82,7 +84,8 @@ class AdniData:
     """The prepared data set seen through a protocol: sources per split, metadata, provenance.
 
     `pooled` holds every record of the builder's splits (builder_split, local index and the
-    metadata fields); `positions[split]` are the pooled records of a protocol split.
+    metadata fields); `positions[split]` are the pooled records of a protocol split: train,
+    validation, test and, with data.calibration_fraction > 0, calibration (`split_names`).
     """
 
     builder: tfds.core.DatasetBuilder
@@ -103,6 +106,25 @@ class AdniData:
         """What the builder recorded: audit, subject source, content hash, counts."""
         return dict(self.builder.info.metadata)
 
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """The protocol's splits: SPLITS, then "calibration" where the data set has one."""
+        return SPLITS + ((CALIBRATION,) if CALIBRATION in self.positions else ())
+
+    def has_split(self, name: str) -> bool:
+        """Whether the protocol has this split ("calibration" only with
+        data.calibration_fraction > 0)."""
+        return name in self.split_names
+
+    def split_sizes(self) -> str:
+        """Each split's images and subjects, for a run's start line: `train 800 images (40
+        subjects), ...`."""
+        return ", ".join(
+            f"{s} {self.num_examples(s)} images ({len(set(self.records(s)['subject_id']))} "
+            "subjects)"
+            for s in self.split_names
+        )
+
     def num_examples(self, split: str) -> int:
         """Number of images in a protocol split."""
         return len(self.positions[split])
@@ -121,7 +143,7 @@ class AdniData:
     def manifest(self) -> dict:
         """Which subjects and scans are in which split, and the protocol that put them there."""
         out = {"protocol": self.protocol}
-        for split in SPLITS:
+        for split in self.split_names:
             r = self.records(split)
             scans: dict[str, dict] = {}
             for scan, subject, label in zip(r["scan_id"], r["subject_id"], r["label"], strict=True):
@@ -151,7 +173,7 @@ class AdniData:
         manifest = self.manifest()
         trained = set(manifest["train"]["subjects"]) | set(manifest["validation"]["subjects"])
         shared = len(set(manifest["test"]["subjects"]) & trained)
-        return {
+        out = {
             "source_fingerprint": self.source_fingerprint,
             "subject_source": meta.get("subject_source"),
             "subject_coverage": meta.get("subject_coverage"),
@@ -164,6 +186,14 @@ class AdniData:
             "class_distribution": self.class_distribution(),
             "cross_split_near_duplicates": self.cross_split_near_duplicates(),
         }
+        if self.has_split(CALIBRATION):
+            # Calibration subjects are not trained on, but sharing subjects with test breaks
+            # the exchangeability that conformal coverage rests on.
+            calibrated = set(manifest[CALIBRATION]["subjects"])
+            out["test_subjects_also_in_calibration"] = (
+                len(set(manifest["test"]["subjects"]) & calibrated) if known else None
+            )
+        return out
 
     def class_distribution(self) -> dict[str, dict[str, int]]:
         """Images per class of every protocol split."""
@@ -172,7 +202,7 @@ class AdniData:
                 name: int(np.sum(self.records(split)["label"] == k))
                 for k, name in enumerate(self.class_names)
             }
-            for split in SPLITS
+            for split in self.split_names
         }
 
     def cross_split_near_duplicates(self) -> dict | None:
@@ -183,7 +213,7 @@ class AdniData:
         if pairs is None:
             return None
         split_of, subject_of = {}, {}
-        for split in SPLITS:
+        for split in self.split_names:
             r = self.records(split)
             for name, subject in zip(r["file_name"], r["subject_id"], strict=True):
                 split_of[name], subject_of[name] = split, subject
@@ -662,4 +692,34 @@ def _apply_protocol(builder, data_config):
         protocol["fractions"] = list(data_config.resplit_fractions)
     if protocol["name"] == "kfold":
         protocol.update(num_folds=data_config.num_folds, fold=data_config.fold)
+    positions = _carve_calibration(builder, pooled, positions, protocol, data_config)
     return pooled, positions, protocol
+
+
+def _carve_calibration(builder, pooled, positions, protocol: dict, data_config: DataSpec):
+    """`positions` with data.calibration_fraction of train's subjects moved to the calibration
+    split (recorded in `protocol`, so the manifest and fingerprint say so); unchanged at 0, and
+    under `external`, whose cohort has no train split to carve from and is evaluated whole."""
+    fraction = data_config.calibration_fraction
+    if fraction <= 0:
+        return positions
+    if data_config.protocol == "external":
+        logging.info(
+            "data.calibration_fraction = %g ignored: the external protocol evaluates another "
+            "cohort whole (no train split to carve a calibration split from).", fraction,
+        )  # fmt: skip
+        return positions
+    class_names = tuple(builder.info.features["label"].names)
+    positions, counts = calibration_split.carve(
+        pooled, positions, fraction, data_config.split_seed, class_names
+    )
+    by_scan = builder.info.metadata.get("subject_source") == "scan_id"
+    protocol["calibration_fraction"] = fraction
+    protocol["calibration_unit"] = "scan" if by_scan else "subject"
+    logging.info(calibration_split.describe(counts, len(positions[CALIBRATION]), by_scan))
+    if by_scan:
+        logging.warning(
+            "data.calibration_fraction: this data set has no subject IDs, so the calibration "
+            "split is carved by scan; a subject's other visits may stay in train."
+        )
+    return positions

@@ -122,7 +122,8 @@ DATA_GATES = ("trust_folder_labels", "max_label_conflicts", "allow_missing_class
 # at these defaults, so that a run recorded before they existed still resumes.
 ADDED_DATA_DEFAULTS = {"layout": "auto", "label_names": "", "synthetic_layout": "adni",
                        "synthetic_subjects": 160, "group_near_duplicates": False,
-                       "synthetic_difficulty": "standard"}  # fmt: skip
+                       "synthetic_difficulty": "standard",
+                       "calibration_fraction": 0.0}  # fmt: skip
 
 
 def _model_identity(spec) -> dict:
