@@ -125,6 +125,8 @@ def evaluate_weights(
     views = ("plain", *settings.tta)
     fns = {view: steps.make_predict_step(model, pixel_stats, mesh, view) for view in views}
     splits = ["validation"] if split == "validation" else ["validation", split]
+    if data.has_split(CALIBRATION):  # the prediction sets are calibrated on it
+        splits.append(CALIBRATION)
     outputs, bag = {}, {}
     for s in splits:
         predictors = {v: (params, fns[v]) for v in views}
@@ -197,11 +199,16 @@ def uncertainty_source(
     subjects_known: bool,
 ) -> dict:  # fmt: skip
     """The prediction sets' and abstention's calibration (uncertainty.calibrate) on the plain
-    view's probabilities of validation (the split `predict`'s stored calibration used)."""
-    probs = task.probabilities({"plain": outputs["validation"]["plain"]},
-                               calibration["temperature"])  # fmt: skip
-    return task.calibrate_uncertainty(data.records("validation"), probs, calibration, settings,
-                                      subjects_known)  # fmt: skip
+    view's probabilities of the calibration split where the data set has one
+    (data.calibration_fraction), else of validation."""
+    source = CALIBRATION if CALIBRATION in outputs else "validation"
+    probs = task.probabilities({"plain": outputs[source]["plain"]}, calibration["temperature"])
+    return task.calibrate_uncertainty(data.records(source), probs, calibration, settings,
+                                      subjects_known, source=SOURCE_TEXT[source])  # fmt: skip
+
+
+CALIBRATION = "calibration"
+SOURCE_TEXT = {"validation": "validation", CALIBRATION: "the calibration split"}
 
 
 BAG_NOTE = (

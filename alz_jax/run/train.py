@@ -157,7 +157,7 @@ def _log_plan(data: dataset.AdniData, plan: specs.Plan, pixel_stats: dict) -> No
     logging.info(
         "Data %s: %s images; %d steps/epoch, %d steps, warmup %d, eval every %d",
         data.fingerprint(),
-        ", ".join(f"{s} {data.num_examples(s)}" for s in dataset.SPLITS),
+        ", ".join(f"{s} {data.num_examples(s)}" for s in data.split_names),
         plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.eval_every_steps,
     )  # fmt: skip
     logging.info("Pixels of the train split: mean %.4f, std %.4f", pixel_stats["mean"],
@@ -211,7 +211,7 @@ def training_batches(run, plan, data, start_step: int):
     scans = bags.ScanIndex.from_records(records, "train")
     # Before any training: evaluations read whole scans, the longest of every split.
     scan.check_positions(run.model, max(
-        bags.ScanIndex.from_records(data.records(s), s).max_slices for s in dataset.SPLITS
+        bags.ScanIndex.from_records(data.records(s), s).max_slices for s in data.split_names
     ))  # fmt: skip
     logging.info(bags.describe_bags(plan.pipeline, run.batch_size, scans))
     return bags.train_bag_dataset(
@@ -413,6 +413,16 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
     selection["calibration"] = {
         n: task.calibrate(records, {"plain": logits[n]}, plain, subjects_known) for n in names
     }
+    if data.has_split(task_reports.CALIBRATION):  # prediction sets: on the calibration split
+        held_out = reports.predict_split_multi(
+            data, task_reports.CALIBRATION, predictors, run.pipeline, run.batch_size,
+            loop.parts.mesh,
+        )  # fmt: skip
+        for n in names:
+            selection["calibration"][n]["uncertainty"] = task_reports.uncertainty_source(
+                task, data, {task_reports.CALIBRATION: {"plain": held_out[n]}},
+                selection["calibration"][n], plain, subjects_known,
+            )  # fmt: skip
     selection["class_names"] = list(data.class_names)  # what `predict` and `export` call them
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
     # Unqualified names are the selected weights': what the best checkpoint is chosen on.
