@@ -77,7 +77,13 @@ def test_oasis_stages_train_and_report_k_classes(tmp_path):
         got = [row[f"prob_{n}"] for n in STAGES]
         np.testing.assert_allclose(got, probs[i], atol=2e-6)
         assert row["predicted"] == STAGES[int(np.argmax(probs[i]))]
-    assert "the most probable class" in prediction.format_result(result)
+    # Dementia stages are ordinal (data.ordinal=auto); a softmax head calls the most probable.
+    assert report["task"] == "ordinal" and report["task_options"]["decision"] == "argmax"
+    assert {"mae", "within_one", "linear_kappa"} <= set(m["ci95"])
+    assert "the most probable stage" in prediction.format_result(result)
+    # Every image's prediction set is a range of stages, from validation's calibration.
+    assert all(row["set"] and row["call"] == row["predicted"] for row in result["images"])
+    assert set(report["uncertainty"]["levels"]["scan"]["per_class"]) == set(STAGES)
     record = json.loads((workdir / "report_test.json").read_text())
     assert record["num_classes"] == 4
     # export: the stage names, K logits, and no thresholds to apply.

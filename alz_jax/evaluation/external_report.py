@@ -82,6 +82,8 @@ def summary(report: dict, reference: dict | None, workdir: str) -> dict:
         metrics += [(f"recall:{n}", f"recall of {n}") for n in report.get("class_names", [])]
     ref = (reference or {}).get(level)
     rows = [_row(key, label, report[level], ref) for key, label in metrics]
+    if level in (report.get("uncertainty") or {}).get("levels", {}):
+        rows.append(_coverage_row(report, reference, level))
     return {
         "level": level,
         "threshold": report[level].get("threshold"),
@@ -89,6 +91,22 @@ def summary(report: dict, reference: dict | None, workdir: str) -> dict:
         "in_distribution_subjects": ((reference or {}).get("counts") or {}).get("subjects"),
         "rows": rows,
         "in_distribution_note": _reference_note(report, reference, workdir),
+    }
+
+
+def _coverage_row(report: dict, reference: dict | None, level: str) -> dict:
+    """The prediction sets' coverage on the cohort, calibrated on the run's own validation:
+    exchangeability does not hold across cohorts, and this row shows what that costs."""
+    section = report["uncertainty"]
+    ours = section["levels"][level]
+    theirs = ((reference or {}).get("uncertainty") or {}).get("levels", {}).get(level)
+    return {
+        "metric": "coverage",
+        "label": f"set coverage (target {1 - section['alpha']:.2f})",
+        "external": ours["coverage"],
+        "external_ci95": ours["ci95"].get("coverage"),
+        "in_distribution": theirs["coverage"] if theirs else None,
+        "in_distribution_ci95": theirs["ci95"].get("coverage") if theirs else None,
     }
 
 

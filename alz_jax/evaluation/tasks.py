@@ -689,6 +689,10 @@ def ordinal_decision(probs: np.ndarray, rule: str) -> np.ndarray:
                     f"{', '.join(DECISIONS)}.")  # fmt: skip
 
 
+DECISION_WORDS = {"argmax": "the most probable stage", "median": "the median stage",
+                  "expected": "the expected stage, rounded"}  # fmt: skip
+
+
 class OrdinalTask(MulticlassTask):
     """K ordered classes (dementia stages): the model's head is softmax, CORAL or CORN; the
     predict step returns K class log-probabilities (the logits, for softmax), so every K-class
@@ -736,11 +740,11 @@ class OrdinalTask(MulticlassTask):
 
     def decision_text(self, result: dict) -> str:
         """The decision rule over the ordered stages."""
-        return f"the {self.decision} stage of {' < '.join(result['class_names'])}"
+        return f"{DECISION_WORDS[self.decision]} of {' < '.join(result['class_names'])}"
 
     def pooled_decision_text(self) -> str:
         """The decision rule."""
-        return f"the {self.decision} stage (no threshold)"
+        return f"{DECISION_WORDS[self.decision]} (no threshold)"
 
     def export_output_text(self) -> str:
         """What the head's outputs are and how the stage is called."""

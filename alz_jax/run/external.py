@@ -26,7 +26,7 @@ import numpy as np
 
 from alz_jax.core import sharding, steps
 from alz_jax.data import dataset, preprocess
-from alz_jax.evaluation import external_report, metrics, reports, task_reports
+from alz_jax.evaluation import external_report, metrics, reports, task_reports, uncertainty
 from alz_jax.host import storage
 from alz_jax.host.errors import UserError
 from alz_jax.run import specs
@@ -393,6 +393,12 @@ def evaluate(request: Request) -> tuple[dict, list[Path]]:
         run_names,
         task=task,
     )
+    if "uncertainty" in calibration:  # the run's prediction sets, calibrated on its validation
+        probs = task.probabilities({"plain": outputs["plain"]}, calibration["temperature"])
+        report["uncertainty"] = uncertainty.report(
+            records, task.class_probs(probs), task.level_decide(calibration),
+            calibration["uncertainty"], settings, report["subjects_known"], run_names,
+        )  # fmt: skip
     report.update(
         task=task.kind,
         task_options=task.options(),
