@@ -18,7 +18,7 @@ from sklearn import metrics as skm
 
 from alz_jax.data import preprocess
 from alz_jax.evaluation import compare_stats as stats
-from alz_jax.evaluation import robustness
+from alz_jax.evaluation import robustness, tasks
 from alz_jax.host.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,11 @@ def sk_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) ->
         "quadratic_kappa": skm.cohen_kappa_score(
             labels, predicted, labels=list(range(k)), weights="quadratic"
         ),
+        "linear_kappa": skm.cohen_kappa_score(
+            labels, predicted, labels=list(range(k)), weights="linear"
+        ),
+        "mae": skm.mean_absolute_error(labels, predicted),
+        "within_one": float(np.mean(np.abs(labels - predicted) <= 1)),
         "ece": ece((predicted == labels).astype(float), probs.max(axis=1)),
     }
 
@@ -143,7 +148,7 @@ def check_paired(paired: dict, a: dict, b: dict) -> None:
             point_b, values_b = b[level][name]
             diff = values_b - values_a
             diff = diff[~np.isnan(diff)]
-            sign = -1 if name == "ece" else 1
+            sign = -1 if name in ("ece", "mae") else 1  # lower is better
             got = paired[level][name]
             assert got["observed"] == pytest.approx(point_b - point_a, abs=1e-9), (level, name)
             assert got["mean"] == pytest.approx(diff.mean(), abs=1e-9)
@@ -190,8 +195,10 @@ def synthetic(rng: np.random.Generator, k: int = 2) -> tuple[dict, np.ndarray, n
 def test_paired_bootstrap_and_intervals_equal_their_definition(k):
     records, p_a, p_b = synthetic(np.random.default_rng(k), k)
     thresholds = {"slice": 0.45, "scan": 0.5, "subject": 0.55} if k == 2 else {}
-    a = stats.Predictions(records, p_a, True, thresholds)
-    b = stats.Predictions(records, p_b, True, thresholds)
+    # Three ordered stages (argmax): the ordinal metrics against scikit-learn's too.
+    task = tasks.OrdinalTask(k) if k > 2 else None
+    a = stats.Predictions(records, p_a, True, thresholds, task=task)
+    b = stats.Predictions(records, p_b, True, thresholds, task=task)
     n, seed = 40, 7
     expected_a, expected_b = brute_force(
         [(records, p_a), (records, p_b)], [thresholds] * 2, n, seed

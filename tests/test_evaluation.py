@@ -32,6 +32,9 @@ class FakeData:
     def num_examples(self, split):
         return len(self.splits[split][1])
 
+    def has_split(self, split):
+        return split in self.splits
+
     def records(self, split):
         return dict(self.splits[split][0])
 

@@ -250,14 +250,15 @@ def test_a_zero_width_interval_gets_the_rule_of_three_with_its_n():
 def test_every_table_has_at_most_seven_columns(tmp_path, monkeypatch):
     _evaluate(FakeData(), tmp_path, monkeypatch, tta=("hflip",))
     _tables_fit((tmp_path / "report_test.md").read_text())
-    report = _multiclass_report(STAGES)
+    report = _multiclass_report(STAGES, tasks.OrdinalTask(4))
     _tables_fit(multiclass_reports.format_markdown(report, {}))
     # And none lost a metric: every interval metric heads a column somewhere.
     text = multiclass_reports.format_markdown(report, {})
-    assert "| macro AUC (OvR) | ECE |" in text and "| quadratic kappa |" in text
+    assert "| macro AUC (OvR) |" in text and "| quadratic kappa |" in text
+    assert "| MAE (stages) |" in text and "| within one stage |" in text
 
 
-def _multiclass_report(names):
+def _multiclass_report(names, task=None):
     records, logits = _records(np.random.default_rng(9), 4, n_subjects=24)
     val_records, val_logits = _records(np.random.default_rng(10), 4, n_subjects=24)
     settings = reports.EvalSettings(bootstrap_samples=40)
@@ -265,7 +266,15 @@ def _multiclass_report(names):
     metadata = {"subject_source": "subject_id", "protocol": "folders",
                 "class_distribution": {"test": dict.fromkeys(names, 3)}}  # fmt: skip
     report, _ = multiclass_reports.build_report(
-        "test", records, {"plain": logits}, metadata, 5, {"plain": calibration}, settings, names
+        "test",
+        records,
+        {"plain": logits},
+        metadata,
+        5,
+        {"plain": calibration},
+        settings,
+        names,
+        task=task,
     )
     return report
 

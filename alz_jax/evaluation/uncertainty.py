@@ -13,6 +13,7 @@ them to `predict`'s rows. docs/uncertainty.md says what the guarantee means and 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -181,7 +182,7 @@ def _ci95(m: dict, name: str):
 
 def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
     """The console block of the prediction sets and selective prediction."""
-    lines = [heading(section),
+    lines = [*textwrap.wrap(heading(section), 140),
              f"{'level':<8} {'coverage [95% CI]':<24} {'size':>5} {'single':>7} {'empty':>6}  "
              "coverage per class"]  # fmt: skip
     for level, m in section["levels"].items():
