@@ -2,10 +2,13 @@
 
     python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] \
         [--weights=selected|raw|ema|swa] [--threshold=youden|sensitivity:0.9] \
-        [--temperature_scaling] [--tta=hflip] [--bootstrap_samples=1000] [--gradcam_scans=4]
+        [--temperature_scaling] [--tta=hflip] [--bootstrap_samples=1000] [--gradcam_scans=4] \
+        [--conformal_alpha=0.1] [--conformal_score=aps|lac] [--conformal_calibration=marginal|class] \
+        [--abstain_rate=0.1]
 
 Writes, in the workdir: report_<split>.json, report_<split>.md, predictions_<split>.csv and the
-figures roc_/confusion_/reliability_/gradcam_<split>.png, and prints a summary table.
+figures roc_/confusion_/reliability_/gradcam_/risk_coverage_<split>.png, and prints a summary
+table (prediction sets and selective prediction last: docs/uncertainty.md).
 
 On another cohort (a collection the run never saw; run/external.py):
 
@@ -38,6 +41,16 @@ _BOOTSTRAP_SAMPLES = flags.DEFINE_integer(
     "bootstrap_samples", None, "Subject resamples for intervals (0: none)."
 )
 _GRADCAM_SCANS = flags.DEFINE_integer("gradcam_scans", None, "Scans shown with Grad-CAM (0: none).")
+_CONFORMAL_ALPHA = flags.DEFINE_float(
+    "conformal_alpha", None, "Prediction sets' miscoverage (0.1: 90% coverage)."
+)
+_CONFORMAL_SCORE = flags.DEFINE_string("conformal_score", None, "Prediction sets' score: aps, lac.")
+_CONFORMAL_CALIBRATION = flags.DEFINE_string(
+    "conformal_calibration", None, "marginal, or class (a quantile per class)."
+)
+_ABSTAIN_RATE = flags.DEFINE_float(
+    "abstain_rate", None, "Share of least confident cases referred, fixed on validation."
+)
 # Another cohort: the config.data fields that say how it is read (external.DATA_FLAGS).
 _DATA = {
     field: flags.DEFINE_string(f"data.{field}", None, f"Another cohort: its data.{field}.")
@@ -62,6 +75,10 @@ def main(argv: list[str]) -> None:
         "tta": _TTA.value,
         "bootstrap_samples": _BOOTSTRAP_SAMPLES.value,
         "gradcam_scans": _GRADCAM_SCANS.value,
+        "conformal_alpha": _CONFORMAL_ALPHA.value,
+        "conformal_score": _CONFORMAL_SCORE.value,
+        "conformal_calibration": _CONFORMAL_CALIBRATION.value,
+        "abstain_rate": _ABSTAIN_RATE.value,
     }
     saved = SavedRun.open(_WORKDIR.value)
     report = saved.evaluate(_SPLIT.value, _CHECKPOINT.value, _WEIGHTS.value, overrides=overrides)

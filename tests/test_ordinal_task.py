@@ -14,7 +14,7 @@ from alz_jax.evaluation import multiclass_reports as mr
 from alz_jax.evaluation.settings import EvalSettings
 from alz_jax.host.errors import UserError
 from alz_jax.models import heads
-from alz_jax.run import specs
+from alz_jax.run import prediction, specs
 from tests.test_multiclass import STAGES, _records
 
 EXACT = {"abs": 1e-9, "rel": 0}
@@ -70,11 +70,11 @@ def test_the_task_is_resolved_from_the_data_sets_classes():
     assert _spec(**{"data.ordinal": "true"}).with_classes(others).task.kind == "ordinal"
     corn = _spec(**{"model.head": "corn"})
     assert corn.task == tasks.OrdinalTask(4, "corn", "median")
-    with pytest.raises(UserError, match="not all dementia stages.*data.ordinal=true"):
+    with pytest.raises(UserError, match=r"not all dementia stages.*data.ordinal=true"):
         corn.with_classes(others)
-    with pytest.raises(UserError, match="model.head = corn is an ordinal head.*ordinal = false"):
+    with pytest.raises(UserError, match=r"model.head = corn is an ordinal head.*ordinal = false"):
         _spec(**{"model.head": "corn", "data.ordinal": "false"})
-    with pytest.raises(UserError, match="data.ordinal = 'sometimes'"):
+    with pytest.raises(UserError, match=r"data.ordinal = 'sometimes'"):
         _spec(**{"data.ordinal": "sometimes"})
 
 
@@ -179,7 +179,7 @@ def test_predict_rows_get_their_set_and_refer_the_least_confident():
     level = fitted["levels"]["slice"]
     out = uncertainty.annotate(rows, probs, np.array([0, 0]), level, STAGES, True)
     threshold = level["abstain_threshold"]
-    assert out[0]["refer"] is (0.97 < threshold) and out[1]["refer"] is (0.3 < threshold)
+    assert out[0]["refer"] is (threshold > 0.97) and out[1]["refer"] is (threshold > 0.3)
     assert out[1]["refer"]  # a 0.3 call is below any threshold this validation gives
     expected = conformal.prediction_sets(probs, level["conformal"])
     assert out[0]["set"] == conformal.format_set(expected[0], list(STAGES), True)
@@ -202,3 +202,44 @@ def test_compare_scores_the_sets_coverage_and_size_under_the_bootstrap():
     # Without a calibration (a report before prediction sets) both are undefined, not zero.
     bare = compare_stats.point_metrics(compare_stats.Predictions(records, probs, True, task=task))
     assert bare["scan"]["coverage"] is None and bare["scan"]["set_size"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("conformal_alpha", 1.5, "in (0, 1)"),
+        ("conformal_score", "raps", "one of aps, lac"),
+        ("conformal_calibration", "subject", "one of marginal, class"),
+        ("abstain_rate", 1.0, "in [0, 1)"),
+        ("ordinal_decision", "mode", "one of auto, argmax, median, expected"),
+    ],
+)
+def test_the_uncertainty_settings_are_checked_with_the_config(field, value, expected):
+    """A bad setting stops the run when the config is read, before any data work."""
+    with pytest.raises(UserError) as raised:
+        _spec(**{f"eval.{field}": value})
+    assert f"config.eval.{field} = {value!r}: expected {expected}" in str(raised.value)
+
+
+def test_predict_adds_sets_only_with_a_checkpoint_that_stored_them():
+    """`predict` with a checkpoint calibrated before prediction sets existed: its rows come as
+    they were (nothing invented); with one that stored them: a set and a call per row."""
+    task = tasks.OrdinalTask(4)
+    rows = [
+        {
+            "file": "a.png",
+            "predicted": STAGES[1],
+            **{f"prob_{n}": p for n, p in zip(STAGES, (0.1, 0.6, 0.2, 0.1), strict=True)},
+        }
+    ]
+    loaded = {"task": task, "class_names": list(STAGES), "calibration": {"temperature": 1.0}}
+    assert prediction.with_uncertainty(rows, "slice", loaded) == rows
+    settings = EvalSettings(abstain_rate=0.5)
+    val_records, val_probs = _units(6)
+    loaded["calibration"]["uncertainty"] = uncertainty.calibrate(
+        val_records, val_probs, task.level_decide({}), settings, True, True
+    )
+    (row,) = prediction.with_uncertainty(rows, "slice", loaded)
+    assert row["set"] and row["call"] in ("refer", STAGES[1])
+    assert (row["call"] == "refer") is (loaded["calibration"]["uncertainty"]["levels"]["slice"][
+        "abstain_threshold"] > 0.6)  # fmt: skip
