@@ -3,8 +3,8 @@
     python -m alz_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] \
         [--weights=selected|raw|ema|swa] [--threshold=youden|sensitivity:0.9] \
         [--temperature_scaling] [--tta=hflip] [--bootstrap_samples=1000] [--gradcam_scans=4] \
-        [--conformal_alpha=0.1] [--conformal_score=aps|lac] [--conformal_calibration=marginal|class] \
-        [--abstain_rate=0.1]
+        [--conformal_alpha=0.1] [--conformal_score=aps|lac] \
+        [--conformal_calibration=marginal|class] [--abstain_rate=0.1]
 
 Writes, in the workdir: report_<split>.json, report_<split>.md, predictions_<split>.csv and the
 figures roc_/confusion_/reliability_/gradcam_/risk_coverage_<split>.png, and prints a summary
