@@ -217,8 +217,14 @@ class ViT(nnx.Module):
         rates = linear_drop_rates(spec.drop_path_rate, spec.depth)
         self.blocks = nnx.List([Block(rate, spec, rngs) for rate in rates])
         self.norm = _layer_norm(spec, rngs)
-        self.head = spec.head_layer(dim, rngs, kernel_init=_weight_init, bias_init=_zeros,
-                                    dtype=jnp.float32, param_dtype=spec.param_dtype)
+        self.head = spec.head_layer(
+            dim,
+            rngs,
+            kernel_init=_weight_init,
+            bias_init=_zeros,
+            dtype=jnp.float32,
+            param_dtype=spec.param_dtype,
+        )
 
     def input_tokens(self, x: jax.Array) -> jax.Array:
         """The tokens entering the first block (B, 1 + grid^2, D): the class token, then the
@@ -256,7 +262,7 @@ class ViT(nnx.Module):
         return head_dropout(cls, self.spec.head_dropout, sample_keys)
 
     def classify(self, embedding: jax.Array) -> jax.Array:
-        """Logits (B, num_classes) float32 of embeddings: the head."""
+        """Logits (B, spec.num_outputs) float32 of embeddings: the head (model.head)."""
         return self.head(embedding)
 
     def gradcam_target(self, x: jax.Array) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
