@@ -392,7 +392,7 @@ class EfficientNet(nnx.Module):
         return head_dropout(self.spatial_pool(features), self.spec.head_dropout, sample_keys)
 
     def classify(self, embedding: jax.Array) -> jax.Array:
-        """Logits (B, num_classes) float32 of embeddings: the classifier."""
+        """Logits (B, spec.num_outputs) float32 of embeddings: the classifier (model.head)."""
         return self.classifier(embedding)
 
     def spatial_pool(self, features: jax.Array) -> jax.Array:

@@ -151,8 +151,8 @@ class CoralHead(_OrdinalHead):
 
     name: str = "coral"
 
-    def layer(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs,
-              kernel_init: Callable, bias_init: Callable, dtype, param_dtype) -> nnx.Module:  # fmt: skip
+    def layer(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs, kernel_init: Callable,
+              bias_init: Callable, dtype, param_dtype) -> nnx.Module:  # fmt: skip
         """A CoralLayer (kernel (in, 1), bias (K - 1,)); `bias_init` is not used: the biases
         start as coral-pytorch's preinit_bias."""
         return CoralLayer(in_features, num_classes, rngs=rngs, kernel_init=kernel_init,

@@ -262,7 +262,7 @@ class ViT(nnx.Module):
         return head_dropout(cls, self.spec.head_dropout, sample_keys)
 
     def classify(self, embedding: jax.Array) -> jax.Array:
-        """Logits (B, num_classes) float32 of embeddings: the head."""
+        """Logits (B, spec.num_outputs) float32 of embeddings: the head (model.head)."""
         return self.head(embedding)
 
     def gradcam_target(self, x: jax.Array) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
