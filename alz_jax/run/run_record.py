@@ -80,7 +80,7 @@ def identity(run: specs.RunSpec, data_fingerprint: str) -> dict:
     _drop_defaults(optim, {"trainable": "all", "frozen_batchnorm": "running"})
     step = dataclasses.asdict(run.step)
     del step["impl"]  # jit and shard_map compute the same update
-    _drop_defaults(step, {"class_weights": ()})
+    _drop_defaults(step, {"class_weights": (), "head": "softmax"})
     mix = dataclasses.asdict(run.pipeline.mix)
     del mix["total_steps"]  # follows from the durations
     data = dataclasses.asdict(run.data)
