@@ -113,7 +113,7 @@ def decision_text(task: tasks.Task) -> str:
         rule = {"argmax": "the most probable stage",
                 "median": "the median stage (the first whose cumulative probability reaches 1/2)",
                 "expected": "the expected stage, rounded"}[task.decision]  # fmt: skip
-        return f"Predicted stage: {rule} ({task.head} head)"
+        return f"Predicted stage: {rule}, {task.head} head"
     return "Predicted class: the most probable"
 
 
