@@ -223,6 +223,8 @@ def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int
             diff = diff[~np.isnan(diff)]
             higher = metric_registry.higher_is_better(k)
             sign = 1.0 if higher else -1.0
+            # A target, not a direction (coverage: 1 - alpha): no share of "better" resamples.
+            directional = metric_registry.get(k).directional and len(diff)
             observed = (
                 None
                 if pa[level][k] is None or pb[level][k] is None
@@ -232,8 +234,8 @@ def paired_differences(a: Predictions, b: Predictions, n_samples: int, seed: int
                 "observed": observed,
                 "mean": float(diff.mean()) if len(diff) else None,
                 "ci95": bootstrap.percentile_interval(diff),
-                "share_b_better": float(np.mean(sign * diff > 0)) if len(diff) else None,
-                "share_b_worse": float(np.mean(sign * diff < 0)) if len(diff) else None,
+                "share_b_better": float(np.mean(sign * diff > 0)) if directional else None,
+                "share_b_worse": float(np.mean(sign * diff < 0)) if directional else None,
                 "share_equal": float(np.mean(diff == 0)) if len(diff) else None,
                 "resamples": len(diff),
                 "higher_is_better": higher,

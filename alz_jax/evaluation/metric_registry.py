@@ -151,6 +151,9 @@ class Metric:
     counted: str = ""
     # Whether the metric ranks probabilities (no threshold): reports show it once per level.
     threshold_free: bool = False
+    # Whether more (or less) is better at all; a target (coverage: 1 - alpha) has no direction,
+    # and `compare` gives no share of resamples in which a model is "better".
+    directional: bool = True
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -250,7 +253,7 @@ for _metric in list(METRICS.values()):
 for _metric in (
     Metric("coverage", "set coverage", True,
            {k: frozenset({"compare"}) for k in (BINARY, MULTICLASS, ORDINAL)},
-           {k: _set_coverage for k in (BINARY, MULTICLASS, ORDINAL)}),
+           {k: _set_coverage for k in (BINARY, MULTICLASS, ORDINAL)}, directional=False),
     Metric("set_size", "mean set size", False,
            {k: frozenset({"compare"}) for k in (BINARY, MULTICLASS, ORDINAL)},
            {k: _set_size for k in (BINARY, MULTICLASS, ORDINAL)}),

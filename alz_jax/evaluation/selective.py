@@ -112,6 +112,8 @@ def abstention_threshold(confidence: np.ndarray, rate: float) -> float:
     on a tie at the threshold, which is answered); -inf (answer all) when m is 0."""
     _check_rate(rate)
     conf = np.sort(np.asarray(confidence, np.float64).ravel())
+    if rate == 0:  # answer all, whatever validation holds
+        return -math.inf
     if not len(conf):
         raise UserError(f"eval.abstain_rate = {rate!r}: no validation units to fix the "
                         "abstention threshold on; set eval.abstain_rate = 0.")  # fmt: skip

@@ -198,17 +198,19 @@ def uncertainty_source(
     task: tasks.Task, data, outputs: dict, calibration: dict, settings: EvalSettings,
     subjects_known: bool,
 ) -> dict:  # fmt: skip
-    """The prediction sets' and abstention's calibration (uncertainty.calibrate) on the plain
-    view's probabilities of the calibration split where the data set has one
-    (data.calibration_fraction), else of validation."""
-    source = CALIBRATION if CALIBRATION in outputs else "validation"
-    probs = task.probabilities({"plain": outputs[source]["plain"]}, calibration["temperature"])
-    return task.calibrate_uncertainty(data.records(source), probs, calibration, settings,
-                                      subjects_known, source=SOURCE_TEXT[source])  # fmt: skip
+    """The prediction sets' calibration (uncertainty.calibrate) on the plain view's
+    probabilities of the calibration split where the data set has one
+    (data.calibration_fraction), else of validation; the abstention threshold on validation."""
+
+    def probs(split: str) -> np.ndarray:
+        return task.probabilities({"plain": outputs[split]["plain"]}, calibration["temperature"])
+
+    held_out = (data.records(CALIBRATION), probs(CALIBRATION)) if CALIBRATION in outputs else None
+    return task.calibrate_uncertainty(data.records("validation"), probs("validation"),
+                                      calibration, settings, subjects_known, held_out)  # fmt: skip
 
 
 CALIBRATION = "calibration"
-SOURCE_TEXT = {"validation": "validation", CALIBRATION: "the calibration split"}
 
 
 BAG_NOTE = (

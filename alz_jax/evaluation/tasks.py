@@ -83,12 +83,28 @@ class Task(abc.ABC):
 
     def calibrate_uncertainty(
         self, records: dict, probs: np.ndarray, calibration: dict, settings: EvalSettings,
-        subjects_known: bool, source: str = "validation",
+        subjects_known: bool, held_out: tuple[dict, np.ndarray] | None = None,
     ) -> dict:  # fmt: skip
-        """uncertainty.calibrate on `probs` (the report's, after calibration's temperature)."""
-        return uncertainty.calibrate(records, self.class_probs(probs),
-                                     self.level_decide(calibration), settings, subjects_known,
-                                     self.ordered, source)  # fmt: skip
+        """uncertainty.calibrate on validation's `records` and `probs` (the report's, after the
+        calibration's temperature); with `held_out` (the calibration split's records and
+        probabilities) the prediction sets calibrate on it, the abstention stays validation's."""
+        decide = self.level_decide(calibration)
+        fitted = uncertainty.calibrate(records, self.class_probs(probs), decide, settings,
+                                       subjects_known, self.ordered)  # fmt: skip
+        if held_out is None:
+            return fitted
+        sets = uncertainty.calibrate(
+            held_out[0],
+            self.class_probs(held_out[1]),
+            decide,
+            settings,
+            subjects_known,
+            self.ordered,
+            "the calibration split",
+        )
+        for level, entry in sets["levels"].items():
+            entry["abstain_threshold"] = fitted["levels"][level]["abstain_threshold"]
+        return sets
 
     # ---- Metric names, from the registry. ----
 
@@ -555,7 +571,8 @@ class MulticlassTask(Task):
             "validation_images": len(outputs_by_view["plain"]),
             "validation_counts": metrics.split_counts(records, subjects_known),
         }
-        probs = self.probabilities(outputs_by_view, out["temperature"])
+        # The plain view's, as the report's and predict's (test-time views are the report's).
+        probs = self.probabilities({"plain": outputs_by_view["plain"]}, out["temperature"])
         out["uncertainty"] = self.calibrate_uncertainty(records, probs, out, settings,
                                                         subjects_known)  # fmt: skip
         return out

@@ -1,13 +1,13 @@
 """What a report says about when the model does not know, for every task: prediction sets with a
 coverage guarantee (split-conformal, conformal.py) and selective prediction (selective.py).
 
-Both are fitted per level on validation (or on the calibration split carved out of train:
-data.calibration_fraction), with the probabilities the report uses (after the temperature) and
-the task's decision: `calibrate`. Conformal calibration needs exchangeable units: scans and
-subjects are used as they are; at slice level one slice is drawn per subject (seeded), never
-a subject's slices as independent cases. The abstention threshold of each level is the
-confidence below which validation's least confident `eval.abstain_rate` of that level's units
-fall. `report` applies both to a split, with subject-bootstrap intervals; `annotate` applies
+Both are fitted per level, with the probabilities the report uses (after the temperature) and
+the task's decision: `calibrate`. The prediction sets calibrate on validation, or on the
+calibration split carved out of train (data.calibration_fraction). Conformal calibration needs
+exchangeable units: subjects are used as they are; at slice and scan level one unit is drawn
+per subject (seeded), never a subject's slices or repeat scans as independent cases. The
+abstention threshold of each level, always on validation, is the confidence below which
+validation's least confident `eval.abstain_rate` of that level's units fall. `report` applies both to a split, with subject-bootstrap intervals; `annotate` applies
 them to `predict`'s rows. docs/uncertainty.md says what the guarantee means and what it does not.
 """
 
@@ -27,17 +27,21 @@ ABSTENTION_RATES = (0.05, 0.1, 0.2)
 CURVE_POINTS = 100  # the risk-coverage curve in the report's JSON: coverage 1%, 2%, ... 100%
 
 
-def calibration_units(units: dict[str, metrics.Units], seed: int) -> dict[str, metrics.Units]:
-    """The exchangeable units each level calibrates on: scans and subjects as they are; at slice
-    level one slice per subject, drawn with `seed` (a subject's slices are not independent)."""
-    out = dict(units)
-    u = units["slice"]
+def one_per_subject(u: metrics.Units, seed: int) -> metrics.Units:
+    """One unit per subject, drawn with `seed`, in the units' order."""
     order = np.random.default_rng(seed).permutation(len(u.labels))
     _, first = np.unique(np.asarray(u.subjects, str)[order], return_index=True)
     keep = np.sort(order[first])
-    out["slice"] = metrics.Units([u.keys[i] for i in keep], u.labels[keep], u.probs[keep],
-                                 u.subjects[keep])  # fmt: skip
-    return out
+    return metrics.Units([u.keys[i] for i in keep], u.labels[keep], u.probs[keep],
+                         u.subjects[keep])  # fmt: skip
+
+
+def calibration_units(units: dict[str, metrics.Units], seed: int) -> dict[str, metrics.Units]:
+    """The exchangeable units each level calibrates on: one per subject, drawn with `seed`, at
+    slice and scan level (a subject's slices, or repeat scans, are not independent cases);
+    subjects as they are. Without subject IDs a scan is its own subject."""
+    return {level: u if level == "subject" else one_per_subject(u, seed)
+            for level, u in units.items()}  # fmt: skip
 
 
 def _threshold_or_none(value: float) -> float | None:
@@ -49,7 +53,8 @@ def calibrate(
     subjects_known: bool, ordinal: bool, source: str = "validation",
 ) -> dict:  # fmt: skip
     """Per level: the conformal quantiles (conformal.calibrate) on the level's exchangeable
-    units, and the abstention threshold on all its units; JSON-ready."""
+    units, and the abstention threshold on all its units; JSON-ready. `source` names where
+    `records` come from."""
     units = metrics.level_units(records, class_probs, subjects_known)
     exchangeable = calibration_units(units, settings.bootstrap_seed)
     levels = {}
@@ -85,6 +90,8 @@ def _set_scorer(sets: dict[str, np.ndarray]) -> bootstrap.Scorer:
 def _curve(curve: dict) -> dict:
     """The risk-coverage curve at coverage 1%, 2%, ... 100% (the k = ceil(c n) most confident)."""
     n = len(curve["coverage"])
+    if not n:
+        return curve
     picks = sorted({max(1, int(np.ceil(c * n - 1e-9))) - 1
                     for c in np.arange(1, CURVE_POINTS + 1) / CURVE_POINTS})  # fmt: skip
     return {key: [curve[key][i] for i in picks] if isinstance(curve[key], list) else curve[key]
@@ -161,6 +168,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _everyone(m: dict, key: str) -> float | None:
+    """The metric with every unit answered (the curve's last point), None without units."""
+    values = m["risk_coverage"][key]
+    return values[-1] if values else None
+
+
+def _size(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _ci(interval) -> str:
     return f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else ""
 
@@ -172,7 +189,7 @@ def heading(section: dict) -> str:
     return (
         f"Prediction sets: {section['score'].upper()} score, {kind}, alpha "
         f"{section['alpha']:g} (target coverage {100 * (1 - section['alpha']):.0f}%), "
-        f"calibrated on {section['source']} (slices: one per subject){shape}."
+        f"calibrated on {section['source']} (slices and scans: one per subject){shape}."
     )
 
 
@@ -189,7 +206,7 @@ def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
         per_class = ", ".join(f"{name[:12]} {_pct(c['coverage'])}"
                               for name, c in m["per_class"].items())  # fmt: skip
         lines.append(f"{level:<8} {_pct(m['coverage']) + _ci(_ci95(m, 'coverage')):<24} "
-                     f"{m['mean_set_size']:>5.2f} {_pct(m['singleton_share']):>7} "
+                     f"{_size(m['mean_set_size']):>5} {_pct(m['singleton_share']):>7} "
                      f"{_pct(m['empty_share']):>6}  {per_class}")  # fmt: skip
     lines += [m["warning"] for m in section["levels"].values() if m["warning"]]
     lines.append("Selective prediction: accuracy when the least confident are left out:")
@@ -202,7 +219,7 @@ def text_lines(section: dict, class_names: Sequence[str]) -> list[str]:
             if refer["threshold"] is not None
             else ""
         )
-        lines.append(f"{level:<8} all: {_pct(m['risk_coverage']['accuracy'][-1])}, {cells}{ref}")
+        lines.append(f"{level:<8} all: {_pct(_everyone(m, 'accuracy'))}, {cells}{ref}")
     return lines
 
 
@@ -216,11 +233,11 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
     for level, m in section["levels"].items():
         size_ci = _ci95(m, "set_size")
         md.append(f"| {level} | {_pct(m['coverage'])}{_ci(_ci95(m, 'coverage'))} | "
-                  f"{m['mean_set_size']:.2f}"
+                  f"{_size(m['mean_set_size'])}"
                   + (f" [{size_ci[0]:.2f}, {size_ci[1]:.2f}]" if size_ci else "")
                   + f" | {_pct(m['singleton_share'])} | {_pct(m['empty_share'])} | "
                   f"{m['calibration_units']} |")  # fmt: skip
-    names = list(next(iter(section["levels"].values()))["per_class"])
+    names = next((list(m["per_class"]) for m in section["levels"].values()), [])
     md += [
         "",
         "Coverage per class [95% CI] (units):",
@@ -242,12 +259,14 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
            "|---" * (3 + len(ABSTENTION_RATES)) + "|"]  # fmt: skip
     for level, m in section["levels"].items():
         curve, refer = m["risk_coverage"], m["referred"]
-        everyone = f"{_pct(curve['accuracy'][-1])} ({_pct(curve['balanced_accuracy'][-1])})"
+        everyone = f"{_pct(_everyone(m, 'accuracy'))} ({_pct(_everyone(m, 'balanced_accuracy'))})"
         md.append(f"| {level} | {everyone} | "
                   + " | ".join(f"{_pct(a['accuracy'])} ({_pct(a['balanced_accuracy'])})"
                                for a in m["abstention"])
                   + (f" | {_pct(refer['share'])} (threshold {refer['threshold']:.3f})"
-                     if refer["threshold"] is not None else " | none (eval.abstain_rate = 0)")
+                     if refer["threshold"] is not None else
+                     f" | none (eval.abstain_rate = {section['abstain_rate']:g}: floor(rate x "
+                     "validation units) = 0)")
                   + " |")  # fmt: skip
     if figure:
         md += ["", f"![risk-coverage]({figure})"]

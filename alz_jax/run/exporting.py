@@ -292,7 +292,8 @@ def build_metadata(
                 if isinstance(spec, scan.ScanSpec)
                 else "uint8 images (B, size, size, channels) with B symbolic)"
             ),
-            "returns": f"float32 logits (B, {spec.num_classes})",
+            # K logits, or an ordinal head's K - 1 (metadata "output" says how to read them).
+            "returns": f"float32 logits (B, {spec.num_outputs})",
         },
     }
 

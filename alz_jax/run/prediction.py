@@ -270,7 +270,8 @@ def format_result(result: dict) -> str:
     """The table printed by the command: the task's rows of images and scans, then the
     unreadable files."""
     # Results without class names (before K classes) are NC/AD.
-    task = tasks.for_classes(len(result.get("class_names") or ()) or 2, result.get("task"))
+    task = tasks.for_classes(len(result.get("class_names") or ()) or 2, result.get("task"),
+                             result.get("task_options"))  # fmt: skip
     lines = task.format_predictions(result)
     lines += [f"UNREADABLE  {e['file']}: {e['error']}" for e in result["errors"]]
     refused = result.get("refused", [])
@@ -316,6 +317,7 @@ def run(workdir: str, paths: list[str], which: str = "best", weights: str = "sel
         "calibration": {k: calibration[k] for k in ("temperature", "thresholds",
                                                     "threshold_method") if k in calibration},
         "task": loaded["task"].kind,
+        "task_options": loaded["task"].options(),
         "class_names": loaded["class_names"],
         "uncertainty": {k: calibration["uncertainty"][k] for k in UNCERTAINTY_FIELDS}
         if "uncertainty" in calibration else None,

@@ -419,10 +419,11 @@ def _validate(loop: _Loop, step: int, state) -> tuple[dict, dict]:
             loop.parts.mesh,
         )  # fmt: skip
         for n in names:
+            both = {"validation": {"plain": logits[n]},
+                    task_reports.CALIBRATION: {"plain": held_out[n]}}  # fmt: skip
             selection["calibration"][n]["uncertainty"] = task_reports.uncertainty_source(
-                task, data, {task_reports.CALIBRATION: {"plain": held_out[n]}},
-                selection["calibration"][n], plain, subjects_known,
-            )  # fmt: skip
+                task, data, both, selection["calibration"][n], plain, subjects_known
+            )
     selection["class_names"] = list(data.class_names)  # what `predict` and `export` call them
     scalars = {f"validation/{name}/{k}": v for name, m in per_weights.items() for k, v in m.items()}
     # Unqualified names are the selected weights': what the best checkpoint is chosen on.
