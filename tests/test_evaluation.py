@@ -10,7 +10,7 @@ import pytest
 
 from alz_jax.core import steps
 from alz_jax.data import input_pipeline
-from alz_jax.evaluation import metrics, reports, saliency, task_reports, tasks
+from alz_jax.evaluation import metrics, reports, saliency, task_reports, tasks, uncertainty
 from alz_jax.host.errors import UserError
 from alz_jax.models import convnext
 from alz_jax.run import specs
@@ -171,3 +171,31 @@ def test_gradcam_scans_cover_each_outcome_most_confident_first():
     assert saliency.choose_scans(units, 0.5, 5) == [
         ("s0", 1), ("s2", 0), ("s4", 1), ("s3", 0), ("s1", 1)
     ]  # fmt: skip
+
+
+def test_a_calibration_split_calibrates_the_sets_and_validation_the_abstention(
+    tmp_path, monkeypatch
+):
+    """With a calibration split (data.calibration_fraction), the report's prediction sets are
+    calibrated on it and its abstention threshold on validation."""
+    data = FakeData()
+    records, probs = _clustered(seed=7)
+    records["slice_index"] = np.zeros(len(probs), int)
+    data.splits["calibration"] = (records, np.log(probs) - np.log1p(-probs))
+    report = _evaluate(data, tmp_path, monkeypatch, abstain_rate=0.1)
+    section = report["uncertainty"]
+    assert section["source"] == "the calibration split"
+    task = tasks.BinaryTask(2)
+    calibration = report["calibration"]
+
+    def fitted(split):
+        found, margins = data.splits[split]
+        p = task.probabilities({"plain": margins}, calibration["temperature"])
+        settings = reports.EvalSettings(abstain_rate=0.1)
+        return uncertainty.calibrate(found, task.class_probs(p), task.level_decide(calibration),
+                                     settings, True, False)  # fmt: skip
+
+    held_out, validation = fitted("calibration"), fitted("validation")
+    for level, m in section["levels"].items():
+        assert m["conformal"] == held_out["levels"][level]["conformal"]
+        assert m["referred"]["threshold"] == validation["levels"][level]["abstain_threshold"]

@@ -127,14 +127,23 @@ def test_sets_are_calibrated_on_exchangeable_units_and_reported_with_intervals()
     decide = task.level_decide({})
     fitted = uncertainty.calibrate(val_records, val_probs, decide, settings, True, True)
     units = metrics.level_units(val_records, val_probs, True)
-    # Slices: one per subject, never a subject's slices as independent calibration points.
-    assert fitted["levels"]["slice"]["calibration_units"] == len(set(val_records["subject_id"]))
-    for level in ("scan", "subject"):
-        u = units[level]
+    # Slices and scans: one per subject, never a subject's slices or repeat scans as
+    # independent calibration points (the fixture's subjects have 1-3 scans).
+    n_subjects = len(set(val_records["subject_id"]))
+    assert len(units["scan"].labels) > n_subjects
+    exchangeable = uncertainty.calibration_units(units, settings.bootstrap_seed)
+    assert exchangeable["subject"] is units["subject"]  # subjects as they are
+    for level in ("slice", "scan", "subject"):
+        u = exchangeable[level]
         assert fitted["levels"][level]["calibration_units"] == len(u.labels)
-        # The quantile is conformal's on this level's units.
+        if level != "subject":
+            assert len(u.labels) == n_subjects
+            assert sorted(map(str, u.subjects)) == sorted(set(map(str, val_records["subject_id"])))
+        # The quantile is conformal's on this level's exchangeable units.
         expected = conformal.calibrate(u.probs, u.labels, 0.2, "aps", "marginal", True)
         assert fitted["levels"][level]["conformal"] == expected
+    for level in ("scan", "subject"):
+        u = units[level]
         # The abstention threshold refers exactly floor(0.2 n) of validation's units.
         confidence = selective.confidence(u.probs, decide(level, u.probs))
         referred = selective.refer(confidence, fitted["levels"][level]["abstain_threshold"])
@@ -240,6 +249,34 @@ def test_predict_adds_sets_only_with_a_checkpoint_that_stored_them():
         val_records, val_probs, task.level_decide({}), settings, True, True
     )
     (row,) = prediction.with_uncertainty(rows, "slice", loaded)
-    assert row["set"] and row["call"] in ("refer", STAGES[1])
+    level = loaded["calibration"]["uncertainty"]["levels"]["slice"]
+    expected = conformal.prediction_sets(np.array([[0.1, 0.6, 0.2, 0.1]]), level["conformal"])
+    assert row["set"] == conformal.format_set(expected[0], list(STAGES), True)
+    assert row["call"] in ("refer", STAGES[1])
     assert (row["call"] == "refer") is (loaded["calibration"]["uncertainty"]["levels"]["slice"][
         "abstain_threshold"] > 0.6)  # fmt: skip
+
+
+def test_predict_prints_the_decision_rule_of_the_runs_head():
+    """`predict`'s table rebuilds the task with its head and rule: a CORN run's calls are the
+    median stage, and its header says so."""
+    result = {"checkpoint_step": 3, "weights": "raw", "calibration": {"temperature": 1.0},
+              "task": "ordinal", "task_options": {"head": "corn", "decision": "median"},
+              "class_names": list(STAGES), "uncertainty": None, "scans": [], "errors": [],
+              "images": [{"file": "a.png", "predicted": STAGES[2], "call": STAGES[2],
+                          "set": "VeryMildDemented..MildDemented",
+                          **{f"prob_{n}": p for n, p in zip(STAGES, (0.3, 0.15, 0.3, 0.25),
+                                                            strict=True)}}]}  # fmt: skip
+    text = prediction.format_result(result)
+    assert "the median stage of NonDemented < VeryMildDemented" in text
+    assert "set VeryMildDemented..MildDemented" in text
+
+
+def test_compare_refuses_an_ordinal_run_beside_an_unordered_one():
+    """A stages report made before ordinal tasks reads as multiclass: its metrics differ, so
+    `compare` says to evaluate it again instead of dropping the ordinal columns."""
+    records, probs = _units(7)
+    ordinal = compare_stats.Predictions(records, probs, True, task=tasks.OrdinalTask(4, "corn"))
+    old = compare_stats.Predictions(records, probs, True, task=tasks.MulticlassTask(4))
+    with pytest.raises(UserError, match=r"corn is a ordinal task, old a multiclass one.*again"):
+        compare_stats.align([ordinal, old], ["corn", "old"])

@@ -141,6 +141,13 @@ def align(predictions: Sequence[Predictions], names: Sequence[str]) -> list[Pred
                 f"{first.subjects_known}), {name} {p.num_classes} (subjects known: "
                 f"{p.subjects_known}); expected the same classification task."
             )
+        if p.task.kind != first.task.kind:
+            raise UserError(
+                f"{names[0]} is a {first.task.kind} task, {name} a {p.task.kind} one: their "
+                "metrics differ (ordered stages add MAE, within-one and the kappas). A report "
+                "made before ordinal tasks reads as multiclass: evaluate that run again "
+                "(python -m alz_jax.evaluate --workdir=...) and compare."
+            )
         keys = _keys(p)
         if duplicated and keys != keys_first:
             # Repeated keys can't be matched image to image except by the data set's order.

@@ -773,10 +773,10 @@ class OrdinalTask(MulticlassTask):
             "corn": f"CORN logits (B, {self.num_classes - 1}) float32: P(stage > k | stage > "
                     "k-1) = sigmoid(logit_k), P(stage > k) their running product",
         }[self.head]  # fmt: skip
-        return (
-            f"{read}; call the {self.decision} stage (a scan's probabilities are the mean "
-            "over its slices)"
-        )
+        tempered = ("" if self.head == "softmax" else "; the reports and `predict` apply the "
+                    "temperature as softmax(log(probabilities) / temperature)")  # fmt: skip
+        return (f"{read}{tempered}; call {DECISION_WORDS[self.decision]} (a scan's "
+                "probabilities are the mean over its slices)")  # fmt: skip
 
 
 KINDS: dict[str, type[Task]] = {}

@@ -7,8 +7,9 @@ calibration split carved out of train (data.calibration_fraction). Conformal cal
 exchangeable units: subjects are used as they are; at slice and scan level one unit is drawn
 per subject (seeded), never a subject's slices or repeat scans as independent cases. The
 abstention threshold of each level, always on validation, is the confidence below which
-validation's least confident `eval.abstain_rate` of that level's units fall. `report` applies both to a split, with subject-bootstrap intervals; `annotate` applies
-them to `predict`'s rows. docs/uncertainty.md says what the guarantee means and what it does not.
+validation's least confident `eval.abstain_rate` of that level's units fall. `report` applies
+both to a split, with subject-bootstrap intervals; `annotate` applies them to `predict`'s
+rows. docs/uncertainty.md says what the guarantee means and what it does not.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def markdown(section: dict, figure: str | None = None) -> list[str]:
            + " | referred at validation's threshold |",
            "|---" * (3 + len(ABSTENTION_RATES)) + "|"]  # fmt: skip
     for level, m in section["levels"].items():
-        curve, refer = m["risk_coverage"], m["referred"]
+        refer = m["referred"]
         everyone = f"{_pct(_everyone(m, 'accuracy'))} ({_pct(_everyone(m, 'balanced_accuracy'))})"
         md.append(f"| {level} | {everyone} | "
                   + " | ".join(f"{_pct(a['accuracy'])} ({_pct(a['balanced_accuracy'])})"
