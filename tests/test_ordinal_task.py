@@ -278,5 +278,5 @@ def test_compare_refuses_an_ordinal_run_beside_an_unordered_one():
     records, probs = _units(7)
     ordinal = compare_stats.Predictions(records, probs, True, task=tasks.OrdinalTask(4, "corn"))
     old = compare_stats.Predictions(records, probs, True, task=tasks.MulticlassTask(4))
-    with pytest.raises(UserError, match=r"corn is a ordinal task, old a multiclass one.*again"):
+    with pytest.raises(UserError, match=r"corn's task is ordinal, old's multiclass.*again"):
         compare_stats.align([ordinal, old], ["corn", "old"])

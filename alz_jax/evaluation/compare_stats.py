@@ -143,7 +143,7 @@ def align(predictions: Sequence[Predictions], names: Sequence[str]) -> list[Pred
             )
         if p.task.kind != first.task.kind:
             raise UserError(
-                f"{names[0]} is a {first.task.kind} task, {name} a {p.task.kind} one: their "
+                f"{names[0]}'s task is {first.task.kind}, {name}'s {p.task.kind}: their "
                 "metrics differ (ordered stages add MAE, within-one and the kappas). A report "
                 "made before ordinal tasks reads as multiclass: evaluate that run again "
                 "(python -m alz_jax.evaluate --workdir=...) and compare."
