@@ -114,7 +114,7 @@ def decision_text(task: tasks.Task) -> str:
                 "median": "the median stage (the first whose cumulative probability reaches 1/2)",
                 "expected": "the expected stage, rounded"}[task.decision]  # fmt: skip
         return f"Predicted stage: {rule}, {task.head} head"
-    return "Predicted class: the most probable"
+    return "Predicted class: the most probable class"
 
 
 def _ordinal(report: dict) -> bool:

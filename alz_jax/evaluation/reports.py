@@ -579,6 +579,8 @@ def markdown_levels(report: dict, source: dict, names: Sequence[str], rows,
     parts = _chunks(decided)
     for i, part in enumerate(parts):
         heading = DECIDED_HEADINGS[with_threshold]
+        if not with_threshold and report.get("decision"):  # the task's rule (ordered stages)
+            heading = f"At the decision ({report['decision'].split(': ', 1)[-1]})"
         count = f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""
         md += ["", f"### {heading}{count}", ""]
         md += markdown_table(
