@@ -28,8 +28,8 @@ def test_config_is_found_by_path_or_by_name_from_any_folder(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert command.available_configs() == [
         "convnext_t", "convnext_t_resplit", "demo", "demo_resnet", "efficientnet_b0_finetune",
-        "resnet50_finetune", "scan_convnext_t", "scan_demo", "stages_convnext_t", "stages_demo",
-        "stages_simple_cnn", "vit_b16_finetune", "volumes_demo",
+        "resnet50_finetune", "scan_convnext_t", "scan_demo", "stages_convnext_t", "stages_corn",
+        "stages_demo", "stages_simple_cnn", "vit_b16_finetune", "volumes_demo",
     ]  # fmt: skip
     for value in ("demo", "demo.py", "configs/demo.py"):
         assert command.find_config(value) == str(CONFIGS / "demo.py"), value

@@ -317,7 +317,9 @@ def test_cross_validation_pools_k_class_folds(tmp_path):
         tasks.MulticlassTask(4).write_predictions(records, probs, logits, STAGES,
                                                   fold_dir / "predictions_test.csv")  # fmt: skip
         levels = multiclass.multilevel_metrics(records, probs, True, STAGES)
-        fold_reports.append({"num_classes": 4, "class_names": list(STAGES), **levels})
+        # Dementia stages: an ordinal task (its reports say so), with the kappa.
+        fold_reports.append({"num_classes": 4, "class_names": list(STAGES), "task": "ordinal",
+                             **levels})  # fmt: skip
         dirs.append(fold_dir)
         all_records.append(records)
         all_probs.append(probs)
@@ -332,6 +334,7 @@ def test_cross_validation_pools_k_class_folds(tmp_path):
     got = report["pooled_out_of_fold"]
     assert got["slice"]["confusion_matrix"] == expected["slice"]["confusion_matrix"]
     assert got["subject"]["macro_f1"] == pytest.approx(expected["subject"]["macro_f1"], abs=1e-5)
+    assert got["subject"]["mae"] == pytest.approx(expected["subject"]["mae"], abs=1e-5)
 
 
 def test_near_duplicate_groups_stand_in_for_subjects_and_make_resplit_honest(stage_sets, tmp_path):
