@@ -202,7 +202,7 @@ def uncertainty_text(reports: dict[str, dict]) -> str:
         "",
         "| run | level | coverage [95%] | " + " | ".join(names) + " | mean set size | singletons "
         "| empty | accuracy: all / 10% least confident out |",
-        "| --- " * (8 + len(names)) + "|",
+        "| --- " * (7 + len(names)) + "|",
     ]
     for name, report in reports.items():
         for level in ("scan", "subject"):
