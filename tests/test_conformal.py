@@ -81,8 +81,10 @@ def _dirichlet_units(rng, trials: int, n: int, k: int = 4) -> tuple[np.ndarray, 
     return probs, labels
 
 
-def _coverages(calibration: str, score: str, alpha: float, trials: int = 300) -> tuple:
-    """Per trial: test coverage (overall and per class) and calibration units per class."""
+def _coverages(calibration: str, score: str, alpha: float, trials: int = 300,
+               nonempty: bool = False) -> tuple:  # fmt: skip
+    """Per trial: test coverage (overall and per class) and calibration units per class, of the
+    sets the scores define (`nonempty`: with APS's top class added where a set is empty)."""
     rng = np.random.default_rng([conformal.CALIBRATIONS.index(calibration),
                                  conformal.SCORES.index(score)])  # fmt: skip
     cal_p, cal_y = _dirichlet_units(rng, trials, 200)
@@ -90,8 +92,8 @@ def _coverages(calibration: str, score: str, alpha: float, trials: int = 300) ->
     overall, per_class, units = [], [], []
     for t in range(trials):
         calibrated = conformal.calibrate(cal_p[t], cal_y[t], alpha, score, calibration)
-        summary = conformal.set_summary(conformal.prediction_sets(test_p[t], calibrated),
-                                        test_y[t], 4)  # fmt: skip
+        sets = conformal.prediction_sets(test_p[t], calibrated, nonempty)
+        summary = conformal.set_summary(sets, test_y[t], 4)
         overall.append(summary["coverage"])
         per_class.append(summary["coverage_per_class"])
         units.append(calibrated["class_units"])
@@ -118,6 +120,29 @@ def test_class_conditional_coverage_within_each_class_bounds(score):
     for c in range(4):
         # Given n_c calibration units of class c, its coverage lies in [1-a, 1-a+1/(n_c+1)].
         _within(per_class[:, c], 1 - alpha, 1 - alpha + float(np.mean(1 / (units[:, c] + 1))))
+
+
+def test_aps_sets_always_hold_the_top_class_and_cover_at_least_as_often():
+    """The report's APS sets (nonempty) are the scores' sets with the most probable class added
+    where they were empty: never empty, at least the guaranteed coverage."""
+    alpha = 0.1
+    strict, _, _ = _coverages("marginal", "aps", alpha, trials=60)
+    shown, _, _ = _coverages("marginal", "aps", alpha, trials=60, nonempty=True)
+    assert np.all(shown >= strict - 1e-12) and shown.mean() > strict.mean()
+    _within(shown, 1 - alpha, 1.0)
+    rng = np.random.default_rng(3)
+    cal_p, cal_y = _dirichlet_units(rng, 1, 200)
+    test_p, _ = _dirichlet_units(rng, 1, 500)
+    for ordinal in (False, True):
+        calibrated = conformal.calibrate(cal_p[0], cal_y[0], alpha, "aps", ordinal=ordinal)
+        sets = conformal.prediction_sets(test_p[0], calibrated)
+        assert sets.any(axis=1).all()
+        assert sets[np.arange(500), test_p[0].argmax(axis=1)].all()
+    lac = conformal.calibrate(cal_p[0], cal_y[0], alpha, "lac")
+    assert np.array_equal(
+        conformal.prediction_sets(test_p[0], lac),
+        conformal.prediction_sets(test_p[0], lac, nonempty=False),
+    )
 
 
 def _rare_class_units(rng, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -89,9 +89,9 @@ def test_the_demo_beats_the_plain_cnn_on_slice_macro_f1_in_the_published_compari
     rows = [line.split("|") for line in slice_table.splitlines() if line.startswith("| stages")]
     header = next(line for line in slice_table.splitlines() if line.startswith("| model"))
     column = [c.strip() for c in header.split("|")].index("macro F1")
-    demo, baseline = (float(row[column].split()[0]) for row in rows)
-    assert [row[1].strip() for row in rows] == ["stages", "stages_cnn"]
-    assert demo >= baseline
+    by_name = {row[1].strip(): float(row[column].split()[0]) for row in rows}
+    assert list(by_name) == ["stages", "stages_corn", "stages_cnn"]
+    assert by_name["stages"] >= by_name["stages_cnn"]
 
 
 def test_the_check_ignores_paths_and_times_and_catches_a_changed_figure(tmp_path):

@@ -160,10 +160,13 @@ def contiguous_hull(sets: np.ndarray) -> np.ndarray:
     return any_member[:, None] & (column >= lo[:, None]) & (column <= hi[:, None])
 
 
-def prediction_sets(probs: np.ndarray, calibrated: dict) -> np.ndarray:
+def prediction_sets(probs: np.ndarray, calibrated: dict, nonempty: bool = True) -> np.ndarray:
     """(n, K) bool: label y is in a unit's set iff its score is at most its quantile (the one
     marginal quantile, or class y's; up to TOLERANCE); ordinal sets are widened to contiguous
-    ranges."""
+    ranges. An APS set always holds the most probable class (`nonempty`; the lower on a tie):
+    the non-randomised score leaves a unit whose top probability exceeds the quantile with no
+    class at all, and a clinician reads an empty set as nonsense, so the top class is added,
+    which can only raise coverage (Angelopoulos et al.'s allow_zero_sets=False)."""
     probs = _check_probs(probs)
     if probs.shape[1] != calibrated["num_classes"]:
         raise ValueError(f"expected {calibrated['num_classes']} class probabilities per unit "
@@ -171,6 +174,8 @@ def prediction_sets(probs: np.ndarray, calibrated: dict) -> np.ndarray:
     q = np.array([math.inf if v is None else v for v in calibrated["quantiles"]], np.float64)
     scores = label_scores(probs, calibrated["score"], calibrated["ordinal"])
     sets = scores <= q[None, :] + TOLERANCE
+    if nonempty and calibrated["score"] == "aps":
+        sets[np.arange(len(probs)), np.argmax(probs, axis=1)] = True
     return contiguous_hull(sets) if calibrated["ordinal"] else sets
 
 

@@ -316,7 +316,9 @@ def _vote_run(run: Run, section: dict) -> Run:
     if task.num_classes == 2:  # a vote decides per scan: its slices carry the scan's threshold
         chosen = {lv: levels[lv][scan_methods.WEIGHTED_VOTE]["threshold"] for lv in levels}
         thresholds = {"slice": chosen["scan"], **chosen}
-    predictions = dataclasses.replace(run.predictions, probs=probs, thresholds=thresholds)
+    # The run's prediction sets were calibrated on its averaged probabilities, not the vote's.
+    predictions = dataclasses.replace(run.predictions, probs=probs, thresholds=thresholds,
+                                      conformal={})  # fmt: skip
     weights = {int(k): v for k, v in section["position_weights"].items()}
     return dataclasses.replace(run, name=f"{run.name} + weighted vote", predictions=predictions,
                                vote_weights=weights)  # fmt: skip
