@@ -161,16 +161,23 @@ def image_split_text(reports: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def image_split_failure(text: str, expected_path: Path) -> str | None:
-    """None if the fresh table equals the published one, else a message with a unified diff."""
+def _published_failure(text: str, expected_path: Path, writer: str, differs: str) -> str | None:
+    """None if `text` equals the published file, else "FAILED: these runs' <differs>" and a
+    unified diff (or that the file cannot be read, and the `make` target that writes it)."""
     try:
         expected = Path(expected_path).read_text()
     except OSError as e:
-        return f"{expected_path}: cannot read it ({e}); `make stages-image-split` writes it."
+        return f"{expected_path}: cannot read it ({e}); `make {writer}` writes it."
     if text == expected:
         return None
     diff = demo_docs.unified_diff(expected, text, str(expected_path), "these runs")
-    return f"FAILED: these runs' table differs from {expected_path}:\n" + diff
+    return f"FAILED: these runs' {differs}:\n{diff}"
+
+
+def image_split_failure(text: str, expected_path: Path) -> str | None:
+    """None if the fresh table equals the published one, else a message with a unified diff."""
+    return _published_failure(text, expected_path, "stages-image-split",
+                              f"table differs from {expected_path}")  # fmt: skip
 
 
 def update_image_split(reports: dict[str, dict], root: Path = Path()) -> None:
@@ -223,17 +230,10 @@ def uncertainty_text(reports: dict[str, dict]) -> str:
 
 def uncertainty_failure(text: str, expected_path: Path) -> str | None:
     """None if the fresh prediction-set table equals the published one, else a diff."""
-    try:
-        expected = Path(expected_path).read_text()
-    except OSError as e:
-        return f"{expected_path}: cannot read it ({e}); `make stages-figures` writes it."
-    if text == expected:
-        return None
-    diff = demo_docs.unified_diff(expected, text, str(expected_path), "these runs")
-    return (
-        f"FAILED: these runs' prediction sets differ from {expected_path}, which "
-        f"{UNCERTAINTY_DOC} quotes:\n{diff}"
-    )
+    return _published_failure(
+        text, expected_path, "stages-figures",
+        f"prediction sets differ from {expected_path}, which {UNCERTAINTY_DOC} quotes",
+    )  # fmt: skip
 
 
 def update_uncertainty(reports: dict[str, dict], root: Path = Path()) -> None:
